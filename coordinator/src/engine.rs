@@ -1,0 +1,289 @@
+//! Planning and running one federated query.
+//!
+//! ```text
+//!  SQL ─▶ DataFusion logical plan ─▶ optimizer (DataFusion's rules, then the
+//!         FederationOptimizerRule last, so each node gets its sub-plan with
+//!         projections, filters, limits and aggregates already pushed down)
+//!      ─▶ physical plan: one VirtualExecutionPlan per single-register sub-plan
+//!         (SQL to that node), joins and merges at the coordinator
+//! ```
+//!
+//! Each query gets its own session (its project, query id and trace context
+//! travel with every sub-query); all sessions share one memory pool, so
+//! concurrent queries share memory fairly and spill to disk before failing.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, SchemaProvider};
+use datafusion::common::DataFusionError;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream};
+use datafusion::optimizer::Optimizer;
+use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
+use datafusion_federation::sql::{RemoteTable, SQLFederationProvider, SQLSchemaProvider, SQLTable};
+use datafusion_federation::{FederatedQueryPlanner, FederationOptimizerRule};
+use futures::Stream;
+use samkor_proto::client::NodeError;
+
+use crate::config::CoordinatorConfig;
+use crate::executor::{NodeExecutor, QueryScope};
+use crate::nodes::Federation;
+
+/// The catalog name under which registers appear (`samkor.hip.operations`,
+/// or simply `hip.operations`).
+pub const CATALOG: &str = "samkor";
+
+/// Why a query failed. The display is the one line the user sees.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("no project given: set the x-samkor-project header (CLI: --project) to your approved project id")]
+    NoProject,
+    #[error("project id {0:?} is not valid: use letters, digits, '-', '_' or '.'")]
+    BadProject(String),
+    #[error("{0}")]
+    Plan(String),
+    #[error("{0}")]
+    Node(NodeError),
+    #[error("the query ran longer than the coordinator's limit of {secs} s (query_timeout_secs); narrow it or ask the operator for a longer limit")]
+    Timeout { secs: u64 },
+    #[error("the query needs more memory than the coordinator's limit of {limit_mb} MiB (memory_limit_mb), even spilling to disk; aggregate more at the nodes or narrow the query")]
+    Memory { limit_mb: u64 },
+    #[error("query cancelled")]
+    Cancelled,
+    #[error("internal error in the coordinator (please report): {0}")]
+    Internal(String),
+}
+
+impl QueryError {
+    /// The gRPC status for this error.
+    pub fn to_status(&self) -> tonic::Status {
+        let msg = self.to_string();
+        match self {
+            QueryError::NoProject | QueryError::BadProject(_) | QueryError::Plan(_) => {
+                tonic::Status::invalid_argument(msg)
+            }
+            QueryError::Node(e) => match e {
+                NodeError::Unreachable { .. } => tonic::Status::unavailable(msg),
+                NodeError::Status { status, .. } => tonic::Status::new(status.code(), msg),
+                NodeError::Address { .. } | NodeError::Protocol { .. } => tonic::Status::unavailable(msg),
+            },
+            QueryError::Timeout { .. } => tonic::Status::deadline_exceeded(msg),
+            QueryError::Memory { .. } => tonic::Status::resource_exhausted(msg),
+            QueryError::Cancelled => tonic::Status::cancelled(msg),
+            QueryError::Internal(_) => tonic::Status::internal(msg),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("query timed out after {0} s")]
+struct TimedOut(u64);
+
+/// The query engine of the coordinator.
+#[derive(Debug)]
+pub struct Engine {
+    federation: Arc<Federation>,
+    runtime: Arc<RuntimeEnv>,
+    timeout: Duration,
+    memory_limit_mb: u64,
+    next_id: AtomicU64,
+}
+
+impl Engine {
+    pub fn new(config: &CoordinatorConfig, federation: Arc<Federation>) -> Result<Engine, DataFusionError> {
+        let limit = config.coordinator.memory_limit_mb;
+        let mut disk = DiskManagerBuilder::default();
+        if let Some(dir) = &config.coordinator.spill_dir {
+            std::fs::create_dir_all(dir)?;
+            disk = disk.with_mode(DiskManagerMode::Directories(vec![dir.clone()]));
+        }
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(FairSpillPool::new((limit as usize) * 1024 * 1024)))
+            .with_disk_manager_builder(disk)
+            .build_arc()?;
+        Ok(Engine { federation, runtime, timeout: config.query_timeout(), memory_limit_mb: limit, next_id: AtomicU64::new(1) })
+    }
+
+    pub fn federation(&self) -> &Arc<Federation> {
+        &self.federation
+    }
+
+    /// A fresh query id.
+    pub fn query_id(&self) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+        format!("q{t:x}-{n}")
+    }
+
+    /// The session one query is planned in: the registers whose nodes have
+    /// answered, each as a schema of federated tables bound to this query.
+    pub fn session(&self, scope: QueryScope) -> SessionContext {
+        let scope = Arc::new(scope);
+        let mut rules = Optimizer::new().rules;
+        rules.push(Arc::new(FederationOptimizerRule::new()));
+        let mut config = SessionConfig::new()
+            .with_default_catalog_and_schema(CATALOG, "public")
+            .with_create_default_catalog_and_schema(false)
+            .with_information_schema(true);
+        config.options_mut().execution.parquet.schema_force_view_types = false;
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(self.runtime.clone())
+            .with_default_features()
+            .with_optimizer_rules(rules)
+            .with_query_planner(Arc::new(FederatedQueryPlanner::new()))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        let catalog = MemoryCatalogProvider::new();
+        for node in &self.federation.nodes {
+            let Some(cat) = node.catalogue() else { continue };
+            let executor = Arc::new(NodeExecutor::new(node.clone(), scope.clone()));
+            let provider = Arc::new(SQLFederationProvider::new(executor));
+            let tables: Vec<Arc<dyn SQLTable>> = cat
+                .tables
+                .iter()
+                .filter_map(|t| {
+                    let reference = t.name.as_str().try_into().ok()?;
+                    Some(Arc::new(RemoteTable::new(reference, t.schema.clone())) as Arc<dyn SQLTable>)
+                })
+                .collect();
+            let schema: Arc<dyn SchemaProvider> = Arc::new(SQLSchemaProvider::new_with_custom_tables(provider, tables));
+            catalog.register_schema(&node.register, schema).expect("memory catalog accepts schemas");
+        }
+        ctx.register_catalog(CATALOG, Arc::new(catalog));
+        ctx
+    }
+
+    /// Plans `sql` for `project`. Only queries: no DDL, DML or session statements.
+    pub async fn plan(&self, ctx: &SessionContext, sql: &str) -> Result<DataFrame, QueryError> {
+        let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+        ctx.sql_with_options(sql, options).await.map_err(|e| self.error(e))
+    }
+
+    /// Plans and starts `sql`; the stream ends with an error if the query
+    /// outlives the configured timeout. Dropping the stream cancels the node
+    /// sub-queries.
+    pub async fn execute(&self, ctx: &SessionContext, sql: &str) -> Result<SendableRecordBatchStream, QueryError> {
+        let df = self.plan(ctx, sql).await?;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let stream = tokio::time::timeout_at(deadline, df.execute_stream())
+            .await
+            .map_err(|_| QueryError::Timeout { secs: self.timeout.as_secs() })?
+            .map_err(|e| self.error(e))?;
+        Ok(Box::pin(Deadline {
+            schema: stream.schema(),
+            inner: stream,
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            secs: self.timeout.as_secs(),
+            done: false,
+        }))
+    }
+
+    /// Classifies a DataFusion error for the user.
+    pub fn error(&self, e: DataFusionError) -> QueryError {
+        classify(e, self.memory_limit_mb)
+    }
+}
+
+/// Finds our own error types inside DataFusion's wrappers.
+pub fn classify(e: DataFusionError, memory_limit_mb: u64) -> QueryError {
+    fn find(e: &DataFusionError) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        match e {
+            DataFusionError::External(inner) => Some(inner.as_ref()),
+            DataFusionError::Context(_, inner) => find(inner),
+            DataFusionError::Shared(inner) => find(inner),
+            DataFusionError::ArrowError(inner, _) => match inner.as_ref() {
+                datafusion::arrow::error::ArrowError::ExternalError(x) => Some(x.as_ref()),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+    if let Some(inner) = find(&e) {
+        if let Some(node) = inner.downcast_ref::<NodeError>() {
+            return QueryError::Node(clone_node_error(node));
+        }
+        if let Some(t) = inner.downcast_ref::<TimedOut>() {
+            return QueryError::Timeout { secs: t.0 };
+        }
+        if let Some(df) = inner.downcast_ref::<DataFusionError>() {
+            return classify(df.clone_shallow(), memory_limit_mb);
+        }
+    }
+    match e.find_root() {
+        DataFusionError::ResourcesExhausted(_) => QueryError::Memory { limit_mb: memory_limit_mb },
+        DataFusionError::Internal(m) => QueryError::Internal(m.clone()),
+        root => QueryError::Plan(root.message().lines().next().unwrap_or_default().to_owned()),
+    }
+}
+
+fn clone_node_error(e: &NodeError) -> NodeError {
+    match e {
+        NodeError::Address { node, addr, reason } => {
+            NodeError::Address { node: node.clone(), addr: addr.clone(), reason: reason.clone() }
+        }
+        NodeError::Unreachable { node, addr, reason } => {
+            NodeError::Unreachable { node: node.clone(), addr: addr.clone(), reason: reason.clone() }
+        }
+        NodeError::Status { node, status } => NodeError::Status {
+            node: node.clone(),
+            status: Box::new(tonic::Status::new(status.code(), status.message())),
+        },
+        NodeError::Protocol { node, reason } => NodeError::Protocol { node: node.clone(), reason: reason.clone() },
+    }
+}
+
+trait CloneShallow {
+    fn clone_shallow(&self) -> DataFusionError;
+}
+
+impl CloneShallow for DataFusionError {
+    fn clone_shallow(&self) -> DataFusionError {
+        match self.find_root() {
+            DataFusionError::ResourcesExhausted(m) => DataFusionError::ResourcesExhausted(m.clone()),
+            DataFusionError::Internal(m) => DataFusionError::Internal(m.clone()),
+            other => DataFusionError::Plan(other.message().into_owned()),
+        }
+    }
+}
+
+/// Ends a query stream with a timeout error at the deadline.
+struct Deadline {
+    schema: SchemaRef,
+    inner: SendableRecordBatchStream,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    secs: u64,
+    done: bool,
+}
+
+impl Stream for Deadline {
+    type Item = Result<RecordBatch, DataFusionError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if self.sleep.as_mut().poll(cx).is_ready() {
+            self.done = true;
+            return Poll::Ready(Some(Err(DataFusionError::External(Box::new(TimedOut(self.secs))))));
+        }
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+impl RecordBatchStream for Deadline {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+}
+
+use std::future::Future as _;

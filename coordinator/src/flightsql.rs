@@ -1,0 +1,350 @@
+//! The coordinator's front door: Arrow Flight SQL over mutual TLS.
+//!
+//! Statement queries, prepared statements (planned once for their schema,
+//! re-planned and re-checked when executed) and the catalogue calls
+//! (`GetCatalogs`, `GetDbSchemas`, `GetTables`, `GetSqlInfo`). The caller is
+//! the common name of its client certificate; the project is the
+//! `x-samkor-project` header of each call.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
+use arrow_flight::sql::server::FlightSqlService;
+use arrow_flight::sql::{
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
+    Any, CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTables, CommandPreparedStatementQuery,
+    CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery,
+};
+use arrow_flight::{Action, FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, SchemaAsIpc, Ticket};
+use datafusion::arrow::datatypes::Schema;
+use datafusion::arrow::ipc::writer::IpcWriteOptions;
+use futures::{Stream, TryStreamExt};
+use prost::Message;
+use samkor_proto::pb::StatementHandle;
+use samkor_proto::{headers, ticket, tls};
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crate::engine::{CATALOG, Engine, QueryError};
+use crate::executor::QueryScope;
+
+type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send + 'static>>;
+
+/// The Flight SQL service.
+#[derive(Clone)]
+pub struct CoordinatorService {
+    engine: Arc<Engine>,
+    sql_info: Arc<SqlInfoData>,
+}
+
+impl std::fmt::Debug for CoordinatorService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoordinatorService").field("engine", &self.engine).finish_non_exhaustive()
+    }
+}
+
+/// Who is asking, for which project.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub identity: String,
+    pub project: String,
+    pub traceparent: Option<String>,
+}
+
+fn sql_info() -> SqlInfoData {
+    let mut b = SqlInfoDataBuilder::new();
+    b.append(SqlInfo::FlightSqlServerName, "samkor");
+    b.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
+    b.append(SqlInfo::FlightSqlServerArrowVersion, "1.3");
+    b.append(SqlInfo::FlightSqlServerReadOnly, true);
+    b.append(SqlInfo::FlightSqlServerSql, true);
+    b.append(SqlInfo::FlightSqlServerSubstrait, false);
+    b.append(SqlInfo::FlightSqlServerTransaction, 0i32);
+    b.append(SqlInfo::FlightSqlServerCancel, false);
+    b.append(SqlInfo::FlightSqlServerStatementTimeout, 0i32);
+    b.append(SqlInfo::FlightSqlServerTransactionTimeout, 0i32);
+    b.build().expect("static SqlInfo is valid")
+}
+
+impl CoordinatorService {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        CoordinatorService { engine, sql_info: Arc::new(sql_info()) }
+    }
+
+    fn identity<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        tls::peer_identity(request)
+            .ok_or_else(|| Status::unauthenticated("a client certificate issued by the federation CA is required"))
+    }
+
+    /// The caller and project of a call. `fallback_project` is the project
+    /// recorded in a statement handle, used when a client does not repeat the header.
+    fn caller<T>(&self, request: &Request<T>, fallback_project: Option<&str>) -> Result<Caller, Status> {
+        let identity = self.identity(request)?;
+        let header = request.metadata().get(headers::PROJECT).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let project = match (header, fallback_project) {
+            (Some(h), Some(f)) if h != f => {
+                return Err(Status::invalid_argument(format!(
+                    "the statement was prepared for project {f:?} but this call names project {h:?}"
+                )));
+            }
+            (Some(h), _) => h,
+            (None, Some(f)) => f.to_owned(),
+            (None, None) => return Err(QueryError::NoProject.to_status()),
+        };
+        ticket::validate_project(&project).map_err(|_| QueryError::BadProject(project.clone()).to_status())?;
+        let traceparent = request.metadata().get(headers::TRACEPARENT).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        Ok(Caller { identity, project, traceparent })
+    }
+
+    fn scope(&self, caller: &Caller) -> QueryScope {
+        QueryScope {
+            project: caller.project.clone(),
+            query_id: self.engine.query_id(),
+            traceparent: caller.traceparent.clone(),
+        }
+    }
+
+    /// Plans `sql` to learn its result schema.
+    async fn schema_of(&self, caller: &Caller, sql: &str) -> Result<Schema, Status> {
+        let ctx = self.engine.session(self.scope(caller));
+        let df = self.engine.plan(&ctx, sql).await.map_err(|e| e.to_status())?;
+        Ok(df.schema().as_arrow().clone())
+    }
+
+    fn flight_info(&self, schema: &Schema, ticket: Vec<u8>, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
+        let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(ticket));
+        FlightInfo::new()
+            .try_with_schema(schema)
+            .map_err(|e| Status::internal(format!("cannot encode the result schema: {e}")))
+            .map(|i| i.with_endpoint(endpoint).with_descriptor(descriptor))
+    }
+
+    /// Runs a query and streams its result.
+    async fn run(&self, caller: Caller, sql: String) -> Result<Response<DoGetStream>, Status> {
+        let scope = self.scope(&caller);
+        let span = tracing::info_span!(
+            "query",
+            query_id = %scope.query_id,
+            project = %caller.project,
+            identity = %caller.identity,
+        );
+        let ctx = self.engine.session(scope);
+        let engine = self.engine.clone();
+        let stream = async { engine.execute(&ctx, &sql).await }.instrument(span.clone()).await.map_err(|e| {
+            span.in_scope(|| tracing::info!(sql = %sql, error = %e, "query refused"));
+            e.to_status()
+        })?;
+        span.in_scope(|| tracing::info!(sql = %sql, "query started"));
+        let schema = stream.schema();
+        let engine = self.engine.clone();
+        let batches = stream.map_err(move |e| FlightError::Tonic(Box::new(engine.error(e).to_status())));
+        let flight = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(batches)
+            .map_err(|e| match e {
+                FlightError::Tonic(status) => *status,
+                other => Status::internal(other.to_string()),
+            });
+        Ok(Response::new(Box::pin(flight)))
+    }
+
+    fn one_batch(
+        &self,
+        schema: datafusion::arrow::datatypes::SchemaRef,
+        batch: Result<datafusion::arrow::record_batch::RecordBatch, FlightError>,
+    ) -> Response<DoGetStream> {
+        let stream = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(futures::stream::once(async move { batch }))
+            .map_err(Status::from);
+        Response::new(Box::pin(stream))
+    }
+
+    /// Registers and tables visible now: (register, table, schema).
+    fn tables(&self) -> Vec<(String, String, Arc<Schema>)> {
+        let mut out = Vec::new();
+        for node in &self.engine.federation().nodes {
+            if let Some(cat) = node.catalogue() {
+                for t in &cat.tables {
+                    out.push((node.register.clone(), t.name.clone(), t.schema.clone()));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn encode_handle(sql: &str, project: &str) -> Vec<u8> {
+    StatementHandle { sql: sql.to_owned(), project: project.to_owned() }.encode_to_vec()
+}
+
+fn decode_handle(bytes: &[u8]) -> Result<StatementHandle, Status> {
+    StatementHandle::decode(bytes)
+        .map_err(|_| Status::invalid_argument("the statement handle is not one this coordinator issued"))
+}
+
+#[tonic::async_trait]
+impl FlightSqlService for CoordinatorService {
+    type FlightService = CoordinatorService;
+
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let caller = self.caller(&request, None)?;
+        let schema = self.schema_of(&caller, &query.query).await?;
+        let handle = encode_handle(&query.query, &caller.project);
+        let ticket = TicketStatementQuery { statement_handle: handle.into() }.as_any().encode_to_vec();
+        Ok(Response::new(self.flight_info(&schema, ticket, request.into_inner())?))
+    }
+
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let handle = decode_handle(&ticket.statement_handle)?;
+        let caller = self.caller(&request, Some(&handle.project))?;
+        self.run(caller, handle.sql).await
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        request: Request<Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let caller = self.caller(&request, None)?;
+        let schema = self.schema_of(&caller, &query.query).await?;
+        let IpcMessage(schema_bytes) = SchemaAsIpc::new(&schema, &IpcWriteOptions::default())
+            .try_into()
+            .map_err(|e: datafusion::arrow::error::ArrowError| Status::internal(e.to_string()))?;
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: encode_handle(&query.query, &caller.project).into(),
+            dataset_schema: schema_bytes,
+            parameter_schema: Default::default(),
+        })
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        _query: ActionClosePreparedStatementRequest,
+        request: Request<Action>,
+    ) -> Result<(), Status> {
+        // Handles carry their query; nothing is held server-side.
+        self.identity(&request)?;
+        Ok(())
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let handle = decode_handle(&cmd.prepared_statement_handle)?;
+        let caller = self.caller(&request, Some(&handle.project))?;
+        let schema = self.schema_of(&caller, &handle.sql).await?;
+        let ticket = cmd.as_any().encode_to_vec();
+        Ok(Response::new(self.flight_info(&schema, ticket, request.into_inner())?))
+    }
+
+    async fn do_get_prepared_statement(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let handle = decode_handle(&cmd.prepared_statement_handle)?;
+        let caller = self.caller(&request, Some(&handle.project))?;
+        self.run(caller, handle.sql).await
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.identity(&request)?;
+        let schema = query.clone().into_builder().schema();
+        Ok(Response::new(self.flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?))
+    }
+
+    async fn do_get_catalogs(&self, query: CommandGetCatalogs, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
+        self.identity(&request)?;
+        let mut builder = query.into_builder();
+        builder.append(CATALOG);
+        let schema = builder.schema();
+        Ok(self.one_batch(schema, builder.build()))
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.identity(&request)?;
+        let schema = query.clone().into_builder().schema();
+        Ok(Response::new(self.flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?))
+    }
+
+    async fn do_get_schemas(&self, query: CommandGetDbSchemas, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
+        self.identity(&request)?;
+        let mut builder = query.into_builder();
+        let mut registers: Vec<String> = self.tables().into_iter().map(|(r, _, _)| r).collect();
+        registers.dedup();
+        for r in registers {
+            builder.append(CATALOG, r);
+        }
+        let schema = builder.schema();
+        Ok(self.one_batch(schema, builder.build()))
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.identity(&request)?;
+        let schema = query.clone().into_builder().schema();
+        Ok(Response::new(self.flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?))
+    }
+
+    async fn do_get_tables(&self, query: CommandGetTables, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
+        self.identity(&request)?;
+        let mut builder = query.into_builder();
+        for (register, table, schema) in self.tables() {
+            builder.append(CATALOG, register, table, "TABLE", &schema).map_err(Status::from)?;
+        }
+        let schema = builder.schema();
+        Ok(self.one_batch(schema, builder.build()))
+    }
+
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.identity(&request)?;
+        let schema = query.clone().into_builder(&self.sql_info).schema();
+        Ok(Response::new(self.flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?))
+    }
+
+    async fn do_get_sql_info(&self, query: CommandGetSqlInfo, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
+        self.identity(&request)?;
+        let builder = query.into_builder(&self.sql_info);
+        let schema = builder.schema();
+        Ok(self.one_batch(schema, builder.build()))
+    }
+
+    async fn do_get_fallback(&self, _request: Request<Ticket>, message: Any) -> Result<Response<DoGetStream>, Status> {
+        Err(Status::unimplemented(format!("samkor does not serve {}", message.type_url)))
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}
+
+/// The Flight service type, for building a server.
+pub type Service = arrow_flight::flight_service_server::FlightServiceServer<CoordinatorService>;
+

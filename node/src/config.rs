@@ -1,0 +1,301 @@
+//! The node configuration file (`node.toml`): which register this node serves,
+//! its tables and their documentation, and where its secrets live.
+//!
+//! Paths are relative to the directory of the config file. Loading checks the
+//! structure (unknown keys, types, duplicates); [`crate::server`] checks the
+//! files themselves when the node starts.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use datafusion::arrow::datatypes::DataType;
+use samkor_proto::tls::TlsFiles;
+use serde::Deserialize;
+
+/// Why a config file was refused. Every message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read node config {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("node config {}: {message}", path.display())]
+    Syntax { path: PathBuf, message: String },
+    #[error("node config {}: {problem}", path.display())]
+    Invalid { path: PathBuf, problem: String },
+}
+
+/// A parsed and checked node config.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The config file itself.
+    pub path: PathBuf,
+    pub node: NodeSection,
+    pub tls: TlsFiles,
+    pub tables: Vec<TableConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// Register name; the SQL schema the tables appear under (`hip`, `npr`, …).
+    pub register: String,
+    /// The authority that holds the register.
+    pub holder: String,
+    #[serde(default)]
+    pub description: String,
+    /// Address to listen on, e.g. `127.0.0.1:47101` (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// File holding the federation's pseudonymisation key (64 hex digits).
+    pub pseudonym_key_file: PathBuf,
+    /// File listing opted-out identity numbers, one per line.
+    pub opt_out_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFormat {
+    Parquet,
+    Csv,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub format: FileFormat,
+    /// A file, a directory or a glob, relative to the config file.
+    pub path: String,
+    /// The column holding the personal identity number.
+    pub person_column: String,
+    pub columns: Vec<ColumnConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnConfig {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub data_type: ColumnType,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub unit: Option<String>,
+    #[serde(default)]
+    pub code_system: Option<String>,
+    #[serde(default)]
+    pub identifying: bool,
+}
+
+/// The column types a node serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnType {
+    Utf8,
+    Int32,
+    Int64,
+    Float64,
+    Boolean,
+    Date32,
+}
+
+impl ColumnType {
+    pub fn arrow(self) -> DataType {
+        match self {
+            ColumnType::Utf8 => DataType::Utf8,
+            ColumnType::Int32 => DataType::Int32,
+            ColumnType::Int64 => DataType::Int64,
+            ColumnType::Float64 => DataType::Float64,
+            ColumnType::Boolean => DataType::Boolean,
+            ColumnType::Date32 => DataType::Date32,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ColumnType::Utf8 => "utf8",
+            ColumnType::Int32 => "int32",
+            ColumnType::Int64 => "int64",
+            ColumnType::Float64 => "float64",
+            ColumnType::Boolean => "boolean",
+            ColumnType::Date32 => "date32",
+        }
+    }
+
+    /// Whether a type found in a data file can be served as this declared type.
+    pub fn accepts(self, found: &DataType) -> bool {
+        match self {
+            ColumnType::Utf8 => matches!(found, DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8),
+            other => &other.arrow() == found,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node: NodeSection,
+    tls: TlsFiles,
+    tables: Vec<TableConfig>,
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+impl NodeConfig {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let path = &std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and checks config text; `path` is used for messages and to resolve relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<NodeConfig, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: samkor_policies::toml_error::one_line(&e),
+        })?;
+        let invalid = |problem: String| ConfigError::Invalid { path: path.to_owned(), problem };
+        if !is_identifier(&raw.node.register) {
+            return Err(invalid(format!(
+                "register name {:?} must be a lower-case identifier (letters, digits, '_')",
+                raw.node.register
+            )));
+        }
+        if raw.tables.is_empty() {
+            return Err(invalid("no [[tables]]: a node must serve at least one table".into()));
+        }
+        let mut names = HashSet::new();
+        for t in &raw.tables {
+            if !is_identifier(&t.name) {
+                return Err(invalid(format!("table name {:?} must be a lower-case identifier", t.name)));
+            }
+            if !names.insert(&t.name) {
+                return Err(invalid(format!("table {:?} is declared twice", t.name)));
+            }
+            let mut cols = HashSet::new();
+            for c in &t.columns {
+                if !is_identifier(&c.name) {
+                    return Err(invalid(format!(
+                        "table {}: column name {:?} must be a lower-case identifier",
+                        t.name, c.name
+                    )));
+                }
+                if c.name == samkor_proto::PERSON_COLUMN {
+                    return Err(invalid(format!(
+                        "table {}: column name {:?} is reserved for the project pseudonym; rename it",
+                        t.name, c.name
+                    )));
+                }
+                if !cols.insert(&c.name) {
+                    return Err(invalid(format!("table {}: column {:?} is declared twice", t.name, c.name)));
+                }
+            }
+            match t.columns.iter().find(|c| c.name == t.person_column) {
+                None => {
+                    return Err(invalid(format!(
+                        "table {}: person_column {:?} is not among its declared columns",
+                        t.name, t.person_column
+                    )));
+                }
+                Some(c) if c.data_type != ColumnType::Utf8 => {
+                    return Err(invalid(format!(
+                        "table {}: person_column {:?} must have type utf8 (12-digit identity numbers), not {}",
+                        t.name,
+                        t.person_column,
+                        c.data_type.name()
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut node = raw.node;
+        node.pseudonym_key_file = base.join(&node.pseudonym_key_file);
+        node.opt_out_file = base.join(&node.opt_out_file);
+        let tables = raw
+            .tables
+            .into_iter()
+            .map(|mut t| {
+                t.path = base.join(&t.path).to_string_lossy().into_owned();
+                t
+            })
+            .collect();
+        Ok(NodeConfig { path: path.to_owned(), node, tls: raw.tls.relative_to(base), tables })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[node]
+register = "hip"
+holder = "Hip register"
+listen = "127.0.0.1:0"
+pseudonym_key_file = "../federation.key"
+opt_out_file = "optout.txt"
+
+[tls]
+cert = "c.pem"
+key = "k.pem"
+ca = "ca.pem"
+
+[[tables]]
+name = "operations"
+format = "parquet"
+path = "operations/*.parquet"
+person_column = "pnr"
+  [[tables.columns]]
+  name = "pnr"
+  type = "utf8"
+  identifying = true
+  [[tables.columns]]
+  name = "bmi"
+  type = "float64"
+  unit = "kg/m2"
+"#;
+
+    fn err(text: &str) -> String {
+        NodeConfig::parse(Path::new("/etc/samkor/node.toml"), text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn good_config_resolves_paths() {
+        let c = NodeConfig::parse(Path::new("/data/hip/node.toml"), GOOD).expect("valid");
+        assert_eq!(c.node.register, "hip");
+        assert_eq!(c.node.opt_out_file, Path::new("/data/hip/optout.txt"));
+        assert_eq!(c.tls.ca, Path::new("/data/hip/ca.pem"));
+        assert_eq!(c.tables[0].path, "/data/hip/operations/*.parquet");
+    }
+
+    #[test]
+    fn errors_name_file_line_and_problem() {
+        let e = err(&GOOD.replace("type = \"float64\"", "type = \"decimal\""));
+        assert!(e.starts_with("node config /etc/samkor/node.toml: line 25, column 10: unknown variant `decimal`"), "{e}");
+        let e = err(&GOOD.replace("person_column = \"pnr\"", "person_column = \"pid\""));
+        assert_eq!(
+            e,
+            "node config /etc/samkor/node.toml: table operations: person_column \"pid\" is not among its declared columns"
+        );
+        let e = err(&GOOD.replace("name = \"bmi\"", "name = \"pnr\""));
+        assert_eq!(e, "node config /etc/samkor/node.toml: table operations: column \"pnr\" is declared twice");
+        let e = err(&GOOD.replace("name = \"bmi\"", "name = \"person\""));
+        assert!(e.contains("reserved for the project pseudonym"), "{e}");
+        let e = err(&GOOD.replace("listen = \"127.0.0.1:0\"", "listen = \"somewhere\""));
+        assert!(e.contains("line 5") && e.contains("invalid socket address"), "{e}");
+        let e = err(&GOOD.replace("holder", "owner"));
+        assert!(e.contains("unknown field `owner`"), "{e}");
+        let e = err(&GOOD.replace("register = \"hip\"", "register = \"Hip Reg\""));
+        assert!(e.contains("must be a lower-case identifier"), "{e}");
+        let e = NodeConfig::load(Path::new("/nonexistent/node.toml")).unwrap_err().to_string();
+        assert!(e.starts_with("cannot read node config /nonexistent/node.toml: "), "{e}");
+    }
+}

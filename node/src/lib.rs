@@ -1,0 +1,23 @@
+//! The samkor register node: a register holder's server.
+//!
+//! ```text
+//!   node.toml ─▶ config ─▶ state (key, opt-out list, tables) ─▶ service (Arrow Flight, mTLS)
+//!                                          │
+//!        Parquet/CSV ─▶ table::PseudonymiseExec ─▶ DataFusion ─▶ record batches ─▶ coordinator
+//! ```
+//!
+//! The identity number never passes the scan: [`table::PseudonymiseExec`]
+//! drops opted-out persons and replaces the number by the project pseudonym
+//! ([`pseudonym`]) before any operator sees a row.
+
+pub mod config;
+pub mod optout;
+pub mod pseudonym;
+pub mod server;
+pub mod service;
+pub mod state;
+pub mod table;
+
+pub use config::NodeConfig;
+pub use server::{RunningNode, start};
+pub use state::{NodeState, StartError};

@@ -1,0 +1,145 @@
+//! Everything a running node knows: its config, key, opt-out list and tables,
+//! and how it turns a project's request into a DataFusion session.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use datafusion::catalog::TableProvider;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use samkor_proto::pb;
+
+use crate::config::NodeConfig;
+use crate::optout::{OptOutError, OptOutList};
+use crate::pseudonym::{FederationKey, KeyError};
+use crate::table::{ServedTable, TableError};
+
+/// Why a node could not start. One line, naming the file and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Tls(#[from] samkor_proto::tls::TlsError),
+    #[error("{0}")]
+    Key(#[from] KeyError),
+    #[error("{0}")]
+    OptOut(#[from] OptOutError),
+    #[error("node config {}: {source}", config.display())]
+    Table { config: PathBuf, source: TableError },
+    #[error("cannot listen on {addr}: {source}; is another node running there? choose another `listen` address")]
+    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+}
+
+/// The node's state, shared by all requests.
+#[derive(Debug)]
+pub struct NodeState {
+    pub config: NodeConfig,
+    key: FederationKey,
+    opt_outs: OptOutList,
+    tables: Vec<Arc<ServedTable>>,
+    catalogue: pb::Catalogue,
+    runtime: Arc<RuntimeEnv>,
+}
+
+impl NodeState {
+    /// Loads the key and the opt-out list and opens every table (checking its
+    /// files against the config). TLS is checked by the server.
+    pub async fn open(config: NodeConfig) -> Result<NodeState, StartError> {
+        let key = FederationKey::load(&config.node.pseudonym_key_file)?;
+        let opt_outs = OptOutList::open(&config.node.opt_out_file)?;
+        let runtime = Arc::new(RuntimeEnv::default());
+        let probe = SessionContext::new_with_config_rt(session_config(&config.node.register), runtime.clone());
+        let state = probe.state();
+        let mut tables = Vec::with_capacity(config.tables.len());
+        for t in &config.tables {
+            let served = ServedTable::open(t.clone(), &state)
+                .await
+                .map_err(|source| StartError::Table { config: config.path.clone(), source })?;
+            tables.push(Arc::new(served));
+        }
+        let catalogue = catalogue(&config);
+        Ok(NodeState { config, key, opt_outs, tables, catalogue, runtime })
+    }
+
+    pub fn register(&self) -> &str {
+        &self.config.node.register
+    }
+
+    pub fn catalogue(&self) -> &pb::Catalogue {
+        &self.catalogue
+    }
+
+    /// The node's tables as one project sees them: pseudonymised, opt-outs removed
+    /// (the opt-out list as it is now on disk).
+    pub fn project_tables(&self, project: &str) -> Result<Vec<(String, Arc<dyn TableProvider>)>, OptOutError> {
+        let opt_outs = self.opt_outs.current()?;
+        let pseudonymiser = self.key.for_project(project);
+        Ok(self
+            .tables
+            .iter()
+            .map(|t| {
+                let provider: Arc<dyn TableProvider> = Arc::new(t.for_project(pseudonymiser.clone(), opt_outs.clone()));
+                (t.name().to_owned(), provider)
+            })
+            .collect())
+    }
+
+    /// A session in which `project`'s SQL runs: the node's tables under the
+    /// register's schema (also the default schema), nothing else.
+    pub fn session(&self, project: &str) -> Result<SessionContext, OptOutError> {
+        let ctx = SessionContext::new_with_config_rt(session_config(self.register()), self.runtime.clone());
+        for (name, provider) in self.project_tables(project)? {
+            ctx.register_table(name.as_str(), provider).expect("the default schema accepts tables");
+        }
+        Ok(ctx)
+    }
+}
+
+/// The DataFusion settings of a node session.
+pub fn session_config(register: &str) -> SessionConfig {
+    let mut config = SessionConfig::new()
+        .with_default_catalog_and_schema("samkor", register)
+        .with_information_schema(false);
+    // Strings stay Utf8 on the wire, as declared in the catalogue.
+    config.options_mut().execution.parquet.schema_force_view_types = false;
+    config
+}
+
+fn catalogue(config: &NodeConfig) -> pb::Catalogue {
+    let tables = config
+        .tables
+        .iter()
+        .map(|t| pb::Table {
+            name: t.name.clone(),
+            description: t.description.clone(),
+            columns: t
+                .columns
+                .iter()
+                .map(|c| {
+                    let person = c.name == t.person_column;
+                    pb::Column {
+                        name: if person { samkor_proto::PERSON_COLUMN.to_owned() } else { c.name.clone() },
+                        data_type: c.data_type.name().to_owned(),
+                        description: if person {
+                            format!("Project pseudonym of the person (replaces {} at the node). {}", c.name, c.description)
+                        } else {
+                            c.description.clone()
+                        },
+                        unit: c.unit.clone().unwrap_or_default(),
+                        code_system: c.code_system.clone().unwrap_or_default(),
+                        identifying: c.identifying || person,
+                        person,
+                        nullable: true,
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    pb::Catalogue {
+        register: config.node.register.clone(),
+        holder: config.node.holder.clone(),
+        description: config.node.description.clone(),
+        tables,
+    }
+}

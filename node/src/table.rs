@@ -1,0 +1,355 @@
+//! Register tables as DataFusion sees them at the node.
+//!
+//! ```text
+//!   SQL from the coordinator
+//!        │
+//!   DataFusion operators (filter, aggregate, …)      ← see only `person`, never `pnr`
+//!        │
+//!   PseudonymiseExec: drop opted-out rows, pnr → project pseudonym
+//!        │
+//!   DataSourceExec (Parquet / CSV, streaming, filter pruning on non-person columns)
+//! ```
+//!
+//! [`ServedTable`] is built once at start-up; [`ProjectTable`] binds it to one
+//! request's project and opt-out snapshot and is what the query planner sees.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, Result};
+use datafusion::datasource::TableType;
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::file_format::csv::CsvFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
+use futures::StreamExt;
+use samkor_proto::PERSON_COLUMN;
+
+use crate::config::{FileFormat as ConfigFormat, TableConfig};
+use crate::optout::{OptOutSet, pnr_key};
+use crate::pseudonym::ProjectPseudonymiser;
+
+/// Why a table could not be opened at start-up. Names the table and the path.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error("table {table}: no data files match {path}")]
+    NoFiles { table: String, path: String },
+    #[error("table {table}: cannot read the data files at {path}: {reason}")]
+    Unreadable { table: String, path: String, reason: String },
+    #[error("table {table}: column {column} is declared in the config but missing from the data files at {path}")]
+    MissingColumn { table: String, column: String, path: String },
+    #[error("table {table}: column {column} is declared as {declared} but the data files at {path} hold {found}")]
+    TypeMismatch { table: String, column: String, declared: &'static str, found: String, path: String },
+}
+
+/// A table of the register as served: files, declared schema, the person column.
+#[derive(Debug)]
+pub struct ServedTable {
+    pub config: TableConfig,
+    inner: Arc<ListingTable>,
+    /// The schema clients see: the person column renamed to `person`.
+    exposed: SchemaRef,
+    person_idx: usize,
+}
+
+fn data_files_exist(path: &str) -> bool {
+    let p = std::path::Path::new(path);
+    if p.is_dir() {
+        return std::fs::read_dir(p).map(|mut d| d.next().is_some()).unwrap_or(false);
+    }
+    match glob::glob(path) {
+        Ok(mut paths) => paths.next().is_some(),
+        Err(_) => p.is_file(),
+    }
+}
+
+impl ServedTable {
+    /// Opens a table: checks that files exist and that their schema holds every
+    /// declared column with the declared type.
+    pub async fn open(config: TableConfig, state: &dyn Session) -> Result<ServedTable, TableError> {
+        let table = config.name.clone();
+        let path = config.path.clone();
+        if !data_files_exist(&path) {
+            return Err(TableError::NoFiles { table, path });
+        }
+        let unreadable = |e: DataFusionError| TableError::Unreadable {
+            table: table.clone(),
+            path: path.clone(),
+            reason: e.message().lines().next().unwrap_or_default().to_owned(),
+        };
+        let url = ListingTableUrl::parse(&path).map_err(unreadable)?;
+        let (format, ext): (Arc<dyn FileFormat>, &str) = match config.format {
+            ConfigFormat::Parquet => (Arc::new(ParquetFormat::default()), ".parquet"),
+            ConfigFormat::Csv => (Arc::new(CsvFormat::default().with_has_header(true)), ".csv"),
+        };
+        let options = ListingOptions::new(format).with_file_extension(ext);
+        let found = options.infer_schema(state, &url).await.map_err(unreadable)?;
+        for c in &config.columns {
+            let field = found.field_with_name(&c.name).map_err(|_| TableError::MissingColumn {
+                table: table.clone(),
+                column: c.name.clone(),
+                path: path.clone(),
+            })?;
+            if !c.data_type.accepts(field.data_type()) {
+                return Err(TableError::TypeMismatch {
+                    table: table.clone(),
+                    column: c.name.clone(),
+                    declared: c.data_type.name(),
+                    found: field.data_type().to_string(),
+                    path: path.clone(),
+                });
+            }
+        }
+        let declared = Arc::new(Schema::new(
+            config.columns.iter().map(|c| Field::new(&c.name, c.data_type.arrow(), true)).collect::<Vec<_>>(),
+        ));
+        let person_idx = declared.index_of(&config.person_column).expect("checked at config load");
+        let exposed = Arc::new(Schema::new(
+            declared
+                .fields()
+                .iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    if i == person_idx { Field::new(PERSON_COLUMN, DataType::Utf8, true) } else { f.as_ref().clone() }
+                })
+                .collect::<Vec<_>>(),
+        ));
+        let listing = ListingTableConfig::new(url).with_listing_options(options).with_schema(declared);
+        let inner = Arc::new(ListingTable::try_new(listing).map_err(unreadable)?);
+        Ok(ServedTable { config, inner, exposed, person_idx })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn exposed_schema(&self) -> SchemaRef {
+        self.exposed.clone()
+    }
+
+    /// This table as seen by one request of `pseudonymiser`'s project.
+    pub fn for_project(self: &Arc<Self>, pseudonymiser: ProjectPseudonymiser, opt_outs: Arc<OptOutSet>) -> ProjectTable {
+        ProjectTable { served: self.clone(), pseudonymiser, opt_outs }
+    }
+}
+
+/// A served table bound to one project: the provider the node's planner sees.
+#[derive(Debug)]
+pub struct ProjectTable {
+    served: Arc<ServedTable>,
+    pseudonymiser: ProjectPseudonymiser,
+    opt_outs: Arc<OptOutSet>,
+}
+
+fn references_person(e: &Expr) -> bool {
+    e.column_refs().iter().any(|c| c.name == PERSON_COLUMN)
+}
+
+#[async_trait]
+impl TableProvider for ProjectTable {
+    fn schema(&self) -> SchemaRef {
+        self.served.exposed.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+        // Filters on other columns prune files and row groups below the
+        // pseudonymiser; they stay above it too (Inexact). Filters on the person
+        // only make sense on pseudonyms, so they run above it.
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if references_person(f) {
+                    TableProviderFilterPushDown::Unsupported
+                } else {
+                    TableProviderFilterPushDown::Inexact
+                }
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let person_idx = self.served.person_idx;
+        let wanted: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..self.served.exposed.fields().len()).collect(),
+        };
+        let mut inner_projection = wanted.clone();
+        let pnr_pos = match wanted.iter().position(|&i| i == person_idx) {
+            Some(pos) => pos,
+            None => {
+                inner_projection.push(person_idx);
+                wanted.len()
+            }
+        };
+        let inner_filters: Vec<Expr> = filters.iter().filter(|f| !references_person(f)).cloned().collect();
+        // No limit below: opted-out rows are removed above the scan.
+        let input = self.served.inner.scan(state, Some(&inner_projection), &inner_filters, None).await?;
+        let schema = Arc::new(self.served.exposed.project(&wanted)?);
+        let person_out = wanted.iter().position(|&i| i == person_idx);
+        Ok(Arc::new(PseudonymiseExec::new(
+            input,
+            schema,
+            pnr_pos,
+            person_out,
+            self.pseudonymiser.clone(),
+            self.opt_outs.clone(),
+        )))
+    }
+}
+
+/// Drops opted-out persons and replaces the identity number by the project
+/// pseudonym, batch by batch, directly above the file scan.
+#[derive(Debug)]
+pub struct PseudonymiseExec {
+    input: Arc<dyn ExecutionPlan>,
+    schema: SchemaRef,
+    /// Position of the identity-number column in the input.
+    pnr_pos: usize,
+    /// Position of `person` in the output, if it is projected.
+    person_out: Option<usize>,
+    pseudonymiser: ProjectPseudonymiser,
+    opt_outs: Arc<OptOutSet>,
+    properties: Arc<PlanProperties>,
+}
+
+impl PseudonymiseExec {
+    fn new(
+        input: Arc<dyn ExecutionPlan>,
+        schema: SchemaRef,
+        pnr_pos: usize,
+        person_out: Option<usize>,
+        pseudonymiser: ProjectPseudonymiser,
+        opt_outs: Arc<OptOutSet>,
+    ) -> Self {
+        let partitions = input.properties().partitioning.partition_count();
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(partitions),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        PseudonymiseExec { input, schema, pnr_pos, person_out, pseudonymiser, opt_outs, properties }
+    }
+}
+
+impl DisplayAs for PseudonymiseExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "PseudonymiseExec: project={}, person={}, opted_out={}",
+            self.pseudonymiser.project(),
+            self.person_out.map_or("not projected".to_owned(), |p| format!("column {p}")),
+            self.opt_outs.len()
+        )
+    }
+}
+
+impl ExecutionPlan for PseudonymiseExec {
+    fn name(&self) -> &str {
+        "PseudonymiseExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(self: Arc<Self>, mut children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.len() != 1 {
+            return Err(DataFusionError::Internal("PseudonymiseExec takes one child".into()));
+        }
+        Ok(Arc::new(PseudonymiseExec::new(
+            children.swap_remove(0),
+            self.schema.clone(),
+            self.pnr_pos,
+            self.person_out,
+            self.pseudonymiser.clone(),
+            self.opt_outs.clone(),
+        )))
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        let schema = self.schema.clone();
+        let (pnr_pos, person_out) = (self.pnr_pos, self.person_out);
+        let pseudonymiser = self.pseudonymiser.clone();
+        let opt_outs = self.opt_outs.clone();
+        let out_schema = schema.clone();
+        let stream = input.map(move |batch| {
+            let batch = batch?;
+            transform(&batch, &out_schema, pnr_pos, person_out, &pseudonymiser, &opt_outs)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+}
+
+/// The per-batch work of [`PseudonymiseExec`].
+fn transform(
+    batch: &RecordBatch,
+    schema: &SchemaRef,
+    pnr_pos: usize,
+    person_out: Option<usize>,
+    pseudonymiser: &ProjectPseudonymiser,
+    opt_outs: &OptOutSet,
+) -> Result<RecordBatch> {
+    let pnr = batch.column(pnr_pos);
+    let batch = if opt_outs.is_empty() {
+        batch.clone()
+    } else {
+        let keep = keep_mask(pnr.as_ref(), opt_outs)?;
+        if keep.true_count() == keep.len() { batch.clone() } else { filter_record_batch(batch, &keep)? }
+    };
+    let columns = (0..schema.fields().len())
+        .map(|i| {
+            if Some(i) == person_out {
+                pseudonymiser.pseudonymise(batch.column(pnr_pos).as_ref()).map_err(DataFusionError::Execution)
+            } else {
+                Ok(batch.column(i).clone())
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    Ok(RecordBatch::try_new_with_options(schema.clone(), columns, &options)?)
+}
+
+fn keep_mask(pnr: &dyn Array, opt_outs: &OptOutSet) -> Result<BooleanArray> {
+    let keep = |v: Option<&str>| Some(v.and_then(pnr_key).is_none_or(|k| !opt_outs.contains(&k)));
+    Ok(match pnr.data_type() {
+        DataType::Utf8 => pnr.as_string::<i32>().iter().map(keep).collect(),
+        DataType::LargeUtf8 => pnr.as_string::<i64>().iter().map(keep).collect(),
+        DataType::Utf8View => pnr.as_string_view().iter().map(keep).collect(),
+        other => return Err(DataFusionError::Execution(format!("the person column has type {other}, expected a string"))),
+    })
+}

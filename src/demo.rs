@@ -1,0 +1,162 @@
+//! `samkor demo`: a synthetic federation on this machine and a short showcase.
+//!
+//! The federation (five registers, development certificates, a federation key)
+//! is generated once into a cache directory; every run starts the five nodes
+//! and a coordinator on loopback and asks three questions that real users ask.
+
+use std::path::{Path, PathBuf};
+
+use crate::federation::{LocalFederation, LocalOptions, REGISTERS};
+
+/// Why the demo failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("cannot prepare the demo directory {}: {reason}", dir.display())]
+    Prepare { dir: PathBuf, reason: String },
+    #[error("{0}")]
+    Federation(#[from] crate::federation::FederationError),
+    #[error("{title}: {source}")]
+    Query { title: String, source: crate::client::ClientError },
+    #[error("{0}")]
+    Output(#[from] crate::output::OutputError),
+}
+
+/// The project the demo's researcher works in.
+pub const DEMO_PROJECT: &str = "demo-hip-outcomes";
+/// The demo's researcher.
+pub const DEMO_USER: &str = "alice";
+
+/// One showcase question.
+#[derive(Debug)]
+pub struct Showcase {
+    pub who: &'static str,
+    pub title: &'static str,
+    pub sql: &'static str,
+}
+
+/// The questions the demo asks.
+pub const SHOWCASE: &[Showcase] = &[
+    Showcase {
+        who: "A researcher",
+        title: "90-day mortality after primary hip replacement, by fixation (hip ⋈ dors)",
+        sql: "SELECT o.fixation,
+       count(*) AS operations,
+       sum(CASE WHEN d.death_date <= o.op_date + INTERVAL '90 days' THEN 1 ELSE 0 END) AS deaths_90d,
+       round(100.0 * sum(CASE WHEN d.death_date <= o.op_date + INTERVAL '90 days' THEN 1 ELSE 0 END) / count(*), 2) AS mortality_pct
+FROM hip.operations o
+LEFT JOIN dors.deaths d ON d.person = o.person
+GROUP BY o.fixation
+ORDER BY o.fixation",
+    },
+    Showcase {
+        who: "A register holder",
+        title: "Coverage of the hip register: share of patient-register hip replacements found in hip, per hospital, 2023 (npr ⋈ hip)",
+        sql: "WITH npr_hip AS (
+  SELECT person, hospital, admit_date FROM npr.inpatient
+  WHERE procedure IN ('NFB29', 'NFB39', 'NFB49', 'NFB59') AND date_part('year', admit_date) = 2023
+)
+SELECT n.hospital,
+       count(*) AS npr_episodes,
+       count(o.op_id) AS found_in_hip,
+       round(100.0 * count(o.op_id) / count(*), 1) AS coverage_pct
+FROM npr_hip n
+LEFT JOIN hip.operations o
+  ON o.person = n.person AND o.hospital = n.hospital
+ AND o.op_date BETWEEN n.admit_date AND n.admit_date + INTERVAL '1 day'
+GROUP BY n.hospital
+ORDER BY coverage_pct, n.hospital",
+    },
+    Showcase {
+        who: "An authority",
+        title: "Open comparison: reoperation rate after primary hip replacement, per region (hip only, aggregated at the node)",
+        sql: "SELECT region,
+       count(*) AS operations,
+       sum(CASE WHEN reoperation THEN 1 ELSE 0 END) AS reoperations,
+       round(100.0 * avg(CASE WHEN reoperation THEN 1.0 ELSE 0.0 END), 2) AS reoperation_pct
+FROM hip.operations
+GROUP BY region
+ORDER BY region",
+    },
+];
+
+/// The default cache directory of the demo federation.
+pub fn default_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("SAMKOR_DEMO_DIR") {
+        return PathBuf::from(d);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    cache.join("samkor").join("demo")
+}
+
+/// Generates the federation into `dir` unless a complete one for the same size and seed is there.
+pub fn prepare(dir: &Path, persons: u64, seed: u64) -> Result<bool, DemoError> {
+    let stamp = dir.join("READY");
+    let want = format!("persons={persons} seed={seed}\n");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == want) {
+        return Ok(false);
+    }
+    let fail = |reason: String| DemoError::Prepare { dir: dir.to_owned(), reason };
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+    crate::certs::init(&dir.join("certs"), &REGISTERS, &[DEMO_USER, "bob"]).map_err(|e| fail(e.to_string()))?;
+    crate::certs::write_federation_key(&dir.join("federation.key")).map_err(|e| fail(e.to_string()))?;
+    crate::synth::generate(&crate::synth::SynthOptions { out: dir.to_owned(), persons, seed })
+        .map_err(|e| fail(e.to_string()))?;
+    std::fs::write(&stamp, want).map_err(|e| fail(e.to_string()))?;
+    Ok(true)
+}
+
+/// Starts the local federation of `dir`.
+pub async fn start(dir: &Path) -> Result<LocalFederation, DemoError> {
+    Ok(LocalFederation::start(dir, &LocalOptions::default()).await?)
+}
+
+/// Runs the showcase against a running federation, printing each question, its SQL and its answer.
+pub async fn showcase(federation: &LocalFederation) -> Result<(), DemoError> {
+    let mut client = federation
+        .client(DEMO_USER, DEMO_PROJECT)
+        .await
+        .map_err(|source| DemoError::Query { title: "connect".into(), source })?;
+    for (i, q) in SHOWCASE.iter().enumerate() {
+        println!("\n── {}. {} asks: {}", i + 1, q.who, q.title);
+        println!("{}\n", indent(q.sql));
+        let started = std::time::Instant::now();
+        let (schema, batches) =
+            client.query(q.sql).await.map_err(|source| DemoError::Query { title: q.title.to_owned(), source })?;
+        println!("{}", crate::output::table(&schema, &batches)?);
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        println!("{rows} rows in {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(())
+}
+
+fn indent(sql: &str) -> String {
+    sql.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}
+
+/// A Python snippet that queries the running demo with ADBC.
+pub fn python_snippet(dir: &Path, addr: &str) -> String {
+    let certs = dir.join("certs");
+    format!(
+        r#"import adbc_driver_flightsql.dbapi as flightsql
+from adbc_driver_flightsql import DatabaseOptions
+certs = "{certs}"
+read = lambda name: open(f"{{certs}}/{{name}}").read()
+conn = flightsql.connect("grpc+tls://{addr}", db_kwargs={{
+    DatabaseOptions.TLS_ROOT_CERTS.value: read("ca.pem"),
+    DatabaseOptions.MTLS_CERT_CHAIN.value: read("{DEMO_USER}.pem"),
+    DatabaseOptions.MTLS_PRIVATE_KEY.value: read("{DEMO_USER}.key"),
+    DatabaseOptions.TLS_OVERRIDE_HOSTNAME.value: "localhost",
+    "adbc.flight.sql.rpc.call_header.x-samkor-project": "{DEMO_PROJECT}",
+}})
+cur = conn.cursor()
+cur.execute("SELECT region, count(*) AS operations FROM hip.operations GROUP BY region ORDER BY region")
+print(cur.fetch_df())"#,
+        certs = certs.display()
+    )
+}

@@ -1,0 +1,149 @@
+//! A whole federation in one process: the nodes of a `samkor synth` directory
+//! and a coordinator, on loopback with the development certificates. Used by
+//! `samkor demo`, the integration tests and the benchmarks.
+
+use std::path::{Path, PathBuf};
+
+use samkor_coordinator::{CoordinatorConfig, RunningCoordinator};
+use samkor_node::{NodeConfig, RunningNode};
+use samkor_proto::tls::{TlsFiles, TlsIdentity};
+
+/// The registers `samkor synth` writes.
+pub const REGISTERS: [&str; 5] = ["hip", "npr", "lmr", "dors", "pop"];
+
+/// Why a local federation could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum FederationError {
+    #[error("{0}")]
+    NodeConfig(#[from] samkor_node::config::ConfigError),
+    #[error("node {register}: {source}")]
+    Node { register: String, source: samkor_node::StartError },
+    #[error("{0}")]
+    CoordinatorConfig(#[from] samkor_coordinator::config::ConfigError),
+    #[error("coordinator: {0}")]
+    Coordinator(#[from] samkor_coordinator::server::StartError),
+    #[error("{0}")]
+    Tls(#[from] samkor_proto::tls::TlsError),
+}
+
+/// Settings of a local federation.
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    /// Bind every server to an ephemeral loopback port (tests) instead of the configs' ports.
+    pub ephemeral_ports: bool,
+    /// Registers whose nodes are started (the coordinator still lists all five).
+    pub start: Vec<String>,
+    pub query_timeout_secs: u64,
+    pub memory_limit_mb: u64,
+    pub node_retry_secs: u64,
+}
+
+impl Default for LocalOptions {
+    fn default() -> Self {
+        LocalOptions {
+            ephemeral_ports: true,
+            start: REGISTERS.iter().map(|r| (*r).to_owned()).collect(),
+            query_timeout_secs: 300,
+            memory_limit_mb: 2048,
+            node_retry_secs: 1,
+        }
+    }
+}
+
+/// Loads the node config of `register` in a synth directory.
+pub fn node_config(dir: &Path, register: &str, ephemeral: bool) -> Result<NodeConfig, FederationError> {
+    let mut config = NodeConfig::load(&dir.join(register).join("node.toml"))?;
+    if ephemeral {
+        config.node.listen = "127.0.0.1:0".parse().expect("valid address");
+    }
+    Ok(config)
+}
+
+/// The coordinator config for nodes at `addresses` (register, host:port).
+pub fn coordinator_toml(listen: &str, addresses: &[(String, String)], options: &LocalOptions) -> String {
+    let mut s = format!(
+        "# samkor coordinator of the synthetic federation\n\
+         [coordinator]\nlisten = \"{listen}\"\nmemory_limit_mb = {}\nspill_dir = \"spill\"\n\
+         query_timeout_secs = {}\nnode_retry_secs = {}\n\n\
+         [tls]\ncert = \"certs/coordinator.pem\"\nkey = \"certs/coordinator.key\"\nca = \"certs/ca.pem\"\n",
+        options.memory_limit_mb, options.query_timeout_secs, options.node_retry_secs
+    );
+    for (register, addr) in addresses {
+        s.push_str(&format!("\n[[nodes]]\nregister = \"{register}\"\naddress = \"{addr}\"\n"));
+    }
+    s
+}
+
+/// The TLS files of a user (or the coordinator, or a node) in a synth directory.
+pub fn identity_files(dir: &Path, name: &str) -> TlsFiles {
+    let certs = dir.join("certs");
+    TlsFiles {
+        cert: certs.join(crate::certs::cert_file(name)),
+        key: certs.join(crate::certs::key_file(name)),
+        ca: certs.join("ca.pem"),
+    }
+}
+
+/// Nodes and a coordinator running in this process.
+#[derive(Debug)]
+pub struct LocalFederation {
+    pub dir: PathBuf,
+    pub nodes: Vec<RunningNode>,
+    pub coordinator: RunningCoordinator,
+}
+
+impl LocalFederation {
+    /// Starts the nodes named in `options.start`, then the coordinator.
+    pub async fn start(dir: &Path, options: &LocalOptions) -> Result<LocalFederation, FederationError> {
+        let mut nodes = Vec::new();
+        let mut addresses = Vec::new();
+        for register in REGISTERS {
+            let config = node_config(dir, register, options.ephemeral_ports)?;
+            if options.start.iter().any(|s| s == register) {
+                let node = samkor_node::start(config)
+                    .await
+                    .map_err(|source| FederationError::Node { register: register.to_owned(), source })?;
+                addresses.push((register.to_owned(), node.addr.to_string()));
+                nodes.push(node);
+            } else {
+                // Not started: give the coordinator an address where nothing listens.
+                let unused = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr());
+                let addr = unused.map(|a| a.to_string()).unwrap_or_else(|_| config.node.listen.to_string());
+                addresses.push((register.to_owned(), addr));
+            }
+        }
+        let listen = if options.ephemeral_ports { "127.0.0.1:0" } else { "127.0.0.1:47100" };
+        let toml = coordinator_toml(listen, &addresses, options);
+        let config = CoordinatorConfig::parse(&dir.join("coordinator.toml"), &toml)?;
+        let coordinator = samkor_coordinator::start(config).await?;
+        Ok(LocalFederation { dir: dir.to_owned(), nodes, coordinator })
+    }
+
+    /// `host:port` of the coordinator.
+    pub fn coordinator_addr(&self) -> String {
+        self.coordinator.addr.to_string()
+    }
+
+    /// A user's TLS identity.
+    pub fn identity(&self, user: &str) -> Result<TlsIdentity, FederationError> {
+        Ok(identity_files(&self.dir, user).load()?)
+    }
+
+    /// A client for `user` in `project`.
+    pub async fn client(&self, user: &str, project: &str) -> Result<crate::client::Client, crate::client::ClientError> {
+        let identity = self.identity(user).map_err(|e| crate::client::ClientError::Protocol(e.to_string()))?;
+        crate::client::Client::connect(&self.coordinator_addr(), &identity, project).await
+    }
+
+    pub fn node(&self, register: &str) -> Option<&RunningNode> {
+        self.nodes.iter().find(|n| n.state.register() == register)
+    }
+
+    /// Stops everything.
+    pub async fn shutdown(self) {
+        self.coordinator.shutdown().await;
+        for n in self.nodes {
+            n.shutdown().await;
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! The `samkor` binary: one command, several roles.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+/// Federated statistics over health and population registers.
+#[derive(Debug, Parser)]
+#[command(name = "samkor", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a deterministic synthetic federation: five registers with Parquet
+    /// data, node configs, development certificates and a federation key.
+    Synth(SynthArgs),
+    /// Development certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Run a register node.
+    Node(NodeArgs),
+    /// Run the coordinator.
+    Coordinator(CoordinatorArgs),
+    /// Run a SQL query through a coordinator.
+    Query(QueryArgs),
+    /// Generate (once) and start a demo federation on this machine, and run a short showcase.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CoordinatorArgs {
+    /// The coordinator's config file.
+    #[arg(long, env = "SAMKOR_COORDINATOR_CONFIG")]
+    config: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct IdentityArgs {
+    /// Your certificate (PEM), issued by the federation CA.
+    #[arg(long, env = "SAMKOR_CERT")]
+    cert: PathBuf,
+    /// Your private key (PEM).
+    #[arg(long, env = "SAMKOR_KEY")]
+    key: PathBuf,
+    /// The federation CA certificate (PEM).
+    #[arg(long, env = "SAMKOR_CA")]
+    ca: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct QueryArgs {
+    /// Coordinator address, host:port.
+    #[arg(long, env = "SAMKOR_COORDINATOR")]
+    coordinator: String,
+    /// The approved project the query runs for.
+    #[arg(long, env = "SAMKOR_PROJECT")]
+    project: String,
+    #[command(flatten)]
+    identity: IdentityArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: samkor::output::Format,
+    /// Write the result to this file instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Read the SQL from this file.
+    #[arg(long, conflicts_with = "sql")]
+    file: Option<PathBuf>,
+    /// The SQL query.
+    sql: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct DemoArgs {
+    /// Where the synthetic federation is generated (once) and kept.
+    #[arg(long, env = "SAMKOR_DEMO_DIR")]
+    dir: Option<PathBuf>,
+    /// Number of synthetic persons.
+    #[arg(long, default_value_t = 200_000)]
+    persons: u64,
+    /// Seed of the synthetic data.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Keep the federation running after the showcase and print how to connect.
+    #[arg(long)]
+    serve: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct SynthArgs {
+    /// Output directory (one sub-directory per register).
+    #[arg(long, env = "SAMKOR_SYNTH_OUT")]
+    out: PathBuf,
+    /// Number of persons in the population.
+    #[arg(long, default_value_t = 100_000)]
+    persons: u64,
+    /// Seed; the same seed and size give the same data.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Create a development CA and certificates for a coordinator, nodes and users.
+    Init {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Registers to issue node certificates for (`node-<register>`).
+        #[arg(long, value_delimiter = ',', default_value = "hip,npr,lmr,dors,pop")]
+        nodes: Vec<String>,
+        /// Users to issue certificates for (the common name is the identity).
+        #[arg(long, value_delimiter = ',', default_value = "alice,bob")]
+        users: Vec<String>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct NodeArgs {
+    /// The node's config file.
+    #[arg(long, env = "SAMKOR_NODE_CONFIG")]
+    config: PathBuf,
+    /// Listen on this address instead of the config's `listen`.
+    #[arg(long, env = "SAMKOR_NODE_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+}
+
+const REGISTERS: [&str; 5] = ["hip", "npr", "lmr", "dors", "pop"];
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("samkor: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("samkor: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SAMKOR_LOG").unwrap_or_else(|_| EnvFilter::new("warn,samkor=info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Synth(args) => synth(args),
+        Command::Certs { command: CertsCommand::Init { out, nodes, users } } => {
+            let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
+            let users: Vec<&str> = users.iter().map(String::as_str).collect();
+            samkor::certs::init(&out, &nodes, &users)?;
+            println!("development CA and certificates written to {}", out.display());
+            Ok(())
+        }
+        Command::Node(args) => node(args).await,
+        Command::Coordinator(args) => coordinator(args).await,
+        Command::Query(args) => query(args).await,
+        Command::Demo(args) => demo(args).await,
+    }
+}
+
+fn synth(args: SynthArgs) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let certs = args.out.join("certs");
+    if !certs.join("ca.pem").exists() {
+        samkor::certs::init(&certs, &REGISTERS, &["alice", "bob"])?;
+    }
+    let key = args.out.join("federation.key");
+    if !key.exists() {
+        samkor::certs::write_federation_key(&key)?;
+    }
+    write_coordinator_config(&args.out)?;
+    let summary = samkor::synth::generate(&samkor::synth::SynthOptions {
+        out: args.out.clone(),
+        persons: args.persons,
+        seed: args.seed,
+    })?;
+    let mut table = comfy_table::Table::new();
+    table.set_header(["register", "table", "rows", "files"]);
+    for t in &summary.tables {
+        table.add_row([t.register.clone(), t.table.clone(), t.rows.to_string(), t.files.to_string()]);
+    }
+    println!("{table}");
+    println!(
+        "{} persons (seed {}), {} opt-outs, written to {} in {:.1} s",
+        args.persons,
+        args.seed,
+        summary.opted_out,
+        args.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn node(args: NodeArgs) -> anyhow::Result<()> {
+    let mut config = samkor_node::NodeConfig::load(&args.config)?;
+    if let Some(listen) = args.listen {
+        config.node.listen = listen;
+    }
+    let node = samkor_node::start(config).await?;
+    println!("node {} listening on {} (mutual TLS 1.3)", node.state.register(), node.addr);
+    tokio::select! {
+        r = node.wait() => r.context("the node server stopped")?,
+        _ = tokio::signal::ctrl_c() => println!("stopping"),
+    }
+    Ok(())
+}
+
+/// The coordinator config of a synth directory, with the nodes' configured ports.
+fn write_coordinator_config(out: &std::path::Path) -> anyhow::Result<()> {
+    let addresses: Vec<(String, String)> = REGISTERS
+        .iter()
+        .enumerate()
+        .map(|(i, r)| ((*r).to_owned(), format!("127.0.0.1:{}", 47101 + i)))
+        .collect();
+    let options = samkor::federation::LocalOptions::default();
+    let text = samkor::federation::coordinator_toml("127.0.0.1:47100", &addresses, &options);
+    std::fs::create_dir_all(out)?;
+    let path = out.join("coordinator.toml");
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
+    let config = samkor_coordinator::CoordinatorConfig::load(&args.config)?;
+    let running = samkor_coordinator::start(config).await?;
+    println!("coordinator serving Flight SQL on {} (mutual TLS 1.3)", running.addr);
+    tokio::select! {
+        r = running.wait() => r.context("the coordinator stopped")?,
+        _ = tokio::signal::ctrl_c() => println!("stopping"),
+    }
+    Ok(())
+}
+
+async fn query(args: QueryArgs) -> anyhow::Result<()> {
+    let sql = match (&args.sql, &args.file) {
+        (Some(sql), None) => sql.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?,
+        _ => anyhow::bail!("give the SQL as an argument or with --file"),
+    };
+    let files = samkor_proto::tls::TlsFiles { cert: args.identity.cert, key: args.identity.key, ca: args.identity.ca };
+    let identity = files.load()?;
+    let run = async {
+        let mut client = samkor::client::Client::connect(&args.coordinator, &identity, &args.project).await?;
+        client.query(&sql).await
+    };
+    tokio::pin!(run);
+    let result = tokio::select! {
+        r = &mut run => r,
+        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
+            let spinner = indicatif::ProgressBar::new_spinner();
+            spinner.set_message("running at the nodes…");
+            spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+            let r = tokio::select! {
+                r = &mut run => r,
+                _ = tokio::signal::ctrl_c() => { spinner.finish_and_clear(); anyhow::bail!("cancelled"); }
+            };
+            spinner.finish_and_clear();
+            r
+        }
+    };
+    let (schema, batches) = result?;
+    samkor::output::write(args.format, &schema, &batches, args.out.as_deref())?;
+    Ok(())
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let dir = args.dir.unwrap_or_else(samkor::demo::default_dir);
+    let started = std::time::Instant::now();
+    if samkor::demo::prepare(&dir, args.persons, args.seed)? {
+        println!(
+            "Generated a synthetic federation of {} persons in {} ({:.1} s).",
+            args.persons,
+            dir.display(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let federation = samkor::demo::start(&dir).await?;
+    println!("samkor demo: five register nodes (hip, npr, lmr, dors, pop) and a coordinator on loopback, mutual TLS 1.3.");
+    println!("Synthetic data only. The researcher is `{}`, project `{}`.", samkor::demo::DEMO_USER, samkor::demo::DEMO_PROJECT);
+    println!("NOTE: these outputs are NOT yet disclosure-controlled (no small-cell suppression): do not release such tables from real data.");
+    samkor::demo::showcase(&federation).await?;
+    if args.serve {
+        println!("\nFlight SQL endpoint: grpc+tls://{} (client certificates in {}/certs)", federation.coordinator_addr(), dir.display());
+        println!("Connect from Python (pip install adbc-driver-flightsql pyarrow pandas):\n");
+        println!("{}", samkor::demo::python_snippet(&dir, &federation.coordinator_addr()));
+        println!("\nOr from the CLI:\n  samkor query --coordinator {} --project {} --cert {d}/certs/alice.pem --key {d}/certs/alice.key --ca {d}/certs/ca.pem \"SELECT count(*) FROM pop.persons\"",
+            federation.coordinator_addr(), samkor::demo::DEMO_PROJECT, d = dir.display());
+        println!("\nPress Ctrl-C to stop.");
+        tokio::signal::ctrl_c().await?;
+    }
+    federation.shutdown().await;
+    Ok(())
+}
