@@ -36,6 +36,8 @@ pub struct LocalOptions {
     pub query_timeout_secs: u64,
     pub memory_limit_mb: u64,
     pub node_retry_secs: u64,
+    /// Addresses of nodes not started here (register → host:port), e.g. a node run as its own process.
+    pub addresses: Vec<(String, String)>,
 }
 
 impl Default for LocalOptions {
@@ -46,6 +48,7 @@ impl Default for LocalOptions {
             query_timeout_secs: 300,
             memory_limit_mb: 2048,
             node_retry_secs: 1,
+            addresses: Vec::new(),
         }
     }
 }
@@ -105,6 +108,8 @@ impl LocalFederation {
                     .map_err(|source| FederationError::Node { register: register.to_owned(), source })?;
                 addresses.push((register.to_owned(), node.addr.to_string()));
                 nodes.push(node);
+            } else if let Some((_, addr)) = options.addresses.iter().find(|(r, _)| r == register) {
+                addresses.push((register.to_owned(), addr.clone()));
             } else {
                 // Not started: give the coordinator an address where nothing listens.
                 let unused = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr());
@@ -146,4 +151,34 @@ impl LocalFederation {
             n.shutdown().await;
         }
     }
+}
+
+/// The same registers pooled in one local DataFusion session, for comparison:
+/// every table of every register read straight from its files, identity
+/// numbers pseudonymised for `project` and opt-outs removed exactly as the
+/// nodes do, under the same `<register>.<table>` names. Nothing is federated.
+pub async fn pooled_session(dir: &Path, project: &str) -> Result<datafusion::prelude::SessionContext, FederationError> {
+    use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider};
+    use std::sync::Arc;
+    let mut config = datafusion::prelude::SessionConfig::new()
+        .with_default_catalog_and_schema(samkor_coordinator::engine::CATALOG, "public");
+    config.options_mut().execution.parquet.schema_force_view_types = false;
+    let ctx = datafusion::prelude::SessionContext::new_with_config(config);
+    let catalog = MemoryCatalogProvider::new();
+    for register in REGISTERS {
+        let state = samkor_node::NodeState::open(node_config(dir, register, true)?)
+            .await
+            .map_err(|source| FederationError::Node { register: register.to_owned(), source })?;
+        let schema = MemorySchemaProvider::new();
+        let tables = state.project_tables(project).map_err(|e| FederationError::Node {
+            register: register.to_owned(),
+            source: samkor_node::StartError::OptOut(e),
+        })?;
+        for (name, provider) in tables {
+            schema.register_table(name, provider).expect("fresh schema");
+        }
+        catalog.register_schema(register, Arc::new(schema) as Arc<dyn SchemaProvider>).expect("memory catalog");
+    }
+    ctx.register_catalog(samkor_coordinator::engine::CATALOG, Arc::new(catalog));
+    Ok(ctx)
 }

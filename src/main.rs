@@ -137,7 +137,7 @@ const REGISTERS: [&str; 5] = ["hip", "npr", "lmr", "dors", "pop"];
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().thread_stack_size(8 << 20).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("samkor: cannot start the async runtime: {e}");

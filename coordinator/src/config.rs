@@ -122,8 +122,8 @@ impl CoordinatorConfig {
                 return Err(invalid(format!("node for register {:?} is listed twice", n.register)));
             }
         }
-        if raw.coordinator.memory_limit_mb < 64 {
-            return Err(invalid("memory_limit_mb must be at least 64".into()));
+        if raw.coordinator.memory_limit_mb == 0 {
+            return Err(invalid("memory_limit_mb must be at least 1".into()));
         }
         if raw.coordinator.query_timeout_secs == 0 {
             return Err(invalid("query_timeout_secs must be at least 1".into()));

@@ -29,8 +29,10 @@ use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream};
 use datafusion::optimizer::Optimizer;
 use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
-use datafusion_federation::sql::{RemoteTable, SQLFederationProvider, SQLSchemaProvider, SQLTable};
-use datafusion_federation::{FederatedQueryPlanner, FederationOptimizerRule};
+use datafusion_federation::sql::{RemoteTable, SQLFederationProvider, SQLTableSource};
+use datafusion_federation::FederatedTableProviderAdaptor;
+use datafusion_federation::FederatedQueryPlanner;
+use crate::pushdown::PushdownRule;
 use futures::Stream;
 use samkor_proto::client::NodeError;
 
@@ -129,7 +131,7 @@ impl Engine {
     pub fn session(&self, scope: QueryScope) -> SessionContext {
         let scope = Arc::new(scope);
         let mut rules = Optimizer::new().rules;
-        rules.push(Arc::new(FederationOptimizerRule::new()));
+        rules.push(Arc::new(PushdownRule));
         let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG, "public")
             .with_create_default_catalog_and_schema(false)
@@ -145,18 +147,14 @@ impl Engine {
         let ctx = SessionContext::new_with_state(state);
         let catalog = MemoryCatalogProvider::new();
         for node in &self.federation.nodes {
-            let Some(cat) = node.catalogue() else { continue };
+            let Some(cat) = node.catalogue() else {
+                let schema = Arc::new(UnavailableRegister { register: node.register.clone(), addr: node.client.addr().to_owned() });
+                catalog.register_schema(&node.register, schema).expect("memory catalog accepts schemas");
+                continue;
+            };
             let executor = Arc::new(NodeExecutor::new(node.clone(), scope.clone()));
             let provider = Arc::new(SQLFederationProvider::new(executor));
-            let tables: Vec<Arc<dyn SQLTable>> = cat
-                .tables
-                .iter()
-                .filter_map(|t| {
-                    let reference = t.name.as_str().try_into().ok()?;
-                    Some(Arc::new(RemoteTable::new(reference, t.schema.clone())) as Arc<dyn SQLTable>)
-                })
-                .collect();
-            let schema: Arc<dyn SchemaProvider> = Arc::new(SQLSchemaProvider::new_with_custom_tables(provider, tables));
+            let schema: Arc<dyn SchemaProvider> = Arc::new(RegisterSchema::new(&node.register, provider, &cat.tables));
             catalog.register_schema(&node.register, schema).expect("memory catalog accepts schemas");
         }
         ctx.register_catalog(CATALOG, Arc::new(catalog));
@@ -253,6 +251,74 @@ impl CloneShallow for DataFusionError {
             DataFusionError::Internal(m) => DataFusionError::Internal(m.clone()),
             other => DataFusionError::Plan(other.message().into_owned()),
         }
+    }
+}
+
+/// The tables of one register, bound to one query. Each table keeps its
+/// coordinator name (`hip.operations`) as its remote name too, so the SQL sent
+/// to a node uses the names the optimizer's aliases were built from.
+#[derive(Debug)]
+struct RegisterSchema {
+    tables: Vec<(String, Arc<SQLTableSource>)>,
+}
+
+impl RegisterSchema {
+    fn new(register: &str, provider: Arc<SQLFederationProvider>, tables: &[crate::nodes::RemoteTableInfo]) -> Self {
+        let tables = tables
+            .iter()
+            .filter_map(|t| {
+                let reference = format!("{register}.{}", t.name).as_str().try_into().ok()?;
+                let remote = Arc::new(RemoteTable::new(reference, t.schema.clone()));
+                Some((t.name.clone(), Arc::new(SQLTableSource::new_with_table(provider.clone(), remote))))
+            })
+            .collect();
+        RegisterSchema { tables }
+    }
+}
+
+#[async_trait::async_trait]
+impl SchemaProvider for RegisterSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.tables.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    async fn table(&self, name: &str) -> datafusion::common::Result<Option<Arc<dyn datafusion::catalog::TableProvider>>> {
+        Ok(self
+            .tables
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| Arc::new(FederatedTableProviderAdaptor::new(s.clone())) as Arc<dyn datafusion::catalog::TableProvider>))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.tables.iter().any(|(n, _)| n == name)
+    }
+}
+
+/// The schema of a register whose node has not answered yet: naming one of
+/// its tables says so, instead of "table not found".
+#[derive(Debug)]
+struct UnavailableRegister {
+    register: String,
+    addr: String,
+}
+
+#[async_trait::async_trait]
+impl SchemaProvider for UnavailableRegister {
+    fn table_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    async fn table(&self, _name: &str) -> datafusion::common::Result<Option<Arc<dyn datafusion::catalog::TableProvider>>> {
+        Err(DataFusionError::External(Box::new(NodeError::Unreachable {
+            node: self.register.clone(),
+            addr: self.addr.clone(),
+            reason: "it has not answered since the coordinator started (retrying in the background)".into(),
+        })))
+    }
+
+    fn table_exist(&self, _name: &str) -> bool {
+        true
     }
 }
 

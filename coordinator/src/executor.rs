@@ -11,7 +11,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{PhysicalExpr, SendableRecordBatchStream};
-use datafusion::sql::unparser::dialect::{DefaultDialect, Dialect};
+use datafusion::sql::unparser::dialect::Dialect;
 use datafusion_federation::sql::SQLExecutor;
 use futures::{StreamExt, TryStreamExt};
 use samkor_proto::client::NodeError;
@@ -62,6 +62,18 @@ fn conform(node: &str, batch: RecordBatch, schema: &SchemaRef) -> Result<RecordB
     Ok(RecordBatch::try_new_with_options(schema.clone(), columns, &options)?)
 }
 
+/// The SQL dialect of sub-queries: DataFusion's, with every identifier quoted
+/// (DataFusion's default dialect decides per identifier with a freshly
+/// compiled regular expression, which is slow and deep on the stack).
+#[derive(Debug)]
+pub struct NodeDialect;
+
+impl Dialect for NodeDialect {
+    fn identifier_quote_style(&self, _identifier: &str) -> Option<char> {
+        Some('"')
+    }
+}
+
 #[async_trait]
 impl SQLExecutor for NodeExecutor {
     fn name(&self) -> &str {
@@ -73,7 +85,7 @@ impl SQLExecutor for NodeExecutor {
     }
 
     fn dialect(&self) -> Arc<dyn Dialect> {
-        Arc::new(DefaultDialect {})
+        Arc::new(NodeDialect)
     }
 
     fn execute(&self, query: &str, schema: SchemaRef, _filters: &[Arc<dyn PhysicalExpr>]) -> Result<SendableRecordBatchStream> {

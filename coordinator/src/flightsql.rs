@@ -83,7 +83,12 @@ impl CoordinatorService {
     /// recorded in a statement handle, used when a client does not repeat the header.
     fn caller<T>(&self, request: &Request<T>, fallback_project: Option<&str>) -> Result<Caller, Status> {
         let identity = self.identity(request)?;
-        let header = request.metadata().get(headers::PROJECT).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let header = request
+            .metadata()
+            .get(headers::PROJECT)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned);
         let project = match (header, fallback_project) {
             (Some(h), Some(f)) if h != f => {
                 return Err(Status::invalid_argument(format!(

@@ -126,12 +126,16 @@ impl FlightService for NodeService {
         })?;
         span.in_scope(|| tracing::info!(sql = %sub.sql, "sub-query started"));
         let query_id = sub.query_id.clone();
+        let guard = self.state.track();
         let batches = stream.map_err(move |e| FlightError::Tonic(Box::new(run_error(&register, &query_id, &e))));
         let flight = FlightDataEncoderBuilder::new()
             .build(batches)
-            .map_err(|e| match e {
-                FlightError::Tonic(status) => *status,
-                other => Status::internal(other.to_string()),
+            .map_err(move |e| {
+                let _running = &guard;
+                match e {
+                    FlightError::Tonic(status) => *status,
+                    other => Status::internal(other.to_string()),
+                }
             });
         Ok(Response::new(Box::pin(flight)))
     }

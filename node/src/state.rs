@@ -40,6 +40,18 @@ pub struct NodeState {
     tables: Vec<Arc<ServedTable>>,
     catalogue: pb::Catalogue,
     runtime: Arc<RuntimeEnv>,
+    active: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts a sub-query as running until dropped (when its stream ends, fails
+/// or is cancelled by the caller).
+#[derive(Debug)]
+pub struct ActiveGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl NodeState {
@@ -59,11 +71,22 @@ impl NodeState {
             tables.push(Arc::new(served));
         }
         let catalogue = catalogue(&config);
-        Ok(NodeState { config, key, opt_outs, tables, catalogue, runtime })
+        Ok(NodeState { config, key, opt_outs, tables, catalogue, runtime, active: Arc::default() })
     }
 
     pub fn register(&self) -> &str {
         &self.config.node.register
+    }
+
+    /// Sub-queries whose result stream is open now.
+    pub fn active_subqueries(&self) -> usize {
+        self.active.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Marks a sub-query as running until the guard is dropped.
+    pub fn track(&self) -> ActiveGuard {
+        self.active.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        ActiveGuard(self.active.clone())
     }
 
     pub fn catalogue(&self) -> &pb::Catalogue {

@@ -78,6 +78,11 @@ impl NodeClient {
         &self.endpoint.name
     }
 
+    /// `host:port` of the node.
+    pub fn addr(&self) -> &str {
+        &self.endpoint.addr
+    }
+
     fn flight(&self) -> FlightClient {
         FlightClient::new(self.channel.clone())
     }
@@ -86,7 +91,10 @@ impl NodeClient {
         let node = self.endpoint.name.clone();
         match e {
             FlightError::Tonic(status) => {
-                if status.code() == tonic::Code::Unavailable || status.code() == tonic::Code::Unknown && status.message().contains("transport") {
+                // Connection failures come from the transport (the status has a
+                // source); a status the node sent itself has none.
+                let transport = std::error::Error::source(status.as_ref()).is_some();
+                if transport && matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal) {
                     NodeError::Unreachable {
                         node,
                         addr: self.endpoint.addr.clone(),

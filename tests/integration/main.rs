@@ -1,1 +1,9 @@
+#![allow(unreachable_pub)]
+//! All integration tests in one binary (one link): real nodes and a real
+//! coordinator on ephemeral loopback ports, over mutual TLS, on Parquet data
+//! written by `samkor synth`.
 
+mod common;
+mod matrix;
+mod coordinator;
+mod node;

@@ -1,0 +1,76 @@
+//! Shared fixtures: one synthetic federation per test run, servers per test.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use samkor::federation::{LocalFederation, LocalOptions, REGISTERS};
+
+/// Persons in the test federation: enough for meaningful groups, small enough for debug builds.
+pub const PERSONS: u64 = 8_000;
+pub const SEED: u64 = 7;
+/// Users with certificates in the test federation.
+pub const USERS: [&str; 3] = ["alice", "bob", "carol"];
+
+fn generate(dir: &Path) {
+    samkor::certs::init(&dir.join("certs"), &REGISTERS, &USERS).expect("development certificates");
+    samkor::certs::write_federation_key(&dir.join("federation.key")).expect("federation key");
+    samkor::synth::generate(&samkor::synth::SynthOptions { out: dir.to_owned(), persons: PERSONS, seed: SEED })
+        .expect("synthetic registers");
+}
+
+/// The synthetic federation shared by all tests (read-only: copy it before changing files).
+pub fn synth_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::Builder::new().prefix("samkor-it-").tempdir().expect("tempdir").keep();
+        generate(&dir);
+        dir
+    })
+}
+
+/// A private copy of the synthetic federation, for tests that change files.
+pub fn private_copy() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new().prefix("samkor-it-copy-").tempdir().expect("tempdir");
+    copy_dir(synth_dir(), dir.path());
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// A second, unrelated CA with a user certificate: never trusted by the federation.
+pub fn rogue_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::Builder::new().prefix("samkor-rogue-").tempdir().expect("tempdir").keep();
+        samkor::certs::init(&dir, &[], &["mallory", "coordinator-impostor"]).expect("rogue certificates");
+        dir
+    })
+}
+
+/// Starts all five nodes and a coordinator on the shared data.
+pub async fn federation() -> LocalFederation {
+    federation_with(&LocalOptions::default()).await
+}
+
+pub async fn federation_with(options: &LocalOptions) -> LocalFederation {
+    LocalFederation::start(synth_dir(), options).await.expect("federation starts")
+}
+
+/// Renders batches as sorted lines, for order-insensitive comparison.
+pub fn sorted_lines(batches: &[arrow::record_batch::RecordBatch]) -> Vec<String> {
+    let text = arrow::util::pretty::pretty_format_batches(batches).expect("format").to_string();
+    let mut lines: Vec<String> = text.lines().skip(3).filter(|l| !l.starts_with('+')).map(str::to_owned).collect();
+    lines.sort();
+    lines
+}
