@@ -136,7 +136,6 @@ const REGISTERS: [&str; 5] = ["hip", "npr", "lmr", "dors", "pop"];
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread().thread_stack_size(8 << 20).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -144,7 +143,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    // The OTLP exporter needs the runtime to exist.
+    let telemetry = runtime.block_on(async { init_tracing() });
+    let result = runtime.block_on(run(cli));
+    if let Some(provider) = telemetry {
+        let _ = provider.shutdown();
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("samkor: {e:#}");
@@ -153,10 +158,34 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+/// Logs to standard error (`SAMKOR_LOG`, an `EnvFilter`); with the standard
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans are also exported over OTLP/gRPC.
+fn init_tracing() -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_env("SAMKOR_LOG").unwrap_or_else(|_| EnvFilter::new("warn,samkor=info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let provider = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").and_then(|_| {
+        match opentelemetry_otlp::SpanExporter::builder().with_tonic().build() {
+            Ok(exporter) => Some(
+                opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(opentelemetry_sdk::Resource::builder().with_service_name("samkor").build())
+                    .build(),
+            ),
+            Err(e) => {
+                eprintln!("samkor: OpenTelemetry export disabled: {e}");
+                None
+            }
+        }
+    });
+    let otel = provider.as_ref().map(|p| {
+        use opentelemetry::trace::TracerProvider as _;
+        tracing_opentelemetry::layer().with_tracer(p.tracer("samkor"))
+    });
+    let _ = tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init();
+    provider
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

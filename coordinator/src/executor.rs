@@ -23,7 +23,10 @@ use crate::nodes::RemoteNode;
 pub struct QueryScope {
     pub project: String,
     pub query_id: String,
+    /// The caller's trace context, used when no exporter is configured here.
     pub traceparent: Option<String>,
+    /// The query's span; node sub-queries are its children.
+    pub span: tracing::Span,
 }
 
 /// Executes sub-plans on one node for one query.
@@ -92,11 +95,13 @@ impl SQLExecutor for NodeExecutor {
         let node = self.node.clone();
         let scope = self.scope.clone();
         let sql = query.to_owned();
-        tracing::info!(register = %node.register, query_id = %scope.query_id, sql = %sql, "sub-query sent");
+        let span = tracing::info_span!(parent: &scope.span, "node_subquery", register = %node.register, query_id = %scope.query_id);
+        span.in_scope(|| tracing::info!(sql = %sql, "sub-query sent"));
+        let traceparent = samkor_proto::trace::traceparent(&span).or_else(|| scope.traceparent.clone());
         let open = async move {
             let stream = node
                 .client
-                .query(&scope.project, &sql, &scope.query_id, scope.traceparent.as_deref())
+                .query(&scope.project, &sql, &scope.query_id, traceparent.as_deref())
                 .await
                 .map_err(node_error)?;
             let client = node.client.clone();
@@ -104,7 +109,7 @@ impl SQLExecutor for NodeExecutor {
         };
         let register = self.node.register.clone();
         let target = schema.clone();
-        let batches = futures::stream::once(open)
+        let batches = futures::stream::once(tracing::Instrument::instrument(open, span))
             .try_flatten()
             .map(move |b| b.and_then(|b| conform(&register, b, &target)));
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))

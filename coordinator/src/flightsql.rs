@@ -105,11 +105,17 @@ impl CoordinatorService {
     }
 
     fn scope(&self, caller: &Caller) -> QueryScope {
-        QueryScope {
-            project: caller.project.clone(),
-            query_id: self.engine.query_id(),
-            traceparent: caller.traceparent.clone(),
+        let query_id = self.engine.query_id();
+        let span = tracing::info_span!(
+            "query",
+            query_id = %query_id,
+            project = %caller.project,
+            identity = %caller.identity,
+        );
+        if let Some(tp) = &caller.traceparent {
+            samkor_proto::trace::set_parent(&span, tp);
         }
+        QueryScope { project: caller.project.clone(), query_id, traceparent: caller.traceparent.clone(), span }
     }
 
     /// Plans `sql` to learn its result schema.
@@ -130,12 +136,7 @@ impl CoordinatorService {
     /// Runs a query and streams its result.
     async fn run(&self, caller: Caller, sql: String) -> Result<Response<DoGetStream>, Status> {
         let scope = self.scope(&caller);
-        let span = tracing::info_span!(
-            "query",
-            query_id = %scope.query_id,
-            project = %caller.project,
-            identity = %caller.identity,
-        );
+        let span = scope.span.clone();
         let ctx = self.engine.session(scope);
         let engine = self.engine.clone();
         let stream = async { engine.execute(&ctx, &sql).await }.instrument(span.clone()).await.map_err(|e| {

@@ -121,6 +121,9 @@ impl FlightService for NodeService {
             caller = %caller,
             traceparent = %traceparent,
         );
+        if !traceparent.is_empty() {
+            samkor_proto::trace::set_parent(&span, &traceparent);
+        }
         let stream = self.start(&sub.project, &sub.sql).instrument(span.clone()).await.inspect_err(|s| {
             span.in_scope(|| tracing::info!(sql = %sub.sql, error = %s.message(), "sub-query refused"));
         })?;

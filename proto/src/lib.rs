@@ -14,6 +14,7 @@
 pub mod client;
 pub mod ticket;
 pub mod tls;
+pub mod trace;
 
 /// Generated protobuf messages (`samkor.v1`).
 #[allow(missing_docs, unreachable_pub, clippy::all)]
