@@ -114,7 +114,7 @@ impl FlightService for NodeService {
         let sub = ticket::decode(&request.get_ref().ticket).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let register = self.state.register().to_owned();
         let span = tracing::info_span!(
-            "node_subquery",
+            "node_execute",
             register = %register,
             query_id = %sub.query_id,
             project = %sub.project,

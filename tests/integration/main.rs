@@ -7,3 +7,4 @@ mod common;
 mod matrix;
 mod coordinator;
 mod node;
+mod observability;
