@@ -8,3 +8,4 @@ mod matrix;
 mod coordinator;
 mod node;
 mod observability;
+mod python;
