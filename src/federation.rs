@@ -24,6 +24,8 @@ pub enum FederationError {
     Coordinator(#[from] samkor_coordinator::server::StartError),
     #[error("{0}")]
     Tls(#[from] samkor_proto::tls::TlsError),
+    #[error("cannot write {}: {source}", path.display())]
+    Write { path: PathBuf, source: std::io::Error },
 }
 
 /// Settings of a local federation.
@@ -68,7 +70,8 @@ pub fn coordinator_toml(listen: &str, addresses: &[(String, String)], options: &
         "# samkor coordinator of the synthetic federation\n\
          [coordinator]\nlisten = \"{listen}\"\nmemory_limit_mb = {}\nspill_dir = \"spill\"\n\
          query_timeout_secs = {}\nnode_retry_secs = {}\n\n\
-         [tls]\ncert = \"certs/coordinator.pem\"\nkey = \"certs/coordinator.key\"\nca = \"certs/ca.pem\"\n",
+         [tls]\ncert = \"certs/coordinator.pem\"\nkey = \"certs/coordinator.key\"\nca = \"certs/ca.pem\"\n\n\
+         [governance]\napprovals_dir = \"approvals\"\naudit_log = \"audit/coordinator.log\"\n",
         options.memory_limit_mb, options.query_timeout_secs, options.node_retry_secs
     );
     for (register, addr) in addresses {
@@ -118,7 +121,16 @@ impl LocalFederation {
             }
         }
         let listen = if options.ephemeral_ports { "127.0.0.1:0" } else { "127.0.0.1:47100" };
-        let toml = coordinator_toml(listen, &addresses, options);
+        let mut toml = coordinator_toml(listen, &addresses, options);
+        if options.ephemeral_ports {
+            // Several federations may share a directory (tests): one audit log each.
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            toml = toml.replace(
+                "audit_log = \"audit/coordinator.log\"",
+                &format!("audit_log = \"audit/coordinator-{}-{n}.log\"", std::process::id()),
+            );
+        }
         let config = CoordinatorConfig::parse(&dir.join("coordinator.toml"), &toml)?;
         let coordinator = samkor_coordinator::start(config).await?;
         Ok(LocalFederation { dir: dir.to_owned(), nodes, coordinator })
@@ -181,4 +193,43 @@ pub async fn pooled_session(dir: &Path, project: &str) -> Result<datafusion::pre
     }
     ctx.register_catalog(samkor_coordinator::engine::CATALOG, Arc::new(catalog));
     Ok(ctx)
+}
+
+/// An approval document granting every table and column of the synthetic
+/// federation in `dir` to `project` (for demos and tests; a real approval
+/// lists only what the project needs).
+pub fn full_approval_toml(dir: &Path, project: &str, members: &[&str], outputs: &[&str]) -> Result<String, FederationError> {
+    let quote = |items: &[&str]| items.iter().map(|m| format!("{m:?}")).collect::<Vec<_>>().join(", ");
+    let mut s = format!(
+        "project = {project:?}\ntitle = \"Synthetic federation: every register\"\n\
+         ethics_reference = \"Dnr 2026-00000-01\"\nethics_authority = \"Etikprövningsmyndigheten\"\n\
+         principal_investigator = {:?}\nmembers = [{}]\n\
+         purpose = \"Demonstration and testing on synthetic data only.\"\n\
+         valid_from = 2020-01-01\nvalid_until = 2099-12-31\noutputs = [{}]\n",
+        members.first().copied().unwrap_or("alice"),
+        quote(members),
+        quote(outputs)
+    );
+    for register in REGISTERS {
+        let config = node_config(dir, register, true)?;
+        for t in &config.tables {
+            let columns: Vec<String> = t
+                .columns
+                .iter()
+                .map(|c| if c.name == t.person_column { samkor_proto::PERSON_COLUMN.to_owned() } else { c.name.clone() })
+                .collect();
+            let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
+            s.push_str(&format!("\n[[tables]]\ntable = \"{register}.{}\"\ncolumns = [{}]\n", t.name, quote(&columns)));
+        }
+    }
+    Ok(s)
+}
+
+/// Writes `approvals/<project>.toml` with [`full_approval_toml`].
+pub fn write_full_approval(dir: &Path, project: &str, members: &[&str], outputs: &[&str]) -> Result<(), FederationError> {
+    let text = full_approval_toml(dir, project, members, outputs)?;
+    let approvals = dir.join("approvals");
+    std::fs::create_dir_all(&approvals).map_err(|e| FederationError::Write { path: approvals.clone(), source: e })?;
+    let path = approvals.join(format!("{project}.toml"));
+    std::fs::write(&path, text).map_err(|source| FederationError::Write { path, source })
 }

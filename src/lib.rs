@@ -9,9 +9,11 @@
 //! The binary's subcommands live in `main.rs`; this library holds what they and
 //! the integration tests share.
 
+pub mod audit_cli;
 pub mod certs;
 pub mod client;
 pub mod demo;
 pub mod federation;
 pub mod output;
+pub mod policy_cli;
 pub mod synth;

@@ -32,6 +32,52 @@ enum Command {
     Query(QueryArgs),
     /// Generate (once) and start a demo federation on this machine, and run a short showcase.
     Demo(DemoArgs),
+    /// Approval documents.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Validate every approval document in DIR (offline), optionally against a federation's node configs.
+    Check {
+        dir: PathBuf,
+        /// A federation directory (one sub-directory per register with its node.toml).
+        #[arg(long)]
+        federation: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain; points at the first bad record.
+    Verify { file: PathBuf },
+    /// List records in a readable table.
+    Show {
+        file: PathBuf,
+        #[arg(long)]
+        project: Option<String>,
+        /// RFC 3339 time or YYYY-MM-DD.
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// The recurring access review: per identity and project, refusals, expiring approvals.
+    Report {
+        file: PathBuf,
+        /// RFC 3339 time or YYYY-MM-DD.
+        #[arg(long)]
+        since: String,
+        /// The approvals directory, for approvals that expired or are about to.
+        #[arg(long)]
+        approvals: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -202,6 +248,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Coordinator(args) => coordinator(args).await,
         Command::Query(args) => query(args).await,
         Command::Demo(args) => demo(args).await,
+        Command::Policy { command: PolicyCommand::Check { dir, federation } } => {
+            let report = samkor::policy_cli::check(&dir, federation.as_deref()).map_err(anyhow::Error::msg)?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::Audit { command } => audit(command),
     }
 }
 
@@ -221,6 +273,7 @@ fn synth(args: SynthArgs) -> anyhow::Result<()> {
         persons: args.persons,
         seed: args.seed,
     })?;
+    samkor::federation::write_full_approval(&args.out, samkor::demo::DEMO_PROJECT, &["alice"], &["aggregate"])?;
     let mut table = comfy_table::Table::new();
     table.set_header(["register", "table", "rows", "files"]);
     for t in &summary.tables {
@@ -335,5 +388,34 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         tokio::signal::ctrl_c().await?;
     }
     federation.shutdown().await;
+    Ok(())
+}
+
+fn audit(command: AuditCommand) -> anyhow::Result<()> {
+    let text = match command {
+        AuditCommand::Verify { file } => samkor::audit_cli::verify(&file),
+        AuditCommand::Show { file, project, since } => samkor::audit_cli::show(&file, project.as_deref(), since.as_deref()),
+        AuditCommand::Report { file, since, approvals } => {
+            let summaries: Vec<samkor::audit_cli::ApprovalSummary> = match approvals {
+                Some(dir) => {
+                    let (found, problems) = samkor_policies::approval::load_dir(
+                        &dir,
+                        &samkor_policies::approval::DisclosureDefaults::default(),
+                        None,
+                    );
+                    for p in problems {
+                        eprintln!("samkor: {p}");
+                    }
+                    found
+                        .into_iter()
+                        .map(|a| samkor::audit_cli::ApprovalSummary { project: a.project, title: a.title, valid_until: a.valid_until })
+                        .collect()
+                }
+                None => Vec::new(),
+            };
+            samkor::audit_cli::report(&file, &since, &summaries)
+        }
+    };
+    println!("{}", text.map_err(anyhow::Error::msg)?);
     Ok(())
 }

@@ -13,6 +13,10 @@
 //! key = "certs/coordinator.key"
 //! ca = "certs/ca.pem"
 //!
+//! [governance]
+//! approvals_dir = "approvals"   # one approval document per project
+//! audit_log = "audit/coordinator.log"
+//!
 //! [[nodes]]
 //! register = "hip"
 //! address = "127.0.0.1:47101"
@@ -66,6 +70,16 @@ fn default_connect_timeout() -> u64 {
     5
 }
 
+/// Where the approvals and the audit log live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GovernanceSection {
+    /// Directory of approval documents (one TOML file per project), reloaded on change.
+    pub approvals_dir: PathBuf,
+    /// The coordinator's audit log (JSON lines, hash-chained).
+    pub audit_log: PathBuf,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeEntry {
@@ -87,6 +101,7 @@ fn default_domain() -> String {
 struct Raw {
     coordinator: CoordinatorSection,
     tls: TlsFiles,
+    governance: GovernanceSection,
     #[serde(default)]
     nodes: Vec<NodeEntry>,
 }
@@ -97,6 +112,7 @@ pub struct CoordinatorConfig {
     pub path: PathBuf,
     pub coordinator: CoordinatorSection,
     pub tls: TlsFiles,
+    pub governance: GovernanceSection,
     pub nodes: Vec<NodeEntry>,
 }
 
@@ -131,7 +147,11 @@ impl CoordinatorConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         let mut coordinator = raw.coordinator;
         coordinator.spill_dir = coordinator.spill_dir.map(|d| base.join(d));
-        Ok(CoordinatorConfig { path: path.to_owned(), coordinator, tls: raw.tls.relative_to(base), nodes: raw.nodes })
+        let governance = GovernanceSection {
+            approvals_dir: base.join(&raw.governance.approvals_dir),
+            audit_log: base.join(&raw.governance.audit_log),
+        };
+        Ok(CoordinatorConfig { path: path.to_owned(), coordinator, tls: raw.tls.relative_to(base), governance, nodes: raw.nodes })
     }
 
     pub fn query_timeout(&self) -> Duration {
@@ -152,6 +172,10 @@ query_timeout_secs = 30
 cert = "certs/coordinator.pem"
 key = "certs/coordinator.key"
 ca = "certs/ca.pem"
+
+[governance]
+approvals_dir = "approvals"
+audit_log = "audit/coordinator.log"
 
 [[nodes]]
 register = "hip"

@@ -54,6 +54,10 @@ pub enum QueryError {
     #[error("{0}")]
     Plan(String),
     #[error("{0}")]
+    Refused(crate::policy::Refusal),
+    #[error("the audit log cannot record this query, so nothing is released: {0}")]
+    Audit(String),
+    #[error("{0}")]
     Node(NodeError),
     #[error("the query ran longer than the coordinator's limit of {secs} s (query_timeout_secs); narrow it or ask the operator for a longer limit")]
     Timeout { secs: u64 },
@@ -78,6 +82,8 @@ impl QueryError {
                 NodeError::Status { status, .. } => tonic::Status::new(status.code(), msg),
                 NodeError::Address { .. } | NodeError::Protocol { .. } => tonic::Status::unavailable(msg),
             },
+            QueryError::Refused(_) => tonic::Status::permission_denied(msg),
+            QueryError::Audit(_) => tonic::Status::unavailable(msg),
             QueryError::Timeout { .. } => tonic::Status::deadline_exceeded(msg),
             QueryError::Memory { .. } => tonic::Status::resource_exhausted(msg),
             QueryError::Cancelled => tonic::Status::cancelled(msg),
@@ -94,6 +100,9 @@ struct TimedOut(u64);
 #[derive(Debug)]
 pub struct Engine {
     federation: Arc<Federation>,
+    approvals: samkor_policies::approval::ApprovalStore,
+    audit: samkor_policies::audit::AuditLog,
+    catalogued: AtomicU64,
     runtime: Arc<RuntimeEnv>,
     timeout: Duration,
     memory_limit_mb: u64,
@@ -101,7 +110,12 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(config: &CoordinatorConfig, federation: Arc<Federation>) -> Result<Engine, DataFusionError> {
+    pub fn new(
+        config: &CoordinatorConfig,
+        federation: Arc<Federation>,
+        approvals: samkor_policies::approval::ApprovalStore,
+        audit: samkor_policies::audit::AuditLog,
+    ) -> Result<Engine, DataFusionError> {
         let limit = config.coordinator.memory_limit_mb;
         let mut disk = DiskManagerBuilder::default();
         if let Some(dir) = &config.coordinator.spill_dir {
@@ -112,7 +126,16 @@ impl Engine {
             .with_memory_pool(Arc::new(FairSpillPool::new((limit as usize) * 1024 * 1024)))
             .with_disk_manager_builder(disk)
             .build_arc()?;
-        Ok(Engine { federation, runtime, timeout: config.query_timeout(), memory_limit_mb: limit, next_id: AtomicU64::new(1) })
+        Ok(Engine {
+            federation,
+            approvals,
+            audit,
+            catalogued: AtomicU64::new(u64::MAX),
+            runtime,
+            timeout: config.query_timeout(),
+            memory_limit_mb: limit,
+            next_id: AtomicU64::new(1),
+        })
     }
 
     pub fn federation(&self) -> &Arc<Federation> {
@@ -126,17 +149,73 @@ impl Engine {
         format!("q{t:x}-{n}")
     }
 
+    /// The audit log.
+    pub fn audit(&self) -> &samkor_policies::audit::AuditLog {
+        &self.audit
+    }
+
+    /// The approval store.
+    pub fn approvals(&self) -> &samkor_policies::approval::ApprovalStore {
+        self.refresh_catalogue();
+        &self.approvals
+    }
+
+    /// Validates approvals against the live catalogue once every node has
+    /// answered (until then only their structure is checked: an approval is
+    /// not dropped because a node is briefly down).
+    fn refresh_catalogue(&self) {
+        let known = self.federation.nodes.iter().filter(|n| n.catalogue().is_some()).count() as u64;
+        if known < self.federation.nodes.len() as u64 || self.catalogued.swap(known, Ordering::SeqCst) == known {
+            return;
+        }
+        let mut view = samkor_policies::approval::CatalogueView::default();
+        for node in &self.federation.nodes {
+            let Some(cat) = node.catalogue() else { continue };
+            for t in &cat.raw.tables {
+                let columns = t
+                    .columns
+                    .iter()
+                    .map(|c| {
+                        let info = samkor_policies::approval::ColumnInfo { data_type: c.data_type.clone(), identifying: c.identifying };
+                        (c.name.clone(), info)
+                    })
+                    .collect();
+                view.tables.insert(format!("{}.{}", node.register, t.name), columns);
+            }
+        }
+        self.approvals.set_catalogue(view);
+    }
+
+    /// Admits `identity` to `project` today, or says which rule refuses.
+    pub fn authorize(&self, identity: &str, project: &str) -> Result<Arc<samkor_policies::approval::Approval>, QueryError> {
+        let approval = self.approvals().get(project).map_err(|e| {
+            tracing::error!(error = %e, "approvals unreadable");
+            QueryError::Internal(format!("the approvals cannot be read: {e}"))
+        })?;
+        let today = chrono::Utc::now().date_naive();
+        crate::policy::admit(approval, identity, project, today).map_err(QueryError::Refused)
+    }
+
     /// The session one query is planned in: the registers whose nodes have
-    /// answered, each as a schema of federated tables bound to this query.
-    pub fn session(&self, scope: QueryScope) -> SessionContext {
+    /// answered, each as a schema of federated tables bound to this query,
+    /// with the project's approval enforced by the optimizer.
+    pub fn session(
+        &self,
+        scope: QueryScope,
+        approval: Arc<samkor_policies::approval::Approval>,
+        touched: Arc<std::sync::Mutex<crate::policy::Touched>>,
+    ) -> SessionContext {
         let scope = Arc::new(scope);
         let mut rules = Optimizer::new().rules;
+        rules.push(Arc::new(crate::policy::ApprovalRule::new(approval, touched)));
         rules.push(Arc::new(PushdownRule));
         let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG, "public")
             .with_create_default_catalog_and_schema(false)
-            .with_information_schema(true);
+            .with_information_schema(false);
         config.options_mut().execution.parquet.schema_force_view_types = false;
+        // A rule that fails (a refusal) fails the query; it is never skipped.
+        config.options_mut().optimizer.skip_failed_rules = false;
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(self.runtime.clone())
@@ -164,26 +243,35 @@ impl Engine {
     /// Plans `sql` for `project`. Only queries: no DDL, DML or session statements.
     pub async fn plan(&self, ctx: &SessionContext, sql: &str) -> Result<DataFrame, QueryError> {
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-        ctx.sql_with_options(sql, options).await.map_err(|e| self.error(e))
+        let df = ctx.sql_with_options(sql, options).await.map_err(|e| self.error(e))?;
+        // Optimizing applies the approval: a refusal surfaces here, before any node is asked.
+        ctx.state().optimize(df.logical_plan()).map_err(|e| self.error(e))?;
+        Ok(df)
     }
 
     /// Plans and starts `sql`; the stream ends with an error if the query
     /// outlives the configured timeout. Dropping the stream cancels the node
     /// sub-queries.
-    pub async fn execute(&self, ctx: &SessionContext, sql: &str) -> Result<SendableRecordBatchStream, QueryError> {
+    pub async fn execute(&self, ctx: &SessionContext, sql: &str) -> Result<(SendableRecordBatchStream, String), QueryError> {
         let df = self.plan(ctx, sql).await?;
+        let digest = {
+            use sha2::Digest;
+            let text = df.logical_plan().display_indent().to_string();
+            hex::encode(sha2::Sha256::digest(text.as_bytes()))
+        };
         let deadline = tokio::time::Instant::now() + self.timeout;
         let stream = tokio::time::timeout_at(deadline, df.execute_stream())
             .await
             .map_err(|_| QueryError::Timeout { secs: self.timeout.as_secs() })?
             .map_err(|e| self.error(e))?;
-        Ok(Box::pin(Deadline {
+        let stream: SendableRecordBatchStream = Box::pin(Deadline {
             schema: stream.schema(),
             inner: stream,
             sleep: Box::pin(tokio::time::sleep_until(deadline)),
             secs: self.timeout.as_secs(),
             done: false,
-        }))
+        });
+        Ok((stream, digest))
     }
 
     /// Classifies a DataFusion error for the user.
@@ -209,6 +297,9 @@ pub fn classify(e: DataFusionError, memory_limit_mb: u64) -> QueryError {
     if let Some(inner) = find(&e) {
         if let Some(node) = inner.downcast_ref::<NodeError>() {
             return QueryError::Node(clone_node_error(node));
+        }
+        if let Some(r) = inner.downcast_ref::<crate::policy::Refusal>() {
+            return QueryError::Refused(r.clone());
         }
         if let Some(t) = inner.downcast_ref::<TimedOut>() {
             return QueryError::Timeout { secs: t.0 };

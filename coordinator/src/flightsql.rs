@@ -30,6 +30,10 @@ use tracing::Instrument;
 
 use crate::engine::{CATALOG, Engine, QueryError};
 use crate::executor::QueryScope;
+use crate::policy::Touched;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use samkor_policies::audit::{AuditEntry, Decision};
 
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send + 'static>>;
 
@@ -118,11 +122,21 @@ impl CoordinatorService {
         QueryScope { project: caller.project.clone(), query_id, traceparent: caller.traceparent.clone(), span }
     }
 
-    /// Plans `sql` to learn its result schema.
+    /// Plans `sql` to learn its result schema (the approval is checked too).
     async fn schema_of(&self, caller: &Caller, sql: &str) -> Result<Schema, Status> {
-        let ctx = self.engine.session(self.scope(caller));
+        let approval = self.engine.authorize(&caller.identity, &caller.project).map_err(|e| e.to_status())?;
+        let ctx = self.engine.session(self.scope(caller), approval, Arc::default());
         let df = self.engine.plan(&ctx, sql).await.map_err(|e| e.to_status())?;
         Ok(df.schema().as_arrow().clone())
+    }
+
+    /// Appends the decision on a query to the audit log; the answer is
+    /// released only once its record is on disk.
+    fn record(&self, entry: AuditEntry) -> Result<(), QueryError> {
+        self.engine.audit().append(entry).map(|_| ()).map_err(|e| {
+            tracing::error!(error = %e, "audit append failed");
+            QueryError::Audit(e.to_string())
+        })
     }
 
     fn flight_info(&self, schema: &Schema, ticket: Vec<u8>, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
@@ -133,27 +147,55 @@ impl CoordinatorService {
             .map(|i| i.with_endpoint(endpoint).with_descriptor(descriptor))
     }
 
-    /// Runs a query and streams its result.
+    /// Runs a query: checks the approval, computes the whole answer, records
+    /// the decision durably in the audit log, then streams the answer.
     async fn run(&self, caller: Caller, sql: String) -> Result<Response<DoGetStream>, Status> {
         let scope = self.scope(&caller);
         let span = scope.span.clone();
-        let ctx = self.engine.session(scope);
-        let engine = self.engine.clone();
-        let stream = async { engine.execute(&ctx, &sql).await }.instrument(span.clone()).await.map_err(|e| {
-            span.in_scope(|| tracing::info!(sql = %sql, error = %e, "query refused"));
-            e.to_status()
-        })?;
-        span.in_scope(|| tracing::info!(sql = %sql, "query started"));
-        let schema = stream.schema();
-        let engine = self.engine.clone();
-        let batches = stream.map_err(move |e| FlightError::Tonic(Box::new(engine.error(e).to_status())));
+        let mut entry = AuditEntry::new(Decision::Accepted, caller.identity.as_str(), scope.query_id.as_str(), sql.as_str());
+        entry.project = caller.project.clone();
+        let touched = Arc::new(std::sync::Mutex::new(Touched::default()));
+        let outcome: Result<(SchemaRef, Vec<RecordBatch>, String), QueryError> = async {
+            let approval = self.engine.authorize(&caller.identity, &caller.project)?;
+            let ctx = self.engine.session(scope, approval, touched.clone());
+            let (stream, digest) = self.engine.execute(&ctx, &sql).await?;
+            let schema = stream.schema();
+            let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| self.engine.error(e))?;
+            Ok((schema, batches, digest))
+        }
+        .instrument(span.clone())
+        .await;
+        {
+            let t = touched.lock().expect("touched lock");
+            entry.registers = t.registers.iter().cloned().collect();
+            entry.columns = t.columns.iter().cloned().collect();
+        }
+        let (schema, batches, digest) = match outcome {
+            Ok(answer) => answer,
+            Err(e) => {
+                span.in_scope(|| tracing::info!(sql = %sql, error = %e, "query not answered"));
+                entry.decision = match &e {
+                    QueryError::Refused(r) => {
+                        entry.rule = r.rule.to_owned();
+                        Decision::Refused
+                    }
+                    _ => Decision::Failed,
+                };
+                entry.reason = e.to_string();
+                self.record(entry).map_err(|a| a.to_status())?;
+                return Err(e.to_status());
+            }
+        };
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        entry.plan_digest = digest;
+        entry.rows_released = rows as u64;
+        entry.cells_released = (rows * schema.fields().len()) as u64;
+        self.record(entry).map_err(|e| e.to_status())?;
+        span.in_scope(|| tracing::info!(sql = %sql, rows, "query answered"));
         let flight = FlightDataEncoderBuilder::new()
             .with_schema(schema)
-            .build(batches)
-            .map_err(|e| match e {
-                FlightError::Tonic(status) => *status,
-                other => Status::internal(other.to_string()),
-            });
+            .build(futures::stream::iter(batches.into_iter().map(Ok)))
+            .map_err(Status::from);
         Ok(Response::new(Box::pin(flight)))
     }
 
@@ -169,17 +211,23 @@ impl CoordinatorService {
         Response::new(Box::pin(stream))
     }
 
-    /// Registers and tables visible now: (register, table, schema).
-    fn tables(&self) -> Vec<(String, String, Arc<Schema>)> {
+    /// The registers and tables the caller's project may see now, with only
+    /// the approved columns: (register, table, schema).
+    fn tables<T>(&self, request: &Request<T>) -> Result<Vec<(String, String, Arc<Schema>)>, Status> {
+        let caller = self.caller(request, None)?;
+        let approval = self.engine.authorize(&caller.identity, &caller.project).map_err(|e| e.to_status())?;
         let mut out = Vec::new();
         for node in &self.engine.federation().nodes {
             if let Some(cat) = node.catalogue() {
                 for t in &cat.tables {
-                    out.push((node.register.clone(), t.name.clone(), t.schema.clone()));
+                    let Some(grant) = approval.grant(&format!("{}.{}", node.register, t.name)) else { continue };
+                    let fields: Vec<_> =
+                        t.schema.fields().iter().filter(|f| grant.has_column(f.name())).cloned().collect();
+                    out.push((node.register.clone(), t.name.clone(), Arc::new(Schema::new(fields))));
                 }
             }
         }
-        out
+        Ok(out)
     }
 }
 
@@ -298,7 +346,7 @@ impl FlightSqlService for CoordinatorService {
     async fn do_get_schemas(&self, query: CommandGetDbSchemas, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
         self.identity(&request)?;
         let mut builder = query.into_builder();
-        let mut registers: Vec<String> = self.tables().into_iter().map(|(r, _, _)| r).collect();
+        let mut registers: Vec<String> = self.tables(&request)?.into_iter().map(|(r, _, _)| r).collect();
         registers.dedup();
         for r in registers {
             builder.append(CATALOG, r);
@@ -320,7 +368,7 @@ impl FlightSqlService for CoordinatorService {
     async fn do_get_tables(&self, query: CommandGetTables, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
         self.identity(&request)?;
         let mut builder = query.into_builder();
-        for (register, table, schema) in self.tables() {
+        for (register, table, schema) in self.tables(&request)? {
             builder.append(CATALOG, register, table, "TABLE", &schema).map_err(Status::from)?;
         }
         let schema = builder.schema();

@@ -16,6 +16,7 @@ pub mod engine;
 pub mod executor;
 pub mod flightsql;
 pub mod nodes;
+pub mod policy;
 pub mod pushdown;
 pub mod server;
 

@@ -28,6 +28,10 @@ pub enum StartError {
     Node(#[from] NodeError),
     #[error("cannot set up the query engine: {0}")]
     Engine(String),
+    #[error("{0}")]
+    Approvals(#[from] samkor_policies::approval::ApprovalError),
+    #[error("{0}")]
+    Audit(#[from] samkor_policies::audit::AuditError),
     #[error("cannot listen on {addr}: {source}; is another coordinator running there? choose another `listen` address")]
     Listen { addr: SocketAddr, source: std::io::Error },
 }
@@ -76,7 +80,23 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Star
             e.to_string()
         })
         .collect();
-    let engine = Arc::new(Engine::new(&config, federation).map_err(|e| StartError::Engine(e.to_string()))?);
+    let approvals = samkor_policies::approval::ApprovalStore::open(
+        &config.governance.approvals_dir,
+        samkor_policies::approval::DisclosureDefaults::default(),
+    )?;
+    if let Some(parent) = config.governance.audit_log.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| StartError::Engine(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    let (audit, recovery) = samkor_policies::audit::AuditLog::open_recovering(&config.governance.audit_log, "coordinator")?;
+    if let Some(r) = recovery {
+        eprintln!("samkor coordinator: the audit log ended in a torn record; it was set aside and the recovery recorded: {r:?}");
+    }
+    let engine = Arc::new(
+        Engine::new(&config, federation, approvals, audit).map_err(|e| StartError::Engine(e.to_string()))?,
+    );
+    for problem in engine.approvals().problems() {
+        eprintln!("samkor coordinator: approval not loaded: {problem}");
+    }
     let service = FlightServiceServer::new(CoordinatorService::new(engine.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);

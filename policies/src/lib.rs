@@ -2,4 +2,11 @@
 //! data, and the decisions made from them. Pure: no server, no I/O beyond
 //! reading the documents, testable on its own.
 
+pub mod approval;
+pub mod audit;
 pub mod toml_error;
+
+pub use approval::{
+    Approval, ApprovalError, ApprovalStore, CatalogueView, ColumnInfo, Disclosure, DisclosureDefaults, OutputKind,
+    Problem, RestrictionKind, RowRestriction, TableGrant, Validity, Value,
+};

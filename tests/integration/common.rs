@@ -16,6 +16,10 @@ fn generate(dir: &Path) {
     samkor::certs::write_federation_key(&dir.join("federation.key")).expect("federation key");
     samkor::synth::generate(&samkor::synth::SynthOptions { out: dir.to_owned(), persons: PERSONS, seed: SEED })
         .expect("synthetic registers");
+    for project in ["P-1", "P-2", "matrix", "P-python"] {
+        samkor::federation::write_full_approval(dir, project, &["alice"], &["aggregate", "pseudonymised_microdata"])
+            .expect("approval");
+    }
 }
 
 /// The synthetic federation shared by all tests (read-only: copy it before changing files).
