@@ -124,10 +124,29 @@ impl CoordinatorService {
 
     /// Plans `sql` to learn its result schema (the approval is checked too).
     async fn schema_of(&self, caller: &Caller, sql: &str) -> Result<Schema, Status> {
-        let approval = self.engine.authorize(&caller.identity, &caller.project).map_err(|e| e.to_status())?;
-        let ctx = self.engine.session(self.scope(caller), approval, Arc::default());
-        let df = self.engine.plan(&ctx, sql).await.map_err(|e| e.to_status())?;
-        Ok(df.schema().as_arrow().clone())
+        let scope = self.scope(caller);
+        let query_id = scope.query_id.clone();
+        let planned = async {
+            let approval = self.engine.authorize(&caller.identity, &caller.project)?;
+            let ctx = self.engine.session(scope, approval, Arc::default());
+            self.engine.plan(&ctx, sql).await
+        }
+        .await;
+        match planned {
+            Ok(df) => Ok(df.schema().as_arrow().clone()),
+            Err(e) => {
+                // Refused or failed at planning: the query never reaches DoGet, so record it here.
+                let mut entry = AuditEntry::new(Decision::Failed, caller.identity.as_str(), query_id.as_str(), sql);
+                entry.project = caller.project.clone();
+                if let QueryError::Refused(r) = &e {
+                    entry.decision = Decision::Refused;
+                    entry.rule = r.rule.to_owned();
+                }
+                entry.reason = e.to_string();
+                self.record(entry).map_err(|a| a.to_status())?;
+                Err(e.to_status())
+            }
+        }
     }
 
     /// Appends the decision on a query to the audit log; the answer is

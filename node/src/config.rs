@@ -31,6 +31,7 @@ pub struct NodeConfig {
     pub path: PathBuf,
     pub node: NodeSection,
     pub tls: TlsFiles,
+    pub access: AccessSection,
     pub tables: Vec<TableConfig>,
 }
 
@@ -49,6 +50,48 @@ pub struct NodeSection {
     pub pseudonym_key_file: PathBuf,
     /// File listing opted-out identity numbers, one per line.
     pub opt_out_file: PathBuf,
+}
+
+/// The holder's own assessment: who may ask, for which projects, and which
+/// columns it withholds from a project. It can only narrow what an approval allows.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessSection {
+    /// Certificate identities allowed to send sub-queries (the federation's coordinator).
+    #[serde(default = "default_coordinators")]
+    pub coordinators: Vec<String>,
+    /// Projects this holder serves; `"*"` serves every project the coordinator admits.
+    #[serde(default = "default_projects")]
+    pub projects: Vec<String>,
+    /// Per project, columns (`table.column`) this holder does not release to it.
+    #[serde(default)]
+    pub withhold: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+fn default_coordinators() -> Vec<String> {
+    vec!["coordinator".to_owned()]
+}
+
+fn default_projects() -> Vec<String> {
+    vec!["*".to_owned()]
+}
+
+impl Default for AccessSection {
+    fn default() -> Self {
+        AccessSection { coordinators: default_coordinators(), projects: default_projects(), withhold: Default::default() }
+    }
+}
+
+impl AccessSection {
+    /// Whether the holder serves `project`.
+    pub fn serves(&self, project: &str) -> bool {
+        self.projects.iter().any(|p| p == "*" || p == project)
+    }
+
+    /// Whether `table.column` is withheld from `project`.
+    pub fn withholds(&self, project: &str, table: &str, column: &str) -> bool {
+        self.withhold.get(project).is_some_and(|cols| cols.iter().any(|c| c == &format!("{table}.{column}")))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -137,6 +180,8 @@ impl ColumnType {
 struct RawConfig {
     node: NodeSection,
     tls: TlsFiles,
+    #[serde(default)]
+    access: AccessSection,
     tables: Vec<TableConfig>,
 }
 
@@ -219,7 +264,7 @@ impl NodeConfig {
         let mut node = raw.node;
         node.pseudonym_key_file = base.join(&node.pseudonym_key_file);
         node.opt_out_file = base.join(&node.opt_out_file);
-        let tables = raw
+        let tables: Vec<TableConfig> = raw
             .tables
             .into_iter()
             .map(|mut t| {
@@ -227,7 +272,17 @@ impl NodeConfig {
                 t
             })
             .collect();
-        Ok(NodeConfig { path: path.to_owned(), node, tls: raw.tls.relative_to(base), tables })
+        for (project, columns) in &raw.access.withhold {
+            for c in columns {
+                let known = c.split_once('.').is_some_and(|(t, col)| {
+                    tables.iter().any(|tc: &TableConfig| tc.name == t && tc.columns.iter().any(|cc| cc.name == col || (col == samkor_proto::PERSON_COLUMN && cc.name == tc.person_column)))
+                });
+                if !known {
+                    return Err(invalid(format!("access.withhold for project {project}: {c:?} is not a table.column of this node")));
+                }
+            }
+        }
+        Ok(NodeConfig { path: path.to_owned(), node, tls: raw.tls.relative_to(base), access: raw.access, tables })
     }
 }
 

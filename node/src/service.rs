@@ -64,6 +64,9 @@ impl NodeService {
 
 /// A planning error: about the query, safe to return.
 fn plan_error(register: &str, e: DataFusionError) -> Status {
+    if let Some(w) = find_withheld(&e) {
+        return Status::permission_denied(format!("node {register}: {w}"));
+    }
     let e = e.find_root();
     let text = e.message().lines().next().unwrap_or_default().to_owned();
     match e {
@@ -75,6 +78,15 @@ fn plan_error(register: &str, e: DataFusionError) -> Status {
             Status::invalid_argument(format!("node {register}: the query is nested too deeply"))
         }
         _ => Status::invalid_argument(format!("node {register}: {text}")),
+    }
+}
+
+fn find_withheld(e: &DataFusionError) -> Option<&crate::table::Withheld> {
+    match e {
+        DataFusionError::External(inner) => inner.downcast_ref(),
+        DataFusionError::Context(_, inner) => find_withheld(inner),
+        DataFusionError::Shared(inner) => find_withheld(inner),
+        _ => None,
     }
 }
 
@@ -113,6 +125,19 @@ impl FlightService for NodeService {
             .to_owned();
         let sub = ticket::decode(&request.get_ref().ticket).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let register = self.state.register().to_owned();
+        let access = &self.state.config.access;
+        if !access.coordinators.iter().any(|c| c == &caller) {
+            tracing::warn!(%caller, "sub-query from an identity that is not a coordinator refused");
+            return Err(Status::permission_denied(format!(
+                "refused by rule holder.caller: node {register} answers sub-queries from the federation's coordinator only, not from {caller}"
+            )));
+        }
+        if !access.serves(&sub.project) {
+            return Err(Status::permission_denied(format!(
+                "refused by rule holder.project: the holder of {register} does not serve project {}",
+                sub.project
+            )));
+        }
         let span = tracing::info_span!(
             "node_execute",
             register = %register,

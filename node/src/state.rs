@@ -102,7 +102,15 @@ impl NodeState {
             .tables
             .iter()
             .map(|t| {
-                let provider: Arc<dyn TableProvider> = Arc::new(t.for_project(pseudonymiser.clone(), opt_outs.clone()));
+                let withheld: Vec<String> = t
+                    .exposed_schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .filter(|c| self.config.access.withholds(project, t.name(), c))
+                    .collect();
+                let provider: Arc<dyn TableProvider> =
+                    Arc::new(t.for_project(pseudonymiser.clone(), opt_outs.clone()).withholding(withheld));
                 (t.name().to_owned(), provider)
             })
             .collect())

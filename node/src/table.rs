@@ -141,7 +141,7 @@ impl ServedTable {
 
     /// This table as seen by one request of `pseudonymiser`'s project.
     pub fn for_project(self: &Arc<Self>, pseudonymiser: ProjectPseudonymiser, opt_outs: Arc<OptOutSet>) -> ProjectTable {
-        ProjectTable { served: self.clone(), pseudonymiser, opt_outs }
+        ProjectTable { served: self.clone(), pseudonymiser, opt_outs, withheld: Vec::new() }
     }
 }
 
@@ -151,6 +151,16 @@ pub struct ProjectTable {
     served: Arc<ServedTable>,
     pseudonymiser: ProjectPseudonymiser,
     opt_outs: Arc<OptOutSet>,
+    /// Columns the holder does not release to this project.
+    withheld: Vec<String>,
+}
+
+impl ProjectTable {
+    /// Withholds `columns` from this project: reading one fails the sub-query.
+    pub fn withholding(mut self, columns: Vec<String>) -> Self {
+        self.withheld = columns;
+        self
+    }
 }
 
 fn references_person(e: &Expr) -> bool {
@@ -203,6 +213,16 @@ impl TableProvider for ProjectTable {
                 wanted.len()
             }
         };
+        for i in &wanted {
+            let name = self.served.exposed.field(*i).name();
+            if self.withheld.iter().any(|w| w == name) {
+                return Err(DataFusionError::External(Box::new(Withheld {
+                    table: self.served.config.name.clone(),
+                    column: name.clone(),
+                    project: self.pseudonymiser.project().to_owned(),
+                })));
+            }
+        }
         let inner_filters: Vec<Expr> = filters.iter().filter(|f| !references_person(f)).cloned().collect();
         // No limit below: opted-out rows are removed above the scan.
         let input = self.served.inner.scan(state, Some(&inner_projection), &inner_filters, None).await?;
@@ -217,6 +237,15 @@ impl TableProvider for ProjectTable {
             self.opt_outs.clone(),
         )))
     }
+}
+
+/// A column the holder does not release to a project.
+#[derive(Debug, thiserror::Error)]
+#[error("refused by rule holder.column: the holder does not release column {table}.{column} to project {project}")]
+pub struct Withheld {
+    pub table: String,
+    pub column: String,
+    pub project: String,
 }
 
 /// Drops opted-out persons and replaces the identity number by the project

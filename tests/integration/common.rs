@@ -16,10 +16,52 @@ fn generate(dir: &Path) {
     samkor::certs::write_federation_key(&dir.join("federation.key")).expect("federation key");
     samkor::synth::generate(&samkor::synth::SynthOptions { out: dir.to_owned(), persons: PERSONS, seed: SEED })
         .expect("synthetic registers");
-    for project in ["P-1", "P-2", "matrix", "P-python"] {
+    for project in ["P-1", "P-2", "matrix", "P-python", "P-trace"] {
         samkor::federation::write_full_approval(dir, project, &["alice"], &["aggregate", "pseudonymised_microdata"])
             .expect("approval");
     }
+    for (name, text) in governance_approvals() {
+        std::fs::write(dir.join("approvals").join(format!("{name}.toml")), text).expect("approval");
+    }
+}
+
+/// A narrow approval: two tables, few columns, operations 2012–2016 only.
+fn narrow(project: &str, members: &str, from: &str, until: &str, outputs: &str) -> String {
+    format!(
+        r#"project = "{project}"
+title = "Governance test"
+ethics_reference = "Dnr 2026-04711-01"
+ethics_authority = "Etikprövningsmyndigheten"
+principal_investigator = "{members}"
+members = ["{members}"]
+purpose = "Test the enforcement of approvals."
+valid_from = {from}
+valid_until = {until}
+outputs = [{outputs}]
+
+[[tables]]
+table = "hip.operations"
+columns = ["person", "op_date", "fixation", "region", "hospital"]
+  [[tables.rows]]
+  column = "op_date"
+  from = 2012-01-01
+  until = 2016-12-31
+
+[[tables]]
+table = "dors.deaths"
+columns = ["person", "death_date"]
+"#
+    )
+}
+
+fn governance_approvals() -> Vec<(&'static str, String)> {
+    vec![
+        ("G-narrow", narrow("G-narrow", "alice", "2020-01-01", "2099-12-31", "\"aggregate\"")),
+        ("G-micro", narrow("G-micro", "alice", "2020-01-01", "2099-12-31", "\"aggregate\", \"pseudonymised_microdata\"")),
+        ("G-expired", narrow("G-expired", "alice", "2020-01-01", "2021-12-31", "\"aggregate\"")),
+        ("G-future", narrow("G-future", "alice", "2099-01-01", "2099-12-31", "\"aggregate\"")),
+        ("G-bob", narrow("G-bob", "bob", "2020-01-01", "2099-12-31", "\"aggregate\"")),
+    ]
 }
 
 /// The synthetic federation shared by all tests (read-only: copy it before changing files).

@@ -1,0 +1,212 @@
+//! Approvals enforced with real nodes and coordinator; the holders' own
+//! assessment at the node; the audit trail.
+
+use arrow::array::AsArray;
+use samkor::client::ClientError;
+use samkor_policies::audit;
+
+use crate::common::{self, sorted_lines, synth_dir};
+
+fn refused(result: Result<impl std::fmt::Debug, ClientError>, rule: &str) -> String {
+    let err = result.expect_err("must be refused");
+    assert_eq!(err.code(), Some(tonic::Code::PermissionDenied), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("rule {rule}")), "expected rule {rule}: {msg}");
+    msg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn who_and_when() {
+    let fed = common::federation().await;
+    let mut c = fed.client("alice", "G-bob").await.expect("connect");
+    let msg = refused(c.query("SELECT count(*) FROM hip.operations").await, "approval.member");
+    assert!(msg.contains("alice is not a member of project G-bob"), "{msg}");
+    let mut c = fed.client("alice", "G-expired").await.expect("connect");
+    let msg = refused(c.query("SELECT count(*) FROM hip.operations").await, "approval.expired");
+    assert!(msg.contains("expired after 2021-12-31"), "{msg}");
+    let mut c = fed.client("alice", "G-future").await.expect("connect");
+    refused(c.query("SELECT count(*) FROM hip.operations").await, "approval.not_yet_valid");
+    let mut c = fed.client("alice", "no-such-project").await.expect("connect");
+    refused(c.query("SELECT count(*) FROM hip.operations").await, "approval.exists");
+    // Bob is a member of G-bob.
+    let mut c = fed.client("bob", "G-bob").await.expect("connect");
+    c.query("SELECT fixation, count(*) FROM hip.operations GROUP BY fixation").await.expect("bob may");
+    fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unapproved_columns_are_refused_through_every_construct() {
+    let fed = common::federation().await;
+    let mut c = fed.client("alice", "G-narrow").await.expect("connect");
+    let cases = [
+        ("projection", "SELECT avg(bmi) FROM hip.operations", "bmi"),
+        ("filter", "SELECT count(*) FROM hip.operations WHERE asa > 2", "asa"),
+        ("join key", "SELECT count(*) FROM hip.operations o JOIN dors.deaths d ON d.person = o.person AND d.underlying_cause = o.region", "dors.deaths.underlying_cause"),
+        ("group", "SELECT asa, count(*) FROM hip.operations GROUP BY asa", "asa"),
+        ("order", "SELECT region, count(*) FROM hip.operations GROUP BY region ORDER BY max(bmi)", "bmi"),
+        ("window", "SELECT region, count(*), rank() OVER (ORDER BY avg(bmi)) FROM hip.operations GROUP BY region", "bmi"),
+        ("subquery", "SELECT count(*) FROM hip.operations WHERE person IN (SELECT person FROM hip.operations WHERE reoperation)", "reoperation"),
+        ("scalar subquery", "SELECT region, count(*) FROM hip.operations WHERE op_date > (SELECT max(reop_date) FROM hip.operations) GROUP BY region", "reop_date"),
+        ("cte", "WITH x AS (SELECT side FROM hip.operations) SELECT side, count(*) FROM x GROUP BY side", "side"),
+        ("having", "SELECT region, count(*) FROM hip.operations GROUP BY region HAVING avg(asa) > 2", "asa"),
+    ];
+    for (construct, sql, column) in cases {
+        let msg = refused(c.query(sql).await, "approval.column");
+        let qualified = if column.contains('.') { column.to_owned() } else { format!("hip.operations.{column}") };
+        assert!(msg.contains(&qualified), "{construct}: {msg}");
+    }
+    // SELECT * reaches every column.
+    let mut micro = fed.client("alice", "G-micro").await.expect("connect");
+    let msg = refused(micro.query("SELECT * FROM hip.operations").await, "approval.column");
+    assert!(msg.contains("is not in the approval"), "{msg}");
+    // information_schema is not offered; the Flight SQL catalogue shows approved columns only.
+    let err = c.query("SELECT * FROM information_schema.columns").await.expect_err("no information_schema");
+    assert!(!err.to_string().contains("bmi"), "{err}");
+    let mut sql = c.flight_sql().clone();
+    let info = sql
+        .get_tables(arrow_flight::sql::CommandGetTables { include_schema: true, ..Default::default() })
+        .await
+        .expect("tables");
+    let batches: Vec<_> = futures::TryStreamExt::try_collect(sql.do_get(info.endpoint[0].ticket.clone().expect("ticket")).await.expect("get"))
+        .await
+        .expect("batches");
+    let names: Vec<String> = batches
+        .iter()
+        .flat_map(|b| {
+            let a = b.column_by_name("table_name").expect("names").as_string::<i32>().clone();
+            (0..arrow::array::Array::len(&a)).map(move |i| a.value(i).to_owned())
+        })
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec!["deaths", "operations"], "only approved tables");
+    let i = names.iter().position(|n| n == "operations").expect("operations");
+    let bytes = batches[0].column_by_name("table_schema").expect("schema").as_binary::<i32>().value(i).to_vec();
+    let schema = arrow::ipc::convert::try_schema_from_ipc_buffer(&bytes).expect("schema");
+    let mut columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    columns.sort();
+    assert_eq!(columns, vec!["fixation", "hospital", "op_date", "person", "region"], "only approved columns");
+    fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unapproved_registers_and_output_kinds_are_refused() {
+    let fed = common::federation().await;
+    let mut c = fed.client("alice", "G-narrow").await.expect("connect");
+    let msg = refused(c.query("SELECT count(*) FROM lmr.dispensations").await, "approval.register");
+    assert!(msg.contains("register lmr"), "{msg}");
+    let msg = refused(c.query("SELECT count(*) FROM hip.prom").await, "approval.table");
+    assert!(msg.contains("hip.prom"), "{msg}");
+    refused(c.query("SELECT person, op_date FROM hip.operations").await, "approval.output_kind");
+    refused(c.query("SELECT op_date, count(*) OVER () FROM hip.operations").await, "approval.output_kind");
+    fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_restrictions_reach_the_nodes_and_are_honoured() {
+    let fed = common::federation().await;
+    let mut c = fed.client("alice", "G-narrow").await.expect("connect");
+    let sql = "SELECT o.fixation, count(*) AS n, count(d.death_date) AS died FROM hip.operations o \
+               LEFT JOIN dors.deaths d ON d.person = o.person GROUP BY o.fixation";
+    let (_, got) = c.query(sql).await.expect("answer");
+    let pooled = samkor::federation::pooled_session(synth_dir(), "G-narrow").await.expect("pooled");
+    let restricted = sql.replace(
+        "hip.operations o",
+        "(SELECT * FROM hip.operations WHERE op_date BETWEEN DATE '2012-01-01' AND DATE '2016-12-31') o",
+    );
+    let want = pooled.sql(&restricted).await.expect("plan").collect().await.expect("pooled answer");
+    assert_eq!(sorted_lines(&got), sorted_lines(&want));
+    let unrestricted = pooled.sql(sql).await.expect("plan").collect().await.expect("pooled");
+    assert_ne!(sorted_lines(&got), sorted_lines(&unrestricted), "the restriction changes the answer");
+    let (_, plan) = c.query(&format!("EXPLAIN {sql}")).await.expect("explain");
+    let text = arrow::util::pretty::pretty_format_batches(&plan).expect("format").to_string();
+    let hip = text.lines().find(|l| l.contains("name=hip")).expect("hip sub-query");
+    assert!(hip.contains("2012-01-01") && hip.contains("2016-12-31"), "the node gets the restriction: {hip}");
+    fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_reload_and_expire_while_the_coordinator_runs() {
+    let fed = common::federation().await;
+    let project = format!("G-late-{}", std::process::id());
+    let path = synth_dir().join("approvals").join(format!("{project}.toml"));
+    let mut c = fed.client("alice", &project).await.expect("connect");
+    refused(c.query("SELECT count(*) FROM hip.operations").await, "approval.exists");
+    let approval = std::fs::read_to_string(synth_dir().join("approvals/G-narrow.toml"))
+        .expect("read")
+        .replace("project = \"G-narrow\"", &format!("project = \"{project}\""));
+    std::fs::write(&path, &approval).expect("write");
+    let (_, b) = c.query("SELECT count(*) FROM hip.operations").await.expect("approved now, same connection");
+    assert!(b[0].column(0).as_primitive::<arrow::datatypes::Int64Type>().value(0) > 0);
+    std::fs::write(&path, approval.replace("valid_until = 2099-12-31", "valid_until = 2022-06-30")).expect("write");
+    refused(c.query("SELECT count(*) FROM hip.operations").await, "approval.expired");
+    std::fs::remove_file(&path).expect("remove");
+    fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_decision_is_in_the_audit_log() {
+    let fed = common::federation().await;
+    let mut c = fed.client("alice", "G-narrow").await.expect("connect");
+    c.query("SELECT fixation, count(*) FROM hip.operations GROUP BY fixation").await.expect("answer");
+    let _ = c.query("SELECT avg(bmi) FROM hip.operations").await.expect_err("refused");
+    let log = fed.coordinator.engine.audit().path().to_owned();
+    let report = audit::verify(&log).expect("chain intact");
+    assert_eq!(report.records, 2);
+    let records = audit::read_all(&log).expect("read").records;
+    assert_eq!(records[0].decision, audit::Decision::Accepted);
+    assert_eq!(records[0].identity, "alice");
+    assert_eq!(records[0].project, "G-narrow");
+    assert!(records[0].rows_released > 0 && records[0].cells_released == 2 * records[0].rows_released);
+    assert!(records[0].columns.contains(&"hip.operations.fixation".to_owned()), "{:?}", records[0].columns);
+    assert!(!records[0].plan_digest.is_empty());
+    assert_eq!(records[1].decision, audit::Decision::Refused);
+    assert_eq!(records[1].rule, "approval.column");
+    assert_eq!(records[1].rows_released, 0);
+    fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_holder_has_the_last_word() {
+    // A holder that serves only P-1 and withholds a column from it.
+    let copy = common::private_copy();
+    let toml = copy.path().join("dors/node.toml");
+    let text = std::fs::read_to_string(&toml).expect("read");
+    let text = text.replacen(
+        "[tls]",
+        "[access]\ncoordinators = [\"coordinator\"]\nprojects = [\"P-1\"]\nwithhold = { \"P-1\" = [\"deaths.underlying_cause\"] }\n\n[tls]",
+        1,
+    );
+    std::fs::write(&toml, text).expect("write");
+    let fed = samkor::federation::LocalFederation::start(copy.path(), &Default::default()).await.expect("federation");
+    // The coordinator admits P-2 (approved), the dors holder does not.
+    let mut p2 = fed.client("alice", "P-2").await.expect("connect");
+    let err = p2.query("SELECT count(*) FROM dors.deaths").await.expect_err("holder refuses");
+    assert_eq!(err.code(), Some(tonic::Code::PermissionDenied), "{err}");
+    assert!(err.to_string().contains("holder.project") && err.to_string().contains("dors"), "{err}");
+    let mut p1 = fed.client("alice", "P-1").await.expect("connect");
+    p1.query("SELECT count(*) FROM dors.deaths").await.expect("P-1 is served");
+    let err = p1
+        .query("SELECT underlying_cause, count(*) FROM dors.deaths GROUP BY underlying_cause")
+        .await
+        .expect_err("withheld column");
+    assert!(err.to_string().contains("holder.column") && err.to_string().contains("deaths.underlying_cause"), "{err}");
+    // A caller that is not the coordinator, going to the node directly.
+    let node = fed.node("dors").expect("dors");
+    let alice = samkor::federation::identity_files(copy.path(), "alice").load().expect("identity");
+    let client = samkor_proto::client::NodeClient::new(
+        samkor_proto::client::NodeEndpoint {
+            name: "dors".into(),
+            addr: node.addr.to_string(),
+            tls_domain: "localhost".into(),
+            connect_timeout: std::time::Duration::from_secs(5),
+        },
+        &alice,
+    )
+    .expect("client");
+    let err = client.query("P-1", "SELECT count(*) FROM deaths", "q", None).await.expect_err("not the coordinator");
+    let status = err.status().expect("node status");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert!(status.message().contains("holder.caller"), "{err}");
+    fed.shutdown().await;
+}
