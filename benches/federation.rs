@@ -1,0 +1,316 @@
+//! Federated vs pooled: the cost of answering through the coordinator and the
+//! nodes instead of one DataFusion session over all registers' files.
+//!
+//! ```text
+//!  synth (temp dir, SAMKOR_BENCH_PERSONS persons)
+//!    ├─ pooled:    one local SessionContext (samkor::federation::pooled_session)
+//!    ├─ federated: 5 in-process nodes + in-process coordinator, Flight SQL client
+//!    └─ memory:    `samkor coordinator` as a child process over the same nodes,
+//!                  VmHWM from /proc/<pid>/status around the two-register join
+//! ```
+//!
+//! Run: `CARGO_TARGET_DIR=/work/target-release cargo bench --bench federation`
+//! Environment: SAMKOR_BENCH_PERSONS (default 200000), SAMKOR_BENCH_RUNS (timed runs per
+//! query and side, default 5), SAMKOR_BENCH_LATENCY_RUNS (default 200), SAMKOR_BENCH_SEED,
+//! SAMKOR_BENCH_EXPLAIN=1 (print the coordinator's plan of each query), SAMKOR_BENCH_KEEP=1
+//! (keep the temp dir), SAMKOR_LOG (tracing filter for the in-process servers).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use arrow::record_batch::RecordBatch;
+use common::{mib, ms};
+use futures::TryStreamExt;
+use samkor::client::Client;
+use samkor::federation::{LocalFederation, LocalOptions};
+
+const PROJECT: &str = "bench";
+
+struct Query {
+    name: &'static str,
+    kind: Kind,
+    sql: &'static str,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Single,
+    Join2,
+    Join3,
+}
+
+impl Kind {
+    fn goal(self) -> Option<f64> {
+        match self {
+            Kind::Single => Some(1.3),
+            Kind::Join2 => Some(2.0),
+            Kind::Join3 => None,
+        }
+    }
+}
+
+const QUERIES: &[Query] = &[
+    Query {
+        name: "lmr aggregate (filter + group by)",
+        kind: Kind::Single,
+        sql: "SELECT atc, count(*) AS dispensations, round(sum(ddd), 1) AS ddd
+FROM lmr.dispensations WHERE region = 'Skåne' GROUP BY atc ORDER BY atc",
+    },
+    Query {
+        name: "hip aggregate (reoperation by region)",
+        kind: Kind::Single,
+        sql: "SELECT region, count(*) AS operations,
+       sum(CASE WHEN reoperation THEN 1 ELSE 0 END) AS reoperations,
+       round(100.0 * avg(CASE WHEN reoperation THEN 1.0 ELSE 0.0 END), 2) AS reoperation_pct
+FROM hip.operations GROUP BY region ORDER BY region",
+    },
+    Query {
+        name: "hip ⋈ dors (90-day mortality)",
+        kind: Kind::Join2,
+        sql: "SELECT o.fixation, count(*) AS operations,
+       sum(CASE WHEN d.death_date <= o.op_date + INTERVAL '90 days' THEN 1 ELSE 0 END) AS deaths_90d
+FROM hip.operations o LEFT JOIN dors.deaths d ON d.person = o.person
+GROUP BY o.fixation ORDER BY o.fixation",
+    },
+    Query {
+        name: "npr ⋈ hip (coverage 2023)",
+        kind: Kind::Join2,
+        sql: "WITH npr_hip AS (
+  SELECT person, hospital, admit_date FROM npr.inpatient
+  WHERE procedure IN ('NFB29', 'NFB39', 'NFB49', 'NFB59') AND date_part('year', admit_date) = 2023
+)
+SELECT n.hospital, count(*) AS npr_episodes, count(o.op_id) AS found_in_hip
+FROM npr_hip n LEFT JOIN hip.operations o
+  ON o.person = n.person AND o.hospital = n.hospital
+ AND o.op_date BETWEEN n.admit_date AND n.admit_date + INTERVAL '1 day'
+GROUP BY n.hospital ORDER BY n.hospital",
+    },
+    Query {
+        name: "hip ⋈ dors ⋈ pop (mortality by sex)",
+        kind: Kind::Join3,
+        sql: "SELECT p.sex, o.fixation, count(*) AS operations,
+       sum(CASE WHEN d.death_date <= o.op_date + INTERVAL '90 days' THEN 1 ELSE 0 END) AS deaths_90d
+FROM hip.operations o
+JOIN pop.persons p ON p.person = o.person
+LEFT JOIN dors.deaths d ON d.person = o.person
+GROUP BY p.sex, o.fixation ORDER BY p.sex, o.fixation",
+    },
+];
+
+/// The join whose coordinator memory is measured.
+const MEMORY_QUERY: usize = 2;
+
+const SMALL_POP: &str = "SELECT count(*) FROM pop.persons";
+const SMALL_UNION: &str = "SELECT 'hip' AS register, count(*) AS n FROM hip.operations
+UNION ALL SELECT 'npr', count(*) FROM npr.inpatient
+UNION ALL SELECT 'lmr', count(*) FROM lmr.dispensations
+UNION ALL SELECT 'dors', count(*) FROM dors.deaths
+UNION ALL SELECT 'pop', count(*) FROM pop.persons";
+
+/// One federated run, split into planning (GetFlightInfo) and execution (DoGet to the last batch).
+struct FedRun {
+    total: Duration,
+    plan: Duration,
+    batches: Vec<RecordBatch>,
+}
+
+async fn federated(client: &mut Client, sql: &str) -> anyhow::Result<FedRun> {
+    let t = Instant::now();
+    let flight = client.flight_sql();
+    let info = flight.execute(sql.to_owned(), None).await.map_err(Client::stream_error)?;
+    let plan = t.elapsed();
+    let ticket = info.endpoint.first().and_then(|e| e.ticket.clone()).context("no ticket")?;
+    let stream = flight.do_get(ticket).await.map_err(Client::stream_error)?;
+    let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(Client::stream_error)?;
+    Ok(FedRun { total: t.elapsed(), plan, batches })
+}
+
+async fn pooled(ctx: &datafusion::prelude::SessionContext, sql: &str) -> anyhow::Result<(Duration, Vec<RecordBatch>)> {
+    let t = Instant::now();
+    let batches = ctx.sql(sql).await?.collect().await?;
+    Ok((t.elapsed(), batches))
+}
+
+fn main() -> anyhow::Result<()> {
+    common::init_tracing();
+    let persons = common::env_u64("SAMKOR_BENCH_PERSONS", 200_000);
+    let seed = common::env_u64("SAMKOR_BENCH_SEED", 1);
+    let runs = common::env_u64("SAMKOR_BENCH_RUNS", 5) as usize;
+    let latency_runs = common::env_u64("SAMKOR_BENCH_LATENCY_RUNS", 200) as usize;
+    let explain = std::env::var("SAMKOR_BENCH_EXPLAIN").is_ok_and(|v| v == "1");
+    let bench_started = Instant::now();
+
+    let tmp = tempfile::Builder::new().prefix("samkor-bench-fed-").tempdir()?;
+    let dir = tmp.path().to_owned();
+    eprintln!("synthesising {persons} persons into {} ...", dir.display());
+    let (summary, synth_time) = common::synth(&dir, persons, seed);
+    let parquet_bytes: u64 =
+        samkor::federation::REGISTERS.iter().map(|r| common::dir_bytes(&dir.join(r))).sum();
+
+    let rt = common::runtime();
+    let mut out = String::new();
+    use std::fmt::Write as _;
+    rt.block_on(async {
+        let fed = LocalFederation::start(&dir, &LocalOptions::default()).await?;
+        let mut client = fed.client("alice", PROJECT).await?;
+        let ctx = samkor::federation::pooled_session(&dir, PROJECT).await?;
+
+        // ── federated vs pooled ──
+        let mut rows = Vec::new();
+        for (qi, q) in QUERIES.iter().enumerate() {
+            eprintln!("query {}: {} ...", qi + 1, q.name);
+            if explain {
+                let (_, plan) = client.query(&format!("EXPLAIN {}", q.sql)).await?;
+                println!("── EXPLAIN {} (coordinator)\n{}", q.name, arrow::util::pretty::pretty_format_batches(&plan)?);
+            }
+            // Warm-up (file metadata, connections), and the answers to compare.
+            let (_, pooled_batches) = pooled(&ctx, q.sql).await?;
+            let fed_run = federated(&mut client, q.sql).await?;
+            let agree = common::sorted_lines(&pooled_batches) == common::sorted_lines(&fed_run.batches);
+            let result_rows: usize = fed_run.batches.iter().map(|b| b.num_rows()).sum();
+            let (mut p, mut f, mut fp) = (Vec::new(), Vec::new(), Vec::new());
+            for i in 0..runs {
+                // Interleaved, alternating which side goes first.
+                if i % 2 == 0 {
+                    p.push(pooled(&ctx, q.sql).await?.0);
+                    let r = federated(&mut client, q.sql).await?;
+                    f.push(r.total);
+                    fp.push(r.plan);
+                } else {
+                    let r = federated(&mut client, q.sql).await?;
+                    f.push(r.total);
+                    fp.push(r.plan);
+                    p.push(pooled(&ctx, q.sql).await?.0);
+                }
+            }
+            rows.push((q, common::median(&p), common::median(&f), common::median(&fp), result_rows, agree));
+        }
+
+        // ── end-to-end latency of small aggregates ──
+        let mut latency = Vec::new();
+        for (name, sql) in [("count(*) pop.persons (1 node)", SMALL_POP), ("UNION ALL of 5 counts (5 nodes)", SMALL_UNION)] {
+            eprintln!("latency: {name} x {latency_runs} ...");
+            for _ in 0..5 {
+                client.query(sql).await?;
+            }
+            let mut samples = Vec::with_capacity(latency_runs);
+            for _ in 0..latency_runs {
+                let t = Instant::now();
+                client.query(sql).await?;
+                samples.push(t.elapsed());
+            }
+            let mut pooled_samples = Vec::with_capacity(latency_runs);
+            for _ in 0..latency_runs {
+                pooled_samples.push(pooled(&ctx, sql).await?.0);
+            }
+            latency.push((name, samples, pooled_samples));
+        }
+
+        // ── coordinator memory: a separate `samkor coordinator` over the in-process nodes ──
+        eprintln!("coordinator memory ...");
+        let addresses: Vec<(String, String)> =
+            fed.nodes.iter().map(|n| (n.state.register().to_owned(), n.addr.to_string())).collect();
+        let options = LocalOptions::default();
+        let toml = samkor::federation::coordinator_toml("127.0.0.1:0", &addresses, &options);
+        let config = dir.join("coordinator-bench.toml");
+        std::fs::write(&config, toml)?;
+        let log = dir.join("coordinator-bench.log");
+        let coord = common::Server::spawn(
+            &["coordinator", "--config", config.to_str().context("utf-8 path")?],
+            "serving Flight SQL on ",
+            &log,
+        );
+        let started_mem = coord.mem();
+        let identity = common::identity(&dir, "alice");
+        let mut c2 = Client::connect(&coord.addr, &identity, PROJECT).await?;
+        c2.query(SMALL_UNION).await?;
+        let baseline = coord.mem();
+        let reset = common::reset_hwm(coord.pid());
+        let before = coord.mem();
+        let log_offset = std::fs::metadata(&log).map(|m| m.len() as usize).unwrap_or(0);
+        let mq = &QUERIES[MEMORY_QUERY];
+        let sampler = common::RssSampler::start(coord.pid(), Duration::from_millis(5));
+        let run = federated(&mut c2, mq.sql).await?;
+        let (sampled_max, samples) = sampler.stop();
+        let after = coord.mem();
+        let shipped = sub_queries(&log, log_offset);
+        drop(coord);
+
+        // ── report ──
+        let counts: Vec<String> =
+            summary.tables.iter().map(|t| format!("{}.{} {}", t.register, t.table, t.rows)).collect();
+        writeln!(out, "\n══ samkor federation benchmark ══")?;
+        writeln!(out, "persons: {persons} (seed {seed}); synth {:.1} s, {:.1} MiB Parquet, {} opt-outs", synth_time.as_secs_f64(), parquet_bytes as f64 / 1048576.0, summary.opted_out)?;
+        writeln!(out, "rows: {}", counts.join(", "))?;
+        writeln!(out, "machine: {} cores; runs per query and side: {runs} (+1 warm-up), median shown; plan = GetFlightInfo part of federated", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0))?;
+        writeln!(out, "\n{:<40} {:>10} {:>12} {:>9} {:>7} {:>10} {:>6} {:>6}", "query", "pooled ms", "federated ms", "(plan ms)", "ratio", "goal", "rows", "same")?;
+        for (q, p, f, fp, n, agree) in &rows {
+            let ratio = ms(*f) / ms(*p).max(1e-9);
+            let goal = match q.kind.goal() {
+                Some(g) => format!("≤{g}x {}", if ratio <= g { "ok" } else { "MISS" }),
+                None => "-".into(),
+            };
+            writeln!(out, "{:<40} {:>10.1} {:>12.1} {:>9.1} {:>6.2}x {:>10} {:>6} {:>6}", q.name, ms(*p), ms(*f), ms(*fp), ratio, goal, n, if *agree { "yes" } else { "NO" })?;
+        }
+        writeln!(out, "goals: single-register aggregate within 1.3x of pooled; two-register join within 2x")?;
+        writeln!(out, "\nend-to-end latency, {latency_runs} runs each (federated through the coordinator / pooled):")?;
+        for (name, s, ps) in &latency {
+            writeln!(out, "  {:<34} federated p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>6.2} ms | pooled p50 {:>6.2} ms  p99 {:>6.2} ms",
+                name, ms(common::percentile(s, 50.0)), ms(common::percentile(s, 99.0)), ms(common::percentile(s, 100.0)),
+                ms(common::percentile(ps, 50.0)), ms(common::percentile(ps, 99.0)))?;
+        }
+        writeln!(out, "\ncoordinator memory (separate `samkor coordinator` process, in-process nodes), query: {}", mq.name)?;
+        writeln!(out, "  after start:               RSS {}  VmHWM {}", mib(started_mem.rss_kib), mib(started_mem.hwm_kib))?;
+        writeln!(out, "  baseline (after warm-up):  RSS {}  VmHWM {}", mib(baseline.rss_kib), mib(baseline.hwm_kib))?;
+        writeln!(out, "  before join{}: RSS {}  VmHWM {}", if reset { " (HWM reset)" } else { "            " }, mib(before.rss_kib), mib(before.hwm_kib))?;
+        writeln!(out, "  after join:                RSS {}  VmHWM {}  (sampled max RSS {} over {samples} samples)", mib(after.rss_kib), mib(after.hwm_kib), mib(sampled_max))?;
+        writeln!(out, "  join peak over baseline:   {}   ({:.1} ms, {} result rows)", mib(after.hwm_kib.saturating_sub(before.rss_kib)), ms(run.total), run.batches.iter().map(|b| b.num_rows()).sum::<usize>())?;
+        if !shipped.is_empty() {
+            writeln!(out, "  sub-queries sent by the coordinator for it:")?;
+            for s in &shipped {
+                writeln!(out, "    {s}")?;
+            }
+        }
+        fed.shutdown().await;
+        anyhow::Ok(())
+    })?;
+    print!("{out}");
+    println!("bench wall time: {:.1} s", bench_started.elapsed().as_secs_f64());
+    if std::env::var("SAMKOR_BENCH_KEEP").is_ok_and(|v| v == "1") {
+        println!("kept {}", tmp.keep().display());
+    }
+    Ok(())
+}
+
+/// The `sub-query sent` lines of the coordinator's log after `offset` (register and SQL).
+fn sub_queries(log: &std::path::Path, offset: usize) -> Vec<String> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let text = strip_ansi(text.get(offset..).unwrap_or_default());
+    text.lines()
+        .filter(|l| l.contains("sub-query sent"))
+        .filter_map(|l| {
+            let reg = l.split("register=").nth(1)?.split_whitespace().next()?;
+            let sql = l.split("sql=").nth(1)?;
+            Some(format!("{reg}: {sql}"))
+        })
+        .collect()
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
