@@ -145,7 +145,7 @@ fn main() -> anyhow::Result<()> {
     let tmp = tempfile::Builder::new().prefix("samkor-bench-fed-").tempdir()?;
     let dir = tmp.path().to_owned();
     eprintln!("synthesising {persons} persons into {} ...", dir.display());
-    let (summary, synth_time) = common::synth(&dir, persons, seed);
+    let (summary, synth_time) = common::synth(&dir, persons, seed, PROJECT);
     let parquet_bytes: u64 =
         samkor::federation::REGISTERS.iter().map(|r| common::dir_bytes(&dir.join(r))).sum();
 

@@ -133,9 +133,9 @@ fn main() -> anyhow::Result<()> {
         let hwm_reset = common::reset_hwm(node.pid());
         let before = node.mem();
         let sampler = common::RssSampler::start(node.pid(), Duration::from_millis(20));
-        let client = common::node_client(&dir, "lmr", &node.addr, "coordinator");
         let t = Instant::now();
         let (streamed_rows, streamed_batches, streamed_mem) = rt.block_on(async {
+            let client = common::node_client(&dir, "lmr", &node.addr, "coordinator");
             let mut stream = client.query(PROJECT, FULL_SQL, "bench-full-scan", None).await?;
             let (mut rows, mut batches, mut max_mem) = (0u64, 0u64, 0u64);
             while let Some(b) = stream.try_next().await.map_err(|e| client.stream_error(e))? {

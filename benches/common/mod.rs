@@ -10,15 +10,15 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The `samkor` binary built alongside the benchmarks.
-pub const SAMKOR: &str = env!("CARGO_BIN_EXE_samkor");
+pub(crate) const SAMKOR: &str = env!("CARGO_BIN_EXE_samkor");
 
 /// A multi-threaded tokio runtime (the same kind `samkor` itself uses).
-pub fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
 }
 
 /// Logs to stderr when `SAMKOR_LOG` is set (e.g. `SAMKOR_LOG=samkor_coordinator=info` shows the sub-queries).
-pub fn init_tracing() {
+pub(crate) fn init_tracing() {
     if let Ok(filter) = std::env::var("SAMKOR_LOG") {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
@@ -28,7 +28,7 @@ pub fn init_tracing() {
 }
 
 /// An environment variable parsed as a number, underscores allowed.
-pub fn env_u64(name: &str, default: u64) -> u64 {
+pub(crate) fn env_u64(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
         Ok(v) => v.replace('_', "").trim().parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
         Err(_) => default,
@@ -36,17 +36,17 @@ pub fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 /// Milliseconds of a duration.
-pub fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
 /// The median of some durations.
-pub fn median(v: &[Duration]) -> Duration {
+pub(crate) fn median(v: &[Duration]) -> Duration {
     percentile(v, 50.0)
 }
 
 /// Nearest-rank percentile.
-pub fn percentile(v: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(v: &[Duration], p: f64) -> Duration {
     assert!(!v.is_empty(), "no samples");
     let mut s = v.to_vec();
     s.sort();
@@ -55,7 +55,7 @@ pub fn percentile(v: &[Duration], p: f64) -> Duration {
 }
 
 /// Times one future.
-pub async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, Duration) {
+pub(crate) async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, Duration) {
     let t = Instant::now();
     let r = f.await;
     (r, t.elapsed())
@@ -63,14 +63,15 @@ pub async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, Duration) 
 
 /// Memory figures of a process, from `/proc/<pid>/status`, in KiB.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Mem {
-    pub rss_kib: u64,
-    pub hwm_kib: u64,
+pub(crate) struct Mem {
+    pub(crate) rss_kib: u64,
+    pub(crate) hwm_kib: u64,
 }
 
 impl Mem {
-    pub fn of(pid: u32) -> Mem {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
+    pub(crate) fn of(pid: u32) -> Mem {
+        // Empty (all zero) once the process has gone.
+        let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         let field = |name: &str| {
             text.lines()
                 .find(|l| l.starts_with(name))
@@ -83,26 +84,26 @@ impl Mem {
 }
 
 /// KiB as MiB text.
-pub fn mib(kib: u64) -> String {
+pub(crate) fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
 /// Resets a process's peak RSS (`VmHWM`) to its current RSS. Returns false where not allowed.
-pub fn reset_hwm(pid: u32) -> bool {
+pub(crate) fn reset_hwm(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
 }
 
 /// A `samkor` child process (node or coordinator), killed when dropped.
-pub struct Server {
-    pub child: Child,
-    pub addr: String,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) addr: String,
     _stdout: BufReader<ChildStdout>,
 }
 
 impl Server {
     /// Runs `samkor <args>` with stderr to `stderr_file` and waits for the stdout line
     /// containing `marker` followed by the address (`... on 127.0.0.1:1234 ...`).
-    pub fn spawn(args: &[&str], marker: &str, stderr_file: &Path) -> Server {
+    pub(crate) fn spawn(args: &[&str], marker: &str, stderr_file: &Path) -> Server {
         let stderr = std::fs::File::create(stderr_file).expect("stderr file");
         let mut child = Command::new(SAMKOR)
             .args(args)
@@ -129,11 +130,11 @@ impl Server {
         }
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    pub fn mem(&self) -> Mem {
+    pub(crate) fn mem(&self) -> Mem {
         Mem::of(self.pid())
     }
 }
@@ -146,13 +147,13 @@ impl Drop for Server {
 }
 
 /// Samples a process's RSS every `every` until stopped; returns (max RSS KiB, samples).
-pub struct RssSampler {
+pub(crate) struct RssSampler {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     handle: Option<std::thread::JoinHandle<(u64, usize)>>,
 }
 
 impl RssSampler {
-    pub fn start(pid: u32, every: Duration) -> RssSampler {
+    pub(crate) fn start(pid: u32, every: Duration) -> RssSampler {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::spawn(move || {
@@ -168,14 +169,14 @@ impl RssSampler {
         RssSampler { stop, handle: Some(handle) }
     }
 
-    pub fn stop(mut self) -> (u64, usize) {
+    pub(crate) fn stop(mut self) -> (u64, usize) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.handle.take().expect("running").join().expect("sampler thread")
     }
 }
 
 /// Total size in bytes of the files below `dir`.
-pub fn dir_bytes(dir: &Path) -> u64 {
+pub(crate) fn dir_bytes(dir: &Path) -> u64 {
     let mut total = 0;
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
@@ -191,23 +192,25 @@ pub fn dir_bytes(dir: &Path) -> u64 {
 }
 
 /// Generates a synthetic federation into `dir` like `samkor synth` (certificates for
-/// `alice`, a federation key, the five registers); returns the summary and the seconds taken.
-pub fn synth(dir: &Path, persons: u64, seed: u64) -> (samkor::synth::SynthSummary, Duration) {
+/// `alice`, a federation key, the five registers, an approval of `project` for `alice`); returns the summary and the seconds taken.
+pub(crate) fn synth(dir: &Path, persons: u64, seed: u64, project: &str) -> (samkor::synth::SynthSummary, Duration) {
     let t = Instant::now();
     samkor::certs::init(&dir.join("certs"), &samkor::federation::REGISTERS, &["alice"]).expect("certificates");
     samkor::certs::write_federation_key(&dir.join("federation.key")).expect("federation key");
     let summary = samkor::synth::generate(&samkor::synth::SynthOptions { out: dir.to_owned(), persons, seed })
         .expect("synthetic registers");
+    // The coordinator answers only approved projects: approve everything for `project`, aggregates only.
+    samkor::federation::write_full_approval(dir, project, &["alice"], &["aggregate"]).expect("approval");
     (summary, t.elapsed())
 }
 
 /// Loads a TLS identity (`coordinator`, `alice`, ...) of a synth directory.
-pub fn identity(dir: &Path, name: &str) -> samkor_proto::tls::TlsIdentity {
+pub(crate) fn identity(dir: &Path, name: &str) -> samkor_proto::tls::TlsIdentity {
     samkor::federation::identity_files(dir, name).load().expect("TLS identity")
 }
 
 /// A client of one node, presenting `who`'s certificate.
-pub fn node_client(dir: &Path, register: &str, addr: &str, who: &str) -> samkor_proto::client::NodeClient {
+pub(crate) fn node_client(dir: &Path, register: &str, addr: &str, who: &str) -> samkor_proto::client::NodeClient {
     samkor_proto::tls::install_crypto_provider();
     let endpoint = samkor_proto::client::NodeEndpoint {
         name: register.to_owned(),
@@ -219,7 +222,7 @@ pub fn node_client(dir: &Path, register: &str, addr: &str, who: &str) -> samkor_
 }
 
 /// Renders batches as sorted text lines, for order-insensitive comparison.
-pub fn sorted_lines(batches: &[arrow::record_batch::RecordBatch]) -> Vec<String> {
+pub(crate) fn sorted_lines(batches: &[arrow::record_batch::RecordBatch]) -> Vec<String> {
     let text = arrow::util::pretty::pretty_format_batches(batches).expect("format").to_string();
     let mut lines: Vec<String> = text.lines().skip(3).filter(|l| !l.starts_with('+')).map(str::to_owned).collect();
     lines.sort();
