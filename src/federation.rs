@@ -216,7 +216,7 @@ pub fn full_approval_toml(dir: &Path, project: &str, members: &[&str], outputs: 
             let columns: Vec<String> = t
                 .columns
                 .iter()
-                .map(|c| if c.name == t.person_column { samkor_proto::PERSON_COLUMN.to_owned() } else { c.name.clone() })
+                .map(|c| t.exposed_name(c).to_owned())
                 .collect();
             let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
             s.push_str(&format!("\n[[tables]]\ntable = \"{register}.{}\"\ncolumns = [{}]\n", t.name, quote(&columns)));

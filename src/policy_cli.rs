@@ -36,8 +36,8 @@ pub fn catalogue_from_node_configs(fed: &Path) -> Result<CatalogueView, String> 
                 .columns
                 .iter()
                 .map(|c| {
-                    let person = c.name == t.person_column;
-                    let name = if person { samkor_proto::PERSON_COLUMN.to_owned() } else { c.name.clone() };
+                    let person = t.is_person(c);
+                    let name = t.exposed_name(c).to_owned();
                     (
                         name,
                         ColumnInfo { data_type: c.data_type.name().to_owned(), identifying: c.identifying || person },

@@ -115,6 +115,19 @@ pub struct TableConfig {
     pub columns: Vec<ColumnConfig>,
 }
 
+impl TableConfig {
+    /// Whether `column` is the identity-number column.
+    pub fn is_person(&self, column: &ColumnConfig) -> bool {
+        column.name == self.person_column
+    }
+
+    /// The name a column has outside the node: the identity-number column is
+    /// the project pseudonym `person`, the others keep their names.
+    pub fn exposed_name<'a>(&self, column: &'a ColumnConfig) -> &'a str {
+        if self.is_person(column) { samkor_proto::PERSON_COLUMN } else { &column.name }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ColumnConfig {

@@ -148,9 +148,9 @@ fn catalogue(config: &NodeConfig) -> pb::Catalogue {
                 .columns
                 .iter()
                 .map(|c| {
-                    let person = c.name == t.person_column;
+                    let person = t.is_person(c);
                     pb::Column {
-                        name: if person { samkor_proto::PERSON_COLUMN.to_owned() } else { c.name.clone() },
+                        name: t.exposed_name(c).to_owned(),
                         data_type: c.data_type.name().to_owned(),
                         description: if person {
                             format!("Project pseudonym of the person (replaces {} at the node). {}", c.name, c.description)
