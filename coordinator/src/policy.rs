@@ -218,10 +218,7 @@ impl OptimizerRule for ApprovalRule {
     }
 
     fn rewrite(&self, plan: LogicalPlan, _config: &dyn OptimizerConfig) -> Result<Transformed<LogicalPlan>> {
-        let already = plan
-            .exists(|p| Ok(matches!(p, LogicalPlan::Extension(e) if e.node.name() == "Federated")))
-            .unwrap_or(false);
-        if already {
+        if crate::pushdown::contains_federated(&plan) {
             return Ok(Transformed::no(plan));
         }
         if !self.approval.allows(OutputKind::PseudonymisedMicrodata) && !is_aggregate_output(&plan) {

@@ -61,7 +61,8 @@ impl OptimizerRule for PushdownRule {
     }
 }
 
-fn contains_federated(plan: &LogicalPlan) -> bool {
+/// Whether part of `plan` was already handed to a node (an earlier optimizer pass).
+pub(crate) fn contains_federated(plan: &LogicalPlan) -> bool {
     plan.exists(|p| Ok(matches!(p, LogicalPlan::Extension(e) if e.node.name() == "Federated"))).unwrap_or(false)
 }
 
