@@ -107,7 +107,7 @@ pub fn prepare(dir: &Path, persons: u64, seed: u64) -> Result<bool, DemoError> {
     crate::certs::write_federation_key(&dir.join("federation.key")).map_err(|e| fail(e.to_string()))?;
     crate::synth::generate(&crate::synth::SynthOptions { out: dir.to_owned(), persons, seed })
         .map_err(|e| fail(e.to_string()))?;
-    crate::federation::write_full_approval(dir, DEMO_PROJECT, &[DEMO_USER], &["aggregate"]).map_err(|e| fail(e.to_string()))?;
+    crate::federation::write_full_approval(dir, DEMO_PROJECT, &[DEMO_USER], &["aggregate"], false).map_err(|e| fail(e.to_string()))?;
     std::fs::write(&stamp, want).map_err(|e| fail(e.to_string()))?;
     Ok(true)
 }

@@ -197,8 +197,15 @@ pub async fn pooled_session(dir: &Path, project: &str) -> Result<datafusion::pre
 
 /// An approval document granting every table and column of the synthetic
 /// federation in `dir` to `project` (for demos and tests; a real approval
-/// lists only what the project needs).
-pub fn full_approval_toml(dir: &Path, project: &str, members: &[&str], outputs: &[&str]) -> Result<String, FederationError> {
+/// lists only what the project needs). With `min_max`, MIN and MAX may be
+/// released on every column that does not identify a person.
+pub fn full_approval_toml(
+    dir: &Path,
+    project: &str,
+    members: &[&str],
+    outputs: &[&str],
+    min_max: bool,
+) -> Result<String, FederationError> {
     let quote = |items: &[&str]| items.iter().map(|m| format!("{m:?}")).collect::<Vec<_>>().join(", ");
     let mut s = format!(
         "project = {project:?}\ntitle = \"Synthetic federation: every register\"\n\
@@ -210,24 +217,43 @@ pub fn full_approval_toml(dir: &Path, project: &str, members: &[&str], outputs: 
         quote(members),
         quote(outputs)
     );
+    let mut tables = String::new();
+    let mut extremes: Vec<String> = Vec::new();
     for register in REGISTERS {
         let config = node_config(dir, register, true)?;
         for t in &config.tables {
+            extremes.extend(
+                t.columns
+                    .iter()
+                    .filter(|c| !t.is_person(c) && !c.identifying)
+                    .map(|c| format!("{register}.{}.{}", t.name, c.name)),
+            );
             let columns: Vec<String> = t
                 .columns
                 .iter()
                 .map(|c| t.exposed_name(c).to_owned())
                 .collect();
             let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
-            s.push_str(&format!("\n[[tables]]\ntable = \"{register}.{}\"\ncolumns = [{}]\n", t.name, quote(&columns)));
+            tables.push_str(&format!("\n[[tables]]\ntable = \"{register}.{}\"\ncolumns = [{}]\n", t.name, quote(&columns)));
         }
     }
+    if min_max {
+        let extremes: Vec<&str> = extremes.iter().map(String::as_str).collect();
+        s.push_str(&format!("\n[disclosure]\nallow_min_max = [{}]\n", quote(&extremes)));
+    }
+    s.push_str(&tables);
     Ok(s)
 }
 
 /// Writes `approvals/<project>.toml` with [`full_approval_toml`].
-pub fn write_full_approval(dir: &Path, project: &str, members: &[&str], outputs: &[&str]) -> Result<(), FederationError> {
-    let text = full_approval_toml(dir, project, members, outputs)?;
+pub fn write_full_approval(
+    dir: &Path,
+    project: &str,
+    members: &[&str],
+    outputs: &[&str],
+    min_max: bool,
+) -> Result<(), FederationError> {
+    let text = full_approval_toml(dir, project, members, outputs, min_max)?;
     let approvals = dir.join("approvals");
     std::fs::create_dir_all(&approvals).map_err(|e| FederationError::Write { path: approvals.clone(), source: e })?;
     let path = approvals.join(format!("{project}.toml"));

@@ -273,7 +273,7 @@ fn synth(args: SynthArgs) -> anyhow::Result<()> {
         persons: args.persons,
         seed: args.seed,
     })?;
-    samkor::federation::write_full_approval(&args.out, samkor::demo::DEMO_PROJECT, &["alice"], &["aggregate"])?;
+    samkor::federation::write_full_approval(&args.out, samkor::demo::DEMO_PROJECT, &["alice"], &["aggregate"], false)?;
     let mut table = comfy_table::Table::new();
     table.set_header(["register", "table", "rows", "files"]);
     for t in &summary.tables {

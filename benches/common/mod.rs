@@ -200,7 +200,7 @@ pub(crate) fn synth(dir: &Path, persons: u64, seed: u64, project: &str) -> (samk
     let summary = samkor::synth::generate(&samkor::synth::SynthOptions { out: dir.to_owned(), persons, seed })
         .expect("synthetic registers");
     // The coordinator answers only approved projects: approve everything for `project`, aggregates only.
-    samkor::federation::write_full_approval(dir, project, &["alice"], &["aggregate"]).expect("approval");
+    samkor::federation::write_full_approval(dir, project, &["alice"], &["aggregate"], true).expect("approval");
     (summary, t.elapsed())
 }
 

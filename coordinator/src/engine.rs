@@ -204,11 +204,10 @@ impl Engine {
         scope: QueryScope,
         approval: Arc<samkor_policies::approval::Approval>,
         touched: Arc<std::sync::Mutex<crate::policy::Touched>>,
-    ) -> SessionContext {
+    ) -> Session {
         let scope = Arc::new(scope);
-        let mut rules = Optimizer::new().rules;
-        rules.push(Arc::new(crate::policy::ApprovalRule::new(approval, touched)));
-        rules.push(Arc::new(PushdownRule));
+        let mut rules = coordinator_rules();
+        rules.push(Arc::new(crate::policy::ApprovalRule::new(approval.clone(), touched)));
         let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG, "public")
             .with_create_default_catalog_and_schema(false)
@@ -225,42 +224,71 @@ impl Engine {
             .build();
         let ctx = SessionContext::new_with_state(state);
         let catalog = MemoryCatalogProvider::new();
+        let mut facts = crate::disclosure::CatalogueFacts::new();
         for node in &self.federation.nodes {
             let Some(cat) = node.catalogue() else {
                 let schema = Arc::new(UnavailableRegister { register: node.register.clone(), addr: node.client.addr().to_owned() });
                 catalog.register_schema(&node.register, schema).expect("memory catalog accepts schemas");
                 continue;
             };
+            for t in &cat.raw.tables {
+                let columns = t
+                    .columns
+                    .iter()
+                    .map(|c| {
+                        let f = crate::disclosure::ColumnFacts {
+                            person: c.person,
+                            identifying: c.identifying,
+                            magnitude: !c.unit.is_empty(),
+                        };
+                        (c.name.clone(), f)
+                    })
+                    .collect();
+                facts.insert(format!("{}.{}", node.register, t.name), columns);
+            }
             let executor = Arc::new(NodeExecutor::new(node.clone(), scope.clone()));
             let provider = Arc::new(SQLFederationProvider::new(executor));
             let schema: Arc<dyn SchemaProvider> = Arc::new(RegisterSchema::new(&node.register, provider, &cat.tables));
             catalog.register_schema(&node.register, schema).expect("memory catalog accepts schemas");
         }
         ctx.register_catalog(CATALOG, Arc::new(catalog));
-        ctx
+        Session { ctx, approval, facts }
     }
 
     /// Plans `sql` for `project`. Only queries: no DDL, DML or session statements.
-    pub async fn plan(&self, ctx: &SessionContext, sql: &str) -> Result<DataFrame, QueryError> {
+    ///
+    /// ```text
+    ///  SQL ─▶ DataFusion's rules + ApprovalRule (columns, rows, tables)
+    ///      ─▶ disclosure::control (output kind, hidden person counts)
+    ///      ─▶ DataFusion's rules + PushdownRule at execution (node sub-queries)
+    /// ```
+    pub async fn plan(&self, session: &Session, sql: &str) -> Result<Planned, QueryError> {
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-        let df = ctx.sql_with_options(sql, options).await.map_err(|e| self.error(e))?;
+        let df = session.ctx.sql_with_options(sql, options).await.map_err(|e| self.error(e))?;
         // Optimizing applies the approval: a refusal surfaces here, before any node is asked.
-        ctx.state().optimize(df.logical_plan()).map_err(|e| self.error(e))?;
-        Ok(df)
+        let approved = session.ctx.state().optimize(df.logical_plan()).map_err(|e| self.error(e))?;
+        let context = crate::disclosure::Context { approval: &session.approval, catalogue: &session.facts };
+        let controlled = crate::disclosure::control(approved, &context).map_err(|e| self.error(e))?;
+        let mut rules = coordinator_rules();
+        rules.push(Arc::new(PushdownRule));
+        let state = SessionStateBuilder::new_from_existing(session.ctx.state()).with_optimizer_rules(rules).build();
+        let planned_schema = Arc::new(df.schema().as_arrow().clone());
+        let schema = Arc::new(crate::disclosure::released_schema(&planned_schema, &controlled.mode));
+        Ok(Planned { df: DataFrame::new(state, controlled.plan), mode: controlled.mode, schema })
     }
 
     /// Plans and starts `sql`; the stream ends with an error if the query
     /// outlives the configured timeout. Dropping the stream cancels the node
     /// sub-queries.
-    pub async fn execute(&self, ctx: &SessionContext, sql: &str) -> Result<(SendableRecordBatchStream, String), QueryError> {
-        let df = self.plan(ctx, sql).await?;
+    pub async fn execute(&self, session: &Session, sql: &str) -> Result<Execution, QueryError> {
+        let planned = self.plan(session, sql).await?;
         let digest = {
             use sha2::Digest;
-            let text = df.logical_plan().display_indent().to_string();
+            let text = planned.df.logical_plan().display_indent().to_string();
             hex::encode(sha2::Sha256::digest(text.as_bytes()))
         };
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let stream = tokio::time::timeout_at(deadline, df.execute_stream())
+        let stream = tokio::time::timeout_at(deadline, planned.df.execute_stream())
             .await
             .map_err(|_| QueryError::Timeout { secs: self.timeout.as_secs() })?
             .map_err(|e| self.error(e))?;
@@ -271,13 +299,21 @@ impl Engine {
             secs: self.timeout.as_secs(),
             done: false,
         });
-        Ok((stream, digest))
+        Ok(Execution { stream, digest, mode: planned.mode })
     }
 
     /// Classifies a DataFusion error for the user.
     pub fn error(&self, e: DataFusionError) -> QueryError {
         classify(e, self.memory_limit_mb)
     }
+}
+
+/// DataFusion's optimizer rules as the coordinator runs them (twice: before
+/// and after disclosure control), without common subexpression elimination:
+/// its `__common_expr_N` columns travel in node SQL, where the node's own
+/// elimination reuses the same names for other expressions.
+fn coordinator_rules() -> Vec<Arc<dyn datafusion::optimizer::OptimizerRule + Send + Sync>> {
+    Optimizer::new().rules.into_iter().filter(|r| r.name() != "common_sub_expression_eliminate").collect()
 }
 
 /// Finds our own error types inside DataFusion's wrappers.
@@ -342,6 +378,40 @@ impl CloneShallow for DataFusionError {
             DataFusionError::Internal(m) => DataFusionError::Internal(m.clone()),
             other => DataFusionError::Plan(other.message().into_owned()),
         }
+    }
+}
+
+/// One query's planning session: its catalogue, approval and the catalogue's disclosure facts.
+pub struct Session {
+    pub ctx: SessionContext,
+    pub approval: Arc<samkor_policies::approval::Approval>,
+    pub facts: crate::disclosure::CatalogueFacts,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("project", &self.approval.project).finish_non_exhaustive()
+    }
+}
+
+/// A planned query: the plan to run, how its answer is released and the schema the client sees.
+#[derive(Debug)]
+pub struct Planned {
+    pub df: DataFrame,
+    pub mode: crate::disclosure::Mode,
+    pub schema: SchemaRef,
+}
+
+/// A running query.
+pub struct Execution {
+    pub stream: SendableRecordBatchStream,
+    pub digest: String,
+    pub mode: crate::disclosure::Mode,
+}
+
+impl std::fmt::Debug for Execution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Execution").field("digest", &self.digest).field("mode", &self.mode).finish_non_exhaustive()
     }
 }
 

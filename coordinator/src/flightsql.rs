@@ -28,12 +28,21 @@ use samkor_proto::{headers, ticket, tls};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::disclosure;
 use crate::engine::{CATALOG, Engine, QueryError};
 use crate::executor::QueryScope;
 use crate::policy::Touched;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use samkor_policies::audit::{AuditEntry, Decision};
+
+/// A computed answer, disclosure control applied.
+struct Answer {
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+    digest: String,
+    summary: disclosure::Summary,
+}
 
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send + 'static>>;
 
@@ -128,12 +137,12 @@ impl CoordinatorService {
         let query_id = scope.query_id.clone();
         let planned = async {
             let approval = self.engine.authorize(&caller.identity, &caller.project)?;
-            let ctx = self.engine.session(scope, approval, Arc::default());
-            self.engine.plan(&ctx, sql).await
+            let session = self.engine.session(scope, approval, Arc::default());
+            self.engine.plan(&session, sql).await
         }
         .await;
         match planned {
-            Ok(df) => Ok(df.schema().as_arrow().clone()),
+            Ok(planned) => Ok(planned.schema.as_ref().clone()),
             Err(e) => {
                 // Refused or failed at planning: the query never reaches DoGet, so record it here.
                 let mut entry = AuditEntry::new(Decision::Failed, caller.identity.as_str(), query_id.as_str(), sql);
@@ -174,13 +183,32 @@ impl CoordinatorService {
         let mut entry = AuditEntry::new(Decision::Accepted, caller.identity.as_str(), scope.query_id.as_str(), sql.as_str());
         entry.project = caller.project.clone();
         let touched = Arc::new(std::sync::Mutex::new(Touched::default()));
-        let outcome: Result<(SchemaRef, Vec<RecordBatch>, String), QueryError> = async {
+        let outcome: Result<Answer, QueryError> = async {
             let approval = self.engine.authorize(&caller.identity, &caller.project)?;
-            let ctx = self.engine.session(scope, approval, touched.clone());
-            let (stream, digest) = self.engine.execute(&ctx, &sql).await?;
-            let schema = stream.schema();
-            let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(|e| self.engine.error(e))?;
-            Ok((schema, batches, digest))
+            let session = self.engine.session(scope, approval.clone(), touched.clone());
+            let execution = self.engine.execute(&session, &sql).await?;
+            let schema = execution.stream.schema();
+            let batches: Vec<RecordBatch> = execution.stream.try_collect().await.map_err(|e| self.engine.error(e))?;
+            // Disclosure control on the whole answer, before it is recorded and released.
+            let mut summary = disclosure::Summary::new(&execution.mode, &approval);
+            let (schema, batches) = match &execution.mode {
+                disclosure::Mode::Aggregate(layout) => {
+                    let (schema, batches, s) =
+                        disclosure::release(&batches, &schema, layout, &approval).map_err(|e| self.engine.error(e))?;
+                    summary = s;
+                    (schema, batches)
+                }
+                disclosure::Mode::Microdata | disclosure::Mode::NoData => {
+                    let schema = disclosure::annotate(&schema, &summary);
+                    let batches = batches
+                        .into_iter()
+                        .map(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| QueryError::Internal(e.to_string()))?;
+                    (schema, batches)
+                }
+            };
+            Ok(Answer { schema, batches, digest: execution.digest, summary })
         }
         .instrument(span.clone())
         .await;
@@ -189,7 +217,7 @@ impl CoordinatorService {
             entry.registers = t.registers.iter().cloned().collect();
             entry.columns = t.columns.iter().cloned().collect();
         }
-        let (schema, batches, digest) = match outcome {
+        let Answer { schema, batches, digest, summary } = match outcome {
             Ok(answer) => answer,
             Err(e) => {
                 span.in_scope(|| tracing::info!(sql = %sql, error = %e, "query not answered"));
@@ -206,9 +234,16 @@ impl CoordinatorService {
             }
         };
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let suppressed = summary.cells_withheld();
+        let columns = match summary.mode {
+            "aggregate" => schema.fields().len().saturating_sub(1),
+            _ => schema.fields().len(),
+        };
         entry.plan_digest = digest;
         entry.rows_released = rows as u64;
-        entry.cells_released = (rows * schema.fields().len()) as u64;
+        entry.cells_released = ((rows * columns) as u64).saturating_sub(suppressed);
+        entry.cells_suppressed = suppressed;
+        entry.disclosure = serde_json::to_value(&summary).unwrap_or_default();
         self.record(entry).map_err(|e| e.to_status())?;
         span.in_scope(|| tracing::info!(sql = %sql, rows, "query answered"));
         let flight = FlightDataEncoderBuilder::new()

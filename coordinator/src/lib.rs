@@ -12,6 +12,7 @@
 //! pool, [`flightsql`] serves it.
 
 pub mod config;
+pub mod disclosure;
 pub mod engine;
 pub mod executor;
 pub mod flightsql;

@@ -17,11 +17,11 @@ use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
 use chrono::NaiveDate;
-use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::tree_node::Transformed;
 use datafusion::common::{DataFusionError, Result, ScalarValue};
 use datafusion::logical_expr::{Expr, Filter, Limit, LogicalPlan, Projection, TableScan, TableScanBuilder, lit};
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
-use samkor_policies::approval::{Approval, OutputKind, RestrictionKind, RowRestriction, Validity, Value};
+use samkor_policies::approval::{Approval, RestrictionKind, RowRestriction, Validity, Value};
 
 /// A decision against the query. `rule` is a stable name, also written to the audit log.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -195,19 +195,6 @@ pub fn policy_error(r: Refusal) -> DataFusionError {
     DataFusionError::External(Box::new(r))
 }
 
-/// Whether every row of the output summarises other rows: each path from the
-/// root to a table passes through an aggregation.
-pub fn is_aggregate_output(plan: &LogicalPlan) -> bool {
-    match plan {
-        LogicalPlan::Aggregate(_) | LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => true,
-        LogicalPlan::TableScan(_) | LogicalPlan::Extension(_) => false,
-        other => {
-            let inputs = other.inputs();
-            !inputs.is_empty() && inputs.into_iter().all(is_aggregate_output)
-        }
-    }
-}
-
 impl OptimizerRule for ApprovalRule {
     fn name(&self) -> &str {
         "samkor_approval"
@@ -221,15 +208,8 @@ impl OptimizerRule for ApprovalRule {
         if crate::pushdown::contains_federated(&plan) {
             return Ok(Transformed::no(plan));
         }
-        if !self.approval.allows(OutputKind::PseudonymisedMicrodata) && !is_aggregate_output(&plan) {
-            return Err(policy_error(refuse(
-                "approval.output_kind",
-                format!(
-                    "project {} may release aggregates only, and this query returns rows of individual records; aggregate them (GROUP BY … with counts or statistics)",
-                    self.approval.project
-                ),
-            )));
-        }
+        // Whether rows of individuals may leave is decided with disclosure control
+        // (crate::disclosure), which sees the whole optimized plan.
         plan.transform_up_with_subqueries(|p| match p {
             LogicalPlan::TableScan(scan) => self.check_scan(scan),
             other => Ok(Transformed::no(other)),

@@ -145,7 +145,9 @@ impl PushdownRule {
 /// Hands a single-register sub-plan to its register's provider.
 fn federate(provider: &FederationProviderRef, plan: LogicalPlan, config: &dyn OptimizerConfig, wrap: bool) -> Result<LogicalPlan> {
     let Some(optimizer) = provider.optimizer() else { return Ok(plan) };
-    let plan = if wrap { wrap_projection(plan)? } else { plan };
+    // A bare aggregate is unparsed with its aggregates before its keys: an
+    // explicit projection keeps the column order the coordinator expects.
+    let plan = if wrap || matches!(plan, LogicalPlan::Aggregate(_)) { wrap_projection(plan)? } else { plan };
     optimizer.optimize(plan, config, |_, _| {})
 }
 

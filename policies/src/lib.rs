@@ -4,6 +4,7 @@
 
 pub mod approval;
 pub mod audit;
+pub mod disclosure;
 pub mod toml_error;
 
 pub use approval::{

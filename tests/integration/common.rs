@@ -17,9 +17,18 @@ fn generate(dir: &Path) {
     samkor::synth::generate(&samkor::synth::SynthOptions { out: dir.to_owned(), persons: PERSONS, seed: SEED })
         .expect("synthetic registers");
     for project in ["P-1", "P-2", "matrix", "P-python", "P-trace"] {
-        samkor::federation::write_full_approval(dir, project, &["alice"], &["aggregate", "pseudonymised_microdata"])
+        samkor::federation::write_full_approval(dir, project, &["alice"], &["aggregate", "pseudonymised_microdata"], true)
             .expect("approval");
     }
+    // Disclosure-control projects of the attack suite (tests/disclosure/).
+    samkor::federation::write_full_approval(dir, "D-agg", &["alice"], &["aggregate"], false).expect("approval");
+    samkor::federation::write_full_approval(dir, "D-micro", &["alice"], &["aggregate", "pseudonymised_microdata"], false)
+        .expect("approval");
+    samkor::federation::write_full_approval(dir, "D-minmax", &["alice"], &["aggregate"], true).expect("approval");
+    let strict = samkor::federation::full_approval_toml(dir, "D-round", &["alice"], &["aggregate"], false)
+        .expect("approval")
+        .replacen("\n[[tables]]", "\n[disclosure]\nmin_cell_persons = 10\nround_counts_to = 5\n\n[[tables]]", 1);
+    std::fs::write(dir.join("approvals").join("D-round.toml"), strict).expect("approval");
     for (name, text) in governance_approvals() {
         std::fs::write(dir.join("approvals").join(format!("{name}.toml")), text).expect("approval");
     }
@@ -119,4 +128,54 @@ pub fn sorted_lines(batches: &[arrow::record_batch::RecordBatch]) -> Vec<String>
     let mut lines: Vec<String> = text.lines().skip(3).filter(|l| !l.starts_with('+')).map(str::to_owned).collect();
     lines.sort();
     lines
+}
+
+/// Rows of an answer as text cells (nulls as `NULL`).
+pub fn rows(batches: &[arrow::record_batch::RecordBatch]) -> Vec<Vec<String>> {
+    use arrow::util::display::{ArrayFormatter, FormatOptions};
+    let options = FormatOptions::default().with_null("NULL");
+    let mut out = Vec::new();
+    for b in batches {
+        let f: Vec<_> = b.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &options).expect("format")).collect();
+        for r in 0..b.num_rows() {
+            out.push(f.iter().map(|f| f.value(r).to_string()).collect());
+        }
+    }
+    out
+}
+
+/// A disclosure-controlled answer next to the exact pooled one: each
+/// released row (keyed by its first column) must equal the pooled row on
+/// every cell that was not withheld; withheld cells show as `..` on both
+/// sides. Returns the two sides, sorted, for `assert_eq!`.
+pub fn released_vs_pooled(
+    got: &[arrow::record_batch::RecordBatch],
+    pooled: &[arrow::record_batch::RecordBatch],
+) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
+    let names: Vec<String> = got[0].schema().fields().iter().map(|f| f.name().clone()).collect();
+    assert_eq!(names.last().map(String::as_str), Some("withheld"), "a disclosure-controlled answer");
+    let mut fed = Vec::new();
+    let mut want = Vec::new();
+    let pooled = rows(pooled);
+    for mut row in rows(got) {
+        let mark = row.pop().expect("marker column");
+        assert!(!mark.starts_with('*'), "no group of this answer is below the threshold");
+        let withheld: Vec<&str> = if mark == "NULL" { vec![] } else { mark.split(',').collect() };
+        let mask = |r: &mut Vec<String>| {
+            for (i, cell) in r.iter_mut().enumerate() {
+                if withheld.contains(&names[i].as_str()) {
+                    *cell = "..".into();
+                }
+            }
+        };
+        let mut p = pooled.iter().find(|p| p[0] == row[0]).cloned().unwrap_or_else(|| panic!("no pooled row for {row:?}"));
+        mask(&mut row);
+        mask(&mut p);
+        fed.push(row);
+        want.push(p);
+    }
+    assert_eq!(fed.len(), pooled.len(), "one released row per pooled row");
+    fed.sort();
+    want.sort();
+    (fed, want)
 }

@@ -42,6 +42,8 @@ struct Case {
     ordered: bool,
     /// Why the federation is known to get this case wrong.
     known_failure: Option<String>,
+    /// The disclosure or approval rule that must refuse the case.
+    refused: Option<String>,
 }
 
 fn matrix_dir() -> PathBuf {
@@ -90,6 +92,7 @@ fn parse_cases(file: &str, text: &str) -> Vec<Case> {
                 sql: String::new(),
                 ordered: false,
                 known_failure: None,
+                refused: None,
             });
             in_header = true;
             continue;
@@ -101,6 +104,10 @@ fn parse_cases(file: &str, text: &str) -> Vec<Case> {
         }
         if in_header && let Some(reason) = trimmed.strip_prefix("-- known-failure:") {
             case.known_failure = Some(reason.trim().to_owned());
+            continue;
+        }
+        if in_header && let Some(rule) = trimmed.strip_prefix("-- refused:") {
+            case.refused = Some(rule.trim().to_owned());
             continue;
         }
         if trimmed.starts_with("--") {
@@ -126,6 +133,10 @@ fn parse_cases(file: &str, text: &str) -> Vec<Case> {
 struct Answer {
     columns: Vec<String>,
     rows: Vec<Vec<String>>,
+    /// Per row, the cells withheld by disclosure control (federated answers only).
+    withheld: Vec<Vec<bool>>,
+    /// Groups below the threshold were merged into one withheld row (dropped here).
+    merged: bool,
 }
 
 fn render(columns: Vec<String>, batches: &[RecordBatch]) -> Result<Answer, String> {
@@ -142,12 +153,35 @@ fn render(columns: Vec<String>, batches: &[RecordBatch]) -> Result<Answer, Strin
             rows.push(formatters.iter().map(|f| f.value(row).to_string()).collect());
         }
     }
-    Ok(Answer { columns, rows })
+    let withheld = vec![vec![false; columns.len()]; rows.len()];
+    Ok(Answer { columns, rows, withheld, merged: false })
 }
 
 async fn run_federated(client: &mut Client, sql: &str) -> Result<Answer, String> {
     let (schema, batches) = client.query(sql).await.map_err(|e| format!("{e} (code {:?})", e.code()))?;
-    render(schema.fields().iter().map(|f| f.name().clone()).collect(), &batches)
+    let mut answer = render(schema.fields().iter().map(|f| f.name().clone()).collect(), &batches)?;
+    let controlled = schema.metadata().get(samkor_coordinator::disclosure::METADATA_KEY).is_some_and(|m| m.contains("\"aggregate\""));
+    if !controlled {
+        return Ok(answer);
+    }
+    // The last column marks the withheld cells of each row; a row marked `*`
+    // stands for the groups below the threshold whose keys were withheld too.
+    answer.columns.pop();
+    let mut rows = Vec::new();
+    let mut withheld = Vec::new();
+    for mut row in std::mem::take(&mut answer.rows) {
+        let mark = row.pop().unwrap_or_default();
+        if mark.starts_with('*') {
+            answer.merged = true;
+            continue;
+        }
+        let names: Vec<&str> = if mark == "NULL" { Vec::new() } else { mark.split(',').collect() };
+        withheld.push(answer.columns.iter().map(|c| names.contains(&c.as_str())).collect());
+        rows.push(row);
+    }
+    answer.rows = rows;
+    answer.withheld = withheld;
+    Ok(answer)
 }
 
 async fn run_pooled(ctx: &datafusion::prelude::SessionContext, sql: &str) -> Result<Answer, String> {
@@ -185,7 +219,14 @@ fn sort_key(row: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Why two answers differ, or `None` when they agree.
+/// Whether a federated row agrees with a pooled row on every released cell.
+fn row_agrees(fed: &[String], withheld: &[bool], pooled: &[String]) -> bool {
+    fed.iter().zip(pooled).zip(withheld).all(|((a, b), w)| *w || cells_equal(a, b))
+}
+
+/// Why two answers differ, or `None` when they agree. Cells withheld by
+/// disclosure control are not compared; groups merged into the withheld row
+/// must be exactly the pooled rows left unmatched.
 fn compare(ordered: bool, federated: &Answer, pooled: &Answer) -> Option<String> {
     if federated.columns.len() != pooled.columns.len() {
         return Some(format!(
@@ -196,21 +237,47 @@ fn compare(ordered: bool, federated: &Answer, pooled: &Answer) -> Option<String>
             pooled.columns
         ));
     }
-    if federated.rows.len() != pooled.rows.len() {
-        return Some(format!("row count differs: federated {}, pooled {}", federated.rows.len(), pooled.rows.len()));
-    }
-    let (mut a, mut b): (Vec<&Vec<String>>, Vec<&Vec<String>>) =
-        (federated.rows.iter().collect(), pooled.rows.iter().collect());
-    if !ordered {
-        a.sort_by_cached_key(|r| sort_key(r));
-        b.sort_by_cached_key(|r| sort_key(r));
+    let rows_ok = if federated.merged {
+        federated.rows.len() < pooled.rows.len()
+    } else {
+        federated.rows.len() == pooled.rows.len()
+    };
+    if !rows_ok {
+        return Some(format!(
+            "row count differs: federated {}{}, pooled {}",
+            federated.rows.len(),
+            if federated.merged { " (+ merged withheld groups)" } else { "" },
+            pooled.rows.len()
+        ));
     }
     let mut diffs = Vec::new();
-    for (i, (ra, rb)) in a.iter().zip(&b).enumerate() {
-        for (j, (ca, cb)) in ra.iter().zip(rb.iter()).enumerate() {
-            if !cells_equal(ca, cb) {
-                let row = if ordered { "row" } else { "sorted row" };
-                diffs.push(format!("{row} {i}, column {j} ({}): federated {ca:?}, pooled {cb:?}", pooled.columns[j]));
+    if ordered {
+        // Rows come in the same order; merged groups are skipped in the pooled answer.
+        let mut p = 0;
+        for (i, (row, w)) in federated.rows.iter().zip(&federated.withheld).enumerate() {
+            while p < pooled.rows.len() && !row_agrees(row, w, &pooled.rows[p]) && federated.merged {
+                p += 1;
+            }
+            match pooled.rows.get(p) {
+                Some(prow) if row_agrees(row, w, prow) => p += 1,
+                Some(prow) => {
+                    diffs.push(format!("row {i}: federated {row:?}, pooled {prow:?}"));
+                    p += 1;
+                }
+                None => diffs.push(format!("row {i}: federated {row:?} has no pooled counterpart in order")),
+            }
+        }
+    } else {
+        let mut a: Vec<(&Vec<String>, &Vec<bool>)> = federated.rows.iter().zip(&federated.withheld).collect();
+        a.sort_by_cached_key(|(r, _)| sort_key(r));
+        let mut left: Vec<&Vec<String>> = pooled.rows.iter().collect();
+        left.sort_by_cached_key(|r| sort_key(r));
+        for (row, w) in a {
+            match left.iter().position(|p| row_agrees(row, w, p)) {
+                Some(i) => {
+                    left.remove(i);
+                }
+                None => diffs.push(format!("federated row {row:?} matches no pooled row")),
             }
         }
     }
@@ -219,7 +286,7 @@ fn compare(ordered: bool, federated: &Answer, pooled: &Answer) -> Option<String>
     }
     let total = diffs.len();
     diffs.truncate(5);
-    Some(format!("{total} cell(s) differ; first: {}", diffs.join("; ")))
+    Some(format!("{total} row(s) differ; first: {}", diffs.join("; ")))
 }
 
 fn show(answer: &Result<Answer, String>) -> String {
@@ -272,15 +339,18 @@ async fn federation_agrees_with_pooled_session() {
     let started = Instant::now();
     let mut failures = Vec::new();
     let mut known = Vec::new();
+    let mut withheld_cells = 0;
     for case in &cases {
         let t = Instant::now();
         let federated = run_federated(&mut client, &case.sql).await;
         let local = run_pooled(&pooled, &case.sql).await;
-        let problem = match (&federated, &local) {
-            (Ok(a), Ok(b)) => compare(case.ordered, a, b),
-            (Err(_), Ok(_)) => Some("the federation failed".to_owned()),
-            (Ok(_), Err(_)) => Some("the pooled session failed (the case itself is broken)".to_owned()),
-            (Err(_), Err(_)) => Some("both sides failed (the case itself is broken)".to_owned()),
+        let problem = match (&federated, &local, &case.refused) {
+            (Err(e), Ok(_), Some(rule)) if e.contains(&format!("refused by rule {rule}:")) => None,
+            (_, _, Some(rule)) => Some(format!("the case must be refused by rule {rule}")),
+            (Ok(a), Ok(b), None) => compare(case.ordered, a, b),
+            (Err(_), Ok(_), None) => Some("the federation failed".to_owned()),
+            (Ok(_), Err(_), None) => Some("the pooled session failed (the case itself is broken)".to_owned()),
+            (Err(_), Err(_), None) => Some("both sides failed (the case itself is broken)".to_owned()),
         };
         let status = match (&problem, &case.known_failure) {
             (None, None) => "ok",
@@ -288,6 +358,9 @@ async fn federation_agrees_with_pooled_session() {
             (Some(_), None) => "FAIL",
             (Some(_), Some(_)) => "known failure",
         };
+        if let Ok(a) = &federated {
+            withheld_cells += a.withheld.iter().flatten().filter(|w| **w).count();
+        }
         println!("matrix {:<40} {:>6} ms  {status}", case.name, t.elapsed().as_millis());
         let Some(problem) = problem else {
             if case.known_failure.is_some() {
@@ -307,11 +380,13 @@ async fn federation_agrees_with_pooled_session() {
         }
     }
     println!(
-        "matrix: {} cases in {:.1} s: {} failed, {} marked known-failure",
+        "matrix: {} cases in {:.1} s: {} failed, {} marked known-failure, {} refused by rule as marked, {} cells withheld by disclosure control",
         cases.len(),
         started.elapsed().as_secs_f64(),
         failures.len(),
-        cases.iter().filter(|c| c.known_failure.is_some()).count()
+        cases.iter().filter(|c| c.known_failure.is_some()).count(),
+        cases.iter().filter(|c| c.refused.is_some()).count(),
+        withheld_cells
     );
     for k in &known {
         println!("matrix known-failure: {k}");

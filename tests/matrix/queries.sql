@@ -9,10 +9,13 @@
 --                              rows are compared as sorted multisets
 --   -- known-failure: <reason> (optional, right after the header) the federation is
 --                              known to get it wrong: run and reported, never failed
+--   -- refused: <rule>         (optional, right after the header) disclosure control
+--                              or the approval must refuse the case with this rule
 --   SQL up to the next header; a trailing ';' is optional; other '--' lines are
 --   comments and are dropped.
 -- Values are compared as rendered text, floats with relative and absolute
--- tolerance 1e-9. Keep answers aggregated and small (< 200 rows) and
+-- tolerance 1e-9. Cells withheld by disclosure control are not compared;
+-- every released cell must equal the pooled one. Keep answers aggregated and small (< 200 rows) and
 -- deterministic: no LIMIT without a total order, no ties in ORDER BY ... LIMIT.
 -- Adding a case is an edit of this file only.
 
@@ -65,6 +68,7 @@ WHERE reop_date IS NOT NULL AND reop_date <= op_date + INTERVAL '90 days'
 GROUP BY fixation
 
 -- case: hip_days_to_reoperation
+-- refused: disclosure.identifying_aggregate
 SELECT fixation, avg(reop_date - op_date) AS mean_days, min(reop_date - op_date) AS min_days, max(reop_date - op_date) AS max_days
 FROM hip.operations WHERE reop_date IS NOT NULL GROUP BY fixation
 
@@ -101,15 +105,18 @@ SELECT hospital, count(*) AS n
 FROM hip.operations GROUP BY hospital ORDER BY n DESC, hospital LIMIT 10
 
 -- case: hip_rank_over_count
+-- refused: disclosure.window_over_aggregate
 -- ordered
 SELECT region, count(*) AS n, rank() OVER (ORDER BY count(*) DESC) AS rnk
 FROM hip.operations GROUP BY region ORDER BY rnk, region
 
 -- case: hip_share_of_total
+-- refused: disclosure.window_over_aggregate
 SELECT fixation, count(*) AS n, 100.0 * count(*) / sum(count(*)) OVER () AS pct
 FROM hip.operations GROUP BY fixation
 
 -- case: hip_window_partitioned_share
+-- refused: disclosure.window_over_aggregate
 SELECT region, fixation, count(*) AS n,
        count(*) * 1.0 / sum(count(*)) OVER (PARTITION BY region) AS share_in_region
 FROM hip.operations GROUP BY region, fixation
@@ -121,6 +128,7 @@ WITH per_person AS (
 SELECT ops, count(*) AS persons FROM per_person GROUP BY ops
 
 -- case: hip_scalar_subquery
+-- refused: disclosure.subquery
 SELECT region, count(*) AS n
 FROM hip.operations
 WHERE bmi > (SELECT avg(bmi) FROM hip.operations)
@@ -143,6 +151,7 @@ SELECT survey, count(*) AS n, avg(eq5d_index) AS eq5d, stddev(eq5d_index) AS eq5
 FROM hip.prom GROUP BY survey
 
 -- case: hip_prom_union_all
+-- refused: disclosure.one_table
 SELECT 'preop' AS survey, count(*) AS n, avg(pain_vas) AS pain FROM hip.prom WHERE survey = 'preop'
 UNION ALL
 SELECT '1y', count(*), avg(pain_vas) FROM hip.prom WHERE survey = '1y'
@@ -224,6 +233,7 @@ FROM pop.persons GROUP BY education
 SELECT (birth_year / 10) * 10 AS decade, count(*) AS n FROM pop.persons GROUP BY 1 ORDER BY 1
 
 -- case: pop_country_of_birth_share
+-- refused: disclosure.window_over_aggregate
 SELECT country_of_birth, count(*) AS n, count(*) * 1.0 / sum(count(*)) OVER () AS share,
        dense_rank() OVER (ORDER BY count(*) DESC) AS rnk
 FROM pop.persons GROUP BY country_of_birth
@@ -308,10 +318,12 @@ JOIN lmr.dispensations l ON l.person = o.person AND l.atc = 'N02AA05'
 GROUP BY o.fixation
 
 -- case: dors_scalar_subquery_share
+-- refused: disclosure.subquery
 SELECT region, count(*) AS deaths, count(*) * 1.0 / (SELECT count(*) FROM pop.persons) AS per_person
 FROM dors.deaths GROUP BY region
 
 -- case: pop_union_all_registers
+-- refused: disclosure.one_table
 SELECT 'hip' AS register, count(DISTINCT person) AS persons FROM hip.operations
 UNION ALL SELECT 'npr', count(DISTINCT person) FROM npr.inpatient
 UNION ALL SELECT 'lmr', count(DISTINCT person) FROM lmr.dispensations
@@ -352,6 +364,7 @@ JOIN pop.persons p ON p.person = o.person
 GROUP BY 1, 2
 
 -- case: hip_lmr_pop_cte_rank
+-- refused: disclosure.window_over_aggregate
 -- ordered
 WITH statin_users AS (
     SELECT DISTINCT person FROM lmr.dispensations WHERE atc LIKE 'C10%'
@@ -378,6 +391,7 @@ SELECT region, side, count(*) AS n FROM hip.operations GROUP BY GROUPING SETS ((
 SELECT DISTINCT region, side FROM hip.operations WHERE asa = 1
 
 -- case: hip_lag_year_over_year
+-- refused: disclosure.window_over_aggregate
 -- ordered
 SELECT extract(year FROM op_date) AS year, count(*) AS n,
        count(*) - lag(count(*)) OVER (ORDER BY extract(year FROM op_date)) AS change,
@@ -385,6 +399,7 @@ SELECT extract(year FROM op_date) AS year, count(*) AS n,
 FROM hip.operations GROUP BY extract(year FROM op_date) ORDER BY year
 
 -- case: hip_row_number_top_per_region
+-- refused: disclosure.window_over_aggregate
 -- ordered
 SELECT region, hospital, n FROM (
     SELECT region, hospital, count(*) AS n,
@@ -512,6 +527,7 @@ WHERE p.birth_year < 1950
 GROUP BY p.region
 
 -- case: pop_full_outer_join_hip_counts
+-- refused: disclosure.one_table
 SELECT a.region, a.n AS residents, b.n AS ops
 FROM (SELECT region, count(*) AS n FROM pop.persons GROUP BY region) a
 FULL OUTER JOIN (SELECT region, count(*) AS n FROM hip.operations GROUP BY region) b ON a.region = b.region
@@ -526,6 +542,7 @@ GROUP BY d.underlying_cause
 SELECT i.region, count(*) AS n FROM npr.inpatient i WHERE i.main_dx LIKE 'M16%' GROUP BY i.region
 
 -- case: hip_pop_join_aggregated_subqueries
+-- refused: disclosure.one_table
 SELECT h.region, h.ops, p.residents, h.ops * 1000.0 / p.residents AS per_1000
 FROM (SELECT region, count(*) AS ops FROM hip.operations GROUP BY region) h
 JOIN (SELECT region, count(*) AS residents FROM pop.persons GROUP BY region) p ON p.region = h.region
@@ -555,6 +572,7 @@ FROM npr.inpatient WHERE main_dx LIKE 'T84%' OR main_dx LIKE 'M16%'
 GROUP BY main_dx
 
 -- case: pop_income_stddev_median_separately
+-- refused: disclosure.one_table
 SELECT s.education, s.sd, m.med
 FROM (SELECT education, stddev(CAST(income AS DOUBLE)) AS sd FROM pop.persons GROUP BY education) s
 JOIN (SELECT education, median(CAST(income AS DOUBLE)) AS med FROM pop.persons GROUP BY education) m
@@ -604,11 +622,13 @@ SELECT extract(year FROM op_date) % 2 AS odd_year, abs(-asa) AS asa, count(*) AS
 FROM hip.operations GROUP BY 1, 2
 
 -- case: hip_first_value_ordered_aggregate
+-- refused: disclosure.identifying_aggregate
 -- Descending, so that an ORDER BY dropped on the way is not hidden by the files' date order.
 SELECT region, first_value(hospital ORDER BY op_date DESC, op_id DESC) AS last_hospital, count(*) AS n
 FROM hip.operations GROUP BY region
 
 -- case: hip_string_agg_distinct_ordered
+-- refused: disclosure.identifying_aggregate
 SELECT region, string_agg(DISTINCT side, ',' ORDER BY side) AS sides
 FROM hip.operations GROUP BY region
 
@@ -647,6 +667,7 @@ FROM hip.operations o JOIN dors.deaths d
   ON d.person = o.person AND (d.underlying_cause LIKE 'I%' OR d.death_date < o.op_date + INTERVAL '1 year')
 
 -- case: hip_dors_is_not_distinct_from_join
+-- refused: disclosure.one_table
 SELECT h.region, h.n, d.n AS deaths
 FROM (SELECT region, count(*) AS n FROM hip.operations GROUP BY region) h
 JOIN (SELECT region, count(*) AS n FROM dors.deaths GROUP BY region) d ON d.region IS NOT DISTINCT FROM h.region

@@ -1,0 +1,193 @@
+//! The disclosure attack suite: every case in `tests/disclosure/*.toml` runs
+//! against the real federation (five nodes and a coordinator over mutual
+//! TLS) and must be refused by the rule it names or released with the
+//! protection it names. One case a file:
+//!
+//! ```toml
+//! attack = "what the attacker tries"
+//! project = "D-agg"            # a test approval (tests/integration/common.rs)
+//! sql = "SELECT …"
+//! [expect]
+//! refused = "disclosure.identifying_aggregate"   # or, for a released answer:
+//! withheld = ["n"]             # these columns are withheld in every released row
+//! reasons = ["secondary"]      # the answer withholds at least one cell for each reason
+//! merged = true                # groups below the threshold were merged, keys withheld
+//! exact = true                 # nothing withheld, equal to the pooled answer (controls)
+//! mode = "pseudonymised_microdata"
+//! rounded_to = 5               # every released count column is a multiple of 5
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::Int64Type;
+use serde::Deserialize;
+
+use crate::common;
+
+/// The suite may grow, never silently shrink.
+const MIN_CASES: usize = 40;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    attack: String,
+    project: String,
+    sql: String,
+    expect: Expect,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Expect {
+    refused: Option<String>,
+    #[serde(default)]
+    withheld: Vec<String>,
+    #[serde(default)]
+    reasons: Vec<String>,
+    merged: Option<bool>,
+    #[serde(default)]
+    exact: bool,
+    mode: Option<String>,
+    rounded_to: Option<i64>,
+}
+
+fn cases() -> Vec<(String, Case)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("disclosure");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|f| {
+            let name = f.file_name().expect("name").to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(&f).expect("read case");
+            let case: Case = toml::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            (name, case)
+        })
+        .collect()
+}
+
+/// Checks a released answer against the case's expectations; returns what is wrong.
+fn check_released(case: &Case, schema: &arrow::datatypes::Schema, batches: &[RecordBatch], pooled: Option<&[RecordBatch]>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let e = &case.expect;
+    let summary: serde_json::Value = schema
+        .metadata()
+        .get(samkor_coordinator::disclosure::METADATA_KEY)
+        .map(|m| serde_json::from_str(m).expect("summary is JSON"))
+        .unwrap_or_default();
+    let mode = summary["mode"].as_str().unwrap_or("none").to_owned();
+    if let Some(want) = &e.mode
+        && &mode != want
+    {
+        problems.push(format!("released as {mode}, expected {want}"));
+    }
+    if mode != "aggregate" {
+        if e.mode.is_none() {
+            problems.push(format!("released as {mode}, expected a disclosure-controlled aggregate"));
+        }
+        return problems;
+    }
+    let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let rows = common::rows(batches);
+    let marks: Vec<&String> = rows.iter().map(|r| r.last().expect("marker")).collect();
+    let merged = marks.iter().any(|m| m.starts_with('*'));
+    for col in &e.withheld {
+        assert!(names.contains(col), "{}: no column {col} in {names:?}", case.attack);
+        for (i, m) in marks.iter().enumerate() {
+            if !m.starts_with('*') && !m.split(',').any(|w| w == col) {
+                problems.push(format!("row {i}: column {col} released: {:?}", rows[i]));
+            }
+        }
+    }
+    for reason in &e.reasons {
+        if summary["withheld"][reason].as_u64().unwrap_or(0) == 0 {
+            problems.push(format!("no cell withheld for reason {reason}: {}", summary["withheld"]));
+        }
+    }
+    if let Some(m) = e.merged
+        && m != merged
+    {
+        problems.push(format!("groups merged: {merged}, expected {m}"));
+    }
+    if e.exact {
+        if marks.iter().any(|m| m.as_str() != "NULL") {
+            problems.push(format!("cells withheld in a control case: {:?}", marks));
+        }
+        if let Some(p) = pooled {
+            let mut got: Vec<Vec<String>> = rows.iter().map(|r| r[..r.len() - 1].to_vec()).collect();
+            let mut want = common::rows(p);
+            got.sort();
+            want.sort();
+            if got != want {
+                problems.push(format!("differs from the pooled answer: {got:?} vs {want:?}"));
+            }
+        }
+    }
+    if let Some(base) = e.rounded_to {
+        for (c, f) in schema.fields().iter().enumerate() {
+            if f.data_type() != &arrow::datatypes::DataType::Int64 {
+                continue;
+            }
+            for b in batches {
+                let a = b.column(c).as_primitive::<Int64Type>();
+                for i in 0..a.len() {
+                    if !a.is_null(i) && a.value(i) % base != 0 {
+                        problems.push(format!("{} = {} is not rounded to {base}", f.name(), a.value(i)));
+                    }
+                }
+            }
+        }
+    }
+    problems
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_suite() {
+    let cases = cases();
+    assert!(cases.len() >= MIN_CASES, "{} attack cases, fewer than {MIN_CASES}", cases.len());
+    let fed = common::federation().await;
+    let mut failures = Vec::new();
+    let (mut refused, mut released) = (0, 0);
+    for (name, case) in &cases {
+        let mut client = fed.client("alice", &case.project).await.expect("client connects");
+        let answer = client.query(&case.sql).await;
+        let problems = match (&case.expect.refused, answer) {
+            (Some(rule), Err(e)) => {
+                let text = e.to_string();
+                refused += 1;
+                let mut p = Vec::new();
+                if !text.contains(&format!("refused by rule {rule}:")) {
+                    p.push(format!("refused, but not by {rule}: {text}"));
+                }
+                if e.code() != Some(tonic::Code::PermissionDenied) {
+                    p.push(format!("a refusal is PermissionDenied, got {:?}", e.code()));
+                }
+                p
+            }
+            (Some(rule), Ok((_, b))) => vec![format!("released ({} rows) instead of refused by {rule}", common::rows(&b).len())],
+            (None, Err(e)) => vec![format!("refused or failed: {e}")],
+            (None, Ok((schema, batches))) => {
+                released += 1;
+                let pooled = if case.expect.exact {
+                    let ctx = samkor::federation::pooled_session(&fed.dir, &case.project).await.expect("pooled");
+                    Some(ctx.sql(&case.sql).await.expect("pooled plan").collect().await.expect("pooled answer"))
+                } else {
+                    None
+                };
+                check_released(case, &schema, &batches, pooled.as_deref())
+            }
+        };
+        println!("attack {name:<48} {}", if problems.is_empty() { "ok" } else { "FAIL" });
+        if !problems.is_empty() {
+            failures.push(format!("{name} ({}):\n  {}\n  SQL: {}", case.attack, problems.join("\n  "), case.sql));
+        }
+    }
+    println!("attack suite: {} cases, {refused} refused, {released} released under control, {} failed", cases.len(), failures.len());
+    fed.shutdown().await;
+    assert!(failures.is_empty(), "{} attack case(s) not stopped as expected:\n\n{}", failures.len(), failures.join("\n\n"));
+}
