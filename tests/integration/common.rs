@@ -8,8 +8,9 @@ use samkor::federation::{LocalFederation, LocalOptions, REGISTERS};
 /// Persons in the test federation: enough for meaningful groups, small enough for debug builds.
 pub const PERSONS: u64 = 8_000;
 pub const SEED: u64 = 7;
-/// Users with certificates in the test federation.
-pub const USERS: [&str; 3] = ["alice", "bob", "carol"];
+/// Users with certificates in the test federation (`dora` is the care
+/// provider of the synthetic directory, bound to a hospital; `erik` is bound to none).
+pub const USERS: [&str; 5] = ["alice", "bob", "carol", "dora", "erik"];
 
 fn generate(dir: &Path) {
     samkor::certs::init(&dir.join("certs"), &REGISTERS, &USERS).expect("development certificates");

@@ -6,6 +6,7 @@
 mod common;
 mod matrix;
 mod coordinator;
+mod direct;
 mod governance;
 mod node;
 mod observability;
