@@ -476,8 +476,7 @@ struct Doc<'a> {
 
 impl Doc<'_> {
     fn at<T>(&self, spanned: &Spanned<T>, problem: Problem) -> ApprovalError {
-        let start = spanned.span().start.min(self.text.len());
-        let line = self.text.as_bytes()[..start].iter().filter(|&&b| b == b'\n').count() + 1;
+        let line = crate::toml_error::line_at(self.text, spanned.span().start);
         ApprovalError::Invalid { file: self.path.to_owned(), line: Some(line), problem: Box::new(problem) }
     }
 

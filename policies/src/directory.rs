@@ -91,10 +91,7 @@ impl Directory {
             file: file.to_owned(),
             message: crate::toml_error::one_line(&e),
         })?;
-        let line_of = |s: &Spanned<String>| {
-            let start = s.span().start.min(text.len());
-            text.as_bytes()[..start].iter().filter(|&&b| b == b'\n').count() + 1
-        };
+        let line_of = |s: &Spanned<String>| crate::toml_error::line_at(text, s.span().start);
         let mut providers: BTreeMap<String, Provider> = BTreeMap::new();
         for p in raw.providers {
             for (field, value) in [("identity", &p.identity), ("hospital", &p.hospital)] {

@@ -121,3 +121,16 @@ pub fn sorted_lines(batches: &[arrow::record_batch::RecordBatch]) -> Vec<String>
     lines.sort();
     lines
 }
+
+/// A client straight to a node (bypassing the coordinator) with `user`'s
+/// certificate from `dir` (`"coordinator"` for the coordinator's own).
+pub fn node_client(dir: &Path, user: &str, node: &samkor_node::RunningNode) -> samkor_proto::client::NodeClient {
+    let identity = samkor::federation::identity_files(dir, user).load().expect("identity");
+    let endpoint = samkor_proto::client::NodeEndpoint {
+        name: node.state.register().to_owned(),
+        addr: node.addr.to_string(),
+        tls_domain: "localhost".into(),
+        connect_timeout: std::time::Duration::from_secs(5),
+    };
+    samkor_proto::client::NodeClient::new(endpoint, &identity).expect("client")
+}

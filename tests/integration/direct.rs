@@ -3,13 +3,11 @@
 //! register at a time, and the node enforcing it on its own.
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use arrow::array::{AsArray, RecordBatch};
 use futures::TryStreamExt;
-use samkor::federation::identity_files;
 use samkor_policies::audit;
-use samkor_proto::client::{NodeClient, NodeEndpoint};
+use samkor_proto::client::NodeClient;
 
 use crate::common::{self, sorted_lines, synth_dir};
 use crate::governance::refused;
@@ -129,14 +127,7 @@ async fn the_node_enforces_direct_access_without_the_coordinator() {
     let node = samkor_node::start(samkor::federation::node_config(synth_dir(), "hip", true).expect("config"))
         .await
         .expect("hip starts");
-    let identity = identity_files(synth_dir(), "coordinator").load().expect("identity");
-    let endpoint = NodeEndpoint {
-        name: "hip".into(),
-        addr: node.addr.to_string(),
-        tls_domain: "localhost".into(),
-        connect_timeout: Duration::from_secs(5),
-    };
-    let client = NodeClient::new(endpoint, &identity).expect("client");
+    let client = common::node_client(synth_dir(), "coordinator", &node);
     let hospital = doras_hospital();
 
     // A table without a unit column is closed, whatever the coordinator says.

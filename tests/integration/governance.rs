@@ -192,18 +192,7 @@ async fn the_holder_has_the_last_word() {
         .expect_err("withheld column");
     assert!(err.to_string().contains("holder.column") && err.to_string().contains("deaths.underlying_cause"), "{err}");
     // A caller that is not the coordinator, going to the node directly.
-    let node = fed.node("dors").expect("dors");
-    let alice = samkor::federation::identity_files(copy.path(), "alice").load().expect("identity");
-    let client = samkor_proto::client::NodeClient::new(
-        samkor_proto::client::NodeEndpoint {
-            name: "dors".into(),
-            addr: node.addr.to_string(),
-            tls_domain: "localhost".into(),
-            connect_timeout: std::time::Duration::from_secs(5),
-        },
-        &alice,
-    )
-    .expect("client");
+    let client = common::node_client(copy.path(), "alice", fed.node("dors").expect("dors"));
     let err = client.query("P-1", "SELECT count(*) FROM deaths", "q", None).await.expect_err("not the coordinator");
     let status = err.status().expect("node status");
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
@@ -225,14 +214,7 @@ async fn every_sub_query_is_in_the_node_audit_log() {
     let mut p2 = fed.client("alice", "P-2").await.expect("connect");
     refused(p2.query("SELECT count(*) FROM dors.deaths").await, "holder.project");
     let node = fed.node("dors").expect("dors");
-    let alice = samkor::federation::identity_files(copy.path(), "alice").load().expect("identity");
-    let endpoint = samkor_proto::client::NodeEndpoint {
-        name: "dors".into(),
-        addr: node.addr.to_string(),
-        tls_domain: "localhost".into(),
-        connect_timeout: std::time::Duration::from_secs(5),
-    };
-    let direct = samkor_proto::client::NodeClient::new(endpoint, &alice).expect("client");
+    let direct = common::node_client(copy.path(), "alice", node);
     direct.query("P-1", "SELECT count(*) FROM deaths", "q-alice", None).await.expect_err("not the coordinator");
 
     let log = node.audit.path().to_owned();
