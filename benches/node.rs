@@ -203,7 +203,7 @@ struct ScanResult {
 async fn scan_bench(dir: &Path, runs: usize, rows: u64) -> anyhow::Result<ScanResult> {
     let config = samkor::federation::node_config(dir, "lmr", true)?;
     let state = samkor_node::NodeState::open(config.clone()).await?;
-    let ctx = state.session(PROJECT)?;
+    let ctx = state.session(&samkor_node::access::Scope::Project(PROJECT.to_owned()), None)?;
 
     // Count visible rows (after opt-outs).
     let t = Instant::now();
@@ -214,7 +214,7 @@ async fn scan_bench(dir: &Path, runs: usize, rows: u64) -> anyhow::Result<ScanRe
     // Session: plan + execute, as the node service does.
     let session_run = || async {
         let t = Instant::now();
-        let ctx = state.session(PROJECT)?;
+        let ctx = state.session(&samkor_node::access::Scope::Project(PROJECT.to_owned()), None)?;
         let batches = ctx.sql(SCAN_SQL).await?.collect().await?;
         anyhow::Ok((t.elapsed(), batches.iter().map(|b| b.num_rows()).sum::<usize>()))
     };

@@ -130,6 +130,8 @@ fn report_at(file: &Path, since: &str, approvals: &[ApprovalSummary], today: Nai
         }
         let u = usage.entry((r.identity.as_str(), r.project.as_str())).or_default();
         match r.decision {
+            // A node's stream-end record adds the rows released; its sub-query was counted at its decision.
+            Decision::Accepted if r.rule == audit::RULE_STREAM_END => {}
             Decision::Accepted => u.accepted += 1,
             Decision::Refused => {
                 u.refused += 1;

@@ -94,7 +94,8 @@ pub fn default_dir() -> PathBuf {
 /// Generates the federation into `dir` unless a complete one for the same size and seed is there.
 pub fn prepare(dir: &Path, persons: u64, seed: u64) -> Result<bool, DemoError> {
     let stamp = dir.join("READY");
-    let want = format!("persons={persons} seed={seed}\n");
+    // `format` changes when the generated files change (2: node audit logs, direct access).
+    let want = format!("persons={persons} seed={seed} format=2\n");
     if std::fs::read_to_string(&stamp).is_ok_and(|s| s == want) {
         return Ok(false);
     }
@@ -103,7 +104,9 @@ pub fn prepare(dir: &Path, persons: u64, seed: u64) -> Result<bool, DemoError> {
         std::fs::remove_dir_all(dir).map_err(|e| fail(e.to_string()))?;
     }
     std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
-    crate::certs::init(&dir.join("certs"), &REGISTERS, &[DEMO_USER, "bob"]).map_err(|e| fail(e.to_string()))?;
+    let mut users = vec![DEMO_USER, "bob"];
+    users.extend(crate::synth::care_providers());
+    crate::certs::init(&dir.join("certs"), &REGISTERS, &users).map_err(|e| fail(e.to_string()))?;
     crate::certs::write_federation_key(&dir.join("federation.key")).map_err(|e| fail(e.to_string()))?;
     crate::synth::generate(&crate::synth::SynthOptions { out: dir.to_owned(), persons, seed })
         .map_err(|e| fail(e.to_string()))?;

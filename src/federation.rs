@@ -55,11 +55,18 @@ impl Default for LocalOptions {
     }
 }
 
-/// Loads the node config of `register` in a synth directory.
+/// Loads the node config of `register` in a synth directory. `ephemeral`
+/// (tests, benchmarks, the demo): a free port, and an audit log of its own
+/// (`<register>/audit/node-<pid>-<n>.jsonl`), since several nodes of one
+/// register may run on one directory at once and a log has one writer.
 pub fn node_config(dir: &Path, register: &str, ephemeral: bool) -> Result<NodeConfig, FederationError> {
     let mut config = NodeConfig::load(&dir.join(register).join("node.toml"))?;
     if ephemeral {
         config.node.listen = "127.0.0.1:0".parse().expect("valid address");
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = format!("node-{}-{n}.jsonl", std::process::id());
+        config.node.audit_log = config.path.parent().unwrap_or(dir).join("audit").join(log);
     }
     Ok(config)
 }
@@ -71,7 +78,8 @@ pub fn coordinator_toml(listen: &str, addresses: &[(String, String)], options: &
          [coordinator]\nlisten = \"{listen}\"\nmemory_limit_mb = {}\nspill_dir = \"spill\"\n\
          query_timeout_secs = {}\nnode_retry_secs = {}\n\n\
          [tls]\ncert = \"certs/coordinator.pem\"\nkey = \"certs/coordinator.key\"\nca = \"certs/ca.pem\"\n\n\
-         [governance]\napprovals_dir = \"approvals\"\naudit_log = \"audit/coordinator.log\"\n",
+         [governance]\napprovals_dir = \"approvals\"\naudit_log = \"audit/coordinator.log\"\n\
+         directory = \"directory.toml\"\n",
         options.memory_limit_mb, options.query_timeout_secs, options.node_retry_secs
     );
     for (register, addr) in addresses {

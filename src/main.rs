@@ -261,7 +261,9 @@ fn synth(args: SynthArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let certs = args.out.join("certs");
     if !certs.join("ca.pem").exists() {
-        samkor::certs::init(&certs, &REGISTERS, &["alice", "bob"])?;
+        let mut users = vec!["alice", "bob"];
+        users.extend(samkor::synth::care_providers());
+        samkor::certs::init(&certs, &REGISTERS, &users)?;
     }
     let key = args.out.join("federation.key");
     if !key.exists() {

@@ -113,6 +113,7 @@ holder = "Hip register"
 listen = "127.0.0.1:0"
 pseudonym_key_file = "../federation.key"
 opt_out_file = "optout.txt"
+audit_log = "audit.jsonl"
 
 [tls]
 cert = "c.pem"

@@ -16,6 +16,7 @@
 //! [governance]
 //! approvals_dir = "approvals"   # one approval document per project
 //! audit_log = "audit/coordinator.log"
+//! directory = "directory.toml"  # care providers with direct access (optional)
 //!
 //! [[nodes]]
 //! register = "hip"
@@ -78,6 +79,10 @@ pub struct GovernanceSection {
     pub approvals_dir: PathBuf,
     /// The coordinator's audit log (JSON lines, hash-chained).
     pub audit_log: PathBuf,
+    /// The care-provider directory (identity → hospital) for direct access;
+    /// without it the federation offers no direct access.
+    #[serde(default)]
+    pub directory: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -150,6 +155,7 @@ impl CoordinatorConfig {
         let governance = GovernanceSection {
             approvals_dir: base.join(&raw.governance.approvals_dir),
             audit_log: base.join(&raw.governance.audit_log),
+            directory: raw.governance.directory.map(|d| base.join(d)),
         };
         Ok(CoordinatorConfig { path: path.to_owned(), coordinator, tls: raw.tls.relative_to(base), governance, nodes: raw.nodes })
     }
@@ -188,6 +194,13 @@ address = "127.0.0.1:47101"
         assert_eq!(c.tls.ca, Path::new("/fed/certs/ca.pem"));
         assert_eq!(c.nodes[0].tls_domain, "localhost");
         assert_eq!(c.coordinator.memory_limit_mb, 2048);
+        assert_eq!(c.governance.directory, None, "no direct access unless configured");
+        let c = CoordinatorConfig::parse(
+            Path::new("/fed/coordinator.toml"),
+            &GOOD.replace("[governance]", "[governance]\ndirectory = \"directory.toml\""),
+        )
+        .expect("valid");
+        assert_eq!(c.governance.directory.as_deref(), Some(Path::new("/fed/directory.toml")));
     }
 
     #[test]

@@ -102,6 +102,7 @@ pub struct Engine {
     federation: Arc<Federation>,
     approvals: samkor_policies::approval::ApprovalStore,
     audit: samkor_policies::audit::AuditLog,
+    direct: crate::direct::DirectAccess,
     catalogued: AtomicU64,
     runtime: Arc<RuntimeEnv>,
     timeout: Duration,
@@ -115,6 +116,7 @@ impl Engine {
         federation: Arc<Federation>,
         approvals: samkor_policies::approval::ApprovalStore,
         audit: samkor_policies::audit::AuditLog,
+        direct: crate::direct::DirectAccess,
     ) -> Result<Engine, DataFusionError> {
         let limit = config.coordinator.memory_limit_mb;
         let mut disk = DiskManagerBuilder::default();
@@ -130,6 +132,7 @@ impl Engine {
             federation,
             approvals,
             audit,
+            direct,
             catalogued: AtomicU64::new(u64::MAX),
             runtime,
             timeout: config.query_timeout(),
@@ -188,6 +191,10 @@ impl Engine {
 
     /// Admits `identity` to `project` today, or says which rule refuses.
     pub fn authorize(&self, identity: &str, project: &str) -> Result<Arc<samkor_policies::approval::Approval>, QueryError> {
+        if crate::direct::is_direct(project) {
+            let defaults = self.approvals.defaults();
+            return self.direct.authorize(identity, project, &self.federation, defaults).map_err(QueryError::Refused);
+        }
         let approval = self.approvals().get(project).map_err(|e| {
             tracing::error!(error = %e, "approvals unreadable");
             QueryError::Internal(format!("the approvals cannot be read: {e}"))
@@ -205,8 +212,10 @@ impl Engine {
         approval: Arc<samkor_policies::approval::Approval>,
         touched: Arc<std::sync::Mutex<crate::policy::Touched>>,
     ) -> Session {
-        let scope = Arc::new(scope);
+        let direct_unit = crate::direct::unit_of(&approval).map(str::to_owned);
+        let scope = Arc::new(QueryScope { direct_unit, ..scope });
         let mut rules = coordinator_rules();
+        rules.extend(crate::direct::rule_for(&approval));
         rules.push(Arc::new(crate::policy::ApprovalRule::new(approval.clone(), touched)));
         let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG, "public")

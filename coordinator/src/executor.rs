@@ -27,6 +27,9 @@ pub struct QueryScope {
     pub traceparent: Option<String>,
     /// The query's span; node sub-queries are its children.
     pub span: tracing::Span,
+    /// For a care provider's direct access: its hospital, sent with every
+    /// sub-query (`SubQuery.direct_unit`) so that the node filters too.
+    pub direct_unit: Option<String>,
 }
 
 /// Executes sub-plans on one node for one query.
@@ -99,11 +102,9 @@ impl SQLExecutor for NodeExecutor {
         span.in_scope(|| tracing::info!(sql = %sql, "sub-query sent"));
         let traceparent = samkor_proto::trace::traceparent(&span).or_else(|| scope.traceparent.clone());
         let open = async move {
-            let stream = node
-                .client
-                .query(&scope.project, &sql, &scope.query_id, traceparent.as_deref())
-                .await
-                .map_err(node_error)?;
+            let mut sub = samkor_proto::ticket::sub_query(&scope.project, &sql, &scope.query_id);
+            sub.direct_unit = scope.direct_unit.clone().unwrap_or_default();
+            let stream = node.client.send(&sub, traceparent.as_deref()).await.map_err(node_error)?;
             let client = node.client.clone();
             Ok::<_, DataFusionError>(stream.map_err(move |e| node_error(client.stream_error(e))))
         };

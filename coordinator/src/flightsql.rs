@@ -112,7 +112,9 @@ impl CoordinatorService {
             (None, Some(f)) => f.to_owned(),
             (None, None) => return Err(QueryError::NoProject.to_status()),
         };
-        ticket::validate_project(&project).map_err(|_| QueryError::BadProject(project.clone()).to_status())?;
+        if !crate::direct::is_direct(&project) {
+            ticket::validate_project(&project).map_err(|_| QueryError::BadProject(project.clone()).to_status())?;
+        }
         let traceparent = request.metadata().get(headers::TRACEPARENT).and_then(|v| v.to_str().ok()).map(str::to_owned);
         Ok(Caller { identity, project, traceparent })
     }
@@ -128,7 +130,7 @@ impl CoordinatorService {
         if let Some(tp) = &caller.traceparent {
             samkor_proto::trace::set_parent(&span, tp);
         }
-        QueryScope { project: caller.project.clone(), query_id, traceparent: caller.traceparent.clone(), span }
+        QueryScope { project: caller.project.clone(), query_id, traceparent: caller.traceparent.clone(), span, direct_unit: None }
     }
 
     /// Plans `sql` to learn its result schema (the approval is checked too).

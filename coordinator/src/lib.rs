@@ -9,10 +9,12 @@
 //! ```
 //! [`nodes`] keeps each node's catalogue (retrying nodes that are down),
 //! [`engine`] plans a query in a per-query session that shares one memory
-//! pool, [`flightsql`] serves it.
+//! pool, [`flightsql`] serves it. [`policy`] enforces a project's approval,
+//! [`direct`] turns a care provider's direct access into an approval of its own.
 
 pub mod config;
 pub mod disclosure;
+pub mod direct;
 pub mod engine;
 pub mod executor;
 pub mod flightsql;

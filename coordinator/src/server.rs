@@ -32,6 +32,8 @@ pub enum StartError {
     Approvals(#[from] samkor_policies::approval::ApprovalError),
     #[error("{0}")]
     Audit(#[from] samkor_policies::audit::AuditError),
+    #[error("{0}")]
+    Directory(#[from] samkor_policies::directory::DirectoryError),
     #[error("cannot listen on {addr}: {source}; is another coordinator running there? choose another `listen` address")]
     Listen { addr: SocketAddr, source: std::io::Error },
 }
@@ -91,8 +93,10 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Star
     if let Some(r) = recovery {
         eprintln!("samkor coordinator: the audit log ended in a torn record; it was set aside and the recovery recorded: {r:?}");
     }
+    let directory = config.governance.directory.as_deref().map(samkor_policies::DirectoryStore::open).transpose()?;
+    let direct = crate::direct::DirectAccess::new(directory);
     let engine = Arc::new(
-        Engine::new(&config, federation, approvals, audit).map_err(|e| StartError::Engine(e.to_string()))?,
+        Engine::new(&config, federation, approvals, audit, direct).map_err(|e| StartError::Engine(e.to_string()))?,
     );
     for problem in engine.approvals().problems() {
         eprintln!("samkor coordinator: approval not loaded: {problem}");

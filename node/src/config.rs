@@ -50,6 +50,9 @@ pub struct NodeSection {
     pub pseudonym_key_file: PathBuf,
     /// File listing opted-out identity numbers, one per line.
     pub opt_out_file: PathBuf,
+    /// The node's own audit log: one hash-chained record per sub-query
+    /// decision (JSON lines, `docs/audit.md`); created if missing.
+    pub audit_log: PathBuf,
 }
 
 /// The holder's own assessment: who may ask, for which projects, and which
@@ -66,6 +69,12 @@ pub struct AccessSection {
     /// Per project, columns (`table.column`) this holder does not release to it.
     #[serde(default)]
     pub withhold: std::collections::BTreeMap<String, Vec<String>>,
+    /// Tables opened for direct access by care providers, each with the column
+    /// naming the reporting unit (`{ operations = "hospital" }`): a care
+    /// provider reads only the rows its own unit reported. Tables not listed
+    /// are closed to direct access.
+    #[serde(default)]
+    pub direct_access: std::collections::BTreeMap<String, String>,
 }
 
 fn default_coordinators() -> Vec<String> {
@@ -78,7 +87,12 @@ fn default_projects() -> Vec<String> {
 
 impl Default for AccessSection {
     fn default() -> Self {
-        AccessSection { coordinators: default_coordinators(), projects: default_projects(), withhold: Default::default() }
+        AccessSection {
+            coordinators: default_coordinators(),
+            projects: default_projects(),
+            withhold: Default::default(),
+            direct_access: Default::default(),
+        }
     }
 }
 
@@ -86,6 +100,11 @@ impl AccessSection {
     /// Whether the holder serves `project`.
     pub fn serves(&self, project: &str) -> bool {
         self.projects.iter().any(|p| p == "*" || p == project)
+    }
+
+    /// The unit column of `table` if the holder opened it for direct access.
+    pub fn direct_unit_column(&self, table: &str) -> Option<&str> {
+        self.direct_access.get(table).map(String::as_str)
     }
 
     /// Whether `table.column` is withheld from `project`.
@@ -277,6 +296,7 @@ impl NodeConfig {
         let mut node = raw.node;
         node.pseudonym_key_file = base.join(&node.pseudonym_key_file);
         node.opt_out_file = base.join(&node.opt_out_file);
+        node.audit_log = base.join(&node.audit_log);
         let tables: Vec<TableConfig> = raw
             .tables
             .into_iter()
@@ -295,6 +315,30 @@ impl NodeConfig {
                 }
             }
         }
+        for (table, column) in &raw.access.direct_access {
+            let Some(t) = tables.iter().find(|t| &t.name == table) else {
+                return Err(invalid(format!("access.direct_access: {table:?} is not a table of this node")));
+            };
+            match t.columns.iter().find(|c| &c.name == column) {
+                None => {
+                    return Err(invalid(format!(
+                        "access.direct_access: table {table} has no column {column:?} to name the reporting unit"
+                    )));
+                }
+                Some(c) if t.is_person(c) || c.identifying => {
+                    return Err(invalid(format!(
+                        "access.direct_access: the unit column of table {table} cannot be the identifying column {column:?}"
+                    )));
+                }
+                Some(c) if c.data_type != ColumnType::Utf8 => {
+                    return Err(invalid(format!(
+                        "access.direct_access: the unit column {table}.{column} must have type utf8 (unit names), not {}",
+                        c.data_type.name()
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
         Ok(NodeConfig { path: path.to_owned(), node, tls: raw.tls.relative_to(base), access: raw.access, tables })
     }
 }
@@ -310,6 +354,7 @@ holder = "Hip register"
 listen = "127.0.0.1:0"
 pseudonym_key_file = "../federation.key"
 opt_out_file = "optout.txt"
+audit_log = "audit.jsonl"
 
 [tls]
 cert = "c.pem"
@@ -340,6 +385,8 @@ person_column = "pnr"
         let c = NodeConfig::parse(Path::new("/data/hip/node.toml"), GOOD).expect("valid");
         assert_eq!(c.node.register, "hip");
         assert_eq!(c.node.opt_out_file, Path::new("/data/hip/optout.txt"));
+        assert_eq!(c.node.audit_log, Path::new("/data/hip/audit.jsonl"));
+        assert!(c.access.direct_access.is_empty(), "closed to direct access unless the holder opens a table");
         assert_eq!(c.tls.ca, Path::new("/data/hip/ca.pem"));
         assert_eq!(c.tables[0].path, "/data/hip/operations/*.parquet");
     }
@@ -347,7 +394,7 @@ person_column = "pnr"
     #[test]
     fn errors_name_file_line_and_problem() {
         let e = err(&GOOD.replace("type = \"float64\"", "type = \"decimal\""));
-        assert!(e.starts_with("node config /etc/samkor/node.toml: line 25, column 10: unknown variant `decimal`"), "{e}");
+        assert!(e.starts_with("node config /etc/samkor/node.toml: line 26, column 10: unknown variant `decimal`"), "{e}");
         let e = err(&GOOD.replace("person_column = \"pnr\"", "person_column = \"pid\""));
         assert_eq!(
             e,
@@ -363,6 +410,19 @@ person_column = "pnr"
         assert!(e.contains("unknown field `owner`"), "{e}");
         let e = err(&GOOD.replace("register = \"hip\"", "register = \"Hip Reg\""));
         assert!(e.contains("must be a lower-case identifier"), "{e}");
+        let e = err(&GOOD.replace("audit_log = \"audit.jsonl\"\n", ""));
+        assert!(e.contains("missing field `audit_log`"), "{e}");
+        let direct = |setting: &str| err(&GOOD.replacen("[tls]", &format!("[access]\ndirect_access = {{ {setting} }}\n\n[tls]"), 1));
+        assert_eq!(
+            direct("prom = \"hospital\""),
+            "node config /etc/samkor/node.toml: access.direct_access: \"prom\" is not a table of this node"
+        );
+        assert_eq!(
+            direct("operations = \"hospital\""),
+            "node config /etc/samkor/node.toml: access.direct_access: table operations has no column \"hospital\" to name the reporting unit"
+        );
+        assert!(direct("operations = \"pnr\"").contains("cannot be the identifying column \"pnr\""));
+        assert!(direct("operations = \"bmi\"").ends_with("must have type utf8 (unit names), not float64"));
         let e = NodeConfig::load(Path::new("/nonexistent/node.toml")).unwrap_err().to_string();
         assert!(e.starts_with("cannot read node config /nonexistent/node.toml: "), "{e}");
     }

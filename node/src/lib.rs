@@ -8,8 +8,13 @@
 //!
 //! The identity number never passes the scan: [`table::PseudonymiseExec`]
 //! drops opted-out persons and replaces the number by the project pseudonym
-//! ([`pseudonym`]) before any operator sees a row.
+//! ([`pseudonym`]) before any operator sees a row. The holder's own decisions
+//! are in [`access`] (who may ask, for which project, direct access of care
+//! providers to their own unit's rows); every sub-query is recorded in the
+//! node's hash-chained audit log ([`audit`]).
 
+pub mod access;
+pub mod audit;
 pub mod config;
 pub mod optout;
 pub mod pseudonym;

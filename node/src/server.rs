@@ -9,6 +9,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use samkor_policies::audit::AuditLog;
+
 use crate::config::NodeConfig;
 use crate::service::NodeService;
 use crate::state::{NodeState, StartError};
@@ -21,6 +23,8 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 pub struct RunningNode {
     pub addr: SocketAddr,
     pub state: Arc<NodeState>,
+    /// The node's audit log.
+    pub audit: Arc<AuditLog>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -54,10 +58,11 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
     let identity = config.tls.load()?;
     let server_tls = identity.server_config()?;
     let listen = config.node.listen;
+    let audit = Arc::new(open_audit(&config)?);
     let state = Arc::new(NodeState::open(config).await?);
     let listener = TcpListener::bind(listen).await.map_err(|source| StartError::Listen { addr: listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: listen, source })?;
-    let service = FlightServiceServer::new(NodeService::new(state.clone()))
+    let service = FlightServiceServer::new(NodeService::new(state.clone(), audit.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (tx, rx) = oneshot::channel::<()>();
@@ -70,5 +75,24 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
             }),
     );
     tracing::info!(register = %state.register(), %addr, "node serving over mutual TLS 1.3");
-    Ok(RunningNode { addr, state, shutdown: Some(tx), task })
+    Ok(RunningNode { addr, state, audit, shutdown: Some(tx), task })
+}
+
+/// Opens (creating if needed) the node's audit log; a torn last record is set
+/// aside and its recovery recorded, a broken chain stops the node.
+fn open_audit(config: &NodeConfig) -> Result<AuditLog, StartError> {
+    let path = &config.node.audit_log;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| StartError::AuditDir { path: dir.to_owned(), source })?;
+    }
+    let (log, recovery) = AuditLog::open_recovering(path, format!("node:{}", config.node.register))?;
+    if let Some(r) = recovery {
+        tracing::warn!(
+            line = r.line,
+            bytes = r.bytes,
+            quarantine = %r.quarantine.display(),
+            "the audit log ended in a torn record; it was set aside and the recovery recorded"
+        );
+    }
+    Ok(log)
 }

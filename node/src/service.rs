@@ -4,6 +4,8 @@
 //! * `do_get(Ticket = SubQuery)` → the sub-query's result as a stream of record batches.
 //!
 //! Every call must come over mutual TLS; a sub-query must name a project.
+//! Every sub-query decision is appended to the node's audit log
+//! ([`crate::audit`]) before the answer is given.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,7 +28,12 @@ use samkor_proto::{CATALOGUE_ACTION, headers, ticket, tls};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use samkor_policies::audit::AuditLog;
+
+use crate::access::{self, Refusal, Scope};
+use crate::audit::{AuditedStream, SubQueryRecord};
 use crate::state::NodeState;
+use crate::table::ColumnsRead;
 
 type Stream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -34,11 +41,31 @@ type Stream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 
 #[derive(Debug, Clone)]
 pub struct NodeService {
     state: Arc<NodeState>,
+    audit: Arc<AuditLog>,
+}
+
+/// Why a sub-query did not start.
+#[derive(Debug)]
+enum NotStarted {
+    /// The holder's decision (withheld column, table closed to direct access).
+    Refused(Refusal),
+    /// The query is wrong or the node cannot serve it now.
+    Failed(Status),
 }
 
 impl NodeService {
-    pub fn new(state: Arc<NodeState>) -> Self {
-        NodeService { state }
+    pub fn new(state: Arc<NodeState>, audit: Arc<AuditLog>) -> Self {
+        NodeService { state, audit }
+    }
+
+    /// Records `entry`; if the log cannot take it, nothing may be released.
+    fn record(&self, entry: samkor_policies::audit::AuditEntry) -> Result<(), Status> {
+        crate::audit::append(&self.audit, entry).map_err(|e| {
+            Status::unavailable(format!(
+                "node {}: the audit log cannot record this sub-query, so nothing is released: {e}",
+                self.state.register()
+            ))
+        })
     }
 
     fn caller<T>(&self, request: &Request<T>) -> Result<String, Status> {
@@ -48,25 +75,39 @@ impl NodeService {
 
     /// Plans and starts a sub-query; errors here concern the query itself and
     /// may be shown to the caller (they name tables and columns, not data).
-    async fn start(&self, project: &str, sql: &str) -> Result<SendableRecordBatchStream, Status> {
-        let ctx = self.state.session(project).map_err(|e| {
+    async fn start(&self, scope: &Scope, sql: &str, read: Arc<ColumnsRead>) -> Result<SendableRecordBatchStream, NotStarted> {
+        let ctx = self.state.session(scope, Some(read)).map_err(|e| {
             tracing::error!(error = %e, "opt-out list unusable; refusing to serve");
-            Status::unavailable(format!(
+            NotStarted::Failed(Status::unavailable(format!(
                 "node {} cannot serve data right now: its opt-out list is unusable; the holder has been alerted",
                 self.state.register()
-            ))
+            )))
         })?;
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
         let df = ctx.sql_with_options(sql, options).await.map_err(|e| plan_error(self.state.register(), e))?;
         df.execute_stream().await.map_err(|e| plan_error(self.state.register(), e))
     }
+
+    /// The refusal of a sub-query, recorded, as the caller sees it.
+    fn refuse(&self, record: SubQueryRecord, refusal: &Refusal) -> Status {
+        let message = format!("node {}: {refusal}", self.state.register());
+        tracing::info!(rule = refusal.rule(), "sub-query refused");
+        if let Err(audit) = self.record(record.refused(refusal.rule(), refusal.to_string())) {
+            return audit;
+        }
+        Status::permission_denied(message)
+    }
 }
 
-/// A planning error: about the query, safe to return.
-fn plan_error(register: &str, e: DataFusionError) -> Status {
-    if let Some(w) = find_withheld(&e) {
-        return Status::permission_denied(format!("node {register}: {w}"));
+/// A planning error: a holder's refusal, or about the query and safe to return.
+fn plan_error(register: &str, e: DataFusionError) -> NotStarted {
+    if let Some(r) = find_refusal(&e) {
+        return NotStarted::Refused(r.clone());
     }
+    NotStarted::Failed(plan_status(register, e))
+}
+
+fn plan_status(register: &str, e: DataFusionError) -> Status {
     let e = e.find_root();
     let text = e.message().lines().next().unwrap_or_default().to_owned();
     match e {
@@ -81,11 +122,11 @@ fn plan_error(register: &str, e: DataFusionError) -> Status {
     }
 }
 
-fn find_withheld(e: &DataFusionError) -> Option<&crate::table::Withheld> {
+fn find_refusal(e: &DataFusionError) -> Option<&Refusal> {
     match e {
         DataFusionError::External(inner) => inner.downcast_ref(),
-        DataFusionError::Context(_, inner) => find_withheld(inner),
-        DataFusionError::Shared(inner) => find_withheld(inner),
+        DataFusionError::Context(_, inner) => find_refusal(inner),
+        DataFusionError::Shared(inner) => find_refusal(inner),
         _ => None,
     }
 }
@@ -123,41 +164,59 @@ impl FlightService for NodeService {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        let sub = ticket::decode(&request.get_ref().ticket).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let register = self.state.register().to_owned();
-        let access = &self.state.config.access;
-        if !access.coordinators.iter().any(|c| c == &caller) {
-            tracing::warn!(%caller, "sub-query from an identity that is not a coordinator refused");
-            return Err(Status::permission_denied(format!(
-                "refused by rule holder.caller: node {register} answers sub-queries from the federation's coordinator only, not from {caller}"
-            )));
-        }
-        if !access.serves(&sub.project) {
-            return Err(Status::permission_denied(format!(
-                "refused by rule holder.project: the holder of {register} does not serve project {}",
-                sub.project
-            )));
-        }
+        let sub = match ticket::decode(&request.get_ref().ticket) {
+            Ok(sub) => sub,
+            Err(e) => {
+                let record = SubQueryRecord::new(&caller, "", "", &register);
+                self.record(record.failed(format!("malformed ticket: {e}")))?;
+                return Err(Status::invalid_argument(e.to_string()));
+            }
+        };
+        let record = SubQueryRecord::new(&caller, &sub.query_id, &sub.sql, &register);
+        let scope = match access::admit(&self.state.config.access, &register, &caller, &sub) {
+            Ok(scope) => scope,
+            Err(refusal) => {
+                if refusal.rule() == "holder.caller" {
+                    tracing::warn!(%caller, "sub-query from an identity that is not a coordinator refused");
+                }
+                return Err(self.refuse(record.project(sub.project.clone()), &refusal));
+            }
+        };
+        let record = record.project(scope.audit_project());
         let span = tracing::info_span!(
             "node_execute",
             register = %register,
             query_id = %sub.query_id,
-            project = %sub.project,
+            project = %scope.audit_project(),
             caller = %caller,
             traceparent = %traceparent,
         );
         if !traceparent.is_empty() {
             samkor_proto::trace::set_parent(&span, &traceparent);
         }
-        let stream = self.start(&sub.project, &sub.sql).instrument(span.clone()).await.inspect_err(|s| {
-            span.in_scope(|| tracing::info!(sql = %sub.sql, error = %s.message(), "sub-query refused"));
-        })?;
+        let read = Arc::new(ColumnsRead::default());
+        let started = self.start(&scope, &sub.sql, read.clone()).instrument(span.clone()).await;
+        let record = record.columns(read.list().into_iter().map(|c| format!("{register}.{c}")).collect());
+        let stream = match started {
+            Ok(stream) => stream,
+            Err(NotStarted::Refused(refusal)) => return Err(span.in_scope(|| self.refuse(record, &refusal))),
+            Err(NotStarted::Failed(status)) => {
+                span.in_scope(|| tracing::info!(sql = %sub.sql, error = %status.message(), "sub-query not started"));
+                self.record(record.failed(status.message()))?;
+                return Err(status);
+            }
+        };
+        // The decision is on disk before the first batch can leave.
+        self.record(record.admitted())?;
         span.in_scope(|| tracing::info!(sql = %sub.sql, "sub-query started"));
         let query_id = sub.query_id.clone();
         let guard = self.state.track();
-        let batches = stream.map_err(move |e| FlightError::Tonic(Box::new(run_error(&register, &query_id, &e))));
+        let columns = stream.schema().fields().len();
+        let batches = stream.map_err(move |e| run_error(&register, &query_id, &e));
+        let audited = AuditedStream::new(batches, self.audit.clone(), record, columns);
         let flight = FlightDataEncoderBuilder::new()
-            .build(batches)
+            .build(audited.map_err(|status| FlightError::Tonic(Box::new(status))))
             .map_err(move |e| {
                 let _running = &guard;
                 match e {

@@ -9,10 +9,11 @@ use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use samkor_proto::pb;
 
+use crate::access::Scope;
 use crate::config::NodeConfig;
 use crate::optout::{OptOutError, OptOutList};
 use crate::pseudonym::{FederationKey, KeyError};
-use crate::table::{ServedTable, TableError};
+use crate::table::{ColumnsRead, DirectRows, ServedTable, TableError};
 
 /// Why a node could not start. One line, naming the file and the problem.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +28,10 @@ pub enum StartError {
     OptOut(#[from] OptOutError),
     #[error("node config {}: {source}", config.display())]
     Table { config: PathBuf, source: TableError },
+    #[error("{0}")]
+    Audit(#[from] samkor_policies::audit::AuditError),
+    #[error("cannot create the directory {} of the audit log: {source}", path.display())]
+    AuditDir { path: PathBuf, source: std::io::Error },
     #[error("cannot listen on {addr}: {source}; is another node running there? choose another `listen` address")]
     Listen { addr: std::net::SocketAddr, source: std::io::Error },
 }
@@ -96,8 +101,23 @@ impl NodeState {
     /// The node's tables as one project sees them: pseudonymised, opt-outs removed
     /// (the opt-out list as it is now on disk).
     pub fn project_tables(&self, project: &str) -> Result<Vec<(String, Arc<dyn TableProvider>)>, OptOutError> {
+        self.tables_for(&Scope::Project(project.to_owned()), None)
+    }
+
+    /// The node's tables as `scope` sees them: pseudonymised in its domain,
+    /// opt-outs removed, withheld columns refused, and for direct access only
+    /// the unit's own rows of the tables the holder opened. Scans record the
+    /// columns they read in `read`.
+    pub fn tables_for(
+        &self,
+        scope: &Scope,
+        read: Option<Arc<ColumnsRead>>,
+    ) -> Result<Vec<(String, Arc<dyn TableProvider>)>, OptOutError> {
         let opt_outs = self.opt_outs.current()?;
-        let pseudonymiser = self.key.for_project(project);
+        let pseudonymiser = self.key.for_project(&scope.pseudonym_domain(self.register()));
+        let access = &self.config.access;
+        let project = scope.project();
+        let open: Vec<String> = access.direct_access.keys().cloned().collect();
         Ok(self
             .tables
             .iter()
@@ -107,20 +127,30 @@ impl NodeState {
                     .fields()
                     .iter()
                     .map(|f| f.name().clone())
-                    .filter(|c| self.config.access.withholds(project, t.name(), c))
+                    .filter(|c| access.withholds(project, t.name(), c))
                     .collect();
-                let provider: Arc<dyn TableProvider> =
-                    Arc::new(t.for_project(pseudonymiser.clone(), opt_outs.clone()).withholding(withheld));
+                let mut table = t.for_project(pseudonymiser.clone(), opt_outs.clone()).withholding(project, withheld);
+                if let Some(unit) = scope.direct_unit() {
+                    table = table.direct(DirectRows {
+                        unit: unit.to_owned(),
+                        column: access.direct_unit_column(t.name()).map(str::to_owned),
+                        open: open.clone(),
+                    });
+                }
+                if let Some(read) = &read {
+                    table = table.recording(read.clone());
+                }
+                let provider: Arc<dyn TableProvider> = Arc::new(table);
                 (t.name().to_owned(), provider)
             })
             .collect())
     }
 
-    /// A session in which `project`'s SQL runs: the node's tables under the
+    /// A session in which `scope`'s SQL runs: the node's tables under the
     /// register's schema (also the default schema), nothing else.
-    pub fn session(&self, project: &str) -> Result<SessionContext, OptOutError> {
+    pub fn session(&self, scope: &Scope, read: Option<Arc<ColumnsRead>>) -> Result<SessionContext, OptOutError> {
         let ctx = SessionContext::new_with_config_rt(session_config(self.register()), self.runtime.clone());
-        for (name, provider) in self.project_tables(project)? {
+        for (name, provider) in self.tables_for(scope, read)? {
             ctx.register_table(name.as_str(), provider).expect("the default schema accepts tables");
         }
         Ok(ctx)
@@ -144,6 +174,7 @@ fn catalogue(config: &NodeConfig) -> pb::Catalogue {
         .map(|t| pb::Table {
             name: t.name.clone(),
             description: t.description.clone(),
+            direct_unit_column: config.access.direct_unit_column(&t.name).unwrap_or_default().to_owned(),
             columns: t
                 .columns
                 .iter()

@@ -5,7 +5,8 @@
 //!        │
 //!   DataFusion operators (filter, aggregate, …)      ← see only `person`, never `pnr`
 //!        │
-//!   PseudonymiseExec: drop opted-out rows, pnr → project pseudonym
+//!   PseudonymiseExec: drop opted-out rows (and, for direct access, other
+//!                     units' rows), pnr → project pseudonym
 //!        │
 //!   DataSourceExec (Parquet / CSV, streaming, filter pruning on non-person columns)
 //! ```
@@ -13,12 +14,13 @@
 //! [`ServedTable`] is built once at start-up; [`ProjectTable`] binds it to one
 //! request's project and opt-out snapshot and is what the query planner sees.
 
+use std::collections::BTreeSet;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch, RecordBatchOptions};
-use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::compute::{and, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -29,7 +31,7 @@ use datafusion::datasource::file_format::csv::CsvFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, col, lit};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -37,6 +39,7 @@ use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Par
 use futures::StreamExt;
 use samkor_proto::PERSON_COLUMN;
 
+use crate::access::Refusal;
 use crate::config::{FileFormat as ConfigFormat, TableConfig};
 use crate::optout::{OptOutSet, pnr_key};
 use crate::pseudonym::ProjectPseudonymiser;
@@ -141,7 +144,42 @@ impl ServedTable {
 
     /// This table as seen by one request of `pseudonymiser`'s project.
     pub fn for_project(self: &Arc<Self>, pseudonymiser: ProjectPseudonymiser, opt_outs: Arc<OptOutSet>) -> ProjectTable {
-        ProjectTable { served: self.clone(), pseudonymiser, opt_outs, withheld: Vec::new() }
+        ProjectTable {
+            served: self.clone(),
+            pseudonymiser,
+            opt_outs,
+            withheld: Vec::new(),
+            direct: None,
+            read: None,
+            project: String::new(),
+        }
+    }
+}
+
+/// Direct access of one reporting unit: only its own rows leave the scan.
+#[derive(Debug, Clone)]
+pub struct DirectRows {
+    /// The unit, as written in the unit column.
+    pub unit: String,
+    /// The table's unit column, if the holder opened the table for direct access.
+    pub column: Option<String>,
+    /// The tables the holder opened, for the refusal message.
+    pub open: Vec<String>,
+}
+
+/// The columns the scans of one sub-query read (`table.column`), for the audit log.
+#[derive(Debug, Default)]
+pub struct ColumnsRead(Mutex<BTreeSet<String>>);
+
+impl ColumnsRead {
+    fn add<'a>(&self, table: &str, columns: impl IntoIterator<Item = &'a str>) {
+        let mut read = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        read.extend(columns.into_iter().map(|c| format!("{table}.{c}")));
+    }
+
+    /// Everything recorded so far, sorted.
+    pub fn list(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
     }
 }
 
@@ -153,12 +191,32 @@ pub struct ProjectTable {
     opt_outs: Arc<OptOutSet>,
     /// Columns the holder does not release to this project.
     withheld: Vec<String>,
+    /// Set for a care provider's direct access.
+    direct: Option<DirectRows>,
+    /// Where the scans record the columns they read.
+    read: Option<Arc<ColumnsRead>>,
+    /// The project named in refusals.
+    project: String,
 }
 
 impl ProjectTable {
-    /// Withholds `columns` from this project: reading one fails the sub-query.
-    pub fn withholding(mut self, columns: Vec<String>) -> Self {
+    /// Withholds `columns` from `project`: reading one fails the sub-query.
+    pub fn withholding(mut self, project: &str, columns: Vec<String>) -> Self {
+        self.project = project.to_owned();
         self.withheld = columns;
+        self
+    }
+
+    /// Restricts the table to one unit's own rows (direct access); a table
+    /// without a unit column refuses every scan.
+    pub fn direct(mut self, rows: DirectRows) -> Self {
+        self.direct = Some(rows);
+        self
+    }
+
+    /// Records the columns every scan reads in `read`.
+    pub fn recording(mut self, read: Arc<ColumnsRead>) -> Self {
+        self.read = Some(read);
         self
     }
 }
@@ -205,25 +263,46 @@ impl TableProvider for ProjectTable {
             Some(p) => p.clone(),
             None => (0..self.served.exposed.fields().len()).collect(),
         };
-        let mut inner_projection = wanted.clone();
-        let pnr_pos = match wanted.iter().position(|&i| i == person_idx) {
-            Some(pos) => pos,
-            None => {
-                inner_projection.push(person_idx);
-                wanted.len()
-            }
-        };
+        let table = &self.served.config.name;
+        let refuse = |r: Refusal| DataFusionError::External(Box::new(r));
         for i in &wanted {
             let name = self.served.exposed.field(*i).name();
             if self.withheld.iter().any(|w| w == name) {
-                return Err(DataFusionError::External(Box::new(Withheld {
-                    table: self.served.config.name.clone(),
+                return Err(refuse(Refusal::Withheld {
+                    table: table.clone(),
                     column: name.clone(),
-                    project: self.pseudonymiser.project().to_owned(),
-                })));
+                    project: self.project.clone(),
+                }));
             }
         }
-        let inner_filters: Vec<Expr> = filters.iter().filter(|f| !references_person(f)).cloned().collect();
+        let mut inner_filters: Vec<Expr> = filters.iter().filter(|f| !references_person(f)).cloned().collect();
+        // Direct access: the unit column is read and compared below the
+        // pseudonymiser, whatever the query asked; other units' rows never
+        // reach an operator of the query.
+        let unit = match &self.direct {
+            None => None,
+            Some(DirectRows { column: None, open, .. }) => {
+                return Err(refuse(Refusal::DirectTable { table: table.clone(), open: open.clone() }));
+            }
+            Some(DirectRows { column: Some(column), unit, .. }) => {
+                let idx = self.served.exposed.index_of(column)?;
+                inner_filters.push(col(column.as_str()).eq(lit(unit.as_str())));
+                Some((idx, unit.clone()))
+            }
+        };
+        if let Some(read) = &self.read {
+            read.add(table, wanted.iter().map(|i| self.served.exposed.field(*i).name().as_str()));
+        }
+        let mut inner_projection = wanted.clone();
+        let mut position = |idx: usize| match inner_projection.iter().position(|&i| i == idx) {
+            Some(pos) => pos,
+            None => {
+                inner_projection.push(idx);
+                inner_projection.len() - 1
+            }
+        };
+        let pnr_pos = position(person_idx);
+        let unit = unit.map(|(idx, unit)| (position(idx), unit));
         // No limit below: opted-out rows are removed above the scan.
         let input = self.served.inner.scan(state, Some(&inner_projection), &inner_filters, None).await?;
         let schema = Arc::new(self.served.exposed.project(&wanted)?);
@@ -233,23 +312,16 @@ impl TableProvider for ProjectTable {
             schema,
             pnr_pos,
             person_out,
+            unit,
             self.pseudonymiser.clone(),
             self.opt_outs.clone(),
         )))
     }
 }
 
-/// A column the holder does not release to a project.
-#[derive(Debug, thiserror::Error)]
-#[error("refused by rule holder.column: the holder does not release column {table}.{column} to project {project}")]
-pub struct Withheld {
-    pub table: String,
-    pub column: String,
-    pub project: String,
-}
-
-/// Drops opted-out persons and replaces the identity number by the project
-/// pseudonym, batch by batch, directly above the file scan.
+/// Drops opted-out persons (and for direct access every row of another
+/// unit) and replaces the identity number by the project pseudonym, batch by
+/// batch, directly above the file scan.
 #[derive(Debug)]
 pub struct PseudonymiseExec {
     input: Arc<dyn ExecutionPlan>,
@@ -258,6 +330,8 @@ pub struct PseudonymiseExec {
     pnr_pos: usize,
     /// Position of `person` in the output, if it is projected.
     person_out: Option<usize>,
+    /// Direct access: position of the unit column in the input, and the unit kept.
+    unit: Option<(usize, String)>,
     pseudonymiser: ProjectPseudonymiser,
     opt_outs: Arc<OptOutSet>,
     properties: Arc<PlanProperties>,
@@ -269,6 +343,7 @@ impl PseudonymiseExec {
         schema: SchemaRef,
         pnr_pos: usize,
         person_out: Option<usize>,
+        unit: Option<(usize, String)>,
         pseudonymiser: ProjectPseudonymiser,
         opt_outs: Arc<OptOutSet>,
     ) -> Self {
@@ -279,7 +354,7 @@ impl PseudonymiseExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
-        PseudonymiseExec { input, schema, pnr_pos, person_out, pseudonymiser, opt_outs, properties }
+        PseudonymiseExec { input, schema, pnr_pos, person_out, unit, pseudonymiser, opt_outs, properties }
     }
 }
 
@@ -287,10 +362,11 @@ impl DisplayAs for PseudonymiseExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "PseudonymiseExec: project={}, person={}, opted_out={}",
+            "PseudonymiseExec: project={}, person={}, opted_out={}{}",
             self.pseudonymiser.project(),
             self.person_out.map_or("not projected".to_owned(), |p| format!("column {p}")),
-            self.opt_outs.len()
+            self.opt_outs.len(),
+            self.unit.as_ref().map_or(String::new(), |(pos, _)| format!(", own unit only (input column {pos})"))
         )
     }
 }
@@ -324,6 +400,7 @@ impl ExecutionPlan for PseudonymiseExec {
             self.schema.clone(),
             self.pnr_pos,
             self.person_out,
+            self.unit.clone(),
             self.pseudonymiser.clone(),
             self.opt_outs.clone(),
         )))
@@ -333,12 +410,13 @@ impl ExecutionPlan for PseudonymiseExec {
         let input = self.input.execute(partition, context)?;
         let schema = self.schema.clone();
         let (pnr_pos, person_out) = (self.pnr_pos, self.person_out);
+        let unit = self.unit.clone();
         let pseudonymiser = self.pseudonymiser.clone();
         let opt_outs = self.opt_outs.clone();
         let out_schema = schema.clone();
         let stream = input.map(move |batch| {
             let batch = batch?;
-            transform(&batch, &out_schema, pnr_pos, person_out, &pseudonymiser, &opt_outs)
+            transform(&batch, &out_schema, pnr_pos, person_out, unit.as_ref(), &pseudonymiser, &opt_outs)
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
@@ -350,15 +428,26 @@ fn transform(
     schema: &SchemaRef,
     pnr_pos: usize,
     person_out: Option<usize>,
+    unit: Option<&(usize, String)>,
     pseudonymiser: &ProjectPseudonymiser,
     opt_outs: &OptOutSet,
 ) -> Result<RecordBatch> {
-    let pnr = batch.column(pnr_pos);
-    let batch = if opt_outs.is_empty() {
-        batch.clone()
-    } else {
-        let keep = keep_mask(pnr.as_ref(), opt_outs)?;
-        if keep.true_count() == keep.len() { batch.clone() } else { filter_record_batch(batch, &keep)? }
+    let mut keep = None;
+    if !opt_outs.is_empty() {
+        let not_opted_out = |v: Option<&str>| v.and_then(pnr_key).is_none_or(|k| !opt_outs.contains(&k));
+        keep = Some(string_mask(batch.column(pnr_pos).as_ref(), "person", not_opted_out)?);
+    }
+    if let Some((pos, unit)) = unit {
+        // A row whose unit is null belongs to no unit: it is dropped.
+        let own = string_mask(batch.column(*pos).as_ref(), "unit", |v| v == Some(unit.as_str()))?;
+        keep = Some(match keep {
+            Some(k) => and(&k, &own)?,
+            None => own,
+        });
+    }
+    let batch = match keep {
+        Some(keep) if keep.true_count() != keep.len() => filter_record_batch(batch, &keep)?,
+        _ => batch.clone(),
     };
     let columns = (0..schema.fields().len())
         .map(|i| {
@@ -373,12 +462,13 @@ fn transform(
     Ok(RecordBatch::try_new_with_options(schema.clone(), columns, &options)?)
 }
 
-fn keep_mask(pnr: &dyn Array, opt_outs: &OptOutSet) -> Result<BooleanArray> {
-    let keep = |v: Option<&str>| Some(v.and_then(pnr_key).is_none_or(|k| !opt_outs.contains(&k)));
-    Ok(match pnr.data_type() {
-        DataType::Utf8 => pnr.as_string::<i32>().iter().map(keep).collect(),
-        DataType::LargeUtf8 => pnr.as_string::<i64>().iter().map(keep).collect(),
-        DataType::Utf8View => pnr.as_string_view().iter().map(keep).collect(),
-        other => return Err(DataFusionError::Execution(format!("the person column has type {other}, expected a string"))),
+/// `keep(value)` for every value of a string column (`what` names it in errors).
+fn string_mask(column: &dyn Array, what: &str, keep: impl Fn(Option<&str>) -> bool) -> Result<BooleanArray> {
+    let keep = |v: Option<&str>| Some(keep(v));
+    Ok(match column.data_type() {
+        DataType::Utf8 => column.as_string::<i32>().iter().map(keep).collect(),
+        DataType::LargeUtf8 => column.as_string::<i64>().iter().map(keep).collect(),
+        DataType::Utf8View => column.as_string_view().iter().map(keep).collect(),
+        other => return Err(DataFusionError::Execution(format!("the {what} column has type {other}, expected a string"))),
     })
 }

@@ -94,7 +94,8 @@ pub struct Disclosure {
 }
 
 impl Disclosure {
-    fn from_defaults(d: &DisclosureDefaults) -> Disclosure {
+    /// The federation defaults, unchanged (no rounding, no MIN/MAX columns).
+    pub fn from_defaults(d: &DisclosureDefaults) -> Disclosure {
         Disclosure {
             min_cell_persons: d.min_cell_persons,
             round_counts_to: 1,
@@ -357,6 +358,10 @@ pub enum Problem {
         "project id {id:?} is not valid: use 1 to 64 letters, digits, '-', '_' or '.', starting with a letter or digit"
     )]
     BadProjectId { id: String },
+    #[error(
+        "project id {id:?} is reserved for care providers' direct access to their own data; choose another id"
+    )]
+    ReservedProjectId { id: String },
     #[error("{field} is empty")]
     Empty { field: &'static str },
     #[error("{field} must be a date such as 2024-01-01, not {found}")]
@@ -471,8 +476,7 @@ struct Doc<'a> {
 
 impl Doc<'_> {
     fn at<T>(&self, spanned: &Spanned<T>, problem: Problem) -> ApprovalError {
-        let start = spanned.span().start.min(self.text.len());
-        let line = self.text.as_bytes()[..start].iter().filter(|&&b| b == b'\n').count() + 1;
+        let line = crate::toml_error::line_at(self.text, spanned.span().start);
         ApprovalError::Invalid { file: self.path.to_owned(), line: Some(line), problem: Box::new(problem) }
     }
 
@@ -520,6 +524,9 @@ pub fn parse(
 
     if !is_project_id(raw.project.get_ref()) {
         return Err(doc.at(&raw.project, Problem::BadProjectId { id: raw.project.get_ref().clone() }));
+    }
+    if raw.project.get_ref().eq_ignore_ascii_case(crate::DIRECT_PROJECT) {
+        return Err(doc.at(&raw.project, Problem::ReservedProjectId { id: raw.project.get_ref().clone() }));
     }
     for (field, value) in [
         ("title", &raw.title),
@@ -954,6 +961,11 @@ impl ApprovalStore {
         &self.dir
     }
 
+    /// The federation's disclosure defaults the documents are checked against.
+    pub fn defaults(&self) -> &DisclosureDefaults {
+        &self.defaults
+    }
+
     /// Validates against the live catalogue from now on (and at once).
     pub fn set_catalogue(&self, catalogue: CatalogueView) {
         let mut state = self.lock();
@@ -1223,6 +1235,10 @@ mod tests {
             "approvals/p.toml: line 4: project id \"P 2024/017\" is not valid: use 1 to 64 letters, digits, '-', '_' or '.', starting with a letter or digit"
         );
         assert!(err("\"P-2024-017\"", "\"-P\"").contains("is not valid"));
+        assert_eq!(
+            err("\"P-2024-017\"", "\"direct\""),
+            "approvals/p.toml: line 4: project id \"direct\" is reserved for care providers' direct access to their own data; choose another id"
+        );
         assert!(err("\"P-2024-017\"", "\"\"").contains("is not valid"));
         assert_eq!(
             err("principal_investigator = \"alice\"", "principal_investigator = \" \""),

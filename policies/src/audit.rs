@@ -61,6 +61,12 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 /// The rule named by the record that audits a torn-tail recovery.
 pub const RULE_TORN_TAIL: &str = "audit.torn_tail";
 
+/// The rule named by a node's second record of a sub-query: written when its
+/// result stream ends, with the rows and cells actually released (`accepted`
+/// when the stream completed, `failed` when it failed or the caller closed it).
+/// The first record, written before any row leaves, is the decision itself.
+pub const RULE_STREAM_END: &str = "node.stream_end";
+
 /// The last member of every line, before the 64 hex digits.
 const HASH_KEY: &[u8] = b",\"hash\":\"";
 /// `,"hash":"` + 64 hex + `"}`.

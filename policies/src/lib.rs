@@ -5,9 +5,11 @@
 pub mod approval;
 pub mod audit;
 pub mod disclosure;
+pub mod directory;
 pub mod toml_error;
 
 pub use approval::{
     Approval, ApprovalError, ApprovalStore, CatalogueView, ColumnInfo, Disclosure, DisclosureDefaults, OutputKind,
     Problem, RestrictionKind, RowRestriction, TableGrant, Validity, Value,
 };
+pub use directory::{DIRECT_PROJECT, Directory, DirectoryError, DirectoryStore};

@@ -11,6 +11,12 @@ pub fn one_line(e: &toml::de::Error) -> String {
     }
 }
 
+/// The 1-based line of byte `offset` in `text` (for errors that point at a value's span).
+pub fn line_at(text: &str, offset: usize) -> usize {
+    let offset = offset.min(text.len());
+    text.as_bytes()[..offset].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
 #[cfg(test)]
 mod tests {
     #[derive(Debug, serde::Deserialize)]
@@ -18,6 +24,13 @@ mod tests {
     #[allow(dead_code)]
     struct Doc {
         a: u32,
+    }
+
+    #[test]
+    fn lines_count_from_one() {
+        assert_eq!(super::line_at("a\nb\nc", 0), 1);
+        assert_eq!(super::line_at("a\nb\nc", 2), 2);
+        assert_eq!(super::line_at("a\nb\nc", 99), 3);
     }
 
     #[test]

@@ -132,11 +132,16 @@ impl NodeClient {
         query_id: &str,
         traceparent: Option<&str>,
     ) -> Result<FlightRecordBatchStream, NodeError> {
+        self.send(&ticket::sub_query(project, sql, query_id), traceparent).await
+    }
+
+    /// Sends a sub-query as it is (e.g. one for direct access, with `direct_unit` set).
+    pub async fn send(&self, sub: &pb::SubQuery, traceparent: Option<&str>) -> Result<FlightRecordBatchStream, NodeError> {
         let mut flight = self.flight();
         if let Some(tp) = traceparent {
             flight.add_header(headers::TRACEPARENT, tp).map_err(|e| self.error(e))?;
         }
-        let ticket = Ticket { ticket: ticket::encode(project, sql, query_id) };
+        let ticket = Ticket { ticket: sub.encode_to_vec().into() };
         flight.do_get(ticket).await.map_err(|e| self.error(e))
     }
 

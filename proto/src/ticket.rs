@@ -21,18 +21,24 @@ pub enum TicketError {
     BadProject(String),
     #[error("the sub-query carries no SQL")]
     NoSql,
+    #[error("the direct-access unit of the ticket is not valid: at most 128 characters, no control characters")]
+    BadDirectUnit,
 }
 
-/// Builds a version-1 ticket.
-pub fn encode(project: &str, sql: &str, query_id: &str) -> bytes::Bytes {
+/// A version-1 sub-query for a research project.
+pub fn sub_query(project: &str, sql: &str, query_id: &str) -> SubQuery {
     SubQuery {
         version: TICKET_VERSION,
         project: project.to_owned(),
         sql: sql.to_owned(),
         query_id: query_id.to_owned(),
+        direct_unit: String::new(),
     }
-    .encode_to_vec()
-    .into()
+}
+
+/// Builds a version-1 ticket.
+pub fn encode(project: &str, sql: &str, query_id: &str) -> bytes::Bytes {
+    sub_query(project, sql, query_id).encode_to_vec().into()
 }
 
 /// Decodes and validates a ticket.
@@ -44,6 +50,9 @@ pub fn decode(bytes: &[u8]) -> Result<SubQuery, TicketError> {
     validate_project(&q.project)?;
     if q.sql.trim().is_empty() {
         return Err(TicketError::NoSql);
+    }
+    if q.direct_unit.chars().count() > 128 || q.direct_unit.chars().any(char::is_control) {
+        return Err(TicketError::BadDirectUnit);
     }
     Ok(q)
 }
@@ -81,12 +90,18 @@ mod tests {
         );
         let e = decode(&encode("p; drop", "SELECT 1", "q")).unwrap_err();
         assert!(e.to_string().contains("is not valid"), "{e}");
-        let mut q = SubQuery { version: 9, project: "p".into(), sql: "x".into(), query_id: String::new() };
+        let mut q = sub_query("p", "x", "");
+        q.version = 9;
         let e = decode(&q.encode_to_vec()).unwrap_err();
         assert_eq!(e, TicketError::Version { found: 9 });
         q.version = 1;
         q.sql = " ".into();
         assert_eq!(decode(&q.encode_to_vec()).unwrap_err(), TicketError::NoSql);
         assert!(matches!(decode(b"\xff\xff\xff").unwrap_err(), TicketError::Malformed(_)));
+        q.sql = "SELECT 1".into();
+        q.direct_unit = "Danderyd\n".into();
+        assert_eq!(decode(&q.encode_to_vec()).unwrap_err(), TicketError::BadDirectUnit);
+        q.direct_unit = "Södersjukhuset".into();
+        assert_eq!(decode(&q.encode_to_vec()).expect("a unit name").direct_unit, "Södersjukhuset");
     }
 }

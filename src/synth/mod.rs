@@ -198,6 +198,8 @@ pub fn generate(opts: &SynthOptions) -> Result<SynthSummary, SynthError> {
         write_text(&dir.join("optout.txt"), &optout_txt(reg, &base, &base.optouts[i]))?;
     }
 
+    write_text(&out.join("directory.toml"), &directory_toml())?;
+
     let tasks = plan(base.persons.len());
     let results: Vec<Mutex<Option<Result<u64, SynthError>>>> = tasks.iter().map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
@@ -299,7 +301,14 @@ fn node_toml(reg: &RegisterSpec, opts: &SynthOptions) -> String {
     let _ = writeln!(s, "description = {}", toml_str(reg.description));
     let _ = writeln!(s, "listen = \"127.0.0.1:{}\"", reg.port);
     let _ = writeln!(s, "pseudonym_key_file = \"../federation.key\"");
-    let _ = writeln!(s, "opt_out_file = \"optout.txt\"\n");
+    let _ = writeln!(s, "opt_out_file = \"optout.txt\"");
+    let _ = writeln!(s, "audit_log = \"audit.jsonl\"\n");
+    if !reg.direct_access.is_empty() {
+        let _ = writeln!(s, "[access]");
+        let _ = writeln!(s, "# Tables open to care providers for their own reported rows, with the reporting-unit column.");
+        let tables: Vec<String> = reg.direct_access.iter().map(|(t, c)| format!("{t} = {}", toml_str(c))).collect();
+        let _ = writeln!(s, "direct_access = {{ {} }}\n", tables.join(", "));
+    }
     let _ = writeln!(s, "[tls]");
     let _ = writeln!(s, "cert = \"../certs/node-{name}.pem\"");
     let _ = writeln!(s, "key = \"../certs/node-{name}.key\"");
@@ -326,6 +335,32 @@ fn node_toml(reg: &RegisterSpec, opts: &SynthOptions) -> String {
                 let _ = writeln!(s, "  identifying = true");
             }
         }
+    }
+    s
+}
+
+/// Care providers of the synthetic federation with direct access to their own
+/// hospital's data: (certificate name, hospital index in the synthetic model).
+const CARE_PROVIDERS: [(&str, usize); 1] = [("dora", 1)];
+
+/// The certificate names of the synthetic care providers (`samkor synth` makes their certificates).
+pub fn care_providers() -> Vec<&'static str> {
+    CARE_PROVIDERS.iter().map(|(identity, _)| *identity).collect()
+}
+
+/// The hospital a synthetic care provider is bound to.
+pub fn care_provider_hospital(identity: &str) -> Option<&'static str> {
+    CARE_PROVIDERS.iter().find(|(i, _)| *i == identity).map(|(_, h)| model::hospital(*h).name)
+}
+
+/// The coordinator's care-provider directory of the synthetic federation.
+fn directory_toml() -> String {
+    let mut s = String::from(
+        "# Care providers with direct access to the data their own hospital reported (samkor synth; synthetic).\n\
+         # identity: the certificate's common name; hospital: the reporting unit as written in the registers.\n",
+    );
+    for (identity, h) in CARE_PROVIDERS {
+        let _ = writeln!(s, "\n[[providers]]\nidentity = {}\nhospital = {}", toml_str(identity), toml_str(model::hospital(h).name));
     }
     s
 }

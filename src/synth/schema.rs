@@ -96,6 +96,8 @@ pub(crate) struct RegisterSpec {
     pub(crate) description: &'static str,
     pub(crate) port: u16,
     pub(crate) tables: &'static [TableSpec],
+    /// Tables the holder opens for direct access by care providers: (table, reporting-unit column).
+    pub(crate) direct_access: &'static [(&'static str, &'static str)],
 }
 
 use ColType::{Boolean, Date32, Float64, Int32, Int64, Utf8};
@@ -202,6 +204,7 @@ pub(crate) const REGISTER_SPECS: [RegisterSpec; 5] = [
         description: "Swedish Hip Arthroplasty Register: primary hip replacements, reoperations and patient-reported outcomes",
         port: 47101,
         tables: &[HIP_OPERATIONS, HIP_PROM],
+        direct_access: &[("operations", "hospital")],
     },
     RegisterSpec {
         name: "npr",
@@ -209,6 +212,7 @@ pub(crate) const REGISTER_SPECS: [RegisterSpec; 5] = [
         description: "National Patient Register: inpatient care episodes with diagnoses and procedures",
         port: 47102,
         tables: &[NPR_INPATIENT],
+        direct_access: &[("inpatient", "hospital")],
     },
     RegisterSpec {
         name: "lmr",
@@ -216,6 +220,7 @@ pub(crate) const REGISTER_SPECS: [RegisterSpec; 5] = [
         description: "Prescribed Drug Register: prescriptions dispensed at Swedish pharmacies, by substance",
         port: 47103,
         tables: &[LMR_DISPENSATIONS],
+        direct_access: &[],
     },
     RegisterSpec {
         name: "dors",
@@ -223,6 +228,7 @@ pub(crate) const REGISTER_SPECS: [RegisterSpec; 5] = [
         description: "Cause of Death Register: date and underlying cause of every death",
         port: 47104,
         tables: &[DORS_DEATHS],
+        direct_access: &[],
     },
     RegisterSpec {
         name: "pop",
@@ -230,5 +236,6 @@ pub(crate) const REGISTER_SPECS: [RegisterSpec; 5] = [
         description: "Population register: birth, sex, residence, country of birth, education and income",
         port: 47105,
         tables: &[POP_PERSONS],
+        direct_access: &[],
     },
 ];

@@ -8,8 +8,9 @@ use samkor::federation::{LocalFederation, LocalOptions, REGISTERS};
 /// Persons in the test federation: enough for meaningful groups, small enough for debug builds.
 pub const PERSONS: u64 = 8_000;
 pub const SEED: u64 = 7;
-/// Users with certificates in the test federation.
-pub const USERS: [&str; 3] = ["alice", "bob", "carol"];
+/// Users with certificates in the test federation (`dora` is the care
+/// provider of the synthetic directory, bound to a hospital; `erik` is bound to none).
+pub const USERS: [&str; 5] = ["alice", "bob", "carol", "dora", "erik"];
 
 fn generate(dir: &Path) {
     samkor::certs::init(&dir.join("certs"), &REGISTERS, &USERS).expect("development certificates");
@@ -178,4 +179,17 @@ pub fn released_vs_pooled(
     fed.sort();
     want.sort();
     (fed, want)
+}
+
+/// A client straight to a node (bypassing the coordinator) with `user`'s
+/// certificate from `dir` (`"coordinator"` for the coordinator's own).
+pub fn node_client(dir: &Path, user: &str, node: &samkor_node::RunningNode) -> samkor_proto::client::NodeClient {
+    let identity = samkor::federation::identity_files(dir, user).load().expect("identity");
+    let endpoint = samkor_proto::client::NodeEndpoint {
+        name: node.state.register().to_owned(),
+        addr: node.addr.to_string(),
+        tls_domain: "localhost".into(),
+        connect_timeout: std::time::Duration::from_secs(5),
+    };
+    samkor_proto::client::NodeClient::new(endpoint, &identity).expect("client")
 }

@@ -129,6 +129,9 @@ fn check_released(case: &Case, schema: &arrow::datatypes::Schema, batches: &[Rec
         }
     }
     if let Some(base) = e.rounded_to {
+        if summary["round_counts_to"].as_i64() != Some(base) {
+            problems.push(format!("the answer says counts are rounded to {}, expected {base}", summary["round_counts_to"]));
+        }
         for (c, f) in schema.fields().iter().enumerate() {
             if f.data_type() != &arrow::datatypes::DataType::Int64 {
                 continue;

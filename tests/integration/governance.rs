@@ -7,7 +7,7 @@ use samkor_policies::audit;
 
 use crate::common::{self, synth_dir};
 
-fn refused(result: Result<impl std::fmt::Debug, ClientError>, rule: &str) -> String {
+pub(crate) fn refused(result: Result<impl std::fmt::Debug, ClientError>, rule: &str) -> String {
     let err = result.expect_err("must be refused");
     assert_eq!(err.code(), Some(tonic::Code::PermissionDenied), "{err}");
     let msg = err.to_string();
@@ -193,21 +193,123 @@ async fn the_holder_has_the_last_word() {
         .expect_err("withheld column");
     assert!(err.to_string().contains("holder.column") && err.to_string().contains("deaths.underlying_cause"), "{err}");
     // A caller that is not the coordinator, going to the node directly.
-    let node = fed.node("dors").expect("dors");
-    let alice = samkor::federation::identity_files(copy.path(), "alice").load().expect("identity");
-    let client = samkor_proto::client::NodeClient::new(
-        samkor_proto::client::NodeEndpoint {
-            name: "dors".into(),
-            addr: node.addr.to_string(),
-            tls_domain: "localhost".into(),
-            connect_timeout: std::time::Duration::from_secs(5),
-        },
-        &alice,
-    )
-    .expect("client");
+    let client = common::node_client(copy.path(), "alice", fed.node("dors").expect("dors"));
     let err = client.query("P-1", "SELECT count(*) FROM deaths", "q", None).await.expect_err("not the coordinator");
     let status = err.status().expect("node status");
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
     assert!(status.message().contains("holder.caller"), "{err}");
+    fed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sub_query_is_in_the_node_audit_log() {
+    // A holder that serves P-1 only.
+    let copy = common::private_copy();
+    let toml = copy.path().join("dors/node.toml");
+    let text = std::fs::read_to_string(&toml).expect("read");
+    std::fs::write(&toml, text.replacen("[tls]", "[access]\nprojects = [\"P-1\"]\n\n[tls]", 1)).expect("write");
+    let fed = samkor::federation::LocalFederation::start(copy.path(), &Default::default()).await.expect("federation");
+    let mut p1 = fed.client("alice", "P-1").await.expect("connect");
+    let (_, answer) = p1.query("SELECT region, count(*) FROM dors.deaths GROUP BY region").await.expect("served");
+    let groups: usize = answer.iter().map(|b| b.num_rows()).sum();
+    let mut p2 = fed.client("alice", "P-2").await.expect("connect");
+    refused(p2.query("SELECT count(*) FROM dors.deaths").await, "holder.project");
+    let node = fed.node("dors").expect("dors");
+    let direct = common::node_client(copy.path(), "alice", node);
+    direct.query("P-1", "SELECT count(*) FROM deaths", "q-alice", None).await.expect_err("not the coordinator");
+
+    let log = node.audit.path().to_owned();
+    let report = audit::verify(&log).expect("the node's chain verifies");
+    assert_eq!(report.records, 4, "served (decision + stream end), refused project, refused caller");
+    let records = audit::read_all(&log).expect("read").records;
+    assert!(records.iter().all(|r| r.actor == "node:dors" && r.registers == vec!["dors".to_owned()]));
+    let served = &records[0];
+    assert_eq!((served.decision, served.identity.as_str(), served.project.as_str()), (audit::Decision::Accepted, "coordinator", "P-1"));
+    assert!(served.sql.contains("GROUP BY") && !served.query_id.is_empty(), "{served:?}");
+    // The pseudonym is read to count the persons behind each cell.
+    assert_eq!(served.columns, vec!["dors.deaths.person".to_owned(), "dors.deaths.region".to_owned()]);
+    assert_eq!(served.rows_released, 0, "the decision is written before any row leaves");
+    let end = &records[1];
+    assert_eq!((end.decision, end.rule.as_str(), end.query_id.as_str()), (audit::Decision::Accepted, audit::RULE_STREAM_END, served.query_id.as_str()));
+    assert_eq!(end.rows_released, groups as u64);
+    // region, the count, and the hidden count of persons behind it.
+    assert_eq!(end.cells_released, 3 * groups as u64);
+    assert_eq!((records[2].decision, records[2].rule.as_str(), records[2].project.as_str()), (audit::Decision::Refused, "holder.project", "P-2"));
+    assert_eq!((records[3].decision, records[3].rule.as_str(), records[3].identity.as_str()), (audit::Decision::Refused, "holder.caller", "alice"));
+    assert_eq!(records[3].query_id, "q-alice");
+    // The review commands read a node's log as they read the coordinator's.
+    let verified = samkor::audit_cli::verify(&log).expect("verify command");
+    assert!(verified.contains("4 records, chain intact"), "{verified}");
+    let review = samkor::audit_cli::report(&log, "2000-01-01", &[]).expect("report");
+    let alice_row = review.lines().find(|l| l.contains("alice")).expect("alice in the review");
+    assert!(alice_row.contains("P-1"), "{alice_row}");
+    fed.shutdown().await;
+}
+
+/// The per-query cost of policy checking at the coordinator: the admission
+/// (`Engine::authorize`: approval lookup with reload check, membership,
+/// validity; for direct access the directory and the synthesised approval)
+/// and the planning rules (`samkor_direct_access`, `samkor_approval`), as
+/// the difference between optimizing the same plan in the same session with
+/// and without those rules. Medians of interleaved runs. A measurement, not a
+/// check:
+/// `cargo test --release --test integration policy_check_cost -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run on demand in release mode"]
+async fn policy_check_cost() {
+    use std::time::{Duration, Instant};
+    const RUNS: usize = 400;
+    fn median(mut v: Vec<Duration>) -> f64 {
+        v.sort();
+        v[v.len() / 2].as_secs_f64() * 1e6
+    }
+    let fed = common::federation().await;
+    let engine = fed.coordinator.engine.clone();
+    let cases = [
+        ("G-narrow", "alice", "SELECT o.fixation, count(*) AS n, count(d.death_date) AS died FROM hip.operations o LEFT JOIN dors.deaths d ON d.person = o.person GROUP BY o.fixation"),
+        ("P-1", "alice", "SELECT region, fixation, count(*) FROM hip.operations WHERE asa > 2 GROUP BY region, fixation"),
+        ("direct", "dora", "SELECT fixation, count(*) FROM hip.operations GROUP BY fixation"),
+    ];
+    println!("policy checking per query (median of {RUNS}, µs):");
+    for (project, user, sql) in cases {
+        let approval = engine.authorize(user, project).expect("admitted");
+        let scope = samkor_coordinator::executor::QueryScope {
+            project: project.to_owned(),
+            query_id: "cost".into(),
+            traceparent: None,
+            span: tracing::Span::none(),
+            direct_unit: None,
+        };
+        let ctx = engine.session(scope, approval, std::sync::Arc::default()).ctx;
+        let plan = ctx.sql(sql).await.expect("plan").logical_plan().clone();
+        let with = ctx.state();
+        let rules: Vec<_> = with
+            .optimizers()
+            .iter()
+            .filter(|r| !matches!(r.name(), "samkor_approval" | "samkor_direct_access"))
+            .cloned()
+            .collect();
+        assert_eq!(rules.len() + if project == "direct" { 2 } else { 1 }, with.optimizers().len());
+        let without = datafusion::execution::session_state::SessionStateBuilder::new_from_existing(with.clone())
+            .with_optimizer_rules(rules)
+            .build();
+        let (mut admit, mut planned, mut bare) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..RUNS {
+            let t = Instant::now();
+            engine.authorize(user, project).expect("admitted");
+            admit.push(t.elapsed());
+            let t = Instant::now();
+            with.optimize(&plan).expect("optimize with the policy rules");
+            planned.push(t.elapsed());
+            let t = Instant::now();
+            without.optimize(&plan).expect("optimize without");
+            bare.push(t.elapsed());
+        }
+        let (admit, planned, bare) = (median(admit), median(planned), median(bare));
+        println!(
+            "  {project:9} admission {admit:7.1}  optimize with rules {planned:8.1}  without {bare:8.1}  policy overhead {:7.1}",
+            admit + planned - bare
+        );
+    }
     fed.shutdown().await;
 }

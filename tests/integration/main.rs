@@ -7,6 +7,7 @@ mod common;
 mod matrix;
 mod coordinator;
 mod disclosure;
+mod direct;
 mod governance;
 mod node;
 mod observability;
