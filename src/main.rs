@@ -378,7 +378,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let federation = samkor::demo::start(&dir).await?;
     println!("samkor demo: five register nodes (hip, npr, lmr, dors, pop) and a coordinator on loopback, mutual TLS 1.3.");
     println!("Synthetic data only. The researcher is `{}`, project `{}`.", samkor::demo::DEMO_USER, samkor::demo::DEMO_PROJECT);
-    println!("NOTE: these outputs are NOT yet disclosure-controlled (no small-cell suppression): do not release such tables from real data.");
+    println!("Every answer passes disclosure control: cells count distinct persons, and cells of fewer than 5 are withheld (shown as ..).");
     samkor::demo::showcase(&federation).await?;
     if args.serve {
         println!("\nFlight SQL endpoint: grpc+tls://{} (client certificates in {}/certs)", federation.coordinator_addr(), dir.display());

@@ -28,10 +28,25 @@ pub enum OutputError {
     ParquetNeedsFile,
 }
 
-/// Renders batches as an aligned text table; NULL is shown as `NULL`.
+/// The disclosure summary of an answer, from its schema metadata.
+fn disclosure(schema: &SchemaRef) -> Option<serde_json::Value> {
+    schema.metadata().get(samkor_coordinator::disclosure::METADATA_KEY).and_then(|m| serde_json::from_str(m).ok())
+}
+
+/// Index of the per-row marker column of a disclosure-controlled aggregate answer.
+fn marker(schema: &SchemaRef) -> Option<usize> {
+    let summary = disclosure(schema)?;
+    (summary["mode"] == "aggregate").then(|| schema.fields().len().checked_sub(1)).flatten()
+}
+
+/// Renders batches as an aligned text table; NULL is shown as `NULL`. In a
+/// disclosure-controlled answer, withheld cells show as `..` (as in official
+/// statistics) and the marker column is left out; [`footnote`] explains them.
 pub fn table(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<String, OutputError> {
+    let marker = marker(schema);
+    let shown = marker.unwrap_or(schema.fields().len());
     let mut table = comfy_table::Table::new();
-    table.set_header(schema.fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>());
+    table.set_header(schema.fields().iter().take(shown).map(|f| f.name().clone()).collect::<Vec<_>>());
     let options = FormatOptions::default().with_null("NULL");
     for batch in batches {
         let formatters = batch
@@ -41,11 +56,25 @@ pub fn table(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<String, Outp
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| OutputError::Encode { format: "table", reason: e.to_string() })?;
         for row in 0..batch.num_rows() {
+            let withheld: Vec<String> = match marker {
+                Some(m) if !batch.column(m).is_null(row) => {
+                    formatters[m].value(row).to_string().split(',').map(str::to_owned).collect()
+                }
+                _ => Vec::new(),
+            };
+            let merged = withheld.first().is_some_and(|w| w.starts_with('*'));
             let cells: Vec<comfy_table::Cell> = formatters
                 .iter()
                 .zip(batch.columns())
-                .map(|(f, col)| {
-                    let cell = comfy_table::Cell::new(f.value(row).to_string());
+                .zip(schema.fields())
+                .take(shown)
+                .map(|((f, col), field)| {
+                    let text = if merged || withheld.iter().any(|w| w == field.name()) {
+                        "..".to_owned()
+                    } else {
+                        f.value(row).to_string()
+                    };
+                    let cell = comfy_table::Cell::new(text);
                     if col.data_type().is_numeric() { cell.set_alignment(comfy_table::CellAlignment::Right) } else { cell }
                 })
                 .collect();
@@ -53,6 +82,36 @@ pub fn table(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<String, Outp
         }
     }
     Ok(table.to_string())
+}
+
+/// What disclosure control did to an answer, in a sentence or two; `None`
+/// for answers without disclosure metadata.
+pub fn footnote(schema: &SchemaRef) -> Option<String> {
+    let s = disclosure(schema)?;
+    match s["mode"].as_str()? {
+        "aggregate" => {}
+        "pseudonymised_microdata" => return Some("pseudonymised microdata: rows keyed by the project pseudonym".into()),
+        _ => return None,
+    }
+    let k = s["min_cell_persons"].as_u64().unwrap_or(0);
+    let mut out = format!("disclosure control: cells count distinct persons; at least {k} per released cell");
+    let reasons: Vec<String> = s["withheld"]
+        .as_object()
+        .map(|m| m.iter().map(|(r, n)| format!("{n} {r}")).collect())
+        .unwrap_or_default();
+    if reasons.is_empty() {
+        out.push_str("; nothing withheld");
+    } else {
+        out.push_str(&format!("; .. = withheld ({})", reasons.join(", ")));
+    }
+    if s["groups_withheld"].as_u64().unwrap_or(0) > 0 {
+        out.push_str("; groups below the threshold whose keys would identify are merged into the last row");
+    }
+    match s["round_counts_to"].as_u64() {
+        Some(r) if r > 1 => out.push_str(&format!("; counts rounded to multiples of {r}")),
+        _ => {}
+    }
+    Some(out)
 }
 
 /// Writes batches in `format` to `out` (a file) or standard output.
@@ -66,11 +125,20 @@ pub fn write(format: Format, schema: &SchemaRef, batches: &[RecordBatch], out: O
         Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).map_err(io(&target))?)),
         None => Box::new(std::io::stdout().lock()),
     };
+    if format != Format::Table
+        && let Some(note) = footnote(schema)
+    {
+        // Files carry the marker column (and Parquet the metadata); say it once on the terminal.
+        eprintln!("{note}");
+    }
     match format {
         Format::Table => {
             writeln!(sink, "{}", table(schema, batches)?).map_err(io(&target))?;
             let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
             writeln!(sink, "({rows} row{})", if rows == 1 { "" } else { "s" }).map_err(io(&target))?;
+            if let Some(note) = footnote(schema) {
+                writeln!(sink, "{note}").map_err(io(&target))?;
+            }
         }
         Format::Csv => {
             let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut sink);

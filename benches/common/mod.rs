@@ -228,3 +228,26 @@ pub(crate) fn sorted_lines(batches: &[arrow::record_batch::RecordBatch]) -> Vec<
     lines.sort();
     lines
 }
+
+/// A disclosure-controlled answer without its `withheld` marker column, and
+/// the number of cells it withheld.
+pub(crate) fn released(batches: &[arrow::record_batch::RecordBatch]) -> (Vec<arrow::record_batch::RecordBatch>, usize) {
+    let mut withheld = 0;
+    let out = batches
+        .iter()
+        .map(|b| {
+            let schema = b.schema();
+            if schema.fields().last().is_none_or(|f| f.name() != "withheld") {
+                return b.clone();
+            }
+            let marks = b.column(schema.fields().len() - 1);
+            withheld += marks
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .map(|m| m.iter().flatten().map(|s| s.split(',').count()).sum::<usize>())
+                .unwrap_or(0);
+            b.project(&(0..schema.fields().len() - 1).collect::<Vec<_>>()).expect("project")
+        })
+        .collect();
+    (out, withheld)
+}

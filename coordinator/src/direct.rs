@@ -145,6 +145,7 @@ pub fn approval_for<'a>(
                     column: unit.to_owned(),
                     kind: RestrictionKind::In(vec![Value::Str(hospital.to_owned())]),
                 }],
+                generalise: Default::default(),
             });
         }
     }

@@ -413,8 +413,14 @@ impl Rewriter<'_> {
         format!("{PREFIX}{what}{}", self.next.fetch_add(1, Ordering::Relaxed))
     }
 
+    /// What the catalogue says of a column; a column the approval generalises
+    /// (birth date to year) no longer identifies anyone when it gets here.
     fn facts(&self, table: &str, column: &str) -> ColumnFacts {
-        self.cx.catalogue.get(table).and_then(|t| t.get(column)).copied().unwrap_or_default()
+        let mut facts = self.cx.catalogue.get(table).and_then(|t| t.get(column)).copied().unwrap_or_default();
+        if self.cx.approval.grant(table).is_some_and(|g| g.generalises(column)) {
+            facts.identifying = false;
+        }
+        facts
     }
 
     fn is_person(&self, source: &(String, String)) -> bool {

@@ -21,7 +21,7 @@ use datafusion::common::tree_node::Transformed;
 use datafusion::common::{DataFusionError, Result, ScalarValue};
 use datafusion::logical_expr::{Expr, Filter, Limit, LogicalPlan, Projection, TableScan, TableScanBuilder, lit};
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
-use samkor_policies::approval::{Approval, RestrictionKind, RowRestriction, Validity, Value};
+use samkor_policies::approval::{Approval, Generalisation, RestrictionKind, RowRestriction, Validity, Value};
 
 /// A decision against the query. `rule` is a stable name, also written to the audit log.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -116,15 +116,19 @@ impl ApprovalRule {
             t.registers.insert(register.clone());
             t.columns.extend(read.iter().map(|c| format!("{name}.{c}")));
         }
-        if grant.rows.is_empty() {
-            return Ok(Transformed::no(LogicalPlan::TableScan(scan)));
-        }
-        // Row restrictions: filter right above the scan (reading the restricted
-        // columns too), then project back to what the query asked for.
         let wanted: Vec<usize> = match &scan.projection {
             Some(p) => p.clone(),
             None => (0..schema.fields().len()).collect(),
         };
+        let generalised = wanted.iter().any(|i| grant.generalises(schema.field(*i).name()));
+        if grant.rows.is_empty() && !generalised {
+            return Ok(Transformed::no(LogicalPlan::TableScan(scan)));
+        }
+        // Row restrictions: filter right above the scan (reading the restricted
+        // columns too), on the raw values. Generalisations: the projection back
+        // to what the query asked for replaces each generalised column by its
+        // coarse form under the same name, so nothing above (the query's own
+        // filters included, lifted out of the scan) sees the raw value.
         let mut projection = wanted.clone();
         for r in &grant.rows {
             let i = schema.index_of(&r.column)?;
@@ -132,28 +136,51 @@ impl ApprovalRule {
                 projection.push(i);
             }
         }
+        let (lifted, raw_filters): (Vec<Expr>, Vec<Expr>) = scan
+            .filters
+            .iter()
+            .cloned()
+            .partition(|f| f.column_refs().iter().any(|c| grant.generalises(&c.name)));
         let fetch = scan.fetch;
         let widened = TableScanBuilder::new(scan.table_name.clone(), scan.source.clone())
             .with_projection(Some(projection))
-            .with_filters(scan.filters.clone())
+            .with_filters(raw_filters)
             .build()?;
         let qualifier = widened.table_name.clone();
-        let predicate = grant
-            .rows
-            .iter()
-            .map(|r| restriction_expr(r, &qualifier))
-            .reduce(Expr::and)
-            .expect("at least one restriction");
-        let filtered = LogicalPlan::Filter(Filter::try_new(predicate, Arc::new(LogicalPlan::TableScan(widened)))?);
+        let mut plan = LogicalPlan::TableScan(widened);
+        if let Some(predicate) = grant.rows.iter().map(|r| restriction_expr(r, &qualifier)).reduce(Expr::and) {
+            plan = LogicalPlan::Filter(Filter::try_new(predicate, Arc::new(plan))?);
+        }
         let back: Vec<Expr> = wanted
             .iter()
-            .map(|i| Expr::Column(datafusion::common::Column::new(Some(qualifier.clone()), schema.field(*i).name())))
+            .map(|i| {
+                let name = schema.field(*i).name();
+                let column = Expr::Column(datafusion::common::Column::new(Some(qualifier.clone()), name));
+                match grant.generalise.get(name) {
+                    Some(g) => generalised_expr(*g, column).alias_qualified(Some(qualifier.clone()), name),
+                    None => column,
+                }
+            })
             .collect();
-        let mut plan = LogicalPlan::Projection(Projection::try_new(back, Arc::new(filtered))?);
+        plan = LogicalPlan::Projection(Projection::try_new(back, Arc::new(plan))?);
+        if let Some(predicate) = lifted.into_iter().reduce(Expr::and) {
+            plan = LogicalPlan::Filter(Filter::try_new(predicate, Arc::new(plan))?);
+        }
         if let Some(n) = fetch {
             plan = LogicalPlan::Limit(Limit { skip: None, fetch: Some(Box::new(lit(n as i64))), input: Arc::new(plan) });
         }
         Ok(Transformed::yes(plan))
+    }
+}
+
+/// The coarse form of a column.
+fn generalised_expr(g: Generalisation, column: Expr) -> Expr {
+    use datafusion::functions::datetime::expr_fn::date_trunc;
+    use datafusion::functions::unicode::expr_fn::left;
+    match g {
+        Generalisation::Year => datafusion::logical_expr::cast(date_trunc(lit("year"), column), datafusion::arrow::datatypes::DataType::Date32),
+        Generalisation::Month => datafusion::logical_expr::cast(date_trunc(lit("month"), column), datafusion::arrow::datatypes::DataType::Date32),
+        Generalisation::Code3 => left(column, lit(3i64)),
     }
 }
 

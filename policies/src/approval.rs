@@ -120,6 +120,42 @@ pub struct TableGrant {
     pub columns: BTreeSet<String>,
     /// Row restrictions; a row is visible only if it satisfies all of them.
     pub rows: Vec<RowRestriction>,
+    /// Columns released only in a coarser form (column → how).
+    pub generalise: BTreeMap<String, Generalisation>,
+}
+
+/// How a column is coarsened before it leaves its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Generalisation {
+    /// A date becomes the first day of its year.
+    Year,
+    /// A date becomes the first day of its month.
+    Month,
+    /// A code (ICD-10, ATC) becomes its first three characters.
+    Code3,
+}
+
+impl Generalisation {
+    /// The name used in approval documents.
+    pub fn name(self) -> &'static str {
+        match self {
+            Generalisation::Year => "year",
+            Generalisation::Month => "month",
+            Generalisation::Code3 => "code3",
+        }
+    }
+
+    fn from_name(s: &str) -> Option<Generalisation> {
+        [Generalisation::Year, Generalisation::Month, Generalisation::Code3].into_iter().find(|g| g.name() == s)
+    }
+
+    /// The column type it applies to, as written in node configs.
+    pub fn column_type(self) -> &'static str {
+        match self {
+            Generalisation::Year | Generalisation::Month => "date32",
+            Generalisation::Code3 => "utf8",
+        }
+    }
 }
 
 impl TableGrant {
@@ -130,6 +166,11 @@ impl TableGrant {
 
     pub fn has_column(&self, column: &str) -> bool {
         self.columns.contains(column)
+    }
+
+    /// Whether `column` leaves only generalised.
+    pub fn generalises(&self, column: &str) -> bool {
+        self.generalise.contains_key(column)
     }
 }
 
@@ -406,6 +447,12 @@ pub enum Problem {
     RowReversed { table: String, column: String, from: Value, until: Value },
     #[error("table {table}: row restriction on {column}: {value_kind} does not match the column type {column_type}")]
     RowTypeMismatch { table: String, column: String, value_kind: &'static str, column_type: String },
+    #[error("table {table}: generalise names {column:?}, which is not among the columns granted in that table")]
+    GeneraliseNotGranted { table: String, column: String },
+    #[error("table {table}: unknown generalisation {found:?} for {column}: expected \"year\", \"month\" (dates) or \"code3\" (codes)")]
+    UnknownGeneralisation { table: String, column: String, found: String },
+    #[error("table {table}: generalisation {kind} of {column} needs a {needs} column, not {column_type}")]
+    GeneraliseTypeMismatch { table: String, column: String, kind: &'static str, needs: &'static str, column_type: String },
     #[error("allow_min_max entry {entry:?} must be written register.table.column")]
     MinMaxMalformed { entry: String },
     #[error("allow_min_max names {entry}, which is not a granted column")]
@@ -456,6 +503,9 @@ struct RawTable {
     columns: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
     rows: Vec<RawRow>,
+    /// Column → generalisation name.
+    #[serde(default)]
+    generalise: BTreeMap<String, Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -743,7 +793,34 @@ fn grants(
             let column_type = known_columns.and_then(|k| k.get(column)).map(|c| c.data_type.as_str());
             rows.push(row_restriction(doc, name, r, column_type)?);
         }
-        out.push(TableGrant { register: register.to_owned(), table: table.to_owned(), columns, rows });
+        let mut generalise = BTreeMap::new();
+        for (column, how) in &t.generalise {
+            if !columns.contains(column) {
+                return Err(doc.at(how, Problem::GeneraliseNotGranted { table: name.clone(), column: column.clone() }));
+            }
+            let Some(g) = Generalisation::from_name(how.get_ref()) else {
+                return Err(doc.at(
+                    how,
+                    Problem::UnknownGeneralisation { table: name.clone(), column: column.clone(), found: how.get_ref().clone() },
+                ));
+            };
+            if let Some(actual) = known_columns.and_then(|k| k.get(column)).map(|c| c.data_type.as_str())
+                && actual != g.column_type()
+            {
+                return Err(doc.at(
+                    how,
+                    Problem::GeneraliseTypeMismatch {
+                        table: name.clone(),
+                        column: column.clone(),
+                        kind: g.name(),
+                        needs: g.column_type(),
+                        column_type: actual.to_owned(),
+                    },
+                ));
+            }
+            generalise.insert(column.clone(), g);
+        }
+        out.push(TableGrant { register: register.to_owned(), table: table.to_owned(), columns, rows, generalise });
     }
     Ok(out)
 }
@@ -1133,6 +1210,38 @@ mod tests {
     /// The line of `GOOD` (1-based) on which `needle` first occurs.
     fn line_of(needle: &str) -> usize {
         GOOD.lines().position(|l| l.contains(needle)).expect("needle in GOOD") + 1
+    }
+
+    #[test]
+    fn generalisations_are_checked() {
+        let cols = r#"columns = ["person", "op_date", "fixation", "asa", "bmi", "reoperation", "hospital", "region"]"#;
+        let line = line_of(cols);
+        let with = |g: &str| format!("{cols}\ngeneralise = {{ {g} }}");
+        let a = parse_good(&GOOD.replacen(cols, &with(r#"op_date = "month", fixation = "code3""#), 1)).expect("valid");
+        let grant = a.grant("hip.operations").expect("granted");
+        assert_eq!(grant.generalise.get("op_date"), Some(&Generalisation::Month));
+        assert!(grant.generalises("fixation") && !grant.generalises("asa"));
+        assert_eq!(
+            err(cols, &with(r#"op_date = "week""#)),
+            format!(
+                "approvals/p.toml: line {}: table hip.operations: unknown generalisation \"week\" for op_date: expected \"year\", \"month\" (dates) or \"code3\" (codes)",
+                line + 1
+            )
+        );
+        assert_eq!(
+            err(cols, &with(r#"side = "code3""#)),
+            format!(
+                "approvals/p.toml: line {}: table hip.operations: generalise names \"side\", which is not among the columns granted in that table",
+                line + 1
+            )
+        );
+        assert_eq!(
+            err(cols, &with(r#"asa = "year""#)),
+            format!(
+                "approvals/p.toml: line {}: table hip.operations: generalisation year of asa needs a date32 column, not int32",
+                line + 1
+            )
+        );
     }
 
     #[test]

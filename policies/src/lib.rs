@@ -9,7 +9,7 @@ pub mod directory;
 pub mod toml_error;
 
 pub use approval::{
-    Approval, ApprovalError, ApprovalStore, CatalogueView, ColumnInfo, Disclosure, DisclosureDefaults, OutputKind,
+    Approval, ApprovalError, Generalisation, ApprovalStore, CatalogueView, ColumnInfo, Disclosure, DisclosureDefaults, OutputKind,
     Problem, RestrictionKind, RowRestriction, TableGrant, Validity, Value,
 };
 pub use directory::{DIRECT_PROJECT, Directory, DirectoryError, DirectoryStore};

@@ -30,10 +30,33 @@ fn generate(dir: &Path) {
         .expect("approval")
         .replacen("\n[[tables]]", "\n[disclosure]\nmin_cell_persons = 10\nround_counts_to = 5\n\n[[tables]]", 1);
     std::fs::write(dir.join("approvals").join("D-round.toml"), strict).expect("approval");
+    std::fs::write(dir.join("approvals").join("D-general.toml"), GENERALISED).expect("approval");
     for (name, text) in governance_approvals() {
         std::fs::write(dir.join("approvals").join(format!("{name}.toml")), text).expect("approval");
     }
 }
+
+/// Pseudonymised microdata with generalisations: birth date to year, admission to month, diagnosis to 3 characters.
+const GENERALISED: &str = r#"project = "D-general"
+title = "Generalised microdata"
+ethics_reference = "Dnr 2026-04712-01"
+ethics_authority = "Etikprövningsmyndigheten"
+principal_investigator = "alice"
+purpose = "Test generalisations of microdata."
+valid_from = 2020-01-01
+valid_until = 2099-12-31
+outputs = ["aggregate", "pseudonymised_microdata"]
+
+[[tables]]
+table = "pop.persons"
+columns = ["person", "birth_date", "sex", "region"]
+generalise = { birth_date = "year" }
+
+[[tables]]
+table = "npr.inpatient"
+columns = ["person", "admit_date", "main_dx", "hospital"]
+generalise = { admit_date = "month", main_dx = "code3" }
+"#;
 
 /// A narrow approval: two tables, few columns, operations 2012–2016 only.
 fn narrow(project: &str, members: &str, from: &str, until: &str, outputs: &str) -> String {

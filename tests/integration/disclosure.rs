@@ -194,3 +194,60 @@ async fn attack_suite() {
     fed.shutdown().await;
     assert!(failures.is_empty(), "{} attack case(s) not stopped as expected:\n\n{}", failures.len(), failures.join("\n\n"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generalised_microdata_leaves_coarse_and_exports_to_parquet() {
+    let fed = common::federation().await;
+    let mut c = fed.client("alice", "D-general").await.expect("connect");
+    let sql = "SELECT p.person, p.birth_date, p.sex, i.admit_date, i.main_dx \
+               FROM pop.persons p JOIN npr.inpatient i ON i.person = p.person";
+    let (schema, batches) = c.query(sql).await.expect("microdata released");
+    assert!(schema.metadata()[samkor_coordinator::disclosure::METADATA_KEY].contains("pseudonymised_microdata"));
+    let rows = common::rows(&batches);
+    assert!(rows.len() > 100, "the linked data set has rows");
+    for r in &rows {
+        assert!(r[1].ends_with("-01-01"), "birth date generalised to the year: {r:?}");
+        assert!(r[3].ends_with("-01"), "admission generalised to the month: {r:?}");
+        assert!(r[4].chars().count() <= 3, "diagnosis generalised to 3 characters: {r:?}");
+        assert_eq!(r[0].len(), 32, "the person only as the project pseudonym");
+    }
+    // A filter on an exact birth date sees the generalised value only.
+    let pooled = samkor::federation::pooled_session(&fed.dir, "D-general").await.expect("pooled");
+    let exact = pooled
+        .sql("SELECT birth_date FROM pop.persons WHERE extract(doy FROM birth_date) > 40 LIMIT 1")
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("a birth date");
+    let day = common::rows(&exact)[0][0].clone();
+    let (_, found) = c.query(&format!("SELECT person FROM pop.persons WHERE birth_date = DATE '{day}'")).await.expect("answer");
+    assert_eq!(common::rows(&found).len(), 0, "no row matches the exact date {day}");
+    // Grouping by a generalised birth date is an ordinary characteristic.
+    let (_, years) = c.query("SELECT birth_date, count(*) AS n FROM pop.persons GROUP BY birth_date").await.expect("answer");
+    assert!(common::rows(&years).iter().all(|r| r[0].ends_with("-01-01") || r[0] == "NULL"));
+
+    // Export through the CLI as Parquet: the same rows, the disclosure metadata kept.
+    let files = samkor::federation::identity_files(&fed.dir, "alice");
+    let out = tempfile::Builder::new().suffix(".parquet").tempfile().expect("temp file");
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_samkor"))
+        .args(["query", "--coordinator", &fed.coordinator_addr(), "--project", "D-general", "--format", "parquet", "--out"])
+        .arg(out.path())
+        .arg("--cert")
+        .arg(&files.cert)
+        .arg("--key")
+        .arg(&files.key)
+        .arg("--ca")
+        .arg(&files.ca)
+        .arg(sql)
+        .status()
+        .await
+        .expect("samkor query runs");
+    assert!(status.success());
+    let file = std::fs::File::open(out.path()).expect("parquet written");
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).expect("parquet");
+    assert!(reader.schema().metadata().contains_key(samkor_coordinator::disclosure::METADATA_KEY));
+    let n: usize = reader.build().expect("reader").map(|b| b.expect("batch").num_rows()).sum();
+    assert_eq!(n, rows.len());
+    fed.shutdown().await;
+}
