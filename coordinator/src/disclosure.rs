@@ -702,10 +702,10 @@ impl Rewriter<'_> {
         let mut tables = vec![String::new(); np];
         for (plan, persons) in exposed {
             let mut exprs: Vec<Expr> = (0..visible).map(|i| Expr::Column(Column::from(plan.schema().qualified_field(i)))).collect();
-            for j in 0..np {
+            for (j, table) in tables.iter_mut().enumerate() {
                 let e = match persons.cols.get(j).or(persons.cols.last()) {
                     Some(pc) => {
-                        tables[j].clone_from(&pc.table);
+                        table.clone_from(&pc.table);
                         col_expr(&pc.col)
                     }
                     None => lit(datafusion::common::ScalarValue::Utf8(None)),

@@ -185,8 +185,11 @@ impl CoordinatorService {
         let mut entry = AuditEntry::new(Decision::Accepted, caller.identity.as_str(), scope.query_id.as_str(), sql.as_str());
         entry.project = caller.project.clone();
         let touched = Arc::new(std::sync::Mutex::new(Touched::default()));
+        // The project the approval names: for direct access `direct:<hospital>`, not the header's `direct`.
+        let mut approved_project: Option<String> = None;
         let outcome: Result<Answer, QueryError> = async {
             let approval = self.engine.authorize(&caller.identity, &caller.project)?;
+            approved_project = Some(approval.project.clone());
             let session = self.engine.session(scope, approval.clone(), touched.clone());
             let execution = self.engine.execute(&session, &sql).await?;
             let schema = execution.stream.schema();
@@ -214,6 +217,9 @@ impl CoordinatorService {
         }
         .instrument(span.clone())
         .await;
+        if let Some(p) = approved_project {
+            entry.project = p;
+        }
         {
             let t = touched.lock().expect("touched lock");
             entry.registers = t.registers.iter().cloned().collect();

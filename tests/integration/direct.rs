@@ -94,6 +94,11 @@ async fn direct_access_sees_only_its_own_hospital() {
     for rule in ["direct.table", "direct.linkage", "direct.directory", "direct.project"] {
         assert!(rules.contains(rule), "{rule} in {rules:?}");
     }
+    // Answered direct-access queries are recorded under the unit they served.
+    assert!(
+        records.iter().any(|r| r.project == format!("direct:{hospital}") && r.decision == audit::Decision::Accepted),
+        "the coordinator's log names direct:{hospital}"
+    );
     let hip = fed.node("hip").expect("hip");
     let node_records = audit::read_all(hip.audit.path()).expect("node log").records;
     assert!(node_records.iter().all(|r| r.identity == "coordinator"));
