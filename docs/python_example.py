@@ -8,6 +8,7 @@ CERT_DIR holds ca.pem and USER.pem / USER.key (e.g. the `certs` directory of
 project goes in the `x-samkor-project` header of every call.
 """
 
+import json
 import sys
 
 import adbc_driver_flightsql.dbapi as flightsql
@@ -38,9 +39,19 @@ def main() -> None:
         cur.execute(
             "SELECT region, count(*) AS operations FROM hip.operations GROUP BY region ORDER BY region"
         )
-        frame = cur.fetch_df()  # a pandas DataFrame
+        table = cur.fetch_arrow_table()  # a pyarrow Table; .to_pandas() for a DataFrame
+        frame = table.to_pandas()
         print(frame.to_string(index=False))
-        print(f"{len(frame)} regions, {int(frame['operations'].sum())} operations")
+        # Disclosure control: withheld cells are null, the `withheld` column names
+        # them per row, and the schema metadata holds the settings in force (the
+        # stream's schema, as pyarrow.flight reads it, also counts what was withheld).
+        summary = json.loads((table.schema.metadata or {}).get(b"samkor.disclosure", b"{}"))
+        withheld = int(frame["withheld"].notna().sum())
+        print(
+            f"{len(frame)} regions, {int(frame['operations'].sum())} operations in released cells;",
+            f"disclosure control: at least {summary.get('min_cell_persons')} persons per cell,",
+            f"{withheld} rows with withheld cells",
+        )
         # Browse the registers like any database tool would.
         objects = conn.adbc_get_objects(depth="tables").read_all().to_pylist()
         tables = [

@@ -1239,17 +1239,22 @@ impl Summary {
     }
 }
 
-/// The schema a client sees for an answer released in `mode`.
-pub fn released_schema(schema: &Schema, mode: &Mode) -> Schema {
+/// The schema a client sees for an answer released in `mode`, known at
+/// planning (Flight SQL `GetFlightInfo`): the settings in force are in its
+/// metadata already; the stream's schema adds what was withheld.
+pub fn released_schema(schema: &Schema, mode: &Mode, approval: &Approval) -> Schema {
+    let summary = Summary::new(mode, approval);
+    let mut metadata = schema.metadata().clone();
+    metadata.insert(METADATA_KEY.to_owned(), serde_json::to_string(&summary).unwrap_or_default());
     match mode {
         Mode::Aggregate(layout) => {
             let mut fields: Vec<Field> =
                 schema.fields().iter().take(layout.visible).map(|f| f.as_ref().clone().with_nullable(true)).collect();
             let name = marker_name(&fields);
             fields.push(Field::new(name, DataType::Utf8, true));
-            Schema::new(fields)
+            Schema::new_with_metadata(fields, metadata)
         }
-        Mode::NoData | Mode::Microdata => schema.clone(),
+        Mode::NoData | Mode::Microdata => Schema::new_with_metadata(schema.fields().clone(), metadata),
     }
 }
 

@@ -298,7 +298,7 @@ impl Engine {
         rules.push(Arc::new(PushdownRule));
         let state = SessionStateBuilder::new_from_existing(session.ctx.state()).with_optimizer_rules(rules).build();
         let planned_schema = Arc::new(df.schema().as_arrow().clone());
-        let schema = Arc::new(crate::disclosure::released_schema(&planned_schema, &controlled.mode));
+        let schema = Arc::new(crate::disclosure::released_schema(&planned_schema, &controlled.mode, &session.approval));
         Ok(Planned { df: DataFrame::new(state, controlled.plan), mode: controlled.mode, schema })
     }
 

@@ -29,6 +29,7 @@ async fn python_adbc_example_reads_a_frame() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "python failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("Stockholm") && stdout.contains("operations"), "{stdout}");
+    assert!(stdout.contains("disclosure control: at least 5 persons per cell"), "the summary reaches Python: {stdout}");
     assert!(stdout.contains("hip.operations") && stdout.contains("pop.persons"), "{stdout}");
     fed.shutdown().await;
 }
