@@ -5,6 +5,7 @@
 //!  synth (temp dir, SAMKOR_BENCH_PERSONS persons)
 //!    ├─ pooled:    one local SessionContext (samkor::federation::pooled_session)
 //!    ├─ federated: 5 in-process nodes + in-process coordinator, Flight SQL client
+//!    ├─ disclosure: the same federated queries with and without disclosure control
 //!    └─ memory:    `samkor coordinator` as a child process over the same nodes,
 //!                  VmHWM from /proc/<pid>/status around the two-register join
 //! ```
