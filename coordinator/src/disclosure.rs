@@ -347,25 +347,19 @@ struct Track {
 }
 
 impl Track {
+    /// Every hidden column the chain carries, once each.
     fn hidden(&self) -> Vec<Column> {
         let mut out: Vec<Column> = Vec::new();
-        let mut push = |c: &Column| {
-            if !out.contains(c) {
-                out.push(c.clone());
-            }
-        };
         for c in &self.cells {
-            c.persons.iter().chain(c.complement.iter()).for_each(&mut push);
+            extend_unique(&mut out, &c.persons);
+            extend_unique(&mut out, &c.complement);
             if let Some((a, b)) = &c.dominance {
-                push(a);
-                push(b);
+                extend_unique(&mut out, &[a.clone(), b.clone()]);
             }
         }
-        self.row.iter().for_each(&mut push);
-        if let Some(m) = &self.margin {
-            m.iter().for_each(&mut push);
-        }
-        self.keys.iter().for_each(&mut push);
+        extend_unique(&mut out, &self.row);
+        extend_unique(&mut out, self.margin.as_deref().unwrap_or_default());
+        extend_unique(&mut out, &self.keys);
         out
     }
 
@@ -805,11 +799,8 @@ impl Rewriter<'_> {
                     if let Ok(i) = input.schema().index_of_column(&c)
                         && let Some(cell) = track.cells.get(i)
                     {
-                        for p in cell.persons.clone() {
-                            if !track.row.contains(&p) {
-                                track.row.push(p);
-                            }
-                        }
+                        let persons = cell.persons.clone();
+                        extend_unique(&mut track.row, &persons);
                     }
                 }
                 Ok((LogicalPlan::Filter(datafusion::logical_expr::Filter::try_new(f.predicate, Arc::new(input))?), track))
@@ -1142,6 +1133,15 @@ impl Rewriter<'_> {
     }
 }
 
+/// Appends the columns of `more` not yet in `to`.
+fn extend_unique(to: &mut Vec<Column>, more: &[Column]) {
+    for c in more {
+        if !to.contains(c) {
+            to.push(c.clone());
+        }
+    }
+}
+
 /// A column computed from several columns of the chain: its persons are the least of theirs.
 fn derive(track: &Track, refs: &[usize]) -> Cell {
     let mut aggs = BTreeSet::new();
@@ -1161,16 +1161,8 @@ fn derive(track: &Track, refs: &[usize]) -> Cell {
                 all_keys = false;
             }
         }
-        for p in &c.persons {
-            if !persons.contains(p) {
-                persons.push(p.clone());
-            }
-        }
-        for p in &c.complement {
-            if !complement.contains(p) {
-                complement.push(p.clone());
-            }
-        }
+        extend_unique(&mut persons, &c.persons);
+        extend_unique(&mut complement, &c.complement);
     }
     let origin = if refs.is_empty() {
         Origin::Constant
