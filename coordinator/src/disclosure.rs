@@ -1214,9 +1214,13 @@ pub struct Summary {
 
 impl Summary {
     pub fn new(mode: &Mode, approval: &Approval) -> Summary {
+        Summary::named(mode.name(), approval)
+    }
+
+    fn named(mode: &'static str, approval: &Approval) -> Summary {
         let d = &approval.disclosure;
         Summary {
-            mode: mode.name(),
+            mode,
             min_cell_persons: d.min_cell_persons,
             dominance_n: d.dominance_n,
             dominance_share: d.dominance_share,
@@ -1367,7 +1371,7 @@ pub fn release(batches: &[RecordBatch], schema: &SchemaRef, layout: &Layout, app
         })
         .collect();
     columns.push(Arc::new(marks));
-    let mut summary = Summary::new(&Mode::Aggregate(layout.clone()), approval);
+    let mut summary = Summary::named("aggregate", approval);
     summary.withheld = outcome.counts.iter().map(|(r, n)| (r.name().to_owned(), *n)).collect();
     summary.groups_withheld = outcome.collapsed;
     let mut out_fields = fields.clone();

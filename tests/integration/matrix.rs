@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
-use arrow::util::display::{ArrayFormatter, FormatOptions};
 use samkor::client::Client;
 
 use crate::common;
@@ -140,19 +139,7 @@ struct Answer {
 }
 
 fn render(columns: Vec<String>, batches: &[RecordBatch]) -> Result<Answer, String> {
-    let options = FormatOptions::default().with_null("NULL");
-    let mut rows = Vec::new();
-    for batch in batches {
-        let formatters = batch
-            .columns()
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("cannot render the answer: {e}"))?;
-        for row in 0..batch.num_rows() {
-            rows.push(formatters.iter().map(|f| f.value(row).to_string()).collect());
-        }
-    }
+    let rows = common::rows(batches);
     let withheld = vec![vec![false; columns.len()]; rows.len()];
     Ok(Answer { columns, rows, withheld, merged: false })
 }
