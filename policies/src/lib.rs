@@ -4,8 +4,10 @@
 
 pub mod approval;
 pub mod audit;
+pub mod differencing;
 pub mod disclosure;
 pub mod directory;
+pub mod perturbation;
 pub mod toml_error;
 
 pub use approval::{
