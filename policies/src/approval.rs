@@ -30,6 +30,8 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::value::Datetime;
 
+use crate::perturbation::{MAX_MAX_DEVIATION, PerturbationParams};
+
 // ---------------------------------------------------------------------------
 // Public types
 // ---------------------------------------------------------------------------
@@ -43,11 +45,27 @@ pub struct DisclosureDefaults {
     pub dominance_n: u32,
     /// ... may together contribute at most this share of the cell's sum.
     pub dominance_share: f64,
+    /// Released aggregates are perturbed by the cell-key method (docs/disclosure.md).
+    pub perturbation: bool,
+    /// `D`: the largest deviation of a released count.
+    pub perturbation_max_deviation: u32,
+    /// `V`: the variance of the deviation of a released count.
+    pub perturbation_variance: f64,
+    /// `δ`: magnitudes get noise of this share of their largest contributor (times the deviation).
+    pub magnitude_noise: f64,
 }
 
 impl Default for DisclosureDefaults {
     fn default() -> Self {
-        DisclosureDefaults { min_cell_persons: 5, dominance_n: 2, dominance_share: 0.85 }
+        DisclosureDefaults {
+            min_cell_persons: 5,
+            dominance_n: 2,
+            dominance_share: 0.85,
+            perturbation: true,
+            perturbation_max_deviation: 2,
+            perturbation_variance: 1.0,
+            magnitude_noise: 0.05,
+        }
     }
 }
 
@@ -91,6 +109,14 @@ pub struct Disclosure {
     pub dominance_share: f64,
     /// Columns (`register.table.column`) on which MIN and MAX may be released.
     pub allow_min_max: BTreeSet<String>,
+    /// Released aggregates are perturbed by the cell-key method.
+    pub perturbation: bool,
+    /// `D`: the largest deviation of a released count.
+    pub perturbation_max_deviation: u32,
+    /// `V`: the variance of the deviation of a released count.
+    pub perturbation_variance: f64,
+    /// `δ`: the share of a magnitude's largest contributor that scales its noise.
+    pub magnitude_noise: f64,
 }
 
 impl Disclosure {
@@ -102,7 +128,22 @@ impl Disclosure {
             dominance_n: d.dominance_n,
             dominance_share: d.dominance_share,
             allow_min_max: BTreeSet::new(),
+            perturbation: d.perturbation,
+            perturbation_max_deviation: d.perturbation_max_deviation,
+            perturbation_variance: d.perturbation_variance,
+            magnitude_noise: d.magnitude_noise,
         }
+    }
+
+    /// The parameters of the perturbation table for this project (threshold
+    /// `k` = `min_cell_persons`); `None` when perturbation is off.
+    pub fn perturbation_params(&self) -> Option<PerturbationParams> {
+        self.perturbation.then_some(PerturbationParams {
+            max_deviation: self.perturbation_max_deviation,
+            variance: self.perturbation_variance,
+            threshold: self.min_cell_persons,
+            magnitude_noise: self.magnitude_noise,
+        })
     }
 
     /// Whether MIN/MAX may be released on `column` of `register_table` (`"hip.operations"`).
@@ -423,6 +464,10 @@ pub enum Problem {
     LooserThanDefault { setting: &'static str, value: String, default: String, requirement: String },
     #[error("disclosure.{setting} = {value} is out of range: {requirement}")]
     OutOfRange { setting: &'static str, value: String, requirement: &'static str },
+    #[error(
+        "disclosure.perturbation_variance = {variance} is out of range: it must be below the square of perturbation_max_deviation = {max_deviation}, i.e. below {square}; raise perturbation_max_deviation as well"
+    )]
+    PerturbationVariance { variance: String, max_deviation: u32, square: u64 },
     #[error("no [[tables]]: an approval must grant at least one table")]
     NoTables,
     #[error("table {name:?} must be written register.table, e.g. \"hip.operations\"")]
@@ -494,6 +539,10 @@ struct RawDisclosure {
     dominance_share: Option<Spanned<f64>>,
     #[serde(default)]
     allow_min_max: Vec<Spanned<String>>,
+    perturbation: Option<Spanned<bool>>,
+    perturbation_max_deviation: Option<Spanned<i64>>,
+    perturbation_variance: Option<Spanned<f64>>,
+    magnitude_noise: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -714,6 +763,7 @@ fn stricter_disclosure(
         }
         out.dominance_share = share;
     }
+    stricter_perturbation(doc, raw, defaults, out)?;
     for entry in &raw.allow_min_max {
         let name = entry.get_ref();
         let parts: Vec<&str> = name.split('.').collect();
@@ -726,6 +776,99 @@ fn stricter_disclosure(
             return Err(doc.at(entry, Problem::MinMaxNotGranted { entry: name.clone() }));
         }
         out.allow_min_max.insert(name.clone());
+    }
+    Ok(())
+}
+
+/// Perturbation may be switched on but not off, and its parameters only raised.
+fn stricter_perturbation(
+    doc: &Doc<'_>,
+    raw: &RawDisclosure,
+    defaults: &DisclosureDefaults,
+    out: &mut Disclosure,
+) -> Result<(), ApprovalError> {
+    if let Some(v) = &raw.perturbation {
+        if defaults.perturbation && !*v.get_ref() {
+            return Err(doc.at(
+                v,
+                Problem::LooserThanDefault {
+                    setting: "perturbation",
+                    value: "false".to_owned(),
+                    default: "true".to_owned(),
+                    requirement: "leave it on".to_owned(),
+                },
+            ));
+        }
+        out.perturbation = *v.get_ref();
+    }
+    if let Some(v) = &raw.perturbation_max_deviation {
+        let n = u32::try_from(*v.get_ref()).ok().filter(|n| (1..=MAX_MAX_DEVIATION).contains(n)).ok_or_else(|| {
+            doc.at(
+                v,
+                Problem::OutOfRange {
+                    setting: "perturbation_max_deviation",
+                    value: v.get_ref().to_string(),
+                    requirement: "a whole number from 1 to 100",
+                },
+            )
+        })?;
+        let d = defaults.perturbation_max_deviation;
+        if n < d {
+            return Err(doc.at(
+                v,
+                Problem::LooserThanDefault {
+                    setting: "perturbation_max_deviation",
+                    value: n.to_string(),
+                    default: d.to_string(),
+                    requirement: format!("at least {d}"),
+                },
+            ));
+        }
+        out.perturbation_max_deviation = n;
+    }
+    for (setting, raw_value, default, target) in [
+        (
+            "perturbation_variance",
+            &raw.perturbation_variance,
+            defaults.perturbation_variance,
+            &mut out.perturbation_variance,
+        ),
+        ("magnitude_noise", &raw.magnitude_noise, defaults.magnitude_noise, &mut out.magnitude_noise),
+    ] {
+        let Some(v) = raw_value else { continue };
+        let x = *v.get_ref();
+        let (ok, requirement) = match setting {
+            "magnitude_noise" => (x > 0.0 && x <= 1.0, "a share of the largest contributor above 0 and at most 1"),
+            _ => (x > 0.0 && x.is_finite(), "a variance above 0"),
+        };
+        if !ok {
+            return Err(doc.at(v, Problem::OutOfRange { setting, value: x.to_string(), requirement }));
+        }
+        if x < default {
+            return Err(doc.at(
+                v,
+                Problem::LooserThanDefault {
+                    setting,
+                    value: x.to_string(),
+                    default: default.to_string(),
+                    requirement: format!("at least {default}"),
+                },
+            ));
+        }
+        *target = x;
+    }
+    // The table needs V < D²: a zero-mean deviation within ±D has at most variance D².
+    let d = out.perturbation_max_deviation;
+    let square = u64::from(d) * u64::from(d);
+    if out.perturbation_variance >= square as f64 {
+        let problem =
+            Problem::PerturbationVariance { variance: out.perturbation_variance.to_string(), max_deviation: d, square };
+        return Err(match (&raw.perturbation_variance, &raw.perturbation_max_deviation) {
+            (Some(v), _) => doc.at(v, problem),
+            (None, Some(v)) => doc.at(v, problem),
+            // Neither set here: the federation's own defaults are the problem, not this document.
+            (None, None) => return Ok(()),
+        });
     }
     Ok(())
 }
@@ -1276,7 +1419,15 @@ mod tests {
                 dominance_n: 2,
                 dominance_share: 0.80,
                 allow_min_max: BTreeSet::from(["hip.operations.bmi".to_owned()]),
+                perturbation: true,
+                perturbation_max_deviation: 3,
+                perturbation_variance: 1.5,
+                magnitude_noise: 0.05,
             }
+        );
+        assert_eq!(
+            a.disclosure.perturbation_params(),
+            Some(PerturbationParams { max_deviation: 3, variance: 1.5, threshold: 10, magnitude_noise: 0.05 })
         );
         assert!(a.disclosure.allows_min_max("hip.operations", "bmi"));
         assert!(!a.disclosure.allows_min_max("hip.operations", "asa"));
@@ -1312,7 +1463,15 @@ mod tests {
         let end = GOOD.find("[[tables]]").expect("tables");
         let text = format!("{}{}", &GOOD[..start], &GOOD[end..]);
         let a = parse_good(&text).expect("valid");
-        let defaults = DisclosureDefaults { min_cell_persons: 5, dominance_n: 2, dominance_share: 0.85 };
+        let defaults = DisclosureDefaults {
+            min_cell_persons: 5,
+            dominance_n: 2,
+            dominance_share: 0.85,
+            perturbation: true,
+            perturbation_max_deviation: 2,
+            perturbation_variance: 1.0,
+            magnitude_noise: 0.05,
+        };
         assert_eq!(DisclosureDefaults::default(), defaults);
         assert_eq!(a.disclosure, Disclosure::from_defaults(&defaults));
         assert_eq!(a.disclosure.round_counts_to, 1);
@@ -1439,6 +1598,98 @@ mod tests {
         )
         .expect("valid");
         assert_eq!((a.disclosure.min_cell_persons, a.disclosure.dominance_n), (5, 3));
+    }
+
+    #[test]
+    fn perturbation_may_only_be_stricter() {
+        let v = line_of("perturbation_variance");
+        let d = line_of("perturbation_max_deviation");
+        let with = |extra: &str| format!("perturbation_variance = 1.5\n{extra}");
+        assert_eq!(
+            err("perturbation_variance = 1.5", &with("perturbation = false")),
+            format!(
+                "approvals/p.toml: line {}: disclosure.perturbation = false is looser than the federation default true; an approval may only be stricter (leave it on)",
+                v + 1
+            )
+        );
+        assert_eq!(
+            err("perturbation_max_deviation = 3", "perturbation_max_deviation = 1"),
+            format!(
+                "approvals/p.toml: line {d}: disclosure.perturbation_max_deviation = 1 is looser than the federation default 2; an approval may only be stricter (at least 2)"
+            )
+        );
+        assert_eq!(
+            err("perturbation_variance = 1.5", "perturbation_variance = 0.5"),
+            format!(
+                "approvals/p.toml: line {v}: disclosure.perturbation_variance = 0.5 is looser than the federation default 1; an approval may only be stricter (at least 1)"
+            )
+        );
+        assert_eq!(
+            err("perturbation_variance = 1.5", &with("magnitude_noise = 0.01")),
+            format!(
+                "approvals/p.toml: line {}: disclosure.magnitude_noise = 0.01 is looser than the federation default 0.05; an approval may only be stricter (at least 0.05)",
+                v + 1
+            )
+        );
+        assert_eq!(
+            err("perturbation_max_deviation = 3", "perturbation_max_deviation = 0"),
+            format!(
+                "approvals/p.toml: line {d}: disclosure.perturbation_max_deviation = 0 is out of range: a whole number from 1 to 100"
+            )
+        );
+        assert!(err("perturbation_max_deviation = 3", "perturbation_max_deviation = 101").contains("out of range"));
+        assert_eq!(
+            err("perturbation_variance = 1.5", "perturbation_variance = -1.0"),
+            format!(
+                "approvals/p.toml: line {v}: disclosure.perturbation_variance = -1 is out of range: a variance above 0"
+            )
+        );
+        assert_eq!(
+            err("perturbation_variance = 1.5", &with("magnitude_noise = 1.5")),
+            format!(
+                "approvals/p.toml: line {}: disclosure.magnitude_noise = 1.5 is out of range: a share of the largest contributor above 0 and at most 1",
+                v + 1
+            )
+        );
+        // The variance must fit the maximum deviation: V < D².
+        assert_eq!(
+            err("perturbation_variance = 1.5", "perturbation_variance = 9.0"),
+            format!(
+                "approvals/p.toml: line {v}: disclosure.perturbation_variance = 9 is out of range: it must be below the square of perturbation_max_deviation = 3, i.e. below 9; raise perturbation_max_deviation as well"
+            )
+        );
+        let default_d = GOOD.replacen("perturbation_max_deviation = 3", "", 1).replacen(
+            "perturbation_variance = 1.5",
+            "perturbation_variance = 4.0",
+            1,
+        );
+        let e = parse_good(&default_d).expect_err("V = D² with the default D").to_string();
+        assert!(e.contains("perturbation_variance = 4 is out of range") && e.contains("= 2, i.e. below 4"), "{e}");
+        assert!(err("perturbation_variance = 1.5", &with("perturbation = \"no\"")).contains("invalid type"));
+
+        // Stricter is allowed; the approval's settings make the table's parameters.
+        let a = parse_good(&GOOD.replacen("perturbation_variance = 1.5", &with("magnitude_noise = 0.1"), 1))
+            .expect("stricter");
+        assert_eq!(
+            a.disclosure.perturbation_params(),
+            Some(PerturbationParams { max_deviation: 3, variance: 1.5, threshold: 10, magnitude_noise: 0.1 })
+        );
+        crate::perturbation::PTable::build(&a.disclosure.perturbation_params().expect("on")).expect("a valid table");
+        // A federation with perturbation off: an approval may switch it on, and is off otherwise.
+        let off = DisclosureDefaults { perturbation: false, ..DisclosureDefaults::default() };
+        let cat = synth_catalogue();
+        let p = Path::new("p.toml");
+        let a = parse(p, GOOD, &off, Some(&cat)).expect("valid");
+        assert_eq!(a.disclosure.perturbation_params(), None);
+        let a =
+            parse(p, &GOOD.replacen("perturbation_variance = 1.5", &with("perturbation = true"), 1), &off, Some(&cat))
+                .expect("switched on");
+        assert!(a.disclosure.perturbation_params().is_some());
+        // Without a [disclosure] section the federation's settings hold.
+        assert_eq!(
+            Disclosure::from_defaults(&DisclosureDefaults::default()).perturbation_params(),
+            Some(PerturbationParams::default())
+        );
     }
 
     #[test]

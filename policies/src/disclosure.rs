@@ -415,6 +415,7 @@ mod tests {
             dominance_n: 2,
             dominance_share: 0.85,
             allow_min_max: Default::default(),
+            ..Disclosure::from_defaults(&crate::approval::DisclosureDefaults::default())
         }
     }
 
