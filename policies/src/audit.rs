@@ -55,6 +55,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::differencing::Flag;
+
 /// `prev` of the first record: 64 zeros.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -136,6 +138,12 @@ pub struct AuditRecord {
     pub cells_suppressed: u64,
     /// Free JSON (disclosure control details), may be `null`.
     pub disclosure: serde_json::Value,
+    /// Cells of this answer whose population differs by fewer than k persons
+    /// from an earlier answer's (`differencing::Tracker`). Left out of the
+    /// line when empty, so records without flags are written (and hashed)
+    /// exactly as before the field existed, and older logs parse.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub differencing: Vec<Flag>,
     /// `hash` of the previous record; [`GENESIS_HASH`] for record 1.
     pub prev: String,
     /// SHA-256 of this line without the `hash` member (see the module docs).
@@ -160,6 +168,7 @@ pub struct AuditEntry {
     pub cells_released: u64,
     pub cells_suppressed: u64,
     pub disclosure: serde_json::Value,
+    pub differencing: Vec<Flag>,
 }
 
 impl AuditEntry {
@@ -185,6 +194,7 @@ impl AuditEntry {
             cells_released: 0,
             cells_suppressed: 0,
             disclosure: serde_json::Value::Null,
+            differencing: Vec::new(),
         }
     }
 
@@ -251,6 +261,12 @@ impl AuditEntry {
 
     pub fn disclosure(mut self, disclosure: serde_json::Value) -> Self {
         self.disclosure = disclosure;
+        self
+    }
+
+    /// Near-identical populations found for this answer.
+    pub fn differencing(mut self, flags: Vec<Flag>) -> Self {
+        self.differencing = flags;
         self
     }
 }
@@ -535,6 +551,7 @@ impl AuditLog {
             cells_released: entry.cells_released,
             cells_suppressed: entry.cells_suppressed,
             disclosure: entry.disclosure,
+            differencing: entry.differencing,
             prev: state.last_hash.clone(),
             hash: String::new(),
         };
@@ -852,6 +869,32 @@ mod tests {
         assert_eq!(record.time.len(), "2025-03-01T09:15:02.123456Z".len());
         assert!(record.time.ends_with('Z'));
         assert_eq!(record.disclosure, serde_json::json!({"min_cell": 5, "suppressed": 3}));
+    }
+
+    #[test]
+    fn differencing_flags_are_recorded_and_records_without_them_keep_their_old_form() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path, ACTOR).expect("open");
+        let flag = Flag { cell: 1, persons: 39, earlier_query_id: "q-1".into(), earlier_persons: 40 };
+        log.append(entry(1)).expect("append");
+        log.append(entry(2).differencing(vec![flag.clone()])).expect("append");
+        drop(log);
+        let lines = lines(&path);
+        let first = std::str::from_utf8(&lines[0]).expect("utf-8");
+        assert!(!first.contains("differencing"), "{first}");
+        assert!(first.contains(r#""disclosure":{"min_cell":5,"suppressed":3},"prev":""#), "{first}");
+        let second = std::str::from_utf8(&lines[1]).expect("utf-8");
+        assert!(
+            second.contains(
+                r#","differencing":[{"cell":1,"persons":39,"earlier_query_id":"q-1","earlier_persons":40}],"prev":""#
+            ),
+            "{second}"
+        );
+        assert_eq!(verify(&path).expect("verifies").records, 2);
+        let contents = read_all(&path).expect("read");
+        assert_eq!(contents.records[0].differencing, []);
+        assert_eq!(contents.records[1].differencing, [flag]);
     }
 
     #[test]
