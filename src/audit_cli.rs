@@ -221,6 +221,8 @@ fn report_at(file: &Path, since: &str, approvals: &[ApprovalSummary], today: Nai
         out.push('\n');
     }
 
+    out.push_str(&near_identical_populations(&records, &contents.records));
+
     if !events.is_empty() {
         out.push_str("\n== Log events ==\n");
         for r in events {
@@ -270,6 +272,71 @@ fn report_at(file: &Path, since: &str, approvals: &[ApprovalSummary], today: Nai
         out.push('\n');
     }
     Ok(out)
+}
+
+/// The section on differencing flags: answers in the period whose cells
+/// describe a population that differs from an earlier answer's by fewer than
+/// k persons, with both queries' SQL (the earlier one looked up in the whole
+/// log, by project and query id).
+fn near_identical_populations(period: &[&AuditRecord], all: &[AuditRecord]) -> String {
+    let mut out = String::from("\n== Near-identical populations ==\n");
+    // (record, earlier query id) → person counts (now, earlier) of the flagged cells.
+    let mut pairs: BTreeMap<(u64, &str), Vec<(u64, u64)>> = BTreeMap::new();
+    let mut flagged: BTreeMap<u64, &AuditRecord> = BTreeMap::new();
+    for r in period {
+        for f in &r.differencing {
+            pairs.entry((r.seq, f.earlier_query_id.as_str())).or_default().push((f.persons, f.earlier_persons));
+            flagged.insert(r.seq, r);
+        }
+    }
+    if pairs.is_empty() {
+        out.push_str("No answers flagged in the period.\n");
+        return out;
+    }
+    out.push_str(
+        "Answers with cells whose persons differ from an earlier answer's by fewer than the project's \
+         threshold (not refused; read both queries: docs/disclosure.md, \"Differencing flags\").\n",
+    );
+    let earlier_sql = |project: &str, query_id: &str| {
+        all.iter()
+            .find(|r| r.project == project && r.query_id == query_id && r.decision == Decision::Accepted)
+            .map_or_else(|| "(not in this log)".to_owned(), |r| one_line(&r.sql, SQL_WIDTH))
+    };
+    let mut table = Table::new();
+    table.set_header(vec![
+        "seq",
+        "time (UTC)",
+        "identity",
+        "project",
+        "query",
+        "earlier query",
+        "cells",
+        "persons (now / earlier)",
+        "SQL",
+        "earlier SQL",
+    ]);
+    for ((seq, earlier), counts) in &pairs {
+        let r = flagged[seq];
+        let mut persons: Vec<String> = counts.iter().take(3).map(|(n, e)| format!("{n} / {e}")).collect();
+        if counts.len() > 3 {
+            persons.push("…".to_owned());
+        }
+        table.add_row(vec![
+            right(*seq),
+            Cell::new(short_time(&r.time)),
+            Cell::new(&r.identity),
+            Cell::new(&r.project),
+            Cell::new(&r.query_id),
+            Cell::new(earlier),
+            right(counts.len() as u64),
+            Cell::new(persons.join(", ")),
+            Cell::new(one_line(&r.sql, SQL_WIDTH)),
+            Cell::new(earlier_sql(&r.project, earlier)),
+        ]);
+    }
+    out.push_str(&table.to_string());
+    out.push('\n');
+    out
 }
 
 fn read(file: &Path) -> Result<AuditContents, String> {
@@ -334,6 +401,7 @@ fn one_line(sql: &str, width: usize) -> String {
 mod tests {
     use super::*;
     use samkor_policies::audit::{AuditEntry, AuditLog};
+    use samkor_policies::differencing::Flag;
 
     fn sample_log(dir: &Path) -> std::path::PathBuf {
         let path = dir.join("audit.jsonl");
@@ -437,6 +505,44 @@ mod tests {
         assert!(!text.contains("P-3"), "{text}");
         let later = report_at(&path, "2999-01-01", &[], today).expect("report");
         assert!(later.contains("No queries in the period.") && later.contains("None."), "{later}");
+    }
+
+    #[test]
+    fn report_lists_near_identical_populations() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = sample_log(dir.path());
+        let today = Utc::now().date_naive();
+        let quiet = report_at(&path, "2000-01-01", &[], today).expect("report");
+        assert!(quiet.contains("== Near-identical populations ==\nNo answers flagged in the period.\n"), "{quiet}");
+
+        let log = AuditLog::open(&path, "coordinator").expect("reopen");
+        let flag =
+            |cell, persons, earlier_persons| Flag { cell, persons, earlier_query_id: "q1".into(), earlier_persons };
+        log.append(
+            AuditEntry::accepted(
+                "CN=Anna Analytiker",
+                "q5",
+                "SELECT kommun, avg(inkomst) FROM lisa.person WHERE id <> 7 GROUP BY kommun",
+            )
+            .project("P-1")
+            .registers(["lisa"])
+            .released(290, 580, 4)
+            .differencing(vec![flag(3, 39, 40), flag(8, 120, 121)]),
+        )
+        .expect("append");
+        drop(log);
+        let text = report_at(&path, "2000-01-01", &[], today).expect("report");
+        let section = text.split("== Near-identical populations ==").nth(1).expect("section");
+        let row = section.lines().find(|l| l.contains("q5")).expect("flagged answer row");
+        let cells: Vec<&str> = row.split('|').map(str::trim).filter(|c| !c.is_empty()).collect();
+        assert_eq!(cells[0], "5");
+        assert_eq!(&cells[2..8], ["CN=Anna Analytiker", "P-1", "q5", "q1", "2", "39 / 40, 120 / 121"]);
+        assert!(cells[8].starts_with("SELECT kommun, avg(inkomst) FROM lisa.person"), "{row}");
+        assert!(cells[9].starts_with("SELECT kommun, count(*) FROM lisa.person"), "{row}");
+        assert!(section.contains("not refused"), "{section}");
+        // Outside the period: not listed.
+        let later = report_at(&path, "2999-01-01", &[], today).expect("report");
+        assert!(later.contains("No answers flagged in the period."), "{later}");
     }
 
     #[test]
