@@ -788,6 +788,61 @@ mod tests {
         assert_eq!(r3(t.expected_abs_deviation(1000)), 1.348);
     }
 
+    /// The exact error of an attacker who averages `m` independent pairs of
+    /// cells (with and without one person, all in the general row) and
+    /// decides "the person is there" when the mean difference exceeds ½.
+    fn split_averaging_error(t: &PTable, m: usize) -> f64 {
+        let g = t.row(u64::MAX);
+        let d = i64::from(t.params().max_deviation);
+        // w = v₁ − v₂ on −2D..=2D.
+        let mut w = vec![0.0; (4 * d + 1) as usize];
+        for (a, pa) in g.deviations().iter().zip(g.probabilities()) {
+            for (b, pb) in g.deviations().iter().zip(g.probabilities()) {
+                w[(a - b + 2 * d) as usize] += pa * pb;
+            }
+        }
+        // The sum of m copies, offset m·2D.
+        let mut sum = vec![1.0];
+        for _ in 0..m {
+            let mut next = vec![0.0; sum.len() + w.len() - 1];
+            for (i, p) in sum.iter().enumerate() {
+                for (j, q) in w.iter().enumerate() {
+                    next[i + j] += p * q;
+                }
+            }
+            sum = next;
+        }
+        let offset = m as i64 * 2 * d;
+        // Without the person (true difference 0): wrong when Σ > m/2; a tie counts half.
+        sum.iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let s2 = 2 * (i as i64 - offset);
+                if s2 > m as i64 {
+                    *p
+                } else if s2 == m as i64 {
+                    p / 2.0
+                } else {
+                    0.0
+                }
+            })
+            .sum()
+    }
+
+    #[test]
+    fn split_averaging_figures() {
+        // cargo test -p samkor-policies split_averaging_figures -- --nocapture
+        let pairs_for = |t: &PTable, error: f64| (1..=400).find(|&m| split_averaging_error(t, m) <= error);
+        for (d, v, k) in [(2, 1.0, 5), (5, 3.0, 10)] {
+            let t = table(d, v, k);
+            let one = split_averaging_error(&t, 1);
+            let p5 = pairs_for(&t, 0.05).expect("found");
+            let p1 = pairs_for(&t, 0.01).expect("found");
+            println!("D = {d}, V = {v}: error with 1 pair {one:.3}; pairs for ≤ 5 % error {p5}, for ≤ 1 % {p1}");
+            assert!(one > 0.2 && p5 > 5 && p1 > p5);
+        }
+    }
+
     #[test]
     fn magnitude_noise_is_continuous_symmetric_with_variance_v_and_independent_of_the_count() {
         for (d, v) in [(2u32, 1.0), (5, 3.0), (3, 8.5), (1, 0.05)] {
