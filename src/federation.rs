@@ -40,6 +40,9 @@ pub struct LocalOptions {
     pub node_retry_secs: u64,
     /// Addresses of nodes not started here (register → host:port), e.g. a node run as its own process.
     pub addresses: Vec<(String, String)>,
+    /// The federation's cell-key perturbation of aggregate answers (on by
+    /// default; off where a test compares answers with exact pooled ones).
+    pub perturbation: bool,
 }
 
 impl Default for LocalOptions {
@@ -51,6 +54,7 @@ impl Default for LocalOptions {
             memory_limit_mb: 2048,
             node_retry_secs: 1,
             addresses: Vec::new(),
+            perturbation: true,
         }
     }
 }
@@ -82,6 +86,9 @@ pub fn coordinator_toml(listen: &str, addresses: &[(String, String)], options: &
          directory = \"directory.toml\"\n",
         options.memory_limit_mb, options.query_timeout_secs, options.node_retry_secs
     );
+    if !options.perturbation {
+        s.push_str("\n[disclosure]\nperturbation = false\n");
+    }
     for (register, addr) in addresses {
         s.push_str(&format!("\n[[nodes]]\nregister = \"{register}\"\naddress = \"{addr}\"\n"));
     }

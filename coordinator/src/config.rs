@@ -101,12 +101,44 @@ fn default_domain() -> String {
     "localhost".to_owned()
 }
 
+/// `[disclosure]`: the federation's disclosure defaults (every approval may
+/// only make them stricter). Unset keys keep the built-in defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisclosureSection {
+    pub min_cell_persons: Option<u32>,
+    pub dominance_n: Option<u32>,
+    pub dominance_share: Option<f64>,
+    /// The cell-key perturbation of aggregate answers (on unless set to false).
+    pub perturbation: Option<bool>,
+    pub perturbation_max_deviation: Option<u32>,
+    pub perturbation_variance: Option<f64>,
+    pub magnitude_noise: Option<f64>,
+}
+
+impl DisclosureSection {
+    /// The defaults approvals are validated against.
+    pub fn defaults(&self) -> samkor_policies::approval::DisclosureDefaults {
+        let mut d = samkor_policies::approval::DisclosureDefaults::default();
+        d.min_cell_persons = self.min_cell_persons.unwrap_or(d.min_cell_persons);
+        d.dominance_n = self.dominance_n.unwrap_or(d.dominance_n);
+        d.dominance_share = self.dominance_share.unwrap_or(d.dominance_share);
+        d.perturbation = self.perturbation.unwrap_or(d.perturbation);
+        d.perturbation_max_deviation = self.perturbation_max_deviation.unwrap_or(d.perturbation_max_deviation);
+        d.perturbation_variance = self.perturbation_variance.unwrap_or(d.perturbation_variance);
+        d.magnitude_noise = self.magnitude_noise.unwrap_or(d.magnitude_noise);
+        d
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {
     coordinator: CoordinatorSection,
     tls: TlsFiles,
     governance: GovernanceSection,
+    #[serde(default)]
+    disclosure: DisclosureSection,
     #[serde(default)]
     nodes: Vec<NodeEntry>,
 }
@@ -118,6 +150,7 @@ pub struct CoordinatorConfig {
     pub coordinator: CoordinatorSection,
     pub tls: TlsFiles,
     pub governance: GovernanceSection,
+    pub disclosure: DisclosureSection,
     pub nodes: Vec<NodeEntry>,
 }
 
@@ -157,7 +190,14 @@ impl CoordinatorConfig {
             audit_log: base.join(&raw.governance.audit_log),
             directory: raw.governance.directory.map(|d| base.join(d)),
         };
-        Ok(CoordinatorConfig { path: path.to_owned(), coordinator, tls: raw.tls.relative_to(base), governance, nodes: raw.nodes })
+        Ok(CoordinatorConfig {
+            path: path.to_owned(),
+            coordinator,
+            tls: raw.tls.relative_to(base),
+            governance,
+            disclosure: raw.disclosure,
+            nodes: raw.nodes,
+        })
     }
 
     pub fn query_timeout(&self) -> Duration {

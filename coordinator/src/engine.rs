@@ -110,6 +110,8 @@ pub struct Engine {
     next_id: AtomicU64,
     /// Off only in benchmarks that measure its cost ([`Engine::measure_without_disclosure_control`]).
     disclosure_control: std::sync::atomic::AtomicBool,
+    /// Recent answers per project, to flag near-identical populations (never to refuse).
+    differencing: samkor_policies::differencing::Tracker,
 }
 
 impl Engine {
@@ -141,11 +143,17 @@ impl Engine {
             memory_limit_mb: limit,
             next_id: AtomicU64::new(1),
             disclosure_control: std::sync::atomic::AtomicBool::new(true),
+            differencing: samkor_policies::differencing::Tracker::default(),
         })
     }
 
     pub fn federation(&self) -> &Arc<Federation> {
         &self.federation
+    }
+
+    /// The differencing tracker of released aggregate cells.
+    pub fn differencing(&self) -> &samkor_policies::differencing::Tracker {
+        &self.differencing
     }
 
     /// Releases exact answers without disclosure control, so that a benchmark

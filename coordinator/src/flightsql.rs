@@ -42,6 +42,8 @@ struct Answer {
     batches: Vec<RecordBatch>,
     digest: String,
     summary: disclosure::Summary,
+    /// Cells of near-identical populations released before in the project.
+    flags: Vec<samkor_policies::differencing::Flag>,
 }
 
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send + 'static>>;
@@ -184,6 +186,7 @@ impl CoordinatorService {
         let span = scope.span.clone();
         let mut entry = AuditEntry::new(Decision::Accepted, caller.identity.as_str(), scope.query_id.as_str(), sql.as_str());
         entry.project = caller.project.clone();
+        let query_id = scope.query_id.clone();
         let touched = Arc::new(std::sync::Mutex::new(Touched::default()));
         // The project the approval names: for direct access `direct:<hospital>`, not the header's `direct`.
         let mut approved_project: Option<String> = None;
@@ -196,12 +199,19 @@ impl CoordinatorService {
             let batches: Vec<RecordBatch> = execution.stream.try_collect().await.map_err(|e| self.engine.error(e))?;
             // Disclosure control on the whole answer, before it is recorded and released.
             let mut summary = disclosure::Summary::new(&execution.mode, &approval);
+            let mut flags = Vec::new();
             let (schema, batches) = match &execution.mode {
                 disclosure::Mode::Aggregate(layout) => {
-                    let (schema, batches, s) =
-                        disclosure::release(&batches, &schema, layout, &approval).map_err(|e| self.engine.error(e))?;
-                    summary = s;
-                    (schema, batches)
+                    let released =
+                        disclosure::release(&batches, &schema, layout, &approval).await.map_err(|e| self.engine.error(e))?;
+                    summary = released.summary;
+                    flags = self.engine.differencing().check(
+                        &approval.project,
+                        &query_id,
+                        approval.disclosure.min_cell_persons,
+                        &released.prints,
+                    );
+                    (released.schema, released.batches)
                 }
                 disclosure::Mode::Microdata | disclosure::Mode::NoData => {
                     let schema = disclosure::annotate(&schema, &summary);
@@ -213,7 +223,7 @@ impl CoordinatorService {
                     (schema, batches)
                 }
             };
-            Ok(Answer { schema, batches, digest: execution.digest, summary })
+            Ok(Answer { schema, batches, digest: execution.digest, summary, flags })
         }
         .instrument(span.clone())
         .await;
@@ -225,7 +235,7 @@ impl CoordinatorService {
             entry.registers = t.registers.iter().cloned().collect();
             entry.columns = t.columns.iter().cloned().collect();
         }
-        let Answer { schema, batches, digest, summary } = match outcome {
+        let Answer { schema, batches, digest, summary, flags } = match outcome {
             Ok(answer) => answer,
             Err(e) => {
                 span.in_scope(|| tracing::info!(sql = %sql, error = %e, "query not answered"));
@@ -252,6 +262,7 @@ impl CoordinatorService {
         entry.cells_released = ((rows * columns) as u64).saturating_sub(suppressed);
         entry.cells_suppressed = suppressed;
         entry.disclosure = serde_json::to_value(&summary).unwrap_or_default();
+        entry.differencing = flags;
         self.record(entry).map_err(|e| e.to_status())?;
         span.in_scope(|| tracing::info!(sql = %sql, rows, "query answered"));
         let flight = FlightDataEncoderBuilder::new()

@@ -84,7 +84,7 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Star
         .collect();
     let approvals = samkor_policies::approval::ApprovalStore::open(
         &config.governance.approvals_dir,
-        samkor_policies::approval::DisclosureDefaults::default(),
+        config.disclosure.defaults(),
     )?;
     if let Some(parent) = config.governance.audit_log.parent() {
         std::fs::create_dir_all(parent).map_err(|e| StartError::Engine(format!("cannot create {}: {e}", parent.display())))?;

@@ -64,6 +64,19 @@ impl FederationKey {
         Ok(FederationKey(key))
     }
 
+    /// The secret behind the record keys of one pseudonym domain (the
+    /// cell-key method, `samkor_functions::record_key_udf`): independent of
+    /// the pseudonyms, so that seeing pseudonyms tells nothing of record keys.
+    pub fn record_key_secret(&self, domain: &str) -> samkor_functions::RecordKeySecret {
+        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+        mac.update(b"samkor-record-key-v1\0");
+        mac.update(domain.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let mut secret = [0u8; 16];
+        secret.copy_from_slice(&digest[..16]);
+        samkor_functions::RecordKeySecret(secret)
+    }
+
     /// The pseudonymiser of one project.
     pub fn for_project(&self, project: &str) -> ProjectPseudonymiser {
         let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&self.0).expect("HMAC takes keys of any length");

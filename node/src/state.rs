@@ -153,6 +153,8 @@ impl NodeState {
         for (name, provider) in self.tables_for(scope, read)? {
             ctx.register_table(name.as_str(), provider).expect("the default schema accepts tables");
         }
+        let secret = self.key.record_key_secret(&scope.pseudonym_domain(self.register()));
+        samkor_functions::register(&ctx, Some(secret));
         Ok(ctx)
     }
 }

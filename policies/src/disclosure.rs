@@ -32,6 +32,10 @@ pub enum Reason {
     Dominance,
     /// A released margin and the other released cells would give the cell back.
     Secondary,
+    /// The statistic gives the counts of the values in the cell (a share of
+    /// an indicator, a mean of a two-valued column), and one of them is below
+    /// k or zero: 0 % and 100 % tell every person's value.
+    Class,
 }
 
 impl Reason {
@@ -42,6 +46,7 @@ impl Reason {
             Reason::Complement => "complement",
             Reason::Dominance => "dominance",
             Reason::Secondary => "secondary",
+            Reason::Class => "class",
         }
     }
 }
@@ -94,6 +99,10 @@ pub struct CellFacts {
     pub complement: Option<u64>,
     /// The largest `n` persons' contribution and the total, for sums of magnitudes.
     pub dominance: Option<(f64, f64)>,
+    /// For a statistic that determines the counts of the values in its cell
+    /// (an indicator's share, a two-valued column's mean): the least of those
+    /// counts; below k or zero withholds the cell.
+    pub class: Option<u64>,
 }
 
 /// The facts about one row.
@@ -175,6 +184,8 @@ pub fn decide(columns: &[Role], rows: &[RowFacts], rules: &Disclosure) -> Outcom
                 Some(Reason::Complement)
             } else if dominated(facts.dominance, rules) {
                 Some(Reason::Dominance)
+            } else if facts.class.is_some_and(|n| n < k) {
+                Some(Reason::Class)
             } else {
                 None
             };
@@ -512,7 +523,7 @@ mod tests {
         let cols = [Role::Key, count_col(0), Role::Value(ValueColumn { additive: Some(Additive::Sum), depends_on: vec![1] })];
         let mut r = row(&[Some("a")], None, 40);
         r.cells[1].complement = Some(2);
-        r.cells.push(CellFacts { value: Some(1000.0), persons: Some(40), complement: None, dominance: Some((900.0, 1000.0)) });
+        r.cells.push(CellFacts { value: Some(1000.0), persons: Some(40), complement: None, dominance: Some((900.0, 1000.0)), class: None });
         r.shown.push(Some("1000".into()));
         let o = decide(&cols, &[r], &rules(5));
         assert_eq!(o.rows[0].withheld, vec![None, Some(Reason::Complement), Some(Reason::Dominance)]);
@@ -537,7 +548,7 @@ mod tests {
         let mut rows = vec![row(&[Some("a")], None, 40), row(&[Some("b")], None, 40), row(&[Some("c")], None, 40)];
         // Column 2: a conditional count that hits one person in a and nobody elsewhere.
         for (i, hits) in [1u64, 0, 0].into_iter().enumerate() {
-            rows[i].cells.push(CellFacts { value: Some(hits as f64), persons: Some(hits), complement: Some(40 - hits), dominance: None });
+            rows[i].cells.push(CellFacts { value: Some(hits as f64), persons: Some(hits), complement: Some(40 - hits), dominance: None, class: None });
             rows[i].shown.push(Some(hits.to_string()));
         }
         let o = decide(&cols, &rows, &rules(5));
@@ -551,5 +562,25 @@ mod tests {
         assert_eq!(round_count(13, 5), 15);
         assert_eq!(round_count(7, 1), 7);
         assert_eq!(round_count(0, 5), 0);
+    }
+
+    #[test]
+    fn a_share_of_one_value_below_k_or_zero_is_withheld() {
+        let roles = vec![Role::Key, Role::Value(ValueColumn { additive: None, depends_on: vec![0] })];
+        let rows: Vec<RowFacts> = [Some(40), Some(3), Some(0)]
+            .iter()
+            .enumerate()
+            .map(|(i, class)| RowFacts {
+                persons: Some(40),
+                margin_mask: None,
+                keys: vec![Some(format!("h{i}"))],
+                shown: vec![Some(format!("h{i}")), None],
+                cells: vec![CellFacts::default(), CellFacts { persons: Some(40), class: *class, ..Default::default() }],
+            })
+            .collect();
+        let outcome = decide(&roles, &rows, &Disclosure::from_defaults(&crate::approval::DisclosureDefaults::default()));
+        assert_eq!(outcome.rows[0].withheld[1], None);
+        assert_eq!(outcome.rows[1].withheld[1], Some(Reason::Class));
+        assert_eq!(outcome.rows[2].withheld[1], Some(Reason::Class));
     }
 }

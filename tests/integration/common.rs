@@ -142,6 +142,12 @@ pub async fn federation() -> LocalFederation {
     federation_with(&LocalOptions::default()).await
 }
 
+/// A federation without the cell-key perturbation, for tests that compare
+/// released cells with the exact pooled answer.
+pub async fn exact_federation() -> LocalFederation {
+    federation_with(&LocalOptions { perturbation: false, ..LocalOptions::default() }).await
+}
+
 pub async fn federation_with(options: &LocalOptions) -> LocalFederation {
     LocalFederation::start(synth_dir(), options).await.expect("federation starts")
 }

@@ -24,7 +24,7 @@ async fn pooled(sql: &str) -> Vec<RecordBatch> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_access_sees_only_its_own_hospital() {
-    let fed = common::federation().await;
+    let fed = common::exact_federation().await;
     let hospital = doras_hospital();
     let mut dora = fed.client("dora", "direct").await.expect("connect");
     for (register_sql, pooled_sql) in [

@@ -104,7 +104,7 @@ async fn unapproved_registers_and_output_kinds_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn row_restrictions_reach_the_nodes_and_are_honoured() {
-    let fed = common::federation().await;
+    let fed = common::exact_federation().await;
     let mut c = fed.client("alice", "G-narrow").await.expect("connect");
     let sql = "SELECT o.fixation, count(*) AS n, count(d.death_date) AS died FROM hip.operations o \
                LEFT JOIN dors.deaths d ON d.person = o.person GROUP BY o.fixation";

@@ -11,8 +11,13 @@
 --                              known to get it wrong: run and reported, never failed
 --   -- refused: <rule>         (optional, right after the header) disclosure control
 --                              or the approval must refuse the case with this rule
+--   -- protected: <col>, …     (optional, right after the header) columns released as
+--                              protected quantiles (mean of k persons' values around
+--                              the rank), not compared with the exact quantile
 --   SQL up to the next header; a trailing ';' is optional; other '--' lines are
 --   comments and are dropped.
+-- HAVING is evaluated on released cells: groups whose cells are withheld do not
+-- pass it, so under HAVING pooled groups may be missing from the federated answer.
 -- Values are compared as rendered text, floats with relative and absolute
 -- tolerance 1e-9. Cells withheld by disclosure control are not compared;
 -- every released cell must equal the pooled one. Keep answers aggregated and small (< 200 rows) and
@@ -37,6 +42,7 @@ SELECT fixation, stddev(bmi) AS sd, stddev_samp(bmi) AS sd_samp, var(bmi) AS v, 
 FROM hip.operations GROUP BY fixation
 
 -- case: hip_median_by_asa
+-- protected: bmi_median, day_median
 SELECT asa, median(bmi) AS bmi_median, median(op_date - DATE '2010-01-01') AS day_median
 FROM hip.operations GROUP BY asa
 
@@ -135,6 +141,7 @@ WHERE bmi > (SELECT avg(bmi) FROM hip.operations)
 GROUP BY region
 
 -- case: hip_approx_percentile_small_groups
+-- protected: bmi_p50
 -- approx_percentile_cont is a t-digest whose answer depends on batch
 -- boundaries and merge order once a digest is compressed; groups of fewer
 -- than ~50 values keep one centroid per value and give the same answer for the
@@ -146,6 +153,7 @@ WHERE extract(year FROM op_date) = 2020
 GROUP BY hospital HAVING count(*) < 40
 
 -- case: hip_prom_by_survey
+-- protected: pain_median
 SELECT survey, count(*) AS n, avg(eq5d_index) AS eq5d, stddev(eq5d_index) AS eq5d_sd, median(pain_vas) AS pain_median,
        count(satisfaction) AS with_satisfaction
 FROM hip.prom GROUP BY survey
@@ -175,6 +183,7 @@ FROM npr.inpatient WHERE admit_date >= DATE '2022-01-01'
 GROUP BY 1, 2
 
 -- case: npr_los_stats
+-- protected: median_los
 SELECT main_dx, count(*) AS n, avg(length_of_stay) AS mean_los, median(length_of_stay) AS median_los, stddev_samp(length_of_stay) AS sd_los
 FROM npr.inpatient WHERE main_dx LIKE 'T84%' OR main_dx LIKE 'M16%'
 GROUP BY main_dx
@@ -204,6 +213,7 @@ WHERE atc IN ('N02AA05', 'B01AB05', 'N02BE01') AND disp_date BETWEEN DATE '2019-
 GROUP BY 1, 2
 
 -- case: lmr_var_median_by_region
+-- protected: m
 SELECT region, var_samp(ddd) AS v, median(ddd) AS m, stddev(ddd) AS sd
 FROM lmr.dispensations WHERE atc LIKE 'C%' GROUP BY region
 
@@ -225,6 +235,7 @@ SELECT sex, region, count(*) AS n, avg(income) AS income, min(birth_year) AS old
 FROM pop.persons GROUP BY sex, region
 
 -- case: pop_income_stats
+-- protected: med
 SELECT education, count(*) AS n, count(education) AS n_known, sum(income) AS total, stddev(income) AS sd, median(income) AS med
 FROM pop.persons GROUP BY education
 
@@ -448,10 +459,12 @@ SELECT fixation, approx_distinct(person) AS persons_approx, count(DISTINCT perso
 FROM hip.operations GROUP BY fixation
 
 -- case: hip_corr_regression
+-- refused: disclosure.unknown_aggregate
 SELECT corr(bmi, asa) AS r, covar_samp(bmi, asa) AS cov, regr_slope(bmi, asa) AS slope
 FROM hip.operations
 
 -- case: hip_bool_aggregates
+-- refused: disclosure.identifying_aggregate
 SELECT region, bool_or(reoperation) AS any_reop, bool_and(bmi IS NOT NULL) AS all_bmi
 FROM hip.operations GROUP BY region
 
@@ -633,6 +646,7 @@ SELECT region, string_agg(DISTINCT side, ',' ORDER BY side) AS sides
 FROM hip.operations GROUP BY region
 
 -- case: hip_percentile_cont_exact
+-- protected: bmi_p50
 SELECT fixation, percentile_cont(0.5) WITHIN GROUP (ORDER BY bmi) AS bmi_p50
 FROM hip.operations GROUP BY fixation
 

@@ -1,0 +1,33 @@
+//! SQL functions that disclosure control adds to plans, registered in both
+//! the coordinator's and every node's sessions so that a plan computes them
+//! wherever its rows are (at the node when the pushdown sends them there).
+//!
+//! ```text
+//!   node scan ─▶ samkor_record_key(person)      keyed 64-bit record key per person
+//!            ─▶ samkor_persons(record key)      distinct persons + cell key, one pass
+//!            ─▶ samkor_quantile(x, key, p, k)   a quantile as the mean of the values
+//!                                               of at least k persons around its rank
+//! ```
+//!
+//! None of them is for users: the coordinator refuses queries that name them
+//! (`disclosure.internal_function`) and adds them itself.
+
+mod persons;
+mod quantile;
+mod record_key;
+
+pub use persons::{PERSONS_FN, PersonsCell, persons_udaf};
+pub use quantile::{QUANTILE_FN, quantile_udaf};
+pub use record_key::{RECORD_KEY_FN, RecordKeySecret, record_key_udf};
+
+/// Names of every function of this crate (users may not call them).
+pub const INTERNAL_FUNCTIONS: &[&str] = &[RECORD_KEY_FN, PERSONS_FN, QUANTILE_FN];
+
+/// Registers the functions in a session. `secret` is the record-key secret
+/// of the session's project: present at the nodes, absent at the
+/// coordinator (where a record key cannot be computed and asking for one fails).
+pub fn register(ctx: &datafusion::prelude::SessionContext, secret: Option<RecordKeySecret>) {
+    ctx.register_udf(record_key_udf(secret));
+    ctx.register_udaf(persons_udaf());
+    ctx.register_udaf(quantile_udaf());
+}
