@@ -69,11 +69,15 @@ enum AuditCommand {
         since: Option<String>,
     },
     /// The recurring access review: per identity and project, refusals, expiring approvals.
+    /// Covers the whole log unless --since/--until narrow it.
     Report {
         file: PathBuf,
-        /// RFC 3339 time or YYYY-MM-DD.
+        /// Start of the period (inclusive): RFC 3339 time or YYYY-MM-DD. Default: the first record.
         #[arg(long)]
-        since: String,
+        since: Option<String>,
+        /// End of the period (exclusive): RFC 3339 time, or YYYY-MM-DD to include that day. Default: the last record.
+        #[arg(long)]
+        until: Option<String>,
         /// The approvals directory, for approvals that expired or are about to.
         #[arg(long)]
         approvals: Option<PathBuf>,
@@ -397,7 +401,7 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
     let text = match command {
         AuditCommand::Verify { file } => samkor::audit_cli::verify(&file),
         AuditCommand::Show { file, project, since } => samkor::audit_cli::show(&file, project.as_deref(), since.as_deref()),
-        AuditCommand::Report { file, since, approvals } => {
+        AuditCommand::Report { file, since, until, approvals } => {
             let summaries: Vec<samkor::audit_cli::ApprovalSummary> = match approvals {
                 Some(dir) => {
                     let (found, problems) = samkor_policies::approval::load_dir(
@@ -415,7 +419,7 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
                 }
                 None => Vec::new(),
             };
-            samkor::audit_cli::report(&file, &since, &summaries)
+            samkor::audit_cli::report(&file, since.as_deref(), until.as_deref(), &summaries)
         }
     };
     println!("{}", text.map_err(anyhow::Error::msg)?);
