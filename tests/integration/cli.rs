@@ -52,6 +52,16 @@ pub fn failure(args: &[&str]) -> String {
     stderr
 }
 
+/// `samkor query` arguments for `user` of the shared test federation.
+pub fn query_args(addr: &str, user: &str, project: &str, sql: &str) -> Vec<String> {
+    let certs = crate::common::synth_dir().join("certs");
+    let file = |name: String| certs.join(name).to_str().expect("utf-8 path").to_owned();
+    let mut args: Vec<String> = ["query", "--coordinator", addr, "--project", project].map(str::to_owned).to_vec();
+    args.extend(["--cert".into(), file(format!("{user}.pem")), "--key".into(), file(format!("{user}.key"))]);
+    args.extend(["--ca".into(), file("ca.pem".into()), sql.into()]);
+    args
+}
+
 fn audit_log(dir: &Path) -> std::path::PathBuf {
     use samkor_policies::audit::{AuditEntry, AuditLog};
     let path = dir.join("coordinator.log");
@@ -102,4 +112,51 @@ fn audit_report_covers_the_whole_log_without_since() {
         bad.starts_with("samkor: --until \"soon\": expected an RFC 3339 time"),
         "{bad}"
     );
+}
+
+/// Mistakes in the SQL come back as one line without Rust debug formatting,
+/// with the position where DataFusion knows it: the same text over Flight SQL
+/// (any client) and from `samkor query` (exit code 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_mistakes_are_one_clean_line_over_flight_sql_and_in_the_cli() {
+    let fed = crate::common::federation().await;
+    let mut client = fed.client("alice", "G-narrow").await.expect("connect");
+    let cases = [
+        ("SELEC 1", "SQL syntax error: Expected: an SQL statement, found: SELEC at Line: 1, Column: 1"),
+        (
+            "SELECT nope FROM hip.operations",
+            "column nope not found in hip.operations; valid columns: person, op_date, hospital, region, fixation",
+        ),
+        (
+            "SELECT region FROM hip.nothing",
+            "table hip.nothing not found at Line: 1, Column: 20; the tables of project G-narrow: dors.deaths, hip.operations",
+        ),
+        ("SELECT 1/0", "division by zero"),
+    ];
+    for (sql, want) in cases {
+        let err = client.query(sql).await.expect_err(sql);
+        assert_eq!(err.code(), Some(tonic::Code::InvalidArgument), "{sql}: {err}");
+        assert_eq!(err.to_string(), want, "{sql}");
+    }
+    // Joined tables: the columns are named with their table's alias; none the approval does not grant.
+    let err = client
+        .query("SELECT o.nope FROM hip.operations o JOIN dors.deaths d ON d.person = o.person")
+        .await
+        .expect_err("unknown column");
+    assert_eq!(
+        err.to_string(),
+        "column o.nope not found; valid columns: o.person, o.op_date, o.hospital, o.region, o.fixation, d.person, d.death_date"
+    );
+    // A value that does not convert: named, never quoted, and not an internal error.
+    let err = client.query("SELECT CAST(hospital AS INT) AS h, count(*) FROM hip.operations GROUP BY 1").await.expect_err("cast");
+    assert_eq!(err.code(), Some(tonic::Code::InvalidArgument), "{err}");
+    assert!(err.to_string().contains("cannot be converted") && err.to_string().contains("value is not shown"), "{err}");
+    assert!(!err.to_string().contains("Hospital") && !err.to_string().contains("sjukhus"), "no data value: {err}");
+
+    let args = query_args(&fed.coordinator_addr(), "alice", "G-narrow", "SELEC 1");
+    let out = tokio::task::spawn_blocking(move || failure(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+        .await
+        .expect("cli");
+    assert_eq!(out, "samkor: SQL syntax error: Expected: an SQL statement, found: SELEC at Line: 1, Column: 1\n");
+    fed.shutdown().await;
 }
