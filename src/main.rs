@@ -154,6 +154,9 @@ struct SynthArgs {
     /// Seed; the same seed and size give the same data.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// The coordinator's port; the nodes get the next five (hip, npr, lmr, dors, pop).
+    #[arg(long, env = "SAMKOR_SYNTH_BASE_PORT", default_value_t = samkor::synth::BASE_PORT, value_parser = clap::value_parser!(u16).range(1..=65530))]
+    base_port: u16,
 }
 
 #[derive(Debug, Subcommand)]
@@ -273,12 +276,13 @@ fn synth(args: SynthArgs) -> anyhow::Result<()> {
     if !key.exists() {
         samkor::certs::write_federation_key(&key)?;
     }
-    write_coordinator_config(&args.out)?;
+    write_coordinator_config(&args.out, args.base_port)?;
     let summary = samkor::synth::generate(&samkor::synth::SynthOptions {
         out: args.out.clone(),
         persons: args.persons,
         seed: args.seed,
     })?;
+    samkor::synth::move_ports(&args.out, args.base_port)?;
     samkor::federation::write_full_approval(&args.out, samkor::demo::DEMO_PROJECT, &["alice"], &["aggregate"], false)?;
     let mut table = comfy_table::Table::new();
     table.set_header(["register", "table", "rows", "files"]);
@@ -312,14 +316,13 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
 }
 
 /// The coordinator config of a synth directory, with the nodes' configured ports.
-fn write_coordinator_config(out: &std::path::Path) -> anyhow::Result<()> {
-    let addresses: Vec<(String, String)> = REGISTERS
-        .iter()
-        .enumerate()
-        .map(|(i, r)| ((*r).to_owned(), format!("127.0.0.1:{}", 47101 + i)))
+fn write_coordinator_config(out: &std::path::Path, base_port: u16) -> anyhow::Result<()> {
+    let addresses: Vec<(String, String)> = samkor::synth::ports(base_port)
+        .into_iter()
+        .map(|(r, port)| (r.to_owned(), format!("127.0.0.1:{port}")))
         .collect();
     let options = samkor::federation::LocalOptions::default();
-    let text = samkor::federation::coordinator_toml("127.0.0.1:47100", &addresses, &options);
+    let text = samkor::federation::coordinator_toml(&format!("127.0.0.1:{base_port}"), &addresses, &options);
     std::fs::create_dir_all(out)?;
     let path = out.join("coordinator.toml");
     std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))

@@ -13,3 +13,4 @@ mod governance;
 mod node;
 mod observability;
 mod python;
+mod readme;
