@@ -129,10 +129,12 @@ struct QueryArgs {
 
 #[derive(Debug, clap::Args)]
 struct DemoArgs {
-    /// Where the synthetic federation is generated (once) and kept.
+    /// Where the synthetic federation is generated (once) and kept
+    /// [default: $XDG_CACHE_HOME/samkor/demo, or ~/.cache/samkor/demo].
     #[arg(long, env = "SAMKOR_DEMO_DIR")]
     dir: Option<PathBuf>,
-    /// Number of synthetic persons.
+    /// Number of synthetic persons. A different number (or seed) than the
+    /// directory holds regenerates it in place: one federation is kept, not one per size.
     #[arg(long, default_value_t = 200_000)]
     persons: u64,
     /// Seed of the synthetic data.
@@ -141,6 +143,9 @@ struct DemoArgs {
     /// Keep the federation running after the showcase and print how to connect.
     #[arg(long)]
     serve: bool,
+    /// Remove the demo directory (data, certificates, audit logs, server log) and exit.
+    #[arg(long, conflicts_with = "serve")]
+    clean: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -196,8 +201,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The demo's in-process servers log to a file in the demo directory, so
+    // the showcase and the connection snippet stay readable.
+    let log_file = match &cli.command {
+        Command::Demo(args) if !args.clean => match demo_setup(args) {
+            Ok(file) => Some(file),
+            Err(e) => {
+                eprintln!("samkor: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
     // The OTLP exporter needs the runtime to exist.
-    let telemetry = runtime.block_on(async { init_tracing() });
+    let telemetry = runtime.block_on(async { init_tracing(log_file) });
     let result = runtime.block_on(run(cli));
     if let Some(provider) = telemetry {
         let _ = provider.shutdown();
@@ -211,14 +228,31 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to standard error (`SAMKOR_LOG`, an `EnvFilter`); with the standard
+/// Logs to standard error (`SAMKOR_LOG`, an `EnvFilter`), in colour only on a
+/// terminal (and without `NO_COLOR`); with `log_file`, the log goes there and
+/// only warnings reach standard error. With the standard
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans are also exported over OTLP/gRPC.
-fn init_tracing() -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
+fn init_tracing(log_file: Option<std::fs::File>) -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter = EnvFilter::try_from_env("SAMKOR_LOG").unwrap_or_else(|_| EnvFilter::new("warn,samkor=info"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let filter = || EnvFilter::try_from_env("SAMKOR_LOG").unwrap_or_else(|_| EnvFilter::new("warn,samkor=info"));
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let terminal = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let (terminal, file) = match log_file {
+        None => (terminal.with_filter(filter()), None),
+        Some(file) => (
+            terminal.with_filter(EnvFilter::new("warn")),
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::sync::Mutex::new(file))
+                    .with_ansi(false)
+                    .with_filter(filter()),
+            ),
+        ),
+    };
     let provider = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").and_then(|_| {
         match opentelemetry_otlp::SpanExporter::builder().with_tonic().build() {
             Ok(exporter) => Some(
@@ -235,9 +269,9 @@ fn init_tracing() -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
     });
     let otel = provider.as_ref().map(|p| {
         use opentelemetry::trace::TracerProvider as _;
-        tracing_opentelemetry::layer().with_tracer(p.tracer("samkor"))
+        tracing_opentelemetry::layer().with_tracer(p.tracer("samkor")).with_filter(filter())
     });
-    let _ = tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init();
+    let _ = tracing_subscriber::registry().with(terminal).with(file).with(otel).try_init();
     provider
 }
 
@@ -371,16 +405,34 @@ async fn query(args: QueryArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Before logging starts: says where the demo keeps its files, generates the
+/// federation if needed and opens the server log in the demo directory.
+fn demo_setup(args: &DemoArgs) -> anyhow::Result<std::fs::File> {
+    let dir = args.dir.clone().unwrap_or_else(samkor::demo::default_dir);
+    let started = std::time::Instant::now();
+    if !samkor::demo::is_prepared(&dir, args.persons, args.seed) {
+        println!(
+            "Generating a synthetic federation of {} persons (seed {}) in {} (once for this size and seed; a different --persons or --seed replaces it)…",
+            args.persons,
+            args.seed,
+            dir.display()
+        );
+    }
+    if samkor::demo::prepare(&dir, args.persons, args.seed)? {
+        println!("Generated in {:.1} s.", started.elapsed().as_secs_f64());
+    }
+    let log = dir.join(samkor::demo::LOG_FILE);
+    let file =
+        std::fs::File::create(&log).with_context(|| format!("cannot write the demo's server log {}", log.display()))?;
+    println!("{}", samkor::demo::where_things_are(&dir));
+    Ok(file)
+}
+
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let dir = args.dir.unwrap_or_else(samkor::demo::default_dir);
-    let started = std::time::Instant::now();
-    if samkor::demo::prepare(&dir, args.persons, args.seed)? {
-        println!(
-            "Generated a synthetic federation of {} persons in {} ({:.1} s).",
-            args.persons,
-            dir.display(),
-            started.elapsed().as_secs_f64()
-        );
+    if args.clean {
+        println!("{}", samkor::demo::clean(&dir)?);
+        return Ok(());
     }
     let federation = samkor::demo::start(&dir).await?;
     println!("samkor demo: five register nodes (hip, npr, lmr, dors, pop) and a coordinator on loopback, mutual TLS 1.3.");

@@ -160,3 +160,63 @@ async fn query_mistakes_are_one_clean_line_over_flight_sql_and_in_the_cli() {
     assert_eq!(out, "samkor: SQL syntax error: Expected: an SQL statement, found: SELEC at Line: 1, Column: 1\n");
     fed.shutdown().await;
 }
+
+/// `samkor demo --serve`: its first lines say where its files are and how to
+/// remove them; the servers' log goes to a file there, so the showcase and
+/// the snippet to copy carry no log lines or colour codes; Ctrl-C ends it
+/// cleanly; `--clean` removes the directory, and only a demo directory.
+#[test]
+fn demo_says_where_its_files_are_and_keeps_server_logs_out_of_the_terminal() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let demo = tmp.path().join("demo");
+    let demo_arg = demo.to_str().expect("utf-8 path");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_samkor"))
+        .args(["demo", "--dir", demo_arg, "--persons", "3000", "--serve"])
+        .env_remove("SAMKOR_LOG")
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("samkor demo");
+    let mut stdout = Vec::new();
+    for line in std::io::BufReader::new(child.stdout.take().expect("stdout")).lines() {
+        let line = line.expect("read");
+        let done = line.starts_with("Press Ctrl-C to stop.");
+        stdout.push(line);
+        if done {
+            break;
+        }
+    }
+    let interrupted = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+    assert!(interrupted.success());
+    let out = child.wait_with_output().expect("demo ends");
+    let stdout = stdout.join("\n");
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "the demo stops cleanly on Ctrl-C:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("Press Ctrl-C to stop."), "the demo got to serving:\n{stdout}\n{stderr}");
+    let head: Vec<&str> = stdout.lines().take(4).collect();
+    assert!(head[0].starts_with("Generating a synthetic federation of 3000 persons"), "{stdout}");
+    assert!(head.iter().any(|l| l.contains(demo_arg) && l.contains("samkor demo --clean")), "{stdout}");
+    let log = demo.join("demo.log");
+    assert!(head.iter().any(|l| l.contains(&format!("Server logs: {}", log.display()))), "{stdout}");
+    for (name, stream) in [("stdout", &stdout), ("stderr", &stderr)] {
+        assert!(!stream.contains(" INFO "), "no server log lines on {name}:\n{stream}");
+        assert!(!stream.contains('\u{1b}'), "no colour codes on {name} without a terminal:\n{stream}");
+    }
+    let snippet = stdout.split("Connect from Python").nth(1).expect("the Python snippet");
+    assert!(snippet.contains("grpc+tls://127.0.0.1:") && snippet.contains("samkor query --coordinator 127.0.0.1:"), "{snippet}");
+    let server_log = std::fs::read_to_string(&log).expect("the servers' log");
+    assert!(server_log.contains(" INFO ") && server_log.contains("node serving over mutual TLS"), "{server_log}");
+    assert!(!server_log.contains('\u{1b}'), "no colour codes in the log file");
+
+    let other = tmp.path().join("not-a-demo");
+    std::fs::create_dir_all(&other).expect("mkdir");
+    std::fs::write(other.join("thesis.tex"), "keep me").expect("write");
+    let refused = failure(&["demo", "--dir", other.to_str().expect("utf-8"), "--clean"]);
+    assert!(refused.contains("no READY stamp"), "{refused}");
+    assert!(other.join("thesis.tex").exists());
+    let removed = success(&["demo", "--dir", demo_arg, "--clean"]);
+    assert!(removed.starts_with(&format!("removed {demo_arg} (")), "{removed}");
+    assert!(!demo.exists());
+}
