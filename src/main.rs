@@ -8,7 +8,14 @@ use clap::{Parser, Subcommand};
 
 /// Federated statistics over health and population registers.
 #[derive(Debug, Parser)]
-#[command(name = "samkor", version, about)]
+#[command(
+    name = "samkor",
+    version,
+    about,
+    after_help = "Start with `samkor demo`: a synthetic federation on this machine and a showcase. \
+                  README.md shows how to run one by hand.\n\
+                  Logs: SAMKOR_LOG (e.g. SAMKOR_LOG=debug), in colour on a terminal unless NO_COLOR is set."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -106,10 +113,10 @@ struct IdentityArgs {
 
 #[derive(Debug, clap::Args)]
 struct QueryArgs {
-    /// Coordinator address, host:port.
+    /// Coordinator address, HOST:PORT (e.g. 127.0.0.1:47100).
     #[arg(long, env = "SAMKOR_COORDINATOR")]
     coordinator: String,
-    /// The approved project the query runs for.
+    /// The approved project the query runs for; `direct` for a care provider's own hospital's data.
     #[arg(long, env = "SAMKOR_PROJECT")]
     project: String,
     #[command(flatten)]
@@ -123,7 +130,7 @@ struct QueryArgs {
     /// Read the SQL from this file.
     #[arg(long, conflicts_with = "sql")]
     file: Option<PathBuf>,
-    /// The SQL query.
+    /// The SQL query (or --file).
     sql: Option<String>,
 }
 
@@ -207,7 +214,7 @@ fn main() -> ExitCode {
         Command::Demo(args) if !args.clean => match demo_setup(args) {
             Ok(file) => Some(file),
             Err(e) => {
-                eprintln!("samkor: {e:#}");
+                eprintln!("samkor: {}", one_message(&e));
                 return ExitCode::FAILURE;
             }
         },
@@ -221,11 +228,42 @@ fn main() -> ExitCode {
     }
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`samkor query … | head`): not an error of ours.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("samkor: {e:#}");
+            eprintln!("samkor: {}", one_message(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes, each said once: our messages often quote their cause already.
+fn one_message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// Prints a command's text; a closed pipe (`| head`) is an error for `main` to end quietly on, not a panic.
+fn print_out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")?;
+    out.flush()?;
+    Ok(())
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
 /// Logs to standard error (`SAMKOR_LOG`, an `EnvFilter`), in colour only on a
@@ -291,8 +329,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo(args).await,
         Command::Policy { command: PolicyCommand::Check { dir, federation } } => {
             let report = samkor::policy_cli::check(&dir, federation.as_deref()).map_err(anyhow::Error::msg)?;
-            println!("{report}");
-            Ok(())
+            print_out(&report)
         }
         Command::Audit { command } => audit(command),
     }
@@ -477,6 +514,5 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
             samkor::audit_cli::report(&file, since.as_deref(), until.as_deref(), &summaries)
         }
     };
-    println!("{}", text.map_err(anyhow::Error::msg)?);
-    Ok(())
+    print_out(&text.map_err(anyhow::Error::msg)?)
 }

@@ -220,3 +220,77 @@ fn demo_says_where_its_files_are_and_keeps_server_logs_out_of_the_terminal() {
     assert!(removed.starts_with(&format!("removed {demo_arg} (")), "{removed}");
     assert!(!demo.exists());
 }
+
+/// What a newcomer gets wrong first when connecting: each says what is wrong
+/// and what to check, once, with exit code 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_mistakes_say_what_to_check() {
+    let fed = crate::common::federation().await;
+    let addr = fed.coordinator_addr();
+    let nobody = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        probe.local_addr().expect("addr").to_string()
+    };
+    let certs = crate::common::synth_dir().join("certs");
+    let rogue = crate::common::rogue_dir();
+    let path = |p: std::path::PathBuf| p.to_str().expect("utf-8 path").to_owned();
+    let with = |args: Vec<String>, flag: &str, value: String| {
+        let mut args = args;
+        let at = args.iter().position(|a| a == flag).expect("flag") + 1;
+        args[at] = value;
+        args
+    };
+    let base = query_args(&addr, "alice", "P-1", "SELECT 1");
+    let cases = [
+        (query_args(&nobody, "alice", "P-1", "SELECT 1"), "nothing accepts connections there: is the coordinator running"),
+        (query_args("localhost", "alice", "P-1", "SELECT 1"), "invalid coordinator address localhost: expected HOST:PORT"),
+        (
+            with(with(base.clone(), "--cert", path(rogue.join("mallory.pem"))), "--key", path(rogue.join("mallory.key"))),
+            "it does not accept your certificate (--cert / SAMKOR_CERT)",
+        ),
+        (with(base.clone(), "--ca", path(rogue.join("ca.pem"))), "not signed by your CA file (--ca / SAMKOR_CA)"),
+        (
+            with(base.clone(), "--key", path(certs.join("bob.key"))),
+            "the key is not the private key of this certificate",
+        ),
+    ];
+    for (args, want) in cases {
+        let shown = args.join(" ");
+        let out = tokio::task::spawn_blocking(move || failure(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+            .await
+            .expect("cli");
+        assert!(out.starts_with("samkor: ") && out.contains(want), "{shown}:\n{out}");
+        assert_eq!(out.lines().count(), 1, "{out}");
+    }
+    let missing = with(base.clone(), "--cert", path(certs.join("nobody.pem")));
+    let out = tokio::task::spawn_blocking(move || failure(&missing.iter().map(String::as_str).collect::<Vec<_>>()))
+        .await
+        .expect("cli");
+    assert!(out.contains("cannot read certificate file") && out.contains("nobody.pem"), "{out}");
+    assert_eq!(out.matches("No such file or directory").count(), 1, "the cause said once: {out}");
+    fed.shutdown().await;
+}
+
+/// `samkor audit show … | head`: the reader going away ends the command quietly, not with a panic.
+#[test]
+fn a_closed_pipe_ends_output_quietly() {
+    use samkor_policies::audit::{AuditEntry, AuditLog};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("big.log");
+    let log = AuditLog::open(&path, "coordinator").expect("open");
+    // More than a pipe buffer of table rows, so the command is still writing when the reader leaves.
+    for i in 0..2000 {
+        log.append(AuditEntry::accepted("alice", &format!("q{i}"), "SELECT count(*) FROM hip.operations").project("P-1"))
+            .expect("append");
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_samkor"))
+        .args(["audit", "show", path.to_str().expect("utf-8")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("samkor");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = text(&out.stderr);
+    assert!(out.status.success() && stderr.is_empty(), "{:?}: {stderr}", out.status);
+}
