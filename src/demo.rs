@@ -157,8 +157,13 @@ pub fn prepare(dir: &Path, persons: u64, seed: u64) -> Result<bool, DemoError> {
 /// The first lines of the demo: where its files are, how big, how to remove them.
 pub fn where_things_are(dir: &Path) -> String {
     let size = dir_size(dir).map(|bytes| format!("{}; ", human_size(bytes))).unwrap_or_default();
+    let clean = if dir == default_dir() {
+        "samkor demo --clean".to_owned()
+    } else {
+        format!("samkor demo --dir {} --clean", dir.display())
+    };
     format!(
-        "Demo data, certificates and audit logs: {d} ({size}each run adds its audit logs; remove it all with `samkor demo --clean`).\n\
+        "Demo data, certificates and audit logs: {d} ({size}each run adds its audit logs; remove it all with `{clean}`).\n\
          Server logs: {log} (only warnings are shown here; more detail with SAMKOR_LOG=debug).",
         d = dir.display(),
         log = dir.join(LOG_FILE).display()

@@ -14,7 +14,8 @@ use clap::{Parser, Subcommand};
     about,
     after_help = "Start with `samkor demo`: a synthetic federation on this machine and a showcase. \
                   README.md shows how to run one by hand.\n\
-                  Logs: SAMKOR_LOG (e.g. SAMKOR_LOG=debug), in colour on a terminal unless NO_COLOR is set."
+                  Logs: SAMKOR_LOG (e.g. SAMKOR_LOG=debug), in colour on a terminal unless NO_COLOR is set.\n\
+                  Exit status: 0 done, 1 failed or refused (the reason on standard error), 2 wrong usage."
 )]
 struct Cli {
     #[command(subcommand)]

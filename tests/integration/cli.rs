@@ -197,7 +197,7 @@ fn demo_says_where_its_files_are_and_keeps_server_logs_out_of_the_terminal() {
     assert!(stdout.contains("Press Ctrl-C to stop."), "the demo got to serving:\n{stdout}\n{stderr}");
     let head: Vec<&str> = stdout.lines().take(4).collect();
     assert!(head[0].starts_with("Generating a synthetic federation of 3000 persons"), "{stdout}");
-    assert!(head.iter().any(|l| l.contains(demo_arg) && l.contains("samkor demo --clean")), "{stdout}");
+    assert!(head.iter().any(|l| l.contains(&format!("`samkor demo --dir {demo_arg} --clean`"))), "{stdout}");
     let log = demo.join("demo.log");
     assert!(head.iter().any(|l| l.contains(&format!("Server logs: {}", log.display()))), "{stdout}");
     for (name, stream) in [("stdout", &stdout), ("stderr", &stderr)] {
