@@ -109,7 +109,11 @@ fn plan_error(register: &str, e: DataFusionError) -> NotStarted {
 
 fn plan_status(register: &str, e: DataFusionError) -> Status {
     let e = e.find_root();
-    let text = e.message().lines().next().unwrap_or_default().to_owned();
+    let text = match e {
+        // Not `ParserError("…")`: DataFusion's message of a parser error is its debug form.
+        DataFusionError::SQL(err, _) => err.to_string(),
+        other => other.message().lines().next().unwrap_or_default().to_owned(),
+    };
     match e {
         DataFusionError::ResourcesExhausted(_) => {
             Status::resource_exhausted(format!("node {register}: the sub-query exceeds the node's memory limit: {text}"))

@@ -280,7 +280,7 @@ fn a_closed_pipe_ends_output_quietly() {
     let log = AuditLog::open(&path, "coordinator").expect("open");
     // More than a pipe buffer of table rows, so the command is still writing when the reader leaves.
     for i in 0..2000 {
-        log.append(AuditEntry::accepted("alice", &format!("q{i}"), "SELECT count(*) FROM hip.operations").project("P-1"))
+        log.append(AuditEntry::accepted("alice", format!("q{i}"), "SELECT count(*) FROM hip.operations").project("P-1"))
             .expect("append");
     }
     let mut child = Command::new(env!("CARGO_BIN_EXE_samkor"))
