@@ -46,7 +46,7 @@ pub fn verify(file: &Path) -> Result<String, String> {
 /// `samkor audit show FILE [--project P] [--since T]`: one table row per
 /// record. `since` is RFC 3339 or `YYYY-MM-DD` (UTC midnight).
 pub fn show(file: &Path, project: Option<&str>, since: Option<&str>) -> Result<String, String> {
-    let since = since.map(parse_since).transpose()?;
+    let since = since.map(|s| parse_time("--since", s, false)).transpose()?;
     let contents = read(file)?;
     let mut table = Table::new();
     table.set_header(vec![
@@ -99,10 +99,55 @@ pub fn show(file: &Path, project: Option<&str>, since: Option<&str>) -> Result<S
     Ok(out)
 }
 
-/// `samkor audit report FILE --since T`: the recurring access review, plain
-/// text in headed sections.
-pub fn report(file: &Path, since: &str, approvals: &[ApprovalSummary]) -> Result<String, String> {
-    report_at(file, since, approvals, Utc::now().date_naive())
+/// `samkor audit report FILE [--since T] [--until T]`: the recurring access
+/// review, plain text in headed sections. Without `since`/`until` it covers
+/// the whole log; the header says which period it covers.
+pub fn report(
+    file: &Path,
+    since: Option<&str>,
+    until: Option<&str>,
+    approvals: &[ApprovalSummary],
+) -> Result<String, String> {
+    report_at(file, Period::parse(since, until)?, approvals, Utc::now().date_naive())
+}
+
+/// The period a report covers: `since` inclusive, `until` exclusive; open ends cover the whole log.
+#[derive(Debug, Clone, Copy, Default)]
+struct Period {
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+}
+
+impl Period {
+    /// `--until` as a date includes that whole day.
+    fn parse(since: Option<&str>, until: Option<&str>) -> Result<Period, String> {
+        let since = since.map(|s| parse_time("--since", s, false)).transpose()?;
+        let until = until.map(|s| parse_time("--until", s, true)).transpose()?;
+        if let (Some(s), Some(u)) = (since, until)
+            && u <= s
+        {
+            return Err(format!(
+                "--until ({}) is not after --since ({}): the period is empty",
+                u.format("%Y-%m-%d %H:%M:%S UTC"),
+                s.format("%Y-%m-%d %H:%M:%S UTC")
+            ));
+        }
+        Ok(Period { since, until })
+    }
+
+    fn contains(&self, r: &AuditRecord) -> bool {
+        is_since(r, self.since.as_ref()) && self.until.is_none_or(|u| record_time(r).is_none_or(|t| t < u))
+    }
+
+    fn describe(&self) -> String {
+        let t = |t: &DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+        match (&self.since, &self.until) {
+            (None, None) => "the whole log".to_owned(),
+            (Some(s), None) => format!("since {}", t(s)),
+            (None, Some(u)) => format!("before {}", t(u)),
+            (Some(s), Some(u)) => format!("from {} to before {}", t(s), t(u)),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -116,10 +161,9 @@ struct Usage {
     registers: BTreeSet<String>,
 }
 
-fn report_at(file: &Path, since: &str, approvals: &[ApprovalSummary], today: NaiveDate) -> Result<String, String> {
-    let since_time = parse_since(since)?;
+fn report_at(file: &Path, period: Period, approvals: &[ApprovalSummary], today: NaiveDate) -> Result<String, String> {
     let contents = read(file)?;
-    let records: Vec<&AuditRecord> = contents.records.iter().filter(|r| is_since(r, Some(&since_time))).collect();
+    let records: Vec<&AuditRecord> = contents.records.iter().filter(|r| period.contains(r)).collect();
     let mut usage: BTreeMap<(&str, &str), Usage> = BTreeMap::new();
     let mut refusals: BTreeMap<&str, (u64, BTreeSet<&str>)> = BTreeMap::new();
     let mut events = Vec::new();
@@ -152,8 +196,8 @@ fn report_at(file: &Path, since: &str, approvals: &[ApprovalSummary], today: Nai
     let mut out = format!("ACCESS REVIEW: audit log {}\n", file.display());
     let actors: BTreeSet<&str> = contents.records.iter().map(|r| r.actor.as_str()).collect();
     out.push_str(&format!(
-        "Period: since {} ({} of {} records{})\n",
-        since_time.format("%Y-%m-%d %H:%M:%S UTC"),
+        "Period: {} ({} of {} records{})\n",
+        period.describe(),
         records.len(),
         contents.records.len(),
         match (records.first(), records.last()) {
@@ -354,16 +398,17 @@ fn right(n: u64) -> Cell {
     Cell::new(n).set_alignment(CellAlignment::Right)
 }
 
-/// RFC 3339, or a date meaning midnight UTC.
-fn parse_since(s: &str) -> Result<DateTime<Utc>, String> {
+/// RFC 3339, or a date meaning midnight UTC at its start (or, with `end_of_day`, at its end).
+fn parse_time(flag: &str, s: &str, end_of_day: bool) -> Result<DateTime<Utc>, String> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
     }
     match NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        Ok(d) => Ok(d.and_time(chrono::NaiveTime::MIN).and_utc()),
-        Err(_) => {
-            Err(format!("--since {s:?}: expected an RFC 3339 time (2025-03-01T09:00:00Z) or a date (2025-03-01)"))
+        Ok(d) => {
+            let d = if end_of_day { d.succ_opt().unwrap_or(d) } else { d };
+            Ok(d.and_time(chrono::NaiveTime::MIN).and_utc())
         }
+        Err(_) => Err(format!("{flag} {s:?}: expected an RFC 3339 time (2025-03-01T09:00:00Z) or a date (2025-03-01)")),
     }
 }
 
@@ -486,7 +531,8 @@ mod tests {
                 valid_until: today + chrono::Days::new(400),
             },
         ];
-        let text = report_at(&path, "2000-01-01", &approvals, today).expect("report");
+        let text = report_at(&path, Period::parse(Some("2000-01-01"), None).expect("period"), &approvals, today)
+            .expect("report");
         for heading in [
             "== Queries per identity and project ==",
             "== Refusals by rule ==",
@@ -503,7 +549,8 @@ mod tests {
         assert!(text.lines().any(|l| l.contains("approval.member") && l.contains("CN=Bo Biostatistiker")), "{text}");
         assert!(text.contains("expired 3 days ago") && text.contains("expires in 10 days"), "{text}");
         assert!(!text.contains("P-3"), "{text}");
-        let later = report_at(&path, "2999-01-01", &[], today).expect("report");
+        let later =
+            report_at(&path, Period::parse(Some("2999-01-01"), None).expect("period"), &[], today).expect("report");
         assert!(later.contains("No queries in the period.") && later.contains("None."), "{later}");
     }
 
@@ -512,7 +559,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = sample_log(dir.path());
         let today = Utc::now().date_naive();
-        let quiet = report_at(&path, "2000-01-01", &[], today).expect("report");
+        let quiet = report_at(&path, Period::parse(Some("2000-01-01"), None).expect("period"), &[], today).expect("report");
         assert!(quiet.contains("== Near-identical populations ==\nNo answers flagged in the period.\n"), "{quiet}");
 
         let log = AuditLog::open(&path, "coordinator").expect("reopen");
@@ -531,7 +578,7 @@ mod tests {
         )
         .expect("append");
         drop(log);
-        let text = report_at(&path, "2000-01-01", &[], today).expect("report");
+        let text = report_at(&path, Period::parse(Some("2000-01-01"), None).expect("period"), &[], today).expect("report");
         let section = text.split("== Near-identical populations ==").nth(1).expect("section");
         let row = section.lines().find(|l| l.contains("q5")).expect("flagged answer row");
         let cells: Vec<&str> = row.split('|').map(str::trim).filter(|c| !c.is_empty()).collect();
@@ -541,8 +588,30 @@ mod tests {
         assert!(cells[9].starts_with("SELECT kommun, count(*) FROM lisa.person"), "{row}");
         assert!(section.contains("not refused"), "{section}");
         // Outside the period: not listed.
-        let later = report_at(&path, "2999-01-01", &[], today).expect("report");
+        let later = report_at(&path, Period::parse(Some("2999-01-01"), None).expect("period"), &[], today).expect("report");
         assert!(later.contains("No answers flagged in the period."), "{later}");
+    }
+
+    #[test]
+    fn report_covers_the_whole_log_unless_given_a_period() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = sample_log(dir.path());
+        let whole = report(&path, None, None, &[]).expect("report without a period");
+        let header = whole.lines().nth(1).expect("period line");
+        assert!(header.starts_with("Period: the whole log (4 of 4 records, "), "{whole}");
+        let today = Utc::now().date_naive();
+        let until = report(&path, None, Some(&today.to_string()), &[]).expect("report");
+        assert!(until.lines().nth(1).expect("period").starts_with("Period: before "), "{until}");
+        assert!(until.contains("(4 of 4 records"), "--until a date includes that day: {until}");
+        let before = report(&path, Some("2000-01-01"), Some("2000-06-01T00:00:00Z"), &[]).expect("report");
+        assert!(
+            before.contains("Period: from 2000-01-01 00:00:00 UTC to before 2000-06-01 00:00:00 UTC (0 of 4 records)"),
+            "{before}"
+        );
+        let empty = report(&path, Some("2025-03-02"), Some("2025-03-01"), &[]).expect_err("until before since");
+        assert!(empty.contains("--until") && empty.contains("not after --since"), "{empty}");
+        let bad = report(&path, None, Some("yesterday"), &[]).expect_err("bad time");
+        assert!(bad.starts_with("--until \"yesterday\": expected"), "{bad}");
     }
 
     #[test]

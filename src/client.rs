@@ -49,7 +49,36 @@ fn from_flight(e: FlightError) -> ClientError {
 }
 
 fn from_status(s: tonic::Status) -> ClientError {
+    // The connection failed under the call (the coordinator did not answer): tonic's
+    // message is only "transport error" or "operation was canceled".
+    if std::error::Error::source(&s).is_some_and(|e| e.is::<tonic::transport::Error>()) {
+        let chain = std::error::Error::source(&s).map(source_chain).unwrap_or_else(|| format!("{:?}", s.code()));
+        return ClientError::Refused { code: s.code(), message: explain_transport(&chain) };
+    }
     ClientError::Refused { code: s.code(), message: s.message().to_owned() }
+}
+
+/// What a failed connection means for the user, and what to check.
+fn explain_transport(chain: &str) -> String {
+    let hint = if chain.contains("Connection refused") {
+        "nothing accepts connections there: is the coordinator running, and is this its `listen` address (host:port)?"
+    } else if chain.contains("invalid peer certificate") && chain.contains("NotValidForName") {
+        "the coordinator's certificate is not issued for this host name; connect by the name or address its certificate carries"
+    } else if chain.contains("invalid peer certificate") {
+        "the coordinator's certificate is not signed by your CA file (--ca / SAMKOR_CA): use the federation's ca.pem"
+    } else if ["alert", "connection reset", "broken pipe", "connection closed"].iter().any(|c| chain.contains(c)) {
+        "the coordinator closed the connection during the TLS handshake: it does not accept your certificate \
+         (--cert / SAMKOR_CERT); use one issued by the federation's CA"
+    } else if chain.contains("timed out") || chain.contains("deadline") {
+        "no answer in time: check the address and that no firewall is in between"
+    } else {
+        ""
+    };
+    let detail = chain.strip_prefix("transport error: ").unwrap_or(chain);
+    match hint {
+        "" => detail.to_owned(),
+        hint => format!("{hint} ({detail})"),
+    }
 }
 
 /// A connection to a coordinator for one project.
@@ -63,7 +92,10 @@ impl Client {
     pub async fn connect(addr: &str, identity: &TlsIdentity, project: &str) -> Result<Client, ClientError> {
         samkor_proto::tls::install_crypto_provider();
         let addr_err = |reason: String| ClientError::Address { addr: addr.to_owned(), reason };
-        let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_matches(['[', ']']);
+        let Some((host, _port)) = addr.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()) else {
+            return Err(addr_err("expected HOST:PORT, e.g. 127.0.0.1:47100".into()));
+        };
+        let host = host.trim_matches(['[', ']']);
         let domain = if host.parse::<std::net::IpAddr>().is_ok() { "localhost" } else { host };
         let channel = Endpoint::from_shared(format!("https://{addr}"))
             .map_err(|e| addr_err(e.to_string()))?
@@ -73,7 +105,7 @@ impl Client {
             .tcp_nodelay(true)
             .connect()
             .await
-            .map_err(|e| ClientError::Connect { addr: addr.to_owned(), reason: source_chain(&e) })?;
+            .map_err(|e| ClientError::Connect { addr: addr.to_owned(), reason: explain_transport(&source_chain(&e)) })?;
         let mut inner = FlightSqlServiceClient::new(channel);
         inner.set_header(headers::PROJECT, project);
         Ok(Client { inner })
@@ -113,12 +145,16 @@ impl Client {
     }
 }
 
+/// An error and its causes on one line, each said once (tonic and hyper repeat their causes).
 fn source_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         cur = inner.source();
     }
     s

@@ -115,14 +115,29 @@ pub fn default_dir() -> PathBuf {
     cache.join("samkor").join("demo")
 }
 
-/// Generates the federation into `dir` unless a complete one for the same size and seed is there.
-pub fn prepare(dir: &Path, persons: u64, seed: u64) -> Result<bool, DemoError> {
-    let stamp = dir.join("READY");
+/// The log of the demo's in-process servers, in the demo directory.
+pub const LOG_FILE: &str = "demo.log";
+/// The stamp of a complete demo directory.
+const STAMP: &str = "READY";
+
+fn stamp(persons: u64, seed: u64) -> String {
     // `format` changes when the generated files change (2: node audit logs, direct access).
-    let want = format!("persons={persons} seed={seed} format=2\n");
-    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == want) {
+    format!("persons={persons} seed={seed} format=2\n")
+}
+
+/// Whether `dir` holds a complete demo federation of this size and seed.
+pub fn is_prepared(dir: &Path, persons: u64, seed: u64) -> bool {
+    std::fs::read_to_string(dir.join(STAMP)).is_ok_and(|s| s == stamp(persons, seed))
+}
+
+/// Generates the federation into `dir` unless a complete one for the same size
+/// and seed is there; one of another size or seed is replaced, not kept beside it.
+pub fn prepare(dir: &Path, persons: u64, seed: u64) -> Result<bool, DemoError> {
+    if is_prepared(dir, persons, seed) {
         return Ok(false);
     }
+    let want = stamp(persons, seed);
+    let stamp = dir.join(STAMP);
     let fail = |reason: String| DemoError::Prepare { dir: dir.to_owned(), reason };
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(|e| fail(e.to_string()))?;
@@ -137,6 +152,59 @@ pub fn prepare(dir: &Path, persons: u64, seed: u64) -> Result<bool, DemoError> {
     crate::federation::write_full_approval(dir, DEMO_PROJECT, &[DEMO_USER], &["aggregate"], false).map_err(|e| fail(e.to_string()))?;
     std::fs::write(&stamp, want).map_err(|e| fail(e.to_string()))?;
     Ok(true)
+}
+
+/// The first lines of the demo: where its files are, how big, how to remove them.
+pub fn where_things_are(dir: &Path) -> String {
+    let size = dir_size(dir).map(|bytes| format!("{}; ", human_size(bytes))).unwrap_or_default();
+    let clean = if dir == default_dir() {
+        "samkor demo --clean".to_owned()
+    } else {
+        format!("samkor demo --dir {} --clean", dir.display())
+    };
+    format!(
+        "Demo data, certificates and audit logs: {d} ({size}each run adds its audit logs; remove it all with `{clean}`).\n\
+         Server logs: {log} (only warnings are shown here; more detail with SAMKOR_LOG=debug).",
+        d = dir.display(),
+        log = dir.join(LOG_FILE).display()
+    )
+}
+
+fn human_size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 10_000_000 => format!("{:.0} MB", b as f64 / 1e6),
+        b if b >= 1_000_000 => format!("{:.1} MB", b as f64 / 1e6),
+        b => format!("{:.0} kB", (b as f64 / 1e3).ceil()),
+    }
+}
+
+/// Bytes under `dir`.
+fn dir_size(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() { dir_size(&entry.path())? } else { meta.len() };
+    }
+    Ok(total)
+}
+
+/// `samkor demo --clean`: removes the demo directory, refusing a directory
+/// that is not one the demo wrote (it has no `READY` stamp and is not empty).
+pub fn clean(dir: &Path) -> Result<String, DemoError> {
+    let fail = |reason: String| DemoError::Prepare { dir: dir.to_owned(), reason };
+    if !dir.exists() {
+        return Ok(format!("nothing to remove: {} does not exist", dir.display()));
+    }
+    let empty = std::fs::read_dir(dir).map_err(|e| fail(e.to_string()))?.next().is_none();
+    if !empty && !dir.join(STAMP).exists() {
+        return Err(fail(format!(
+            "it has no {STAMP} stamp, so it is not a demo directory this command removes; remove it yourself if you mean to"
+        )));
+    }
+    let size = dir_size(dir).unwrap_or(0);
+    std::fs::remove_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+    Ok(format!("removed {} ({})", dir.display(), human_size(size)))
 }
 
 /// Starts the local federation of `dir`.
@@ -160,7 +228,9 @@ pub async fn showcase(federation: &LocalFederation) -> Result<(), DemoError> {
                 println!("{e}");
                 continue;
             }
-            Err(source) => return Err(DemoError::Query { title: q.title.to_owned(), source }),
+            Err(source) => {
+                return Err(DemoError::Query { title: q.title.to_owned(), source });
+            }
         };
         println!("{}", crate::output::table(&schema, &batches)?);
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();

@@ -8,7 +8,15 @@ use clap::{Parser, Subcommand};
 
 /// Federated statistics over health and population registers.
 #[derive(Debug, Parser)]
-#[command(name = "samkor", version, about)]
+#[command(
+    name = "samkor",
+    version,
+    about,
+    after_help = "Start with `samkor demo`: a synthetic federation on this machine and a showcase. \
+                  README.md shows how to run one by hand.\n\
+                  Logs: SAMKOR_LOG (e.g. SAMKOR_LOG=debug), in colour on a terminal unless NO_COLOR is set.\n\
+                  Exit status: 0 done, 1 failed or refused (the reason on standard error), 2 wrong usage."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -69,11 +77,15 @@ enum AuditCommand {
         since: Option<String>,
     },
     /// The recurring access review: per identity and project, refusals, expiring approvals.
+    /// Covers the whole log unless --since/--until narrow it.
     Report {
         file: PathBuf,
-        /// RFC 3339 time or YYYY-MM-DD.
+        /// Start of the period (inclusive): RFC 3339 time or YYYY-MM-DD. Default: the first record.
         #[arg(long)]
-        since: String,
+        since: Option<String>,
+        /// End of the period (exclusive): RFC 3339 time, or YYYY-MM-DD to include that day. Default: the last record.
+        #[arg(long)]
+        until: Option<String>,
         /// The approvals directory, for approvals that expired or are about to.
         #[arg(long)]
         approvals: Option<PathBuf>,
@@ -102,10 +114,10 @@ struct IdentityArgs {
 
 #[derive(Debug, clap::Args)]
 struct QueryArgs {
-    /// Coordinator address, host:port.
+    /// Coordinator address, HOST:PORT (e.g. 127.0.0.1:47100).
     #[arg(long, env = "SAMKOR_COORDINATOR")]
     coordinator: String,
-    /// The approved project the query runs for.
+    /// The approved project the query runs for; `direct` for a care provider's own hospital's data.
     #[arg(long, env = "SAMKOR_PROJECT")]
     project: String,
     #[command(flatten)]
@@ -119,16 +131,18 @@ struct QueryArgs {
     /// Read the SQL from this file.
     #[arg(long, conflicts_with = "sql")]
     file: Option<PathBuf>,
-    /// The SQL query.
+    /// The SQL query (or --file).
     sql: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
 struct DemoArgs {
-    /// Where the synthetic federation is generated (once) and kept.
+    /// Where the synthetic federation is generated (once) and kept
+    /// [default: $XDG_CACHE_HOME/samkor/demo, or ~/.cache/samkor/demo].
     #[arg(long, env = "SAMKOR_DEMO_DIR")]
     dir: Option<PathBuf>,
-    /// Number of synthetic persons.
+    /// Number of synthetic persons. A different number (or seed) than the
+    /// directory holds regenerates it in place: one federation is kept, not one per size.
     #[arg(long, default_value_t = 200_000)]
     persons: u64,
     /// Seed of the synthetic data.
@@ -137,6 +151,9 @@ struct DemoArgs {
     /// Keep the federation running after the showcase and print how to connect.
     #[arg(long)]
     serve: bool,
+    /// Remove the demo directory (data, certificates, audit logs, server log) and exit.
+    #[arg(long, conflicts_with = "serve")]
+    clean: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -150,6 +167,9 @@ struct SynthArgs {
     /// Seed; the same seed and size give the same data.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// The coordinator's port; the nodes get the next five (hip, npr, lmr, dors, pop).
+    #[arg(long, env = "SAMKOR_SYNTH_BASE_PORT", default_value_t = samkor::synth::BASE_PORT, value_parser = clap::value_parser!(u16).range(1..=65530))]
+    base_port: u16,
 }
 
 #[derive(Debug, Subcommand)]
@@ -189,29 +209,89 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The demo's in-process servers log to a file in the demo directory, so
+    // the showcase and the connection snippet stay readable.
+    let log_file = match &cli.command {
+        Command::Demo(args) if !args.clean => match demo_setup(args) {
+            Ok(file) => Some(file),
+            Err(e) => {
+                eprintln!("samkor: {}", one_message(&e));
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
     // The OTLP exporter needs the runtime to exist.
-    let telemetry = runtime.block_on(async { init_tracing() });
+    let telemetry = runtime.block_on(async { init_tracing(log_file) });
     let result = runtime.block_on(run(cli));
     if let Some(provider) = telemetry {
         let _ = provider.shutdown();
     }
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`samkor query … | head`): not an error of ours.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("samkor: {e:#}");
+            eprintln!("samkor: {}", one_message(&e));
             ExitCode::FAILURE
         }
     }
 }
 
-/// Logs to standard error (`SAMKOR_LOG`, an `EnvFilter`); with the standard
+/// An error and its causes, each said once: our messages often quote their cause already.
+fn one_message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// Prints a command's text; a closed pipe (`| head`) is an error for `main` to end quietly on, not a panic.
+fn print_out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")?;
+    out.flush()?;
+    Ok(())
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
+/// Logs to standard error (`SAMKOR_LOG`, an `EnvFilter`), in colour only on a
+/// terminal (and without `NO_COLOR`); with `log_file`, the log goes there and
+/// only warnings reach standard error. With the standard
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans are also exported over OTLP/gRPC.
-fn init_tracing() -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
+fn init_tracing(log_file: Option<std::fs::File>) -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter = EnvFilter::try_from_env("SAMKOR_LOG").unwrap_or_else(|_| EnvFilter::new("warn,samkor=info"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let filter = || EnvFilter::try_from_env("SAMKOR_LOG").unwrap_or_else(|_| EnvFilter::new("warn,samkor=info"));
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let terminal = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let (terminal, file) = match log_file {
+        None => (terminal.with_filter(filter()), None),
+        Some(file) => (
+            terminal.with_filter(EnvFilter::new("warn")),
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::sync::Mutex::new(file))
+                    .with_ansi(false)
+                    .with_filter(filter()),
+            ),
+        ),
+    };
     let provider = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").and_then(|_| {
         match opentelemetry_otlp::SpanExporter::builder().with_tonic().build() {
             Ok(exporter) => Some(
@@ -228,9 +308,9 @@ fn init_tracing() -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
     });
     let otel = provider.as_ref().map(|p| {
         use opentelemetry::trace::TracerProvider as _;
-        tracing_opentelemetry::layer().with_tracer(p.tracer("samkor"))
+        tracing_opentelemetry::layer().with_tracer(p.tracer("samkor")).with_filter(filter())
     });
-    let _ = tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init();
+    let _ = tracing_subscriber::registry().with(terminal).with(file).with(otel).try_init();
     provider
 }
 
@@ -250,8 +330,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo(args).await,
         Command::Policy { command: PolicyCommand::Check { dir, federation } } => {
             let report = samkor::policy_cli::check(&dir, federation.as_deref()).map_err(anyhow::Error::msg)?;
-            println!("{report}");
-            Ok(())
+            print_out(&report)
         }
         Command::Audit { command } => audit(command),
     }
@@ -269,12 +348,13 @@ fn synth(args: SynthArgs) -> anyhow::Result<()> {
     if !key.exists() {
         samkor::certs::write_federation_key(&key)?;
     }
-    write_coordinator_config(&args.out)?;
+    write_coordinator_config(&args.out, args.base_port)?;
     let summary = samkor::synth::generate(&samkor::synth::SynthOptions {
         out: args.out.clone(),
         persons: args.persons,
         seed: args.seed,
     })?;
+    samkor::synth::move_ports(&args.out, args.base_port)?;
     samkor::federation::write_full_approval(&args.out, samkor::demo::DEMO_PROJECT, &["alice"], &["aggregate"], false)?;
     let mut table = comfy_table::Table::new();
     table.set_header(["register", "table", "rows", "files"]);
@@ -308,14 +388,13 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
 }
 
 /// The coordinator config of a synth directory, with the nodes' configured ports.
-fn write_coordinator_config(out: &std::path::Path) -> anyhow::Result<()> {
-    let addresses: Vec<(String, String)> = REGISTERS
-        .iter()
-        .enumerate()
-        .map(|(i, r)| ((*r).to_owned(), format!("127.0.0.1:{}", 47101 + i)))
+fn write_coordinator_config(out: &std::path::Path, base_port: u16) -> anyhow::Result<()> {
+    let addresses: Vec<(String, String)> = samkor::synth::ports(base_port)
+        .into_iter()
+        .map(|(r, port)| (r.to_owned(), format!("127.0.0.1:{port}")))
         .collect();
     let options = samkor::federation::LocalOptions::default();
-    let text = samkor::federation::coordinator_toml("127.0.0.1:47100", &addresses, &options);
+    let text = samkor::federation::coordinator_toml(&format!("127.0.0.1:{base_port}"), &addresses, &options);
     std::fs::create_dir_all(out)?;
     let path = out.join("coordinator.toml");
     std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
@@ -364,16 +443,34 @@ async fn query(args: QueryArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Before logging starts: says where the demo keeps its files, generates the
+/// federation if needed and opens the server log in the demo directory.
+fn demo_setup(args: &DemoArgs) -> anyhow::Result<std::fs::File> {
+    let dir = args.dir.clone().unwrap_or_else(samkor::demo::default_dir);
+    let started = std::time::Instant::now();
+    if !samkor::demo::is_prepared(&dir, args.persons, args.seed) {
+        println!(
+            "Generating a synthetic federation of {} persons (seed {}) in {} (once for this size and seed; a different --persons or --seed replaces it)…",
+            args.persons,
+            args.seed,
+            dir.display()
+        );
+    }
+    if samkor::demo::prepare(&dir, args.persons, args.seed)? {
+        println!("Generated in {:.1} s.", started.elapsed().as_secs_f64());
+    }
+    let log = dir.join(samkor::demo::LOG_FILE);
+    let file =
+        std::fs::File::create(&log).with_context(|| format!("cannot write the demo's server log {}", log.display()))?;
+    println!("{}", samkor::demo::where_things_are(&dir));
+    Ok(file)
+}
+
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let dir = args.dir.unwrap_or_else(samkor::demo::default_dir);
-    let started = std::time::Instant::now();
-    if samkor::demo::prepare(&dir, args.persons, args.seed)? {
-        println!(
-            "Generated a synthetic federation of {} persons in {} ({:.1} s).",
-            args.persons,
-            dir.display(),
-            started.elapsed().as_secs_f64()
-        );
+    if args.clean {
+        println!("{}", samkor::demo::clean(&dir)?);
+        return Ok(());
     }
     let federation = samkor::demo::start(&dir).await?;
     println!("samkor demo: five register nodes (hip, npr, lmr, dors, pop) and a coordinator on loopback, mutual TLS 1.3.");
@@ -397,7 +494,7 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
     let text = match command {
         AuditCommand::Verify { file } => samkor::audit_cli::verify(&file),
         AuditCommand::Show { file, project, since } => samkor::audit_cli::show(&file, project.as_deref(), since.as_deref()),
-        AuditCommand::Report { file, since, approvals } => {
+        AuditCommand::Report { file, since, until, approvals } => {
             let summaries: Vec<samkor::audit_cli::ApprovalSummary> = match approvals {
                 Some(dir) => {
                     let (found, problems) = samkor_policies::approval::load_dir(
@@ -415,9 +512,8 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
                 }
                 None => Vec::new(),
             };
-            samkor::audit_cli::report(&file, &since, &summaries)
+            samkor::audit_cli::report(&file, since.as_deref(), until.as_deref(), &summaries)
         }
     };
-    println!("{}", text.map_err(anyhow::Error::msg)?);
-    Ok(())
+    print_out(&text.map_err(anyhow::Error::msg)?)
 }

@@ -193,7 +193,9 @@ impl Engine {
         }
         let mut view = samkor_policies::approval::CatalogueView::default();
         for node in &self.federation.nodes {
-            let Some(cat) = node.catalogue() else { continue };
+            let Some(cat) = node.catalogue() else {
+                continue;
+            };
             for t in &cat.raw.tables {
                 let columns = t
                     .columns
@@ -293,7 +295,11 @@ impl Engine {
     /// ```
     pub async fn plan(&self, session: &Session, sql: &str) -> Result<Planned, QueryError> {
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-        let df = session.ctx.sql_with_options(sql, options).await.map_err(|e| self.error(e))?;
+        let df = session
+            .ctx
+            .sql_with_options(sql, options)
+            .await
+            .map_err(|e| plan_error(e, sql, &session.approval, self.memory_limit_mb))?;
         // Optimizing applies the approval: a refusal surfaces here, before any node is asked.
         let approved = session.ctx.state().optimize(df.logical_plan()).map_err(|e| self.error(e))?;
         let context = crate::disclosure::Context { approval: &session.approval, catalogue: &session.facts };
@@ -354,8 +360,9 @@ pub fn classify(e: DataFusionError, memory_limit_mb: u64) -> QueryError {
     fn find(e: &DataFusionError) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
         match e {
             DataFusionError::External(inner) => Some(inner.as_ref()),
-            DataFusionError::Context(_, inner) => find(inner),
+            DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => find(inner),
             DataFusionError::Shared(inner) => find(inner),
+            DataFusionError::Collection(errors) => errors.first().and_then(find),
             DataFusionError::ArrowError(inner, _) => match inner.as_ref() {
                 datafusion::arrow::error::ArrowError::ExternalError(x) => Some(x.as_ref()),
                 _ => None,
@@ -380,7 +387,160 @@ pub fn classify(e: DataFusionError, memory_limit_mb: u64) -> QueryError {
     match e.find_root() {
         DataFusionError::ResourcesExhausted(_) => QueryError::Memory { limit_mb: memory_limit_mb },
         DataFusionError::Internal(m) => QueryError::Internal(m.clone()),
-        root => QueryError::Plan(root.message().lines().next().unwrap_or_default().to_owned()),
+        _ => QueryError::Plan(user_message(&e)),
+    }
+}
+
+/// The one line a user reads for a mistake in the query: DataFusion's
+/// message without Rust debug formatting, backtraces or line breaks, with
+/// the position in the SQL where DataFusion knows it. Never a data value:
+/// cast and parse errors of values are named, not quoted.
+pub fn user_message(e: &DataFusionError) -> String {
+    use datafusion::arrow::error::ArrowError;
+    use datafusion::common::SchemaError;
+    use datafusion::sql::sqlparser::parser::ParserError;
+    let text = match e.find_root() {
+        DataFusionError::SQL(parser, _) => match parser.as_ref() {
+            ParserError::ParserError(m) | ParserError::TokenizerError(m) => format!("SQL syntax error: {m}"),
+            ParserError::RecursionLimitExceeded => "SQL syntax error: the query is nested too deeply".to_owned(),
+        },
+        DataFusionError::SchemaError(schema, _) => match schema.as_ref() {
+            SchemaError::FieldNotFound { field, .. } => format!("column {} not found", field.quoted_flat_name()),
+            other => other.to_string(),
+        },
+        DataFusionError::ArrowError(arrow, _) => match arrow.as_ref() {
+            ArrowError::CastError(_) | ArrowError::ParseError(_) => "a value cannot be converted to the type the query \
+                asks for (the value is not shown); check the CASTs and the types compared"
+                .to_owned(),
+            ArrowError::DivideByZero => "division by zero".to_owned(),
+            other => other.to_string(),
+        },
+        DataFusionError::NotImplemented(m) => format!("not supported: {m}"),
+        DataFusionError::Plan(m) => match unknown_table(m) {
+            Some(table) => format!("table {table} not found"),
+            None => m.clone(),
+        },
+        other => other.message().into_owned(),
+    };
+    with_position(e, one_line(&text))
+}
+
+/// Adds where in the SQL the error is, when DataFusion knows and the message does not say.
+fn with_position(e: &DataFusionError, line: String) -> String {
+    with_position_of(e.diagnostic().and_then(|d| d.span).filter(|s| s.start.line > 0).map(|s| s.start), line)
+}
+
+fn with_position_of(at: Option<datafusion::common::Location>, mut line: String) -> String {
+    if let Some(at) = at
+        && !line.contains("Line: ")
+    {
+        line.push_str(&format!(" at Line: {}, Column: {}", at.line, at.column));
+    }
+    line
+}
+
+/// Backtraces cut off, whitespace (and line breaks) collapsed.
+fn one_line(text: &str) -> String {
+    let text = text.split(DataFusionError::BACK_TRACE_SEP).next().unwrap_or_default();
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The table of DataFusion's "table 'samkor.hip.x' not found", as the user names it (`hip.x`).
+fn unknown_table(message: &str) -> Option<&str> {
+    let name = message.strip_prefix("table '")?.split_once("' not found")?.0;
+    let name = name.strip_prefix(CATALOG).and_then(|n| n.strip_prefix('.')).unwrap_or(name);
+    Some(name.strip_prefix("public.").unwrap_or(name))
+}
+
+/// The tables behind the aliases of `sql` (`o` → `hip.operations`); empty if it does not parse.
+fn table_aliases(sql: &str) -> std::collections::HashMap<String, String> {
+    use datafusion::sql::sqlparser::ast::{TableFactor, Visit, Visitor};
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+    #[derive(Default)]
+    struct Aliases(std::collections::HashMap<String, String>);
+    impl Visitor for Aliases {
+        type Break = ();
+        fn pre_visit_table_factor(&mut self, t: &TableFactor) -> std::ops::ControlFlow<()> {
+            if let TableFactor::Table { name, alias: Some(alias), .. } = t {
+                let name = name.to_string();
+                let name = name.strip_prefix(&format!("{CATALOG}.")).unwrap_or(&name).to_owned();
+                self.0.insert(alias.name.value.clone(), name);
+            }
+            std::ops::ControlFlow::Continue(())
+        }
+    }
+    let mut aliases = Aliases::default();
+    if let Ok(statements) = Parser::parse_sql(&GenericDialect {}, sql) {
+        let _ = statements.visit(&mut aliases);
+    }
+    aliases.0
+}
+
+/// A table as the user names it: `hip.operations`, not `samkor.hip.operations`.
+fn user_table(r: &datafusion::common::TableReference) -> String {
+    match r {
+        datafusion::common::TableReference::Full { schema, table, .. } => format!("{schema}.{table}"),
+        other => other.to_string(),
+    }
+}
+
+/// A planning error with what the project may use instead: its tables for
+/// an unknown table, the columns for an unknown column. Only names the
+/// approval grants are shown, as `GetTables` shows them.
+fn plan_error(
+    e: DataFusionError,
+    sql: &str,
+    approval: &samkor_policies::approval::Approval,
+    memory_limit_mb: u64,
+) -> QueryError {
+    use datafusion::common::SchemaError;
+    let position = e.diagnostic().and_then(|d| d.span).filter(|s| s.start.line > 0).map(|s| s.start);
+    let hint = match e.find_root() {
+        DataFusionError::SchemaError(schema, _) => match schema.as_ref() {
+            SchemaError::FieldNotFound { field, valid_fields } => {
+                let aliases = table_aliases(sql);
+                let granted = |c: &datafusion::common::Column| {
+                    let table = c.relation.as_ref().map(|r| {
+                        aliases.get(r.table()).cloned().filter(|_| r.schema().is_none()).unwrap_or_else(|| user_table(r))
+                    });
+                    match table.as_deref().and_then(|t| approval.grant(t)) {
+                        Some(grant) => grant.has_column(&c.name),
+                        // A derived table or CTE: names the approval grants somewhere.
+                        None => approval.tables.iter().any(|g| g.has_column(&c.name)),
+                    }
+                };
+                let shown: Vec<_> = valid_fields.iter().filter(|c| granted(c)).collect();
+                let relations: std::collections::BTreeSet<String> =
+                    shown.iter().filter_map(|c| c.relation.as_ref().map(user_table)).collect();
+                let (place, names): (String, Vec<String>) = if relations.len() <= 1 {
+                    let place = relations.first().filter(|t| t.contains('.')).map(|t| format!(" in {t}"));
+                    (place.unwrap_or_default(), shown.iter().map(|c| c.name.clone()).collect())
+                } else {
+                    let qualified = |c: &&datafusion::common::Column| {
+                        c.relation.as_ref().map_or(c.name.clone(), |r| format!("{}.{}", user_table(r), c.name))
+                    };
+                    (String::new(), shown.iter().map(qualified).collect())
+                };
+                let mut m = with_position_of(position, format!("column {} not found{place}", field.quoted_flat_name()));
+                if !names.is_empty() {
+                    m.push_str(&format!("; valid columns: {}", names.join(", ")));
+                }
+                Some(m)
+            }
+            _ => None,
+        },
+        DataFusionError::Plan(m) => unknown_table(m).map(|t| {
+            let mut tables: Vec<String> = approval.tables.iter().map(|g| g.qualified_name()).collect();
+            tables.sort();
+            let head = with_position_of(position, format!("table {t} not found"));
+            format!("{head}; the tables of project {}: {}", approval.project, tables.join(", "))
+        }),
+        _ => None,
+    };
+    match (hint, classify(e, memory_limit_mb)) {
+        (Some(m), QueryError::Plan(_)) => QueryError::Plan(m),
+        (_, other) => other,
     }
 }
 
@@ -409,7 +569,7 @@ impl CloneShallow for DataFusionError {
         match self.find_root() {
             DataFusionError::ResourcesExhausted(m) => DataFusionError::ResourcesExhausted(m.clone()),
             DataFusionError::Internal(m) => DataFusionError::Internal(m.clone()),
-            other => DataFusionError::Plan(other.message().into_owned()),
+            other => DataFusionError::Plan(user_message(other)),
         }
     }
 }
@@ -547,3 +707,63 @@ impl RecordBatchStream for Deadline {
 }
 
 use std::future::Future as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::common::{Column, Diagnostic, Location, SchemaError, Span};
+    use datafusion::sql::sqlparser::parser::ParserError;
+
+    fn plan_message(e: DataFusionError) -> String {
+        match classify(e, 1) {
+            QueryError::Plan(m) => m,
+            other => panic!("not a planning error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parser_errors_read_as_text_with_their_position() {
+        let e = DataFusionError::SQL(
+            Box::new(ParserError::ParserError("Expected: an SQL statement, found: SELEC at Line: 1, Column: 1".into())),
+            Some(String::new()),
+        );
+        assert_eq!(plan_message(e), "SQL syntax error: Expected: an SQL statement, found: SELEC at Line: 1, Column: 1");
+        let deep = DataFusionError::SQL(Box::new(ParserError::RecursionLimitExceeded), None);
+        assert_eq!(plan_message(deep), "SQL syntax error: the query is nested too deeply");
+    }
+
+    #[test]
+    fn other_kinds_are_one_line_without_debug_formatting() {
+        let missing = DataFusionError::SchemaError(
+            Box::new(SchemaError::FieldNotFound {
+                field: Box::new(Column::new(Some("o"), "nope")),
+                valid_fields: vec![Column::new(Some("o"), "person")],
+            }),
+            Box::new(Some("\n\nbacktrace: at somewhere".into())),
+        );
+        assert_eq!(plan_message(missing), "column o.nope not found");
+        let context = DataFusionError::Context(
+            "while planning".into(),
+            Box::new(DataFusionError::NotImplemented("GROUPING SETS with\nthis shape".into())),
+        );
+        assert_eq!(plan_message(context), "not supported: GROUPING SETS with this shape");
+        let at = |line, column| Location { line, column };
+        let diagnosed = DataFusionError::Plan("table 'samkor.hip.nope' not found".into())
+            .with_diagnostic(Diagnostic::new_error("table not found", Some(Span::new(at(2, 6), at(2, 13)))));
+        assert_eq!(plan_message(diagnosed), "table hip.nope not found at Line: 2, Column: 6");
+        let cast = DataFusionError::ArrowError(
+            Box::new(datafusion::arrow::error::ArrowError::CastError("Cannot cast string 'Mölndal' to Int32".into())),
+            None,
+        );
+        let text = plan_message(cast);
+        assert!(text.contains("value is not shown") && !text.contains("Mölndal"), "{text}");
+    }
+
+    #[test]
+    fn aliases_name_their_tables() {
+        let aliases = table_aliases("SELECT o.x FROM hip.operations o JOIN samkor.dors.deaths AS d ON d.person = o.person");
+        assert_eq!(aliases.get("o").map(String::as_str), Some("hip.operations"));
+        assert_eq!(aliases.get("d").map(String::as_str), Some("dors.deaths"));
+        assert!(table_aliases("SELEC").is_empty());
+    }
+}

@@ -109,7 +109,11 @@ fn plan_error(register: &str, e: DataFusionError) -> NotStarted {
 
 fn plan_status(register: &str, e: DataFusionError) -> Status {
     let e = e.find_root();
-    let text = e.message().lines().next().unwrap_or_default().to_owned();
+    let text = match e {
+        // Not `ParserError("…")`: DataFusion's message of a parser error is its debug form.
+        DataFusionError::SQL(err, _) => err.to_string(),
+        other => other.message().lines().next().unwrap_or_default().to_owned(),
+    };
     match e {
         DataFusionError::ResourcesExhausted(_) => {
             Status::resource_exhausted(format!("node {register}: the sub-query exceeds the node's memory limit: {text}"))
@@ -140,6 +144,20 @@ fn run_error(register: &str, query_id: &str, e: &DataFusionError) -> Status {
         DataFusionError::ResourcesExhausted(_) => Status::resource_exhausted(format!(
             "node {register}: sub-query {query_id} exceeded the node's memory limit"
         )),
+        // The query's mistake, not the node's: say so, without the value.
+        DataFusionError::ArrowError(e, _)
+            if matches!(
+                e.as_ref(),
+                arrow::error::ArrowError::CastError(_)
+                    | arrow::error::ArrowError::ParseError(_)
+                    | arrow::error::ArrowError::DivideByZero
+            ) =>
+        {
+            Status::invalid_argument(format!(
+                "node {register}: a value cannot be converted to the type the query asks for, or is divided by \
+                 zero (the value is not shown); check the CASTs and the types compared (sub-query {query_id})"
+            ))
+        }
         _ => Status::internal(format!(
             "node {register}: sub-query {query_id} failed while running; the node's log has the details under that id"
         )),

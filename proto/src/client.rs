@@ -19,10 +19,22 @@ pub enum NodeError {
     Address { node: String, addr: String, reason: String },
     #[error("node {node} at {addr} is unreachable: {reason}; check that it runs and retry")]
     Unreachable { node: String, addr: String, reason: String },
-    #[error("node {node}: {status}")]
+    #[error("{}", status_message(node, status))]
     Status { node: String, status: Box<tonic::Status> },
     #[error("node {node}: {reason}")]
     Protocol { node: String, reason: String },
+}
+
+/// The node's own message (it names the node already, or gets its name in front), not tonic's debug-like display.
+fn status_message(node: &str, status: &tonic::Status) -> String {
+    let message = status.message();
+    if message.starts_with(&format!("node {node}")) {
+        message.to_owned()
+    } else if message.is_empty() {
+        format!("node {node}: {} (no message)", status.code().description())
+    } else {
+        format!("node {node}: {message}")
+    }
 }
 
 impl NodeError {

@@ -131,7 +131,12 @@ impl TlsIdentity {
             .map_err(|e| bad_identity(e.to_string()))?
             .with_client_cert_verifier(verifier)
             .with_single_cert(self.certs.clone(), self.key()?)
-            .map_err(|e| bad_identity(e.to_string()))?;
+            .map_err(|e| match e {
+                rustls::Error::InconsistentKeys(_) => {
+                    bad_identity("the key is not the private key of this certificate (they belong to different pairs)".into())
+                }
+                other => bad_identity(other.to_string()),
+            })?;
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Arc::new(config))
     }

@@ -285,6 +285,32 @@ fn toml_str(s: &str) -> String {
     out
 }
 
+/// The coordinator's port in a synth directory; the nodes listen on the next
+/// five (hip, npr, lmr, dors, pop).
+pub const BASE_PORT: u16 = 47100;
+
+/// The ports of a synth directory's nodes with the coordinator on `base_port`, in register order.
+pub fn ports(base_port: u16) -> Vec<(&'static str, u16)> {
+    REGISTER_SPECS.iter().map(|r| (r.name, base_port + (r.port - BASE_PORT))).collect()
+}
+
+/// Moves the nodes of the synth directory `out` to listen on `base_port + 1…5`
+/// (a second federation on one machine, or tests); the coordinator's config
+/// is the caller's, with `base_port`.
+pub fn move_ports(out: &Path, base_port: u16) -> Result<(), SynthError> {
+    for reg in &REGISTER_SPECS {
+        let path = out.join(reg.name).join("node.toml");
+        let text = std::fs::read_to_string(&path).map_err(|source| SynthError::WriteFile { path: path.clone(), source })?;
+        let port = base_port + (reg.port - BASE_PORT);
+        write_text(&path, &text.replacen(&listen_line(reg.port), &listen_line(port), 1))?;
+    }
+    Ok(())
+}
+
+fn listen_line(port: u16) -> String {
+    format!("listen = \"127.0.0.1:{port}\"")
+}
+
 /// The node configuration of `reg`; paths are relative to the file's directory.
 fn node_toml(reg: &RegisterSpec, opts: &SynthOptions) -> String {
     let mut s = String::new();
@@ -299,7 +325,7 @@ fn node_toml(reg: &RegisterSpec, opts: &SynthOptions) -> String {
     let _ = writeln!(s, "register = {}", toml_str(name));
     let _ = writeln!(s, "holder = {}", toml_str(reg.holder));
     let _ = writeln!(s, "description = {}", toml_str(reg.description));
-    let _ = writeln!(s, "listen = \"127.0.0.1:{}\"", reg.port);
+    let _ = writeln!(s, "{}", listen_line(reg.port));
     let _ = writeln!(s, "pseudonym_key_file = \"../federation.key\"");
     let _ = writeln!(s, "opt_out_file = \"optout.txt\"");
     let _ = writeln!(s, "audit_log = \"audit.jsonl\"\n");

@@ -240,7 +240,7 @@ async fn every_sub_query_is_in_the_node_audit_log() {
     // The review commands read a node's log as they read the coordinator's.
     let verified = samkor::audit_cli::verify(&log).expect("verify command");
     assert!(verified.contains("4 records, chain intact"), "{verified}");
-    let review = samkor::audit_cli::report(&log, "2000-01-01", &[]).expect("report");
+    let review = samkor::audit_cli::report(&log, Some("2000-01-01"), None, &[]).expect("report");
     let alice_row = review.lines().find(|l| l.contains("alice")).expect("alice in the review");
     assert!(alice_row.contains("P-1"), "{alice_row}");
     fed.shutdown().await;

@@ -3,6 +3,7 @@
 //! coordinator on ephemeral loopback ports, over mutual TLS, on Parquet data
 //! written by `samkor synth`.
 
+mod cli;
 mod common;
 mod matrix;
 mod coordinator;
@@ -12,3 +13,4 @@ mod governance;
 mod node;
 mod observability;
 mod python;
+mod readme;

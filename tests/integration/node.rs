@@ -258,6 +258,7 @@ async fn bad_requests_get_errors_that_say_which() {
     let (code, msg) = message(run(&client, "P-1", "SELECT 1 +").await.expect_err("syntax"));
     assert_eq!(code, tonic::Code::InvalidArgument);
     assert!(msg.starts_with("node hip: "), "{msg}");
+    assert!(msg.contains("sql parser error: ") && !msg.contains("ParserError("), "text, not debug form: {msg}");
     node.shutdown().await;
 }
 
