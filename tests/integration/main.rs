@@ -13,4 +13,5 @@ mod governance;
 mod node;
 mod observability;
 mod python;
+mod reconstruction;
 mod readme;
