@@ -42,6 +42,8 @@ use datafusion::logical_expr::utils::merge_schema;
 use datafusion::logical_expr::{
     BinaryExpr, ColumnarValue, Expr, ExprSchemable, LogicalPlan, Operator, Volatility, lit, when,
 };
+use datafusion::logical_expr::simplify::SimplifyContext;
+use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::physical_expr::create_physical_expr;
 
 use crate::policy::{Refusal, policy_error};
@@ -205,6 +207,7 @@ const ALLOWED: &[(&str, DataArgs)] = &[
     // Dates: the unit is a constant.
     ("date_part", DataArgs::Only(&[1])),
     ("date_trunc", DataArgs::Only(&[1])),
+    ("to_char", DataArgs::Only(&[0])),
     // Types.
     ("arrow_typeof", DataArgs::All),
 ];
@@ -228,7 +231,6 @@ fn advice(function: &str) -> &'static str {
         "arrow_cast" | "cast_to_type" => {
             "use TRY_CAST, which gives NULL where a value does not convert"
         }
-        "to_char" => "use date_part or extract for the parts of a date",
         "chr" | "repeat" | "lpad" | "rpad" | "overlay" | "substr_index" | "decode" => {
             "compute it from the released answer instead, or use substr/concat"
         }
@@ -281,13 +283,22 @@ fn rewrite_node(plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
     }
     let schema = expr_schema(&plan)?;
     let names = NamePreserver::new(&plan);
+    let context = SimplifyContext::builder().with_schema(schema.clone()).build();
+    let coercer = ExprSimplifier::new(context);
     plan.map_expressions(|e| {
         let saved = names.save(&e);
+        // Expressions added by optimizer rules (the approval's generalisations)
+        // are not coerced yet: the node's planner would add plain CASTs to
+        // them, so make those explicit here, where they become TRY_CASTs.
+        let coerced = coercer.coerce(e.clone(), &schema).unwrap_or_else(|_| e.clone());
+        let changed = coerced != e;
         let mut rw = Rewriter {
             schema: &schema,
             evaluable: Vec::new(),
         };
-        Ok(e.rewrite(&mut rw)?.update_data(|e| saved.restore(e)))
+        let t = coerced.rewrite(&mut rw)?;
+        let t = if changed { Transformed::yes(t.data) } else { t };
+        Ok(t.update_data(|e| saved.restore(e)))
     })
 }
 
@@ -374,8 +385,19 @@ enum Evaluated {
 
 fn evaluate(e: &Expr) -> Evaluated {
     let (schema, batch) = &*ONE_ROW;
+    evaluate_in(e, schema, batch)
+}
+
+fn evaluate_in(e: &Expr, schema: &DFSchema, batch: &RecordBatch) -> Evaluated {
+    // Expressions built by our own rules (the approval's generalisations) are
+    // not coerced yet; the node's planner coerces them, so do the same here.
+    let context = SimplifyContext::builder().with_schema(Arc::new(schema.clone())).build();
+    let Ok(e) = ExprSimplifier::new(context).coerce(e.clone(), schema) else {
+        return Evaluated::NotPlannable;
+    };
     let props = ExecutionProps::new();
-    let Ok(physical) = create_physical_expr(e, schema, &props, &PhysicalPlanningContext::default())
+    let Ok(physical) =
+        create_physical_expr(&e, schema, &props, &PhysicalPlanningContext::default())
     else {
         return Evaluated::NotPlannable;
     };
@@ -388,6 +410,34 @@ fn evaluate(e: &Expr) -> Evaluated {
     match value {
         Ok(v) => Evaluated::Value(v),
         Err(err) => Evaluated::Failed(first_line(&err)),
+    }
+}
+
+/// A one-row batch standing in for the data in a trial evaluation of a
+/// function's constant arguments: each data argument becomes a column holding
+/// a neutral value of its type (an array, as at run time).
+#[derive(Default)]
+struct Probe {
+    fields: Vec<Field>,
+    arrays: Vec<datafusion::arrow::array::ArrayRef>,
+}
+
+impl Probe {
+    fn data(&mut self, t: DataType) -> Result<Expr> {
+        let name = format!("__samkor_probe{}", self.fields.len());
+        let v = ScalarValue::new_default(&t).or_else(|_| ScalarValue::try_from(&t))?;
+        self.arrays.push(v.to_array_of_size(1)?);
+        self.fields.push(Field::new(&name, t, true));
+        Ok(Expr::Column(datafusion::common::Column::from_name(name)))
+    }
+
+    fn run(self, e: &Expr) -> Result<Evaluated> {
+        if self.fields.is_empty() {
+            return Ok(evaluate(e));
+        }
+        let schema = Arc::new(Schema::new(self.fields));
+        let batch = RecordBatch::try_new(schema.clone(), self.arrays)?;
+        Ok(evaluate_in(e, &DFSchema::try_from(schema)?, &batch))
     }
 }
 
@@ -467,31 +517,27 @@ fn cast_never_fails(from: &DataType, to: &DataType) -> bool {
     }
 }
 
+/// The dates arrow can format (chrono's range, conservatively the years 1 to 9999).
+fn date_bounds(t: &DataType) -> Option<(ScalarValue, ScalarValue)> {
+    const FIRST: i32 = -719_162; // 0001-01-01
+    const LAST: i32 = 2_932_896; // 9999-12-31
+    match t {
+        DataType::Date32 => Some((ScalarValue::Date32(Some(FIRST)), ScalarValue::Date32(Some(LAST)))),
+        DataType::Date64 => {
+            let ms = 86_400_000i64;
+            Some((ScalarValue::Date64(Some(FIRST as i64 * ms)), ScalarValue::Date64(Some(LAST as i64 * ms))))
+        }
+        _ => None,
+    }
+}
+
 /// Dates as text: arrow cannot format a date outside chrono's range (TRY_CAST
 /// fails too), so dates outside the years 1 to 9999 give NULL.
 fn date_text(e: &Expr, from: &DataType, to: &DataType) -> Option<Result<Expr>> {
-    const FIRST: i32 = -719_162; // 0001-01-01
-    const LAST: i32 = 2_932_896; // 9999-12-31
-    if !matches!(
-        to,
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-    ) {
+    if !matches!(to, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
         return None;
     }
-    let (lo, hi) = match from {
-        DataType::Date32 => (
-            ScalarValue::Date32(Some(FIRST)),
-            ScalarValue::Date32(Some(LAST)),
-        ),
-        DataType::Date64 => {
-            let ms = 86_400_000i64;
-            (
-                ScalarValue::Date64(Some(FIRST as i64 * ms)),
-                ScalarValue::Date64(Some(LAST as i64 * ms)),
-            )
-        }
-        _ => return None,
-    };
+    let (lo, hi) = date_bounds(from)?;
     let text = Expr::TryCast(TryCast::new(Box::new(e.clone()), to.clone()));
     Some(when(e.clone().between(lit(lo), lit(hi)), text).end())
 }
@@ -545,20 +591,22 @@ impl Rewriter<'_> {
                     "LIKE"
                 };
                 self.check_pattern(function, &like.pattern)?;
-                let probe = Expr::Like(datafusion::logical_expr::Like {
-                    expr: Box::new(self.neutral(&like.expr)?),
+                let mut probe = Probe::default();
+                let trial = Expr::Like(datafusion::logical_expr::Like {
+                    expr: Box::new(probe.data(like.expr.get_type(self.schema)?)?),
                     ..like.clone()
                 });
-                self.try_constants(function, &probe)?;
+                self.try_constants(function, probe, &trial)?;
                 Ok(Transformed::no(Expr::Like(like)))
             }
             Expr::SimilarTo(like) => {
                 self.check_pattern("SIMILAR TO", &like.pattern)?;
-                let probe = Expr::SimilarTo(datafusion::logical_expr::Like {
-                    expr: Box::new(self.neutral(&like.expr)?),
+                let mut probe = Probe::default();
+                let trial = Expr::SimilarTo(datafusion::logical_expr::Like {
+                    expr: Box::new(probe.data(like.expr.get_type(self.schema)?)?),
                     ..like.clone()
                 });
-                self.try_constants("SIMILAR TO", &probe)?;
+                self.try_constants("SIMILAR TO", probe, &trial)?;
                 Ok(Transformed::no(Expr::SimilarTo(like)))
             }
             other => Ok(Transformed::no(other)),
@@ -576,19 +624,10 @@ impl Rewriter<'_> {
         }))
     }
 
-    /// A constant of `e`'s type standing in for the data in a trial evaluation.
-    fn neutral(&self, e: &Expr) -> Result<Expr> {
-        let t = e.get_type(self.schema)?;
-        Ok(Expr::Literal(
-            ScalarValue::new_default(&t).or_else(|_| ScalarValue::try_from(&t))?,
-            None,
-        ))
-    }
-
-    /// Evaluates `probe` (the data replaced by neutral constants): if that
+    /// Evaluates `trial` (the data replaced by neutral values): if that
     /// fails, the constant arguments alone make it fail.
-    fn try_constants(&self, function: &str, probe: &Expr) -> Result<()> {
-        match evaluate(probe) {
+    fn try_constants(&self, function: &str, probe: Probe, trial: &Expr) -> Result<()> {
+        match probe.run(trial)? {
             Evaluated::Failed(reason) => Err(refuse(Fallible::Argument {
                 function: function.to_owned(),
                 reason,
@@ -612,12 +651,13 @@ impl Rewriter<'_> {
         ) {
             let function = op.to_string();
             self.check_pattern(&function, &b.right)?;
-            let probe = Expr::BinaryExpr(BinaryExpr::new(
-                Box::new(self.neutral(&b.left)?),
+            let mut probe = Probe::default();
+            let trial = Expr::BinaryExpr(BinaryExpr::new(
+                Box::new(probe.data(b.left.get_type(self.schema)?)?),
                 op,
                 b.right.clone(),
             ));
-            self.try_constants(&function, &probe)?;
+            self.try_constants(&function, probe, &trial)?;
             return Ok(Transformed::no(Expr::BinaryExpr(b)));
         }
         if !matches!(
@@ -708,22 +748,21 @@ impl Rewriter<'_> {
                     data_pattern,
                 }));
             }
+            let mut probe = Probe::default();
             let args = f
                 .args
                 .iter()
                 .enumerate()
                 .map(|(i, a)| {
                     if data.contains(&i) {
-                        self.neutral(a)
+                        probe.data(a.get_type(self.schema)?)
                     } else {
                         Ok(a.clone())
                     }
                 })
                 .collect::<Result<Vec<_>>>()?;
-            self.try_constants(
-                &name,
-                &Expr::ScalarFunction(ScalarFunction::new_udf(f.func.clone(), args)),
-            )?;
+            let trial = Expr::ScalarFunction(ScalarFunction::new_udf(f.func.clone(), args));
+            self.try_constants(&name, probe, &trial)?;
         }
         match name.as_str() {
             "concat" | "concat_ws" => {
@@ -749,6 +788,20 @@ impl Rewriter<'_> {
                     return Ok(Transformed::yes(Expr::ScalarFunction(
                         ScalarFunction::new_udf(f.func.clone(), args),
                     )));
+                }
+            }
+            "to_char" => {
+                // Dates outside chrono's range do not format: NULL there.
+                let t = self.data_type(&f.args[0]);
+                if let Some(bounds) = t.as_ref().and_then(date_bounds) {
+                    let d = f.args[0].clone();
+                    let (lo, hi) = bounds;
+                    let mut args = f.args.clone();
+                    args[0] = when(d.clone().between(lit(lo), lit(hi)), d).end()?;
+                    return Ok(Transformed::yes(Expr::ScalarFunction(ScalarFunction::new_udf(
+                        f.func.clone(),
+                        args,
+                    ))));
                 }
             }
             "sqrt" => {
@@ -1112,6 +1165,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn constants_are_tried_on_arrays_as_at_run_time() {
+        // The approval's generalisation builds date_trunc on a DATE column without
+        // coercion: it runs on arrays, not on a DATE scalar. The trial must not refuse it.
+        use datafusion::functions::datetime::expr_fn::date_trunc;
+        use datafusion::logical_expr::{LogicalPlanBuilder, col};
+        let ctx = session();
+        let scan = ctx.table("x").await.expect("x").into_unoptimized_plan();
+        let plan = LogicalPlanBuilder::from(scan)
+            .project(vec![date_trunc(lit("year"), col("d")).alias("y")])
+            .expect("projection")
+            .build()
+            .expect("plan");
+        let plan = make_infallible(plan).expect("generalised dates are allowed");
+        ctx.execute_logical_plan(plan).await.expect("plan").collect().await.expect("runs");
+    }
+
+    #[tokio::test]
     async fn decimal_arithmetic_on_data_is_refused() {
         let r =
             refused("SELECT CAST(id AS DECIMAL(38, 0)) * CAST(id AS DECIMAL(38, 0)) AS sq FROM t")
@@ -1320,7 +1390,7 @@ mod tests {
         "date_trunc('month', a.d)",
         "date_trunc('year', a.d)",
         "arrow_typeof(a.s)",
-        "concat(a.d)",
+        "concat(a.d)", "to_char(a.d, '%Y-%m')", "to_char(a.d, '%d')",
         "a.s || b.d",
         "a.s ~ '[a-z]'",
         "a.s !~* '^x'",
