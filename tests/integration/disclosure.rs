@@ -323,3 +323,26 @@ async fn generalised_microdata_leaves_coarse_and_exports_to_parquet() {
     assert_eq!(n, rows.len());
     fed.shutdown().await;
 }
+
+/// The guards of `coordinator/src/infallible.rs` travel to the node in its SQL
+/// (TRY_CAST, nullif), and the node answers with NULLs where they apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guards_against_data_errors_reach_the_nodes() {
+    let fed = common::federation().await;
+    let mut client = fed.client("alice", "D-micro").await.expect("connect");
+    let sql = "SELECT region, count(*) AS n, count(CAST(side AS INT)) AS sides, sum(100 / (asa - 1)) AS q \
+               FROM hip.operations GROUP BY region";
+    let (_, b) = client.query(&format!("EXPLAIN {sql}")).await.expect("explain");
+    let text = arrow::util::pretty::pretty_format_batches(&b).expect("format").to_string();
+    let hip_sql = text.lines().find(|l| l.contains("name=hip")).unwrap_or_else(|| panic!("hip sub-query: {text}"));
+    assert!(hip_sql.contains("TRY_CAST"), "the cast reaches the node as TRY_CAST: {hip_sql}");
+    assert!(hip_sql.contains("nullif"), "the divisor reaches the node guarded: {hip_sql}");
+    // Every side is L or R: no cast succeeds, and asa = 1 divides by zero, yet the query answers.
+    let (_, b) = client.query(sql).await.expect("answered");
+    let rows = common::rows(&b);
+    assert!(!rows.is_empty());
+    for r in &rows {
+        assert!(r[2] == "0" || r[2] == "NULL", "CAST(side AS INT) is NULL for every row: {r:?}");
+    }
+    fed.shutdown().await;
+}
