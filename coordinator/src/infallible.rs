@@ -38,11 +38,11 @@ use datafusion::execution::context::ExecutionProps;
 use datafusion::logical_expr::expr::{ScalarFunction, TryCast};
 use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::simplify::SimplifyContext;
 use datafusion::logical_expr::utils::merge_schema;
 use datafusion::logical_expr::{
     BinaryExpr, ColumnarValue, Expr, ExprSchemable, LogicalPlan, Operator, Volatility, lit, when,
 };
-use datafusion::logical_expr::simplify::SimplifyContext;
 use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::physical_expr::create_physical_expr;
 
@@ -290,14 +290,18 @@ fn rewrite_node(plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
     }
     let schema = expr_schema(&plan)?;
     let names = NamePreserver::new(&plan);
-    let context = SimplifyContext::builder().with_schema(schema.clone()).build();
+    let context = SimplifyContext::builder()
+        .with_schema(schema.clone())
+        .build();
     let coercer = ExprSimplifier::new(context);
     plan.map_expressions(|e| {
         let saved = names.save(&e);
         // Expressions added by optimizer rules (the approval's generalisations)
         // are not coerced yet: the node's planner would add plain CASTs to
         // them, so make those explicit here, where they become TRY_CASTs.
-        let coerced = coercer.coerce(e.clone(), &schema).unwrap_or_else(|_| e.clone());
+        let coerced = coercer
+            .coerce(e.clone(), &schema)
+            .unwrap_or_else(|_| e.clone());
         let changed = coerced != e;
         let mut rw = Rewriter {
             schema: &schema,
@@ -398,7 +402,9 @@ fn evaluate(e: &Expr) -> Evaluated {
 fn evaluate_in(e: &Expr, schema: &DFSchema, batch: &RecordBatch) -> Evaluated {
     // Expressions built by our own rules (the approval's generalisations) are
     // not coerced yet; the node's planner coerces them, so do the same here.
-    let context = SimplifyContext::builder().with_schema(Arc::new(schema.clone())).build();
+    let context = SimplifyContext::builder()
+        .with_schema(Arc::new(schema.clone()))
+        .build();
     let Ok(e) = ExprSimplifier::new(context).coerce(e.clone(), schema) else {
         return Evaluated::NotPlannable;
     };
@@ -529,10 +535,16 @@ fn date_bounds(t: &DataType) -> Option<(ScalarValue, ScalarValue)> {
     const FIRST: i32 = -719_162; // 0001-01-01
     const LAST: i32 = 2_932_896; // 9999-12-31
     match t {
-        DataType::Date32 => Some((ScalarValue::Date32(Some(FIRST)), ScalarValue::Date32(Some(LAST)))),
+        DataType::Date32 => Some((
+            ScalarValue::Date32(Some(FIRST)),
+            ScalarValue::Date32(Some(LAST)),
+        )),
         DataType::Date64 => {
             let ms = 86_400_000i64;
-            Some((ScalarValue::Date64(Some(FIRST as i64 * ms)), ScalarValue::Date64(Some(LAST as i64 * ms))))
+            Some((
+                ScalarValue::Date64(Some(FIRST as i64 * ms)),
+                ScalarValue::Date64(Some(LAST as i64 * ms)),
+            ))
         }
         _ => None,
     }
@@ -542,7 +554,9 @@ fn date_bounds(t: &DataType) -> Option<(ScalarValue, ScalarValue)> {
 fn interval_days(v: &ScalarValue) -> Option<f64> {
     Some(match v {
         ScalarValue::IntervalYearMonth(Some(m)) => *m as f64 * 31.0,
-        ScalarValue::IntervalDayTime(Some(x)) => x.days as f64 + x.milliseconds as f64 / 86_400_000.0,
+        ScalarValue::IntervalDayTime(Some(x)) => {
+            x.days as f64 + x.milliseconds as f64 / 86_400_000.0
+        }
         ScalarValue::IntervalMonthDayNano(Some(x)) => {
             x.months as f64 * 31.0 + x.days as f64 + x.nanoseconds as f64 / 86_400e9
         }
@@ -561,7 +575,10 @@ fn interval_days(v: &ScalarValue) -> Option<f64> {
 /// Dates as text: arrow cannot format a date outside chrono's range (TRY_CAST
 /// fails too), so dates outside the years 1 to 9999 give NULL.
 fn date_text(e: &Expr, from: &DataType, to: &DataType) -> Option<Result<Expr>> {
-    if !matches!(to, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
+    if !matches!(
+        to,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    ) {
         return None;
     }
     let (lo, hi) = date_bounds(from)?;
@@ -671,21 +688,38 @@ impl Rewriter<'_> {
         let (Some(l), Some(r)) = (self.data_type(&b.left), self.data_type(&b.right)) else {
             return Ok(None);
         };
-        let temporal = |t: &DataType| matches!(t, DataType::Date32 | DataType::Date64 | DataType::Timestamp(..));
+        let temporal = |t: &DataType| {
+            matches!(
+                t,
+                DataType::Date32 | DataType::Date64 | DataType::Timestamp(..)
+            )
+        };
         if temporal(&l) == temporal(&r) {
             // Neither (numbers) or both (date - date: a number of days, never fails).
             return Ok(None);
         }
-        let (date, date_type, other) = if temporal(&l) { (&b.left, &l, &b.right) } else { (&b.right, &r, &b.left) };
+        let (date, date_type, other) = if temporal(&l) {
+            (&b.left, &l, &b.right)
+        } else {
+            (&b.right, &r, &b.left)
+        };
         let Some((lo, hi)) = date_bounds(date_type) else {
-            return Err(refuse(Fallible::DateArithmetic { what: format!("this one adds to a {date_type}") }));
+            return Err(refuse(Fallible::DateArithmetic {
+                what: format!("this one adds to a {date_type}"),
+            }));
         };
         let days = match other.as_ref() {
             Expr::Literal(v, _) => interval_days(v),
-            _ => return Err(refuse(Fallible::DateArithmetic { what: "this interval comes from data".into() })),
+            _ => {
+                return Err(refuse(Fallible::DateArithmetic {
+                    what: "this interval comes from data".into(),
+                }));
+            }
         };
         if !days.is_some_and(|d| d.abs() <= 366_000.0) {
-            return Err(refuse(Fallible::DateArithmetic { what: "this interval is longer".into() }));
+            return Err(refuse(Fallible::DateArithmetic {
+                what: "this interval is longer".into(),
+            }));
         }
         let d = date.as_ref().clone();
         let in_range = when(d.clone().between(lit(lo), lit(hi)), d).end()?;
@@ -739,10 +773,10 @@ impl Rewriter<'_> {
                 op: format!("'{op}'"),
             }));
         }
-        if matches!(op, Operator::Plus | Operator::Minus) {
-            if let Some(guarded) = self.guard_date_arithmetic(&b)? {
-                return Ok(Transformed::yes(guarded));
-            }
+        if matches!(op, Operator::Plus | Operator::Minus)
+            && let Some(guarded) = self.guard_date_arithmetic(&b)?
+        {
+            return Ok(Transformed::yes(guarded));
         }
         if !matches!(op, Operator::Divide | Operator::Modulo) || !t.is_integer() {
             // Integer + - * wrap; floating point follows IEEE 754.
@@ -864,10 +898,9 @@ impl Rewriter<'_> {
                     let (lo, hi) = bounds;
                     let mut args = f.args.clone();
                     args[0] = when(d.clone().between(lit(lo), lit(hi)), d).end()?;
-                    return Ok(Transformed::yes(Expr::ScalarFunction(ScalarFunction::new_udf(
-                        f.func.clone(),
-                        args,
-                    ))));
+                    return Ok(Transformed::yes(Expr::ScalarFunction(
+                        ScalarFunction::new_udf(f.func.clone(), args),
+                    )));
                 }
             }
             "sqrt" => {
@@ -1244,7 +1277,12 @@ mod tests {
             .build()
             .expect("plan");
         let plan = make_infallible(plan).expect("generalised dates are allowed");
-        ctx.execute_logical_plan(plan).await.expect("plan").collect().await.expect("runs");
+        ctx.execute_logical_plan(plan)
+            .await
+            .expect("plan")
+            .collect()
+            .await
+            .expect("runs");
     }
 
     #[tokio::test]
@@ -1470,7 +1508,9 @@ mod tests {
         "date_trunc('month', a.d)",
         "date_trunc('year', a.d)",
         "arrow_typeof(a.s)",
-        "concat(a.d)", "to_char(a.d, '%Y-%m')", "to_char(a.d, '%d')",
+        "concat(a.d)",
+        "to_char(a.d, '%Y-%m')",
+        "to_char(a.d, '%d')",
         "a.s || b.d",
         "a.s ~ '[a-z]'",
         "a.s !~* '^x'",
@@ -1502,15 +1542,44 @@ mod tests {
 
     /// Aggregates disclosure control releases, over every extreme value.
     const AGGREGATE_PROBES: &[&str] = &[
-        "count(a.i)", "count(DISTINCT a.s)", "sum(a.i)", "sum(a.j)", "sum(a.f)", "avg(a.i)", "avg(a.j)", "avg(a.f)",
-        "median(a.i)", "median(a.j)", "median(a.f)", "stddev(a.f)", "stddev(a.i)", "stddev_pop(a.f)", "var(a.i)",
-        "var_pop(a.f)", "corr(a.f, b.f)", "corr(a.i, b.j)", "covar_samp(a.f, b.f)", "covar_pop(a.i, b.i)",
-        "approx_distinct(a.i)", "approx_median(a.f)", "approx_median(a.i)",
-        "approx_percentile_cont(0.9) WITHIN GROUP (ORDER BY a.f)", "approx_percentile_cont(0.1) WITHIN GROUP (ORDER BY a.i)",
-        "percentile_cont(0.5) WITHIN GROUP (ORDER BY a.f)", "percentile_cont(0.25) WITHIN GROUP (ORDER BY a.i)",
-        "bool_and(a.b)", "bool_or(a.b)", "regr_slope(a.f, b.f)", "regr_intercept(a.i, b.i)", "regr_count(a.f, b.f)",
-        "regr_r2(a.f, b.f)", "regr_avgx(a.f, b.i)", "regr_sxx(a.f, b.f)", "regr_sxy(a.i, b.i)",
-        "sum(a.d - b.d)", "avg(a.d - b.d)",
+        "count(a.i)",
+        "count(DISTINCT a.s)",
+        "sum(a.i)",
+        "sum(a.j)",
+        "sum(a.f)",
+        "avg(a.i)",
+        "avg(a.j)",
+        "avg(a.f)",
+        "median(a.i)",
+        "median(a.j)",
+        "median(a.f)",
+        "stddev(a.f)",
+        "stddev(a.i)",
+        "stddev_pop(a.f)",
+        "var(a.i)",
+        "var_pop(a.f)",
+        "corr(a.f, b.f)",
+        "corr(a.i, b.j)",
+        "covar_samp(a.f, b.f)",
+        "covar_pop(a.i, b.i)",
+        "approx_distinct(a.i)",
+        "approx_median(a.f)",
+        "approx_median(a.i)",
+        "approx_percentile_cont(0.9) WITHIN GROUP (ORDER BY a.f)",
+        "approx_percentile_cont(0.1) WITHIN GROUP (ORDER BY a.i)",
+        "percentile_cont(0.5) WITHIN GROUP (ORDER BY a.f)",
+        "percentile_cont(0.25) WITHIN GROUP (ORDER BY a.i)",
+        "bool_and(a.b)",
+        "bool_or(a.b)",
+        "regr_slope(a.f, b.f)",
+        "regr_intercept(a.i, b.i)",
+        "regr_count(a.f, b.f)",
+        "regr_r2(a.f, b.f)",
+        "regr_avgx(a.f, b.i)",
+        "regr_sxx(a.f, b.f)",
+        "regr_sxy(a.i, b.i)",
+        "sum(a.d - b.d)",
+        "avg(a.d - b.d)",
     ];
 
     #[tokio::test]
@@ -1524,7 +1593,11 @@ mod tests {
                 }
             }
         }
-        assert!(failed.is_empty(), "aggregates that fail on some value:\n{}", failed.join("\n"));
+        assert!(
+            failed.is_empty(),
+            "aggregates that fail on some value:\n{}",
+            failed.join("\n")
+        );
     }
 
     #[tokio::test]
