@@ -16,11 +16,18 @@
 //!  CAST(data AS t) that can fail       ─▶ TRY_CAST(data AS t)       (NULL where it does not convert)
 //!  integer a / b, a % b over data      ─▶ a / nullif(b, 0)          (and b = -1 without overflow)
 //!  abs(integer data)                   ─▶ abs(nullif(x, MIN))
+//!  sqrt(data)                          ─▶ sqrt(CASE WHEN x < 0 THEN NULL ELSE x END)
+//!  date as text (CAST, concat, to_char) ─▶ NULL outside the years 1 to 9999
+//!  date ± constant interval ≤ 1000 y   ─▶ NULL outside the years 1 to 9999; otherwise refused
 //!  DECIMAL + - * / % over data         ─▶ refused                   ─ disclosure.fallible_arithmetic
 //!  function of data                    ─▶ allowed only if in ALLOWED ─ disclosure.fallible_function
 //!    its constant arguments (regex patterns, units, lengths) are tried now ─ disclosure.invalid_argument
-//!  LIKE / SIMILAR TO                   ─▶ constant pattern only, tried now
+//!  LIKE / SIMILAR TO / ~               ─▶ constant pattern only, tried now
 //! ```
+//!
+//! Expressions are type-coerced first (rules such as the approval's
+//! generalisations add uncoerced ones; the node's planner would otherwise add
+//! plain CASTs to them).
 //!
 //! Integer `+ - *`, unary minus, `sum` and `avg` of integers wrap on overflow
 //! in DataFusion 55 (no error; the tests below pin that), so they need no
