@@ -302,6 +302,10 @@ impl Engine {
             .map_err(|e| plan_error(e, sql, &session.approval, self.memory_limit_mb))?;
         // Optimizing applies the approval: a refusal surfaces here, before any node is asked.
         let approved = session.ctx.state().optimize(df.logical_plan()).map_err(|e| self.error(e))?;
+        // No expression may fail on a data value: folded, guarded or refused here (crate::infallible).
+        let approved = crate::infallible::make_infallible(approved).map_err(|e| self.error(e))?;
+        // The answer's schema as planned (a TRY_CAST makes a column nullable).
+        let planned_schema = Arc::new(approved.schema().as_arrow().clone());
         let context = crate::disclosure::Context { approval: &session.approval, catalogue: &session.facts };
         let controlled = if self.disclosure_control.load(Ordering::Relaxed) {
             crate::disclosure::control(approved, &context).map_err(|e| self.error(e))?
@@ -311,7 +315,6 @@ impl Engine {
         let mut rules = coordinator_rules();
         rules.push(Arc::new(PushdownRule));
         let state = SessionStateBuilder::new_from_existing(session.ctx.state()).with_optimizer_rules(rules).build();
-        let planned_schema = Arc::new(df.schema().as_arrow().clone());
         let schema = Arc::new(crate::disclosure::released_schema(&planned_schema, &controlled.mode, &session.approval));
         Ok(Planned { df: DataFrame::new(state, controlled.plan), mode: controlled.mode, schema })
     }
@@ -351,7 +354,7 @@ impl Engine {
 /// and after disclosure control), without common subexpression elimination:
 /// its `__common_expr_N` columns travel in node SQL, where the node's own
 /// elimination reuses the same names for other expressions.
-fn coordinator_rules() -> Vec<Arc<dyn datafusion::optimizer::OptimizerRule + Send + Sync>> {
+pub(crate) fn coordinator_rules() -> Vec<Arc<dyn datafusion::optimizer::OptimizerRule + Send + Sync>> {
     Optimizer::new().rules.into_iter().filter(|r| r.name() != "common_sub_expression_eliminate").collect()
 }
 

@@ -18,6 +18,7 @@ pub mod direct;
 pub mod engine;
 pub mod executor;
 pub mod flightsql;
+pub mod infallible;
 pub mod nodes;
 pub mod policy;
 pub mod pushdown;

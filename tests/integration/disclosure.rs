@@ -9,6 +9,7 @@
 //! sql = "SELECT …"
 //! [expect]
 //! refused = "disclosure.identifying_aggregate"   # or, for a released answer:
+//! error = "Cast error"         # (instead) fails at planning, not a refusal, with this in the message
 //! withheld = ["n"]             # these columns are withheld in every released row
 //! reasons = ["secondary"]      # the answer withholds at least one cell for each reason
 //! merged = true                # groups below the threshold were merged, keys withheld
@@ -16,6 +17,12 @@
 //! mode = "pseudonymised_microdata"
 //! rounded_to = 5               # every released count column is a multiple of 5
 //! ```
+//!
+//! An error-oracle case adds `twin`: the same query except that its fallible
+//! expression meets no existing person's row. Both must end identically (the
+//! same rows and metadata, or the same refusal). With `oracle = true` the pair
+//! is checked to be a real oracle on plain DataFusion (pooled data, no
+//! control): there `sql` fails and `twin` does not.
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +34,8 @@ use crate::common;
 
 /// The suite may grow, never silently shrink.
 const MIN_CASES: usize = 40;
+/// Error-oracle pairs (issue 9, channel 3).
+const MIN_TWINS: usize = 8;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,6 +43,10 @@ struct Case {
     attack: String,
     project: String,
     sql: String,
+    /// The same query with the fallible expression meeting no person's row.
+    twin: Option<String>,
+    #[serde(default)]
+    oracle: bool,
     expect: Expect,
 }
 
@@ -41,6 +54,8 @@ struct Case {
 #[serde(deny_unknown_fields)]
 struct Expect {
     refused: Option<String>,
+    /// Fails at planning (not a policy refusal) with a message containing this.
+    error: Option<String>,
     #[serde(default)]
     withheld: Vec<String>,
     #[serde(default)]
@@ -149,13 +164,53 @@ fn check_released(case: &Case, schema: &arrow::datatypes::Schema, batches: &[Rec
     problems
 }
 
+/// What a client sees of an outcome: the rows and schema (metadata included) of an
+/// answer, or the status code and message of an error.
+fn outcome(answer: &Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>), samkor::client::ClientError>) -> String {
+    match answer {
+        Ok((schema, batches)) => {
+            let mut rows = common::rows(batches);
+            rows.sort();
+            format!("answer {schema:?}\n{rows:?}")
+        }
+        Err(e) => format!("error {:?}: {e}", e.code()),
+    }
+}
+
+/// An error-oracle pair must end identically; with `oracle`, plain DataFusion must tell them apart.
+async fn check_twin(fed: &samkor::federation::LocalFederation, case: &Case, twin: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut client = fed.client("alice", &case.project).await.expect("client connects");
+    let first = outcome(&client.query(&case.sql).await);
+    let second = outcome(&client.query(twin).await);
+    if first != second {
+        problems.push(format!("the pair ends differently:\n  meets a person: {first}\n  meets nobody:   {second}"));
+    }
+    if case.oracle {
+        let ctx = samkor::federation::pooled_session(&fed.dir, &case.project).await.expect("pooled");
+        let plain = |sql: String| {
+            let ctx = ctx.clone();
+            async move { ctx.sql(&sql).await?.collect().await }
+        };
+        let (a, b) = (plain(case.sql.clone()).await, plain(twin.to_owned()).await);
+        if a.is_ok() || b.is_err() {
+            problems.push(format!(
+                "not an oracle on plain DataFusion (the first query must fail there, its twin not): {:?} / {:?}",
+                a.err().map(|e| e.to_string()),
+                b.err().map(|e| e.to_string())
+            ));
+        }
+    }
+    problems
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attack_suite() {
     let cases = cases();
     assert!(cases.len() >= MIN_CASES, "{} attack cases, fewer than {MIN_CASES}", cases.len());
     let fed = common::federation().await;
     let mut failures = Vec::new();
-    let (mut refused, mut released) = (0, 0);
+    let (mut refused, mut released, mut twins) = (0, 0, 0);
     for (name, case) in &cases {
         let mut client = fed.client("alice", &case.project).await.expect("client connects");
         let answer = client.query(&case.sql).await;
@@ -173,7 +228,14 @@ async fn attack_suite() {
                 p
             }
             (Some(rule), Ok((_, b))) => vec![format!("released ({} rows) instead of refused by {rule}", common::rows(&b).len())],
-            (None, Err(e)) => vec![format!("refused or failed: {e}")],
+            (None, Err(e)) => match &case.expect.error {
+                Some(want) if e.to_string().contains(want.as_str()) && e.code() != Some(tonic::Code::PermissionDenied) => {
+                    refused += 1;
+                    Vec::new()
+                }
+                _ => vec![format!("refused or failed: {e}")],
+            },
+            (None, Ok(_)) if case.expect.error.is_some() => vec![format!("answered instead of failing with {:?}", case.expect.error)],
             (None, Ok((schema, batches))) => {
                 released += 1;
                 let pooled = if case.expect.exact {
@@ -185,12 +247,22 @@ async fn attack_suite() {
                 check_released(case, &schema, &batches, pooled.as_deref())
             }
         };
+        let mut problems = problems;
+        if let Some(twin) = &case.twin {
+            twins += 1;
+            problems.extend(check_twin(&fed, case, twin).await);
+        }
         println!("attack {name:<48} {}", if problems.is_empty() { "ok" } else { "FAIL" });
         if !problems.is_empty() {
             failures.push(format!("{name} ({}):\n  {}\n  SQL: {}", case.attack, problems.join("\n  "), case.sql));
         }
     }
-    println!("attack suite: {} cases, {refused} refused, {released} released under control, {} failed", cases.len(), failures.len());
+    println!(
+        "attack suite: {} cases ({twins} error-oracle pairs), {refused} refused, {released} released under control, {} failed",
+        cases.len(),
+        failures.len()
+    );
+    assert!(twins >= MIN_TWINS, "{twins} error-oracle pairs, fewer than {MIN_TWINS}");
     fed.shutdown().await;
     assert!(failures.is_empty(), "{} attack case(s) not stopped as expected:\n\n{}", failures.len(), failures.join("\n\n"));
 }
@@ -249,5 +321,28 @@ async fn generalised_microdata_leaves_coarse_and_exports_to_parquet() {
     assert!(reader.schema().metadata().contains_key(samkor_coordinator::disclosure::METADATA_KEY));
     let n: usize = reader.build().expect("reader").map(|b| b.expect("batch").num_rows()).sum();
     assert_eq!(n, rows.len());
+    fed.shutdown().await;
+}
+
+/// The guards of `coordinator/src/infallible.rs` travel to the node in its SQL
+/// (TRY_CAST, nullif), and the node answers with NULLs where they apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guards_against_data_errors_reach_the_nodes() {
+    let fed = common::federation().await;
+    let mut client = fed.client("alice", "D-micro").await.expect("connect");
+    let sql = "SELECT region, count(*) AS n, count(CAST(side AS INT)) AS sides, sum(100 / (asa - 1)) AS q \
+               FROM hip.operations GROUP BY region";
+    let (_, b) = client.query(&format!("EXPLAIN {sql}")).await.expect("explain");
+    let text = arrow::util::pretty::pretty_format_batches(&b).expect("format").to_string();
+    let hip_sql = text.lines().find(|l| l.contains("name=hip")).unwrap_or_else(|| panic!("hip sub-query: {text}"));
+    assert!(hip_sql.contains("TRY_CAST"), "the cast reaches the node as TRY_CAST: {hip_sql}");
+    assert!(hip_sql.contains("nullif"), "the divisor reaches the node guarded: {hip_sql}");
+    // Every side is L or R: no cast succeeds, and asa = 1 divides by zero, yet the query answers.
+    let (_, b) = client.query(sql).await.expect("answered");
+    let rows = common::rows(&b);
+    assert!(!rows.is_empty());
+    for r in &rows {
+        assert!(r[2] == "0" || r[2] == "NULL", "CAST(side AS INT) is NULL for every row: {r:?}");
+    }
     fed.shutdown().await;
 }
