@@ -208,10 +208,14 @@ async fn check_twin(fed: &samkor::federation::LocalFederation, case: &Case, twin
 async fn attack_suite() {
     let cases = cases();
     assert!(cases.len() >= MIN_CASES, "{} attack cases, fewer than {MIN_CASES}", cases.len());
-    let fed = common::federation().await;
+    // The federation's defaults (cell-key perturbation on); control cases that
+    // compare with the exact pooled answer run where it is off.
+    let perturbed = common::federation().await;
+    let exact = common::exact_federation().await;
     let mut failures = Vec::new();
     let (mut refused, mut released, mut twins) = (0, 0, 0);
     for (name, case) in &cases {
+        let fed = if case.expect.exact { &exact } else { &perturbed };
         let mut client = fed.client("alice", &case.project).await.expect("client connects");
         let answer = client.query(&case.sql).await;
         let problems = match (&case.expect.refused, answer) {
@@ -250,7 +254,7 @@ async fn attack_suite() {
         let mut problems = problems;
         if let Some(twin) = &case.twin {
             twins += 1;
-            problems.extend(check_twin(&fed, case, twin).await);
+            problems.extend(check_twin(fed, case, twin).await);
         }
         println!("attack {name:<48} {}", if problems.is_empty() { "ok" } else { "FAIL" });
         if !problems.is_empty() {
@@ -263,7 +267,8 @@ async fn attack_suite() {
         failures.len()
     );
     assert!(twins >= MIN_TWINS, "{twins} error-oracle pairs, fewer than {MIN_TWINS}");
-    fed.shutdown().await;
+    perturbed.shutdown().await;
+    exact.shutdown().await;
     assert!(failures.is_empty(), "{} attack case(s) not stopped as expected:\n\n{}", failures.len(), failures.join("\n\n"));
 }
 
