@@ -9,7 +9,7 @@
 //! sql = "SELECT …"
 //! [expect]
 //! refused = "disclosure.identifying_aggregate"   # or, for a released answer:
-//! error = "Cast error"         # (instead) fails at planning, not a refusal, with this in the message
+//! error = "cannot be converted"       # (instead) fails at planning, not a refusal, with this in the message
 //! withheld = ["n"]             # these columns are withheld in every released row
 //! reasons = ["secondary"]      # the answer withholds at least one cell for each reason
 //! merged = true                # groups below the threshold were merged, keys withheld

@@ -80,8 +80,10 @@ async fn quantiles_never_release_an_extreme_or_one_persons_value() {
     for p in ["0", "0.01", "0.99", "1"] {
         for f in ["percentile_cont", "approx_percentile_cont"] {
             let sql = format!("SELECT region, {f}({p}) WITHIN GROUP (ORDER BY income) AS q FROM pop.persons GROUP BY region");
-            let e = c.query(&sql).await.expect_err("an extreme quantile is refused");
-            assert!(e.to_string().contains("refused by rule disclosure.extreme_quantile:"), "{sql}: {e}");
+            let e = c.query(&sql).await.expect_err("an extreme quantile is refused").to_string();
+            // DataFusion rewrites the 0 and 1 quantiles to min and max before disclosure control sees them.
+            let by = if ["0", "1"].contains(&p) && f == "percentile_cont" { "identifying_aggregate" } else { "extreme_quantile" };
+            assert!(e.contains(&format!("refused by rule disclosure.{by}:")), "{sql}: {e}");
         }
     }
     // Groups of exactly 2k−1 and 2k persons: the incomes of one region ranked.
