@@ -134,7 +134,8 @@ async fn a_query_over_the_time_limit_is_stopped_everywhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_that_cannot_fit_in_memory_names_the_limit() {
-    let fed = common::federation_with(&LocalOptions { memory_limit_mb: 1, ..LocalOptions::default() }).await;
+    let options = LocalOptions { memory_limit_mb: 1, perturbation: false, ..LocalOptions::default() };
+    let fed = common::federation_with(&options).await;
     let mut client = fed.client("alice", "P-1").await.expect("connect");
     let err = client
         .query("SELECT count(*) FROM lmr.dispensations l JOIN npr.inpatient n ON l.person = n.person")

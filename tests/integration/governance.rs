@@ -232,8 +232,9 @@ async fn every_sub_query_is_in_the_node_audit_log() {
     let end = &records[1];
     assert_eq!((end.decision, end.rule.as_str(), end.query_id.as_str()), (audit::Decision::Accepted, audit::RULE_STREAM_END, served.query_id.as_str()));
     assert_eq!(end.rows_released, groups as u64);
-    // region, the count, and the hidden count of persons behind it.
-    assert_eq!(end.cells_released, 3 * groups as u64);
+    // region, the count, and hidden: the persons behind it with their cell
+    // key, the least and the largest record key of the group.
+    assert_eq!(end.cells_released, 5 * groups as u64);
     assert_eq!((records[2].decision, records[2].rule.as_str(), records[2].project.as_str()), (audit::Decision::Refused, "holder.project", "P-2"));
     assert_eq!((records[3].decision, records[3].rule.as_str(), records[3].identity.as_str()), (audit::Decision::Refused, "holder.caller", "alice"));
     assert_eq!(records[3].query_id, "q-alice");

@@ -372,6 +372,9 @@ async fn run_matrix(tolerance: Tolerance) {
     for case in &cases {
         let t = Instant::now();
         let mut federated = run_federated(&mut client, &case.sql).await;
+        if let Ok(a) = &federated {
+            withheld_cells += a.withheld.iter().flatten().filter(|w| **w).count();
+        }
         if let Ok(a) = &mut federated {
             for (i, name) in a.columns.iter().enumerate() {
                 if case.protected.contains(name) {
@@ -405,9 +408,6 @@ async fn run_matrix(tolerance: Tolerance) {
             (Some(_), None) => "FAIL",
             (Some(_), Some(_)) => "known failure",
         };
-        if let Ok(a) = &federated {
-            withheld_cells += a.withheld.iter().flatten().filter(|w| **w).count();
-        }
         println!("matrix {:<40} {:>6} ms  {status}", case.name, t.elapsed().as_millis());
         let Some(problem) = problem else {
             if case.known_failure.is_some() {
