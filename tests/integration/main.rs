@@ -5,6 +5,7 @@
 
 mod common;
 mod matrix;
+mod console;
 mod coordinator;
 mod disclosure;
 mod direct;
