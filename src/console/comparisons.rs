@@ -83,10 +83,15 @@ pub fn indicator(key: &str) -> Option<&'static Indicator> {
     INDICATORS.iter().find(|i| i.key == key)
 }
 
-/// The SQL the console runs for `indicator` by `by` in `year` (only fixed
-/// text and a number go in: no user text reaches the SQL).
-pub fn sql(indicator: &Indicator, by: By, year: i32) -> String {
-    indicator.template.replace("{by}", by.column()).replace("{year}", &format!("{year:04}"))
+/// The SQL the console runs for `indicator` by `by` for the years `from`
+/// through `through` (only fixed text and numbers go in: no user text
+/// reaches the SQL).
+pub fn sql(indicator: &Indicator, by: By, from: i32, through: i32) -> String {
+    indicator
+        .template
+        .replace("{by}", by.column())
+        .replace("{from}", &format!("{from:04}"))
+        .replace("{through}", &format!("{through:04}"))
 }
 
 /// One row of the released answer.
@@ -177,9 +182,10 @@ mod tests {
     #[test]
     fn sql_has_no_placeholders_left() {
         for i in INDICATORS {
-            let s = sql(&i, By::Region, 2021);
+            let s = sql(&i, By::Region, 2019, 2021);
             assert!(!s.contains('{'), "{s}");
-            assert!(s.contains("GROUP BY ROLLUP(o.region)") && s.contains("DATE '2021-12-31'"), "{s}");
+            assert!(s.contains("GROUP BY ROLLUP(o.region)"), "{s}");
+            assert!(s.contains("BETWEEN DATE '2019-01-01' AND DATE '2021-12-31'"), "{s}");
         }
         assert_eq!(By::parse("hospital"), Some(By::Hospital));
         assert_eq!(By::parse("hospital; DROP"), None);

@@ -970,6 +970,8 @@ struct ComparisonsPage {
     measure: &'static str,
     by: &'static str,
     year: i32,
+    through: i32,
+    period: String,
     years: Vec<i32>,
     identity: String,
     project: String,
@@ -998,7 +1000,13 @@ async fn comparisons(State(console): Shared, Extension(visitor): Extension<Visit
     let indicator = q.get("indicator").and_then(|k| comparisons::indicator(k)).unwrap_or(&INDICATORS[0]);
     let by = q.get("by").and_then(|b| By::parse(b)).unwrap_or(By::Hospital);
     let year = q.get("year").and_then(|y| y.parse::<i32>().ok()).filter(|y| years.contains(y)).unwrap_or(this_year - 2);
-    let sql = comparisons::sql(indicator, by, year);
+    let through = q
+        .get("through")
+        .and_then(|y| y.parse::<i32>().ok())
+        .filter(|y| years.contains(y) && *y >= year)
+        .unwrap_or(year);
+    let sql = comparisons::sql(indicator, by, year, through);
+    let period = if through == year { year.to_string() } else { format!("{year}–{through}") };
     let caller = Caller {
         identity: console.config.query_identity.clone(),
         project: console.config.query_project.clone(),
@@ -1012,6 +1020,8 @@ async fn comparisons(State(console): Shared, Extension(visitor): Extension<Visit
         measure: indicator.measure,
         by: by.column(),
         year,
+        through,
+        period: period.clone(),
         years,
         identity: caller.identity.clone(),
         project: caller.project.clone(),
@@ -1050,7 +1060,7 @@ async fn comparisons(State(console): Shared, Extension(visitor): Extension<Visit
             percent: r.percent.unwrap_or_default(),
         })
         .collect();
-    let title = format!("{}, {year}, by {}", indicator.title, by.column());
+    let title = format!("{}, {period}, by {}", indicator.title, by.column());
     if let Some(p0) = p0 {
         page.svg = funnel::svg(&title, indicator.measure, &points, p0);
     }

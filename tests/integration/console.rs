@@ -14,8 +14,6 @@ use samkor::console::{ConsoleConfig, RunningConsole};
 use samkor::federation::{LocalFederation, LocalOptions};
 use samkor_policies::audit::{self, AuditEntry, AuditLog, Decision};
 
-use crate::common;
-
 const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// A chromedriver on a free loopback port, killed on drop.
@@ -196,36 +194,61 @@ principal_investigator = \"alice\"\npurpose = \"p\"\nvalid_from = 2025-01-01\nva
 outputs = [\"aggregate\"]\n\n[[tables]]\ntable = \"hip.operations\"\ncolumns = [\"region\"]\n";
 
 struct Setup {
-    _dir: tempfile::TempDir,
     federation: LocalFederation,
     console: RunningConsole,
     config: ConsoleConfig,
 }
 
-/// A private federation (approvals added) with the console beside its coordinator.
+/// Persons in the console's federation: enough for hospitals and regions
+/// whose counts pass disclosure control over a run of years.
+const CONSOLE_PERSONS: u64 = 40_000;
+
+/// A synthetic federation for the console tests (generated once per run),
+/// with approvals for the console's queries, one about to expire, one expired
+/// and one that does not pass its checks.
+fn console_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::Builder::new().prefix("samkor-console-").tempdir().expect("tempdir").keep();
+        let registers = samkor::federation::REGISTERS;
+        samkor::certs::init(&dir.join("certs"), &registers, &["alice", "bob"]).expect("certificates");
+        samkor::certs::write_federation_key(&dir.join("federation.key")).expect("federation key");
+        samkor::synth::generate(&samkor::synth::SynthOptions { out: dir.clone(), persons: CONSOLE_PERSONS, seed: 11 })
+            .expect("synthetic registers");
+        samkor::federation::write_full_approval(&dir, "P-1", &["alice"], &["aggregate"], false).expect("approval");
+        let approvals = dir.join("approvals");
+        std::fs::write(approvals.join("open-comparisons.toml"), samkor::console::OPEN_COMPARISONS_APPROVAL)
+            .expect("approval");
+        let soon = chrono::Utc::now().date_naive() + chrono::Days::new(10);
+        std::fs::write(approvals.join("E-soon.toml"), EXPIRING.replace("UNTIL", &soon.to_string())).expect("approval");
+        let past = EXPIRING.replace("UNTIL", "2021-12-31").replace("E-soon", "E-past");
+        std::fs::write(approvals.join("E-past.toml"), past).expect("approval");
+        std::fs::write(approvals.join("X-broken.toml"), BROKEN).expect("approval");
+        dir
+    })
+}
+
+/// The federation with the console beside its coordinator.
 async fn setup(extra_users: &str, extra_logs: &[(&str, &Path)]) -> Setup {
-    let dir = common::private_copy();
-    let approvals = dir.path().join("approvals");
-    std::fs::write(approvals.join("open-comparisons.toml"), samkor::console::OPEN_COMPARISONS_APPROVAL)
-        .expect("approval");
-    let until = chrono::Utc::now().date_naive() + chrono::Days::new(10);
-    std::fs::write(approvals.join("E-soon.toml"), EXPIRING.replace("UNTIL", &until.to_string())).expect("approval");
-    std::fs::write(approvals.join("X-broken.toml"), BROKEN).expect("approval");
-    let federation = LocalFederation::start(dir.path(), &LocalOptions::default()).await.expect("federation starts");
+    let dir = console_dir();
+    let federation = LocalFederation::start(dir, &LocalOptions::default()).await.expect("federation starts");
     let hip = federation.node("hip").expect("hip node").audit.path().to_owned();
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut text = format!(
-        "coordinator = \"unused.toml\"\nlisten = \"127.0.0.1:0\"\naudit_log = \"audit/console.jsonl\"\n\n\
+        "coordinator = \"unused.toml\"\nlisten = \"127.0.0.1:0\"\naudit_log = \"audit/console-{}-{n}.jsonl\"\n\n\
          [[users]]\nname = \"rita\"\nroles = [\"reviewer\"]\n\n[[users]]\nname = \"hanna\"\nroles = [\"holder:hip\"]\n{extra_users}\n\
          [[node_logs]]\nregister = \"hip\"\npath = {:?}\n",
+        std::process::id(),
         hip.display().to_string()
     );
     for (register, path) in extra_logs {
         text.push_str(&format!("\n[[node_logs]]\nregister = {register:?}\npath = {:?}\n", path.display().to_string()));
     }
-    let config = ConsoleConfig::parse(&dir.path().join("console.toml"), &text).expect("console config");
+    let config = ConsoleConfig::parse(&dir.join("console.toml"), &text).expect("console config");
     let console =
         samkor::console::start(config.clone(), federation.coordinator.engine.clone()).await.expect("console starts");
-    Setup { _dir: dir, federation, console, config }
+    Setup { federation, console, config }
 }
 
 /// The released rows of `sql` asked as a researcher with the same disclosure settings (P-1: defaults).
@@ -284,7 +307,7 @@ async fn console_pages_in_a_real_browser() {
     assert_eq!(expiring.attr("class").await.expect("class").as_deref(), Some("expiring"));
     assert!(expiring.text().await.expect("text").contains("expires in 10 days"));
     assert_eq!(
-        c.find(Locator::Id("row-G-expired")).await.expect("G-expired").attr("class").await.expect("class").as_deref(),
+        c.find(Locator::Id("row-E-past")).await.expect("E-past").attr("class").await.expect("class").as_deref(),
         Some("expired")
     );
     let problems = c.find(Locator::Id("problems")).await.expect("problems table").text().await.expect("text");
@@ -328,13 +351,19 @@ async fn console_pages_in_a_real_browser() {
     // Open comparisons: plotted values are the query's answer.
     let mut plotted = 0;
     let mut withheld = 0;
-    for (indicator, by, year) in [("mortality90", "region", 2019), ("reoperation", "hospital", 2019)] {
+    for (indicator, by, year, through) in
+        [("mortality90", "region", 2010, 2024), ("reoperation", "hospital", 2019, 2019)]
+    {
         c.goto(&format!("{}/comparisons?indicator={indicator}&by={by}&year={year}", console.url()))
             .await
             .expect("open");
         let ind = samkor::console::comparisons::indicator(indicator).expect("indicator");
-        let sql =
-            samkor::console::comparisons::sql(ind, samkor::console::comparisons::By::parse(by).expect("by"), year);
+        let sql = samkor::console::comparisons::sql(
+            ind,
+            samkor::console::comparisons::By::parse(by).expect("by"),
+            year,
+            through,
+        );
         assert_eq!(
             c.find(Locator::Id("sql")).await.expect("sql").prop("textContent").await.expect("sql").as_deref(),
             Some(sql.as_str())
