@@ -102,14 +102,14 @@ pub struct Row {
     pub operations: Option<u64>,
     pub events: Option<u64>,
     pub percent: Option<f64>,
-    /// The columns disclosure control withheld (`*`: a merged row of small units).
+    /// The columns disclosure control withheld (`* …`: the merged row of small units).
     pub withheld: Vec<String>,
 }
 
 impl Row {
     /// The merged row of units below the threshold (keys withheld too).
     pub fn is_merged(&self) -> bool {
-        self.withheld.iter().any(|w| w == "*")
+        self.withheld.iter().any(|w| w.starts_with('*'))
     }
 
     /// Plotted only when both coordinates were released.

@@ -205,8 +205,13 @@ async fn gate(State(console): State<Arc<Console>>, mut request: Request, next: N
     let method = request.method().clone();
     if method != axum::http::Method::GET && method != axum::http::Method::HEAD {
         let origin = request.headers().get(header::ORIGIN).and_then(|h| h.to_str().ok()).unwrap_or_default();
+        let site = request.headers().get("sec-fetch-site").and_then(|h| h.to_str().ok()).unwrap_or_default();
         let scheme = if console.tls { "https" } else { "http" };
-        if origin != format!("{scheme}://{host}") {
+        // Under `Referrer-Policy: no-referrer` browsers send `Origin: null` even for
+        // same-origin forms; then the browser's own `Sec-Fetch-Site` (which no page
+        // can set) must say same-origin.
+        let same_origin = origin == format!("{scheme}://{host}") || (origin == "null" && site == "same-origin");
+        if !same_origin {
             let note =
                 AccessNote::new("console.origin", "a form was sent from another origin (or without Origin); refused");
             let response =

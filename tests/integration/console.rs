@@ -82,6 +82,19 @@ async fn shot(c: &Client, name: &str) {
     std::fs::write(screenshots().join(format!("{name}.png")), png).expect("write screenshot");
 }
 
+/// Waits (up to 20 s) until the browser has navigated to a URL containing `part`.
+async fn wait_for_url(c: &Client, part: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let url = c.current_url().await.expect("url");
+        if url.as_str().contains(part) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the browser did not reach a URL with {part:?}; it is at {url}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn body(c: &Client) -> String {
     c.find(Locator::Css("body")).await.expect("body").text().await.expect("text")
 }
@@ -89,12 +102,16 @@ async fn body(c: &Client) -> String {
 async fn login(c: &Client, console: &RunningConsole, user: &str) {
     c.goto(&console.login_link(user).expect("link")).await.expect("open login link");
     c.find(Locator::Id("login")).await.expect("login button").click().await.expect("log in");
-    let who = c.find(Locator::Id("who")).await.expect("logged in").text().await.expect("name");
+    let who = match c.wait().at_most(Duration::from_secs(20)).for_element(Locator::Id("who")).await {
+        Ok(e) => e.text().await.expect("name"),
+        Err(e) => panic!("not logged in as {user} ({e}); the page says: {}", body(c).await),
+    };
     assert_eq!(who, user);
 }
 
 async fn logout(c: &Client) {
     c.find(Locator::Css("form.logout button")).await.expect("logout button").click().await.expect("log out");
+    wait_for_url(c, "/login").await;
     assert!(body(c).await.contains("Log in first"), "logged out");
 }
 
@@ -182,10 +199,10 @@ outputs = ["aggregate"]
 [[tables]]
 table = "hip.operations"
 columns = ["person", "op_date", "region"]
+generalise = { op_date = "year" }
   [[tables.rows]]
   column = "region"
   in = ["Skåne"]
-generalise = { op_date = "year" }
 "#;
 
 /// Reversed dates on line 8: refused with file and line.
@@ -332,7 +349,7 @@ async fn console_pages_in_a_real_browser() {
     // Follow a filter: refusals only.
     c.find(Locator::Id("f-outcome")).await.expect("outcome").select_by_value("refused").await.expect("select");
     c.find(Locator::Id("apply")).await.expect("apply").click().await.expect("filter");
-    assert!(c.current_url().await.expect("url").as_str().contains("outcome=refused"));
+    wait_for_url(&c, "outcome=refused").await;
     let decisions = c.find_all(Locator::Css("#records td.decision")).await.expect("cells");
     assert!(!decisions.is_empty(), "bob's refusal is listed");
     for d in decisions {
@@ -340,6 +357,7 @@ async fn console_pages_in_a_real_browser() {
     }
     shot(&c, "audit").await;
     c.find(Locator::LinkText("Access review")).await.expect("review link").click().await.expect("open review");
+    wait_for_url(&c, "/audit/review?").await;
     let report = c.find(Locator::Id("report")).await.expect("report").text().await.expect("text");
     assert!(
         report.contains("== Queries per identity and project ==") && report.contains("approval.member"),
@@ -354,7 +372,7 @@ async fn console_pages_in_a_real_browser() {
     for (indicator, by, year, through) in
         [("mortality90", "region", 2010, 2024), ("reoperation", "hospital", 2019, 2019)]
     {
-        c.goto(&format!("{}/comparisons?indicator={indicator}&by={by}&year={year}", console.url()))
+        c.goto(&format!("{}/comparisons?indicator={indicator}&by={by}&year={year}&through={through}", console.url()))
             .await
             .expect("open");
         let ind = samkor::console::comparisons::indicator(indicator).expect("indicator");
@@ -369,11 +387,20 @@ async fn console_pages_in_a_real_browser() {
             Some(sql.as_str())
         );
         let rows = answer_of(federation, &sql).await;
-        let national =
-            rows.iter().find(|r| r.unit.is_none() && !r.is_merged()).and_then(|r| r.percent).expect("national value");
-        let line = c.find(Locator::Css("svg.funnel line.national")).await.expect("national line");
-        let drawn: f64 = line.attr("data-percent").await.expect("attr").expect("data-percent").parse().expect("number");
-        assert_eq!(drawn, national);
+        let national = rows.iter().find(|r| r.unit.is_none() && !r.is_merged()).and_then(|r| r.percent);
+        match national {
+            Some(national) => {
+                let line = c.find(Locator::Css("svg.funnel line.national")).await.expect("national line");
+                let drawn: f64 =
+                    line.attr("data-percent").await.expect("attr").expect("data-percent").parse().expect("number");
+                assert_eq!(drawn, national);
+            }
+            None => {
+                let text = c.find(Locator::Id("national")).await.expect("national").text().await.expect("text");
+                assert!(text.contains("withheld by disclosure control"), "{text}");
+                assert!(c.find(Locator::Css("svg.funnel")).await.is_err(), "no funnel without a national value");
+            }
+        }
         let mut circles = Vec::new();
         for e in c.find_all(Locator::Css("svg.funnel circle.unit")).await.expect("points") {
             let unit = e.attr("data-unit").await.expect("attr").expect("unit");
@@ -383,13 +410,16 @@ async fn console_pages_in_a_real_browser() {
         }
         let mut expected: Vec<(String, u64, f64)> = rows
             .iter()
-            .filter(|r| r.plottable())
+            .filter(|r| national.is_some() && r.plottable())
             .map(|r| (r.unit.clone().expect("unit"), r.operations.expect("n"), r.percent.expect("percent")))
             .collect();
         circles.sort_by(|a, b| a.0.cmp(&b.0));
         expected.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(circles, expected, "{indicator} by {by}: the funnel draws exactly the released answer");
-        let not_plotted = rows.iter().filter(|r| (r.unit.is_some() || r.is_merged()) && !r.plottable()).count();
+        let not_plotted = rows
+            .iter()
+            .filter(|r| (r.unit.is_some() || r.is_merged()) && (national.is_none() || !r.plottable()))
+            .count();
         let marked = c.find_all(Locator::Css("#units tr.withheld")).await.expect("rows").len();
         assert_eq!(marked, not_plotted, "each withheld unit says it is not plotted");
         plotted += circles.len();
@@ -453,6 +483,9 @@ async fn console_pages_in_a_real_browser() {
     assert_eq!(status, 403, "a form from another origin is refused");
     let (status, _, _) = http(addr, "POST", "/logout", &[("Cookie", &cookie)], "");
     assert_eq!(status, 403, "a form without Origin is refused");
+    let (status, _, _) =
+        http(addr, "POST", "/logout", &[("Cookie", &cookie), ("Origin", "null"), ("Sec-Fetch-Site", "cross-site")], "");
+    assert_eq!(status, 403, "an opaque origin from another site is refused");
     let (status, _, _) = http(addr, "GET", "/", &[("Cookie", &cookie), ("Host", "attacker.example:80")], "");
     assert_eq!(status, 421, "DNS rebinding: a foreign Host is refused");
     let (status, _, _) = http(addr, "GET", "/", &[("Cookie", &cookie)], "");
@@ -516,7 +549,7 @@ async fn console_page_load_with_100k_records() {
     );
     let s = setup("\n[[users]]\nname = \"nils\"\nroles = [\"holder:npr\"]\n", &[("npr", &big)]).await;
     let cookie = session(&s.console, "nils");
-    let mut time = |path: &str| {
+    let time = |path: &str| {
         let t = Instant::now();
         let (status, _, body) = http(s.console.addr, "GET", path, &[("Cookie", &cookie)], "");
         assert_eq!(status, 200, "{body}");
