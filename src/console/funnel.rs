@@ -110,7 +110,8 @@ pub fn svg(title: &str, y_label: &str, points: &[Point], p0_percent: f64) -> Str
     const TOP: f64 = 36.0;
     const BOTTOM: f64 = 56.0;
     let max_n = points.iter().map(|p| p.denominator).max().unwrap_or(10).max(10) as f64 * 1.08;
-    let min_n = (points.iter().map(|p| p.denominator).min().unwrap_or(1) as f64 * 0.5).max(1.0);
+    // The curves start near zero so the funnel's shape shows, whatever the smallest unit.
+    let min_n = (max_n / 200.0).max(1.0);
     let p0 = p0_percent / 100.0;
     // Curves from the smallest denominator shown to the right edge, evenly spaced on a square-root scale.
     let steps = 80;
@@ -121,7 +122,8 @@ pub fn svg(title: &str, y_label: &str, points: &[Point], p0_percent: f64) -> Str
             (s * s).round().max(1.0) as u64
         })
         .collect();
-    let upper_at_min = limits(min_n as u64, p0, 0.998).1 * 100.0;
+    let smallest = points.iter().map(|p| p.denominator).min().unwrap_or(1).max(1);
+    let upper_at_min = limits(smallest, p0, 0.998).1 * 100.0;
     let max_point = points.iter().map(|p| p.percent).fold(0.0, f64::max);
     let max_y = (max_point.max(p0_percent * 2.0).max(upper_at_min.min(max_point.max(p0_percent) * 1.5)) * 1.1)
         .clamp(0.5, 100.0);
@@ -234,12 +236,12 @@ pub fn svg(title: &str, y_label: &str, points: &[Point], p0_percent: f64) -> Str
     }
     s.push_str("</g>");
     // Legend.
-    let lx = W - RIGHT - 250.0;
+    let lx = W - RIGHT - 340.0;
     let items: [(&str, &str, &str); 3] =
         [("#1b5e20", "", "national value"), ("#d08c00", "6 4", "95 % limits"), ("#b00020", "2 3", "99.8 % limits")];
     for (i, (colour, dash, label)) in items.iter().enumerate() {
-        let ly = TOP - 24.0 + 0.0 * i as f64;
-        let ox = lx + i as f64 * 85.0;
+        let ly = TOP - 16.0;
+        let ox = lx + i as f64 * 115.0;
         let _ = write!(
             s,
             r##"<line x1="{ox}" y1="{ly}" x2="{}" y2="{ly}" stroke="{colour}" stroke-width="2" stroke-dasharray="{dash}"/><text x="{}" y="{}" font-size="11" fill="#333">{label}</text>"##,

@@ -109,6 +109,9 @@ pub(crate) struct Filter {
     pub(crate) project: Option<String>,
     pub(crate) outcome: Option<Decision>,
     pub(crate) rule: Option<String>,
+    /// `from` and `to` as `YYYY-MM-DD` (set by [`Filter::new`]).
+    from_text: Option<String>,
+    to_text: Option<String>,
 }
 
 pub(crate) fn parse_outcome(s: &str) -> Option<Decision> {
@@ -122,17 +125,30 @@ pub(crate) fn parse_outcome(s: &str) -> Option<Decision> {
 }
 
 impl Filter {
+    pub(crate) fn new(
+        from: Option<NaiveDate>,
+        to: Option<NaiveDate>,
+        identity: Option<String>,
+        project: Option<String>,
+        outcome: Option<Decision>,
+        rule: Option<String>,
+    ) -> Filter {
+        let text = |d: Option<NaiveDate>| d.map(|d| d.format("%Y-%m-%d").to_string());
+        Filter { from_text: text(from), to_text: text(to), from, to, identity, project, outcome, rule }
+    }
+
     /// Whether a record passes. Days are compared on the record's UTC date;
     /// a record whose time does not parse is kept (never hide records from a review).
     pub(crate) fn matches(&self, r: &AuditRecord) -> bool {
-        let day = r.time.get(..10).and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
-        if let (Some(from), Some(day)) = (self.from, day)
-            && day < from
+        // RFC 3339 UTC dates sort as text: compare the first ten characters, no parsing.
+        let day = r.time.get(..10).filter(|d| d.as_bytes().get(4) == Some(&b'-'));
+        if let (Some(from), Some(day)) = (&self.from_text, day)
+            && day < from.as_str()
         {
             return false;
         }
-        if let (Some(to), Some(day)) = (self.to, day)
-            && day > to
+        if let (Some(to), Some(day)) = (&self.to_text, day)
+            && day > to.as_str()
         {
             return false;
         }
@@ -206,11 +222,11 @@ mod tests {
         assert_eq!((page.len(), n, page[0].seq), (PAGE, 250, 250), "newest first");
         let (page, _) = select(&loaded, &Filter::default(), 2);
         assert_eq!((page.len(), page[0].seq), (50, 50));
-        let refused = Filter { outcome: Some(Decision::Refused), ..Filter::default() };
+        let refused = Filter::new(None, None, None, None, Some(Decision::Refused), None);
         let (page, n) = select(&loaded, &refused, 0);
         assert_eq!(n, 25);
         assert!(page.iter().all(|r| r.identity == "bob" && r.rule == "approval.member"));
-        let future = Filter { from: NaiveDate::from_ymd_opt(2999, 1, 1), ..Filter::default() };
+        let future = Filter::new(NaiveDate::from_ymd_opt(2999, 1, 1), None, None, None, None, None);
         assert_eq!(select(&loaded, &future, 0).1, 0);
         assert!(Arc::ptr_eq(&loaded, &cache.load(&path).expect("cached")), "unchanged file is not re-read");
         log.append(AuditEntry::accepted("carol", "q", "SELECT 2")).expect("append");

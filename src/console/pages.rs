@@ -784,14 +784,14 @@ async fn audit(State(console): Shared, Extension(visitor): Extension<Visitor>, Q
             );
         }
     };
-    let filter = Filter {
-        from: date(&q, "from"),
-        to: date(&q, "to"),
-        identity: non_empty(&q, "identity"),
-        project: non_empty(&q, "project"),
-        outcome: non_empty(&q, "outcome").as_deref().and_then(logs::parse_outcome),
-        rule: non_empty(&q, "rule"),
-    };
+    let filter = Filter::new(
+        date(&q, "from"),
+        date(&q, "to"),
+        non_empty(&q, "identity"),
+        non_empty(&q, "project"),
+        non_empty(&q, "outcome").as_deref().and_then(logs::parse_outcome),
+        non_empty(&q, "rule"),
+    );
     let page: usize = q.get("page").and_then(|p| p.parse().ok()).unwrap_or(0);
     let (selected, matched) = logs::select(&loaded, &filter, page);
     let pages = matched.div_ceil(PAGE).max(1);
