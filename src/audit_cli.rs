@@ -5,6 +5,7 @@
 //! The log itself (format, hash chain, durability) is
 //! `samkor_policies::audit`; see `docs/audit.md`.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -117,9 +118,24 @@ struct Usage {
 }
 
 fn report_at(file: &Path, since: &str, approvals: &[ApprovalSummary], today: NaiveDate) -> Result<String, String> {
-    let since_time = parse_since(since)?;
     let contents = read(file)?;
-    let records: Vec<&AuditRecord> = contents.records.iter().filter(|r| is_since(r, Some(&since_time))).collect();
+    let problem = contents.problem.as_ref().map(|p| p as &dyn std::fmt::Display);
+    report_of(file, &contents.records, problem, since, approvals, today)
+}
+
+/// The access review of records already read (`all`: the good records of
+/// `file`, `problem`: the chain problem after them), as `report` prints it.
+/// The web console passes the records it keeps verified in memory.
+pub fn report_of<R: std::borrow::Borrow<AuditRecord>>(
+    file: &Path,
+    all: &[R],
+    problem: Option<&dyn std::fmt::Display>,
+    since: &str,
+    approvals: &[ApprovalSummary],
+    today: NaiveDate,
+) -> Result<String, String> {
+    let since_time = parse_since(since)?;
+    let records: Vec<&AuditRecord> = all.iter().map(Borrow::borrow).filter(|r| is_since(r, Some(&since_time))).collect();
     let mut usage: BTreeMap<(&str, &str), Usage> = BTreeMap::new();
     let mut refusals: BTreeMap<&str, (u64, BTreeSet<&str>)> = BTreeMap::new();
     let mut events = Vec::new();
@@ -150,12 +166,12 @@ fn report_at(file: &Path, since: &str, approvals: &[ApprovalSummary], today: Nai
     }
 
     let mut out = format!("ACCESS REVIEW: audit log {}\n", file.display());
-    let actors: BTreeSet<&str> = contents.records.iter().map(|r| r.actor.as_str()).collect();
+    let actors: BTreeSet<&str> = all.iter().map(|r| r.borrow().actor.as_str()).collect();
     out.push_str(&format!(
         "Period: since {} ({} of {} records{})\n",
         since_time.format("%Y-%m-%d %H:%M:%S UTC"),
         records.len(),
-        contents.records.len(),
+        all.len(),
         match (records.first(), records.last()) {
             (Some(first), Some(last)) => format!(", {} to {}", short_time(&first.time), short_time(&last.time)),
             _ => String::new(),
@@ -165,7 +181,7 @@ fn report_at(file: &Path, since: &str, approvals: &[ApprovalSummary], today: Nai
         out.push_str(&format!("Written by: {}\n", actors.into_iter().collect::<Vec<_>>().join(", ")));
     }
     out.push_str(&format!("Review date: {today}\n"));
-    match &contents.problem {
+    match problem {
         None => out.push_str("Log integrity: chain intact\n"),
         Some(problem) => out.push_str(&integrity_warning(problem)),
     }
@@ -252,9 +268,9 @@ fn report_at(file: &Path, since: &str, approvals: &[ApprovalSummary], today: Nai
                 d => format!("expires in {d} days"),
             };
             // Accepted queries dated after the last valid day: a finding for the review.
-            let after = contents
-                .records
+            let after = all
                 .iter()
+                .map(Borrow::borrow)
                 .filter(|r| r.decision == Decision::Accepted && r.project == a.project)
                 .filter(|r| record_time(r).is_some_and(|t| t.date_naive() > a.valid_until))
                 .count();
@@ -276,7 +292,7 @@ fn read(file: &Path) -> Result<AuditContents, String> {
     audit::read_all(file).map_err(|e| e.to_string())
 }
 
-fn integrity_warning(problem: &VerifyError) -> String {
+fn integrity_warning(problem: &dyn std::fmt::Display) -> String {
     format!(
         "WARNING: the log does not verify; only the records before the problem are shown: {problem}. \
          Run `samkor audit verify`.\n"

@@ -1,24 +1,35 @@
 //! Audit logs as the console reads them: verified on load, kept in memory
-//! until the file changes (length or modification time), filtered per page.
+//! until the file changes, filtered per page.
+//!
+//! A log that only grew is read from where the last read stopped, and the
+//! appended records are verified as continuing the chain
+//! (`audit::read_appended`); the whole chain is verified again when the file
+//! shrank or was rewritten, and at least every [`FULL_VERIFY_EVERY`], so an
+//! edit in the middle of an intact log shows within that time.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use chrono::NaiveDate;
-use samkor_policies::audit::{self, AuditRecord, Decision, VerifyError};
+use samkor_policies::audit::{self, AuditRecord, Decision, Position, VerifyError};
 
 /// Records shown per page.
 pub(crate) const PAGE: usize = 100;
+
+/// How long an incrementally extended log goes without a full re-verification.
+pub(crate) const FULL_VERIFY_EVERY: Duration = Duration::from_secs(60);
 
 /// A log as read and verified.
 #[derive(Debug)]
 pub(crate) struct Loaded {
     stamp: (u64, SystemTime),
+    position: Position,
+    verified_whole: Instant,
     /// The good records (all of them when the chain is intact).
-    pub(crate) records: Vec<AuditRecord>,
+    pub(crate) records: Vec<Arc<AuditRecord>>,
     pub(crate) problem: Option<Broken>,
     /// Distinct values, for the filter menus.
     pub(crate) identities: BTreeSet<String>,
@@ -46,39 +57,77 @@ fn stamp(path: &Path) -> std::io::Result<(u64, SystemTime)> {
     Ok((m.len(), m.modified()?))
 }
 
+fn note_values(loaded: &mut Loaded, records: &[Arc<AuditRecord>]) {
+    for r in records {
+        if !loaded.identities.contains(&r.identity) {
+            loaded.identities.insert(r.identity.clone());
+        }
+        if !loaded.projects.contains(&r.project) {
+            loaded.projects.insert(r.project.clone());
+        }
+        if !loaded.rules.contains(&r.rule) {
+            loaded.rules.insert(r.rule.clone());
+        }
+    }
+}
+
 impl LogCache {
     /// The log at `path`, read and verified again only if it changed. Blocking.
     pub(crate) fn load(&self, path: &Path) -> Result<Arc<Loaded>, String> {
         let now = stamp(path).map_err(|e| format!("cannot read audit log {}: {e}", path.display()))?;
-        if let Some(l) = self.logs.lock().unwrap_or_else(|p| p.into_inner()).get(path)
-            && l.stamp == now
-        {
-            return Ok(l.clone());
-        }
-        let contents = audit::read_all(path).map_err(|e| e.to_string())?;
-        let problem = contents.problem.map(|p| {
-            let record = p.record();
-            let line = record.and_then(|n| nth_line(path, n));
-            Broken { message: describe(&p), record, line }
-        });
-        let mut identities = BTreeSet::new();
-        let mut projects = BTreeSet::new();
-        let mut rules = BTreeSet::new();
-        for r in &contents.records {
-            if !identities.contains(&r.identity) {
-                identities.insert(r.identity.clone());
+        let cached = self.logs.lock().unwrap_or_else(|p| p.into_inner()).get(path).cloned();
+        let loaded = match cached {
+            Some(l) if l.stamp == now => return Ok(l),
+            // Only grew since an intact read: read and verify what was appended.
+            Some(l)
+                if l.problem.is_none() && now.0 >= l.position.len && l.verified_whole.elapsed() < FULL_VERIFY_EVERY =>
+            {
+                let (more, position) = audit::read_appended(path, &l.position).map_err(|e| e.to_string())?;
+                let added: Vec<Arc<AuditRecord>> = more.records.into_iter().map(Arc::new).collect();
+                let mut records = Vec::with_capacity(l.records.len() + added.len());
+                records.extend(l.records.iter().cloned());
+                records.extend(added.iter().cloned());
+                let mut loaded = Loaded {
+                    stamp: now,
+                    position,
+                    verified_whole: l.verified_whole,
+                    records,
+                    problem: more.problem.map(|p| broken(path, &p)),
+                    identities: l.identities.clone(),
+                    projects: l.projects.clone(),
+                    rules: l.rules.clone(),
+                };
+                note_values(&mut loaded, &added);
+                loaded
             }
-            if !projects.contains(&r.project) {
-                projects.insert(r.project.clone());
+            _ => {
+                let (contents, position) = audit::read_all_at(path).map_err(|e| e.to_string())?;
+                let records: Vec<Arc<AuditRecord>> = contents.records.into_iter().map(Arc::new).collect();
+                let mut loaded = Loaded {
+                    stamp: now,
+                    position,
+                    verified_whole: Instant::now(),
+                    records: Vec::new(),
+                    problem: contents.problem.map(|p| broken(path, &p)),
+                    identities: BTreeSet::new(),
+                    projects: BTreeSet::new(),
+                    rules: BTreeSet::new(),
+                };
+                note_values(&mut loaded, &records);
+                loaded.records = records;
+                loaded
             }
-            if !rules.contains(&r.rule) {
-                rules.insert(r.rule.clone());
-            }
-        }
-        let loaded = Arc::new(Loaded { stamp: now, records: contents.records, problem, identities, projects, rules });
+        };
+        let loaded = Arc::new(loaded);
         self.logs.lock().unwrap_or_else(|p| p.into_inner()).insert(path.to_owned(), loaded.clone());
         Ok(loaded)
     }
+}
+
+fn broken(path: &Path, p: &VerifyError) -> Broken {
+    let record = p.record();
+    let line = record.and_then(|n| nth_line(path, n));
+    Broken { message: describe(p), record, line }
 }
 
 fn describe(p: &VerifyError) -> String {
@@ -167,7 +216,7 @@ pub(crate) fn select<'a>(loaded: &'a Loaded, filter: &Filter, page: usize) -> (V
     for r in loaded.records.iter().rev() {
         if filter.matches(r) {
             if matched >= skip && out.len() < PAGE {
-                out.push(r);
+                out.push(r.as_ref());
             }
             matched += 1;
         }
@@ -230,7 +279,10 @@ mod tests {
         assert_eq!(select(&loaded, &future, 0).1, 0);
         assert!(Arc::ptr_eq(&loaded, &cache.load(&path).expect("cached")), "unchanged file is not re-read");
         log.append(AuditEntry::accepted("carol", "q", "SELECT 2")).expect("append");
-        assert_eq!(cache.load(&path).expect("reloaded").records.len(), 251);
+        let grown = cache.load(&path).expect("reloaded");
+        assert_eq!(grown.records.len(), 251);
+        assert!(grown.identities.contains("carol") && grown.problem.is_none());
+        assert_eq!(grown.records.last().expect("last").seq, 251);
     }
 
     #[test]

@@ -885,12 +885,12 @@ async fn review_text(
             valid_until: a.valid_until,
         })
         .collect();
-    let path = choice.path.clone();
-    let s = since.clone();
-    let text = tokio::task::spawn_blocking(move || crate::audit_cli::report(&path, &s, &approvals))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r);
+    // The records the console keeps verified, not a second read of the file.
+    let text = load(console, choice.path.clone()).await.and_then(|loaded| {
+        let problem = loaded.problem.as_ref().map(|b| &b.message as &dyn std::fmt::Display);
+        let today = Utc::now().date_naive();
+        crate::audit_cli::report_of(&choice.path, &loaded.records, problem, &since, &approvals, today)
+    });
     match text {
         Ok(text) => Ok((choice, since, text)),
         Err(e) => Err(render(
