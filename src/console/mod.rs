@@ -194,7 +194,7 @@ impl AccessNote {
 /// if it cannot be recorded, nothing is shown.
 async fn gate(State(console): State<Arc<Console>>, mut request: Request, next: Next) -> Response {
     let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default().to_owned();
-    if !console.hosts.iter().any(|h| *h == host) {
+    if !console.hosts.contains(&host) {
         return (StatusCode::MISDIRECTED_REQUEST, "this console answers only at its own loopback address")
             .into_response();
     }

@@ -130,10 +130,10 @@ fn render(status: StatusCode, template: &impl Template, note: AccessNote) -> Res
 }
 
 /// The user, or the page that says to log in first.
-fn logged_in(console: &Console, visitor: &Visitor) -> Result<User, Response> {
+fn logged_in(console: &Console, visitor: &Visitor) -> Result<User, Box<Response>> {
     match &visitor.0 {
         Some(u) => Ok(u.clone()),
-        None => Err(render(
+        None => Err(Box::new(render(
             StatusCode::UNAUTHORIZED,
             &message(
                 console,
@@ -145,7 +145,7 @@ fn logged_in(console: &Console, visitor: &Visitor) -> Result<User, Response> {
                     .to_owned(),
             ),
             AccessNote::new("console.session", "no valid session"),
-        )),
+        ))),
     }
 }
 
@@ -176,7 +176,7 @@ async fn login_page(State(console): Shared, Extension(visitor): Extension<Visito
         if visitor.0.is_some() {
             return Redirect::to("/").into_response();
         }
-        return logged_in(&console, &Visitor(None)).unwrap_err();
+        return *logged_in(&console, &Visitor(None)).unwrap_err();
     };
     match console.auth.peek_login(token) {
         Some(user) => {
@@ -343,7 +343,7 @@ fn time(t: &DateTime<Utc>) -> String {
 async fn status(State(console): Shared, Extension(visitor): Extension<Visitor>) -> Response {
     let user = match logged_in(&console, &visitor) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let contacts = console.status.contacts.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut nodes = Vec::new();
@@ -548,7 +548,7 @@ fn approval_view(a: &Approval, today: NaiveDate) -> ApprovalView {
 async fn approvals(State(console): Shared, Extension(visitor): Extension<Visitor>) -> Response {
     let user = match logged_in(&console, &visitor) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if !is_reviewer(&user) {
         return refused(&console, &user, "the approvals", "reviewer");
@@ -611,14 +611,14 @@ fn logs_for(console: &Console, user: &User) -> Vec<LogChoice> {
 }
 
 /// The log named by `key` if the user may read it, or the refusal.
-fn choose_log(console: &Console, user: &User, key: Option<&str>) -> Result<LogChoice, Response> {
+fn choose_log(console: &Console, user: &User, key: Option<&str>) -> Result<LogChoice, Box<Response>> {
     let choices = logs_for(console, user);
     let key = match key {
         Some(k) if !k.is_empty() => k,
         _ => match choices.first() {
             Some(c) => return Ok(c.clone()),
             None => {
-                return Err(refused(console, user, "any audit log", "reviewer or holder:<register>"));
+                return Err(Box::new(refused(console, user, "any audit log", "reviewer or holder:<register>")));
             }
         },
     };
@@ -630,7 +630,7 @@ fn choose_log(console: &Console, user: &User, key: Option<&str>) -> Result<LogCh
             format!("holder:{r}")
         }
         Some(_) => {
-            return Err(render(
+            return Err(Box::new(render(
                 StatusCode::NOT_FOUND,
                 &message(
                     console,
@@ -640,18 +640,18 @@ fn choose_log(console: &Console, user: &User, key: Option<&str>) -> Result<LogCh
                     format!("This console is not configured with the log {key:?}."),
                 ),
                 AccessNote::new("console.page", "unknown log"),
-            ));
+            )));
         }
         None if key == "coordinator" || key == "console" => "reviewer".to_owned(),
         None => {
-            return Err(render(
+            return Err(Box::new(render(
                 StatusCode::NOT_FOUND,
                 &message(console, Some(user), "No such log", "warn", format!("There is no log {key:?}.")),
                 AccessNote::new("console.page", "unknown log"),
-            ));
+            )));
         }
     };
-    Err(refused(console, user, &format!("the audit log {key:?}"), &needs))
+    Err(Box::new(refused(console, user, &format!("the audit log {key:?}"), &needs)))
 }
 
 #[derive(Debug)]
@@ -768,11 +768,11 @@ async fn load(console: &Arc<Console>, path: std::path::PathBuf) -> Result<Arc<lo
 async fn audit(State(console): Shared, Extension(visitor): Extension<Visitor>, Query(q): Params) -> Response {
     let user = match logged_in(&console, &visitor) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let choice = match choose_log(&console, &user, q.get("log").map(String::as_str)) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let loaded = match load(&console, choice.path.clone()).await {
         Ok(l) => l,
@@ -871,7 +871,7 @@ async fn review_text(
     console: &Arc<Console>,
     user: &User,
     q: &HashMap<String, String>,
-) -> Result<(LogChoice, String, String), Response> {
+) -> Result<(LogChoice, String, String), Box<Response>> {
     let choice = choose_log(console, user, q.get("log").map(String::as_str))?;
     let since = date(q, "since").unwrap_or_else(|| Utc::now().date_naive() - chrono::Days::new(30)).to_string();
     let approvals: Vec<crate::audit_cli::ApprovalSummary> = console
@@ -893,22 +893,22 @@ async fn review_text(
     });
     match text {
         Ok(text) => Ok((choice, since, text)),
-        Err(e) => Err(render(
+        Err(e) => Err(Box::new(render(
             StatusCode::SERVICE_UNAVAILABLE,
             &message(console, Some(user), "Access review failed", "broken", e.clone()),
             AccessNote::new("console.review", e),
-        )),
+        ))),
     }
 }
 
 async fn review(State(console): Shared, Extension(visitor): Extension<Visitor>, Query(q): Params) -> Response {
     let user = match logged_in(&console, &visitor) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let (choice, since, text) = match review_text(&console, &user, &q).await {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let page = ReviewPage {
         layout: layout(&console, Some(&user), "Access review", "audit"),
@@ -926,11 +926,11 @@ async fn review(State(console): Shared, Extension(visitor): Extension<Visitor>, 
 async fn review_file(State(console): Shared, Extension(visitor): Extension<Visitor>, Query(q): Params) -> Response {
     let user = match logged_in(&console, &visitor) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let (choice, since, text) = match review_text(&console, &user, &q).await {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let name = format!("access-review-{}-since-{since}.txt", choice.key.replace(':', "-"));
     let mut r = (
@@ -993,7 +993,7 @@ fn shown<T: std::fmt::Display>(v: Option<T>) -> String {
 async fn comparisons(State(console): Shared, Extension(visitor): Extension<Visitor>, Query(q): Params) -> Response {
     let user = match logged_in(&console, &visitor) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let this_year = Utc::now().year();
     let years: Vec<i32> = (2010..=this_year).rev().collect();
