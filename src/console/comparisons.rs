@@ -20,16 +20,22 @@ pub struct Indicator {
     pub title: &'static str,
     /// What the percentage counts, for the axis and the table.
     pub measure: &'static str,
+    /// What the denominator (the `operations` column) counts.
+    pub denominator: &'static str,
+    /// What the events (the `events` column) are.
+    pub events: &'static str,
     /// The SQL for `by` (`hospital` or `region`) and `year`; see [`sql`].
     template: &'static str,
 }
 
 /// The indicators, in menu order.
-pub const INDICATORS: [Indicator; 2] = [
+pub const INDICATORS: [Indicator; 3] = [
     Indicator {
         key: "mortality90",
         title: "90-day mortality after hip replacement",
         measure: "90-day mortality (%)",
+        denominator: "operations",
+        events: "deaths within 90 days",
         template: "SELECT o.{by} AS unit,
        count(*) AS operations,
        sum(CASE WHEN d.death_date <= o.op_date + INTERVAL '90 days' THEN 1 ELSE 0 END) AS events,
@@ -44,6 +50,8 @@ ORDER BY o.{by} NULLS LAST",
         key: "reoperation",
         title: "Reoperation after hip replacement",
         measure: "Reoperation (%)",
+        denominator: "operations",
+        events: "reoperations",
         template: "SELECT o.{by} AS unit,
        count(*) AS operations,
        sum(CASE WHEN o.reoperation THEN 1 ELSE 0 END) AS events,
@@ -52,6 +60,25 @@ FROM hip.operations o
 WHERE o.op_date BETWEEN DATE '{from}-01-01' AND DATE '{through}-12-31'
 GROUP BY ROLLUP(o.{by})
 ORDER BY o.{by} NULLS LAST",
+    },
+    Indicator {
+        key: "coverage",
+        title: "Coverage of the hip register (patient-register hip replacements found in it)",
+        measure: "Coverage (%)",
+        denominator: "hip replacements in the patient register",
+        events: "found in the hip register",
+        template: "SELECT n.{by} AS unit,
+       count(*) AS operations,
+       count(o.op_id) AS events,
+       100.0 * count(o.op_id) / count(*) AS percent
+FROM npr.inpatient n
+LEFT JOIN hip.operations o
+  ON o.person = n.person AND o.hospital = n.hospital
+ AND o.op_date BETWEEN n.admit_date AND n.admit_date + INTERVAL '1 day'
+WHERE n.procedure IN ('NFB29', 'NFB39', 'NFB49', 'NFB59')
+  AND n.admit_date BETWEEN DATE '{from}-01-01' AND DATE '{through}-12-31'
+GROUP BY ROLLUP(n.{by})
+ORDER BY n.{by} NULLS LAST",
     },
 ];
 
@@ -184,7 +211,7 @@ mod tests {
         for i in INDICATORS {
             let s = sql(&i, By::Region, 2019, 2021);
             assert!(!s.contains('{'), "{s}");
-            assert!(s.contains("GROUP BY ROLLUP(o.region)"), "{s}");
+            assert!(s.contains(".region)\nORDER BY"), "{s}");
             assert!(s.contains("BETWEEN DATE '2019-01-01' AND DATE '2021-12-31'"), "{s}");
         }
         assert_eq!(By::parse("hospital"), Some(By::Hospital));

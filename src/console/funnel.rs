@@ -102,7 +102,7 @@ fn step(max: f64, target: f64) -> f64 {
 /// pairs of limits. Presentation attributes only (no `style`), so it renders
 /// under a CSP without inline styles. Each point carries its released numbers
 /// in `data-unit`, `data-denominator` and `data-percent`.
-pub fn svg(title: &str, y_label: &str, points: &[Point], p0_percent: f64) -> String {
+pub fn svg(title: &str, y_label: &str, x_label: &str, points: &[Point], p0_percent: f64) -> String {
     const W: f64 = 760.0;
     const H: f64 = 440.0;
     const LEFT: f64 = 64.0;
@@ -180,9 +180,10 @@ pub fn svg(title: &str, y_label: &str, points: &[Point], p0_percent: f64) -> Str
     }
     let _ = write!(
         s,
-        r##"<text x="{}" y="{}" text-anchor="middle" font-size="13" fill="#111">Denominator (operations)</text>"##,
+        r##"<text x="{}" y="{}" text-anchor="middle" font-size="13" fill="#111">{}</text>"##,
         (LEFT + W - RIGHT) / 2.0,
-        H - 14.0
+        H - 14.0,
+        esc(x_label)
     );
     let _ = write!(
         s,
@@ -295,7 +296,7 @@ mod tests {
             Point { unit: "Sankt Görans <sjukhus>".into(), denominator: 412, percent: 1.4563106796116505 },
             Point { unit: "Danderyd".into(), denominator: 97, percent: 9.278350515463918 },
         ];
-        let svg = svg("t", "90-day mortality (%)", &points, 1.5);
+        let svg = svg("t", "90-day mortality (%)", "operations", &points, 1.5);
         assert!(
             svg.contains(
                 r#"data-unit="Sankt Görans &lt;sjukhus&gt;" data-denominator="412" data-percent="1.4563106796116505""#

@@ -331,14 +331,18 @@ title = "Open comparisons of hip-replacement outcomes (web console)"
 ethics_reference = "Dnr 2026-00000-02"
 ethics_authority = "Etikprövningsmyndigheten"
 principal_investigator = "console"
-purpose = "Publish 90-day mortality and reoperation after hip replacement per hospital and region, disclosure-controlled."
+purpose = "Publish 90-day mortality, reoperation and register coverage for hip replacement per hospital and region, disclosure-controlled."
 valid_from = 2020-01-01
 valid_until = 2099-12-31
 outputs = ["aggregate"]
 
 [[tables]]
 table = "hip.operations"
-columns = ["person", "op_date", "reoperation", "hospital", "region"]
+columns = ["person", "op_id", "op_date", "reoperation", "hospital", "region"]
+
+[[tables]]
+table = "npr.inpatient"
+columns = ["person", "hospital", "region", "admit_date", "procedure"]
 
 [[tables]]
 table = "dors.deaths"

@@ -968,6 +968,8 @@ struct ComparisonsPage {
     indicator_key: &'static str,
     title: &'static str,
     measure: &'static str,
+    denominator: &'static str,
+    events: &'static str,
     by: &'static str,
     year: i32,
     through: i32,
@@ -1018,6 +1020,8 @@ async fn comparisons(State(console): Shared, Extension(visitor): Extension<Visit
         indicator_key: indicator.key,
         title: indicator.title,
         measure: indicator.measure,
+        denominator: indicator.denominator,
+        events: indicator.events,
         by: by.column(),
         year,
         through,
@@ -1062,7 +1066,8 @@ async fn comparisons(State(console): Shared, Extension(visitor): Extension<Visit
         .collect();
     let title = format!("{}, {period}, by {}", indicator.title, by.column());
     if let Some(p0) = p0 {
-        page.svg = funnel::svg(&title, indicator.measure, &points, p0);
+        page.svg =
+            funnel::svg(&title, indicator.measure, &format!("Denominator ({})", indicator.denominator), &points, p0);
     }
     let unit_rows: Vec<&comparisons::Row> = rows.iter().filter(|r| r.unit.is_some() || r.is_merged()).collect();
     page.units = unit_rows.len();

@@ -369,9 +369,11 @@ async fn console_pages_in_a_real_browser() {
     // Open comparisons: plotted values are the query's answer.
     let mut plotted = 0;
     let mut withheld = 0;
-    for (indicator, by, year, through) in
-        [("mortality90", "region", 2010, 2024), ("reoperation", "hospital", 2019, 2019)]
-    {
+    for (indicator, by, year, through) in [
+        ("mortality90", "region", 2010, 2024),
+        ("reoperation", "hospital", 2019, 2019),
+        ("coverage", "region", 2015, 2024),
+    ] {
         c.goto(&format!("{}/comparisons?indicator={indicator}&by={by}&year={year}&through={through}", console.url()))
             .await
             .expect("open");
