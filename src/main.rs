@@ -356,11 +356,31 @@ async fn console(args: ConsoleArgs) -> anyhow::Result<()> {
     for user in users {
         println!("  {user}: {}", console.login_link(&user)?);
     }
+    println!("Type a user's name and Enter for a new link.");
+    let (tx, mut names) = tokio::sync::mpsc::channel::<String>(4);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines().map_while(Result::ok) {
+            if tx.blocking_send(line.trim().to_owned()).is_err() {
+                break;
+            }
+        }
+    });
+    let links = async {
+        while let Some(name) = names.recv().await {
+            match console.login_link(&name) {
+                Ok(link) => println!("  {name}: {link}"),
+                Err(e) => println!("  {e}"),
+            }
+        }
+        // Standard input closed: keep serving.
+        std::future::pending::<()>().await
+    };
     tokio::select! {
         r = running.wait() => r.context("the coordinator stopped")?,
-        r = console.wait() => r.context("the console stopped")?,
+        _ = links => {}
         _ = tokio::signal::ctrl_c() => println!("stopping"),
     }
+    console.shutdown().await;
     Ok(())
 }
 

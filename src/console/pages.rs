@@ -202,7 +202,7 @@ async fn login_page(State(console): Shared, Extension(visitor): Extension<Visito
                 "Link not valid",
                 "broken",
                 "This login link is not valid: it was used already, it expired, or it was cut. \
-                 Ask for a new one (restart `samkor console`, which prints fresh links)."
+                 Ask for a new one: `samkor console` prints one when the user's name is typed on its terminal."
                     .to_owned(),
             ),
             AccessNote::new("console.login", "login link not valid"),
