@@ -5,6 +5,7 @@
 //! The log itself (format, hash chain, durability) is
 //! `samkor_policies::audit`; see `docs/audit.md`.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -113,14 +114,14 @@ pub fn report(
 
 /// The period a report covers: `since` inclusive, `until` exclusive; open ends cover the whole log.
 #[derive(Debug, Clone, Copy, Default)]
-struct Period {
+pub struct Period {
     since: Option<DateTime<Utc>>,
     until: Option<DateTime<Utc>>,
 }
 
 impl Period {
     /// `--until` as a date includes that whole day.
-    fn parse(since: Option<&str>, until: Option<&str>) -> Result<Period, String> {
+    pub fn parse(since: Option<&str>, until: Option<&str>) -> Result<Period, String> {
         let since = since.map(|s| parse_time("--since", s, false)).transpose()?;
         let until = until.map(|s| parse_time("--until", s, true)).transpose()?;
         if let (Some(s), Some(u)) = (since, until)
@@ -163,7 +164,23 @@ struct Usage {
 
 fn report_at(file: &Path, period: Period, approvals: &[ApprovalSummary], today: NaiveDate) -> Result<String, String> {
     let contents = read(file)?;
-    let records: Vec<&AuditRecord> = contents.records.iter().filter(|r| period.contains(r)).collect();
+    let problem = contents.problem.as_ref().map(|p| p as &dyn std::fmt::Display);
+    report_of(file, &contents.records, problem, &period, approvals, today)
+}
+
+/// The access review of records already read (`all`: the good records of
+/// `file`, `problem`: the chain problem after them), as `report` prints it.
+/// The web console passes the records it keeps verified in memory.
+pub fn report_of<R: std::borrow::Borrow<AuditRecord>>(
+    file: &Path,
+    all: &[R],
+    problem: Option<&dyn std::fmt::Display>,
+    period: &Period,
+    approvals: &[ApprovalSummary],
+    today: NaiveDate,
+) -> Result<String, String> {
+    let all: Vec<&AuditRecord> = all.iter().map(Borrow::borrow).collect();
+    let records: Vec<&AuditRecord> = all.iter().copied().filter(|r| period.contains(r)).collect();
     let mut usage: BTreeMap<(&str, &str), Usage> = BTreeMap::new();
     let mut refusals: BTreeMap<&str, (u64, BTreeSet<&str>)> = BTreeMap::new();
     let mut events = Vec::new();
@@ -194,12 +211,12 @@ fn report_at(file: &Path, period: Period, approvals: &[ApprovalSummary], today: 
     }
 
     let mut out = format!("ACCESS REVIEW: audit log {}\n", file.display());
-    let actors: BTreeSet<&str> = contents.records.iter().map(|r| r.actor.as_str()).collect();
+    let actors: BTreeSet<&str> = all.iter().map(|r| r.borrow().actor.as_str()).collect();
     out.push_str(&format!(
         "Period: {} ({} of {} records{})\n",
         period.describe(),
         records.len(),
-        contents.records.len(),
+        all.len(),
         match (records.first(), records.last()) {
             (Some(first), Some(last)) => format!(", {} to {}", short_time(&first.time), short_time(&last.time)),
             _ => String::new(),
@@ -209,7 +226,7 @@ fn report_at(file: &Path, period: Period, approvals: &[ApprovalSummary], today: 
         out.push_str(&format!("Written by: {}\n", actors.into_iter().collect::<Vec<_>>().join(", ")));
     }
     out.push_str(&format!("Review date: {today}\n"));
-    match &contents.problem {
+    match problem {
         None => out.push_str("Log integrity: chain intact\n"),
         Some(problem) => out.push_str(&integrity_warning(problem)),
     }
@@ -265,7 +282,7 @@ fn report_at(file: &Path, period: Period, approvals: &[ApprovalSummary], today: 
         out.push('\n');
     }
 
-    out.push_str(&near_identical_populations(&records, &contents.records));
+    out.push_str(&near_identical_populations(&records, &all));
 
     if !events.is_empty() {
         out.push_str("\n== Log events ==\n");
@@ -298,9 +315,9 @@ fn report_at(file: &Path, period: Period, approvals: &[ApprovalSummary], today: 
                 d => format!("expires in {d} days"),
             };
             // Accepted queries dated after the last valid day: a finding for the review.
-            let after = contents
-                .records
+            let after = all
                 .iter()
+                .map(Borrow::borrow)
                 .filter(|r| r.decision == Decision::Accepted && r.project == a.project)
                 .filter(|r| record_time(r).is_some_and(|t| t.date_naive() > a.valid_until))
                 .count();
@@ -322,7 +339,7 @@ fn report_at(file: &Path, period: Period, approvals: &[ApprovalSummary], today: 
 /// describe a population that differs from an earlier answer's by fewer than
 /// k persons, with both queries' SQL (the earlier one looked up in the whole
 /// log, by project and query id).
-fn near_identical_populations(period: &[&AuditRecord], all: &[AuditRecord]) -> String {
+fn near_identical_populations(period: &[&AuditRecord], all: &[&AuditRecord]) -> String {
     let mut out = String::from("\n== Near-identical populations ==\n");
     // (record, earlier query id) → person counts (now, earlier) of the flagged cells.
     let mut pairs: BTreeMap<(u64, &str), Vec<(u64, u64)>> = BTreeMap::new();
@@ -387,7 +404,7 @@ fn read(file: &Path) -> Result<AuditContents, String> {
     audit::read_all(file).map_err(|e| e.to_string())
 }
 
-fn integrity_warning(problem: &VerifyError) -> String {
+fn integrity_warning(problem: &dyn std::fmt::Display) -> String {
     format!(
         "WARNING: the log does not verify; only the records before the problem are shown: {problem}. \
          Run `samkor audit verify`.\n"

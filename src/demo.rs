@@ -242,6 +242,18 @@ pub async fn showcase(federation: &LocalFederation) -> Result<(), DemoError> {
     Ok(())
 }
 
+/// Starts the web console beside the demo's coordinator (docs/console.md):
+/// reviewer `rita`, holder of hip `hanna`, open comparisons as `console`.
+pub async fn serve_console(dir: &Path, federation: &LocalFederation) -> Result<crate::console::RunningConsole, DemoError> {
+    let logs: Vec<(String, PathBuf)> =
+        federation.nodes.iter().map(|n| (n.state.register().to_owned(), n.audit.path().to_owned())).collect();
+    let fail = |reason: String| DemoError::Prepare { dir: dir.to_owned(), reason };
+    let path = crate::console::write_local_files(dir, &logs).map_err(|e| fail(e.to_string()))?;
+    let mut config = crate::console::ConsoleConfig::load(&path).map_err(|e| fail(e.to_string()))?;
+    config.listen = "127.0.0.1:0".parse().expect("valid address");
+    crate::console::start(config, federation.coordinator.engine.clone()).await.map_err(|e| fail(e.to_string()))
+}
+
 fn indent(sql: &str) -> String {
     sql.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
 }

@@ -12,6 +12,7 @@
 pub mod audit_cli;
 pub mod certs;
 pub mod client;
+pub mod console;
 pub mod demo;
 pub mod federation;
 pub mod output;

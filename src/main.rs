@@ -36,6 +36,8 @@ enum Command {
     Node(NodeArgs),
     /// Run the coordinator.
     Coordinator(CoordinatorArgs),
+    /// Run the coordinator with its read-only web console beside it (loopback only; prints login links).
+    Console(ConsoleArgs),
     /// Run a SQL query through a coordinator.
     Query(QueryArgs),
     /// Generate (once) and start a demo federation on this machine, and run a short showcase.
@@ -96,6 +98,13 @@ enum AuditCommand {
 struct CoordinatorArgs {
     /// The coordinator's config file.
     #[arg(long, env = "SAMKOR_COORDINATOR_CONFIG")]
+    config: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct ConsoleArgs {
+    /// The console's config file (names the coordinator config, users and roles; docs/console.md).
+    #[arg(long, env = "SAMKOR_CONSOLE_CONFIG")]
     config: PathBuf,
 }
 
@@ -326,6 +335,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Node(args) => node(args).await,
         Command::Coordinator(args) => coordinator(args).await,
+        Command::Console(args) => console(args).await,
         Command::Query(args) => query(args).await,
         Command::Demo(args) => demo(args).await,
         Command::Policy { command: PolicyCommand::Check { dir, federation } } => {
@@ -356,6 +366,9 @@ fn synth(args: SynthArgs) -> anyhow::Result<()> {
     })?;
     samkor::synth::move_ports(&args.out, args.base_port)?;
     samkor::federation::write_full_approval(&args.out, samkor::demo::DEMO_PROJECT, &["alice"], &["aggregate"], false)?;
+    let node_logs: Vec<(String, PathBuf)> =
+        REGISTERS.iter().map(|r| ((*r).to_owned(), PathBuf::from(r).join("audit.jsonl"))).collect();
+    samkor::console::write_local_files(&args.out, &node_logs)?;
     let mut table = comfy_table::Table::new();
     table.set_header(["register", "table", "rows", "files"]);
     for t in &summary.tables {
@@ -408,6 +421,45 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         r = running.wait() => r.context("the coordinator stopped")?,
         _ = tokio::signal::ctrl_c() => println!("stopping"),
     }
+    Ok(())
+}
+
+async fn console(args: ConsoleArgs) -> anyhow::Result<()> {
+    let config = samkor::console::ConsoleConfig::load(&args.config)?;
+    let coordinator = samkor_coordinator::CoordinatorConfig::load(&config.coordinator)?;
+    let running = samkor_coordinator::start(coordinator).await?;
+    println!("coordinator serving Flight SQL on {} (mutual TLS 1.3)", running.addr);
+    let users: Vec<String> = config.users.iter().map(|u| u.name.clone()).collect();
+    let console = samkor::console::start(config, running.engine.clone()).await?;
+    println!("console on {} (loopback only). One-time login links, valid 15 minutes:", console.url());
+    for user in users {
+        println!("  {user}: {}", console.login_link(&user)?);
+    }
+    println!("Type a user's name and Enter for a new link.");
+    let (tx, mut names) = tokio::sync::mpsc::channel::<String>(4);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines().map_while(Result::ok) {
+            if tx.blocking_send(line.trim().to_owned()).is_err() {
+                break;
+            }
+        }
+    });
+    let links = async {
+        while let Some(name) = names.recv().await {
+            match console.login_link(&name) {
+                Ok(link) => println!("  {name}: {link}"),
+                Err(e) => println!("  {e}"),
+            }
+        }
+        // Standard input closed: keep serving.
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        r = running.wait() => r.context("the coordinator stopped")?,
+        _ = links => {}
+        _ = tokio::signal::ctrl_c() => println!("stopping"),
+    }
+    console.shutdown().await;
     Ok(())
 }
 
@@ -483,8 +535,14 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         println!("{}", samkor::demo::python_snippet(&dir, &federation.coordinator_addr()));
         println!("\nOr from the CLI:\n  samkor query --coordinator {} --project {} --cert {d}/certs/alice.pem --key {d}/certs/alice.key --ca {d}/certs/ca.pem \"SELECT count(*) FROM pop.persons\"",
             federation.coordinator_addr(), samkor::demo::DEMO_PROJECT, d = dir.display());
+        let console = samkor::demo::serve_console(&dir, &federation).await?;
+        println!("\nWeb console: {} (loopback only). One-time login links, valid 15 minutes:", console.url());
+        for user in ["rita", "hanna"] {
+            println!("  {user}: {}", console.login_link(user)?);
+        }
         println!("\nPress Ctrl-C to stop.");
         tokio::signal::ctrl_c().await?;
+        console.shutdown().await;
     }
     federation.shutdown().await;
     Ok(())

@@ -182,6 +182,19 @@ impl CoordinatorService {
     /// Runs a query: checks the approval, computes the whole answer, records
     /// the decision durably in the audit log, then streams the answer.
     async fn run(&self, caller: Caller, sql: String) -> Result<Response<DoGetStream>, Status> {
+        let (schema, batches) = self.answer(caller, sql).await?;
+        let flight = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(futures::stream::iter(batches.into_iter().map(Ok)))
+            .map_err(Status::from);
+        Ok(Response::new(Box::pin(flight)))
+    }
+
+    /// The released answer of `sql` for `caller`, exactly as a Flight SQL
+    /// query gets it: approval, disclosure control, and the decision on
+    /// disk in the audit log before it is returned. The web console's open
+    /// comparisons come from here.
+    pub async fn answer(&self, caller: Caller, sql: String) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
         let scope = self.scope(&caller);
         let span = scope.span.clone();
         let mut entry = AuditEntry::new(Decision::Accepted, caller.identity.as_str(), scope.query_id.as_str(), sql.as_str());
@@ -265,11 +278,7 @@ impl CoordinatorService {
         entry.differencing = flags;
         self.record(entry).map_err(|e| e.to_status())?;
         span.in_scope(|| tracing::info!(sql = %sql, rows, "query answered"));
-        let flight = FlightDataEncoderBuilder::new()
-            .with_schema(schema)
-            .build(futures::stream::iter(batches.into_iter().map(Ok)))
-            .map_err(Status::from);
-        Ok(Response::new(Box::pin(flight)))
+        Ok((schema, batches))
     }
 
     fn one_batch(

@@ -625,6 +625,48 @@ pub fn read_all(path: impl AsRef<Path>) -> Result<AuditContents, VerifyError> {
     Ok(AuditContents { records, problem })
 }
 
+/// Where the good part of a log ended when it was last read: enough to read
+/// and verify only what was appended since ([`read_appended`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    /// Records in the good part (the last `seq`).
+    pub records: u64,
+    /// `hash` of the last good record ([`GENESIS_HASH`] for none).
+    pub last_hash: String,
+    /// Bytes of the good part.
+    pub len: u64,
+}
+
+impl Position {
+    /// The start of a log.
+    pub fn start() -> Position {
+        Position { records: 0, last_hash: GENESIS_HASH.to_owned(), len: 0 }
+    }
+}
+
+/// Reads and verifies the records appended after `from` (a position an
+/// earlier read returned), continuing its chain: what [`read_all`] would
+/// return after `from`, without reading the part before it again. Returns
+/// the new records (with the first problem after them) and the new position.
+/// A log that was truncated or rewritten before `from` is reported as a
+/// problem at the record where the chain no longer continues.
+pub fn read_appended(path: impl AsRef<Path>, from: &Position) -> Result<(AuditContents, Position), VerifyError> {
+    let path = path.as_ref();
+    let io = |source| VerifyError::Io { path: path.to_path_buf(), source };
+    let mut file = File::open(path).map_err(io)?;
+    file.seek(SeekFrom::Start(from.len)).map_err(io)?;
+    let start = Scan { records: from.records, last_hash: from.last_hash.clone(), len: from.len, first_time: None, last_time: None };
+    let mut records = Vec::new();
+    let (scan, problem) = scan_from(BufReader::new(file), start, |r| records.push(r)).map_err(io)?;
+    let position = Position { records: scan.records, last_hash: scan.last_hash, len: scan.len };
+    Ok((AuditContents { records, problem }, position))
+}
+
+/// Like [`read_all`], also returning the position after the good part.
+pub fn read_all_at(path: impl AsRef<Path>) -> Result<(AuditContents, Position), VerifyError> {
+    read_appended(path, &Position::start())
+}
+
 fn scan_file(path: &Path, each: impl FnMut(AuditRecord)) -> Result<(Scan, Option<VerifyError>), VerifyError> {
     let io = |source| VerifyError::Io { path: path.to_path_buf(), source };
     let file = File::open(path).map_err(io)?;
@@ -643,8 +685,17 @@ struct Scan {
 
 /// Walks the lines, stopping at the first problem; `Scan` describes the good
 /// part before it.
-fn scan(mut reader: impl BufRead, mut each: impl FnMut(AuditRecord)) -> io::Result<(Scan, Option<VerifyError>)> {
-    let mut scan = Scan { records: 0, last_hash: GENESIS_HASH.to_owned(), len: 0, first_time: None, last_time: None };
+fn scan(reader: impl BufRead, each: impl FnMut(AuditRecord)) -> io::Result<(Scan, Option<VerifyError>)> {
+    let start = Scan { records: 0, last_hash: GENESIS_HASH.to_owned(), len: 0, first_time: None, last_time: None };
+    scan_from(reader, start, each)
+}
+
+/// [`scan`] continuing after a known good part (`start`: its records, last hash and length).
+fn scan_from(
+    mut reader: impl BufRead,
+    mut scan: Scan,
+    mut each: impl FnMut(AuditRecord),
+) -> io::Result<(Scan, Option<VerifyError>)> {
     let mut buf = Vec::new();
     loop {
         buf.clear();
@@ -895,6 +946,29 @@ mod tests {
         let contents = read_all(&path).expect("read");
         assert_eq!(contents.records[0].differencing, []);
         assert_eq!(contents.records[1].differencing, [flag]);
+    }
+
+    #[test]
+    fn reading_what_was_appended_continues_the_chain() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        write_log(&path, 10);
+        let (first, at) = read_all_at(&path).expect("read");
+        assert_eq!((first.records.len(), at.records), (10, 10));
+        let log = AuditLog::open(&path, ACTOR).expect("reopen");
+        log.append(entry(11)).expect("append");
+        log.append(entry(12)).expect("append");
+        drop(log);
+        let (more, at2) = read_appended(&path, &at).expect("read the tail");
+        assert!(more.problem.is_none());
+        assert_eq!(more.records.iter().map(|r| r.seq).collect::<Vec<_>>(), [11, 12]);
+        assert_eq!(at2.len, std::fs::metadata(&path).expect("meta").len());
+        let (none, at3) = read_appended(&path, &at2).expect("nothing new");
+        assert!(none.records.is_empty() && at3 == at2);
+        // A tail that does not continue the chain it claims to follow is a problem, not records.
+        let forged = Position { last_hash: "f".repeat(64), ..at };
+        let (bad, _) = read_appended(&path, &forged).expect("read");
+        assert!(matches!(bad.problem, Some(VerifyError::Prev { record: 11, .. })), "{:?}", bad.problem);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 mod cli;
 mod common;
 mod matrix;
+mod console;
 mod coordinator;
 mod disclosure;
 mod direct;
