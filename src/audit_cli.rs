@@ -211,7 +211,7 @@ pub fn report_of<R: std::borrow::Borrow<AuditRecord>>(
     }
 
     let mut out = format!("ACCESS REVIEW: audit log {}\n", file.display());
-    let actors: BTreeSet<&str> = all.iter().map(|r| r.borrow().actor.as_str()).collect();
+    let actors: BTreeSet<&str> = all.iter().map(|r| r.actor.as_str()).collect();
     out.push_str(&format!(
         "Period: {} ({} of {} records{})\n",
         period.describe(),
@@ -317,7 +317,6 @@ pub fn report_of<R: std::borrow::Borrow<AuditRecord>>(
             // Accepted queries dated after the last valid day: a finding for the review.
             let after = all
                 .iter()
-                .map(Borrow::borrow)
                 .filter(|r| r.decision == Decision::Accepted && r.project == a.project)
                 .filter(|r| record_time(r).is_some_and(|t| t.date_naive() > a.valid_until))
                 .count();
