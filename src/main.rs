@@ -150,6 +150,11 @@ struct SynthArgs {
     /// Seed; the same seed and size give the same data.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Also load the registers into this PostgreSQL database (a connection
+    /// string, e.g. `host=localhost user=samkor dbname=registers`) and make
+    /// the nodes serve from it; the string goes to `<register>/postgres.conn`.
+    #[arg(long, env = "SAMKOR_SYNTH_POSTGRES", hide_env_values = true)]
+    postgres: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -236,7 +241,7 @@ fn init_tracing() -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Synth(args) => synth(args),
+        Command::Synth(args) => synth(args).await,
         Command::Certs { command: CertsCommand::Init { out, nodes, users } } => {
             let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
             let users: Vec<&str> = users.iter().map(String::as_str).collect();
@@ -257,7 +262,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn synth(args: SynthArgs) -> anyhow::Result<()> {
+async fn synth(args: SynthArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let certs = args.out.join("certs");
     if !certs.join("ca.pem").exists() {
@@ -290,6 +295,16 @@ fn synth(args: SynthArgs) -> anyhow::Result<()> {
         args.out.display(),
         started.elapsed().as_secs_f64()
     );
+    if let Some(url) = &args.postgres {
+        let loaded = samkor::synth::postgres::load(&args.out, url, &REGISTERS).await?;
+        let rows: u64 = loaded.iter().map(|l| l.rows).sum();
+        println!(
+            "loaded {rows} rows into {} tables of the PostgreSQL database; the node configs now serve from it \
+             (connection string in <register>/{})",
+            loaded.len(),
+            samkor::synth::postgres::CONNECTION_FILE
+        );
+    }
     Ok(())
 }
 

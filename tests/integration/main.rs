@@ -11,4 +11,6 @@ mod direct;
 mod governance;
 mod node;
 mod observability;
+mod pg;
+mod postgres;
 mod python;

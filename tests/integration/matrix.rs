@@ -311,6 +311,20 @@ async fn explain(client: &mut Client, sql: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn federation_agrees_with_pooled_session() {
+    run_matrix(common::synth_dir(), common::synth_dir()).await;
+}
+
+/// The same matrix with `hip` served from PostgreSQL (loaded from the same
+/// Parquet), against the pooled session over the files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federation_with_hip_from_postgres_agrees_with_pooled_files() {
+    let pg = crate::pg::Postgres::start();
+    let dir = crate::pg::federation_dir(&pg, &["hip"]).await;
+    run_matrix(dir.path(), common::synth_dir()).await;
+}
+
+/// Runs every case on the federation of `fed_dir` and on the pooled session of `pooled_dir`.
+async fn run_matrix(fed_dir: &Path, pooled_dir: &Path) {
     let cases = load_cases();
     assert!(
         cases.len() >= MIN_CASES,
@@ -319,9 +333,11 @@ async fn federation_agrees_with_pooled_session() {
         matrix_dir().display()
     );
 
-    let fed = common::federation().await;
+    let fed = samkor::federation::LocalFederation::start(fed_dir, &samkor::federation::LocalOptions::default())
+        .await
+        .expect("federation starts");
     let mut client = fed.client("alice", PROJECT).await.expect("client connects to the coordinator");
-    let pooled = samkor::federation::pooled_session(&fed.dir, PROJECT).await.expect("pooled session opens");
+    let pooled = samkor::federation::pooled_session(pooled_dir, PROJECT).await.expect("pooled session opens");
 
     let started = Instant::now();
     let mut failures = Vec::new();
