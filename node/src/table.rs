@@ -78,7 +78,7 @@ pub enum TableError {
         path: String,
     },
     #[error(transparent)]
-    Postgres(#[from] crate::source::postgres::PostgresError),
+    Postgres(Box<crate::source::postgres::PostgresError>),
 }
 
 /// A table of the register as served: files, declared schema, the person column.
@@ -114,7 +114,9 @@ impl ServedTable {
         state: &dyn Session,
     ) -> Result<ServedTable, TableError> {
         if let Some(pg) = &config.postgres {
-            let inner = crate::source::postgres::PostgresTable::open(node, &config, pg).await?;
+            let inner = crate::source::postgres::PostgresTable::open(node, &config, pg)
+                .await
+                .map_err(|e| TableError::Postgres(Box::new(e)))?;
             return Ok(Self::over(config, Arc::new(inner)));
         }
         let table = config.name.clone();
