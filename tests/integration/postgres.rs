@@ -260,6 +260,30 @@ async fn start_errors_name_node_table_and_problem() {
     .await;
     assert!(e.contains("node hip, table operations: the database connection string is to come from the environment variable SAMKOR_TEST_UNSET_PG, which is not set"), "{e}");
 
+    // A column whose type changes while the node runs: the next scan says so.
+    let state =
+        NodeState::open(samkor::federation::node_config(dir.path(), "hip", true).expect("config"))
+            .await
+            .expect("node opens");
+    db.batch_execute("DROP VIEW hip.no_bmi, hip.date_as_text; ALTER TABLE hip.operations ALTER COLUMN asa TYPE text")
+        .await
+        .expect("alter");
+    let ctx = state
+        .session(&Scope::Project(PROJECT.into()), None)
+        .expect("session");
+    let e = ctx
+        .sql("SELECT asa, count(*) FROM operations GROUP BY asa")
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect_err("scan fails");
+    let e = e.to_string();
+    assert!(
+        e.contains("node hip, table operations: column asa is declared as int32 but hip.operations.asa in the PostgreSQL database is text"),
+        "{e}"
+    );
+
     // The database is down when the node starts; the password in the connection string is never shown.
     std::fs::write(
         dir.path().join("hip").join("postgres.conn"),
