@@ -185,6 +185,45 @@ async fn opted_out_person_is_absent_when_the_database_serves_and_filters_the_row
         .expect("answer");
     assert_ne!(common::rows(&batches), vec![vec!["0".to_owned()]]);
 
+    // Direct access: the unit filter goes into the database and is applied again at the node.
+    let direct = state
+        .session(
+            &Scope::Direct {
+                unit: hospital.clone(),
+            },
+            None,
+        )
+        .expect("direct session");
+    let sql = "SELECT hospital, count(*) FROM operations GROUP BY hospital";
+    let plan = direct
+        .sql(sql)
+        .await
+        .expect("plan")
+        .create_physical_plan()
+        .await
+        .expect("physical plan");
+    let shown = displayable(plan.as_ref()).indent(true).to_string();
+    assert!(
+        shown.contains("WHERE (\"hospital\" = $1::text)"),
+        "unit filter pushed:\n{shown}"
+    );
+    let batches = direct
+        .sql(sql)
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("answer");
+    let own = rows
+        .iter()
+        .filter(|r| r.get::<_, String>(1) == hospital && !out.contains(&r.get::<_, String>(0)))
+        .count();
+    assert_eq!(
+        common::rows(&batches),
+        vec![vec![hospital.clone(), own.to_string()]],
+        "own unit only, opt-outs out"
+    );
+
     // Every statement the database ran, with its parameters, is in its log: no identity number among them.
     drop(db);
     let log = std::fs::read_to_string(pg.log()).expect("server log");
