@@ -104,8 +104,7 @@ GROUP BY p.sex, o.fixation ORDER BY p.sex, o.fixation",
 const MEMORY_QUERY: usize = 2;
 
 const SMALL_POP: &str = "SELECT count(*) FROM pop.persons";
-const SMALL_JOIN: &str =
-    "SELECT count(*) AS n FROM hip.operations h JOIN dors.deaths d ON d.person = h.person";
+const SMALL_JOIN: &str = "SELECT count(*) AS n FROM hip.operations h JOIN dors.deaths d ON d.person = h.person";
 
 /// One federated run, split into planning (GetFlightInfo) and execution (DoGet to the last batch).
 struct FedRun {
@@ -117,29 +116,15 @@ struct FedRun {
 async fn federated(client: &mut Client, sql: &str) -> anyhow::Result<FedRun> {
     let t = Instant::now();
     let flight = client.flight_sql();
-    let info = flight
-        .execute(sql.to_owned(), None)
-        .await
-        .map_err(Client::stream_error)?;
+    let info = flight.execute(sql.to_owned(), None).await.map_err(Client::stream_error)?;
     let plan = t.elapsed();
-    let ticket = info
-        .endpoint
-        .first()
-        .and_then(|e| e.ticket.clone())
-        .context("no ticket")?;
+    let ticket = info.endpoint.first().and_then(|e| e.ticket.clone()).context("no ticket")?;
     let stream = flight.do_get(ticket).await.map_err(Client::stream_error)?;
     let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(Client::stream_error)?;
-    Ok(FedRun {
-        total: t.elapsed(),
-        plan,
-        batches,
-    })
+    Ok(FedRun { total: t.elapsed(), plan, batches })
 }
 
-async fn pooled(
-    ctx: &datafusion::prelude::SessionContext,
-    sql: &str,
-) -> anyhow::Result<(Duration, Vec<RecordBatch>)> {
+async fn pooled(ctx: &datafusion::prelude::SessionContext, sql: &str) -> anyhow::Result<(Duration, Vec<RecordBatch>)> {
     let t = Instant::now();
     let batches = ctx.sql(sql).await?.collect().await?;
     Ok((t.elapsed(), batches))
@@ -154,16 +139,12 @@ fn main() -> anyhow::Result<()> {
     let explain = std::env::var("SAMKOR_BENCH_EXPLAIN").is_ok_and(|v| v == "1");
     let bench_started = Instant::now();
 
-    let tmp = tempfile::Builder::new()
-        .prefix("samkor-bench-fed-")
-        .tempdir()?;
+    let tmp = tempfile::Builder::new().prefix("samkor-bench-fed-").tempdir()?;
     let dir = tmp.path().to_owned();
     eprintln!("synthesising {persons} persons into {} ...", dir.display());
     let (summary, synth_time) = common::synth(&dir, persons, seed, PROJECT);
-    let parquet_bytes: u64 = samkor::federation::REGISTERS
-        .iter()
-        .map(|r| common::dir_bytes(&dir.join(r)))
-        .sum();
+    let parquet_bytes: u64 =
+        samkor::federation::REGISTERS.iter().map(|r| common::dir_bytes(&dir.join(r))).sum();
 
     let rt = common::runtime();
     let mut out = String::new();
@@ -324,10 +305,7 @@ fn main() -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     print!("{out}");
-    println!(
-        "bench wall time: {:.1} s",
-        bench_started.elapsed().as_secs_f64()
-    );
+    println!("bench wall time: {:.1} s", bench_started.elapsed().as_secs_f64());
     if std::env::var("SAMKOR_BENCH_KEEP").is_ok_and(|v| v == "1") {
         println!("kept {}", tmp.keep().display());
     }

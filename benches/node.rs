@@ -28,23 +28,16 @@ use futures::TryStreamExt;
 use samkor_node::pseudonym::FederationKey;
 
 const PROJECT: &str = "bench";
-const SCAN_SQL: &str =
-    "SELECT atc, count(*), sum(ddd) FROM dispensations WHERE region = 'Skåne' GROUP BY atc";
+const SCAN_SQL: &str = "SELECT atc, count(*), sum(ddd) FROM dispensations WHERE region = 'Skåne' GROUP BY atc";
 const FULL_SQL: &str = "SELECT * FROM dispensations";
 
 /// Rows in the Parquet files of a table directory (from the footers).
 fn parquet_rows(dir: &Path) -> anyhow::Result<u64> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let mut rows = 0;
-    let mut files: Vec<_> = std::fs::read_dir(dir)?
-        .flatten()
-        .map(|e| e.path())
-        .collect();
+    let mut files: Vec<_> = std::fs::read_dir(dir)?.flatten().map(|e| e.path()).collect();
     files.sort();
-    for f in files
-        .iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-    {
+    for f in files.iter().filter(|p| p.extension().is_some_and(|e| e == "parquet")) {
         let reader = SerializedFileReader::new(std::fs::File::open(f)?)?;
         rows += reader.metadata().file_metadata().num_rows() as u64;
     }
@@ -53,11 +46,7 @@ fn parquet_rows(dir: &Path) -> anyhow::Result<u64> {
 
 fn rate(n: u64, d: Duration) -> String {
     let r = n as f64 / d.as_secs_f64();
-    if r >= 1e6 {
-        format!("{:.2} M/s", r / 1e6)
-    } else {
-        format!("{:.0} k/s", r / 1e3)
-    }
+    if r >= 1e6 { format!("{:.2} M/s", r / 1e6) } else { format!("{:.0} k/s", r / 1e3) }
 }
 
 struct SizeResult {
@@ -83,12 +72,7 @@ fn main() -> anyhow::Result<()> {
     let sizes: Vec<u64> = std::env::var("SAMKOR_BENCH_NODE_PERSONS")
         .unwrap_or_else(|_| "1000000,10000000".into())
         .split(',')
-        .map(|s| {
-            s.replace('_', "")
-                .trim()
-                .parse()
-                .context("SAMKOR_BENCH_NODE_PERSONS: comma-separated numbers")
-        })
+        .map(|s| s.replace('_', "").trim().parse().context("SAMKOR_BENCH_NODE_PERSONS: comma-separated numbers"))
         .collect::<anyhow::Result<_>>()?;
     anyhow::ensure!(!sizes.is_empty(), "SAMKOR_BENCH_NODE_PERSONS is empty");
     let runs = common::env_u64("SAMKOR_BENCH_RUNS", 5) as usize;
@@ -97,19 +81,12 @@ fn main() -> anyhow::Result<()> {
 
     // ── (a) pseudonymisation ──
     eprintln!("(a) pseudonymising {n_ids} identity numbers x {runs} ...");
-    let ids: StringArray = (0..n_ids as u64)
-        .map(|i| Some(format!("{:012}", 194001010000 + i * 7919 % 800_000_000_000)))
-        .collect();
-    let pseudonymiser = FederationKey::from_bytes(std::array::from_fn(|i| {
-        (i as u8).wrapping_mul(37).wrapping_add(11)
-    }))
-    .for_project(PROJECT);
+    let ids: StringArray = (0..n_ids as u64).map(|i| Some(format!("{:012}", 194001010000 + i * 7919 % 800_000_000_000))).collect();
+    let pseudonymiser = FederationKey::from_bytes(std::array::from_fn(|i| (i as u8).wrapping_mul(37).wrapping_add(11))).for_project(PROJECT);
     let mut ps = Vec::new();
     for _ in 0..runs + 1 {
         let t = Instant::now();
-        let out = pseudonymiser
-            .pseudonymise(&ids)
-            .map_err(anyhow::Error::msg)?;
+        let out = pseudonymiser.pseudonymise(&ids).map_err(anyhow::Error::msg)?;
         ps.push(t.elapsed());
         std::hint::black_box(out);
     }
@@ -118,31 +95,17 @@ fn main() -> anyhow::Result<()> {
     let ps_best = common::percentile(&ps, 0.0);
 
     let rt = common::runtime();
-    let root = tempfile::Builder::new()
-        .prefix("samkor-bench-node-")
-        .tempdir()?;
+    let root = tempfile::Builder::new().prefix("samkor-bench-node-").tempdir()?;
     let mut results = Vec::new();
     let mut scan = None;
     for (i, &persons) in sizes.iter().enumerate() {
         let dir = root.path().join(format!("p{persons}"));
         // ── synth (the CLI, timed) ──
-        let synth_cmd = format!(
-            "{} synth --out {} --persons {persons} --seed {seed}",
-            common::SAMKOR,
-            dir.display()
-        );
+        let synth_cmd = format!("{} synth --out {} --persons {persons} --seed {seed}", common::SAMKOR, dir.display());
         eprintln!("synth: {synth_cmd}");
         let t = Instant::now();
         let status = std::process::Command::new(common::SAMKOR)
-            .args([
-                "synth",
-                "--out",
-                dir.to_str().context("utf-8 path")?,
-                "--persons",
-                &persons.to_string(),
-                "--seed",
-                &seed.to_string(),
-            ])
+            .args(["synth", "--out", dir.to_str().context("utf-8 path")?, "--persons", &persons.to_string(), "--seed", &seed.to_string()])
             .stdout(std::process::Stdio::null())
             .status()?;
         let synth = t.elapsed();
@@ -162,13 +125,7 @@ fn main() -> anyhow::Result<()> {
         let config = dir.join("lmr").join("node.toml");
         let log = dir.join("node-bench.log");
         let node = common::Server::spawn(
-            &[
-                "node",
-                "--config",
-                config.to_str().context("utf-8 path")?,
-                "--listen",
-                "127.0.0.1:0",
-            ],
+            &["node", "--config", config.to_str().context("utf-8 path")?, "--listen", "127.0.0.1:0"],
             "listening on ",
             &log,
         );
@@ -179,15 +136,9 @@ fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         let (streamed_rows, streamed_batches, streamed_mem) = rt.block_on(async {
             let client = common::node_client(&dir, "lmr", &node.addr, "coordinator");
-            let mut stream = client
-                .query(PROJECT, FULL_SQL, "bench-full-scan", None)
-                .await?;
+            let mut stream = client.query(PROJECT, FULL_SQL, "bench-full-scan", None).await?;
             let (mut rows, mut batches, mut max_mem) = (0u64, 0u64, 0u64);
-            while let Some(b) = stream
-                .try_next()
-                .await
-                .map_err(|e| client.stream_error(e))?
-            {
+            while let Some(b) = stream.try_next().await.map_err(|e| client.stream_error(e))? {
                 rows += b.num_rows() as u64;
                 batches += 1;
                 max_mem = max_mem.max(b.get_array_memory_size() as u64);
@@ -199,117 +150,43 @@ fn main() -> anyhow::Result<()> {
         let after = node.mem();
         drop(node);
         results.push(SizeResult {
-            persons,
-            synth,
-            synth_cmd,
-            lmr_rows,
-            lmr_bytes,
-            start,
-            before,
-            after,
-            sampled_max,
-            streamed_rows,
-            streamed_batches,
-            streamed_mem,
-            stream_time,
-            hwm_reset,
+            persons, synth, synth_cmd, lmr_rows, lmr_bytes, start, before, after, sampled_max,
+            streamed_rows, streamed_batches, streamed_mem, stream_time, hwm_reset,
         });
         std::fs::remove_dir_all(&dir)?;
     }
 
     // ── report ──
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     println!("\n══ samkor node benchmark ══ ({cores} cores)");
-    println!(
-        "(a) pseudonymisation, ProjectPseudonymiser::pseudonymise, {n_ids} Utf8 12-digit ids, one thread, {runs} runs:"
-    );
-    println!(
-        "    median {:.1} ms = {} ids/s   (best {:.1} ms = {} ids/s)",
-        ms(ps_median),
-        rate(n_ids as u64, ps_median),
-        ms(ps_best),
-        rate(n_ids as u64, ps_best)
-    );
+    println!("(a) pseudonymisation, ProjectPseudonymiser::pseudonymise, {n_ids} Utf8 12-digit ids, one thread, {runs} runs:");
+    println!("    median {:.1} ms = {} ids/s   (best {:.1} ms = {} ids/s)", ms(ps_median), rate(n_ids as u64, ps_median), ms(ps_best), rate(n_ids as u64, ps_best));
     if let Some(s) = &scan {
-        println!(
-            "(b) node scan, {} persons, {} lmr rows in the files ({} visible to the project after opt-outs), median of {runs}:",
-            sizes[0], s.rows, s.visible
-        );
+        println!("(b) node scan, {} persons, {} lmr rows in the files ({} visible to the project after opt-outs), median of {runs}:", sizes[0], s.rows, s.visible);
         println!("    SQL: {SCAN_SQL}");
-        println!(
-            "    NodeState::session (DataFusion, in process): {:>8.1} ms = {} rows scanned/s ({} groups)",
-            ms(s.session),
-            rate(s.rows, s.session),
-            s.groups
-        );
-        println!(
-            "    in-process node over Flight + mTLS:          {:>8.1} ms = {} rows scanned/s",
-            ms(s.flight),
-            rate(s.rows, s.flight)
-        );
-        println!(
-            "    same filter+group-by on the raw Parquet, no pseudonymisation (plain DataFusion): {:>8.1} ms = {} rows/s",
-            ms(s.raw),
-            rate(s.rows, s.raw)
-        );
-        println!(
-            "    SELECT count(*) FROM dispensations in the node session: {:>8.1} ms",
-            ms(s.count)
-        );
+        println!("    NodeState::session (DataFusion, in process): {:>8.1} ms = {} rows scanned/s ({} groups)", ms(s.session), rate(s.rows, s.session), s.groups);
+        println!("    in-process node over Flight + mTLS:          {:>8.1} ms = {} rows scanned/s", ms(s.flight), rate(s.rows, s.flight));
+        println!("    same filter+group-by on the raw Parquet, no pseudonymisation (plain DataFusion): {:>8.1} ms = {} rows/s", ms(s.raw), rate(s.rows, s.raw));
+        println!("    SELECT count(*) FROM dispensations in the node session: {:>8.1} ms", ms(s.count));
     }
-    println!(
-        "(c) `samkor node` (separate process) streaming `{FULL_SQL}` to a client that discards the batches:"
-    );
-    println!(
-        "    {:>10} {:>11} {:>10} {:>8} {:>11} {:>10} {:>12} {:>12} {:>12} {:>12}",
-        "persons",
-        "lmr rows",
-        "Parquet",
-        "synth s",
-        "stream s",
-        "rows/s",
-        "RSS start",
-        "RSS before",
-        "VmHWM after",
-        "sampled max"
-    );
+    println!("(c) `samkor node` (separate process) streaming `{FULL_SQL}` to a client that discards the batches:");
+    println!("    {:>10} {:>11} {:>10} {:>8} {:>11} {:>10} {:>12} {:>12} {:>12} {:>12}", "persons", "lmr rows", "Parquet", "synth s", "stream s", "rows/s", "RSS start", "RSS before", "VmHWM after", "sampled max");
     for r in &results {
         println!(
             "    {:>10} {:>11} {:>10} {:>8.1} {:>11.1} {:>10} {:>12} {:>12} {:>12} {:>12}",
-            r.persons,
-            r.lmr_rows,
-            format!("{:.0} MiB", r.lmr_bytes as f64 / 1048576.0),
-            r.synth.as_secs_f64(),
-            r.stream_time.as_secs_f64(),
-            rate(r.streamed_rows, r.stream_time),
-            mib(r.start.rss_kib),
-            mib(r.before.rss_kib),
-            mib(r.after.hwm_kib),
-            mib(r.sampled_max),
+            r.persons, r.lmr_rows, format!("{:.0} MiB", r.lmr_bytes as f64 / 1048576.0), r.synth.as_secs_f64(),
+            r.stream_time.as_secs_f64(), rate(r.streamed_rows, r.stream_time), mib(r.start.rss_kib), mib(r.before.rss_kib),
+            mib(r.after.hwm_kib), mib(r.sampled_max),
         );
     }
     for r in &results {
         println!(
             "    {} persons: streamed {} rows in {} batches (largest batch {} in memory at the client); VmHWM at start {}{}; synth: {}",
-            r.persons,
-            r.streamed_rows,
-            r.streamed_batches,
-            mib(r.streamed_mem / 1024),
-            mib(r.start.hwm_kib),
-            if r.hwm_reset {
-                ", reset before the scan"
-            } else {
-                " (could not reset)"
-            },
-            r.synth_cmd,
+            r.persons, r.streamed_rows, r.streamed_batches, mib(r.streamed_mem / 1024), mib(r.start.hwm_kib),
+            if r.hwm_reset { ", reset before the scan" } else { " (could not reset)" }, r.synth_cmd,
         );
     }
-    println!(
-        "bench wall time: {:.1} s",
-        bench_started.elapsed().as_secs_f64()
-    );
+    println!("bench wall time: {:.1} s", bench_started.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -326,38 +203,20 @@ struct ScanResult {
 async fn scan_bench(dir: &Path, runs: usize, rows: u64) -> anyhow::Result<ScanResult> {
     let config = samkor::federation::node_config(dir, "lmr", true)?;
     let state = samkor_node::NodeState::open(config.clone()).await?;
-    let ctx = state.session(
-        &samkor_node::access::Scope::Project(PROJECT.to_owned()),
-        None,
-    )?;
+    let ctx = state.session(&samkor_node::access::Scope::Project(PROJECT.to_owned()), None)?;
 
     // Count visible rows (after opt-outs).
     let t = Instant::now();
-    let counted = ctx
-        .sql("SELECT count(*) FROM dispensations")
-        .await?
-        .collect()
-        .await?;
+    let counted = ctx.sql("SELECT count(*) FROM dispensations").await?.collect().await?;
     let count = t.elapsed();
-    let visible = counted[0]
-        .column(0)
-        .as_any()
-        .downcast_ref::<arrow::array::Int64Array>()
-        .context("count type")?
-        .value(0) as u64;
+    let visible = counted[0].column(0).as_any().downcast_ref::<arrow::array::Int64Array>().context("count type")?.value(0) as u64;
 
     // Session: plan + execute, as the node service does.
     let session_run = || async {
         let t = Instant::now();
-        let ctx = state.session(
-            &samkor_node::access::Scope::Project(PROJECT.to_owned()),
-            None,
-        )?;
+        let ctx = state.session(&samkor_node::access::Scope::Project(PROJECT.to_owned()), None)?;
         let batches = ctx.sql(SCAN_SQL).await?.collect().await?;
-        anyhow::Ok((
-            t.elapsed(),
-            batches.iter().map(|b| b.num_rows()).sum::<usize>(),
-        ))
+        anyhow::Ok((t.elapsed(), batches.iter().map(|b| b.num_rows()).sum::<usize>()))
     };
     let (_, groups) = session_run().await?;
     let mut session = Vec::new();
@@ -371,10 +230,7 @@ async fn scan_bench(dir: &Path, runs: usize, rows: u64) -> anyhow::Result<ScanRe
     let flight_run = || async {
         let t = Instant::now();
         let stream = client.query(PROJECT, SCAN_SQL, "bench-scan", None).await?;
-        let batches: Vec<_> = stream
-            .try_collect()
-            .await
-            .map_err(|e| client.stream_error(e))?;
+        let batches: Vec<_> = stream.try_collect().await.map_err(|e| client.stream_error(e))?;
         std::hint::black_box(batches);
         anyhow::Ok(t.elapsed())
     };
@@ -389,11 +245,7 @@ async fn scan_bench(dir: &Path, runs: usize, rows: u64) -> anyhow::Result<ScanRe
     let raw_ctx = datafusion::prelude::SessionContext::new();
     let files = dir.join("lmr").join("dispensations");
     raw_ctx
-        .register_parquet(
-            "dispensations",
-            files.to_str().context("utf-8 path")?,
-            Default::default(),
-        )
+        .register_parquet("dispensations", files.to_str().context("utf-8 path")?, Default::default())
         .await?;
     raw_ctx.sql(SCAN_SQL).await?.collect().await?;
     let mut raw = Vec::new();

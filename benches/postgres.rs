@@ -22,8 +22,7 @@ use anyhow::Context as _;
 use samkor_node::access::Scope;
 use samkor_node::{NodeConfig, NodeState};
 
-const SQL: &str =
-    "SELECT atc, count(*), sum(ddd) FROM dispensations WHERE region = 'Skåne' GROUP BY atc";
+const SQL: &str = "SELECT atc, count(*), sum(ddd) FROM dispensations WHERE region = 'Skåne' GROUP BY atc";
 
 async fn time_runs(state: &NodeState, runs: usize) -> anyhow::Result<(Vec<Duration>, usize)> {
     let mut times = Vec::new();
@@ -41,36 +40,22 @@ async fn time_runs(state: &NodeState, runs: usize) -> anyhow::Result<(Vec<Durati
 
 fn main() -> anyhow::Result<()> {
     common::init_tracing();
-    let url = std::env::var("SAMKOR_BENCH_PG_URL").context(
-        "SAMKOR_BENCH_PG_URL: the connection string of a PostgreSQL database to load into",
-    )?;
+    let url = std::env::var("SAMKOR_BENCH_PG_URL")
+        .context("SAMKOR_BENCH_PG_URL: the connection string of a PostgreSQL database to load into")?;
     let persons = common::env_u64("SAMKOR_BENCH_PG_PERSONS", 1_250_000);
     let runs = common::env_u64("SAMKOR_BENCH_RUNS", 5) as usize;
     let tmp = tempfile::tempdir()?;
-    let dir = std::env::var("SAMKOR_BENCH_PG_DIR")
-        .map(Into::into)
-        .unwrap_or_else(|_| tmp.path().to_owned());
+    let dir = std::env::var("SAMKOR_BENCH_PG_DIR").map(Into::into).unwrap_or_else(|_| tmp.path().to_owned());
     let rt = common::runtime();
     let node_toml = dir.join("lmr").join("node.toml");
     if !node_toml.exists() {
         samkor::certs::write_federation_key(&dir.join("federation.key"))?;
         let t = Instant::now();
-        samkor::synth::generate(&samkor::synth::SynthOptions {
-            out: dir.clone(),
-            persons,
-            seed: 1,
-        })?;
-        println!(
-            "synth {persons} persons: {:.1} s",
-            t.elapsed().as_secs_f64()
-        );
+        samkor::synth::generate(&samkor::synth::SynthOptions { out: dir.clone(), persons, seed: 1 })?;
+        println!("synth {persons} persons: {:.1} s", t.elapsed().as_secs_f64());
     }
     let files_text = std::fs::read_to_string(&node_toml)?;
-    anyhow::ensure!(
-        files_text.contains("format = \"parquet\""),
-        "{} must serve from Parquet",
-        node_toml.display()
-    );
+    anyhow::ensure!(files_text.contains("format = \"parquet\""), "{} must serve from Parquet", node_toml.display());
     rt.block_on(async {
         let t = Instant::now();
         let loaded = samkor::synth::postgres::load(&dir, &url, &["lmr"]).await?;

@@ -36,10 +36,7 @@ pub fn verify(file: &Path) -> Result<String, String> {
                 report.records,
                 report.last_hash
             )),
-            _ => Ok(format!(
-                "audit log {}: 0 records, chain intact (empty log)",
-                file.display()
-            )),
+            _ => Ok(format!("audit log {}: 0 records, chain intact (empty log)", file.display())),
         },
         Err(e @ VerifyError::Io { .. }) => Err(e.to_string()),
         Err(e) => Err(format!("audit log {}: {e}", file.display())),
@@ -65,11 +62,7 @@ pub fn show(file: &Path, project: Option<&str>, since: Option<&str>) -> Result<S
         "SQL",
     ]);
     let mut shown = 0;
-    for r in contents
-        .records
-        .iter()
-        .filter(|r| is_since(r, since.as_ref()))
-    {
+    for r in contents.records.iter().filter(|r| is_since(r, since.as_ref())) {
         if project.is_some_and(|p| p != r.project) {
             continue;
         }
@@ -94,16 +87,8 @@ pub fn show(file: &Path, project: Option<&str>, since: Option<&str>) -> Result<S
     if let Some(s) = since {
         filters.push(format!("since {}", s.format("%Y-%m-%d %H:%M:%S UTC")));
     }
-    let filters = if filters.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", filters.join(", "))
-    };
-    let mut out = format!(
-        "audit log {}: {shown} of {} records{filters}\n",
-        file.display(),
-        contents.records.len()
-    );
+    let filters = if filters.is_empty() { String::new() } else { format!(" ({})", filters.join(", ")) };
+    let mut out = format!("audit log {}: {shown} of {} records{filters}\n", file.display(), contents.records.len());
     if shown > 0 {
         out.push_str(&table.to_string());
         out.push('\n');
@@ -131,19 +116,10 @@ struct Usage {
     registers: BTreeSet<String>,
 }
 
-fn report_at(
-    file: &Path,
-    since: &str,
-    approvals: &[ApprovalSummary],
-    today: NaiveDate,
-) -> Result<String, String> {
+fn report_at(file: &Path, since: &str, approvals: &[ApprovalSummary], today: NaiveDate) -> Result<String, String> {
     let since_time = parse_since(since)?;
     let contents = read(file)?;
-    let records: Vec<&AuditRecord> = contents
-        .records
-        .iter()
-        .filter(|r| is_since(r, Some(&since_time)))
-        .collect();
+    let records: Vec<&AuditRecord> = contents.records.iter().filter(|r| is_since(r, Some(&since_time))).collect();
     let mut usage: BTreeMap<(&str, &str), Usage> = BTreeMap::new();
     let mut refusals: BTreeMap<&str, (u64, BTreeSet<&str>)> = BTreeMap::new();
     let mut events = Vec::new();
@@ -152,20 +128,14 @@ fn report_at(
             events.push(*r);
             continue;
         }
-        let u = usage
-            .entry((r.identity.as_str(), r.project.as_str()))
-            .or_default();
+        let u = usage.entry((r.identity.as_str(), r.project.as_str())).or_default();
         match r.decision {
             // A node's stream-end record adds the rows released; its sub-query was counted at its decision.
             Decision::Accepted if r.rule == audit::RULE_STREAM_END => {}
             Decision::Accepted => u.accepted += 1,
             Decision::Refused => {
                 u.refused += 1;
-                let rule = if r.rule.is_empty() {
-                    "(no rule named)"
-                } else {
-                    r.rule.as_str()
-                };
+                let rule = if r.rule.is_empty() { "(no rule named)" } else { r.rule.as_str() };
                 let entry = refusals.entry(rule).or_default();
                 entry.0 += 1;
                 entry.1.insert(r.identity.as_str());
@@ -187,19 +157,12 @@ fn report_at(
         records.len(),
         contents.records.len(),
         match (records.first(), records.last()) {
-            (Some(first), Some(last)) => format!(
-                ", {} to {}",
-                short_time(&first.time),
-                short_time(&last.time)
-            ),
+            (Some(first), Some(last)) => format!(", {} to {}", short_time(&first.time), short_time(&last.time)),
             _ => String::new(),
         }
     ));
     if !actors.is_empty() {
-        out.push_str(&format!(
-            "Written by: {}\n",
-            actors.into_iter().collect::<Vec<_>>().join(", ")
-        ));
+        out.push_str(&format!("Written by: {}\n", actors.into_iter().collect::<Vec<_>>().join(", ")));
     }
     out.push_str(&format!("Review date: {today}\n"));
     match &contents.problem {
@@ -224,11 +187,7 @@ fn report_at(
             "registers",
         ]);
         for ((identity, project), u) in &usage {
-            let project = if project.is_empty() {
-                "(direct access)"
-            } else {
-                project
-            };
+            let project = if project.is_empty() { "(direct access)" } else { project };
             table.add_row(vec![
                 Cell::new(identity),
                 Cell::new(project),
@@ -276,25 +235,15 @@ fn report_at(
         }
     }
 
-    out.push_str(&format!(
-        "\n== Approvals expired or expiring within {EXPIRY_WARNING_DAYS} days ==\n"
-    ));
-    let mut due: Vec<&ApprovalSummary> = approvals
-        .iter()
-        .filter(|a| (a.valid_until - today).num_days() <= EXPIRY_WARNING_DAYS)
-        .collect();
+    out.push_str(&format!("\n== Approvals expired or expiring within {EXPIRY_WARNING_DAYS} days ==\n"));
+    let mut due: Vec<&ApprovalSummary> =
+        approvals.iter().filter(|a| (a.valid_until - today).num_days() <= EXPIRY_WARNING_DAYS).collect();
     due.sort_by(|a, b| (a.valid_until, &a.project).cmp(&(b.valid_until, &b.project)));
     if due.is_empty() {
         out.push_str("None.\n");
     } else {
         let mut table = Table::new();
-        table.set_header(vec![
-            "project",
-            "title",
-            "valid until",
-            "status",
-            "accepted after expiry",
-        ]);
+        table.set_header(vec!["project", "title", "valid until", "status", "accepted after expiry"]);
         for a in due {
             let days = (a.valid_until - today).num_days();
             let status = match days {
@@ -345,16 +294,14 @@ fn parse_since(s: &str) -> Result<DateTime<Utc>, String> {
     }
     match NaiveDate::parse_from_str(s, "%Y-%m-%d") {
         Ok(d) => Ok(d.and_time(chrono::NaiveTime::MIN).and_utc()),
-        Err(_) => Err(format!(
-            "--since {s:?}: expected an RFC 3339 time (2025-03-01T09:00:00Z) or a date (2025-03-01)"
-        )),
+        Err(_) => {
+            Err(format!("--since {s:?}: expected an RFC 3339 time (2025-03-01T09:00:00Z) or a date (2025-03-01)"))
+        }
     }
 }
 
 fn record_time(r: &AuditRecord) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(&r.time)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(&r.time).ok().map(|t| t.with_timezone(&Utc))
 }
 
 /// A record whose time does not parse is kept: never hide records from a review.
@@ -367,10 +314,7 @@ fn is_since(r: &AuditRecord, since: Option<&DateTime<Utc>>) -> bool {
 
 fn short_time(time: &str) -> String {
     match DateTime::parse_from_rfc3339(time) {
-        Ok(t) => t
-            .with_timezone(&Utc)
-            .format("%Y-%m-%d %H:%M:%S")
-            .to_string(),
+        Ok(t) => t.with_timezone(&Utc).format("%Y-%m-%d %H:%M:%S").to_string(),
         Err(_) => time.to_owned(),
     }
 }
@@ -408,33 +352,17 @@ mod tests {
         )
         .expect("append");
         log.append(
-            AuditEntry::refused(
-                anna,
-                "q2",
-                "SELECT * FROM par.vtf",
-                "approval.column",
-                "column not approved",
-            )
-            .project("P-1"),
+            AuditEntry::refused(anna, "q2", "SELECT * FROM par.vtf", "approval.column", "column not approved")
+                .project("P-1"),
         )
         .expect("append");
         log.append(
-            AuditEntry::refused(
-                bo,
-                "q3",
-                "SELECT count(*) FROM dors.dodsorsak",
-                "approval.member",
-                "not a member",
-            )
-            .project("P-2"),
+            AuditEntry::refused(bo, "q3", "SELECT count(*) FROM dors.dodsorsak", "approval.member", "not a member")
+                .project("P-2"),
         )
         .expect("append");
-        log.append(
-            AuditEntry::accepted(bo, "q4", "SELECT 1")
-                .registers(["par", "lisa"])
-                .released(1, 1, 0),
-        )
-        .expect("append");
+        log.append(AuditEntry::accepted(bo, "q4", "SELECT 1").registers(["par", "lisa"]).released(1, 1, 0))
+            .expect("append");
         path
     }
 
@@ -445,19 +373,11 @@ mod tests {
         let ok = verify(&path).expect("intact");
         assert!(ok.contains(": 4 records, chain intact, last hash "), "{ok}");
         let mut bytes = std::fs::read(&path).expect("read");
-        let at = bytes
-            .windows(6)
-            .position(|w| w == b"par.vt")
-            .expect("sql of record 2");
+        let at = bytes.windows(6).position(|w| w == b"par.vt").expect("sql of record 2");
         bytes[at] = b'q';
         std::fs::write(&path, bytes).expect("tamper");
         let err = verify(&path).expect_err("tampered");
-        assert!(
-            err.ends_with(
-                "record 2 (line 2): hash does not match its contents (the record was altered)"
-            ),
-            "{err}"
-        );
+        assert!(err.ends_with("record 2 (line 2): hash does not match its contents (the record was altered)"), "{err}");
         assert!(verify(&dir.path().join("missing.jsonl")).is_err());
     }
 
@@ -466,23 +386,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = sample_log(dir.path());
         let all = show(&path, None, None).expect("show");
-        assert!(
-            all.starts_with(&format!("audit log {}: 4 of 4 records\n", path.display())),
-            "{all}"
-        );
-        assert!(
-            all.contains("SELECT kommun, count(*) FROM lisa.person GROUP BY kommun OR…"),
-            "{all}"
-        );
+        assert!(all.starts_with(&format!("audit log {}: 4 of 4 records\n", path.display())), "{all}");
+        assert!(all.contains("SELECT kommun, count(*) FROM lisa.person GROUP BY kommun OR…"), "{all}");
         let p1 = show(&path, Some("P-1"), Some("2000-01-01")).expect("show");
-        assert!(
-            p1.contains("2 of 4 records (project \"P-1\", since 2000-01-01 00:00:00 UTC)"),
-            "{p1}"
-        );
-        assert!(
-            p1.contains("approval.column") && !p1.contains("approval.member"),
-            "{p1}"
-        );
+        assert!(p1.contains("2 of 4 records (project \"P-1\", since 2000-01-01 00:00:00 UTC)"), "{p1}");
+        assert!(p1.contains("approval.column") && !p1.contains("approval.member"), "{p1}");
         let none = show(&path, None, Some("2999-01-01T00:00:00+01:00")).expect("show");
         assert!(none.contains("0 of 4 records"), "{none}");
         assert!(show(&path, None, Some("last tuesday")).is_err());
@@ -519,49 +427,16 @@ mod tests {
         ] {
             assert!(text.contains(heading), "{heading} missing in\n{text}");
         }
-        let row = text
-            .lines()
-            .find(|l| l.contains("CN=Anna Analytiker") && l.contains("P-1"))
-            .expect("anna row");
-        let cells: Vec<&str> = row
-            .split('|')
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-            .collect();
-        assert_eq!(
-            cells,
-            [
-                "CN=Anna Analytiker",
-                "P-1",
-                "1",
-                "1",
-                "0",
-                "290",
-                "580",
-                "4",
-                "lisa"
-            ]
-        );
-        let direct = text
-            .lines()
-            .find(|l| l.contains("(direct access)"))
-            .expect("direct access row");
+        let row = text.lines().find(|l| l.contains("CN=Anna Analytiker") && l.contains("P-1")).expect("anna row");
+        let cells: Vec<&str> = row.split('|').map(str::trim).filter(|c| !c.is_empty()).collect();
+        assert_eq!(cells, ["CN=Anna Analytiker", "P-1", "1", "1", "0", "290", "580", "4", "lisa"]);
+        let direct = text.lines().find(|l| l.contains("(direct access)")).expect("direct access row");
         assert!(direct.contains("lisa, par"), "{direct}");
-        assert!(
-            text.lines()
-                .any(|l| l.contains("approval.member") && l.contains("CN=Bo Biostatistiker")),
-            "{text}"
-        );
-        assert!(
-            text.contains("expired 3 days ago") && text.contains("expires in 10 days"),
-            "{text}"
-        );
+        assert!(text.lines().any(|l| l.contains("approval.member") && l.contains("CN=Bo Biostatistiker")), "{text}");
+        assert!(text.contains("expired 3 days ago") && text.contains("expires in 10 days"), "{text}");
         assert!(!text.contains("P-3"), "{text}");
         let later = report_at(&path, "2999-01-01", &[], today).expect("report");
-        assert!(
-            later.contains("No queries in the period.") && later.contains("None."),
-            "{later}"
-        );
+        assert!(later.contains("No queries in the period.") && later.contains("None."), "{later}");
     }
 
     #[test]

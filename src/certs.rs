@@ -7,18 +7,15 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SanType,
 };
 
 /// Why the certificates could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum CertsError {
     #[error("cannot write {}: {source}", path.display())]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
     #[error("cannot generate certificate {name}: {source}")]
     Generate { name: String, source: rcgen::Error },
     #[error("name {0:?} is not usable in a certificate: use letters, digits, '-', '_' or '.'")]
@@ -40,10 +37,7 @@ pub fn node_name(register: &str) -> String {
 pub const COORDINATOR: &str = "coordinator";
 
 fn write(path: &Path, contents: &[u8], secret: bool) -> Result<(), CertsError> {
-    let err = |source| CertsError::Write {
-        path: path.to_owned(),
-        source,
-    };
+    let err = |source| CertsError::Write { path: path.to_owned(), source };
     std::fs::write(path, contents).map_err(err)?;
     #[cfg(unix)]
     if secret {
@@ -56,15 +50,8 @@ fn write(path: &Path, contents: &[u8], secret: bool) -> Result<(), CertsError> {
 }
 
 fn check_name(name: &str) -> Result<(), CertsError> {
-    let ok = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(CertsError::BadName(name.to_owned()))
-    }
+    let ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok { Ok(()) } else { Err(CertsError::BadName(name.to_owned())) }
 }
 
 /// Writes `ca.pem`/`ca.key`, `coordinator.pem/.key`, `node-<r>.pem/.key` for
@@ -72,31 +59,17 @@ fn check_name(name: &str) -> Result<(), CertsError> {
 /// certificate is valid for `localhost`, 127.0.0.1 and ::1, with its name as
 /// common name (the identity the services see).
 pub fn init(out: &Path, registers: &[&str], users: &[&str]) -> Result<(), CertsError> {
-    std::fs::create_dir_all(out).map_err(|source| CertsError::Write {
-        path: out.to_owned(),
-        source,
-    })?;
+    std::fs::create_dir_all(out).map_err(|source| CertsError::Write { path: out.to_owned(), source })?;
     let gen_err = |name: &str| {
         let name = name.to_owned();
-        move |source| CertsError::Generate {
-            name: name.clone(),
-            source,
-        }
+        move |source| CertsError::Generate { name: name.clone(), source }
     };
     let ca_key = KeyPair::generate().map_err(gen_err("ca"))?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err("ca"))?;
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "samkor development CA");
-    ca_params
-        .distinguished_name
-        .push(DnType::OrganizationName, "samkor federation (development)");
+    ca_params.distinguished_name.push(DnType::CommonName, "samkor development CA");
+    ca_params.distinguished_name.push(DnType::OrganizationName, "samkor federation (development)");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     let ca_cert = ca_params.self_signed(&ca_key).map_err(gen_err("ca"))?;
     write(&out.join("ca.pem"), ca_cert.pem().as_bytes(), false)?;
     write(&out.join("ca.key"), ca_key.serialize_pem().as_bytes(), true)?;
@@ -108,29 +81,16 @@ pub fn init(out: &Path, registers: &[&str], users: &[&str]) -> Result<(), CertsE
     for name in &names {
         check_name(name)?;
         let key = KeyPair::generate().map_err(gen_err(name))?;
-        let mut params = CertificateParams::new(vec!["localhost".to_owned(), name.clone()])
-            .map_err(gen_err(name))?;
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)));
-        params
-            .distinguished_name
-            .push(DnType::CommonName, name.as_str());
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), name.clone()]).map_err(gen_err(name))?;
+        params.subject_alt_names.push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        params.subject_alt_names.push(SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        params.distinguished_name.push(DnType::CommonName, name.as_str());
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let cert = params.signed_by(&key, &issuer).map_err(gen_err(name))?;
         write(&out.join(cert_file(name)), cert.pem().as_bytes(), false)?;
-        write(
-            &out.join(key_file(name)),
-            key.serialize_pem().as_bytes(),
-            true,
-        )?;
+        write(&out.join(key_file(name)), key.serialize_pem().as_bytes(), true)?;
     }
     Ok(())
 }
@@ -138,10 +98,7 @@ pub fn init(out: &Path, registers: &[&str], users: &[&str]) -> Result<(), CertsE
 /// Writes a fresh random 256-bit federation pseudonymisation key (64 hex digits).
 pub fn write_federation_key(path: &Path) -> Result<(), CertsError> {
     let mut key = [0u8; 32];
-    getrandom::fill(&mut key).map_err(|e| CertsError::Write {
-        path: path.to_owned(),
-        source: e.into(),
-    })?;
+    getrandom::fill(&mut key).map_err(|e| CertsError::Write { path: path.to_owned(), source: e.into() })?;
     let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
     write(path, format!("{hex}\n").as_bytes(), true)
 }
@@ -154,13 +111,7 @@ mod tests {
     fn writes_a_loadable_federation() {
         let dir = tempfile::tempdir().expect("tempdir");
         init(dir.path(), &["hip"], &["alice"]).expect("certs");
-        for f in [
-            "ca.pem",
-            "ca.key",
-            "coordinator.pem",
-            "node-hip.key",
-            "alice.pem",
-        ] {
+        for f in ["ca.pem", "ca.key", "coordinator.pem", "node-hip.key", "alice.pem"] {
             assert!(dir.path().join(f).is_file(), "{f} missing");
         }
         let files = samkor_proto::tls::TlsFiles {
@@ -170,18 +121,10 @@ mod tests {
         };
         let id = files.load().expect("usable identity");
         assert_eq!(id.common_name().as_deref(), Some("alice"));
-        let e = init(dir.path(), &[], &["bad name"])
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            e,
-            "name \"bad name\" is not usable in a certificate: use letters, digits, '-', '_' or '.'"
-        );
+        let e = init(dir.path(), &[], &["bad name"]).unwrap_err().to_string();
+        assert_eq!(e, "name \"bad name\" is not usable in a certificate: use letters, digits, '-', '_' or '.'");
         let key = dir.path().join("federation.key");
         write_federation_key(&key).expect("key");
-        assert_eq!(
-            std::fs::read_to_string(&key).expect("read").trim().len(),
-            64
-        );
+        assert_eq!(std::fs::read_to_string(&key).expect("read").trim().len(), 64);
     }
 }

@@ -32,9 +32,7 @@ impl ClientError {
     pub fn code(&self) -> Option<tonic::Code> {
         match self {
             ClientError::Refused { code, .. } => Some(*code),
-            ClientError::Address { .. }
-            | ClientError::Connect { .. }
-            | ClientError::Protocol(_) => None,
+            ClientError::Address { .. } | ClientError::Connect { .. } | ClientError::Protocol(_) => None,
         }
     }
 }
@@ -42,21 +40,16 @@ impl ClientError {
 fn from_flight(e: FlightError) -> ClientError {
     match e {
         FlightError::Tonic(s) => from_status(*s),
-        FlightError::Arrow(arrow::error::ArrowError::ExternalError(inner)) => {
-            match inner.downcast::<tonic::Status>() {
-                Ok(s) => from_status(*s),
-                Err(other) => ClientError::Protocol(other.to_string()),
-            }
-        }
+        FlightError::Arrow(arrow::error::ArrowError::ExternalError(inner)) => match inner.downcast::<tonic::Status>() {
+            Ok(s) => from_status(*s),
+            Err(other) => ClientError::Protocol(other.to_string()),
+        },
         other => ClientError::Protocol(other.to_string()),
     }
 }
 
 fn from_status(s: tonic::Status) -> ClientError {
-    ClientError::Refused {
-        code: s.code(),
-        message: s.message().to_owned(),
-    }
+    ClientError::Refused { code: s.code(), message: s.message().to_owned() }
 }
 
 /// A connection to a coordinator for one project.
@@ -67,25 +60,11 @@ pub struct Client {
 
 impl Client {
     /// Connects to `addr` (`host:port`) presenting `identity`; `project` is sent with every call.
-    pub async fn connect(
-        addr: &str,
-        identity: &TlsIdentity,
-        project: &str,
-    ) -> Result<Client, ClientError> {
+    pub async fn connect(addr: &str, identity: &TlsIdentity, project: &str) -> Result<Client, ClientError> {
         samkor_proto::tls::install_crypto_provider();
-        let addr_err = |reason: String| ClientError::Address {
-            addr: addr.to_owned(),
-            reason,
-        };
-        let host = addr
-            .rsplit_once(':')
-            .map_or(addr, |(h, _)| h)
-            .trim_matches(['[', ']']);
-        let domain = if host.parse::<std::net::IpAddr>().is_ok() {
-            "localhost"
-        } else {
-            host
-        };
+        let addr_err = |reason: String| ClientError::Address { addr: addr.to_owned(), reason };
+        let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_matches(['[', ']']);
+        let domain = if host.parse::<std::net::IpAddr>().is_ok() { "localhost" } else { host };
         let channel = Endpoint::from_shared(format!("https://{addr}"))
             .map_err(|e| addr_err(e.to_string()))?
             .tls_config(identity.client_config(domain))
@@ -94,25 +73,15 @@ impl Client {
             .tcp_nodelay(true)
             .connect()
             .await
-            .map_err(|e| ClientError::Connect {
-                addr: addr.to_owned(),
-                reason: source_chain(&e),
-            })?;
+            .map_err(|e| ClientError::Connect { addr: addr.to_owned(), reason: source_chain(&e) })?;
         let mut inner = FlightSqlServiceClient::new(channel);
         inner.set_header(headers::PROJECT, project);
         Ok(Client { inner })
     }
 
     /// Runs a query and returns a stream of its record batches.
-    pub async fn query_stream(
-        &mut self,
-        sql: &str,
-    ) -> Result<FlightRecordBatchStream, ClientError> {
-        let info = self
-            .inner
-            .execute(sql.to_owned(), None)
-            .await
-            .map_err(from_flight)?;
+    pub async fn query_stream(&mut self, sql: &str) -> Result<FlightRecordBatchStream, ClientError> {
+        let info = self.inner.execute(sql.to_owned(), None).await.map_err(from_flight)?;
         let ticket = info
             .endpoint
             .first()
@@ -128,12 +97,8 @@ impl Client {
         while let Some(b) = stream.try_next().await.map_err(from_flight)? {
             batches.push(b);
         }
-        let schema = stream
-            .schema()
-            .cloned()
-            .or_else(|| batches.first().map(|b| b.schema()));
-        let schema =
-            schema.unwrap_or_else(|| std::sync::Arc::new(arrow::datatypes::Schema::empty()));
+        let schema = stream.schema().cloned().or_else(|| batches.first().map(|b| b.schema()));
+        let schema = schema.unwrap_or_else(|| std::sync::Arc::new(arrow::datatypes::Schema::empty()));
         Ok((schema, batches))
     }
 

@@ -17,10 +17,7 @@ pub enum DemoError {
     #[error("{0}")]
     Federation(#[from] crate::federation::FederationError),
     #[error("{title}: {source}")]
-    Query {
-        title: String,
-        source: crate::client::ClientError,
-    },
+    Query { title: String, source: crate::client::ClientError },
     #[error("{0}")]
     Output(#[from] crate::output::OutputError),
 }
@@ -126,10 +123,7 @@ pub fn prepare(dir: &Path, persons: u64, seed: u64) -> Result<bool, DemoError> {
     if std::fs::read_to_string(&stamp).is_ok_and(|s| s == want) {
         return Ok(false);
     }
-    let fail = |reason: String| DemoError::Prepare {
-        dir: dir.to_owned(),
-        reason,
-    };
+    let fail = |reason: String| DemoError::Prepare { dir: dir.to_owned(), reason };
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(|e| fail(e.to_string()))?;
     }
@@ -137,16 +131,10 @@ pub fn prepare(dir: &Path, persons: u64, seed: u64) -> Result<bool, DemoError> {
     let mut users = vec![DEMO_USER, "bob"];
     users.extend(crate::synth::care_providers());
     crate::certs::init(&dir.join("certs"), &REGISTERS, &users).map_err(|e| fail(e.to_string()))?;
-    crate::certs::write_federation_key(&dir.join("federation.key"))
+    crate::certs::write_federation_key(&dir.join("federation.key")).map_err(|e| fail(e.to_string()))?;
+    crate::synth::generate(&crate::synth::SynthOptions { out: dir.to_owned(), persons, seed })
         .map_err(|e| fail(e.to_string()))?;
-    crate::synth::generate(&crate::synth::SynthOptions {
-        out: dir.to_owned(),
-        persons,
-        seed,
-    })
-    .map_err(|e| fail(e.to_string()))?;
-    crate::federation::write_full_approval(dir, DEMO_PROJECT, &[DEMO_USER], &["aggregate"], false)
-        .map_err(|e| fail(e.to_string()))?;
+    crate::federation::write_full_approval(dir, DEMO_PROJECT, &[DEMO_USER], &["aggregate"], false).map_err(|e| fail(e.to_string()))?;
     std::fs::write(&stamp, want).map_err(|e| fail(e.to_string()))?;
     Ok(true)
 }
@@ -161,10 +149,7 @@ pub async fn showcase(federation: &LocalFederation) -> Result<(), DemoError> {
     let mut client = federation
         .client(DEMO_USER, DEMO_PROJECT)
         .await
-        .map_err(|source| DemoError::Query {
-            title: "connect".into(),
-            source,
-        })?;
+        .map_err(|source| DemoError::Query { title: "connect".into(), source })?;
     for (i, q) in SHOWCASE.iter().enumerate() {
         println!("\n── {}. {} asks: {}", i + 1, q.who, q.title);
         println!("{}\n", indent(q.sql));
@@ -175,19 +160,11 @@ pub async fn showcase(federation: &LocalFederation) -> Result<(), DemoError> {
                 println!("{e}");
                 continue;
             }
-            Err(source) => {
-                return Err(DemoError::Query {
-                    title: q.title.to_owned(),
-                    source,
-                });
-            }
+            Err(source) => return Err(DemoError::Query { title: q.title.to_owned(), source }),
         };
         println!("{}", crate::output::table(&schema, &batches)?);
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-        println!(
-            "{rows} rows in {:.0} ms",
-            started.elapsed().as_secs_f64() * 1000.0
-        );
+        println!("{rows} rows in {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
         if let Some(note) = crate::output::footnote(&schema) {
             println!("{note}");
         }
@@ -196,10 +173,7 @@ pub async fn showcase(federation: &LocalFederation) -> Result<(), DemoError> {
 }
 
 fn indent(sql: &str) -> String {
-    sql.lines()
-        .map(|l| format!("    {l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    sql.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
 }
 
 /// A Python snippet that queries the running demo with ADBC.

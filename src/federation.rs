@@ -17,10 +17,7 @@ pub enum FederationError {
     #[error("{0}")]
     NodeConfig(#[from] samkor_node::config::ConfigError),
     #[error("node {register}: {source}")]
-    Node {
-        register: String,
-        source: samkor_node::StartError,
-    },
+    Node { register: String, source: samkor_node::StartError },
     #[error("{0}")]
     CoordinatorConfig(#[from] samkor_coordinator::config::ConfigError),
     #[error("coordinator: {0}")]
@@ -28,10 +25,7 @@ pub enum FederationError {
     #[error("{0}")]
     Tls(#[from] samkor_proto::tls::TlsError),
     #[error("cannot write {}: {source}", path.display())]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
 }
 
 /// Settings of a local federation.
@@ -65,11 +59,7 @@ impl Default for LocalOptions {
 /// (tests, benchmarks, the demo): a free port, and an audit log of its own
 /// (`<register>/audit/node-<pid>-<n>.jsonl`), since several nodes of one
 /// register may run on one directory at once and a log has one writer.
-pub fn node_config(
-    dir: &Path,
-    register: &str,
-    ephemeral: bool,
-) -> Result<NodeConfig, FederationError> {
+pub fn node_config(dir: &Path, register: &str, ephemeral: bool) -> Result<NodeConfig, FederationError> {
     let mut config = NodeConfig::load(&dir.join(register).join("node.toml"))?;
     if ephemeral {
         config.node.listen = "127.0.0.1:0".parse().expect("valid address");
@@ -82,11 +72,7 @@ pub fn node_config(
 }
 
 /// The coordinator config for nodes at `addresses` (register, host:port).
-pub fn coordinator_toml(
-    listen: &str,
-    addresses: &[(String, String)],
-    options: &LocalOptions,
-) -> String {
+pub fn coordinator_toml(listen: &str, addresses: &[(String, String)], options: &LocalOptions) -> String {
     let mut s = format!(
         "# samkor coordinator of the synthetic federation\n\
          [coordinator]\nlisten = \"{listen}\"\nmemory_limit_mb = {}\nspill_dir = \"spill\"\n\
@@ -97,9 +83,7 @@ pub fn coordinator_toml(
         options.memory_limit_mb, options.query_timeout_secs, options.node_retry_secs
     );
     for (register, addr) in addresses {
-        s.push_str(&format!(
-            "\n[[nodes]]\nregister = \"{register}\"\naddress = \"{addr}\"\n"
-        ));
+        s.push_str(&format!("\n[[nodes]]\nregister = \"{register}\"\naddress = \"{addr}\"\n"));
     }
     s
 }
@@ -124,41 +108,27 @@ pub struct LocalFederation {
 
 impl LocalFederation {
     /// Starts the nodes named in `options.start`, then the coordinator.
-    pub async fn start(
-        dir: &Path,
-        options: &LocalOptions,
-    ) -> Result<LocalFederation, FederationError> {
+    pub async fn start(dir: &Path, options: &LocalOptions) -> Result<LocalFederation, FederationError> {
         let mut nodes = Vec::new();
         let mut addresses = Vec::new();
         for register in REGISTERS {
             let config = node_config(dir, register, options.ephemeral_ports)?;
             if options.start.iter().any(|s| s == register) {
-                let node =
-                    samkor_node::start(config)
-                        .await
-                        .map_err(|source| FederationError::Node {
-                            register: register.to_owned(),
-                            source,
-                        })?;
+                let node = samkor_node::start(config)
+                    .await
+                    .map_err(|source| FederationError::Node { register: register.to_owned(), source })?;
                 addresses.push((register.to_owned(), node.addr.to_string()));
                 nodes.push(node);
             } else if let Some((_, addr)) = options.addresses.iter().find(|(r, _)| r == register) {
                 addresses.push((register.to_owned(), addr.clone()));
             } else {
                 // Not started: give the coordinator an address where nothing listens.
-                let unused =
-                    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr());
-                let addr = unused
-                    .map(|a| a.to_string())
-                    .unwrap_or_else(|_| config.node.listen.to_string());
+                let unused = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr());
+                let addr = unused.map(|a| a.to_string()).unwrap_or_else(|_| config.node.listen.to_string());
                 addresses.push((register.to_owned(), addr));
             }
         }
-        let listen = if options.ephemeral_ports {
-            "127.0.0.1:0"
-        } else {
-            "127.0.0.1:47100"
-        };
+        let listen = if options.ephemeral_ports { "127.0.0.1:0" } else { "127.0.0.1:47100" };
         let mut toml = coordinator_toml(listen, &addresses, options);
         if options.ephemeral_ports {
             // Several federations may share a directory (tests): one audit log each.
@@ -166,19 +136,12 @@ impl LocalFederation {
             let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             toml = toml.replace(
                 "audit_log = \"audit/coordinator.log\"",
-                &format!(
-                    "audit_log = \"audit/coordinator-{}-{n}.log\"",
-                    std::process::id()
-                ),
+                &format!("audit_log = \"audit/coordinator-{}-{n}.log\"", std::process::id()),
             );
         }
         let config = CoordinatorConfig::parse(&dir.join("coordinator.toml"), &toml)?;
         let coordinator = samkor_coordinator::start(config).await?;
-        Ok(LocalFederation {
-            dir: dir.to_owned(),
-            nodes,
-            coordinator,
-        })
+        Ok(LocalFederation { dir: dir.to_owned(), nodes, coordinator })
     }
 
     /// `host:port` of the coordinator.
@@ -192,14 +155,8 @@ impl LocalFederation {
     }
 
     /// A client for `user` in `project`.
-    pub async fn client(
-        &self,
-        user: &str,
-        project: &str,
-    ) -> Result<crate::client::Client, crate::client::ClientError> {
-        let identity = self
-            .identity(user)
-            .map_err(|e| crate::client::ClientError::Protocol(e.to_string()))?;
+    pub async fn client(&self, user: &str, project: &str) -> Result<crate::client::Client, crate::client::ClientError> {
+        let identity = self.identity(user).map_err(|e| crate::client::ClientError::Protocol(e.to_string()))?;
         crate::client::Client::connect(&self.coordinator_addr(), &identity, project).await
     }
 
@@ -220,43 +177,27 @@ impl LocalFederation {
 /// every table of every register read straight from its files, identity
 /// numbers pseudonymised for `project` and opt-outs removed exactly as the
 /// nodes do, under the same `<register>.<table>` names. Nothing is federated.
-pub async fn pooled_session(
-    dir: &Path,
-    project: &str,
-) -> Result<datafusion::prelude::SessionContext, FederationError> {
-    use datafusion::catalog::{
-        CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
-    };
+pub async fn pooled_session(dir: &Path, project: &str) -> Result<datafusion::prelude::SessionContext, FederationError> {
+    use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider};
     use std::sync::Arc;
     let mut config = datafusion::prelude::SessionConfig::new()
         .with_default_catalog_and_schema(samkor_coordinator::engine::CATALOG, "public");
-    config
-        .options_mut()
-        .execution
-        .parquet
-        .schema_force_view_types = false;
+    config.options_mut().execution.parquet.schema_force_view_types = false;
     let ctx = datafusion::prelude::SessionContext::new_with_config(config);
     let catalog = MemoryCatalogProvider::new();
     for register in REGISTERS {
         let state = samkor_node::NodeState::open(node_config(dir, register, true)?)
             .await
-            .map_err(|source| FederationError::Node {
-                register: register.to_owned(),
-                source,
-            })?;
+            .map_err(|source| FederationError::Node { register: register.to_owned(), source })?;
         let schema = MemorySchemaProvider::new();
-        let tables = state
-            .project_tables(project)
-            .map_err(|e| FederationError::Node {
-                register: register.to_owned(),
-                source: samkor_node::StartError::OptOut(e),
-            })?;
+        let tables = state.project_tables(project).map_err(|e| FederationError::Node {
+            register: register.to_owned(),
+            source: samkor_node::StartError::OptOut(e),
+        })?;
         for (name, provider) in tables {
             schema.register_table(name, provider).expect("fresh schema");
         }
-        catalog
-            .register_schema(register, Arc::new(schema) as Arc<dyn SchemaProvider>)
-            .expect("memory catalog");
+        catalog.register_schema(register, Arc::new(schema) as Arc<dyn SchemaProvider>).expect("memory catalog");
     }
     ctx.register_catalog(samkor_coordinator::engine::CATALOG, Arc::new(catalog));
     Ok(ctx)
@@ -273,13 +214,7 @@ pub fn full_approval_toml(
     outputs: &[&str],
     min_max: bool,
 ) -> Result<String, FederationError> {
-    let quote = |items: &[&str]| {
-        items
-            .iter()
-            .map(|m| format!("{m:?}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let quote = |items: &[&str]| items.iter().map(|m| format!("{m:?}")).collect::<Vec<_>>().join(", ");
     let mut s = format!(
         "project = {project:?}\ntitle = \"Synthetic federation: every register\"\n\
          ethics_reference = \"Dnr 2026-00000-01\"\nethics_authority = \"Etikprövningsmyndigheten\"\n\
@@ -307,19 +242,12 @@ pub fn full_approval_toml(
                 .map(|c| t.exposed_name(c).to_owned())
                 .collect();
             let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
-            tables.push_str(&format!(
-                "\n[[tables]]\ntable = \"{register}.{}\"\ncolumns = [{}]\n",
-                t.name,
-                quote(&columns)
-            ));
+            tables.push_str(&format!("\n[[tables]]\ntable = \"{register}.{}\"\ncolumns = [{}]\n", t.name, quote(&columns)));
         }
     }
     if min_max {
         let extremes: Vec<&str> = extremes.iter().map(String::as_str).collect();
-        s.push_str(&format!(
-            "\n[disclosure]\nallow_min_max = [{}]\n",
-            quote(&extremes)
-        ));
+        s.push_str(&format!("\n[disclosure]\nallow_min_max = [{}]\n", quote(&extremes)));
     }
     s.push_str(&tables);
     Ok(s)
@@ -335,10 +263,7 @@ pub fn write_full_approval(
 ) -> Result<(), FederationError> {
     let text = full_approval_toml(dir, project, members, outputs, min_max)?;
     let approvals = dir.join("approvals");
-    std::fs::create_dir_all(&approvals).map_err(|e| FederationError::Write {
-        path: approvals.clone(),
-        source: e,
-    })?;
+    std::fs::create_dir_all(&approvals).map_err(|e| FederationError::Write { path: approvals.clone(), source: e })?;
     let path = approvals.join(format!("{project}.toml"));
     std::fs::write(&path, text).map_err(|source| FederationError::Write { path, source })
 }

@@ -187,11 +187,7 @@ const REGISTERS: [&str; 5] = ["hip", "npr", "lmr", "dors", "pop"];
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .thread_stack_size(8 << 20)
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().thread_stack_size(8 << 20).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("samkor: cannot start the async runtime: {e}");
@@ -219,22 +215,14 @@ fn init_tracing() -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
     use tracing_subscriber::EnvFilter;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter = EnvFilter::try_from_env("SAMKOR_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("warn,samkor=info"));
+    let filter = EnvFilter::try_from_env("SAMKOR_LOG").unwrap_or_else(|_| EnvFilter::new("warn,samkor=info"));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let provider = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").and_then(|_| {
-        match opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build()
-        {
+        match opentelemetry_otlp::SpanExporter::builder().with_tonic().build() {
             Ok(exporter) => Some(
                 opentelemetry_sdk::trace::SdkTracerProvider::builder()
                     .with_batch_exporter(exporter)
-                    .with_resource(
-                        opentelemetry_sdk::Resource::builder()
-                            .with_service_name("samkor")
-                            .build(),
-                    )
+                    .with_resource(opentelemetry_sdk::Resource::builder().with_service_name("samkor").build())
                     .build(),
             ),
             Err(e) => {
@@ -247,38 +235,26 @@ fn init_tracing() -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
         use opentelemetry::trace::TracerProvider as _;
         tracing_opentelemetry::layer().with_tracer(p.tracer("samkor"))
     });
-    let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .with(otel)
-        .try_init();
+    let _ = tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init();
     provider
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Synth(args) => synth(args).await,
-        Command::Certs {
-            command: CertsCommand::Init { out, nodes, users },
-        } => {
+        Command::Certs { command: CertsCommand::Init { out, nodes, users } } => {
             let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
             let users: Vec<&str> = users.iter().map(String::as_str).collect();
             samkor::certs::init(&out, &nodes, &users)?;
-            println!(
-                "development CA and certificates written to {}",
-                out.display()
-            );
+            println!("development CA and certificates written to {}", out.display());
             Ok(())
         }
         Command::Node(args) => node(args).await,
         Command::Coordinator(args) => coordinator(args).await,
         Command::Query(args) => query(args).await,
         Command::Demo(args) => demo(args).await,
-        Command::Policy {
-            command: PolicyCommand::Check { dir, federation },
-        } => {
-            let report = samkor::policy_cli::check(&dir, federation.as_deref())
-                .map_err(anyhow::Error::msg)?;
+        Command::Policy { command: PolicyCommand::Check { dir, federation } } => {
+            let report = samkor::policy_cli::check(&dir, federation.as_deref()).map_err(anyhow::Error::msg)?;
             println!("{report}");
             Ok(())
         }
@@ -304,22 +280,11 @@ async fn synth(args: SynthArgs) -> anyhow::Result<()> {
         persons: args.persons,
         seed: args.seed,
     })?;
-    samkor::federation::write_full_approval(
-        &args.out,
-        samkor::demo::DEMO_PROJECT,
-        &["alice"],
-        &["aggregate"],
-        false,
-    )?;
+    samkor::federation::write_full_approval(&args.out, samkor::demo::DEMO_PROJECT, &["alice"], &["aggregate"], false)?;
     let mut table = comfy_table::Table::new();
     table.set_header(["register", "table", "rows", "files"]);
     for t in &summary.tables {
-        table.add_row([
-            t.register.clone(),
-            t.table.clone(),
-            t.rows.to_string(),
-            t.files.to_string(),
-        ]);
+        table.add_row([t.register.clone(), t.table.clone(), t.rows.to_string(), t.files.to_string()]);
     }
     println!("{table}");
     println!(
@@ -349,11 +314,7 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
         config.node.listen = listen;
     }
     let node = samkor_node::start(config).await?;
-    println!(
-        "node {} listening on {} (mutual TLS 1.3)",
-        node.state.register(),
-        node.addr
-    );
+    println!("node {} listening on {} (mutual TLS 1.3)", node.state.register(), node.addr);
     tokio::select! {
         r = node.wait() => r.context("the node server stopped")?,
         _ = tokio::signal::ctrl_c() => println!("stopping"),
@@ -378,10 +339,7 @@ fn write_coordinator_config(out: &std::path::Path) -> anyhow::Result<()> {
 async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let config = samkor_coordinator::CoordinatorConfig::load(&args.config)?;
     let running = samkor_coordinator::start(config).await?;
-    println!(
-        "coordinator serving Flight SQL on {} (mutual TLS 1.3)",
-        running.addr
-    );
+    println!("coordinator serving Flight SQL on {} (mutual TLS 1.3)", running.addr);
     tokio::select! {
         r = running.wait() => r.context("the coordinator stopped")?,
         _ = tokio::signal::ctrl_c() => println!("stopping"),
@@ -392,20 +350,13 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
 async fn query(args: QueryArgs) -> anyhow::Result<()> {
     let sql = match (&args.sql, &args.file) {
         (Some(sql), None) => sql.clone(),
-        (None, Some(f)) => {
-            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?
-        }
+        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?,
         _ => anyhow::bail!("give the SQL as an argument or with --file"),
     };
-    let files = samkor_proto::tls::TlsFiles {
-        cert: args.identity.cert,
-        key: args.identity.key,
-        ca: args.identity.ca,
-    };
+    let files = samkor_proto::tls::TlsFiles { cert: args.identity.cert, key: args.identity.key, ca: args.identity.ca };
     let identity = files.load()?;
     let run = async {
-        let mut client =
-            samkor::client::Client::connect(&args.coordinator, &identity, &args.project).await?;
+        let mut client = samkor::client::Client::connect(&args.coordinator, &identity, &args.project).await?;
         client.query(&sql).await
     };
     tokio::pin!(run);
@@ -440,35 +391,16 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         );
     }
     let federation = samkor::demo::start(&dir).await?;
-    println!(
-        "samkor demo: five register nodes (hip, npr, lmr, dors, pop) and a coordinator on loopback, mutual TLS 1.3."
-    );
-    println!(
-        "Synthetic data only. The researcher is `{}`, project `{}`.",
-        samkor::demo::DEMO_USER,
-        samkor::demo::DEMO_PROJECT
-    );
-    println!(
-        "Every answer passes disclosure control: cells count distinct persons, and cells of fewer than 5 are withheld (shown as ..)."
-    );
+    println!("samkor demo: five register nodes (hip, npr, lmr, dors, pop) and a coordinator on loopback, mutual TLS 1.3.");
+    println!("Synthetic data only. The researcher is `{}`, project `{}`.", samkor::demo::DEMO_USER, samkor::demo::DEMO_PROJECT);
+    println!("Every answer passes disclosure control: cells count distinct persons, and cells of fewer than 5 are withheld (shown as ..).");
     samkor::demo::showcase(&federation).await?;
     if args.serve {
-        println!(
-            "\nFlight SQL endpoint: grpc+tls://{} (client certificates in {}/certs)",
-            federation.coordinator_addr(),
-            dir.display()
-        );
+        println!("\nFlight SQL endpoint: grpc+tls://{} (client certificates in {}/certs)", federation.coordinator_addr(), dir.display());
         println!("Connect from Python (pip install adbc-driver-flightsql pyarrow pandas):\n");
-        println!(
-            "{}",
-            samkor::demo::python_snippet(&dir, &federation.coordinator_addr())
-        );
-        println!(
-            "\nOr from the CLI:\n  samkor query --coordinator {} --project {} --cert {d}/certs/alice.pem --key {d}/certs/alice.key --ca {d}/certs/ca.pem \"SELECT count(*) FROM pop.persons\"",
-            federation.coordinator_addr(),
-            samkor::demo::DEMO_PROJECT,
-            d = dir.display()
-        );
+        println!("{}", samkor::demo::python_snippet(&dir, &federation.coordinator_addr()));
+        println!("\nOr from the CLI:\n  samkor query --coordinator {} --project {} --cert {d}/certs/alice.pem --key {d}/certs/alice.key --ca {d}/certs/ca.pem \"SELECT count(*) FROM pop.persons\"",
+            federation.coordinator_addr(), samkor::demo::DEMO_PROJECT, d = dir.display());
         println!("\nPress Ctrl-C to stop.");
         tokio::signal::ctrl_c().await?;
     }
@@ -479,16 +411,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 fn audit(command: AuditCommand) -> anyhow::Result<()> {
     let text = match command {
         AuditCommand::Verify { file } => samkor::audit_cli::verify(&file),
-        AuditCommand::Show {
-            file,
-            project,
-            since,
-        } => samkor::audit_cli::show(&file, project.as_deref(), since.as_deref()),
-        AuditCommand::Report {
-            file,
-            since,
-            approvals,
-        } => {
+        AuditCommand::Show { file, project, since } => samkor::audit_cli::show(&file, project.as_deref(), since.as_deref()),
+        AuditCommand::Report { file, since, approvals } => {
             let summaries: Vec<samkor::audit_cli::ApprovalSummary> = match approvals {
                 Some(dir) => {
                     let (found, problems) = samkor_policies::approval::load_dir(
@@ -501,11 +425,7 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
                     }
                     found
                         .into_iter()
-                        .map(|a| samkor::audit_cli::ApprovalSummary {
-                            project: a.project,
-                            title: a.title,
-                            valid_until: a.valid_until,
-                        })
+                        .map(|a| samkor::audit_cli::ApprovalSummary { project: a.project, title: a.title, valid_until: a.valid_until })
                         .collect()
                 }
                 None => Vec::new(),

@@ -21,33 +21,22 @@ pub enum Format {
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
     #[error("cannot write {what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
+    Io { what: String, source: std::io::Error },
     #[error("cannot encode the result as {format}: {reason}")]
-    Encode {
-        format: &'static str,
-        reason: String,
-    },
+    Encode { format: &'static str, reason: String },
     #[error("parquet output needs --out FILE")]
     ParquetNeedsFile,
 }
 
 /// The disclosure summary of an answer, from its schema metadata.
 fn disclosure(schema: &SchemaRef) -> Option<serde_json::Value> {
-    schema
-        .metadata()
-        .get(samkor_coordinator::disclosure::METADATA_KEY)
-        .and_then(|m| serde_json::from_str(m).ok())
+    schema.metadata().get(samkor_coordinator::disclosure::METADATA_KEY).and_then(|m| serde_json::from_str(m).ok())
 }
 
 /// Index of the per-row marker column of a disclosure-controlled aggregate answer.
 fn marker(schema: &SchemaRef) -> Option<usize> {
     let summary = disclosure(schema)?;
-    (summary["mode"] == "aggregate")
-        .then(|| schema.fields().len().checked_sub(1))
-        .flatten()
+    (summary["mode"] == "aggregate").then(|| schema.fields().len().checked_sub(1)).flatten()
 }
 
 /// Renders batches as an aligned text table; NULL is shown as `NULL`. In a
@@ -57,14 +46,7 @@ pub fn table(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<String, Outp
     let marker = marker(schema);
     let shown = marker.unwrap_or(schema.fields().len());
     let mut table = comfy_table::Table::new();
-    table.set_header(
-        schema
-            .fields()
-            .iter()
-            .take(shown)
-            .map(|f| f.name().clone())
-            .collect::<Vec<_>>(),
-    );
+    table.set_header(schema.fields().iter().take(shown).map(|f| f.name().clone()).collect::<Vec<_>>());
     let options = FormatOptions::default().with_null("NULL");
     for batch in batches {
         let formatters = batch
@@ -72,18 +54,12 @@ pub fn table(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<String, Outp
             .iter()
             .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| OutputError::Encode {
-                format: "table",
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| OutputError::Encode { format: "table", reason: e.to_string() })?;
         for row in 0..batch.num_rows() {
             let withheld: Vec<String> = match marker {
-                Some(m) if !batch.column(m).is_null(row) => formatters[m]
-                    .value(row)
-                    .to_string()
-                    .split(',')
-                    .map(str::to_owned)
-                    .collect(),
+                Some(m) if !batch.column(m).is_null(row) => {
+                    formatters[m].value(row).to_string().split(',').map(str::to_owned).collect()
+                }
                 _ => Vec::new(),
             };
             let merged = withheld.first().is_some_and(|w| w.starts_with('*'));
@@ -99,11 +75,7 @@ pub fn table(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<String, Outp
                         f.value(row).to_string()
                     };
                     let cell = comfy_table::Cell::new(text);
-                    if col.data_type().is_numeric() {
-                        cell.set_alignment(comfy_table::CellAlignment::Right)
-                    } else {
-                        cell
-                    }
+                    if col.data_type().is_numeric() { cell.set_alignment(comfy_table::CellAlignment::Right) } else { cell }
                 })
                 .collect();
             table.add_row(cells);
@@ -118,14 +90,11 @@ pub fn footnote(schema: &SchemaRef) -> Option<String> {
     let s = disclosure(schema)?;
     match s["mode"].as_str()? {
         "aggregate" => {}
-        "pseudonymised_microdata" => {
-            return Some("pseudonymised microdata: rows keyed by the project pseudonym".into());
-        }
+        "pseudonymised_microdata" => return Some("pseudonymised microdata: rows keyed by the project pseudonym".into()),
         _ => return None,
     }
     let k = s["min_cell_persons"].as_u64().unwrap_or(0);
-    let mut out =
-        format!("disclosure control: cells count distinct persons; at least {k} per released cell");
+    let mut out = format!("disclosure control: cells count distinct persons; at least {k} per released cell");
     let reasons: Vec<String> = s["withheld"]
         .as_object()
         .map(|m| m.iter().map(|(r, n)| format!("{n} {r}")).collect())
@@ -136,9 +105,7 @@ pub fn footnote(schema: &SchemaRef) -> Option<String> {
         out.push_str(&format!("; .. = withheld ({})", reasons.join(", ")));
     }
     if s["groups_withheld"].as_u64().unwrap_or(0) > 0 {
-        out.push_str(
-            "; groups below the threshold whose keys would identify are merged into the last row",
-        );
+        out.push_str("; groups below the threshold whose keys would identify are merged into the last row");
     }
     match s["round_counts_to"].as_u64() {
         Some(r) if r > 1 => out.push_str(&format!("; counts rounded to multiples of {r}")),
@@ -148,24 +115,14 @@ pub fn footnote(schema: &SchemaRef) -> Option<String> {
 }
 
 /// Writes batches in `format` to `out` (a file) or standard output.
-pub fn write(
-    format: Format,
-    schema: &SchemaRef,
-    batches: &[RecordBatch],
-    out: Option<&Path>,
-) -> Result<(), OutputError> {
+pub fn write(format: Format, schema: &SchemaRef, batches: &[RecordBatch], out: Option<&Path>) -> Result<(), OutputError> {
     let io = |what: &str| {
         let what = what.to_owned();
-        move |source| OutputError::Io {
-            what: what.clone(),
-            source,
-        }
+        move |source| OutputError::Io { what: what.clone(), source }
     };
     let target = out.map_or("standard output".to_owned(), |p| p.display().to_string());
     let mut sink: Box<dyn Write> = match out {
-        Some(p) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(p).map_err(io(&target))?,
-        )),
+        Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).map_err(io(&target))?)),
         None => Box::new(std::io::stdout().lock()),
     };
     if format != Format::Table
@@ -178,50 +135,32 @@ pub fn write(
         Format::Table => {
             writeln!(sink, "{}", table(schema, batches)?).map_err(io(&target))?;
             let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-            writeln!(sink, "({rows} row{})", if rows == 1 { "" } else { "s" })
-                .map_err(io(&target))?;
+            writeln!(sink, "({rows} row{})", if rows == 1 { "" } else { "s" }).map_err(io(&target))?;
             if let Some(note) = footnote(schema) {
                 writeln!(sink, "{note}").map_err(io(&target))?;
             }
         }
         Format::Csv => {
-            let mut w = arrow::csv::WriterBuilder::new()
-                .with_header(true)
-                .build(&mut sink);
+            let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut sink);
             for b in batches {
-                w.write(b).map_err(|e| OutputError::Encode {
-                    format: "CSV",
-                    reason: e.to_string(),
-                })?;
+                w.write(b).map_err(|e| OutputError::Encode { format: "CSV", reason: e.to_string() })?;
             }
         }
         Format::Json => {
             let mut w = arrow::json::ArrayWriter::new(&mut sink);
             for b in batches {
-                w.write(b).map_err(|e| OutputError::Encode {
-                    format: "JSON",
-                    reason: e.to_string(),
-                })?;
+                w.write(b).map_err(|e| OutputError::Encode { format: "JSON", reason: e.to_string() })?;
             }
-            w.finish().map_err(|e| OutputError::Encode {
-                format: "JSON",
-                reason: e.to_string(),
-            })?;
+            w.finish().map_err(|e| OutputError::Encode { format: "JSON", reason: e.to_string() })?;
             drop(w);
             writeln!(sink).map_err(io(&target))?;
         }
         Format::Parquet => {
-            let Some(path) = out else {
-                return Err(OutputError::ParquetNeedsFile);
-            };
+            let Some(path) = out else { return Err(OutputError::ParquetNeedsFile) };
             drop(sink);
             let file = std::fs::File::create(path).map_err(io(&target))?;
-            let encode = |e: parquet::errors::ParquetError| OutputError::Encode {
-                format: "Parquet",
-                reason: e.to_string(),
-            };
-            let mut w =
-                parquet::arrow::ArrowWriter::try_new(file, schema.clone(), None).map_err(encode)?;
+            let encode = |e: parquet::errors::ParquetError| OutputError::Encode { format: "Parquet", reason: e.to_string() };
+            let mut w = parquet::arrow::ArrowWriter::try_new(file, schema.clone(), None).map_err(encode)?;
             for b in batches {
                 w.write(b).map_err(encode)?;
             }

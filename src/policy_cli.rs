@@ -6,31 +6,25 @@ use std::path::Path;
 
 use chrono::NaiveDate;
 use samkor_node::NodeConfig;
-use samkor_policies::approval::{
-    self, Approval, CatalogueView, ColumnInfo, DisclosureDefaults, Validity,
-};
+use samkor_policies::approval::{self, Approval, CatalogueView, ColumnInfo, DisclosureDefaults, Validity};
 
 /// The catalogue served by the nodes of a federation directory: every
 /// subdirectory holding a `node.toml` is one register. Tables are keyed
 /// `register.table`; each table's person column appears as `person` (as the
 /// node serves it: the project pseudonym) and is identifying.
 pub fn catalogue_from_node_configs(fed: &Path) -> Result<CatalogueView, String> {
-    let entries = std::fs::read_dir(fed)
-        .map_err(|e| format!("cannot read federation directory {}: {e}", fed.display()))?;
+    let entries =
+        std::fs::read_dir(fed).map_err(|e| format!("cannot read federation directory {}: {e}", fed.display()))?;
     let mut configs = Vec::new();
     for entry in entries {
-        let entry = entry
-            .map_err(|e| format!("cannot read federation directory {}: {e}", fed.display()))?;
+        let entry = entry.map_err(|e| format!("cannot read federation directory {}: {e}", fed.display()))?;
         let node_toml = entry.path().join("node.toml");
         if node_toml.is_file() {
             configs.push(node_toml);
         }
     }
     if configs.is_empty() {
-        return Err(format!(
-            "no node configs (*/node.toml) in federation directory {}",
-            fed.display()
-        ));
+        return Err(format!("no node configs (*/node.toml) in federation directory {}", fed.display()));
     }
     configs.sort();
     let mut view = CatalogueView::default();
@@ -46,10 +40,7 @@ pub fn catalogue_from_node_configs(fed: &Path) -> Result<CatalogueView, String> 
                     let name = t.exposed_name(c).to_owned();
                     (
                         name,
-                        ColumnInfo {
-                            data_type: c.data_type.name().to_owned(),
-                            identifying: c.identifying || person,
-                        },
+                        ColumnInfo { data_type: c.data_type.name().to_owned(), identifying: c.identifying || person },
                     )
                 })
                 .collect();
@@ -75,36 +66,20 @@ pub fn check(dir: &Path, federation: Option<&Path>) -> Result<String, String> {
 /// [`check`] as of `today` (which only affects the notes on expiry).
 fn check_on(dir: &Path, federation: Option<&Path>, today: NaiveDate) -> Result<String, String> {
     let catalogue = federation.map(catalogue_from_node_configs).transpose()?;
-    let (mut approvals, errors) =
-        approval::load_dir(dir, &DisclosureDefaults::default(), catalogue.as_ref());
+    let (mut approvals, errors) = approval::load_dir(dir, &DisclosureDefaults::default(), catalogue.as_ref());
     if !errors.is_empty() {
-        return Err(errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("\n"));
+        return Err(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"));
     }
     if approvals.is_empty() {
-        return Err(format!(
-            "no approval documents (*.toml) in {}",
-            dir.display()
-        ));
+        return Err(format!("no approval documents (*.toml) in {}", dir.display()));
     }
     approvals.sort_by(|a, b| a.project.cmp(&b.project));
     let against = match (federation, &catalogue) {
-        (Some(fed), Some(cat)) => format!(
-            "checked against {} ({} tables)",
-            fed.display(),
-            cat.tables.len()
-        ),
+        (Some(fed), Some(cat)) => format!("checked against {} ({} tables)", fed.display(), cat.tables.len()),
         _ => "structure only: give --federation to check registers, tables and columns".to_owned(),
     };
     let plural = if approvals.len() == 1 { "" } else { "s" };
-    let mut report = format!(
-        "{} approval{plural} in {}, {against}\n",
-        approvals.len(),
-        dir.display()
-    );
+    let mut report = format!("{} approval{plural} in {}, {against}\n", approvals.len(), dir.display());
     for a in &approvals {
         report.push_str(&summary_line(a, today));
         report.push('\n');
@@ -119,18 +94,8 @@ fn summary_line(a: &Approval, today: NaiveDate) -> String {
         Validity::Valid if a.expires_within(today, 90) => " (expires within 90 days)",
         Validity::Valid => "",
     };
-    let outputs = a
-        .outputs
-        .iter()
-        .map(|o| o.name())
-        .collect::<Vec<_>>()
-        .join(", ");
-    let tables = a
-        .tables
-        .iter()
-        .map(|t| t.qualified_name())
-        .collect::<Vec<_>>()
-        .join(", ");
+    let outputs = a.outputs.iter().map(|o| o.name()).collect::<Vec<_>>().join(", ");
+    let tables = a.tables.iter().map(|t| t.qualified_name()).collect::<Vec<_>>().join(", ");
     format!(
         "{}: {} | valid {} to {}{status} | {outputs} | tables: {tables}",
         a.project, a.title, a.valid_from, a.valid_until
@@ -204,44 +169,19 @@ columns = ["person", "op_date", "region"]
     fn catalogue_renames_the_person_column() {
         let fed = tempfile::tempdir().expect("tempdir");
         write(&fed.path().join("hip/node.toml"), HIP_NODE);
-        std::fs::create_dir(fed.path().join("certs"))
-            .expect("a directory without node.toml is skipped");
+        std::fs::create_dir(fed.path().join("certs")).expect("a directory without node.toml is skipped");
         let cat = catalogue_from_node_configs(fed.path()).expect("catalogue");
         let ops = &cat.tables["hip.operations"];
-        assert_eq!(
-            ops.keys().map(String::as_str).collect::<Vec<_>>(),
-            ["op_date", "person", "region"]
-        );
-        assert_eq!(
-            ops["person"],
-            ColumnInfo {
-                data_type: "utf8".into(),
-                identifying: true
-            }
-        );
-        assert_eq!(
-            ops["op_date"],
-            ColumnInfo {
-                data_type: "date32".into(),
-                identifying: false
-            }
-        );
+        assert_eq!(ops.keys().map(String::as_str).collect::<Vec<_>>(), ["op_date", "person", "region"]);
+        assert_eq!(ops["person"], ColumnInfo { data_type: "utf8".into(), identifying: true });
+        assert_eq!(ops["op_date"], ColumnInfo { data_type: "date32".into(), identifying: false });
 
         let empty = tempfile::tempdir().expect("tempdir");
         let e = catalogue_from_node_configs(empty.path()).expect_err("no nodes");
-        assert!(
-            e.starts_with("no node configs (*/node.toml) in federation directory"),
-            "{e}"
-        );
-        write(
-            &empty.path().join("hip/node.toml"),
-            &HIP_NODE.replace("holder", "owner"),
-        );
+        assert!(e.starts_with("no node configs (*/node.toml) in federation directory"), "{e}");
+        write(&empty.path().join("hip/node.toml"), &HIP_NODE.replace("holder", "owner"));
         let e = catalogue_from_node_configs(empty.path()).expect_err("bad node config");
-        assert!(
-            e.contains("hip/node.toml") && e.contains("unknown field `owner`"),
-            "{e}"
-        );
+        assert!(e.contains("hip/node.toml") && e.contains("unknown field `owner`"), "{e}");
     }
 
     #[test]
@@ -255,44 +195,23 @@ columns = ["person", "op_date", "region"]
         let lines: Vec<&str> = report.lines().collect();
         assert_eq!(
             lines[0],
-            format!(
-                "1 approval in {}, checked against {} (1 tables)",
-                dir.path().display(),
-                fed.path().display()
-            )
+            format!("1 approval in {}, checked against {} (1 tables)", dir.path().display(), fed.path().display())
         );
         assert_eq!(
             lines[1],
             "P-1: Operations by region | valid 2024-01-01 to 2026-12-31 (expires within 90 days) | aggregate | tables: hip.operations"
         );
         let report = check_on(dir.path(), None, day(2027, 1, 1)).expect("valid");
-        assert!(
-            report.contains("structure only") && report.contains("(expired)"),
-            "{report}"
-        );
+        assert!(report.contains("structure only") && report.contains("(expired)"), "{report}");
 
-        write(
-            &dir.path().join("p2.toml"),
-            &APPROVAL
-                .replace("P-1", "P-2")
-                .replace("\"region\"]", "\"side\"]"),
-        );
-        write(
-            &dir.path().join("p3.toml"),
-            &APPROVAL
-                .replace("P-1", "P-3")
-                .replace("hip.operations", "hip.prom"),
-        );
-        let errors =
-            check_on(dir.path(), Some(fed.path()), day(2025, 1, 1)).expect_err("two bad files");
+        write(&dir.path().join("p2.toml"), &APPROVAL.replace("P-1", "P-2").replace("\"region\"]", "\"side\"]"));
+        write(&dir.path().join("p3.toml"), &APPROVAL.replace("P-1", "P-3").replace("hip.operations", "hip.prom"));
+        let errors = check_on(dir.path(), Some(fed.path()), day(2025, 1, 1)).expect_err("two bad files");
         let errors: Vec<&str> = errors.lines().collect();
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert_eq!(
             errors[0],
-            format!(
-                "{}: line 14: table hip.operations has no column \"side\"",
-                dir.path().join("p2.toml").display()
-            )
+            format!("{}: line 14: table hip.operations has no column \"side\"", dir.path().join("p2.toml").display())
         );
         assert_eq!(
             errors[1],
@@ -302,20 +221,10 @@ columns = ["person", "op_date", "region"]
             )
         );
         // Without the federation only the structure is checked: all three pass.
-        assert_eq!(
-            check_on(dir.path(), None, day(2025, 1, 1))
-                .expect("structure")
-                .lines()
-                .count(),
-            4
-        );
+        assert_eq!(check_on(dir.path(), None, day(2025, 1, 1)).expect("structure").lines().count(), 4);
 
         let empty = tempfile::tempdir().expect("tempdir");
-        assert!(
-            check(empty.path(), None)
-                .expect_err("empty")
-                .starts_with("no approval documents")
-        );
+        assert!(check(empty.path(), None).expect_err("empty").starts_with("no approval documents"));
     }
 
     #[test]

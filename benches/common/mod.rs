@@ -14,10 +14,7 @@ pub(crate) const SAMKOR: &str = env!("CARGO_BIN_EXE_samkor");
 
 /// A multi-threaded tokio runtime (the same kind `samkor` itself uses).
 pub(crate) fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
 }
 
 /// Logs to stderr when `SAMKOR_LOG` is set (e.g. `SAMKOR_LOG=samkor_coordinator=info` shows the sub-queries).
@@ -33,11 +30,7 @@ pub(crate) fn init_tracing() {
 /// An environment variable parsed as a number, underscores allowed.
 pub(crate) fn env_u64(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
-        Ok(v) => v
-            .replace('_', "")
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Ok(v) => v.replace('_', "").trim().parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
         Err(_) => default,
     }
 }
@@ -86,10 +79,7 @@ impl Mem {
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0)
         };
-        Mem {
-            rss_kib: field("VmRSS:"),
-            hwm_kib: field("VmHWM:"),
-        }
+        Mem { rss_kib: field("VmRSS:"), hwm_kib: field("VmHWM:") }
     }
 }
 
@@ -117,10 +107,7 @@ impl Server {
         let stderr = std::fs::File::create(stderr_file).expect("stderr file");
         let mut child = Command::new(SAMKOR)
             .args(args)
-            .env(
-                "SAMKOR_LOG",
-                std::env::var("SAMKOR_CHILD_LOG").unwrap_or_else(|_| "warn,samkor=info".into()),
-            )
+            .env("SAMKOR_LOG", std::env::var("SAMKOR_CHILD_LOG").unwrap_or_else(|_| "warn,samkor=info".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -137,16 +124,8 @@ impl Server {
                 panic!("samkor {args:?} exited ({status}) before listening:\n{log}");
             }
             if let Some(rest) = line.split(marker).nth(1) {
-                let addr = rest
-                    .split_whitespace()
-                    .next()
-                    .expect("address after marker")
-                    .to_owned();
-                return Server {
-                    child,
-                    addr,
-                    _stdout: stdout,
-                };
+                let addr = rest.split_whitespace().next().expect("address after marker").to_owned();
+                return Server { child, addr, _stdout: stdout };
             }
         }
     }
@@ -187,19 +166,12 @@ impl RssSampler {
             }
             (max, n)
         });
-        RssSampler {
-            stop,
-            handle: Some(handle),
-        }
+        RssSampler { stop, handle: Some(handle) }
     }
 
     pub(crate) fn stop(mut self) -> (u64, usize) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.handle
-            .take()
-            .expect("running")
-            .join()
-            .expect("sampler thread")
+        self.handle.take().expect("running").join().expect("sampler thread")
     }
 }
 
@@ -221,46 +193,24 @@ pub(crate) fn dir_bytes(dir: &Path) -> u64 {
 
 /// Generates a synthetic federation into `dir` like `samkor synth` (certificates for
 /// `alice`, a federation key, the five registers, an approval of `project` for `alice`); returns the summary and the seconds taken.
-pub(crate) fn synth(
-    dir: &Path,
-    persons: u64,
-    seed: u64,
-    project: &str,
-) -> (samkor::synth::SynthSummary, Duration) {
+pub(crate) fn synth(dir: &Path, persons: u64, seed: u64, project: &str) -> (samkor::synth::SynthSummary, Duration) {
     let t = Instant::now();
-    samkor::certs::init(
-        &dir.join("certs"),
-        &samkor::federation::REGISTERS,
-        &["alice"],
-    )
-    .expect("certificates");
+    samkor::certs::init(&dir.join("certs"), &samkor::federation::REGISTERS, &["alice"]).expect("certificates");
     samkor::certs::write_federation_key(&dir.join("federation.key")).expect("federation key");
-    let summary = samkor::synth::generate(&samkor::synth::SynthOptions {
-        out: dir.to_owned(),
-        persons,
-        seed,
-    })
-    .expect("synthetic registers");
+    let summary = samkor::synth::generate(&samkor::synth::SynthOptions { out: dir.to_owned(), persons, seed })
+        .expect("synthetic registers");
     // The coordinator answers only approved projects: approve everything for `project`, aggregates only.
-    samkor::federation::write_full_approval(dir, project, &["alice"], &["aggregate"], true)
-        .expect("approval");
+    samkor::federation::write_full_approval(dir, project, &["alice"], &["aggregate"], true).expect("approval");
     (summary, t.elapsed())
 }
 
 /// Loads a TLS identity (`coordinator`, `alice`, ...) of a synth directory.
 pub(crate) fn identity(dir: &Path, name: &str) -> samkor_proto::tls::TlsIdentity {
-    samkor::federation::identity_files(dir, name)
-        .load()
-        .expect("TLS identity")
+    samkor::federation::identity_files(dir, name).load().expect("TLS identity")
 }
 
 /// A client of one node, presenting `who`'s certificate.
-pub(crate) fn node_client(
-    dir: &Path,
-    register: &str,
-    addr: &str,
-    who: &str,
-) -> samkor_proto::client::NodeClient {
+pub(crate) fn node_client(dir: &Path, register: &str, addr: &str, who: &str) -> samkor_proto::client::NodeClient {
     samkor_proto::tls::install_crypto_provider();
     let endpoint = samkor_proto::client::NodeEndpoint {
         name: register.to_owned(),
@@ -273,49 +223,30 @@ pub(crate) fn node_client(
 
 /// Renders batches as sorted text lines, for order-insensitive comparison.
 pub(crate) fn sorted_lines(batches: &[arrow::record_batch::RecordBatch]) -> Vec<String> {
-    let text = arrow::util::pretty::pretty_format_batches(batches)
-        .expect("format")
-        .to_string();
-    let mut lines: Vec<String> = text
-        .lines()
-        .skip(3)
-        .filter(|l| !l.starts_with('+'))
-        .map(str::to_owned)
-        .collect();
+    let text = arrow::util::pretty::pretty_format_batches(batches).expect("format").to_string();
+    let mut lines: Vec<String> = text.lines().skip(3).filter(|l| !l.starts_with('+')).map(str::to_owned).collect();
     lines.sort();
     lines
 }
 
 /// A disclosure-controlled answer without its `withheld` marker column, and
 /// the number of cells it withheld.
-pub(crate) fn released(
-    batches: &[arrow::record_batch::RecordBatch],
-) -> (Vec<arrow::record_batch::RecordBatch>, usize) {
+pub(crate) fn released(batches: &[arrow::record_batch::RecordBatch]) -> (Vec<arrow::record_batch::RecordBatch>, usize) {
     let mut withheld = 0;
     let out = batches
         .iter()
         .map(|b| {
             let schema = b.schema();
-            if schema
-                .fields()
-                .last()
-                .is_none_or(|f| f.name() != "withheld")
-            {
+            if schema.fields().last().is_none_or(|f| f.name() != "withheld") {
                 return b.clone();
             }
             let marks = b.column(schema.fields().len() - 1);
             withheld += marks
                 .as_any()
                 .downcast_ref::<arrow::array::StringArray>()
-                .map(|m| {
-                    m.iter()
-                        .flatten()
-                        .map(|s| s.split(',').count())
-                        .sum::<usize>()
-                })
+                .map(|m| m.iter().flatten().map(|s| s.split(',').count()).sum::<usize>())
                 .unwrap_or(0);
-            b.project(&(0..schema.fields().len() - 1).collect::<Vec<_>>())
-                .expect("project")
+            b.project(&(0..schema.fields().len() - 1).collect::<Vec<_>>()).expect("project")
         })
         .collect();
     (out, withheld)

@@ -35,10 +35,7 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read coordinator config {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("coordinator config {}: {message}", path.display())]
     Syntax { path: PathBuf, message: String },
     #[error("coordinator config {}: {problem}", path.display())]
@@ -127,10 +124,7 @@ pub struct CoordinatorConfig {
 impl CoordinatorConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let path = &std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
         Self::parse(path, &text)
     }
 
@@ -139,22 +133,14 @@ impl CoordinatorConfig {
             path: path.to_owned(),
             message: samkor_policies::toml_error::one_line(&e),
         })?;
-        let invalid = |problem: String| ConfigError::Invalid {
-            path: path.to_owned(),
-            problem,
-        };
+        let invalid = |problem: String| ConfigError::Invalid { path: path.to_owned(), problem };
         if raw.nodes.is_empty() {
-            return Err(invalid(
-                "no [[nodes]]: list the register nodes this coordinator federates".into(),
-            ));
+            return Err(invalid("no [[nodes]]: list the register nodes this coordinator federates".into()));
         }
         let mut seen = std::collections::HashSet::new();
         for n in &raw.nodes {
             if !seen.insert(&n.register) {
-                return Err(invalid(format!(
-                    "node for register {:?} is listed twice",
-                    n.register
-                )));
+                return Err(invalid(format!("node for register {:?} is listed twice", n.register)));
             }
         }
         if raw.coordinator.memory_limit_mb == 0 {
@@ -171,13 +157,7 @@ impl CoordinatorConfig {
             audit_log: base.join(&raw.governance.audit_log),
             directory: raw.governance.directory.map(|d| base.join(d)),
         };
-        Ok(CoordinatorConfig {
-            path: path.to_owned(),
-            coordinator,
-            tls: raw.tls.relative_to(base),
-            governance,
-            nodes: raw.nodes,
-        })
+        Ok(CoordinatorConfig { path: path.to_owned(), coordinator, tls: raw.tls.relative_to(base), governance, nodes: raw.nodes })
     }
 
     pub fn query_timeout(&self) -> Duration {
@@ -214,47 +194,27 @@ address = "127.0.0.1:47101"
         assert_eq!(c.tls.ca, Path::new("/fed/certs/ca.pem"));
         assert_eq!(c.nodes[0].tls_domain, "localhost");
         assert_eq!(c.coordinator.memory_limit_mb, 2048);
-        assert_eq!(
-            c.governance.directory, None,
-            "no direct access unless configured"
-        );
+        assert_eq!(c.governance.directory, None, "no direct access unless configured");
         let c = CoordinatorConfig::parse(
             Path::new("/fed/coordinator.toml"),
-            &GOOD.replace(
-                "[governance]",
-                "[governance]\ndirectory = \"directory.toml\"",
-            ),
+            &GOOD.replace("[governance]", "[governance]\ndirectory = \"directory.toml\""),
         )
         .expect("valid");
-        assert_eq!(
-            c.governance.directory.as_deref(),
-            Some(Path::new("/fed/directory.toml"))
-        );
+        assert_eq!(c.governance.directory.as_deref(), Some(Path::new("/fed/directory.toml")));
     }
 
     #[test]
     fn errors_say_what_is_wrong() {
         let p = Path::new("/fed/coordinator.toml");
-        let e = CoordinatorConfig::parse(p, &GOOD.replace("[[nodes]]", "[[node]]"))
+        let e = CoordinatorConfig::parse(p, &GOOD.replace("[[nodes]]", "[[node]]")).unwrap_err().to_string();
+        assert!(e.contains("unknown field `node`"), "{e}");
+        let e = CoordinatorConfig::parse(p, &format!("{GOOD}\n[[nodes]]\nregister = \"hip\"\naddress = \"x:1\"\n"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("unknown field `node`"), "{e}");
-        let e = CoordinatorConfig::parse(
-            p,
-            &format!("{GOOD}\n[[nodes]]\nregister = \"hip\"\naddress = \"x:1\"\n"),
-        )
-        .unwrap_err()
-        .to_string();
-        assert_eq!(
-            e,
-            "coordinator config /fed/coordinator.toml: node for register \"hip\" is listed twice"
-        );
-        let e = CoordinatorConfig::parse(
-            p,
-            &GOOD.replace("query_timeout_secs = 30", "query_timeout_secs = 0"),
-        )
-        .unwrap_err()
-        .to_string();
+        assert_eq!(e, "coordinator config /fed/coordinator.toml: node for register \"hip\" is listed twice");
+        let e = CoordinatorConfig::parse(p, &GOOD.replace("query_timeout_secs = 30", "query_timeout_secs = 0"))
+            .unwrap_err()
+            .to_string();
         assert!(e.ends_with("query_timeout_secs must be at least 1"), "{e}");
     }
 }

@@ -24,13 +24,12 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use chrono::NaiveDate;
-use datafusion::common::Result;
 use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
+use datafusion::common::Result;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 use samkor_policies::approval::{
-    Approval, Disclosure, DisclosureDefaults, OutputKind, RestrictionKind, RowRestriction,
-    TableGrant, Value,
+    Approval, Disclosure, DisclosureDefaults, OutputKind, RestrictionKind, RowRestriction, TableGrant, Value,
 };
 use samkor_policies::directory::{DIRECT_PROJECT, DirectoryStore};
 use samkor_proto::pb;
@@ -45,10 +44,7 @@ const PREFIX: &str = "direct:";
 /// Whether a project header asks for direct access: `direct` itself, or an
 /// attempt to name the unit (`direct:<hospital>`), which is refused.
 pub fn is_direct(project: &str) -> bool {
-    project == DIRECT_PROJECT
-        || project
-            .get(..PREFIX.len())
-            .is_some_and(|p| p.eq_ignore_ascii_case(PREFIX))
+    project == DIRECT_PROJECT || project.get(..PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(PREFIX))
 }
 
 /// The hospital of a direct-access approval; `None` for a research project.
@@ -110,11 +106,8 @@ impl DirectAccess {
                 ),
             ));
         };
-        let catalogues: Vec<(String, Arc<crate::nodes::NodeCatalogue>)> = federation
-            .nodes
-            .iter()
-            .filter_map(|n| n.catalogue().map(|c| (n.register.clone(), c)))
-            .collect();
+        let catalogues: Vec<(String, Arc<crate::nodes::NodeCatalogue>)> =
+            federation.nodes.iter().filter_map(|n| n.catalogue().map(|c| (n.register.clone(), c))).collect();
         let approval = approval_for(
             identity,
             hospital,
@@ -147,12 +140,7 @@ pub fn approval_for<'a>(
             tables.push(TableGrant {
                 register: register.to_owned(),
                 table: t.name.clone(),
-                columns: t
-                    .columns
-                    .iter()
-                    .filter(|c| !c.identifying)
-                    .map(|c| c.name.clone())
-                    .collect(),
+                columns: t.columns.iter().filter(|c| !c.identifying).map(|c| c.name.clone()).collect(),
                 rows: vec![RowRestriction {
                     column: unit.to_owned(),
                     kind: RestrictionKind::In(vec![Value::Str(hospital.to_owned())]),
@@ -188,11 +176,7 @@ pub struct DirectRule {
 
 /// The rule for `approval` if it is a direct-access approval.
 pub fn rule_for(approval: &Arc<Approval>) -> Option<Arc<dyn OptimizerRule + Send + Sync>> {
-    unit_of(approval).map(|_| {
-        Arc::new(DirectRule {
-            approval: approval.clone(),
-        }) as Arc<dyn OptimizerRule + Send + Sync>
-    })
+    unit_of(approval).map(|_| Arc::new(DirectRule { approval: approval.clone() }) as Arc<dyn OptimizerRule + Send + Sync>)
 }
 
 impl DirectRule {
@@ -213,22 +197,11 @@ impl DirectRule {
             Ok(TreeNodeRecursion::Continue)
         })?;
         if let Some(table) = closed {
-            let open: Vec<String> = self
-                .approval
-                .tables
-                .iter()
-                .map(TableGrant::qualified_name)
-                .collect();
-            let open = if open.is_empty() {
-                "none at the moment".to_owned()
-            } else {
-                open.join(", ")
-            };
+            let open: Vec<String> = self.approval.tables.iter().map(TableGrant::qualified_name).collect();
+            let open = if open.is_empty() { "none at the moment".to_owned() } else { open.join(", ") };
             return Err(policy_error(refuse(
                 "direct.table",
-                format!(
-                    "table {table} is not open for direct access by care providers (open: {open})"
-                ),
+                format!("table {table} is not open for direct access by care providers (open: {open})"),
             )));
         }
         if registers.len() > 1 {
@@ -254,11 +227,7 @@ impl OptimizerRule for DirectRule {
         true
     }
 
-    fn rewrite(
-        &self,
-        plan: LogicalPlan,
-        _config: &dyn OptimizerConfig,
-    ) -> Result<Transformed<LogicalPlan>> {
+    fn rewrite(&self, plan: LogicalPlan, _config: &dyn OptimizerConfig) -> Result<Transformed<LogicalPlan>> {
         if !crate::pushdown::contains_federated(&plan) {
             self.check(&plan)?;
         }
@@ -271,12 +240,7 @@ mod tests {
     use super::*;
 
     fn column(name: &str, identifying: bool) -> pb::Column {
-        pb::Column {
-            name: name.into(),
-            data_type: "utf8".into(),
-            identifying,
-            ..Default::default()
-        }
+        pb::Column { name: name.into(), data_type: "utf8".into(), identifying, ..Default::default() }
     }
 
     #[test]
@@ -286,29 +250,15 @@ mod tests {
             tables: vec![
                 pb::Table {
                     name: "operations".into(),
-                    columns: vec![
-                        column("person", true),
-                        column("hospital", false),
-                        column("fixation", false),
-                    ],
+                    columns: vec![column("person", true), column("hospital", false), column("fixation", false)],
                     direct_unit_column: "hospital".into(),
                     ..Default::default()
                 },
-                pb::Table {
-                    name: "prom".into(),
-                    columns: vec![column("person", true)],
-                    ..Default::default()
-                },
+                pb::Table { name: "prom".into(), columns: vec![column("person", true)], ..Default::default() },
             ],
             ..Default::default()
         };
-        let a = approval_for(
-            "dora",
-            "Danderyd",
-            [("hip", &hip)],
-            &DisclosureDefaults::default(),
-            std::path::Path::new("d.toml"),
-        );
+        let a = approval_for("dora", "Danderyd", [("hip", &hip)], &DisclosureDefaults::default(), std::path::Path::new("d.toml"));
         assert_eq!(a.project, "direct:Danderyd");
         assert_eq!(unit_of(&a), Some("Danderyd"));
         assert!(a.is_member("dora") && !a.is_member("alice"));
@@ -316,14 +266,8 @@ mod tests {
         assert_eq!(a.tables.len(), 1, "prom is not open");
         let g = a.grant("hip.operations").expect("operations");
         assert!(g.has_column("fixation") && g.has_column("hospital") && !g.has_column("person"));
-        assert_eq!(
-            g.rows[0].kind,
-            RestrictionKind::In(vec![Value::Str("Danderyd".into())])
-        );
-        assert_eq!(
-            a.disclosure,
-            Disclosure::from_defaults(&DisclosureDefaults::default())
-        );
+        assert_eq!(g.rows[0].kind, RestrictionKind::In(vec![Value::Str("Danderyd".into())]));
+        assert_eq!(a.disclosure, Disclosure::from_defaults(&DisclosureDefaults::default()));
     }
 
     #[test]
@@ -333,15 +277,7 @@ mod tests {
         let none = DirectAccess::new(None);
         let fed = Federation { nodes: Vec::new() };
         let d = DisclosureDefaults::default();
-        assert_eq!(
-            none.authorize("dora", "direct:Danderyd", &fed, &d)
-                .unwrap_err()
-                .rule,
-            "direct.project"
-        );
-        assert_eq!(
-            none.authorize("dora", "direct", &fed, &d).unwrap_err().rule,
-            "direct.directory"
-        );
+        assert_eq!(none.authorize("dora", "direct:Danderyd", &fed, &d).unwrap_err().rule, "direct.project");
+        assert_eq!(none.authorize("dora", "direct", &fed, &d).unwrap_err().rule, "direct.directory");
     }
 }

@@ -29,9 +29,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray,
-};
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray};
 use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch, nullif};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -43,8 +41,7 @@ use datafusion::functions_aggregate::min_max::max_udaf;
 use datafusion::logical_expr::expr::{AggregateFunction, AggregateFunctionParams};
 use datafusion::logical_expr::utils::grouping_set_to_exprlist;
 use datafusion::logical_expr::{
-    Aggregate, Expr, JoinType, LogicalPlan, Projection, SubqueryAlias, TableScan, TableScanBuilder,
-    Union, lit, when,
+    Aggregate, Expr, JoinType, LogicalPlan, Projection, SubqueryAlias, TableScan, TableScanBuilder, Union, lit, when,
 };
 use samkor_policies::approval::{Approval, OutputKind};
 use samkor_policies::disclosure::{self as sdc, Additive, CellFacts, Role, RowFacts, ValueColumn};
@@ -75,49 +72,15 @@ const PREFIX: &str = "__samkor_";
 
 /// Aggregate functions that summarise many persons.
 const SAFE_AGGREGATES: &[&str] = &[
-    "count",
-    "sum",
-    "avg",
-    "mean",
-    "median",
-    "stddev",
-    "stddev_pop",
-    "var",
-    "var_pop",
-    "corr",
-    "covar_samp",
-    "covar_pop",
-    "approx_distinct",
-    "approx_median",
-    "approx_percentile_cont",
-    "approx_percentile_cont_with_weight",
-    "percentile_cont",
-    "grouping",
-    "bool_and",
-    "bool_or",
-    "regr_slope",
-    "regr_intercept",
-    "regr_count",
-    "regr_r2",
-    "regr_avgx",
-    "regr_avgy",
-    "regr_sxx",
-    "regr_syy",
-    "regr_sxy",
+    "count", "sum", "avg", "mean", "median", "stddev", "stddev_pop", "var", "var_pop", "corr", "covar_samp",
+    "covar_pop", "approx_distinct", "approx_median", "approx_percentile_cont", "approx_percentile_cont_with_weight",
+    "percentile_cont", "grouping", "bool_and", "bool_or", "regr_slope", "regr_intercept", "regr_count", "regr_r2",
+    "regr_avgx", "regr_avgy", "regr_sxx", "regr_syy", "regr_sxy",
 ];
 /// Aggregate functions that return one person's value.
 const IDENTIFYING_AGGREGATES: &[&str] = &[
-    "min",
-    "max",
-    "first_value",
-    "last_value",
-    "nth_value",
-    "array_agg",
-    "string_agg",
-    "any_value",
-    "bit_and",
-    "bit_or",
-    "bit_xor",
+    "min", "max", "first_value", "last_value", "nth_value", "array_agg", "string_agg", "any_value", "bit_and",
+    "bit_or", "bit_xor",
 ];
 
 /// How an answer is released.
@@ -187,35 +150,20 @@ pub fn control(plan: LogicalPlan, cx: &Context<'_>) -> Result<Controlled> {
         let inner = control(explain.plan.as_ref().clone(), cx)?;
         let mut explain = explain.clone();
         explain.plan = Arc::new(inner.plan);
-        return Ok(Controlled {
-            plan: LogicalPlan::Explain(explain),
-            mode: Mode::NoData,
-        });
+        return Ok(Controlled { plan: LogicalPlan::Explain(explain), mode: Mode::NoData });
     }
     refuse_scalar_subqueries(&plan)?;
-    let rw = Rewriter {
-        cx,
-        next: AtomicUsize::new(0),
-    };
+    let rw = Rewriter { cx, next: AtomicUsize::new(0) };
     match rw.shape(&plan)? {
-        Shape::NoData => Ok(Controlled {
-            plan,
-            mode: Mode::NoData,
-        }),
+        Shape::NoData => Ok(Controlled { plan, mode: Mode::NoData }),
         Shape::Rows => {
             rw.check_microdata(&plan)?;
-            Ok(Controlled {
-                plan,
-                mode: Mode::Microdata,
-            })
+            Ok(Controlled { plan, mode: Mode::Microdata })
         }
         Shape::Aggregate => {
             let (plan, track) = rw.output(plan)?;
             let (plan, layout) = rw.finish(plan, track)?;
-            Ok(Controlled {
-                plan,
-                mode: Mode::Aggregate(layout),
-            })
+            Ok(Controlled { plan, mode: Mode::Aggregate(layout) })
         }
     }
 }
@@ -232,11 +180,7 @@ fn refuse_scalar_subqueries(plan: &LogicalPlan) -> Result<()> {
                 Ok(TreeNodeRecursion::Continue)
             })?;
         }
-        Ok(if found {
-            TreeNodeRecursion::Stop
-        } else {
-            TreeNodeRecursion::Continue
-        })
+        Ok(if found { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
     })?;
     if found {
         return Err(refusal(
@@ -267,13 +211,7 @@ fn pass_through(plan: &LogicalPlan) -> Option<&LogicalPlan> {
 }
 
 fn reads_data(plan: &LogicalPlan) -> bool {
-    plan.exists(|p| {
-        Ok(matches!(
-            p,
-            LogicalPlan::TableScan(_) | LogicalPlan::Extension(_)
-        ))
-    })
-    .unwrap_or(true)
+    plan.exists(|p| Ok(matches!(p, LogicalPlan::TableScan(_) | LogicalPlan::Extension(_)))).unwrap_or(true)
 }
 
 /// The source columns a column of `plan`'s output is computed from.
@@ -294,13 +232,8 @@ fn refs_lineage(input: &LogicalPlan, e: &Expr, out: &mut BTreeSet<(String, Strin
 fn lineage_into(plan: &LogicalPlan, idx: usize, out: &mut BTreeSet<(String, String)>) {
     match plan {
         LogicalPlan::TableScan(scan) => {
-            if let (Some(schema), Some((_, field))) =
-                (scan.table_name.schema(), plan.schema().iter().nth(idx))
-            {
-                out.insert((
-                    format!("{schema}.{}", scan.table_name.table()),
-                    field.name().clone(),
-                ));
+            if let (Some(schema), Some((_, field))) = (scan.table_name.schema(), plan.schema().iter().nth(idx)) {
+                out.insert((format!("{schema}.{}", scan.table_name.table()), field.name().clone()));
             }
         }
         LogicalPlan::Projection(p) => {
@@ -330,12 +263,8 @@ fn lineage_into(plan: &LogicalPlan, idx: usize, out: &mut BTreeSet<(String, Stri
         LogicalPlan::Join(j) => {
             let left = j.left.schema().fields().len();
             match j.join_type {
-                JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => {
-                    lineage_into(&j.left, idx, out)
-                }
-                JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => {
-                    lineage_into(&j.right, idx, out)
-                }
+                JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => lineage_into(&j.left, idx, out),
+                JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => lineage_into(&j.right, idx, out),
                 _ if idx < left => lineage_into(&j.left, idx, out),
                 _ => lineage_into(&j.right, idx - left, out),
             }
@@ -383,11 +312,7 @@ impl Persons {
     fn requalify(self, alias: &datafusion::common::TableReference) -> Persons {
         let q = |c: Column| Column::new(Some(alias.clone()), c.name);
         Persons {
-            cols: self
-                .cols
-                .into_iter()
-                .map(|p| PersonCol { col: q(p.col), ..p })
-                .collect(),
+            cols: self.cols.into_iter().map(|p| PersonCol { col: q(p.col), ..p }).collect(),
             counts: self.counts.into_iter().map(q).collect(),
         }
     }
@@ -479,28 +404,14 @@ fn with_passthrough(mut exprs: Vec<Expr>, cols: &[Column]) -> Vec<Expr> {
 
 impl Rewriter<'_> {
     fn name(&self, what: &str) -> String {
-        format!(
-            "{PREFIX}{what}{}",
-            self.next.fetch_add(1, Ordering::Relaxed)
-        )
+        format!("{PREFIX}{what}{}", self.next.fetch_add(1, Ordering::Relaxed))
     }
 
     /// What the catalogue says of a column; a column the approval generalises
     /// (birth date to year) no longer identifies anyone when it gets here.
     fn facts(&self, table: &str, column: &str) -> ColumnFacts {
-        let mut facts = self
-            .cx
-            .catalogue
-            .get(table)
-            .and_then(|t| t.get(column))
-            .copied()
-            .unwrap_or_default();
-        if self
-            .cx
-            .approval
-            .grant(table)
-            .is_some_and(|g| g.generalises(column))
-        {
+        let mut facts = self.cx.catalogue.get(table).and_then(|t| t.get(column)).copied().unwrap_or_default();
+        if self.cx.approval.grant(table).is_some_and(|g| g.generalises(column)) {
             facts.identifying = false;
         }
         facts
@@ -544,11 +455,7 @@ impl Rewriter<'_> {
             }
             return Ok(Shape::Aggregate);
         }
-        let tables = node
-            .inputs()
-            .iter()
-            .filter(|i| self.reaches_aggregate(i))
-            .count();
+        let tables = node.inputs().iter().filter(|i| self.reaches_aggregate(i)).count();
         if tables > 0 {
             if matches!(node, LogicalPlan::Window(_)) {
                 return Err(refusal(
@@ -556,9 +463,7 @@ impl Rewriter<'_> {
                     "window functions over aggregated cells (running totals, shares of a total) are not released; compute them from the released cells".into(),
                 ));
             }
-            if matches!(node, LogicalPlan::Union(_) | LogicalPlan::Join(_))
-                && tables == node.inputs().len()
-            {
+            if matches!(node, LogicalPlan::Union(_) | LogicalPlan::Join(_)) && tables == node.inputs().len() {
                 return Err(refusal(
                     "disclosure.one_table",
                     "an answer may hold one aggregate table: cells of several tables in one answer can be subtracted from each other; run each table as its own query (use GROUP BY ROLLUP/CUBE for margins)".into(),
@@ -636,18 +541,12 @@ impl Rewriter<'_> {
                     let col = add(c, &mut exprs);
                     out.counts.push(col);
                 }
-                Ok((
-                    LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(input))?),
-                    out,
-                ))
+                Ok((LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(input))?), out))
             }
             LogicalPlan::SubqueryAlias(a) => {
                 let (input, persons) = self.expose(Arc::unwrap_or_clone(a.input))?;
                 let persons = persons.requalify(&a.alias);
-                Ok((
-                    LogicalPlan::SubqueryAlias(SubqueryAlias::try_new(Arc::new(input), a.alias)?),
-                    persons,
-                ))
+                Ok((LogicalPlan::SubqueryAlias(SubqueryAlias::try_new(Arc::new(input), a.alias)?), persons))
             }
             LogicalPlan::Filter(_)
             | LogicalPlan::Sort(_)
@@ -656,24 +555,14 @@ impl Rewriter<'_> {
             | LogicalPlan::Repartition(_) => {
                 let input = plan.inputs()[0].clone();
                 let (input, persons) = self.expose(input)?;
-                Ok((
-                    plan.with_new_exprs(plan.expressions(), vec![input])?,
-                    persons,
-                ))
+                Ok((plan.with_new_exprs(plan.expressions(), vec![input])?, persons))
             }
             LogicalPlan::Join(ref j) => {
                 let join_type = j.join_type;
                 let (left, lp) = self.expose(j.left.as_ref().clone())?;
                 let (right, rp) = self.expose(j.right.as_ref().clone())?;
                 let optional = |p: Persons, nullable: bool| Persons {
-                    cols: p
-                        .cols
-                        .into_iter()
-                        .map(|c| PersonCol {
-                            optional: c.optional || nullable,
-                            ..c
-                        })
-                        .collect(),
+                    cols: p.cols.into_iter().map(|c| PersonCol { optional: c.optional || nullable, ..c }).collect(),
                     counts: p.counts,
                 };
                 let (mut persons, other) = match join_type {
@@ -685,12 +574,8 @@ impl Rewriter<'_> {
                     JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => (rp, None),
                 };
                 let filtering_side = match join_type {
-                    JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => {
-                        Some(right.clone())
-                    }
-                    JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => {
-                        Some(left.clone())
-                    }
+                    JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => Some(right.clone()),
+                    JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => Some(left.clone()),
                     _ => None,
                 };
                 if let Some(o) = other {
@@ -713,16 +598,10 @@ impl Rewriter<'_> {
                     for (i, g) in groups.iter().enumerate() {
                         if let Expr::Column(c) = g
                             && let Ok(idx) = a.input.schema().index_of_column(c)
-                            && let Some(src) = lineage(&a.input, idx)
-                                .into_iter()
-                                .find(|s| self.is_person(s))
+                            && let Some(src) = lineage(&a.input, idx).into_iter().find(|s| self.is_person(s))
                         {
                             let (q, f) = a.schema.qualified_field(i);
-                            persons.cols.push(PersonCol {
-                                col: Column::new(q.cloned(), f.name()),
-                                table: src.0,
-                                optional: false,
-                            });
+                            persons.cols.push(PersonCol { col: Column::new(q.cloned(), f.name()), table: src.0, optional: false });
                         }
                     }
                     // The other aggregates of a per-person row summarise that person only.
@@ -742,11 +621,7 @@ impl Rewriter<'_> {
                     aggr.push(bound.alias(&name));
                     out.counts.push(Column::from_name(name));
                 }
-                let plan = LogicalPlan::Aggregate(Aggregate::try_new(
-                    Arc::new(input),
-                    a.group_expr,
-                    aggr,
-                )?);
+                let plan = LogicalPlan::Aggregate(Aggregate::try_new(Arc::new(input), a.group_expr, aggr)?);
                 Ok((plan, out))
             }
             LogicalPlan::Union(u) => self.expose_union(u),
@@ -754,19 +629,12 @@ impl Rewriter<'_> {
                 "disclosure.untraceable",
                 "DISTINCT ON cannot be traced to the persons behind each row; use GROUP BY".into(),
             )),
-            LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => {
-                Ok((plan, Persons::default()))
-            }
+            LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => Ok((plan, Persons::default())),
             other => Err(refusal(
                 "disclosure.untraceable",
                 format!(
                     "the persons behind this query's cells cannot be traced through a {} step; simplify the query",
-                    other
-                        .display()
-                        .to_string()
-                        .split(':')
-                        .next()
-                        .unwrap_or("plan")
+                    other.display().to_string().split(':').next().unwrap_or("plan")
                 ),
             )),
         }
@@ -778,23 +646,13 @@ impl Rewriter<'_> {
         };
         let table = format!("{register}.{}", scan.table_name.table());
         let source_schema = scan.source.schema();
-        let person = source_schema
-            .fields()
-            .iter()
-            .position(|f| self.facts(&table, f.name()).person);
+        let person = source_schema.fields().iter().position(|f| self.facts(&table, f.name()).person);
         let Some(person) = person else {
             return Ok((LogicalPlan::TableScan(scan), Persons::default()));
         };
         let name = source_schema.field(person).name().clone();
         let col = Column::new(Some(scan.table_name.clone()), &name);
-        let persons = Persons {
-            cols: vec![PersonCol {
-                col,
-                table,
-                optional: false,
-            }],
-            counts: vec![],
-        };
+        let persons = Persons { cols: vec![PersonCol { col, table, optional: false }], counts: vec![] };
         match &scan.projection {
             Some(p) if !p.contains(&person) => {
                 let mut p = p.clone();
@@ -812,57 +670,32 @@ impl Rewriter<'_> {
 
     /// Adds the distinct persons of `side` (which decides which rows of
     /// `plan` are kept) as a bound on every row of `plan`.
-    fn bound_by(
-        &self,
-        plan: LogicalPlan,
-        side: LogicalPlan,
-        mut persons: Persons,
-    ) -> Result<(LogicalPlan, Persons)> {
+    fn bound_by(&self, plan: LogicalPlan, side: LogicalPlan, mut persons: Persons) -> Result<(LogicalPlan, Persons)> {
         let (side, side_persons) = self.expose(side)?;
         let bounds = self.persons_expr(&side_persons, None, &[]);
         if bounds.is_empty() {
             return Ok((plan, persons));
         }
         let names: Vec<String> = bounds.iter().map(|_| self.name("s")).collect();
-        let aggr = bounds
-            .into_iter()
-            .zip(&names)
-            .map(|(b, n)| b.alias(n))
-            .collect();
+        let aggr = bounds.into_iter().zip(&names).map(|(b, n)| b.alias(n)).collect();
         let side = LogicalPlan::Aggregate(Aggregate::try_new(Arc::new(side), vec![], aggr)?);
         let alias = self.name("side");
-        let side =
-            LogicalPlan::SubqueryAlias(SubqueryAlias::try_new(Arc::new(side), alias.as_str())?);
-        let joined = datafusion::logical_expr::LogicalPlanBuilder::from(plan)
-            .cross_join(side)?
-            .build()?;
-        persons.counts.extend(
-            names
-                .into_iter()
-                .map(|n| Column::new(Some(alias.clone()), n)),
-        );
+        let side = LogicalPlan::SubqueryAlias(SubqueryAlias::try_new(Arc::new(side), alias.as_str())?);
+        let joined = datafusion::logical_expr::LogicalPlanBuilder::from(plan).cross_join(side)?.build()?;
+        persons.counts.extend(names.into_iter().map(|n| Column::new(Some(alias.clone()), n)));
         Ok((joined, persons))
     }
 
     fn expose_union(&self, u: Union) -> Result<(LogicalPlan, Persons)> {
-        let exposed: Vec<(LogicalPlan, Persons)> = u
-            .inputs
-            .into_iter()
-            .map(|i| self.expose(Arc::unwrap_or_clone(i)))
-            .collect::<Result<_>>()?;
+        let exposed: Vec<(LogicalPlan, Persons)> =
+            u.inputs.into_iter().map(|i| self.expose(Arc::unwrap_or_clone(i))).collect::<Result<_>>()?;
         let np = exposed.iter().map(|(_, p)| p.cols.len()).max().unwrap_or(0);
-        let nc = exposed
-            .iter()
-            .map(|(_, p)| p.counts.len())
-            .max()
-            .unwrap_or(0);
+        let nc = exposed.iter().map(|(_, p)| p.counts.len()).max().unwrap_or(0);
         let visible = u.schema.fields().len();
         let mut inputs = Vec::new();
         let mut tables = vec![String::new(); np];
         for (plan, persons) in exposed {
-            let mut exprs: Vec<Expr> = (0..visible)
-                .map(|i| Expr::Column(Column::from(plan.schema().qualified_field(i))))
-                .collect();
+            let mut exprs: Vec<Expr> = (0..visible).map(|i| Expr::Column(Column::from(plan.schema().qualified_field(i)))).collect();
             for (j, table) in tables.iter_mut().enumerate() {
                 let e = match persons.cols.get(j).or(persons.cols.last()) {
                     Some(pc) => {
@@ -880,21 +713,12 @@ impl Rewriter<'_> {
                 };
                 exprs.push(e.alias(format!("{PREFIX}uc{j}")));
             }
-            inputs.push(Arc::new(LogicalPlan::Projection(Projection::try_new(
-                exprs,
-                Arc::new(plan),
-            )?)));
+            inputs.push(Arc::new(LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(plan))?)));
         }
         let union = LogicalPlan::Union(Union::try_new_with_loose_types(inputs)?);
         let field = |i: usize| Column::from(union.schema().qualified_field(i));
         let persons = Persons {
-            cols: (0..np)
-                .map(|j| PersonCol {
-                    col: field(visible + j),
-                    table: tables[j].clone(),
-                    optional: true,
-                })
-                .collect(),
+            cols: (0..np).map(|j| PersonCol { col: field(visible + j), table: tables[j].clone(), optional: true }).collect(),
             counts: (0..nc).map(|j| field(visible + np + j)).collect(),
         };
         Ok((union, persons))
@@ -911,11 +735,8 @@ impl Rewriter<'_> {
             Some(c) => when(c.clone(), e).end().expect("CASE with one branch"),
             None => e,
         };
-        let mut chosen: Vec<&PersonCol> = persons
-            .cols
-            .iter()
-            .filter(|p| !p.optional || tables.contains(&p.table))
-            .collect();
+        let mut chosen: Vec<&PersonCol> =
+            persons.cols.iter().filter(|p| !p.optional || tables.contains(&p.table)).collect();
         if chosen.is_empty() {
             chosen = persons.cols.iter().collect();
         }
@@ -933,14 +754,7 @@ impl Rewriter<'_> {
             })
             .collect();
         parts.extend(persons.counts.iter().map(|c| {
-            Expr::AggregateFunction(AggregateFunction::new_udf(
-                max_udaf(),
-                vec![guarded(col_expr(c))],
-                false,
-                None,
-                vec![],
-                None,
-            ))
+            Expr::AggregateFunction(AggregateFunction::new_udf(max_udaf(), vec![guarded(col_expr(c))], false, None, vec![], None))
         }));
         parts
     }
@@ -971,10 +785,7 @@ impl Rewriter<'_> {
                 }
                 let exprs = with_passthrough(p.expr, &track.hidden());
                 let track = Track { cells, ..track };
-                Ok((
-                    LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(input))?),
-                    track,
-                ))
+                Ok((LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(input))?), track))
             }
             LogicalPlan::Filter(f) => {
                 let refs: Vec<Column> = f.predicate.column_refs().into_iter().cloned().collect();
@@ -992,79 +803,44 @@ impl Rewriter<'_> {
                         extend_unique(&mut track.row, &persons);
                     }
                 }
-                Ok((
-                    LogicalPlan::Filter(datafusion::logical_expr::Filter::try_new(
-                        f.predicate,
-                        Arc::new(input),
-                    )?),
-                    track,
-                ))
+                Ok((LogicalPlan::Filter(datafusion::logical_expr::Filter::try_new(f.predicate, Arc::new(input))?), track))
             }
             LogicalPlan::Sort(s) => {
                 let (input, track) = self.output(Arc::unwrap_or_clone(s.input.clone()))?;
                 if track.margin.is_some() && s.fetch.is_some() {
                     return Err(margins_cut());
                 }
-                Ok((
-                    LogicalPlan::Sort(datafusion::logical_expr::Sort {
-                        input: Arc::new(input),
-                        ..s
-                    }),
-                    track,
-                ))
+                Ok((LogicalPlan::Sort(datafusion::logical_expr::Sort { input: Arc::new(input), ..s }), track))
             }
             LogicalPlan::Limit(l) => {
                 let (input, track) = self.output(Arc::unwrap_or_clone(l.input.clone()))?;
                 if track.margin.is_some() {
                     return Err(margins_cut());
                 }
-                Ok((
-                    LogicalPlan::Limit(datafusion::logical_expr::Limit {
-                        input: Arc::new(input),
-                        ..l
-                    }),
-                    track,
-                ))
+                Ok((LogicalPlan::Limit(datafusion::logical_expr::Limit { input: Arc::new(input), ..l }), track))
             }
             LogicalPlan::SubqueryAlias(a) => {
                 let (input, track) = self.output(Arc::unwrap_or_clone(a.input))?;
                 let track = track.requalify(&a.alias);
-                Ok((
-                    LogicalPlan::SubqueryAlias(SubqueryAlias::try_new(Arc::new(input), a.alias)?),
-                    track,
-                ))
+                Ok((LogicalPlan::SubqueryAlias(SubqueryAlias::try_new(Arc::new(input), a.alias)?), track))
             }
             LogicalPlan::Repartition(r) => {
                 let (input, track) = self.output(Arc::unwrap_or_clone(r.input.clone()))?;
-                Ok((
-                    LogicalPlan::Repartition(datafusion::logical_expr::Repartition {
-                        input: Arc::new(input),
-                        ..r
-                    }),
-                    track,
-                ))
+                Ok((LogicalPlan::Repartition(datafusion::logical_expr::Repartition { input: Arc::new(input), ..r }), track))
             }
             other => Err(refusal(
                 "disclosure.untraceable",
-                format!(
-                    "unexpected plan step {} above the aggregate",
-                    other.display()
-                ),
+                format!("unexpected plan step {} above the aggregate", other.display()),
             )),
         }
     }
 
     fn output_aggregate(&self, a: Aggregate) -> Result<(LogicalPlan, Track)> {
         let project = &self.cx.approval.project;
-        let groups: Vec<Expr> = grouping_set_to_exprlist(&a.group_expr)?
-            .into_iter()
-            .cloned()
-            .collect();
+        let groups: Vec<Expr> = grouping_set_to_exprlist(&a.group_expr)?.into_iter().cloned().collect();
         for g in &groups {
             for c in g.column_refs() {
-                let Ok(i) = a.input.schema().index_of_column(c) else {
-                    continue;
-                };
+                let Ok(i) = a.input.schema().index_of_column(c) else { continue };
                 for (table, column) in lineage(&a.input, i) {
                     let facts = self.facts(&table, &column);
                     if facts.person || facts.identifying {
@@ -1107,13 +883,7 @@ impl Rewriter<'_> {
         let ngroups = groups.len();
         let gid = usize::from(grouping_set);
         let mut cells: Vec<Cell> = (0..ngroups + gid)
-            .map(|_| Cell {
-                origin: Origin::Key,
-                additive: None,
-                persons: vec![],
-                complement: vec![],
-                dominance: None,
-            })
+            .map(|_| Cell { origin: Origin::Key, additive: None, persons: vec![], complement: vec![], dominance: None })
             .collect();
         for (i, f) in facts_of.iter().enumerate() {
             let cond = f.condition.as_ref();
@@ -1124,17 +894,12 @@ impl Rewriter<'_> {
             };
             let dominance = f.magnitude.as_ref().map(|arg| {
                 let guarded = match cond {
-                    Some(c) => when(c.clone(), arg.clone())
-                        .end()
-                        .expect("CASE with one branch"),
+                    Some(c) => when(c.clone(), arg.clone()).end().expect("CASE with one branch"),
                     None => arg.clone(),
                 };
                 dominance_args.push(guarded);
                 let n = dominance_args.len() - 1;
-                (
-                    Column::from_name(format!("{PREFIX}dt{n}")),
-                    Column::from_name(format!("{PREFIX}ds{n}")),
-                )
+                (Column::from_name(format!("{PREFIX}dt{n}")), Column::from_name(format!("{PREFIX}ds{n}")))
             });
             cells.push(Cell {
                 origin: Origin::Agg(i),
@@ -1152,14 +917,7 @@ impl Rewriter<'_> {
             let counts = groups
                 .iter()
                 .map(|g| {
-                    Expr::AggregateFunction(AggregateFunction::new_udf(
-                        count_udaf(),
-                        vec![g.clone()],
-                        false,
-                        None,
-                        vec![],
-                        None,
-                    ))
+                    Expr::AggregateFunction(AggregateFunction::new_udf(count_udaf(), vec![g.clone()], false, None, vec![], None))
                 })
                 .collect();
             Some(hidden(counts, "m", &mut aggr))
@@ -1185,12 +943,7 @@ impl Rewriter<'_> {
                 Column::new(q.cloned(), f.name())
             })
             .collect();
-        let track = Track {
-            cells,
-            row: group_persons,
-            margin,
-            keys,
-        };
+        let track = Track { cells, row: group_persons, margin, keys };
         Ok((plan, track))
     }
 
@@ -1215,67 +968,34 @@ impl Rewriter<'_> {
         use datafusion::common::NullEquality;
         use datafusion::functions_aggregate::sum::sum_udaf;
         use datafusion::logical_expr::{ExprFunctionExt, LogicalPlanBuilder, cast};
-        let Some(person) = persons
-            .cols
-            .iter()
-            .find(|p| !p.optional)
-            .or(persons.cols.first())
-        else {
+        let Some(person) = persons.cols.iter().find(|p| !p.optional).or(persons.cols.first()) else {
             // Rows that summarise several persons (inner aggregates): no per-person sums.
             return Err(refusal(
                 "disclosure.dominance_untraceable",
                 "a sum or mean of a magnitude over pre-aggregated rows cannot be checked for dominance; aggregate the rows of individuals directly".into(),
             ));
         };
-        let sum = |e: Expr| {
-            Expr::AggregateFunction(AggregateFunction::new_udf(
-                sum_udaf(),
-                vec![e],
-                false,
-                None,
-                vec![],
-                None,
-            ))
-        };
+        let sum = |e: Expr| Expr::AggregateFunction(AggregateFunction::new_udf(sum_udaf(), vec![e], false, None, vec![], None));
         let key_names: Vec<String> = (0..groups.len()).map(|j| format!("{PREFIX}k{j}")).collect();
-        let mut by_person: Vec<Expr> = groups
-            .iter()
-            .zip(&key_names)
-            .map(|(g, n)| g.clone().alias(n))
-            .collect();
+        let mut by_person: Vec<Expr> = groups.iter().zip(&key_names).map(|(g, n)| g.clone().alias(n)).collect();
         by_person.push(col_expr(&person.col).alias(format!("{PREFIX}person")));
         let shares: Vec<Expr> = args
             .iter()
             .enumerate()
-            .map(|(i, a)| {
-                sum(datafusion::functions::math::expr_fn::abs(cast(
-                    a.clone(),
-                    DataType::Float64,
-                )))
-                .alias(format!("{PREFIX}s{i}"))
-            })
+            .map(|(i, a)| sum(datafusion::functions::math::expr_fn::abs(cast(a.clone(), DataType::Float64))).alias(format!("{PREFIX}s{i}")))
             .collect();
-        let per_person =
-            LogicalPlan::Aggregate(Aggregate::try_new(Arc::new(input), by_person, shares)?);
-        let keys: Vec<Expr> = key_names
-            .iter()
-            .map(|n| Expr::Column(Column::from_name(n)))
-            .collect();
+        let per_person = LogicalPlan::Aggregate(Aggregate::try_new(Arc::new(input), by_person, shares)?);
+        let keys: Vec<Expr> = key_names.iter().map(|n| Expr::Column(Column::from_name(n))).collect();
         let ranks: Vec<Expr> = (0..args.len())
             .map(|i| {
                 datafusion::functions_window::expr_fn::row_number()
                     .partition_by(keys.clone())
-                    .order_by(vec![
-                        Expr::Column(Column::from_name(format!("{PREFIX}s{i}"))).sort(false, true),
-                    ])
+                    .order_by(vec![Expr::Column(Column::from_name(format!("{PREFIX}s{i}"))).sort(false, true)])
                     .build()
                     .map(|e| e.alias(format!("{PREFIX}r{i}")))
             })
             .collect::<Result<_>>()?;
-        let ranked = LogicalPlan::Window(datafusion::logical_expr::Window::try_new(
-            ranks,
-            Arc::new(per_person),
-        )?);
+        let ranked = LogicalPlan::Window(datafusion::logical_expr::Window::try_new(ranks, Arc::new(per_person))?);
         let n = i64::from(self.cx.approval.disclosure.dominance_n.max(1));
         let mut totals = Vec::new();
         for i in 0..args.len() {
@@ -1287,23 +1007,10 @@ impl Rewriter<'_> {
         }
         let dominance = LogicalPlan::Aggregate(Aggregate::try_new(Arc::new(ranked), keys, totals)?);
         let alias = self.name("dom");
-        let dominance = LogicalPlan::SubqueryAlias(SubqueryAlias::try_new(
-            Arc::new(dominance),
-            alias.as_str(),
-        )?);
-        let left: Vec<Column> = (0..groups.len())
-            .map(|j| Column::from(aggregate.schema().qualified_field(j)))
-            .collect();
-        let right: Vec<Column> = key_names
-            .iter()
-            .map(|n| Column::new(Some(alias.clone()), n))
-            .collect();
-        let mut exprs: Vec<Expr> = aggregate
-            .schema()
-            .columns()
-            .into_iter()
-            .map(Expr::Column)
-            .collect();
+        let dominance = LogicalPlan::SubqueryAlias(SubqueryAlias::try_new(Arc::new(dominance), alias.as_str())?);
+        let left: Vec<Column> = (0..groups.len()).map(|j| Column::from(aggregate.schema().qualified_field(j))).collect();
+        let right: Vec<Column> = key_names.iter().map(|n| Column::new(Some(alias.clone()), n)).collect();
+        let mut exprs: Vec<Expr> = aggregate.schema().columns().into_iter().map(Expr::Column).collect();
         for i in 0..args.len() {
             for what in ["dt", "ds"] {
                 let name = format!("{PREFIX}{what}{i}");
@@ -1311,43 +1018,22 @@ impl Rewriter<'_> {
             }
         }
         let joined = if groups.is_empty() {
-            LogicalPlanBuilder::from(aggregate)
-                .cross_join(dominance)?
-                .build()?
+            LogicalPlanBuilder::from(aggregate).cross_join(dominance)?.build()?
         } else {
             LogicalPlanBuilder::from(aggregate)
-                .join_detailed(
-                    dominance,
-                    JoinType::Left,
-                    (left, right),
-                    None,
-                    NullEquality::NullEqualsNull,
-                )?
+                .join_detailed(dominance, JoinType::Left, (left, right), None, NullEquality::NullEqualsNull)?
                 .build()?
         };
-        Ok(LogicalPlan::Projection(Projection::try_new(
-            exprs,
-            Arc::new(joined),
-        )?))
+        Ok(LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(joined))?))
     }
 
     /// Refuses identifying aggregates and says what the hidden companions of an allowed one are.
     fn check_aggregate(&self, e: &Expr, input: &LogicalPlan, project: &str) -> Result<AggFacts> {
-        let Expr::AggregateFunction(AggregateFunction { func, params }) =
-            e.clone().unalias_nested().data
-        else {
-            return Err(refusal(
-                "disclosure.untraceable",
-                format!("unexpected aggregate expression {e}"),
-            ));
+        let Expr::AggregateFunction(AggregateFunction { func, params }) = e.clone().unalias_nested().data else {
+            return Err(refusal("disclosure.untraceable", format!("unexpected aggregate expression {e}")));
         };
         let name = func.name().to_lowercase();
-        let AggregateFunctionParams {
-            args,
-            distinct,
-            filter,
-            ..
-        } = params;
+        let AggregateFunctionParams { args, distinct, filter, .. } = params;
         let sources: BTreeSet<(String, String)> = args
             .iter()
             .chain(filter.iter().map(|f| f.as_ref()))
@@ -1362,9 +1048,7 @@ impl Rewriter<'_> {
             let approved = extreme
                 && (sources.is_empty()
                     || (matches!(args.as_slice(), [Expr::Column(_)])
-                        && sources
-                            .iter()
-                            .all(|(t, c)| self.cx.approval.disclosure.allows_min_max(t, c))));
+                        && sources.iter().all(|(t, c)| self.cx.approval.disclosure.allows_min_max(t, c))));
             if !approved {
                 let hint = if name == "min" || name == "max" {
                     " (the approval may allow min/max on named columns: disclosure.allow_min_max)"
@@ -1373,23 +1057,16 @@ impl Rewriter<'_> {
                 };
                 return Err(refusal(
                     "disclosure.identifying_aggregate",
-                    format!(
-                        "{name}() returns one person's value and is not released for project {project}{hint}; use counts, means, medians or percentiles"
-                    ),
+                    format!("{name}() returns one person's value and is not released for project {project}{hint}; use counts, means, medians or percentiles"),
                 ));
             }
         } else if !SAFE_AGGREGATES.contains(&name.as_str()) {
             return Err(refusal(
                 "disclosure.unknown_aggregate",
-                format!(
-                    "{name}() is not a statistic that disclosure control knows how to protect; use count, sum, avg, median, stddev or percentiles"
-                ),
+                format!("{name}() is not a statistic that disclosure control knows how to protect; use count, sum, avg, median, stddev or percentiles"),
             ));
         }
-        let data_args: Vec<&Expr> = args
-            .iter()
-            .filter(|a| !a.column_refs().is_empty())
-            .collect();
+        let data_args: Vec<&Expr> = args.iter().filter(|a| !a.column_refs().is_empty()).collect();
         let mut cond: Vec<Expr> = filter.iter().map(|f| f.as_ref().clone()).collect();
         for a in &data_args {
             cond.push((*a).clone().is_not_null());
@@ -1399,8 +1076,7 @@ impl Rewriter<'_> {
         }
         let condition = cond.into_iter().reduce(Expr::and);
         let indicator = data_args.iter().any(|a| {
-            a.exists(|e| Ok(matches!(e, Expr::Case(_))))
-                .unwrap_or(false)
+            a.exists(|e| Ok(matches!(e, Expr::Case(_)))).unwrap_or(false)
         });
         let additive = match name.as_str() {
             "count" if !distinct => Some(Additive::Count),
@@ -1414,23 +1090,13 @@ impl Rewriter<'_> {
             "sum" => filter.is_some() || indicator,
             _ => false,
         };
-        let complement = if conditional {
-            condition.clone().map(|c| c.is_not_true())
-        } else {
-            None
-        };
+        let complement = if conditional { condition.clone().map(|c| c.is_not_true()) } else { None };
         let magnitude = matches!(name.as_str(), "sum" | "avg" | "mean")
             .then(|| data_args.first().map(|a| (*a).clone()))
             .flatten()
             .filter(|_| sources.iter().any(|(t, c)| self.facts(t, c).magnitude));
         let tables = sources.into_iter().map(|(t, _)| t).collect();
-        Ok(AggFacts {
-            condition,
-            complement,
-            additive,
-            magnitude,
-            tables,
-        })
+        Ok(AggFacts { condition, complement, additive, magnitude, tables })
     }
 
     /// The root: the answer's columns first, the hidden facts after them,
@@ -1454,30 +1120,15 @@ impl Rewriter<'_> {
             roles.push(match &cell.origin {
                 Origin::Key => Role::Key,
                 Origin::Constant => Role::Constant,
-                Origin::Agg(a) => Role::Value(ValueColumn {
-                    additive: cell.additive,
-                    depends_on: vec![*a],
-                }),
-                Origin::Derived(d) => Role::Value(ValueColumn {
-                    additive: None,
-                    depends_on: d.iter().copied().collect(),
-                }),
+                Origin::Agg(a) => Role::Value(ValueColumn { additive: cell.additive, depends_on: vec![*a] }),
+                Origin::Derived(d) => Role::Value(ValueColumn { additive: None, depends_on: d.iter().copied().collect() }),
             });
         }
         let margin = match &track.margin {
             Some(m) => Some(all(m)?),
             None => None,
         };
-        let layout = Layout {
-            visible,
-            roles,
-            row: all(&track.row)?,
-            persons,
-            complement,
-            dominance,
-            margin,
-            keys: all(&track.keys)?,
-        };
+        let layout = Layout { visible, roles, row: all(&track.row)?, persons, complement, dominance, margin, keys: all(&track.keys)? };
         Ok((plan, layout))
     }
 }
@@ -1521,13 +1172,7 @@ fn derive(track: &Track, refs: &[usize]) -> Cell {
     } else {
         Origin::Derived(aggs)
     };
-    Cell {
-        origin,
-        additive: None,
-        persons,
-        complement,
-        dominance: None,
-    }
+    Cell { origin, additive: None, persons, complement, dominance: None }
 }
 
 fn margins_cut() -> DataFusionError {
@@ -1596,25 +1241,16 @@ impl Summary {
 pub fn released_schema(schema: &Schema, mode: &Mode, approval: &Approval) -> Schema {
     let summary = Summary::new(mode, approval);
     let mut metadata = schema.metadata().clone();
-    metadata.insert(
-        METADATA_KEY.to_owned(),
-        serde_json::to_string(&summary).unwrap_or_default(),
-    );
+    metadata.insert(METADATA_KEY.to_owned(), serde_json::to_string(&summary).unwrap_or_default());
     match mode {
         Mode::Aggregate(layout) => {
-            let mut fields: Vec<Field> = schema
-                .fields()
-                .iter()
-                .take(layout.visible)
-                .map(|f| f.as_ref().clone().with_nullable(true))
-                .collect();
+            let mut fields: Vec<Field> =
+                schema.fields().iter().take(layout.visible).map(|f| f.as_ref().clone().with_nullable(true)).collect();
             let name = marker_name(&fields);
             fields.push(Field::new(name, DataType::Utf8, true));
             Schema::new_with_metadata(fields, metadata)
         }
-        Mode::NoData | Mode::Microdata => {
-            Schema::new_with_metadata(schema.fields().clone(), metadata)
-        }
+        Mode::NoData | Mode::Microdata => Schema::new_with_metadata(schema.fields().clone(), metadata),
     }
 }
 
@@ -1630,21 +1266,13 @@ fn int_columns(batch: &RecordBatch, idx: &[usize]) -> Result<Vec<Int64Array>> {
     idx.iter()
         .map(|&i| {
             let a = cast(batch.column(i), &DataType::Int64)?;
-            Ok(a.as_any()
-                .downcast_ref::<Int64Array>()
-                .expect("cast to Int64")
-                .clone())
+            Ok(a.as_any().downcast_ref::<Int64Array>().expect("cast to Int64").clone())
         })
         .collect()
 }
 
 fn float_column(array: &ArrayRef) -> Option<Float64Array> {
-    cast(array, &DataType::Float64).ok().map(|a| {
-        a.as_any()
-            .downcast_ref::<Float64Array>()
-            .expect("cast to Float64")
-            .clone()
-    })
+    cast(array, &DataType::Float64).ok().map(|a| a.as_any().downcast_ref::<Float64Array>().expect("cast to Float64").clone())
 }
 
 /// The least non-zero of several person counts of row `r`: `Some(0)` when
@@ -1653,80 +1281,40 @@ fn least_persons(columns: &[Int64Array], r: usize) -> Option<u64> {
     if columns.is_empty() {
         return None;
     }
-    let least = columns
-        .iter()
-        .filter(|a| !a.is_null(r))
-        .map(|a| a.value(r))
-        .filter(|v| *v > 0)
-        .map(|v| v as u64)
-        .min();
+    let least = columns.iter().filter(|a| !a.is_null(r)).map(|a| a.value(r)).filter(|v| *v > 0).map(|v| v as u64).min();
     Some(least.unwrap_or(0))
 }
 
 fn text(array: &ArrayRef) -> Result<Vec<Option<String>>> {
     let f = ArrayFormatter::try_new(array.as_ref(), &FormatOptions::default())?;
-    Ok((0..array.len())
-        .map(|r| (!array.is_null(r)).then(|| f.value(r).to_string()))
-        .collect())
+    Ok((0..array.len()).map(|r| (!array.is_null(r)).then(|| f.value(r).to_string())).collect())
 }
 
 /// Applies disclosure control to a collected aggregate answer.
-pub fn release(
-    batches: &[RecordBatch],
-    schema: &SchemaRef,
-    layout: &Layout,
-    approval: &Approval,
-) -> Result<(SchemaRef, Vec<RecordBatch>, Summary)> {
+pub fn release(batches: &[RecordBatch], schema: &SchemaRef, layout: &Layout, approval: &Approval) -> Result<(SchemaRef, Vec<RecordBatch>, Summary)> {
     let batch = concat_batches(schema, batches)?;
     let n = batch.num_rows();
     let row_persons = int_columns(&batch, &layout.row)?;
-    let persons: Vec<Vec<Int64Array>> = layout
-        .persons
-        .iter()
-        .map(|i| int_columns(&batch, i))
-        .collect::<Result<_>>()?;
-    let complement: Vec<Vec<Int64Array>> = layout
-        .complement
-        .iter()
-        .map(|i| int_columns(&batch, i))
-        .collect::<Result<_>>()?;
+    let persons: Vec<Vec<Int64Array>> = layout.persons.iter().map(|i| int_columns(&batch, i)).collect::<Result<_>>()?;
+    let complement: Vec<Vec<Int64Array>> =
+        layout.complement.iter().map(|i| int_columns(&batch, i)).collect::<Result<_>>()?;
     let dominance: Vec<Option<(Float64Array, Float64Array)>> = layout
         .dominance
         .iter()
-        .map(|d| {
-            d.and_then(|(t, s)| {
-                Some((
-                    float_column(batch.column(t))?,
-                    float_column(batch.column(s))?,
-                ))
-            })
-        })
+        .map(|d| d.and_then(|(t, s)| Some((float_column(batch.column(t))?, float_column(batch.column(s))?))))
         .collect();
     let values: Vec<Option<Float64Array>> = layout
         .roles
         .iter()
         .enumerate()
         .map(|(c, role)| match role {
-            Role::Value(ValueColumn {
-                additive: Some(_), ..
-            }) => float_column(batch.column(c)),
+            Role::Value(ValueColumn { additive: Some(_), .. }) => float_column(batch.column(c)),
             _ => None,
         })
         .collect();
-    let shown: Vec<Vec<Option<String>>> = (0..layout.visible)
-        .map(|c| {
-            if matches!(layout.roles[c], Role::Key) {
-                text(batch.column(c))
-            } else {
-                Ok(vec![None; n])
-            }
-        })
-        .collect::<Result<_>>()?;
-    let keys: Vec<Vec<Option<String>>> = layout
-        .keys
-        .iter()
-        .map(|&k| text(batch.column(k)))
-        .collect::<Result<_>>()?;
+    let shown: Vec<Vec<Option<String>>> =
+        (0..layout.visible).map(|c| if matches!(layout.roles[c], Role::Key) { text(batch.column(c)) } else { Ok(vec![None; n]) }).collect::<Result<_>>()?;
+    let keys: Vec<Vec<Option<String>>> = layout.keys.iter().map(|&k| text(batch.column(k))).collect::<Result<_>>()?;
     let margins: Option<Vec<Int64Array>> = match &layout.margin {
         Some(m) => Some(int_columns(&batch, m)?),
         None => None,
@@ -1745,9 +1333,7 @@ pub fn release(
             shown: shown.iter().map(|s| s[r].clone()).collect(),
             cells: (0..layout.visible)
                 .map(|c| CellFacts {
-                    value: values[c]
-                        .as_ref()
-                        .and_then(|v| (!v.is_null(r)).then(|| v.value(r))),
+                    value: values[c].as_ref().and_then(|v| (!v.is_null(r)).then(|| v.value(r))),
                     persons: least_persons(&persons[c], r),
                     complement: least_persons(&complement[c], r),
                     dominance: dominance[c].as_ref().and_then(|(t, s)| {
@@ -1762,73 +1348,40 @@ pub fn release(
     // Withheld cells become null; released counts are rounded.
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(layout.visible + 1);
     for c in 0..layout.visible {
-        let mask = BooleanArray::from(
-            (0..n)
-                .map(|r| outcome.rows[r].withheld[c].is_some())
-                .collect::<Vec<bool>>(),
-        );
+        let mask = BooleanArray::from((0..n).map(|r| outcome.rows[r].withheld[c].is_some()).collect::<Vec<bool>>());
         let mut array = nullif(batch.column(c), &mask)?;
         if outcome.round_to > 1
-            && matches!(
-                layout.roles[c],
-                Role::Value(ValueColumn {
-                    additive: Some(Additive::Count),
-                    ..
-                })
-            )
+            && matches!(layout.roles[c], Role::Value(ValueColumn { additive: Some(Additive::Count), .. }))
             && let Some(ints) = array.as_any().downcast_ref::<Int64Array>()
         {
-            let rounded: Int64Array = ints
-                .iter()
-                .map(|v| v.map(|v| sdc::round_count(v, outcome.round_to)))
-                .collect();
+            let rounded: Int64Array = ints.iter().map(|v| v.map(|v| sdc::round_count(v, outcome.round_to))).collect();
             array = Arc::new(rounded);
         }
         columns.push(array);
     }
-    let fields: Vec<Field> = schema
-        .fields()
-        .iter()
-        .take(layout.visible)
-        .map(|f| f.as_ref().clone().with_nullable(true))
-        .collect();
+    let fields: Vec<Field> =
+        schema.fields().iter().take(layout.visible).map(|f| f.as_ref().clone().with_nullable(true)).collect();
     let names: Vec<&str> = fields.iter().map(|f| f.name().as_str()).collect();
     let marks: StringArray = outcome
         .rows
         .iter()
         .map(|d| {
-            let w: Vec<&str> = (0..layout.visible)
-                .filter(|&c| d.withheld[c].is_some())
-                .map(|c| names[c])
-                .collect();
+            let w: Vec<&str> = (0..layout.visible).filter(|&c| d.withheld[c].is_some()).map(|c| names[c]).collect();
             (!w.is_empty()).then(|| w.join(","))
         })
         .collect();
     columns.push(Arc::new(marks));
     let mut summary = Summary::named("aggregate", approval);
-    summary.withheld = outcome
-        .counts
-        .iter()
-        .map(|(r, n)| (r.name().to_owned(), *n))
-        .collect();
+    summary.withheld = outcome.counts.iter().map(|(r, n)| (r.name().to_owned(), *n)).collect();
     summary.groups_withheld = outcome.collapsed;
     let mut out_fields = fields.clone();
     out_fields.push(Field::new(marker_name(&fields), DataType::Utf8, true));
     let mut metadata = std::collections::HashMap::new();
-    metadata.insert(
-        METADATA_KEY.to_owned(),
-        serde_json::to_string(&summary).unwrap_or_default(),
-    );
+    metadata.insert(METADATA_KEY.to_owned(), serde_json::to_string(&summary).unwrap_or_default());
     let out_schema = Arc::new(Schema::new_with_metadata(out_fields, metadata));
     let released = RecordBatch::try_new(out_schema.clone(), columns)?;
     // Groups whose keys would reveal something are merged into one row.
-    let keep = BooleanArray::from(
-        outcome
-            .rows
-            .iter()
-            .map(|d| !d.collapsed)
-            .collect::<Vec<bool>>(),
-    );
+    let keep = BooleanArray::from(outcome.rows.iter().map(|d| !d.collapsed).collect::<Vec<bool>>());
     let mut released = filter_record_batch(&released, &keep)?;
     if outcome.collapsed > 0 {
         let mut merged: Vec<ArrayRef> = out_schema
@@ -1837,9 +1390,7 @@ pub fn release(
             .take(layout.visible)
             .map(|f| datafusion::arrow::array::new_null_array(f.data_type(), 1))
             .collect();
-        merged.push(Arc::new(StringArray::from(vec![Some(
-            "* (groups below the threshold)",
-        )])));
+        merged.push(Arc::new(StringArray::from(vec![Some("* (groups below the threshold)")])));
         let extra = RecordBatch::try_new(out_schema.clone(), merged)?;
         released = concat_batches(&out_schema, &[released, extra])?;
     }
@@ -1849,9 +1400,6 @@ pub fn release(
 /// The summary for a released microdata or constant answer, as schema metadata.
 pub fn annotate(schema: &SchemaRef, summary: &Summary) -> SchemaRef {
     let mut metadata = schema.metadata().clone();
-    metadata.insert(
-        METADATA_KEY.to_owned(),
-        serde_json::to_string(summary).unwrap_or_default(),
-    );
+    metadata.insert(METADATA_KEY.to_owned(), serde_json::to_string(summary).unwrap_or_default());
     Arc::new(Schema::new_with_metadata(schema.fields().clone(), metadata))
 }

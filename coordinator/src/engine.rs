@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::pushdown::PushdownRule;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, SchemaProvider};
@@ -30,9 +29,10 @@ use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream};
 use datafusion::optimizer::Optimizer;
 use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
-use datafusion_federation::FederatedQueryPlanner;
-use datafusion_federation::FederatedTableProviderAdaptor;
 use datafusion_federation::sql::{RemoteTable, SQLFederationProvider, SQLTableSource};
+use datafusion_federation::FederatedTableProviderAdaptor;
+use datafusion_federation::FederatedQueryPlanner;
+use crate::pushdown::PushdownRule;
 use futures::Stream;
 use samkor_proto::client::NodeError;
 
@@ -47,9 +47,7 @@ pub const CATALOG: &str = "samkor";
 /// Why a query failed. The display is the one line the user sees.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
-    #[error(
-        "no project given: set the x-samkor-project header (CLI: --project) to your approved project id"
-    )]
+    #[error("no project given: set the x-samkor-project header (CLI: --project) to your approved project id")]
     NoProject,
     #[error("project id {0:?} is not valid: use letters, digits, '-', '_' or '.'")]
     BadProject(String),
@@ -61,13 +59,9 @@ pub enum QueryError {
     Audit(String),
     #[error("{0}")]
     Node(NodeError),
-    #[error(
-        "the query ran longer than the coordinator's limit of {secs} s (query_timeout_secs); narrow it or ask the operator for a longer limit"
-    )]
+    #[error("the query ran longer than the coordinator's limit of {secs} s (query_timeout_secs); narrow it or ask the operator for a longer limit")]
     Timeout { secs: u64 },
-    #[error(
-        "the query needs more memory than the coordinator's limit of {limit_mb} MiB (memory_limit_mb), even spilling to disk; aggregate more at the nodes or narrow the query"
-    )]
+    #[error("the query needs more memory than the coordinator's limit of {limit_mb} MiB (memory_limit_mb), even spilling to disk; aggregate more at the nodes or narrow the query")]
     Memory { limit_mb: u64 },
     #[error("query cancelled")]
     Cancelled,
@@ -86,9 +80,7 @@ impl QueryError {
             QueryError::Node(e) => match e {
                 NodeError::Unreachable { .. } => tonic::Status::unavailable(msg),
                 NodeError::Status { status, .. } => tonic::Status::new(status.code(), msg),
-                NodeError::Address { .. } | NodeError::Protocol { .. } => {
-                    tonic::Status::unavailable(msg)
-                }
+                NodeError::Address { .. } | NodeError::Protocol { .. } => tonic::Status::unavailable(msg),
             },
             QueryError::Refused(_) => tonic::Status::permission_denied(msg),
             QueryError::Audit(_) => tonic::Status::unavailable(msg),
@@ -168,10 +160,7 @@ impl Engine {
     /// A fresh query id.
     pub fn query_id(&self) -> String {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis();
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
         format!("q{t:x}-{n}")
     }
 
@@ -190,53 +179,33 @@ impl Engine {
     /// answered (until then only their structure is checked: an approval is
     /// not dropped because a node is briefly down).
     fn refresh_catalogue(&self) {
-        let known = self
-            .federation
-            .nodes
-            .iter()
-            .filter(|n| n.catalogue().is_some())
-            .count() as u64;
-        if known < self.federation.nodes.len() as u64
-            || self.catalogued.swap(known, Ordering::SeqCst) == known
-        {
+        let known = self.federation.nodes.iter().filter(|n| n.catalogue().is_some()).count() as u64;
+        if known < self.federation.nodes.len() as u64 || self.catalogued.swap(known, Ordering::SeqCst) == known {
             return;
         }
         let mut view = samkor_policies::approval::CatalogueView::default();
         for node in &self.federation.nodes {
-            let Some(cat) = node.catalogue() else {
-                continue;
-            };
+            let Some(cat) = node.catalogue() else { continue };
             for t in &cat.raw.tables {
                 let columns = t
                     .columns
                     .iter()
                     .map(|c| {
-                        let info = samkor_policies::approval::ColumnInfo {
-                            data_type: c.data_type.clone(),
-                            identifying: c.identifying,
-                        };
+                        let info = samkor_policies::approval::ColumnInfo { data_type: c.data_type.clone(), identifying: c.identifying };
                         (c.name.clone(), info)
                     })
                     .collect();
-                view.tables
-                    .insert(format!("{}.{}", node.register, t.name), columns);
+                view.tables.insert(format!("{}.{}", node.register, t.name), columns);
             }
         }
         self.approvals.set_catalogue(view);
     }
 
     /// Admits `identity` to `project` today, or says which rule refuses.
-    pub fn authorize(
-        &self,
-        identity: &str,
-        project: &str,
-    ) -> Result<Arc<samkor_policies::approval::Approval>, QueryError> {
+    pub fn authorize(&self, identity: &str, project: &str) -> Result<Arc<samkor_policies::approval::Approval>, QueryError> {
         if crate::direct::is_direct(project) {
             let defaults = self.approvals.defaults();
-            return self
-                .direct
-                .authorize(identity, project, &self.federation, defaults)
-                .map_err(QueryError::Refused);
+            return self.direct.authorize(identity, project, &self.federation, defaults).map_err(QueryError::Refused);
         }
         let approval = self.approvals().get(project).map_err(|e| {
             tracing::error!(error = %e, "approvals unreadable");
@@ -256,25 +225,15 @@ impl Engine {
         touched: Arc<std::sync::Mutex<crate::policy::Touched>>,
     ) -> Session {
         let direct_unit = crate::direct::unit_of(&approval).map(str::to_owned);
-        let scope = Arc::new(QueryScope {
-            direct_unit,
-            ..scope
-        });
+        let scope = Arc::new(QueryScope { direct_unit, ..scope });
         let mut rules = coordinator_rules();
         rules.extend(crate::direct::rule_for(&approval));
-        rules.push(Arc::new(crate::policy::ApprovalRule::new(
-            approval.clone(),
-            touched,
-        )));
+        rules.push(Arc::new(crate::policy::ApprovalRule::new(approval.clone(), touched)));
         let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG, "public")
             .with_create_default_catalog_and_schema(false)
             .with_information_schema(false);
-        config
-            .options_mut()
-            .execution
-            .parquet
-            .schema_force_view_types = false;
+        config.options_mut().execution.parquet.schema_force_view_types = false;
         // A rule that fails (a refusal) fails the query; it is never skipped.
         config.options_mut().optimizer.skip_failed_rules = false;
         let state = SessionStateBuilder::new()
@@ -289,13 +248,8 @@ impl Engine {
         let mut facts = crate::disclosure::CatalogueFacts::new();
         for node in &self.federation.nodes {
             let Some(cat) = node.catalogue() else {
-                let schema = Arc::new(UnavailableRegister {
-                    register: node.register.clone(),
-                    addr: node.client.addr().to_owned(),
-                });
-                catalog
-                    .register_schema(&node.register, schema)
-                    .expect("memory catalog accepts schemas");
+                let schema = Arc::new(UnavailableRegister { register: node.register.clone(), addr: node.client.addr().to_owned() });
+                catalog.register_schema(&node.register, schema).expect("memory catalog accepts schemas");
                 continue;
             };
             for t in &cat.raw.tables {
@@ -315,18 +269,11 @@ impl Engine {
             }
             let executor = Arc::new(NodeExecutor::new(node.clone(), scope.clone()));
             let provider = Arc::new(SQLFederationProvider::new(executor));
-            let schema: Arc<dyn SchemaProvider> =
-                Arc::new(RegisterSchema::new(&node.register, provider, &cat.tables));
-            catalog
-                .register_schema(&node.register, schema)
-                .expect("memory catalog accepts schemas");
+            let schema: Arc<dyn SchemaProvider> = Arc::new(RegisterSchema::new(&node.register, provider, &cat.tables));
+            catalog.register_schema(&node.register, schema).expect("memory catalog accepts schemas");
         }
         ctx.register_catalog(CATALOG, Arc::new(catalog));
-        Session {
-            ctx,
-            approval,
-            facts,
-        }
+        Session { ctx, approval, facts }
     }
 
     /// Plans `sql` for `project`. Only queries: no DDL, DML or session statements.
@@ -337,49 +284,22 @@ impl Engine {
     ///      ─▶ DataFusion's rules + PushdownRule at execution (node sub-queries)
     /// ```
     pub async fn plan(&self, session: &Session, sql: &str) -> Result<Planned, QueryError> {
-        let options = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
-        let df = session
-            .ctx
-            .sql_with_options(sql, options)
-            .await
-            .map_err(|e| self.error(e))?;
+        let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+        let df = session.ctx.sql_with_options(sql, options).await.map_err(|e| self.error(e))?;
         // Optimizing applies the approval: a refusal surfaces here, before any node is asked.
-        let approved = session
-            .ctx
-            .state()
-            .optimize(df.logical_plan())
-            .map_err(|e| self.error(e))?;
-        let context = crate::disclosure::Context {
-            approval: &session.approval,
-            catalogue: &session.facts,
-        };
+        let approved = session.ctx.state().optimize(df.logical_plan()).map_err(|e| self.error(e))?;
+        let context = crate::disclosure::Context { approval: &session.approval, catalogue: &session.facts };
         let controlled = if self.disclosure_control.load(Ordering::Relaxed) {
             crate::disclosure::control(approved, &context).map_err(|e| self.error(e))?
         } else {
-            crate::disclosure::Controlled {
-                plan: approved,
-                mode: crate::disclosure::Mode::NoData,
-            }
+            crate::disclosure::Controlled { plan: approved, mode: crate::disclosure::Mode::NoData }
         };
         let mut rules = coordinator_rules();
         rules.push(Arc::new(PushdownRule));
-        let state = SessionStateBuilder::new_from_existing(session.ctx.state())
-            .with_optimizer_rules(rules)
-            .build();
+        let state = SessionStateBuilder::new_from_existing(session.ctx.state()).with_optimizer_rules(rules).build();
         let planned_schema = Arc::new(df.schema().as_arrow().clone());
-        let schema = Arc::new(crate::disclosure::released_schema(
-            &planned_schema,
-            &controlled.mode,
-            &session.approval,
-        ));
-        Ok(Planned {
-            df: DataFrame::new(state, controlled.plan),
-            mode: controlled.mode,
-            schema,
-        })
+        let schema = Arc::new(crate::disclosure::released_schema(&planned_schema, &controlled.mode, &session.approval));
+        Ok(Planned { df: DataFrame::new(state, controlled.plan), mode: controlled.mode, schema })
     }
 
     /// Plans and starts `sql`; the stream ends with an error if the query
@@ -395,9 +315,7 @@ impl Engine {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let stream = tokio::time::timeout_at(deadline, planned.df.execute_stream())
             .await
-            .map_err(|_| QueryError::Timeout {
-                secs: self.timeout.as_secs(),
-            })?
+            .map_err(|_| QueryError::Timeout { secs: self.timeout.as_secs() })?
             .map_err(|e| self.error(e))?;
         let stream: SendableRecordBatchStream = Box::pin(Deadline {
             schema: stream.schema(),
@@ -406,11 +324,7 @@ impl Engine {
             secs: self.timeout.as_secs(),
             done: false,
         });
-        Ok(Execution {
-            stream,
-            digest,
-            mode: planned.mode,
-        })
+        Ok(Execution { stream, digest, mode: planned.mode })
     }
 
     /// Classifies a DataFusion error for the user.
@@ -424,11 +338,7 @@ impl Engine {
 /// its `__common_expr_N` columns travel in node SQL, where the node's own
 /// elimination reuses the same names for other expressions.
 fn coordinator_rules() -> Vec<Arc<dyn datafusion::optimizer::OptimizerRule + Send + Sync>> {
-    Optimizer::new()
-        .rules
-        .into_iter()
-        .filter(|r| r.name() != "common_sub_expression_eliminate")
-        .collect()
+    Optimizer::new().rules.into_iter().filter(|r| r.name() != "common_sub_expression_eliminate").collect()
 }
 
 /// Finds our own error types inside DataFusion's wrappers.
@@ -460,9 +370,7 @@ pub fn classify(e: DataFusionError, memory_limit_mb: u64) -> QueryError {
         }
     }
     match e.find_root() {
-        DataFusionError::ResourcesExhausted(_) => QueryError::Memory {
-            limit_mb: memory_limit_mb,
-        },
+        DataFusionError::ResourcesExhausted(_) => QueryError::Memory { limit_mb: memory_limit_mb },
         DataFusionError::Internal(m) => QueryError::Internal(m.clone()),
         root => QueryError::Plan(root.message().lines().next().unwrap_or_default().to_owned()),
     }
@@ -470,24 +378,17 @@ pub fn classify(e: DataFusionError, memory_limit_mb: u64) -> QueryError {
 
 fn clone_node_error(e: &NodeError) -> NodeError {
     match e {
-        NodeError::Address { node, addr, reason } => NodeError::Address {
-            node: node.clone(),
-            addr: addr.clone(),
-            reason: reason.clone(),
-        },
-        NodeError::Unreachable { node, addr, reason } => NodeError::Unreachable {
-            node: node.clone(),
-            addr: addr.clone(),
-            reason: reason.clone(),
-        },
+        NodeError::Address { node, addr, reason } => {
+            NodeError::Address { node: node.clone(), addr: addr.clone(), reason: reason.clone() }
+        }
+        NodeError::Unreachable { node, addr, reason } => {
+            NodeError::Unreachable { node: node.clone(), addr: addr.clone(), reason: reason.clone() }
+        }
         NodeError::Status { node, status } => NodeError::Status {
             node: node.clone(),
             status: Box::new(tonic::Status::new(status.code(), status.message())),
         },
-        NodeError::Protocol { node, reason } => NodeError::Protocol {
-            node: node.clone(),
-            reason: reason.clone(),
-        },
+        NodeError::Protocol { node, reason } => NodeError::Protocol { node: node.clone(), reason: reason.clone() },
     }
 }
 
@@ -498,9 +399,7 @@ trait CloneShallow {
 impl CloneShallow for DataFusionError {
     fn clone_shallow(&self) -> DataFusionError {
         match self.find_root() {
-            DataFusionError::ResourcesExhausted(m) => {
-                DataFusionError::ResourcesExhausted(m.clone())
-            }
+            DataFusionError::ResourcesExhausted(m) => DataFusionError::ResourcesExhausted(m.clone()),
             DataFusionError::Internal(m) => DataFusionError::Internal(m.clone()),
             other => DataFusionError::Plan(other.message().into_owned()),
         }
@@ -516,9 +415,7 @@ pub struct Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session")
-            .field("project", &self.approval.project)
-            .finish_non_exhaustive()
+        f.debug_struct("Session").field("project", &self.approval.project).finish_non_exhaustive()
     }
 }
 
@@ -539,10 +436,7 @@ pub struct Execution {
 
 impl std::fmt::Debug for Execution {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Execution")
-            .field("digest", &self.digest)
-            .field("mode", &self.mode)
-            .finish_non_exhaustive()
+        f.debug_struct("Execution").field("digest", &self.digest).field("mode", &self.mode).finish_non_exhaustive()
     }
 }
 
@@ -555,20 +449,13 @@ struct RegisterSchema {
 }
 
 impl RegisterSchema {
-    fn new(
-        register: &str,
-        provider: Arc<SQLFederationProvider>,
-        tables: &[crate::nodes::RemoteTableInfo],
-    ) -> Self {
+    fn new(register: &str, provider: Arc<SQLFederationProvider>, tables: &[crate::nodes::RemoteTableInfo]) -> Self {
         let tables = tables
             .iter()
             .filter_map(|t| {
                 let reference = format!("{register}.{}", t.name).as_str().try_into().ok()?;
                 let remote = Arc::new(RemoteTable::new(reference, t.schema.clone()));
-                Some((
-                    t.name.clone(),
-                    Arc::new(SQLTableSource::new_with_table(provider.clone(), remote)),
-                ))
+                Some((t.name.clone(), Arc::new(SQLTableSource::new_with_table(provider.clone(), remote))))
             })
             .collect();
         RegisterSchema { tables }
@@ -581,14 +468,12 @@ impl SchemaProvider for RegisterSchema {
         self.tables.iter().map(|(n, _)| n.clone()).collect()
     }
 
-    async fn table(
-        &self,
-        name: &str,
-    ) -> datafusion::common::Result<Option<Arc<dyn datafusion::catalog::TableProvider>>> {
-        Ok(self.tables.iter().find(|(n, _)| n == name).map(|(_, s)| {
-            Arc::new(FederatedTableProviderAdaptor::new(s.clone()))
-                as Arc<dyn datafusion::catalog::TableProvider>
-        }))
+    async fn table(&self, name: &str) -> datafusion::common::Result<Option<Arc<dyn datafusion::catalog::TableProvider>>> {
+        Ok(self
+            .tables
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| Arc::new(FederatedTableProviderAdaptor::new(s.clone())) as Arc<dyn datafusion::catalog::TableProvider>))
     }
 
     fn table_exist(&self, name: &str) -> bool {
@@ -610,19 +495,12 @@ impl SchemaProvider for UnavailableRegister {
         Vec::new()
     }
 
-    async fn table(
-        &self,
-        _name: &str,
-    ) -> datafusion::common::Result<Option<Arc<dyn datafusion::catalog::TableProvider>>> {
-        Err(DataFusionError::External(Box::new(
-            NodeError::Unreachable {
-                node: self.register.clone(),
-                addr: self.addr.clone(),
-                reason:
-                    "it has not answered since the coordinator started (retrying in the background)"
-                        .into(),
-            },
-        )))
+    async fn table(&self, _name: &str) -> datafusion::common::Result<Option<Arc<dyn datafusion::catalog::TableProvider>>> {
+        Err(DataFusionError::External(Box::new(NodeError::Unreachable {
+            node: self.register.clone(),
+            addr: self.addr.clone(),
+            reason: "it has not answered since the coordinator started (retrying in the background)".into(),
+        })))
     }
 
     fn table_exist(&self, _name: &str) -> bool {
@@ -648,9 +526,7 @@ impl Stream for Deadline {
         }
         if self.sleep.as_mut().poll(cx).is_ready() {
             self.done = true;
-            return Poll::Ready(Some(Err(DataFusionError::External(Box::new(TimedOut(
-                self.secs,
-            ))))));
+            return Poll::Ready(Some(Err(DataFusionError::External(Box::new(TimedOut(self.secs))))));
         }
         self.inner.as_mut().poll_next(cx)
     }

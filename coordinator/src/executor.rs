@@ -55,31 +55,17 @@ fn conform(node: &str, batch: RecordBatch, schema: &SchemaRef) -> Result<RecordB
     if batch.num_columns() != schema.fields().len() {
         return Err(node_error(NodeError::Protocol {
             node: node.to_owned(),
-            reason: format!(
-                "returned {} columns where {} were expected",
-                batch.num_columns(),
-                schema.fields().len()
-            ),
+            reason: format!("returned {} columns where {} were expected", batch.num_columns(), schema.fields().len()),
         }));
     }
     let columns = batch
         .columns()
         .iter()
         .zip(schema.fields())
-        .map(|(c, f)| {
-            if c.data_type() == f.data_type() {
-                Ok(c.clone())
-            } else {
-                cast(c, f.data_type())
-            }
-        })
+        .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c.clone()) } else { cast(c, f.data_type()) })
         .collect::<Result<Vec<_>, _>>()?;
     let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-    Ok(RecordBatch::try_new_with_options(
-        schema.clone(),
-        columns,
-        &options,
-    )?)
+    Ok(RecordBatch::try_new_with_options(schema.clone(), columns, &options)?)
 }
 
 /// The SQL dialect of sub-queries: DataFusion's, with every identifier quoted
@@ -108,27 +94,17 @@ impl SQLExecutor for NodeExecutor {
         Arc::new(NodeDialect)
     }
 
-    fn execute(
-        &self,
-        query: &str,
-        schema: SchemaRef,
-        _filters: &[Arc<dyn PhysicalExpr>],
-    ) -> Result<SendableRecordBatchStream> {
+    fn execute(&self, query: &str, schema: SchemaRef, _filters: &[Arc<dyn PhysicalExpr>]) -> Result<SendableRecordBatchStream> {
         let node = self.node.clone();
         let scope = self.scope.clone();
         let sql = query.to_owned();
         let span = tracing::info_span!(parent: &scope.span, "node_subquery", register = %node.register, query_id = %scope.query_id);
         span.in_scope(|| tracing::info!(sql = %sql, "sub-query sent"));
-        let traceparent =
-            samkor_proto::trace::traceparent(&span).or_else(|| scope.traceparent.clone());
+        let traceparent = samkor_proto::trace::traceparent(&span).or_else(|| scope.traceparent.clone());
         let open = async move {
             let mut sub = samkor_proto::ticket::sub_query(&scope.project, &sql, &scope.query_id);
             sub.direct_unit = scope.direct_unit.clone().unwrap_or_default();
-            let stream = node
-                .client
-                .send(&sub, traceparent.as_deref())
-                .await
-                .map_err(node_error)?;
+            let stream = node.client.send(&sub, traceparent.as_deref()).await.map_err(node_error)?;
             let client = node.client.clone();
             Ok::<_, DataFusionError>(stream.map_err(move |e| node_error(client.stream_error(e))))
         };
@@ -141,27 +117,13 @@ impl SQLExecutor for NodeExecutor {
     }
 
     async fn table_names(&self) -> Result<Vec<String>> {
-        Ok(self
-            .node
-            .catalogue()
-            .map(|c| c.tables.iter().map(|t| t.name.clone()).collect())
-            .unwrap_or_default())
+        Ok(self.node.catalogue().map(|c| c.tables.iter().map(|t| t.name.clone()).collect()).unwrap_or_default())
     }
 
     async fn get_table_schema(&self, table_name: &str) -> Result<SchemaRef> {
         self.node
             .catalogue()
-            .and_then(|c| {
-                c.tables
-                    .iter()
-                    .find(|t| t.name == table_name)
-                    .map(|t| t.schema.clone())
-            })
-            .ok_or_else(|| {
-                DataFusionError::Plan(format!(
-                    "table {}.{table_name} does not exist",
-                    self.node.register
-                ))
-            })
+            .and_then(|c| c.tables.iter().find(|t| t.name == table_name).map(|t| t.schema.clone()))
+            .ok_or_else(|| DataFusionError::Plan(format!("table {}.{table_name} does not exist", self.node.register)))
     }
 }

@@ -14,14 +14,11 @@ use arrow_flight::error::FlightError;
 use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
 use arrow_flight::sql::server::FlightSqlService;
 use arrow_flight::sql::{
-    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
-    ActionCreatePreparedStatementResult, Any, CommandGetCatalogs, CommandGetDbSchemas,
-    CommandGetSqlInfo, CommandGetTables, CommandPreparedStatementQuery, CommandStatementQuery,
-    ProstMessageExt, SqlInfo, TicketStatementQuery,
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
+    Any, CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTables, CommandPreparedStatementQuery,
+    CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
-use arrow_flight::{
-    Action, FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, SchemaAsIpc, Ticket,
-};
+use arrow_flight::{Action, FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, SchemaAsIpc, Ticket};
 use datafusion::arrow::datatypes::Schema;
 use datafusion::arrow::ipc::writer::IpcWriteOptions;
 use futures::{Stream, TryStreamExt};
@@ -47,8 +44,7 @@ struct Answer {
     summary: disclosure::Summary,
 }
 
-type DoGetStream =
-    Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send + 'static>>;
+type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send + 'static>>;
 
 /// The Flight SQL service.
 #[derive(Clone)]
@@ -59,9 +55,7 @@ pub struct CoordinatorService {
 
 impl std::fmt::Debug for CoordinatorService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CoordinatorService")
-            .field("engine", &self.engine)
-            .finish_non_exhaustive()
+        f.debug_struct("CoordinatorService").field("engine", &self.engine).finish_non_exhaustive()
     }
 }
 
@@ -90,25 +84,17 @@ fn sql_info() -> SqlInfoData {
 
 impl CoordinatorService {
     pub fn new(engine: Arc<Engine>) -> Self {
-        CoordinatorService {
-            engine,
-            sql_info: Arc::new(sql_info()),
-        }
+        CoordinatorService { engine, sql_info: Arc::new(sql_info()) }
     }
 
     fn identity<T>(&self, request: &Request<T>) -> Result<String, Status> {
-        tls::peer_identity(request).ok_or_else(|| {
-            Status::unauthenticated("a client certificate issued by the federation CA is required")
-        })
+        tls::peer_identity(request)
+            .ok_or_else(|| Status::unauthenticated("a client certificate issued by the federation CA is required"))
     }
 
     /// The caller and project of a call. `fallback_project` is the project
     /// recorded in a statement handle, used when a client does not repeat the header.
-    fn caller<T>(
-        &self,
-        request: &Request<T>,
-        fallback_project: Option<&str>,
-    ) -> Result<Caller, Status> {
+    fn caller<T>(&self, request: &Request<T>, fallback_project: Option<&str>) -> Result<Caller, Status> {
         let identity = self.identity(request)?;
         let header = request
             .metadata()
@@ -127,19 +113,10 @@ impl CoordinatorService {
             (None, None) => return Err(QueryError::NoProject.to_status()),
         };
         if !crate::direct::is_direct(&project) {
-            ticket::validate_project(&project)
-                .map_err(|_| QueryError::BadProject(project.clone()).to_status())?;
+            ticket::validate_project(&project).map_err(|_| QueryError::BadProject(project.clone()).to_status())?;
         }
-        let traceparent = request
-            .metadata()
-            .get(headers::TRACEPARENT)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        Ok(Caller {
-            identity,
-            project,
-            traceparent,
-        })
+        let traceparent = request.metadata().get(headers::TRACEPARENT).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        Ok(Caller { identity, project, traceparent })
     }
 
     fn scope(&self, caller: &Caller) -> QueryScope {
@@ -153,13 +130,7 @@ impl CoordinatorService {
         if let Some(tp) = &caller.traceparent {
             samkor_proto::trace::set_parent(&span, tp);
         }
-        QueryScope {
-            project: caller.project.clone(),
-            query_id,
-            traceparent: caller.traceparent.clone(),
-            span,
-            direct_unit: None,
-        }
+        QueryScope { project: caller.project.clone(), query_id, traceparent: caller.traceparent.clone(), span, direct_unit: None }
     }
 
     /// Plans `sql` to learn its result schema (the approval is checked too).
@@ -176,12 +147,7 @@ impl CoordinatorService {
             Ok(planned) => Ok(planned.schema.as_ref().clone()),
             Err(e) => {
                 // Refused or failed at planning: the query never reaches DoGet, so record it here.
-                let mut entry = AuditEntry::new(
-                    Decision::Failed,
-                    caller.identity.as_str(),
-                    query_id.as_str(),
-                    sql,
-                );
+                let mut entry = AuditEntry::new(Decision::Failed, caller.identity.as_str(), query_id.as_str(), sql);
                 entry.project = caller.project.clone();
                 if let QueryError::Refused(r) = &e {
                     entry.decision = Decision::Refused;
@@ -203,12 +169,7 @@ impl CoordinatorService {
         })
     }
 
-    fn flight_info(
-        &self,
-        schema: &Schema,
-        ticket: Vec<u8>,
-        descriptor: FlightDescriptor,
-    ) -> Result<FlightInfo, Status> {
+    fn flight_info(&self, schema: &Schema, ticket: Vec<u8>, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
         let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(ticket));
         FlightInfo::new()
             .try_with_schema(schema)
@@ -221,12 +182,7 @@ impl CoordinatorService {
     async fn run(&self, caller: Caller, sql: String) -> Result<Response<DoGetStream>, Status> {
         let scope = self.scope(&caller);
         let span = scope.span.clone();
-        let mut entry = AuditEntry::new(
-            Decision::Accepted,
-            caller.identity.as_str(),
-            scope.query_id.as_str(),
-            sql.as_str(),
-        );
+        let mut entry = AuditEntry::new(Decision::Accepted, caller.identity.as_str(), scope.query_id.as_str(), sql.as_str());
         entry.project = caller.project.clone();
         let touched = Arc::new(std::sync::Mutex::new(Touched::default()));
         // The project the approval names: for direct access `direct:<hospital>`, not the header's `direct`.
@@ -234,23 +190,16 @@ impl CoordinatorService {
         let outcome: Result<Answer, QueryError> = async {
             let approval = self.engine.authorize(&caller.identity, &caller.project)?;
             approved_project = Some(approval.project.clone());
-            let session = self
-                .engine
-                .session(scope, approval.clone(), touched.clone());
+            let session = self.engine.session(scope, approval.clone(), touched.clone());
             let execution = self.engine.execute(&session, &sql).await?;
             let schema = execution.stream.schema();
-            let batches: Vec<RecordBatch> = execution
-                .stream
-                .try_collect()
-                .await
-                .map_err(|e| self.engine.error(e))?;
+            let batches: Vec<RecordBatch> = execution.stream.try_collect().await.map_err(|e| self.engine.error(e))?;
             // Disclosure control on the whole answer, before it is recorded and released.
             let mut summary = disclosure::Summary::new(&execution.mode, &approval);
             let (schema, batches) = match &execution.mode {
                 disclosure::Mode::Aggregate(layout) => {
                     let (schema, batches, s) =
-                        disclosure::release(&batches, &schema, layout, &approval)
-                            .map_err(|e| self.engine.error(e))?;
+                        disclosure::release(&batches, &schema, layout, &approval).map_err(|e| self.engine.error(e))?;
                     summary = s;
                     (schema, batches)
                 }
@@ -264,12 +213,7 @@ impl CoordinatorService {
                     (schema, batches)
                 }
             };
-            Ok(Answer {
-                schema,
-                batches,
-                digest: execution.digest,
-                summary,
-            })
+            Ok(Answer { schema, batches, digest: execution.digest, summary })
         }
         .instrument(span.clone())
         .await;
@@ -281,12 +225,7 @@ impl CoordinatorService {
             entry.registers = t.registers.iter().cloned().collect();
             entry.columns = t.columns.iter().cloned().collect();
         }
-        let Answer {
-            schema,
-            batches,
-            digest,
-            summary,
-        } = match outcome {
+        let Answer { schema, batches, digest, summary } = match outcome {
             Ok(answer) => answer,
             Err(e) => {
                 span.in_scope(|| tracing::info!(sql = %sql, error = %e, "query not answered"));
@@ -336,35 +275,17 @@ impl CoordinatorService {
 
     /// The registers and tables the caller's project may see now, with only
     /// the approved columns: (register, table, schema).
-    fn tables<T>(
-        &self,
-        request: &Request<T>,
-    ) -> Result<Vec<(String, String, Arc<Schema>)>, Status> {
+    fn tables<T>(&self, request: &Request<T>) -> Result<Vec<(String, String, Arc<Schema>)>, Status> {
         let caller = self.caller(request, None)?;
-        let approval = self
-            .engine
-            .authorize(&caller.identity, &caller.project)
-            .map_err(|e| e.to_status())?;
+        let approval = self.engine.authorize(&caller.identity, &caller.project).map_err(|e| e.to_status())?;
         let mut out = Vec::new();
         for node in &self.engine.federation().nodes {
             if let Some(cat) = node.catalogue() {
                 for t in &cat.tables {
-                    let Some(grant) = approval.grant(&format!("{}.{}", node.register, t.name))
-                    else {
-                        continue;
-                    };
-                    let fields: Vec<_> = t
-                        .schema
-                        .fields()
-                        .iter()
-                        .filter(|f| grant.has_column(f.name()))
-                        .cloned()
-                        .collect();
-                    out.push((
-                        node.register.clone(),
-                        t.name.clone(),
-                        Arc::new(Schema::new(fields)),
-                    ));
+                    let Some(grant) = approval.grant(&format!("{}.{}", node.register, t.name)) else { continue };
+                    let fields: Vec<_> =
+                        t.schema.fields().iter().filter(|f| grant.has_column(f.name())).cloned().collect();
+                    out.push((node.register.clone(), t.name.clone(), Arc::new(Schema::new(fields))));
                 }
             }
         }
@@ -373,17 +294,12 @@ impl CoordinatorService {
 }
 
 fn encode_handle(sql: &str, project: &str) -> Vec<u8> {
-    StatementHandle {
-        sql: sql.to_owned(),
-        project: project.to_owned(),
-    }
-    .encode_to_vec()
+    StatementHandle { sql: sql.to_owned(), project: project.to_owned() }.encode_to_vec()
 }
 
 fn decode_handle(bytes: &[u8]) -> Result<StatementHandle, Status> {
-    StatementHandle::decode(bytes).map_err(|_| {
-        Status::invalid_argument("the statement handle is not one this coordinator issued")
-    })
+    StatementHandle::decode(bytes)
+        .map_err(|_| Status::invalid_argument("the statement handle is not one this coordinator issued"))
 }
 
 #[tonic::async_trait]
@@ -398,16 +314,8 @@ impl FlightSqlService for CoordinatorService {
         let caller = self.caller(&request, None)?;
         let schema = self.schema_of(&caller, &query.query).await?;
         let handle = encode_handle(&query.query, &caller.project);
-        let ticket = TicketStatementQuery {
-            statement_handle: handle.into(),
-        }
-        .as_any()
-        .encode_to_vec();
-        Ok(Response::new(self.flight_info(
-            &schema,
-            ticket,
-            request.into_inner(),
-        )?))
+        let ticket = TicketStatementQuery { statement_handle: handle.into() }.as_any().encode_to_vec();
+        Ok(Response::new(self.flight_info(&schema, ticket, request.into_inner())?))
     }
 
     async fn do_get_statement(
@@ -456,11 +364,7 @@ impl FlightSqlService for CoordinatorService {
         let caller = self.caller(&request, Some(&handle.project))?;
         let schema = self.schema_of(&caller, &handle.sql).await?;
         let ticket = cmd.as_any().encode_to_vec();
-        Ok(Response::new(self.flight_info(
-            &schema,
-            ticket,
-            request.into_inner(),
-        )?))
+        Ok(Response::new(self.flight_info(&schema, ticket, request.into_inner())?))
     }
 
     async fn do_get_prepared_statement(
@@ -480,18 +384,10 @@ impl FlightSqlService for CoordinatorService {
     ) -> Result<Response<FlightInfo>, Status> {
         self.identity(&request)?;
         let schema = query.clone().into_builder().schema();
-        Ok(Response::new(self.flight_info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?))
+        Ok(Response::new(self.flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?))
     }
 
-    async fn do_get_catalogs(
-        &self,
-        query: CommandGetCatalogs,
-        request: Request<Ticket>,
-    ) -> Result<Response<DoGetStream>, Status> {
+    async fn do_get_catalogs(&self, query: CommandGetCatalogs, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
         self.identity(&request)?;
         let mut builder = query.into_builder();
         builder.append(CATALOG);
@@ -506,25 +402,13 @@ impl FlightSqlService for CoordinatorService {
     ) -> Result<Response<FlightInfo>, Status> {
         self.identity(&request)?;
         let schema = query.clone().into_builder().schema();
-        Ok(Response::new(self.flight_info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?))
+        Ok(Response::new(self.flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?))
     }
 
-    async fn do_get_schemas(
-        &self,
-        query: CommandGetDbSchemas,
-        request: Request<Ticket>,
-    ) -> Result<Response<DoGetStream>, Status> {
+    async fn do_get_schemas(&self, query: CommandGetDbSchemas, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
         self.identity(&request)?;
         let mut builder = query.into_builder();
-        let mut registers: Vec<String> = self
-            .tables(&request)?
-            .into_iter()
-            .map(|(r, _, _)| r)
-            .collect();
+        let mut registers: Vec<String> = self.tables(&request)?.into_iter().map(|(r, _, _)| r).collect();
         registers.dedup();
         for r in registers {
             builder.append(CATALOG, r);
@@ -540,24 +424,14 @@ impl FlightSqlService for CoordinatorService {
     ) -> Result<Response<FlightInfo>, Status> {
         self.identity(&request)?;
         let schema = query.clone().into_builder().schema();
-        Ok(Response::new(self.flight_info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?))
+        Ok(Response::new(self.flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?))
     }
 
-    async fn do_get_tables(
-        &self,
-        query: CommandGetTables,
-        request: Request<Ticket>,
-    ) -> Result<Response<DoGetStream>, Status> {
+    async fn do_get_tables(&self, query: CommandGetTables, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
         self.identity(&request)?;
         let mut builder = query.into_builder();
         for (register, table, schema) in self.tables(&request)? {
-            builder
-                .append(CATALOG, register, table, "TABLE", &schema)
-                .map_err(Status::from)?;
+            builder.append(CATALOG, register, table, "TABLE", &schema).map_err(Status::from)?;
         }
         let schema = builder.schema();
         Ok(self.one_batch(schema, builder.build()))
@@ -570,33 +444,18 @@ impl FlightSqlService for CoordinatorService {
     ) -> Result<Response<FlightInfo>, Status> {
         self.identity(&request)?;
         let schema = query.clone().into_builder(&self.sql_info).schema();
-        Ok(Response::new(self.flight_info(
-            &schema,
-            query.as_any().encode_to_vec(),
-            request.into_inner(),
-        )?))
+        Ok(Response::new(self.flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?))
     }
 
-    async fn do_get_sql_info(
-        &self,
-        query: CommandGetSqlInfo,
-        request: Request<Ticket>,
-    ) -> Result<Response<DoGetStream>, Status> {
+    async fn do_get_sql_info(&self, query: CommandGetSqlInfo, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
         self.identity(&request)?;
         let builder = query.into_builder(&self.sql_info);
         let schema = builder.schema();
         Ok(self.one_batch(schema, builder.build()))
     }
 
-    async fn do_get_fallback(
-        &self,
-        _request: Request<Ticket>,
-        message: Any,
-    ) -> Result<Response<DoGetStream>, Status> {
-        Err(Status::unimplemented(format!(
-            "samkor does not serve {}",
-            message.type_url
-        )))
+    async fn do_get_fallback(&self, _request: Request<Ticket>, message: Any) -> Result<Response<DoGetStream>, Status> {
+        Err(Status::unimplemented(format!("samkor does not serve {}", message.type_url)))
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
@@ -604,3 +463,4 @@ impl FlightSqlService for CoordinatorService {
 
 /// The Flight service type, for building a server.
 pub type Service = arrow_flight::flight_service_server::FlightServiceServer<CoordinatorService>;
+

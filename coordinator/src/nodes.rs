@@ -60,20 +60,12 @@ impl NodeCatalogue {
                     .columns
                     .iter()
                     .map(|c| {
-                        let dt = arrow_type(&c.data_type).ok_or_else(|| {
-                            format!(
-                                "table {} column {} has unknown type {:?}",
-                                t.name, c.name, c.data_type
-                            )
-                        })?;
+                        let dt = arrow_type(&c.data_type)
+                            .ok_or_else(|| format!("table {} column {} has unknown type {:?}", t.name, c.name, c.data_type))?;
                         Ok(Field::new(&c.name, dt, c.nullable))
                     })
                     .collect::<Result<Vec<_>, String>>()?;
-                Ok(RemoteTableInfo {
-                    name: t.name.clone(),
-                    schema: Arc::new(Schema::new(fields)),
-                    doc: t.clone(),
-                })
+                Ok(RemoteTableInfo { name: t.name.clone(), schema: Arc::new(Schema::new(fields)), doc: t.clone() })
             })
             .collect::<Result<Vec<_>, String>>()?;
         Ok(NodeCatalogue { raw, tables })
@@ -99,10 +91,7 @@ impl RemoteNode {
             });
         }
         let cat = Arc::new(
-            NodeCatalogue::from_pb(raw).map_err(|reason| NodeError::Protocol {
-                node: self.register.clone(),
-                reason,
-            })?,
+            NodeCatalogue::from_pb(raw).map_err(|reason| NodeError::Protocol { node: self.register.clone(), reason })?,
         );
         *self.catalogue.write().expect("catalogue lock") = Some(cat.clone());
         Ok(cat)
@@ -117,10 +106,7 @@ pub struct Federation {
 
 impl Federation {
     /// Connects (lazily) to every node of the config.
-    pub fn new(
-        config: &CoordinatorConfig,
-        identity: &TlsIdentity,
-    ) -> Result<Federation, NodeError> {
+    pub fn new(config: &CoordinatorConfig, identity: &TlsIdentity) -> Result<Federation, NodeError> {
         let nodes = config
             .nodes
             .iter()
@@ -129,9 +115,7 @@ impl Federation {
                     name: n.register.clone(),
                     addr: n.address.clone(),
                     tls_domain: n.tls_domain.clone(),
-                    connect_timeout: Duration::from_secs(
-                        config.coordinator.node_connect_timeout_secs,
-                    ),
+                    connect_timeout: Duration::from_secs(config.coordinator.node_connect_timeout_secs),
                 };
                 Ok(Arc::new(RemoteNode {
                     register: n.register.clone(),
@@ -147,16 +131,11 @@ impl Federation {
     /// retried every `retry` in the background until they answer. Returns the
     /// errors of the first round.
     pub async fn discover(self: &Arc<Self>, retry: Duration) -> Vec<NodeError> {
-        let rounds = self
-            .nodes
-            .iter()
-            .map(|n| async move { (n.clone(), n.refresh().await) });
+        let rounds = self.nodes.iter().map(|n| async move { (n.clone(), n.refresh().await) });
         let mut errors = Vec::new();
         for (node, result) in futures::future::join_all(rounds).await {
             match result {
-                Ok(cat) => {
-                    tracing::info!(register = %node.register, tables = cat.tables.len(), "node catalogue loaded")
-                }
+                Ok(cat) => tracing::info!(register = %node.register, tables = cat.tables.len(), "node catalogue loaded"),
                 Err(e) => {
                     tracing::warn!(register = %node.register, error = %e, "node unavailable at start; retrying in the background");
                     let weak = Arc::downgrade(&node);
@@ -169,9 +148,7 @@ impl Federation {
                                     tracing::info!(register = %node.register, "node is back; its tables are available");
                                     break;
                                 }
-                                Err(e) => {
-                                    tracing::debug!(register = %node.register, error = %e, "node still unavailable")
-                                }
+                                Err(e) => tracing::debug!(register = %node.register, error = %e, "node still unavailable"),
                             }
                         }
                     });

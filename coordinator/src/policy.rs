@@ -19,13 +19,9 @@ use std::sync::{Arc, Mutex};
 use chrono::NaiveDate;
 use datafusion::common::tree_node::Transformed;
 use datafusion::common::{DataFusionError, Result, ScalarValue};
-use datafusion::logical_expr::{
-    Expr, Filter, Limit, LogicalPlan, Projection, TableScan, TableScanBuilder, lit,
-};
+use datafusion::logical_expr::{Expr, Filter, Limit, LogicalPlan, Projection, TableScan, TableScanBuilder, lit};
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
-use samkor_policies::approval::{
-    Approval, Generalisation, RestrictionKind, RowRestriction, Validity, Value,
-};
+use samkor_policies::approval::{Approval, Generalisation, RestrictionKind, RowRestriction, Validity, Value};
 
 /// A decision against the query. `rule` is a stable name, also written to the audit log.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -40,43 +36,28 @@ fn refuse(rule: &'static str, message: String) -> Refusal {
 }
 
 /// Checks who asks and when, against the project's approval.
-pub fn admit(
-    approval: Option<Arc<Approval>>,
-    identity: &str,
-    project: &str,
-    today: NaiveDate,
-) -> Result<Arc<Approval>, Refusal> {
+pub fn admit(approval: Option<Arc<Approval>>, identity: &str, project: &str, today: NaiveDate) -> Result<Arc<Approval>, Refusal> {
     let Some(approval) = approval else {
         return Err(refuse(
             "approval.exists",
-            format!(
-                "project {project:?} has no valid approval in this federation; check the project id or ask the federation's approval office"
-            ),
+            format!("project {project:?} has no valid approval in this federation; check the project id or ask the federation's approval office"),
         ));
     };
     if !approval.is_member(identity) {
         return Err(refuse(
             "approval.member",
-            format!(
-                "{identity} is not a member of project {project}; the principal investigator can have you added to the approval"
-            ),
+            format!("{identity} is not a member of project {project}; the principal investigator can have you added to the approval"),
         ));
     }
     match approval.validity(today) {
         Validity::Valid => Ok(approval),
         Validity::NotYetValid { from } => Err(refuse(
             "approval.not_yet_valid",
-            format!(
-                "the approval of project {project} ({}) is valid from {from}",
-                approval.ethics_reference
-            ),
+            format!("the approval of project {project} ({}) is valid from {from}", approval.ethics_reference),
         )),
         Validity::Expired { until } => Err(refuse(
             "approval.expired",
-            format!(
-                "the approval of project {project} ({}) expired after {until}; a renewed approval is needed",
-                approval.ethics_reference
-            ),
+            format!("the approval of project {project} ({}) expired after {until}; a renewed approval is needed", approval.ethics_reference),
         )),
     }
 }
@@ -110,20 +91,9 @@ impl ApprovalRule {
         let project = &self.approval.project;
         let Some(grant) = self.approval.grant(&name) else {
             let registered = self.approval.tables.iter().any(|g| g.register == register);
-            let (rule, what) = if registered {
-                ("approval.table", "table")
-            } else {
-                ("approval.register", "register")
-            };
-            let shown = if registered {
-                name.clone()
-            } else {
-                register.clone()
-            };
-            return Err(policy_error(refuse(
-                rule,
-                format!("{what} {shown} is not in the approval of project {project}"),
-            )));
+            let (rule, what) = if registered { ("approval.table", "table") } else { ("approval.register", "register") };
+            let shown = if registered { name.clone() } else { register.clone() };
+            return Err(policy_error(refuse(rule, format!("{what} {shown} is not in the approval of project {project}"))));
         };
         let schema = scan.source.schema();
         let mut read: BTreeSet<String> = match &scan.projection {
@@ -150,9 +120,7 @@ impl ApprovalRule {
             Some(p) => p.clone(),
             None => (0..schema.fields().len()).collect(),
         };
-        let generalised = wanted
-            .iter()
-            .any(|i| grant.generalises(schema.field(*i).name()));
+        let generalised = wanted.iter().any(|i| grant.generalises(schema.field(*i).name()));
         if grant.rows.is_empty() && !generalised {
             return Ok(Transformed::no(LogicalPlan::TableScan(scan)));
         }
@@ -180,26 +148,16 @@ impl ApprovalRule {
             .build()?;
         let qualifier = widened.table_name.clone();
         let mut plan = LogicalPlan::TableScan(widened);
-        if let Some(predicate) = grant
-            .rows
-            .iter()
-            .map(|r| restriction_expr(r, &qualifier))
-            .reduce(Expr::and)
-        {
+        if let Some(predicate) = grant.rows.iter().map(|r| restriction_expr(r, &qualifier)).reduce(Expr::and) {
             plan = LogicalPlan::Filter(Filter::try_new(predicate, Arc::new(plan))?);
         }
         let back: Vec<Expr> = wanted
             .iter()
             .map(|i| {
                 let name = schema.field(*i).name();
-                let column = Expr::Column(datafusion::common::Column::new(
-                    Some(qualifier.clone()),
-                    name,
-                ));
+                let column = Expr::Column(datafusion::common::Column::new(Some(qualifier.clone()), name));
                 match grant.generalise.get(name) {
-                    Some(g) => {
-                        generalised_expr(*g, column).alias_qualified(Some(qualifier.clone()), name)
-                    }
+                    Some(g) => generalised_expr(*g, column).alias_qualified(Some(qualifier.clone()), name),
                     None => column,
                 }
             })
@@ -209,11 +167,7 @@ impl ApprovalRule {
             plan = LogicalPlan::Filter(Filter::try_new(predicate, Arc::new(plan))?);
         }
         if let Some(n) = fetch {
-            plan = LogicalPlan::Limit(Limit {
-                skip: None,
-                fetch: Some(Box::new(lit(n as i64))),
-                input: Arc::new(plan),
-            });
+            plan = LogicalPlan::Limit(Limit { skip: None, fetch: Some(Box::new(lit(n as i64))), input: Arc::new(plan) });
         }
         Ok(Transformed::yes(plan))
     }
@@ -224,14 +178,8 @@ fn generalised_expr(g: Generalisation, column: Expr) -> Expr {
     use datafusion::functions::datetime::expr_fn::date_trunc;
     use datafusion::functions::unicode::expr_fn::left;
     match g {
-        Generalisation::Year => datafusion::logical_expr::cast(
-            date_trunc(lit("year"), column),
-            datafusion::arrow::datatypes::DataType::Date32,
-        ),
-        Generalisation::Month => datafusion::logical_expr::cast(
-            date_trunc(lit("month"), column),
-            datafusion::arrow::datatypes::DataType::Date32,
-        ),
+        Generalisation::Year => datafusion::logical_expr::cast(date_trunc(lit("year"), column), datafusion::arrow::datatypes::DataType::Date32),
+        Generalisation::Month => datafusion::logical_expr::cast(date_trunc(lit("month"), column), datafusion::arrow::datatypes::DataType::Date32),
         Generalisation::Code3 => left(column, lit(3i64)),
     }
 }
@@ -248,14 +196,9 @@ fn value_lit(v: &Value) -> Expr {
 }
 
 fn restriction_expr(r: &RowRestriction, qualifier: &datafusion::common::TableReference) -> Expr {
-    let column = Expr::Column(datafusion::common::Column::new(
-        Some(qualifier.clone()),
-        &r.column,
-    ));
+    let column = Expr::Column(datafusion::common::Column::new(Some(qualifier.clone()), &r.column));
     match &r.kind {
-        RestrictionKind::In(values) => {
-            column.in_list(values.iter().map(value_lit).collect(), false)
-        }
+        RestrictionKind::In(values) => column.in_list(values.iter().map(value_lit).collect(), false),
         RestrictionKind::Range { from, until } => {
             let mut parts = Vec::new();
             match from {
@@ -269,10 +212,7 @@ fn restriction_expr(r: &RowRestriction, qualifier: &datafusion::common::TableRef
                 Bound::Unbounded => {}
             }
             // Rows whose restricted column is null satisfy no range.
-            parts
-                .into_iter()
-                .reduce(Expr::and)
-                .unwrap_or_else(|| column.is_not_null())
+            parts.into_iter().reduce(Expr::and).unwrap_or_else(|| column.is_not_null())
         }
     }
 }
@@ -291,11 +231,7 @@ impl OptimizerRule for ApprovalRule {
         true
     }
 
-    fn rewrite(
-        &self,
-        plan: LogicalPlan,
-        _config: &dyn OptimizerConfig,
-    ) -> Result<Transformed<LogicalPlan>> {
+    fn rewrite(&self, plan: LogicalPlan, _config: &dyn OptimizerConfig) -> Result<Transformed<LogicalPlan>> {
         if crate::pushdown::contains_federated(&plan) {
             return Ok(Transformed::no(plan));
         }
@@ -310,9 +246,5 @@ impl OptimizerRule for ApprovalRule {
 
 /// Registers and their granted tables and columns, for catalogue calls.
 pub fn visible_tables(approval: &Approval) -> BTreeMap<String, BTreeSet<String>> {
-    approval
-        .tables
-        .iter()
-        .map(|g| (g.qualified_name(), g.columns.clone()))
-        .collect()
+    approval.tables.iter().map(|g| (g.qualified_name(), g.columns.clone())).collect()
 }

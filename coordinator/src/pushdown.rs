@@ -18,8 +18,8 @@
 
 use std::sync::Arc;
 
-use datafusion::common::Result;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::Result;
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::{Expr, LogicalPlan, Projection, SubqueryAlias};
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
@@ -52,11 +52,7 @@ impl OptimizerRule for PushdownRule {
         true
     }
 
-    fn rewrite(
-        &self,
-        plan: LogicalPlan,
-        config: &dyn OptimizerConfig,
-    ) -> Result<Transformed<LogicalPlan>> {
+    fn rewrite(&self, plan: LogicalPlan, config: &dyn OptimizerConfig) -> Result<Transformed<LogicalPlan>> {
         if contains_federated(&plan) {
             // Already done in an earlier optimizer pass.
             return Ok(Transformed::no(plan));
@@ -67,16 +63,11 @@ impl OptimizerRule for PushdownRule {
 
 /// Whether part of `plan` was already handed to a node (an earlier optimizer pass).
 pub(crate) fn contains_federated(plan: &LogicalPlan) -> bool {
-    plan.exists(|p| Ok(matches!(p, LogicalPlan::Extension(e) if e.node.name() == "Federated")))
-        .unwrap_or(false)
+    plan.exists(|p| Ok(matches!(p, LogicalPlan::Extension(e) if e.node.name() == "Federated"))).unwrap_or(false)
 }
 
 impl PushdownRule {
-    fn federate_root(
-        &self,
-        plan: LogicalPlan,
-        config: &dyn OptimizerConfig,
-    ) -> Result<LogicalPlan> {
+    fn federate_root(&self, plan: LogicalPlan, config: &dyn OptimizerConfig) -> Result<LogicalPlan> {
         let (plan, source) = self.visit(plan, config)?;
         match source {
             Source::One(provider) => federate(&provider, plan, config, false),
@@ -84,11 +75,7 @@ impl PushdownRule {
         }
     }
 
-    fn visit(
-        &self,
-        plan: LogicalPlan,
-        config: &dyn OptimizerConfig,
-    ) -> Result<(LogicalPlan, Source)> {
+    fn visit(&self, plan: LogicalPlan, config: &dyn OptimizerConfig) -> Result<(LogicalPlan, Source)> {
         match &plan {
             LogicalPlan::TableScan(scan) => {
                 return Ok(match get_table_source(&scan.source)? {
@@ -103,10 +90,7 @@ impl PushdownRule {
             _ => {}
         }
         let inputs: Vec<LogicalPlan> = plan.inputs().into_iter().cloned().collect();
-        let visited = inputs
-            .into_iter()
-            .map(|i| self.visit(i, config))
-            .collect::<Result<Vec<_>>>()?;
+        let visited = inputs.into_iter().map(|i| self.visit(i, config)).collect::<Result<Vec<_>>>()?;
         let mut combined = Source::Nothing;
         for (_, s) in &visited {
             combined = match (combined, s) {
@@ -115,11 +99,7 @@ impl PushdownRule {
                 (Source::Nothing, Source::One(p)) => Source::One(p.clone()),
                 (Source::One(p), Source::Nothing) => Source::One(p),
                 (Source::One(a), Source::One(b)) => {
-                    if same(&a, b) {
-                        Source::One(a)
-                    } else {
-                        Source::Mixed
-                    }
+                    if same(&a, b) { Source::One(a) } else { Source::Mixed }
                 }
             };
         }
@@ -130,14 +110,9 @@ impl PushdownRule {
                     // A filter directly below an alias is unparsed with the
                     // base table's qualifier; a projection in between makes
                     // the alias a derived table.
-                    LogicalPlan::SubqueryAlias(a)
-                        if !matches!(a.input.as_ref(), LogicalPlan::Projection(_)) =>
-                    {
+                    LogicalPlan::SubqueryAlias(a) if !matches!(a.input.as_ref(), LogicalPlan::Projection(_)) => {
                         let input = wrap_projection(Arc::unwrap_or_clone(a.input))?;
-                        LogicalPlan::SubqueryAlias(SubqueryAlias::try_new(
-                            Arc::new(input),
-                            a.alias,
-                        )?)
+                        LogicalPlan::SubqueryAlias(SubqueryAlias::try_new(Arc::new(input), a.alias)?)
                     }
                     other => other,
                 };
@@ -168,22 +143,11 @@ impl PushdownRule {
 }
 
 /// Hands a single-register sub-plan to its register's provider.
-fn federate(
-    provider: &FederationProviderRef,
-    plan: LogicalPlan,
-    config: &dyn OptimizerConfig,
-    wrap: bool,
-) -> Result<LogicalPlan> {
-    let Some(optimizer) = provider.optimizer() else {
-        return Ok(plan);
-    };
+fn federate(provider: &FederationProviderRef, plan: LogicalPlan, config: &dyn OptimizerConfig, wrap: bool) -> Result<LogicalPlan> {
+    let Some(optimizer) = provider.optimizer() else { return Ok(plan) };
     // A bare aggregate is unparsed with its aggregates before its keys: an
     // explicit projection keeps the column order the coordinator expects.
-    let plan = if wrap || matches!(plan, LogicalPlan::Aggregate(_)) {
-        wrap_projection(plan)?
-    } else {
-        plan
-    };
+    let plan = if wrap || matches!(plan, LogicalPlan::Aggregate(_)) { wrap_projection(plan)? } else { plan };
     optimizer.optimize(plan, config, |_, _| {})
 }
 
@@ -192,16 +156,8 @@ fn wrap_projection(plan: LogicalPlan) -> Result<LogicalPlan> {
     if matches!(plan, LogicalPlan::Projection(_)) {
         return Ok(plan);
     }
-    let exprs = plan
-        .schema()
-        .columns()
-        .into_iter()
-        .map(Expr::Column)
-        .collect();
-    Ok(LogicalPlan::Projection(Projection::try_new(
-        exprs,
-        Arc::new(plan),
-    )?))
+    let exprs = plan.schema().columns().into_iter().map(Expr::Column).collect();
+    Ok(LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(plan))?))
 }
 
 /// Whether a node's meaning survives the SQL round trip to a node.
@@ -224,10 +180,7 @@ fn pushable(plan: &LogicalPlan) -> Result<bool> {
     for e in plan.expressions() {
         e.apply(|e| {
             let bad = match e {
-                Expr::ScalarSubquery(_)
-                | Expr::Exists(_)
-                | Expr::InSubquery(_)
-                | Expr::OuterReferenceColumn(..) => true,
+                Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_) | Expr::OuterReferenceColumn(..) => true,
                 Expr::AggregateFunction(AggregateFunction { params, .. }) => {
                     !params.order_by.is_empty() || params.null_treatment.is_some()
                 }

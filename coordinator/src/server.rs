@@ -34,13 +34,8 @@ pub enum StartError {
     Audit(#[from] samkor_policies::audit::AuditError),
     #[error("{0}")]
     Directory(#[from] samkor_policies::directory::DirectoryError),
-    #[error(
-        "cannot listen on {addr}: {source}; is another coordinator running there? choose another `listen` address"
-    )]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error("cannot listen on {addr}: {source}; is another coordinator running there? choose another `listen` address")]
+    Listen { addr: SocketAddr, source: std::io::Error },
 }
 
 /// A running coordinator.
@@ -74,14 +69,8 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Star
     let server_tls = identity.server_config()?;
     let listener = TcpListener::bind(config.coordinator.listen)
         .await
-        .map_err(|source| StartError::Listen {
-            addr: config.coordinator.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Listen {
-        addr: config.coordinator.listen,
-        source,
-    })?;
+        .map_err(|source| StartError::Listen { addr: config.coordinator.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.coordinator.listen, source })?;
     let federation = Arc::new(Federation::new(&config, &identity)?);
     let retry = std::time::Duration::from_secs(config.coordinator.node_retry_secs);
     let unavailable_at_start: Vec<String> = federation
@@ -98,28 +87,16 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Star
         samkor_policies::approval::DisclosureDefaults::default(),
     )?;
     if let Some(parent) = config.governance.audit_log.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| StartError::Engine(format!("cannot create {}: {e}", parent.display())))?;
+        std::fs::create_dir_all(parent).map_err(|e| StartError::Engine(format!("cannot create {}: {e}", parent.display())))?;
     }
-    let (audit, recovery) = samkor_policies::audit::AuditLog::open_recovering(
-        &config.governance.audit_log,
-        "coordinator",
-    )?;
+    let (audit, recovery) = samkor_policies::audit::AuditLog::open_recovering(&config.governance.audit_log, "coordinator")?;
     if let Some(r) = recovery {
-        eprintln!(
-            "samkor coordinator: the audit log ended in a torn record; it was set aside and the recovery recorded: {r:?}"
-        );
+        eprintln!("samkor coordinator: the audit log ended in a torn record; it was set aside and the recovery recorded: {r:?}");
     }
-    let directory = config
-        .governance
-        .directory
-        .as_deref()
-        .map(samkor_policies::DirectoryStore::open)
-        .transpose()?;
+    let directory = config.governance.directory.as_deref().map(samkor_policies::DirectoryStore::open).transpose()?;
     let direct = crate::direct::DirectAccess::new(directory);
     let engine = Arc::new(
-        Engine::new(&config, federation, approvals, audit, direct)
-            .map_err(|e| StartError::Engine(e.to_string()))?,
+        Engine::new(&config, federation, approvals, audit, direct).map_err(|e| StartError::Engine(e.to_string()))?,
     );
     for problem in engine.approvals().problems() {
         eprintln!("samkor coordinator: approval not loaded: {problem}");
@@ -136,11 +113,5 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Star
             }),
     );
     tracing::info!(%addr, "coordinator serving Flight SQL over mutual TLS 1.3");
-    Ok(RunningCoordinator {
-        addr,
-        engine,
-        unavailable_at_start,
-        shutdown: Some(tx),
-        task,
-    })
+    Ok(RunningCoordinator { addr, engine, unavailable_at_start, shutdown: Some(tx), task })
 }

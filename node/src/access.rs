@@ -23,18 +23,10 @@ pub enum Refusal {
         "refused by rule holder.caller: node {register} answers sub-queries from the federation's coordinator only, not from {caller}"
     )]
     NotCoordinator { register: String, caller: String },
-    #[error(
-        "refused by rule holder.project: the holder of {register} does not serve project {project}"
-    )]
+    #[error("refused by rule holder.project: the holder of {register} does not serve project {project}")]
     Project { register: String, project: String },
-    #[error(
-        "refused by rule holder.column: the holder does not release column {table}.{column} to project {project}"
-    )]
-    Withheld {
-        table: String,
-        column: String,
-        project: String,
-    },
+    #[error("refused by rule holder.column: the holder does not release column {table}.{column} to project {project}")]
+    Withheld { table: String, column: String, project: String },
     #[error(
         "refused by rule direct.project: node {register} got a direct-access unit with project {project:?}; direct access runs as project {DIRECT_PROJECT:?} only"
     )]
@@ -113,39 +105,21 @@ impl Scope {
 ///
 /// A direct-access sub-query is governed by the holder's `direct_access`
 /// tables (checked at the scan), not by its list of research projects.
-pub fn admit(
-    access: &AccessSection,
-    register: &str,
-    caller: &str,
-    sub: &SubQuery,
-) -> Result<Scope, Refusal> {
+pub fn admit(access: &AccessSection, register: &str, caller: &str, sub: &SubQuery) -> Result<Scope, Refusal> {
     if !access.coordinators.iter().any(|c| c == caller) {
-        return Err(Refusal::NotCoordinator {
-            register: register.to_owned(),
-            caller: caller.to_owned(),
-        });
+        return Err(Refusal::NotCoordinator { register: register.to_owned(), caller: caller.to_owned() });
     }
     if !sub.direct_unit.is_empty() {
         if sub.project != DIRECT_PROJECT {
-            return Err(Refusal::DirectProject {
-                register: register.to_owned(),
-                project: sub.project.clone(),
-            });
+            return Err(Refusal::DirectProject { register: register.to_owned(), project: sub.project.clone() });
         }
-        return Ok(Scope::Direct {
-            unit: sub.direct_unit.clone(),
-        });
+        return Ok(Scope::Direct { unit: sub.direct_unit.clone() });
     }
     if sub.project == DIRECT_PROJECT {
-        return Err(Refusal::DirectUnit {
-            register: register.to_owned(),
-        });
+        return Err(Refusal::DirectUnit { register: register.to_owned() });
     }
     if !access.serves(&sub.project) {
-        return Err(Refusal::Project {
-            register: register.to_owned(),
-            project: sub.project.clone(),
-        });
+        return Err(Refusal::Project { register: register.to_owned(), project: sub.project.clone() });
     }
     Ok(Scope::Project(sub.project.clone()))
 }
@@ -162,48 +136,19 @@ mod tests {
 
     #[test]
     fn decisions_name_their_rule() {
-        let access = AccessSection {
-            projects: vec!["P-1".into()],
-            ..Default::default()
-        };
+        let access = AccessSection { projects: vec!["P-1".into()], ..Default::default() };
         let admit = |caller: &str, q: &SubQuery| admit(&access, "hip", caller, q);
-        assert_eq!(
-            admit("coordinator", &sub("P-1", "")),
-            Ok(Scope::Project("P-1".into()))
-        );
-        assert_eq!(
-            admit("alice", &sub("P-1", "")).unwrap_err().rule(),
-            "holder.caller"
-        );
-        assert_eq!(
-            admit("alice", &sub("direct", "Danderyd"))
-                .unwrap_err()
-                .rule(),
-            "holder.caller"
-        );
-        assert_eq!(
-            admit("coordinator", &sub("P-2", "")).unwrap_err().rule(),
-            "holder.project"
-        );
-        assert_eq!(
-            admit("coordinator", &sub("P-1", "Danderyd"))
-                .unwrap_err()
-                .rule(),
-            "direct.project"
-        );
-        assert_eq!(
-            admit("coordinator", &sub("direct", "")).unwrap_err().rule(),
-            "direct.unit"
-        );
+        assert_eq!(admit("coordinator", &sub("P-1", "")), Ok(Scope::Project("P-1".into())));
+        assert_eq!(admit("alice", &sub("P-1", "")).unwrap_err().rule(), "holder.caller");
+        assert_eq!(admit("alice", &sub("direct", "Danderyd")).unwrap_err().rule(), "holder.caller");
+        assert_eq!(admit("coordinator", &sub("P-2", "")).unwrap_err().rule(), "holder.project");
+        assert_eq!(admit("coordinator", &sub("P-1", "Danderyd")).unwrap_err().rule(), "direct.project");
+        assert_eq!(admit("coordinator", &sub("direct", "")).unwrap_err().rule(), "direct.unit");
         let direct = admit("coordinator", &sub("direct", "Danderyd")).expect("direct access");
         assert_eq!(direct.direct_unit(), Some("Danderyd"));
         assert_eq!(direct.pseudonym_domain("hip"), "direct:hip:Danderyd");
         assert_eq!(direct.audit_project(), "direct:Danderyd");
-        let msg = Refusal::DirectTable {
-            table: "prom".into(),
-            open: vec!["operations".into()],
-        }
-        .to_string();
+        let msg = Refusal::DirectTable { table: "prom".into(), open: vec!["operations".into()] }.to_string();
         assert_eq!(
             msg,
             "refused by rule direct.table: the holder has not opened table prom for direct access by care providers (open: operations)"

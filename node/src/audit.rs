@@ -30,8 +30,7 @@ pub struct SubQueryRecord {
 impl SubQueryRecord {
     /// A record of `caller`'s sub-query `query_id` with `sql`, on this node's `register`.
     pub fn new(caller: &str, query_id: &str, sql: &str, register: &str) -> Self {
-        let entry =
-            AuditEntry::new(Decision::Accepted, caller, query_id, sql).registers([register]);
+        let entry = AuditEntry::new(Decision::Accepted, caller, query_id, sql).registers([register]);
         SubQueryRecord { entry }
     }
 
@@ -65,18 +64,12 @@ impl SubQueryRecord {
     /// The admission, written before the stream is answered.
     pub fn admitted(&self) -> AuditEntry {
         let mut entry = self.entry.clone();
-        entry.reason =
-            "sub-query admitted; the rows released are recorded when its stream ends".into();
+        entry.reason = "sub-query admitted; the rows released are recorded when its stream ends".into();
         entry
     }
 
     fn ended(&self, decision: Decision, rows: u64, cells: u64, reason: String) -> AuditEntry {
-        let mut entry = self
-            .entry
-            .clone()
-            .released(rows, cells, 0)
-            .rule(RULE_STREAM_END)
-            .reason(reason);
+        let mut entry = self.entry.clone().released(rows, cells, 0).rule(RULE_STREAM_END).reason(reason);
         entry.decision = decision;
         entry
     }
@@ -84,9 +77,7 @@ impl SubQueryRecord {
 
 /// Appends `entry`; an error means the log cannot be trusted to hold the decision.
 pub fn append(log: &AuditLog, entry: AuditEntry) -> Result<(), AuditError> {
-    log.append(entry)
-        .map(|_| ())
-        .inspect_err(|e| tracing::error!(error = %e, "node audit append failed"))
+    log.append(entry).map(|_| ()).inspect_err(|e| tracing::error!(error = %e, "node audit append failed"))
 }
 
 /// A sub-query's result stream that records, when it ends, how much it released.
@@ -102,24 +93,14 @@ pub struct AuditedStream<S> {
 
 impl<S> std::fmt::Debug for AuditedStream<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuditedStream")
-            .field("rows", &self.rows)
-            .field("ended", &self.ended)
-            .finish_non_exhaustive()
+        f.debug_struct("AuditedStream").field("rows", &self.rows).field("ended", &self.ended).finish_non_exhaustive()
     }
 }
 
 impl<S> AuditedStream<S> {
     /// Wraps `inner`, whose batches have `columns` columns.
     pub fn new(inner: S, log: Arc<AuditLog>, record: SubQueryRecord, columns: usize) -> Self {
-        AuditedStream {
-            inner,
-            log,
-            record,
-            columns: columns as u64,
-            rows: 0,
-            ended: false,
-        }
+        AuditedStream { inner, log, record, columns: columns as u64, rows: 0, ended: false }
     }
 
     fn end(&mut self, decision: Decision, reason: String) {
@@ -127,9 +108,7 @@ impl<S> AuditedStream<S> {
             return;
         }
         self.ended = true;
-        let entry = self
-            .record
-            .ended(decision, self.rows, self.rows * self.columns, reason);
+        let entry = self.record.ended(decision, self.rows, self.rows * self.columns, reason);
         // The rows have left already; a failure here is logged (and makes the log refuse further sub-queries).
         let _ = append(&self.log, entry);
     }
@@ -176,8 +155,7 @@ mod tests {
     use futures::StreamExt;
 
     fn batch(rows: i32) -> RecordBatch {
-        RecordBatch::try_from_iter([("n", Arc::new(Int32Array::from_iter_values(0..rows)) as _)])
-            .expect("batch")
+        RecordBatch::try_from_iter([("n", Arc::new(Int32Array::from_iter_values(0..rows)) as _)]).expect("batch")
     }
 
     #[tokio::test]
@@ -185,36 +163,18 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("audit.jsonl");
         let log = Arc::new(AuditLog::open(&path, "node:hip").expect("log"));
-        let record =
-            SubQueryRecord::new("coordinator", "q1", "SELECT n FROM t", "hip").project("P-1");
+        let record = SubQueryRecord::new("coordinator", "q1", "SELECT n FROM t", "hip").project("P-1");
         append(&log, record.admitted()).expect("admission");
         let complete = futures::stream::iter(vec![Ok(batch(3)), Ok(batch(4))]);
-        let rows: Vec<_> = AuditedStream::new(complete, log.clone(), record.clone(), 1)
-            .collect()
-            .await;
+        let rows: Vec<_> = AuditedStream::new(complete, log.clone(), record.clone(), 1).collect().await;
         assert_eq!(rows.len(), 2);
-        let failing = futures::stream::iter(vec![
-            Ok(batch(2)),
-            Err(Status::internal("node hip: sub-query q1 failed")),
-        ]);
-        let _: Vec<_> = AuditedStream::new(failing, log.clone(), record.clone(), 1)
-            .collect()
-            .await;
-        let mut closed = AuditedStream::new(
-            futures::stream::iter(vec![Ok(batch(5)), Ok(batch(6))]),
-            log.clone(),
-            record,
-            1,
-        );
+        let failing = futures::stream::iter(vec![Ok(batch(2)), Err(Status::internal("node hip: sub-query q1 failed"))]);
+        let _: Vec<_> = AuditedStream::new(failing, log.clone(), record.clone(), 1).collect().await;
+        let mut closed = AuditedStream::new(futures::stream::iter(vec![Ok(batch(5)), Ok(batch(6))]), log.clone(), record, 1);
         closed.next().await.expect("one batch").expect("ok");
         drop(closed);
-        let records = samkor_policies::audit::read_all(&path)
-            .expect("read")
-            .records;
-        let ends: Vec<_> = records
-            .iter()
-            .map(|r| (r.decision, r.rule.as_str(), r.rows_released))
-            .collect();
+        let records = samkor_policies::audit::read_all(&path).expect("read").records;
+        let ends: Vec<_> = records.iter().map(|r| (r.decision, r.rule.as_str(), r.rows_released)).collect();
         assert_eq!(
             ends,
             vec![
@@ -224,11 +184,7 @@ mod tests {
                 (Decision::Failed, RULE_STREAM_END, 5),
             ]
         );
-        assert!(
-            records[3].reason.contains("closed the stream after 5 rows"),
-            "{}",
-            records[3].reason
-        );
+        assert!(records[3].reason.contains("closed the stream after 5 rows"), "{}", records[3].reason);
         samkor_policies::audit::verify(&path).expect("chain intact");
     }
 }

@@ -17,10 +17,7 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read node config {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("node config {}: {message}", path.display())]
     Syntax { path: PathBuf, message: String },
     #[error("node config {}: {problem}", path.display())]
@@ -112,9 +109,7 @@ impl AccessSection {
 
     /// Whether `table.column` is withheld from `project`.
     pub fn withholds(&self, project: &str, table: &str, column: &str) -> bool {
-        self.withhold
-            .get(project)
-            .is_some_and(|cols| cols.iter().any(|c| c == &format!("{table}.{column}")))
+        self.withhold.get(project).is_some_and(|cols| cols.iter().any(|c| c == &format!("{table}.{column}")))
     }
 }
 
@@ -123,7 +118,7 @@ impl AccessSection {
 pub enum FileFormat {
     Parquet,
     Csv,
-    /// A table or view in a PostgreSQL database (`[tables.postgres]`).
+    /// A table or view in a PostgreSQL database (`postgres = { … }`).
     Postgres,
 }
 
@@ -186,11 +181,7 @@ impl TableConfig {
     /// The name a column has outside the node: the identity-number column is
     /// the project pseudonym `person`, the others keep their names.
     pub fn exposed_name<'a>(&self, column: &'a ColumnConfig) -> &'a str {
-        if self.is_person(column) {
-            samkor_proto::PERSON_COLUMN
-        } else {
-            &column.name
-        }
+        if self.is_person(column) { samkor_proto::PERSON_COLUMN } else { &column.name }
     }
 }
 
@@ -248,10 +239,7 @@ impl ColumnType {
     /// Whether a type found in a data file can be served as this declared type.
     pub fn accepts(self, found: &DataType) -> bool {
         match self {
-            ColumnType::Utf8 => matches!(
-                found,
-                DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8
-            ),
+            ColumnType::Utf8 => matches!(found, DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8),
             other => &other.arrow() == found,
         }
     }
@@ -277,10 +265,8 @@ impl NodeConfig {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
         let path = &std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::parse(path, &text)
     }
 
@@ -290,10 +276,7 @@ impl NodeConfig {
             path: path.to_owned(),
             message: samkor_policies::toml_error::one_line(&e),
         })?;
-        let invalid = |problem: String| ConfigError::Invalid {
-            path: path.to_owned(),
-            problem,
-        };
+        let invalid = |problem: String| ConfigError::Invalid { path: path.to_owned(), problem };
         if !is_identifier(&raw.node.register) {
             return Err(invalid(format!(
                 "register name {:?} must be a lower-case identifier (letters, digits, '_')",
@@ -301,17 +284,12 @@ impl NodeConfig {
             )));
         }
         if raw.tables.is_empty() {
-            return Err(invalid(
-                "no [[tables]]: a node must serve at least one table".into(),
-            ));
+            return Err(invalid("no [[tables]]: a node must serve at least one table".into()));
         }
         let mut names = HashSet::new();
         for t in &raw.tables {
             if !is_identifier(&t.name) {
-                return Err(invalid(format!(
-                    "table name {:?} must be a lower-case identifier",
-                    t.name
-                )));
+                return Err(invalid(format!("table name {:?} must be a lower-case identifier", t.name)));
             }
             if !names.insert(&t.name) {
                 return Err(invalid(format!("table {:?} is declared twice", t.name)));
@@ -325,10 +303,7 @@ impl NodeConfig {
                 }
                 (FileFormat::Postgres, Some(pg)) => {
                     if !t.path.is_empty() {
-                        return Err(invalid(format!(
-                            "table {}: a postgres table has no `path`; remove it",
-                            t.name
-                        )));
+                        return Err(invalid(format!("table {}: a postgres table has no `path`; remove it", t.name)));
                     }
                     let (schema, name) = pg.relation_parts();
                     if !schema.is_none_or(is_sql_identifier) || !is_sql_identifier(name) {
@@ -337,27 +312,18 @@ impl NodeConfig {
                             t.name, pg.relation
                         )));
                     }
-                    match (&pg.connection_env, &pg.connection_file) {
-                        (Some(_), None) | (None, Some(_)) => {}
-                        _ => {
-                            return Err(invalid(format!(
-                                "table {}: give the database connection string in exactly one of `connection_env` (an environment variable) or `connection_file` (a file readable only by the node), never in the config",
-                                t.name
-                            )));
-                        }
+                    if pg.connection_env.is_some() == pg.connection_file.is_some() {
+                        return Err(invalid(format!(
+                            "table {}: give the database connection string in exactly one of `connection_env` (an environment variable) or `connection_file` (a file readable only by the node), never in the config",
+                            t.name
+                        )));
                     }
                 }
                 (_, Some(_)) => {
-                    return Err(invalid(format!(
-                        "table {}: a `postgres` section needs format = \"postgres\"",
-                        t.name
-                    )));
+                    return Err(invalid(format!("table {}: a `postgres` section needs format = \"postgres\"", t.name)));
                 }
                 (_, None) if t.path.is_empty() => {
-                    return Err(invalid(format!(
-                        "table {}: missing `path` to its data files",
-                        t.name
-                    )));
+                    return Err(invalid(format!("table {}: missing `path` to its data files", t.name)));
                 }
                 (_, None) => {}
             }
@@ -376,10 +342,7 @@ impl NodeConfig {
                     )));
                 }
                 if !cols.insert(&c.name) {
-                    return Err(invalid(format!(
-                        "table {}: column {:?} is declared twice",
-                        t.name, c.name
-                    )));
+                    return Err(invalid(format!("table {}: column {:?} is declared twice", t.name, c.name)));
                 }
             }
             match t.columns.iter().find(|c| c.name == t.person_column) {
@@ -420,27 +383,16 @@ impl NodeConfig {
         for (project, columns) in &raw.access.withhold {
             for c in columns {
                 let known = c.split_once('.').is_some_and(|(t, col)| {
-                    tables.iter().any(|tc: &TableConfig| {
-                        tc.name == t
-                            && tc.columns.iter().any(|cc| {
-                                cc.name == col
-                                    || (col == samkor_proto::PERSON_COLUMN
-                                        && cc.name == tc.person_column)
-                            })
-                    })
+                    tables.iter().any(|tc: &TableConfig| tc.name == t && tc.columns.iter().any(|cc| cc.name == col || (col == samkor_proto::PERSON_COLUMN && cc.name == tc.person_column)))
                 });
                 if !known {
-                    return Err(invalid(format!(
-                        "access.withhold for project {project}: {c:?} is not a table.column of this node"
-                    )));
+                    return Err(invalid(format!("access.withhold for project {project}: {c:?} is not a table.column of this node")));
                 }
             }
         }
         for (table, column) in &raw.access.direct_access {
             let Some(t) = tables.iter().find(|t| &t.name == table) else {
-                return Err(invalid(format!(
-                    "access.direct_access: {table:?} is not a table of this node"
-                )));
+                return Err(invalid(format!("access.direct_access: {table:?} is not a table of this node")));
             };
             match t.columns.iter().find(|c| &c.name == column) {
                 None => {
@@ -462,13 +414,7 @@ impl NodeConfig {
                 Some(_) => {}
             }
         }
-        Ok(NodeConfig {
-            path: path.to_owned(),
-            node,
-            tls: raw.tls.relative_to(base),
-            access: raw.access,
-            tables,
-        })
+        Ok(NodeConfig { path: path.to_owned(), node, tls: raw.tls.relative_to(base), access: raw.access, tables })
     }
 }
 
@@ -506,9 +452,7 @@ person_column = "pnr"
 "#;
 
     fn err(text: &str) -> String {
-        NodeConfig::parse(Path::new("/etc/samkor/node.toml"), text)
-            .unwrap_err()
-            .to_string()
+        NodeConfig::parse(Path::new("/etc/samkor/node.toml"), text).unwrap_err().to_string()
     }
 
     #[test]
@@ -517,10 +461,7 @@ person_column = "pnr"
         assert_eq!(c.node.register, "hip");
         assert_eq!(c.node.opt_out_file, Path::new("/data/hip/optout.txt"));
         assert_eq!(c.node.audit_log, Path::new("/data/hip/audit.jsonl"));
-        assert!(
-            c.access.direct_access.is_empty(),
-            "closed to direct access unless the holder opens a table"
-        );
+        assert!(c.access.direct_access.is_empty(), "closed to direct access unless the holder opens a table");
         assert_eq!(c.tls.ca, Path::new("/data/hip/ca.pem"));
         assert_eq!(c.tables[0].path, "/data/hip/operations/*.parquet");
     }
@@ -528,42 +469,25 @@ person_column = "pnr"
     #[test]
     fn errors_name_file_line_and_problem() {
         let e = err(&GOOD.replace("type = \"float64\"", "type = \"decimal\""));
-        assert!(
-            e.starts_with(
-                "node config /etc/samkor/node.toml: line 26, column 10: unknown variant `decimal`"
-            ),
-            "{e}"
-        );
+        assert!(e.starts_with("node config /etc/samkor/node.toml: line 26, column 10: unknown variant `decimal`"), "{e}");
         let e = err(&GOOD.replace("person_column = \"pnr\"", "person_column = \"pid\""));
         assert_eq!(
             e,
             "node config /etc/samkor/node.toml: table operations: person_column \"pid\" is not among its declared columns"
         );
         let e = err(&GOOD.replace("name = \"bmi\"", "name = \"pnr\""));
-        assert_eq!(
-            e,
-            "node config /etc/samkor/node.toml: table operations: column \"pnr\" is declared twice"
-        );
+        assert_eq!(e, "node config /etc/samkor/node.toml: table operations: column \"pnr\" is declared twice");
         let e = err(&GOOD.replace("name = \"bmi\"", "name = \"person\""));
         assert!(e.contains("reserved for the project pseudonym"), "{e}");
         let e = err(&GOOD.replace("listen = \"127.0.0.1:0\"", "listen = \"somewhere\""));
-        assert!(
-            e.contains("line 5") && e.contains("invalid socket address"),
-            "{e}"
-        );
+        assert!(e.contains("line 5") && e.contains("invalid socket address"), "{e}");
         let e = err(&GOOD.replace("holder", "owner"));
         assert!(e.contains("unknown field `owner`"), "{e}");
         let e = err(&GOOD.replace("register = \"hip\"", "register = \"Hip Reg\""));
         assert!(e.contains("must be a lower-case identifier"), "{e}");
         let e = err(&GOOD.replace("audit_log = \"audit.jsonl\"\n", ""));
         assert!(e.contains("missing field `audit_log`"), "{e}");
-        let direct = |setting: &str| {
-            err(&GOOD.replacen(
-                "[tls]",
-                &format!("[access]\ndirect_access = {{ {setting} }}\n\n[tls]"),
-                1,
-            ))
-        };
+        let direct = |setting: &str| err(&GOOD.replacen("[tls]", &format!("[access]\ndirect_access = {{ {setting} }}\n\n[tls]"), 1));
         assert_eq!(
             direct("prom = \"hospital\""),
             "node config /etc/samkor/node.toml: access.direct_access: \"prom\" is not a table of this node"
@@ -572,18 +496,10 @@ person_column = "pnr"
             direct("operations = \"hospital\""),
             "node config /etc/samkor/node.toml: access.direct_access: table operations has no column \"hospital\" to name the reporting unit"
         );
-        assert!(
-            direct("operations = \"pnr\"").contains("cannot be the identifying column \"pnr\"")
-        );
-        assert!(
-            direct("operations = \"bmi\"")
-                .ends_with("must have type utf8 (unit names), not float64")
-        );
+        assert!(direct("operations = \"pnr\"").contains("cannot be the identifying column \"pnr\""));
+        assert!(direct("operations = \"bmi\"").ends_with("must have type utf8 (unit names), not float64"));
         let pg = |section: &str| {
-            GOOD.replace(
-                "format = \"parquet\"\npath = \"operations/*.parquet\"",
-                &format!("format = \"postgres\"\n{section}"),
-            )
+            GOOD.replace("format = \"parquet\"\npath = \"operations/*.parquet\"", &format!("format = \"postgres\"\n{section}"))
         };
         let c = NodeConfig::parse(
             Path::new("/data/hip/node.toml"),
@@ -591,37 +507,15 @@ person_column = "pnr"
         )
         .expect("valid");
         let section = c.tables[0].postgres.as_ref().expect("postgres section");
-        assert_eq!(
-            section.connection_file.as_deref(),
-            Some(Path::new("/data/hip/pg.conn"))
-        );
+        assert_eq!(section.connection_file.as_deref(), Some(Path::new("/data/hip/pg.conn")));
         assert_eq!(section.relation_parts(), (Some("hip"), "operations"));
         assert!(err(&pg("")).contains("format \"postgres\" needs a `postgres = "));
-        assert!(
-            err(&pg("postgres = { relation = \"hip.operations\" }"))
-                .contains("exactly one of `connection_env`")
-        );
-        assert!(
-            err(&pg(
-                "postgres = { relation = \"hip.op; drop\", connection_env = \"X\" }"
-            ))
-            .contains("must be `table` or `schema.table`")
-        );
-        assert!(
-            err(&pg(
-                "postgres = { relation = \"t\", url = \"postgres://u:secret@h/db\" }"
-            ))
-            .contains("unknown field `url`")
-        );
-        assert!(
-            err(&GOOD.replace("path = \"operations/*.parquet\"\n", "")).contains("missing `path`")
-        );
-        let e = NodeConfig::load(Path::new("/nonexistent/node.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with("cannot read node config /nonexistent/node.toml: "),
-            "{e}"
-        );
+        assert!(err(&pg("postgres = { relation = \"hip.operations\" }")).contains("exactly one of `connection_env`"));
+        let bad = err(&pg("postgres = { relation = \"hip.op; drop\", connection_env = \"X\" }"));
+        assert!(bad.contains("must be `table` or `schema.table`"), "{bad}");
+        assert!(err(&pg("postgres = { relation = \"t\", url = \"postgres://u:secret@h/db\" }")).contains("unknown field `url`"));
+        assert!(err(&GOOD.replace("path = \"operations/*.parquet\"\n", "")).contains("missing `path`"));
+        let e = NodeConfig::load(Path::new("/nonexistent/node.toml")).unwrap_err().to_string();
+        assert!(e.starts_with("cannot read node config /nonexistent/node.toml: "), "{e}");
     }
 }

@@ -60,10 +60,7 @@ impl OptOutList {
     pub fn open(path: &Path) -> Result<OptOutList, OptOutError> {
         let list = OptOutList {
             path: path.to_owned(),
-            loaded: Mutex::new(Loaded {
-                stamp: None,
-                set: Arc::default(),
-            }),
+            loaded: Mutex::new(Loaded { stamp: None, set: Arc::default() }),
         };
         list.current()?;
         Ok(list)
@@ -75,10 +72,7 @@ impl OptOutList {
 
     /// The list as it is on disk now (re-read only if the file changed).
     pub fn current(&self) -> Result<Arc<OptOutSet>, OptOutError> {
-        let read_err = |e: std::io::Error| OptOutError::Read {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        };
+        let read_err = |e: std::io::Error| OptOutError::Read { path: self.path.clone(), reason: e.to_string() };
         let meta = std::fs::metadata(&self.path).map_err(read_err)?;
         let stamp = (meta.modified().map_err(read_err)?, meta.len());
         let mut loaded = self.loaded.lock().expect("opt-out lock poisoned");
@@ -86,10 +80,7 @@ impl OptOutList {
             let text = std::fs::read_to_string(&self.path).map_err(read_err)?;
             let set = parse(&self.path, &text)?;
             tracing::info!(path = %self.path.display(), persons = set.len(), "opt-out list loaded");
-            *loaded = Loaded {
-                stamp: Some(stamp),
-                set: Arc::new(set),
-            };
+            *loaded = Loaded { stamp: Some(stamp), set: Arc::new(set) };
         }
         Ok(loaded.set.clone())
     }
@@ -102,10 +93,7 @@ fn parse(path: &Path, text: &str) -> Result<OptOutSet, OptOutError> {
         if line.is_empty() {
             continue;
         }
-        let key = pnr_key(line).ok_or(OptOutError::Malformed {
-            path: path.to_owned(),
-            line: i + 1,
-        })?;
+        let key = pnr_key(line).ok_or(OptOutError::Malformed { path: path.to_owned(), line: i + 1 })?;
         set.insert(key);
     }
     Ok(set)
@@ -135,20 +123,9 @@ mod tests {
         assert_eq!(list.current().expect("list").len(), 2);
         std::fs::write(&path, "191212121212\n42\n").expect("write");
         let e = list.current().unwrap_err();
-        assert_eq!(
-            e,
-            OptOutError::Malformed {
-                path: path.clone(),
-                line: 2
-            }
-        );
+        assert_eq!(e, OptOutError::Malformed { path: path.clone(), line: 2 });
         assert!(!e.to_string().contains("42"), "never quote a line: {e}");
         std::fs::remove_file(&path).expect("remove");
-        assert!(
-            list.current()
-                .unwrap_err()
-                .to_string()
-                .starts_with("cannot read opt-out list")
-        );
+        assert!(list.current().unwrap_err().to_string().starts_with("cannot read opt-out list"));
     }
 }

@@ -25,10 +25,7 @@ pub const PSEUDONYM_LEN: usize = 32;
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("cannot read pseudonymisation key file {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("pseudonymisation key file {}: {problem}; it must hold 64 hexadecimal digits (32 random bytes), e.g. from `samkor certs init`", path.display())]
     Malformed { path: PathBuf, problem: String },
 }
@@ -50,14 +47,9 @@ impl FederationKey {
 
     /// Reads a key file: 64 hex digits, surrounding white space ignored.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(text.trim()).map_err(|problem| KeyError::Malformed {
-            path: path.to_owned(),
-            problem,
-        })
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| KeyError::Read { path: path.to_owned(), source })?;
+        Self::parse(text.trim()).map_err(|problem| KeyError::Malformed { path: path.to_owned(), problem })
     }
 
     fn parse(hex_text: &str) -> Result<Self, String> {
@@ -65,8 +57,7 @@ impl FederationKey {
             return Err(format!("found {} characters, expected 64", hex_text.len()));
         }
         let mut key = [0u8; 32];
-        hex::decode_to_slice(hex_text, &mut key)
-            .map_err(|_| "it contains a character that is not a hexadecimal digit".to_owned())?;
+        hex::decode_to_slice(hex_text, &mut key).map_err(|_| "it contains a character that is not a hexadecimal digit".to_owned())?;
         if key.iter().all(|b| *b == key[0]) {
             return Err("the key is a repeated byte, not a random key".to_owned());
         }
@@ -75,15 +66,11 @@ impl FederationKey {
 
     /// The pseudonymiser of one project.
     pub fn for_project(&self, project: &str) -> ProjectPseudonymiser {
-        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&self.0)
-            .expect("HMAC takes keys of any length");
+        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
         mac.update(DOMAIN);
         mac.update(project.as_bytes());
         mac.update(&[0]);
-        ProjectPseudonymiser {
-            keyed: Arc::new(mac),
-            project: project.to_owned(),
-        }
+        ProjectPseudonymiser { keyed: Arc::new(mac), project: project.to_owned() }
     }
 }
 
@@ -96,9 +83,7 @@ pub struct ProjectPseudonymiser {
 
 impl std::fmt::Debug for ProjectPseudonymiser {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProjectPseudonymiser")
-            .field("project", &self.project)
-            .finish_non_exhaustive()
+        f.debug_struct("ProjectPseudonymiser").field("project", &self.project).finish_non_exhaustive()
     }
 }
 
@@ -142,11 +127,7 @@ impl ProjectPseudonymiser {
             DataType::Utf8 => column.as_string::<i32>().iter().for_each(&mut push),
             DataType::LargeUtf8 => column.as_string::<i64>().iter().for_each(&mut push),
             DataType::Utf8View => column.as_string_view().iter().for_each(&mut push),
-            other => {
-                return Err(format!(
-                    "the person column has type {other}, expected a string"
-                ));
-            }
+            other => return Err(format!("the person column has type {other}, expected a string")),
         }
         Ok(Arc::new(builder.finish()))
     }
@@ -158,8 +139,7 @@ mod tests {
     use datafusion::arrow::array::StringArray;
 
     fn key() -> FederationKey {
-        FederationKey::parse("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")
-            .expect("key")
+        FederationKey::parse("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f").expect("key")
     }
 
     #[test]
@@ -184,10 +164,7 @@ mod tests {
     #[test]
     fn project_boundary_is_unambiguous() {
         let k = key();
-        assert_ne!(
-            k.for_project("P1").pseudonym("2191212121212"),
-            k.for_project("P12").pseudonym("191212121212")
-        );
+        assert_ne!(k.for_project("P1").pseudonym("2191212121212"), k.for_project("P12").pseudonym("191212121212"));
     }
 
     #[test]
@@ -198,9 +175,7 @@ mod tests {
         let out = out.as_string::<i32>();
         assert_eq!(out.value(0), a.pseudonym("191212121212"));
         assert!(out.is_null(1));
-        let e = a
-            .pseudonymise(&datafusion::arrow::array::Int32Array::from(vec![1]))
-            .unwrap_err();
+        let e = a.pseudonymise(&datafusion::arrow::array::Int32Array::from(vec![1])).unwrap_err();
         assert_eq!(e, "the person column has type Int32, expected a string");
     }
 
@@ -217,13 +192,8 @@ mod tests {
         std::fs::write(&path, "00".repeat(32)).expect("write");
         let e = FederationKey::load(&path).unwrap_err().to_string();
         assert!(e.contains("repeated byte"), "{e}");
-        let e = FederationKey::load(&dir.path().join("missing.key"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with("cannot read pseudonymisation key file "),
-            "{e}"
-        );
+        let e = FederationKey::load(&dir.path().join("missing.key")).unwrap_err().to_string();
+        assert!(e.starts_with("cannot read pseudonymisation key file "), "{e}");
         assert_eq!(format!("{:?}", key()), "FederationKey(..)");
     }
 }

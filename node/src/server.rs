@@ -60,16 +60,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
     let listen = config.node.listen;
     let audit = Arc::new(open_audit(&config)?);
     let state = Arc::new(NodeState::open(config).await?);
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Listen {
-        addr: listen,
-        source,
-    })?;
+    let listener = TcpListener::bind(listen).await.map_err(|source| StartError::Listen { addr: listen, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: listen, source })?;
     let service = FlightServiceServer::new(NodeService::new(state.clone(), audit.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -83,13 +75,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
             }),
     );
     tracing::info!(register = %state.register(), %addr, "node serving over mutual TLS 1.3");
-    Ok(RunningNode {
-        addr,
-        state,
-        audit,
-        shutdown: Some(tx),
-        task,
-    })
+    Ok(RunningNode { addr, state, audit, shutdown: Some(tx), task })
 }
 
 /// Opens (creating if needed) the node's audit log; a torn last record is set
@@ -97,13 +83,9 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
 fn open_audit(config: &NodeConfig) -> Result<AuditLog, StartError> {
     let path = &config.node.audit_log;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| StartError::AuditDir {
-            path: dir.to_owned(),
-            source,
-        })?;
+        std::fs::create_dir_all(dir).map_err(|source| StartError::AuditDir { path: dir.to_owned(), source })?;
     }
-    let (log, recovery) =
-        AuditLog::open_recovering(path, format!("node:{}", config.node.register))?;
+    let (log, recovery) = AuditLog::open_recovering(path, format!("node:{}", config.node.register))?;
     if let Some(r) = recovery {
         tracing::warn!(
             line = r.line,

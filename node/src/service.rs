@@ -14,15 +14,15 @@ use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::{
-    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
-    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo, HandshakeRequest,
+    HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
 use datafusion::common::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::prelude::SQLOptions;
 use datafusion::sql::sqlparser::parser::ParserError;
-use futures::TryStreamExt;
+use datafusion::prelude::SQLOptions;
 use futures::stream;
+use futures::TryStreamExt;
 use prost::Message;
 use samkor_proto::{CATALOGUE_ACTION, headers, ticket, tls};
 use tonic::{Request, Response, Status, Streaming};
@@ -69,19 +69,13 @@ impl NodeService {
     }
 
     fn caller<T>(&self, request: &Request<T>) -> Result<String, Status> {
-        tls::peer_identity(request).ok_or_else(|| {
-            Status::unauthenticated("a client certificate issued by the federation CA is required")
-        })
+        tls::peer_identity(request)
+            .ok_or_else(|| Status::unauthenticated("a client certificate issued by the federation CA is required"))
     }
 
     /// Plans and starts a sub-query; errors here concern the query itself and
     /// may be shown to the caller (they name tables and columns, not data).
-    async fn start(
-        &self,
-        scope: &Scope,
-        sql: &str,
-        read: Arc<ColumnsRead>,
-    ) -> Result<SendableRecordBatchStream, NotStarted> {
+    async fn start(&self, scope: &Scope, sql: &str, read: Arc<ColumnsRead>) -> Result<SendableRecordBatchStream, NotStarted> {
         let ctx = self.state.session(scope, Some(read)).map_err(|e| {
             tracing::error!(error = %e, "opt-out list unusable; refusing to serve");
             NotStarted::Failed(Status::unavailable(format!(
@@ -89,17 +83,9 @@ impl NodeService {
                 self.state.register()
             )))
         })?;
-        let options = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
-        let df = ctx
-            .sql_with_options(sql, options)
-            .await
-            .map_err(|e| plan_error(self.state.register(), e))?;
-        df.execute_stream()
-            .await
-            .map_err(|e| plan_error(self.state.register(), e))
+        let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+        let df = ctx.sql_with_options(sql, options).await.map_err(|e| plan_error(self.state.register(), e))?;
+        df.execute_stream().await.map_err(|e| plan_error(self.state.register(), e))
     }
 
     /// The refusal of a sub-query, recorded, as the caller sees it.
@@ -125,12 +111,10 @@ fn plan_status(register: &str, e: DataFusionError) -> Status {
     let e = e.find_root();
     let text = e.message().lines().next().unwrap_or_default().to_owned();
     match e {
-        DataFusionError::ResourcesExhausted(_) => Status::resource_exhausted(format!(
-            "node {register}: the sub-query exceeds the node's memory limit: {text}"
-        )),
-        DataFusionError::Internal(_) => {
-            Status::internal(format!("node {register}: internal error: {text}"))
+        DataFusionError::ResourcesExhausted(_) => {
+            Status::resource_exhausted(format!("node {register}: the sub-query exceeds the node's memory limit: {text}"))
         }
+        DataFusionError::Internal(_) => Status::internal(format!("node {register}: internal error: {text}")),
         DataFusionError::SQL(err, _) if matches!(**err, ParserError::RecursionLimitExceeded) => {
             Status::invalid_argument(format!("node {register}: the query is nested too deeply"))
         }
@@ -178,10 +162,7 @@ impl FlightService for NodeService {
     type ListActionsStream = Stream<ActionType>;
     type DoExchangeStream = Stream<FlightData>;
 
-    async fn do_get(
-        &self,
-        request: Request<Ticket>,
-    ) -> Result<Response<Self::DoGetStream>, Status> {
+    async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
         let caller = self.caller(&request)?;
         let traceparent = request
             .metadata()
@@ -221,21 +202,11 @@ impl FlightService for NodeService {
             samkor_proto::trace::set_parent(&span, &traceparent);
         }
         let read = Arc::new(ColumnsRead::default());
-        let started = self
-            .start(&scope, &sub.sql, read.clone())
-            .instrument(span.clone())
-            .await;
-        let record = record.columns(
-            read.list()
-                .into_iter()
-                .map(|c| format!("{register}.{c}"))
-                .collect(),
-        );
+        let started = self.start(&scope, &sub.sql, read.clone()).instrument(span.clone()).await;
+        let record = record.columns(read.list().into_iter().map(|c| format!("{register}.{c}")).collect());
         let stream = match started {
             Ok(stream) => stream,
-            Err(NotStarted::Refused(refusal)) => {
-                return Err(span.in_scope(|| self.refuse(record, &refusal)));
-            }
+            Err(NotStarted::Refused(refusal)) => return Err(span.in_scope(|| self.refuse(record, &refusal))),
             Err(NotStarted::Failed(status)) => {
                 span.in_scope(|| tracing::info!(sql = %sub.sql, error = %status.message(), "sub-query not started"));
                 self.record(record.failed(status.message()))?;
@@ -262,10 +233,7 @@ impl FlightService for NodeService {
         Ok(Response::new(Box::pin(flight)))
     }
 
-    async fn do_action(
-        &self,
-        request: Request<Action>,
-    ) -> Result<Response<Self::DoActionStream>, Status> {
+    async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
         self.caller(&request)?;
         let action = request.into_inner();
         if action.r#type != CATALOGUE_ACTION {
@@ -279,10 +247,7 @@ impl FlightService for NodeService {
         Ok(Response::new(Box::pin(stream::once(async { Ok(result) }))))
     }
 
-    async fn list_actions(
-        &self,
-        request: Request<Empty>,
-    ) -> Result<Response<Self::ListActionsStream>, Status> {
+    async fn list_actions(&self, request: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
         self.caller(&request)?;
         let action = ActionType {
             r#type: CATALOGUE_ACTION.to_owned(),
@@ -295,45 +260,26 @@ impl FlightService for NodeService {
         &self,
         _request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Self::HandshakeStream>, Status> {
-        Err(unsupported(
-            "handshake (authentication is by client certificate)",
-        ))
+        Err(unsupported("handshake (authentication is by client certificate)"))
     }
 
-    async fn list_flights(
-        &self,
-        _request: Request<Criteria>,
-    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+    async fn list_flights(&self, _request: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
         Err(unsupported("list_flights (use the catalogue action)"))
     }
 
-    async fn get_flight_info(
-        &self,
-        _request: Request<FlightDescriptor>,
-    ) -> Result<Response<FlightInfo>, Status> {
-        Err(unsupported(
-            "get_flight_info (send a samkor.v1.SubQuery ticket to do_get)",
-        ))
+    async fn get_flight_info(&self, _request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+        Err(unsupported("get_flight_info (send a samkor.v1.SubQuery ticket to do_get)"))
     }
 
-    async fn poll_flight_info(
-        &self,
-        _request: Request<FlightDescriptor>,
-    ) -> Result<Response<PollInfo>, Status> {
+    async fn poll_flight_info(&self, _request: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
         Err(unsupported("poll_flight_info"))
     }
 
-    async fn get_schema(
-        &self,
-        _request: Request<FlightDescriptor>,
-    ) -> Result<Response<SchemaResult>, Status> {
+    async fn get_schema(&self, _request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
         Err(unsupported("get_schema (use the catalogue action)"))
     }
 
-    async fn do_put(
-        &self,
-        _request: Request<Streaming<FlightData>>,
-    ) -> Result<Response<Self::DoPutStream>, Status> {
+    async fn do_put(&self, _request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
         Err(unsupported("do_put (nodes are read-only)"))
     }
 
@@ -348,3 +294,4 @@ impl FlightService for NodeService {
 fn unsupported(what: &str) -> Status {
     Status::unimplemented(format!("a samkor node does not offer {what}"))
 }
+

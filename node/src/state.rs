@@ -31,17 +31,9 @@ pub enum StartError {
     #[error("{0}")]
     Audit(#[from] samkor_policies::audit::AuditError),
     #[error("cannot create the directory {} of the audit log: {source}", path.display())]
-    AuditDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(
-        "cannot listen on {addr}: {source}; is another node running there? choose another `listen` address"
-    )]
-    Listen {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    AuditDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot listen on {addr}: {source}; is another node running there? choose another `listen` address")]
+    Listen { addr: std::net::SocketAddr, source: std::io::Error },
 }
 
 /// The node's state, shared by all requests.
@@ -74,31 +66,17 @@ impl NodeState {
         let key = FederationKey::load(&config.node.pseudonym_key_file)?;
         let opt_outs = OptOutList::open(&config.node.opt_out_file)?;
         let runtime = Arc::new(RuntimeEnv::default());
-        let probe = SessionContext::new_with_config_rt(
-            session_config(&config.node.register),
-            runtime.clone(),
-        );
+        let probe = SessionContext::new_with_config_rt(session_config(&config.node.register), runtime.clone());
         let state = probe.state();
         let mut tables = Vec::with_capacity(config.tables.len());
         for t in &config.tables {
             let served = ServedTable::open(&config.node.register, t.clone(), &state)
                 .await
-                .map_err(|source| StartError::Table {
-                    config: config.path.clone(),
-                    source,
-                })?;
+                .map_err(|source| StartError::Table { config: config.path.clone(), source })?;
             tables.push(Arc::new(served));
         }
         let catalogue = catalogue(&config);
-        Ok(NodeState {
-            config,
-            key,
-            opt_outs,
-            tables,
-            catalogue,
-            runtime,
-            active: Arc::default(),
-        })
+        Ok(NodeState { config, key, opt_outs, tables, catalogue, runtime, active: Arc::default() })
     }
 
     pub fn register(&self) -> &str {
@@ -112,8 +90,7 @@ impl NodeState {
 
     /// Marks a sub-query as running until the guard is dropped.
     pub fn track(&self) -> ActiveGuard {
-        self.active
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.active.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         ActiveGuard(self.active.clone())
     }
 
@@ -123,10 +100,7 @@ impl NodeState {
 
     /// The node's tables as one project sees them: pseudonymised, opt-outs removed
     /// (the opt-out list as it is now on disk).
-    pub fn project_tables(
-        &self,
-        project: &str,
-    ) -> Result<Vec<(String, Arc<dyn TableProvider>)>, OptOutError> {
+    pub fn project_tables(&self, project: &str) -> Result<Vec<(String, Arc<dyn TableProvider>)>, OptOutError> {
         self.tables_for(&Scope::Project(project.to_owned()), None)
     }
 
@@ -140,9 +114,7 @@ impl NodeState {
         read: Option<Arc<ColumnsRead>>,
     ) -> Result<Vec<(String, Arc<dyn TableProvider>)>, OptOutError> {
         let opt_outs = self.opt_outs.current()?;
-        let pseudonymiser = self
-            .key
-            .for_project(&scope.pseudonym_domain(self.register()));
+        let pseudonymiser = self.key.for_project(&scope.pseudonym_domain(self.register()));
         let access = &self.config.access;
         let project = scope.project();
         let open: Vec<String> = access.direct_access.keys().cloned().collect();
@@ -157,9 +129,7 @@ impl NodeState {
                     .map(|f| f.name().clone())
                     .filter(|c| access.withholds(project, t.name(), c))
                     .collect();
-                let mut table = t
-                    .for_project(pseudonymiser.clone(), opt_outs.clone())
-                    .withholding(project, withheld);
+                let mut table = t.for_project(pseudonymiser.clone(), opt_outs.clone()).withholding(project, withheld);
                 if let Some(unit) = scope.direct_unit() {
                     table = table.direct(DirectRows {
                         unit: unit.to_owned(),
@@ -178,18 +148,10 @@ impl NodeState {
 
     /// A session in which `scope`'s SQL runs: the node's tables under the
     /// register's schema (also the default schema), nothing else.
-    pub fn session(
-        &self,
-        scope: &Scope,
-        read: Option<Arc<ColumnsRead>>,
-    ) -> Result<SessionContext, OptOutError> {
-        let ctx = SessionContext::new_with_config_rt(
-            session_config(self.register()),
-            self.runtime.clone(),
-        );
+    pub fn session(&self, scope: &Scope, read: Option<Arc<ColumnsRead>>) -> Result<SessionContext, OptOutError> {
+        let ctx = SessionContext::new_with_config_rt(session_config(self.register()), self.runtime.clone());
         for (name, provider) in self.tables_for(scope, read)? {
-            ctx.register_table(name.as_str(), provider)
-                .expect("the default schema accepts tables");
+            ctx.register_table(name.as_str(), provider).expect("the default schema accepts tables");
         }
         Ok(ctx)
     }
@@ -201,11 +163,7 @@ pub fn session_config(register: &str) -> SessionConfig {
         .with_default_catalog_and_schema("samkor", register)
         .with_information_schema(false);
     // Strings stay Utf8 on the wire, as declared in the catalogue.
-    config
-        .options_mut()
-        .execution
-        .parquet
-        .schema_force_view_types = false;
+    config.options_mut().execution.parquet.schema_force_view_types = false;
     config
 }
 
@@ -216,11 +174,7 @@ fn catalogue(config: &NodeConfig) -> pb::Catalogue {
         .map(|t| pb::Table {
             name: t.name.clone(),
             description: t.description.clone(),
-            direct_unit_column: config
-                .access
-                .direct_unit_column(&t.name)
-                .unwrap_or_default()
-                .to_owned(),
+            direct_unit_column: config.access.direct_unit_column(&t.name).unwrap_or_default().to_owned(),
             columns: t
                 .columns
                 .iter()
@@ -230,10 +184,7 @@ fn catalogue(config: &NodeConfig) -> pb::Catalogue {
                         name: t.exposed_name(c).to_owned(),
                         data_type: c.data_type.name().to_owned(),
                         description: if person {
-                            format!(
-                                "Project pseudonym of the person (replaces {} at the node). {}",
-                                c.name, c.description
-                            )
+                            format!("Project pseudonym of the person (replaces {} at the node). {}", c.name, c.description)
                         } else {
                             c.description.clone()
                         },

@@ -29,17 +29,13 @@ use datafusion::datasource::TableType;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::csv::CsvFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-};
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, col, lit};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
-};
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
 use futures::StreamExt;
 use samkor_proto::PERSON_COLUMN;
 
@@ -54,29 +50,11 @@ pub enum TableError {
     #[error("table {table}: no data files match {path}")]
     NoFiles { table: String, path: String },
     #[error("table {table}: cannot read the data files at {path}: {reason}")]
-    Unreadable {
-        table: String,
-        path: String,
-        reason: String,
-    },
-    #[error(
-        "table {table}: column {column} is declared in the config but missing from the data files at {path}"
-    )]
-    MissingColumn {
-        table: String,
-        column: String,
-        path: String,
-    },
-    #[error(
-        "table {table}: column {column} is declared as {declared} but the data files at {path} hold {found}"
-    )]
-    TypeMismatch {
-        table: String,
-        column: String,
-        declared: &'static str,
-        found: String,
-        path: String,
-    },
+    Unreadable { table: String, path: String, reason: String },
+    #[error("table {table}: column {column} is declared in the config but missing from the data files at {path}")]
+    MissingColumn { table: String, column: String, path: String },
+    #[error("table {table}: column {column} is declared as {declared} but the data files at {path} hold {found}")]
+    TypeMismatch { table: String, column: String, declared: &'static str, found: String, path: String },
     #[error(transparent)]
     Postgres(Box<crate::source::postgres::PostgresError>),
 }
@@ -95,9 +73,7 @@ pub struct ServedTable {
 fn data_files_exist(path: &str) -> bool {
     let p = std::path::Path::new(path);
     if p.is_dir() {
-        return std::fs::read_dir(p)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false);
+        return std::fs::read_dir(p).map(|mut d| d.next().is_some()).unwrap_or(false);
     }
     match glob::glob(path) {
         Ok(mut paths) => paths.next().is_some(),
@@ -108,11 +84,7 @@ fn data_files_exist(path: &str) -> bool {
 impl ServedTable {
     /// Opens a table of node `node`: checks that files (or the database
     /// relation) exist and hold every declared column with the declared type.
-    pub async fn open(
-        node: &str,
-        config: TableConfig,
-        state: &dyn Session,
-    ) -> Result<ServedTable, TableError> {
+    pub async fn open(node: &str, config: TableConfig, state: &dyn Session) -> Result<ServedTable, TableError> {
         if let Some(pg) = &config.postgres {
             let inner = crate::source::postgres::PostgresTable::open(node, &config, pg)
                 .await
@@ -133,23 +105,16 @@ impl ServedTable {
         let (format, ext): (Arc<dyn FileFormat>, &str) = match config.format {
             ConfigFormat::Parquet => (Arc::new(ParquetFormat::default()), ".parquet"),
             ConfigFormat::Csv => (Arc::new(CsvFormat::default().with_has_header(true)), ".csv"),
-            ConfigFormat::Postgres => {
-                unreachable!("a postgres table has a `postgres` section (checked at config load)")
-            }
+            ConfigFormat::Postgres => unreachable!("a postgres table has a `postgres` section (checked at config load)"),
         };
         let options = ListingOptions::new(format).with_file_extension(ext);
-        let found = options
-            .infer_schema(state, &url)
-            .await
-            .map_err(unreadable)?;
+        let found = options.infer_schema(state, &url).await.map_err(unreadable)?;
         for c in &config.columns {
-            let field = found
-                .field_with_name(&c.name)
-                .map_err(|_| TableError::MissingColumn {
-                    table: table.clone(),
-                    column: c.name.clone(),
-                    path: path.clone(),
-                })?;
+            let field = found.field_with_name(&c.name).map_err(|_| TableError::MissingColumn {
+                table: table.clone(),
+                column: c.name.clone(),
+                path: path.clone(),
+            })?;
             if !c.data_type.accepts(field.data_type()) {
                 return Err(TableError::TypeMismatch {
                     table: table.clone(),
@@ -161,15 +126,9 @@ impl ServedTable {
             }
         }
         let declared = Arc::new(Schema::new(
-            config
-                .columns
-                .iter()
-                .map(|c| Field::new(&c.name, c.data_type.arrow(), true))
-                .collect::<Vec<_>>(),
+            config.columns.iter().map(|c| Field::new(&c.name, c.data_type.arrow(), true)).collect::<Vec<_>>(),
         ));
-        let listing = ListingTableConfig::new(url)
-            .with_listing_options(options)
-            .with_schema(declared);
+        let listing = ListingTableConfig::new(url).with_listing_options(options).with_schema(declared);
         let inner = Arc::new(ListingTable::try_new(listing).map_err(unreadable)?);
         Ok(Self::over(config, inner))
     }
@@ -177,29 +136,18 @@ impl ServedTable {
     /// The table served from `inner`, whose schema is the declared one.
     fn over(config: TableConfig, inner: Arc<dyn TableProvider>) -> ServedTable {
         let declared = inner.schema();
-        let person_idx = declared
-            .index_of(&config.person_column)
-            .expect("checked at config load");
+        let person_idx = declared.index_of(&config.person_column).expect("checked at config load");
         let exposed = Arc::new(Schema::new(
             declared
                 .fields()
                 .iter()
                 .enumerate()
                 .map(|(i, f)| {
-                    if i == person_idx {
-                        Field::new(PERSON_COLUMN, DataType::Utf8, true)
-                    } else {
-                        f.as_ref().clone()
-                    }
+                    if i == person_idx { Field::new(PERSON_COLUMN, DataType::Utf8, true) } else { f.as_ref().clone() }
                 })
                 .collect::<Vec<_>>(),
         ));
-        ServedTable {
-            config,
-            inner,
-            exposed,
-            person_idx,
-        }
+        ServedTable { config, inner, exposed, person_idx }
     }
 
     pub fn name(&self) -> &str {
@@ -211,11 +159,7 @@ impl ServedTable {
     }
 
     /// This table as seen by one request of `pseudonymiser`'s project.
-    pub fn for_project(
-        self: &Arc<Self>,
-        pseudonymiser: ProjectPseudonymiser,
-        opt_outs: Arc<OptOutSet>,
-    ) -> ProjectTable {
+    pub fn for_project(self: &Arc<Self>, pseudonymiser: ProjectPseudonymiser, opt_outs: Arc<OptOutSet>) -> ProjectTable {
         ProjectTable {
             served: self.clone(),
             pseudonymiser,
@@ -251,12 +195,7 @@ impl ColumnsRead {
 
     /// Everything recorded so far, sorted.
     pub fn list(&self) -> Vec<String> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect()
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
     }
 }
 
@@ -312,10 +251,7 @@ impl TableProvider for ProjectTable {
         TableType::Base
     }
 
-    fn supports_filters_pushdown(
-        &self,
-        filters: &[&Expr],
-    ) -> Result<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
         // Filters on other columns prune files and row groups below the
         // pseudonymiser; they stay above it too (Inexact). Filters on the person
         // only make sense on pseudonyms, so they run above it.
@@ -355,41 +291,23 @@ impl TableProvider for ProjectTable {
                 }));
             }
         }
-        let mut inner_filters: Vec<Expr> = filters
-            .iter()
-            .filter(|f| !references_person(f))
-            .cloned()
-            .collect();
+        let mut inner_filters: Vec<Expr> = filters.iter().filter(|f| !references_person(f)).cloned().collect();
         // Direct access: the unit column is read and compared below the
         // pseudonymiser, whatever the query asked; other units' rows never
         // reach an operator of the query.
         let unit = match &self.direct {
             None => None,
-            Some(DirectRows {
-                column: None, open, ..
-            }) => {
-                return Err(refuse(Refusal::DirectTable {
-                    table: table.clone(),
-                    open: open.clone(),
-                }));
+            Some(DirectRows { column: None, open, .. }) => {
+                return Err(refuse(Refusal::DirectTable { table: table.clone(), open: open.clone() }));
             }
-            Some(DirectRows {
-                column: Some(column),
-                unit,
-                ..
-            }) => {
+            Some(DirectRows { column: Some(column), unit, .. }) => {
                 let idx = self.served.exposed.index_of(column)?;
                 inner_filters.push(col(column.as_str()).eq(lit(unit.as_str())));
                 Some((idx, unit.clone()))
             }
         };
         if let Some(read) = &self.read {
-            read.add(
-                table,
-                wanted
-                    .iter()
-                    .map(|i| self.served.exposed.field(*i).name().as_str()),
-            );
+            read.add(table, wanted.iter().map(|i| self.served.exposed.field(*i).name().as_str()));
         }
         let mut inner_projection = wanted.clone();
         let mut position = |idx: usize| match inner_projection.iter().position(|&i| i == idx) {
@@ -402,11 +320,7 @@ impl TableProvider for ProjectTable {
         let pnr_pos = position(person_idx);
         let unit = unit.map(|(idx, unit)| (position(idx), unit));
         // No limit below: opted-out rows are removed above the scan.
-        let input = self
-            .served
-            .inner
-            .scan(state, Some(&inner_projection), &inner_filters, None)
-            .await?;
+        let input = self.served.inner.scan(state, Some(&inner_projection), &inner_filters, None).await?;
         let schema = Arc::new(self.served.exposed.project(&wanted)?);
         let person_out = wanted.iter().position(|&i| i == person_idx);
         Ok(Arc::new(PseudonymiseExec::new(
@@ -456,16 +370,7 @@ impl PseudonymiseExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
-        PseudonymiseExec {
-            input,
-            schema,
-            pnr_pos,
-            person_out,
-            unit,
-            pseudonymiser,
-            opt_outs,
-            properties,
-        }
+        PseudonymiseExec { input, schema, pnr_pos, person_out, unit, pseudonymiser, opt_outs, properties }
     }
 }
 
@@ -475,12 +380,9 @@ impl DisplayAs for PseudonymiseExec {
             f,
             "PseudonymiseExec: project={}, person={}, opted_out={}{}",
             self.pseudonymiser.project(),
-            self.person_out
-                .map_or("not projected".to_owned(), |p| format!("column {p}")),
+            self.person_out.map_or("not projected".to_owned(), |p| format!("column {p}")),
             self.opt_outs.len(),
-            self.unit.as_ref().map_or(String::new(), |(pos, _)| format!(
-                ", own unit only (input column {pos})"
-            ))
+            self.unit.as_ref().map_or(String::new(), |(pos, _)| format!(", own unit only (input column {pos})"))
         )
     }
 }
@@ -505,14 +407,9 @@ impl ExecutionPlan for PseudonymiseExec {
         Ok(TreeNodeRecursion::Continue)
     }
 
-    fn with_new_children(
-        self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
+    fn with_new_children(self: Arc<Self>, mut children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
         if children.len() != 1 {
-            return Err(DataFusionError::Internal(
-                "PseudonymiseExec takes one child".into(),
-            ));
+            return Err(DataFusionError::Internal("PseudonymiseExec takes one child".into()));
         }
         Ok(Arc::new(PseudonymiseExec::new(
             children.swap_remove(0),
@@ -525,11 +422,7 @@ impl ExecutionPlan for PseudonymiseExec {
         )))
     }
 
-    fn execute(
-        &self,
-        partition: usize,
-        context: Arc<TaskContext>,
-    ) -> Result<SendableRecordBatchStream> {
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
         let input = self.input.execute(partition, context)?;
         let schema = self.schema.clone();
         let (pnr_pos, person_out) = (self.pnr_pos, self.person_out);
@@ -539,15 +432,7 @@ impl ExecutionPlan for PseudonymiseExec {
         let out_schema = schema.clone();
         let stream = input.map(move |batch| {
             let batch = batch?;
-            transform(
-                &batch,
-                &out_schema,
-                pnr_pos,
-                person_out,
-                unit.as_ref(),
-                &pseudonymiser,
-                &opt_outs,
-            )
+            transform(&batch, &out_schema, pnr_pos, person_out, unit.as_ref(), &pseudonymiser, &opt_outs)
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
@@ -565,19 +450,12 @@ fn transform(
 ) -> Result<RecordBatch> {
     let mut keep = None;
     if !opt_outs.is_empty() {
-        let not_opted_out =
-            |v: Option<&str>| v.and_then(pnr_key).is_none_or(|k| !opt_outs.contains(&k));
-        keep = Some(string_mask(
-            batch.column(pnr_pos).as_ref(),
-            "person",
-            not_opted_out,
-        )?);
+        let not_opted_out = |v: Option<&str>| v.and_then(pnr_key).is_none_or(|k| !opt_outs.contains(&k));
+        keep = Some(string_mask(batch.column(pnr_pos).as_ref(), "person", not_opted_out)?);
     }
     if let Some((pos, unit)) = unit {
         // A row whose unit is null belongs to no unit: it is dropped.
-        let own = string_mask(batch.column(*pos).as_ref(), "unit", |v| {
-            v == Some(unit.as_str())
-        })?;
+        let own = string_mask(batch.column(*pos).as_ref(), "unit", |v| v == Some(unit.as_str()))?;
         keep = Some(match keep {
             Some(k) => and(&k, &own)?,
             None => own,
@@ -590,37 +468,23 @@ fn transform(
     let columns = (0..schema.fields().len())
         .map(|i| {
             if Some(i) == person_out {
-                pseudonymiser
-                    .pseudonymise(batch.column(pnr_pos).as_ref())
-                    .map_err(DataFusionError::Execution)
+                pseudonymiser.pseudonymise(batch.column(pnr_pos).as_ref()).map_err(DataFusionError::Execution)
             } else {
                 Ok(batch.column(i).clone())
             }
         })
         .collect::<Result<Vec<_>>>()?;
     let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-    Ok(RecordBatch::try_new_with_options(
-        schema.clone(),
-        columns,
-        &options,
-    )?)
+    Ok(RecordBatch::try_new_with_options(schema.clone(), columns, &options)?)
 }
 
 /// `keep(value)` for every value of a string column (`what` names it in errors).
-fn string_mask(
-    column: &dyn Array,
-    what: &str,
-    keep: impl Fn(Option<&str>) -> bool,
-) -> Result<BooleanArray> {
+fn string_mask(column: &dyn Array, what: &str, keep: impl Fn(Option<&str>) -> bool) -> Result<BooleanArray> {
     let keep = |v: Option<&str>| Some(keep(v));
     Ok(match column.data_type() {
         DataType::Utf8 => column.as_string::<i32>().iter().map(keep).collect(),
         DataType::LargeUtf8 => column.as_string::<i64>().iter().map(keep).collect(),
         DataType::Utf8View => column.as_string_view().iter().map(keep).collect(),
-        other => {
-            return Err(DataFusionError::Execution(format!(
-                "the {what} column has type {other}, expected a string"
-            )));
-        }
+        other => return Err(DataFusionError::Execution(format!("the {what} column has type {other}, expected a string"))),
     })
 }

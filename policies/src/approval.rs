@@ -47,11 +47,7 @@ pub struct DisclosureDefaults {
 
 impl Default for DisclosureDefaults {
     fn default() -> Self {
-        DisclosureDefaults {
-            min_cell_persons: 5,
-            dominance_n: 2,
-            dominance_share: 0.85,
-        }
+        DisclosureDefaults { min_cell_persons: 5, dominance_n: 2, dominance_share: 0.85 }
     }
 }
 
@@ -74,9 +70,7 @@ impl OutputKind {
     }
 
     fn from_name(s: &str) -> Option<OutputKind> {
-        [OutputKind::Aggregate, OutputKind::PseudonymisedMicrodata]
-            .into_iter()
-            .find(|k| k.name() == s)
+        [OutputKind::Aggregate, OutputKind::PseudonymisedMicrodata].into_iter().find(|k| k.name() == s)
     }
 }
 
@@ -113,8 +107,7 @@ impl Disclosure {
 
     /// Whether MIN/MAX may be released on `column` of `register_table` (`"hip.operations"`).
     pub fn allows_min_max(&self, register_table: &str, column: &str) -> bool {
-        self.allow_min_max
-            .contains(&format!("{register_table}.{column}"))
+        self.allow_min_max.contains(&format!("{register_table}.{column}"))
     }
 }
 
@@ -153,13 +146,7 @@ impl Generalisation {
     }
 
     fn from_name(s: &str) -> Option<Generalisation> {
-        [
-            Generalisation::Year,
-            Generalisation::Month,
-            Generalisation::Code3,
-        ]
-        .into_iter()
-        .find(|g| g.name() == s)
+        [Generalisation::Year, Generalisation::Month, Generalisation::Code3].into_iter().find(|g| g.name() == s)
     }
 
     /// The column type it applies to, as written in node configs.
@@ -197,10 +184,7 @@ pub struct RowRestriction {
 #[derive(Debug, Clone, PartialEq)]
 pub enum RestrictionKind {
     /// `from <= value <= until`; a missing end is `Unbounded`, a given end `Included`.
-    Range {
-        from: Bound<Value>,
-        until: Bound<Value>,
-    },
+    Range { from: Bound<Value>, until: Bound<Value> },
     /// The value is one of these.
     In(Vec<Value>),
 }
@@ -213,24 +197,18 @@ impl RowRestriction {
         match &self.kind {
             RestrictionKind::Range { from, until } => {
                 let lower = match from {
-                    Bound::Included(f) => {
-                        matches!(value.compare(f), Some(Ordering::Greater | Ordering::Equal))
-                    }
+                    Bound::Included(f) => matches!(value.compare(f), Some(Ordering::Greater | Ordering::Equal)),
                     Bound::Excluded(f) => matches!(value.compare(f), Some(Ordering::Greater)),
                     Bound::Unbounded => true,
                 };
                 let upper = match until {
-                    Bound::Included(u) => {
-                        matches!(value.compare(u), Some(Ordering::Less | Ordering::Equal))
-                    }
+                    Bound::Included(u) => matches!(value.compare(u), Some(Ordering::Less | Ordering::Equal)),
                     Bound::Excluded(u) => matches!(value.compare(u), Some(Ordering::Less)),
                     Bound::Unbounded => true,
                 };
                 lower && upper
             }
-            RestrictionKind::In(values) => values
-                .iter()
-                .any(|v| value.compare(v) == Some(Ordering::Equal)),
+            RestrictionKind::In(values) => values.iter().any(|v| value.compare(v) == Some(Ordering::Equal)),
         }
     }
 }
@@ -320,13 +298,9 @@ impl Approval {
     /// Where the approval stands on `today`; both ends of the period are inclusive.
     pub fn validity(&self, today: NaiveDate) -> Validity {
         if today < self.valid_from {
-            Validity::NotYetValid {
-                from: self.valid_from,
-            }
+            Validity::NotYetValid { from: self.valid_from }
         } else if today > self.valid_until {
-            Validity::Expired {
-                until: self.valid_until,
-            }
+            Validity::Expired { until: self.valid_until }
         } else {
             Validity::Valid
         }
@@ -349,8 +323,7 @@ impl Approval {
     /// Whether the approval is valid on `today` and its last day falls within
     /// the next `days` days (today counted as the first): time to renew.
     pub fn expires_within(&self, today: NaiveDate, days: u32) -> bool {
-        self.validity(today) == Validity::Valid
-            && (self.valid_until - today).num_days() < i64::from(days)
+        self.validity(today) == Validity::Valid && (self.valid_until - today).num_days() < i64::from(days)
     }
 }
 
@@ -371,19 +344,11 @@ pub struct CatalogueView {
 
 impl CatalogueView {
     fn registers(&self) -> BTreeSet<&str> {
-        self.tables
-            .keys()
-            .filter_map(|k| k.split_once('.').map(|(r, _)| r))
-            .collect()
+        self.tables.keys().filter_map(|k| k.split_once('.').map(|(r, _)| r)).collect()
     }
 
     fn tables_of(&self, register: &str) -> Vec<&str> {
-        self.tables
-            .keys()
-            .filter_map(|k| k.split_once('.'))
-            .filter(|(r, _)| *r == register)
-            .map(|(_, t)| t)
-            .collect()
+        self.tables.keys().filter_map(|k| k.split_once('.')).filter(|(r, _)| *r == register).map(|(_, t)| t).collect()
     }
 }
 
@@ -395,26 +360,16 @@ impl CatalogueView {
 #[derive(Debug, thiserror::Error)]
 pub enum ApprovalError {
     #[error("cannot read approval directory {}: {source}", dir.display())]
-    ReadDir {
-        dir: PathBuf,
-        source: std::io::Error,
-    },
+    ReadDir { dir: PathBuf, source: std::io::Error },
     #[error("{}: cannot read: {source}", file.display())]
-    Read {
-        file: PathBuf,
-        source: std::io::Error,
-    },
+    Read { file: PathBuf, source: std::io::Error },
     /// Not TOML, an unknown field or a value of the wrong type; `message` is
     /// `line L, column C: problem`.
     #[error("{}: {message}", file.display())]
     Syntax { file: PathBuf, message: String },
     /// Well-formed but not acceptable.
     #[error("{}: {}{problem}", file.display(), line.map(|l| format!("line {l}: ")).unwrap_or_default())]
-    Invalid {
-        file: PathBuf,
-        line: Option<usize>,
-        problem: Box<Problem>,
-    },
+    Invalid { file: PathBuf, line: Option<usize>, problem: Box<Problem> },
 }
 
 impl ApprovalError {
@@ -432,9 +387,7 @@ impl ApprovalError {
     pub fn problem(&self) -> Option<&Problem> {
         match self {
             ApprovalError::Invalid { problem, .. } => Some(problem),
-            ApprovalError::ReadDir { .. }
-            | ApprovalError::Read { .. }
-            | ApprovalError::Syntax { .. } => None,
+            ApprovalError::ReadDir { .. } | ApprovalError::Read { .. } | ApprovalError::Syntax { .. } => None,
         }
     }
 }
@@ -456,9 +409,7 @@ pub enum Problem {
     NotADate { field: &'static str, found: String },
     #[error("dates reversed: valid_until {until} is before valid_from {from}")]
     DatesReversed { from: NaiveDate, until: NaiveDate },
-    #[error(
-        "principal_investigator is empty: name the principal investigator as in their certificate"
-    )]
+    #[error("principal_investigator is empty: name the principal investigator as in their certificate")]
     NoInvestigator,
     #[error("members: entry {index} is empty")]
     EmptyMember { index: usize },
@@ -469,34 +420,17 @@ pub enum Problem {
     #[error(
         "disclosure.{setting} = {value} is looser than the federation default {default}; an approval may only be stricter ({requirement})"
     )]
-    LooserThanDefault {
-        setting: &'static str,
-        value: String,
-        default: String,
-        requirement: String,
-    },
+    LooserThanDefault { setting: &'static str, value: String, default: String, requirement: String },
     #[error("disclosure.{setting} = {value} is out of range: {requirement}")]
-    OutOfRange {
-        setting: &'static str,
-        value: String,
-        requirement: &'static str,
-    },
+    OutOfRange { setting: &'static str, value: String, requirement: &'static str },
     #[error("no [[tables]]: an approval must grant at least one table")]
     NoTables,
     #[error("table {name:?} must be written register.table, e.g. \"hip.operations\"")]
     BadTableName { name: String },
     #[error("unknown register {register:?} in {name:?} (registers in the federation: {known})")]
-    UnknownRegister {
-        register: String,
-        name: String,
-        known: String,
-    },
+    UnknownRegister { register: String, name: String, known: String },
     #[error("register {register} has no table {table:?} (its tables: {known})")]
-    UnknownTable {
-        register: String,
-        table: String,
-        known: String,
-    },
+    UnknownTable { register: String, table: String, known: String },
     #[error("table {table} is granted twice; merge the two [[tables]] entries")]
     TableTwice { table: String },
     #[error("table {table}: no columns granted")]
@@ -505,54 +439,20 @@ pub enum Problem {
     UnknownColumn { table: String, column: String },
     #[error("table {table}: column {column:?} is listed twice")]
     ColumnTwice { table: String, column: String },
-    #[error(
-        "table {table}: row restriction on {column:?}, which is not among the columns granted in that table"
-    )]
+    #[error("table {table}: row restriction on {column:?}, which is not among the columns granted in that table")]
     RowColumnNotGranted { table: String, column: String },
     #[error("table {table}: row restriction on {column}: {detail}")]
-    RowShape {
-        table: String,
-        column: String,
-        detail: &'static str,
-    },
+    RowShape { table: String, column: String, detail: &'static str },
     #[error("table {table}: row restriction on {column}: from {from} is after until {until}")]
-    RowReversed {
-        table: String,
-        column: String,
-        from: Value,
-        until: Value,
-    },
-    #[error(
-        "table {table}: row restriction on {column}: {value_kind} does not match the column type {column_type}"
-    )]
-    RowTypeMismatch {
-        table: String,
-        column: String,
-        value_kind: &'static str,
-        column_type: String,
-    },
-    #[error(
-        "table {table}: generalise names {column:?}, which is not among the columns granted in that table"
-    )]
+    RowReversed { table: String, column: String, from: Value, until: Value },
+    #[error("table {table}: row restriction on {column}: {value_kind} does not match the column type {column_type}")]
+    RowTypeMismatch { table: String, column: String, value_kind: &'static str, column_type: String },
+    #[error("table {table}: generalise names {column:?}, which is not among the columns granted in that table")]
     GeneraliseNotGranted { table: String, column: String },
-    #[error(
-        "table {table}: unknown generalisation {found:?} for {column}: expected \"year\", \"month\" (dates) or \"code3\" (codes)"
-    )]
-    UnknownGeneralisation {
-        table: String,
-        column: String,
-        found: String,
-    },
-    #[error(
-        "table {table}: generalisation {kind} of {column} needs a {needs} column, not {column_type}"
-    )]
-    GeneraliseTypeMismatch {
-        table: String,
-        column: String,
-        kind: &'static str,
-        needs: &'static str,
-        column_type: String,
-    },
+    #[error("table {table}: unknown generalisation {found:?} for {column}: expected \"year\", \"month\" (dates) or \"code3\" (codes)")]
+    UnknownGeneralisation { table: String, column: String, found: String },
+    #[error("table {table}: generalisation {kind} of {column} needs a {needs} column, not {column_type}")]
+    GeneraliseTypeMismatch { table: String, column: String, kind: &'static str, needs: &'static str, column_type: String },
     #[error("allow_min_max entry {entry:?} must be written register.table.column")]
     MinMaxMalformed { entry: String },
     #[error("allow_min_max names {entry}, which is not a granted column")]
@@ -627,36 +527,25 @@ struct Doc<'a> {
 impl Doc<'_> {
     fn at<T>(&self, spanned: &Spanned<T>, problem: Problem) -> ApprovalError {
         let line = crate::toml_error::line_at(self.text, spanned.span().start);
-        ApprovalError::Invalid {
-            file: self.path.to_owned(),
-            line: Some(line),
-            problem: Box::new(problem),
-        }
+        ApprovalError::Invalid { file: self.path.to_owned(), line: Some(line), problem: Box::new(problem) }
     }
 
     fn whole(&self, problem: Problem) -> ApprovalError {
-        ApprovalError::Invalid {
-            file: self.path.to_owned(),
-            line: None,
-            problem: Box::new(problem),
-        }
+        ApprovalError::Invalid { file: self.path.to_owned(), line: None, problem: Box::new(problem) }
     }
 }
 
 fn is_project_id(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn toml_date(d: &Datetime) -> Option<NaiveDate> {
     match (d.date, d.time, d.offset) {
-        (Some(date), None, None) => NaiveDate::from_ymd_opt(
-            i32::from(date.year),
-            u32::from(date.month),
-            u32::from(date.day),
-        ),
+        (Some(date), None, None) => {
+            NaiveDate::from_ymd_opt(i32::from(date.year), u32::from(date.month), u32::from(date.day))
+        }
         _ => None,
     }
 }
@@ -679,31 +568,15 @@ pub fn parse(
     defaults: &DisclosureDefaults,
     catalogue: Option<&CatalogueView>,
 ) -> Result<Approval, ApprovalError> {
-    let raw: RawApproval = toml::from_str(text).map_err(|e| ApprovalError::Syntax {
-        file: path.to_owned(),
-        message: crate::toml_error::one_line(&e),
-    })?;
+    let raw: RawApproval = toml::from_str(text)
+        .map_err(|e| ApprovalError::Syntax { file: path.to_owned(), message: crate::toml_error::one_line(&e) })?;
     let doc = Doc { path, text };
 
     if !is_project_id(raw.project.get_ref()) {
-        return Err(doc.at(
-            &raw.project,
-            Problem::BadProjectId {
-                id: raw.project.get_ref().clone(),
-            },
-        ));
+        return Err(doc.at(&raw.project, Problem::BadProjectId { id: raw.project.get_ref().clone() }));
     }
-    if raw
-        .project
-        .get_ref()
-        .eq_ignore_ascii_case(crate::DIRECT_PROJECT)
-    {
-        return Err(doc.at(
-            &raw.project,
-            Problem::ReservedProjectId {
-                id: raw.project.get_ref().clone(),
-            },
-        ));
+    if raw.project.get_ref().eq_ignore_ascii_case(crate::DIRECT_PROJECT) {
+        return Err(doc.at(&raw.project, Problem::ReservedProjectId { id: raw.project.get_ref().clone() }));
     }
     for (field, value) in [
         ("title", &raw.title),
@@ -730,26 +603,12 @@ pub fn parse(
     }
 
     let date = |field: &'static str, d: &Spanned<Datetime>| {
-        toml_date(d.get_ref()).ok_or_else(|| {
-            doc.at(
-                d,
-                Problem::NotADate {
-                    field,
-                    found: d.get_ref().to_string(),
-                },
-            )
-        })
+        toml_date(d.get_ref()).ok_or_else(|| doc.at(d, Problem::NotADate { field, found: d.get_ref().to_string() }))
     };
     let valid_from = date("valid_from", &raw.valid_from)?;
     let valid_until = date("valid_until", &raw.valid_until)?;
     if valid_until < valid_from {
-        return Err(doc.at(
-            &raw.valid_until,
-            Problem::DatesReversed {
-                from: valid_from,
-                until: valid_until,
-            },
-        ));
+        return Err(doc.at(&raw.valid_until, Problem::DatesReversed { from: valid_from, until: valid_until }));
     }
 
     if raw.outputs.get_ref().is_empty() {
@@ -757,14 +616,8 @@ pub fn parse(
     }
     let mut outputs = BTreeSet::new();
     for o in raw.outputs.get_ref() {
-        let kind = OutputKind::from_name(o.get_ref()).ok_or_else(|| {
-            doc.at(
-                o,
-                Problem::UnknownOutput {
-                    found: o.get_ref().clone(),
-                },
-            )
-        })?;
+        let kind = OutputKind::from_name(o.get_ref())
+            .ok_or_else(|| doc.at(o, Problem::UnknownOutput { found: o.get_ref().clone() }))?;
         outputs.insert(kind);
     }
 
@@ -801,16 +654,7 @@ fn small_count(
     u32::try_from(*v.get_ref())
         .ok()
         .filter(|&n| n >= 1)
-        .ok_or_else(|| {
-            doc.at(
-                v,
-                Problem::OutOfRange {
-                    setting,
-                    value: v.get_ref().to_string(),
-                    requirement,
-                },
-            )
-        })
+        .ok_or_else(|| doc.at(v, Problem::OutOfRange { setting, value: v.get_ref().to_string(), requirement }))
 }
 
 fn stricter_disclosure(
@@ -821,59 +665,25 @@ fn stricter_disclosure(
     out: &mut Disclosure,
 ) -> Result<(), ApprovalError> {
     let looser = |v: &Spanned<_>, setting, value: String, default: String, requirement: String| {
-        doc.at(
-            v,
-            Problem::LooserThanDefault {
-                setting,
-                value,
-                default,
-                requirement,
-            },
-        )
+        doc.at(v, Problem::LooserThanDefault { setting, value, default, requirement })
     };
     if let Some(v) = &raw.min_cell_persons {
-        let n = small_count(
-            doc,
-            "min_cell_persons",
-            v,
-            "a whole number of persons, at least 1",
-        )?;
+        let n = small_count(doc, "min_cell_persons", v, "a whole number of persons, at least 1")?;
         let d = defaults.min_cell_persons;
         if n < d {
-            return Err(looser(
-                v,
-                "min_cell_persons",
-                n.to_string(),
-                d.to_string(),
-                format!("at least {d}"),
-            ));
+            return Err(looser(v, "min_cell_persons", n.to_string(), d.to_string(), format!("at least {d}")));
         }
         out.min_cell_persons = n;
     }
     if let Some(v) = &raw.round_counts_to {
-        out.round_counts_to = small_count(
-            doc,
-            "round_counts_to",
-            v,
-            "a whole number, at least 1 (1 means no rounding)",
-        )?;
+        out.round_counts_to =
+            small_count(doc, "round_counts_to", v, "a whole number, at least 1 (1 means no rounding)")?;
     }
     if let Some(v) = &raw.dominance_n {
-        let n = small_count(
-            doc,
-            "dominance_n",
-            v,
-            "a whole number of persons, at least 1",
-        )?;
+        let n = small_count(doc, "dominance_n", v, "a whole number of persons, at least 1")?;
         let d = defaults.dominance_n;
         if n < d {
-            return Err(looser(
-                v,
-                "dominance_n",
-                n.to_string(),
-                d.to_string(),
-                format!("at least {d}"),
-            ));
+            return Err(looser(v, "dominance_n", n.to_string(), d.to_string(), format!("at least {d}")));
         }
         out.dominance_n = n;
     }
@@ -908,23 +718,12 @@ fn stricter_disclosure(
         let name = entry.get_ref();
         let parts: Vec<&str> = name.split('.').collect();
         if parts.len() != 3 || parts.iter().any(|p| p.is_empty()) {
-            return Err(doc.at(
-                entry,
-                Problem::MinMaxMalformed {
-                    entry: name.clone(),
-                },
-            ));
+            return Err(doc.at(entry, Problem::MinMaxMalformed { entry: name.clone() }));
         }
-        let granted = tables
-            .iter()
-            .any(|g| g.register == parts[0] && g.table == parts[1] && g.columns.contains(parts[2]));
+        let granted =
+            tables.iter().any(|g| g.register == parts[0] && g.table == parts[1] && g.columns.contains(parts[2]));
         if !granted {
-            return Err(doc.at(
-                entry,
-                Problem::MinMaxNotGranted {
-                    entry: name.clone(),
-                },
-            ));
+            return Err(doc.at(entry, Problem::MinMaxNotGranted { entry: name.clone() }));
         }
         out.allow_min_max.insert(name.clone());
     }
@@ -942,9 +741,8 @@ fn grants(
     let mut out: Vec<TableGrant> = Vec::with_capacity(raw.len());
     for t in raw {
         let name = t.table.get_ref();
-        let Some((register, table)) = name
-            .split_once('.')
-            .filter(|(r, t)| !r.is_empty() && !t.is_empty() && !t.contains('.'))
+        let Some((register, table)) =
+            name.split_once('.').filter(|(r, t)| !r.is_empty() && !t.is_empty() && !t.contains('.'))
         else {
             return Err(doc.at(&t.table, Problem::BadTableName { name: name.clone() }));
         };
@@ -956,108 +754,57 @@ fn grants(
                     let known = cat.registers().into_iter().collect::<Vec<_>>().join(", ");
                     return Err(doc.at(
                         &t.table,
-                        Problem::UnknownRegister {
-                            register: register.to_owned(),
-                            name: name.clone(),
-                            known,
-                        },
+                        Problem::UnknownRegister { register: register.to_owned(), name: name.clone(), known },
                     ));
                 }
                 None => {
                     let known = cat.tables_of(register).join(", ");
                     return Err(doc.at(
                         &t.table,
-                        Problem::UnknownTable {
-                            register: register.to_owned(),
-                            table: table.to_owned(),
-                            known,
-                        },
+                        Problem::UnknownTable { register: register.to_owned(), table: table.to_owned(), known },
                     ));
                 }
             },
         };
-        if out
-            .iter()
-            .any(|g| g.register == register && g.table == table)
-        {
-            return Err(doc.at(
-                &t.table,
-                Problem::TableTwice {
-                    table: name.clone(),
-                },
-            ));
+        if out.iter().any(|g| g.register == register && g.table == table) {
+            return Err(doc.at(&t.table, Problem::TableTwice { table: name.clone() }));
         }
         if t.columns.get_ref().is_empty() {
-            return Err(doc.at(
-                &t.columns,
-                Problem::NoColumns {
-                    table: name.clone(),
-                },
-            ));
+            return Err(doc.at(&t.columns, Problem::NoColumns { table: name.clone() }));
         }
         let mut columns = BTreeSet::new();
         for c in t.columns.get_ref() {
             let column = c.get_ref();
             if known_columns.is_some_and(|k| !k.contains_key(column)) {
-                return Err(doc.at(
-                    c,
-                    Problem::UnknownColumn {
-                        table: name.clone(),
-                        column: column.clone(),
-                    },
-                ));
+                return Err(doc.at(c, Problem::UnknownColumn { table: name.clone(), column: column.clone() }));
             }
             if !columns.insert(column.clone()) {
-                return Err(doc.at(
-                    c,
-                    Problem::ColumnTwice {
-                        table: name.clone(),
-                        column: column.clone(),
-                    },
-                ));
+                return Err(doc.at(c, Problem::ColumnTwice { table: name.clone(), column: column.clone() }));
             }
         }
         let mut rows = Vec::with_capacity(t.rows.len());
         for r in &t.rows {
             let column = r.column.get_ref();
             if !columns.contains(column) {
-                return Err(doc.at(
-                    &r.column,
-                    Problem::RowColumnNotGranted {
-                        table: name.clone(),
-                        column: column.clone(),
-                    },
-                ));
+                return Err(
+                    doc.at(&r.column, Problem::RowColumnNotGranted { table: name.clone(), column: column.clone() })
+                );
             }
-            let column_type = known_columns
-                .and_then(|k| k.get(column))
-                .map(|c| c.data_type.as_str());
+            let column_type = known_columns.and_then(|k| k.get(column)).map(|c| c.data_type.as_str());
             rows.push(row_restriction(doc, name, r, column_type)?);
         }
         let mut generalise = BTreeMap::new();
         for (column, how) in &t.generalise {
             if !columns.contains(column) {
-                return Err(doc.at(
-                    how,
-                    Problem::GeneraliseNotGranted {
-                        table: name.clone(),
-                        column: column.clone(),
-                    },
-                ));
+                return Err(doc.at(how, Problem::GeneraliseNotGranted { table: name.clone(), column: column.clone() }));
             }
             let Some(g) = Generalisation::from_name(how.get_ref()) else {
                 return Err(doc.at(
                     how,
-                    Problem::UnknownGeneralisation {
-                        table: name.clone(),
-                        column: column.clone(),
-                        found: how.get_ref().clone(),
-                    },
+                    Problem::UnknownGeneralisation { table: name.clone(), column: column.clone(), found: how.get_ref().clone() },
                 ));
             };
-            if let Some(actual) = known_columns
-                .and_then(|k| k.get(column))
-                .map(|c| c.data_type.as_str())
+            if let Some(actual) = known_columns.and_then(|k| k.get(column)).map(|c| c.data_type.as_str())
                 && actual != g.column_type()
             {
                 return Err(doc.at(
@@ -1073,13 +820,7 @@ fn grants(
             }
             generalise.insert(column.clone(), g);
         }
-        out.push(TableGrant {
-            register: register.to_owned(),
-            table: table.to_owned(),
-            columns,
-            rows,
-            generalise,
-        });
+        out.push(TableGrant { register: register.to_owned(), table: table.to_owned(), columns, rows, generalise });
     }
     Ok(out)
 }
@@ -1092,14 +833,7 @@ fn row_restriction(
 ) -> Result<RowRestriction, ApprovalError> {
     let column = r.column.get_ref();
     let shape = |at: &Spanned<String>, detail| {
-        doc.at(
-            at,
-            Problem::RowShape {
-                table: table.to_owned(),
-                column: column.clone(),
-                detail,
-            },
-        )
+        doc.at(at, Problem::RowShape { table: table.to_owned(), column: column.clone(), detail })
     };
     let fits = |v: &Value, at: &dyn Fn(Problem) -> ApprovalError| match column_type {
         Some(ty) if !v.fits(ty) => Err(at(Problem::RowTypeMismatch {
@@ -1122,9 +856,8 @@ fn row_restriction(
             let mut values = Vec::with_capacity(list.get_ref().len());
             for item in list.get_ref() {
                 let at = |p: Problem| doc.at(item, p);
-                let v = toml_value(item.get_ref()).ok_or_else(|| {
-                    shape(&r.column, "in values must be strings, integers or dates")
-                })?;
+                let v = toml_value(item.get_ref())
+                    .ok_or_else(|| shape(&r.column, "in values must be strings, integers or dates"))?;
                 if let Some(first) = values.first()
                     && Value::kind(first) != v.kind()
                 {
@@ -1142,18 +875,16 @@ fn row_restriction(
         (from, until, None) => {
             let bound = |b: &Option<Spanned<toml::Value>>| -> Result<Option<Value>, ApprovalError> {
                 let Some(b) = b else { return Ok(None) };
-                let v = toml_value(b.get_ref())
-                    .filter(|v| !matches!(v, Value::Str(_)))
-                    .ok_or_else(|| {
-                        doc.at(
-                            b,
-                            Problem::RowShape {
-                                table: table.to_owned(),
-                                column: column.clone(),
-                                detail: "from and until must be dates or integers",
-                            },
-                        )
-                    })?;
+                let v = toml_value(b.get_ref()).filter(|v| !matches!(v, Value::Str(_))).ok_or_else(|| {
+                    doc.at(
+                        b,
+                        Problem::RowShape {
+                            table: table.to_owned(),
+                            column: column.clone(),
+                            detail: "from and until must be dates or integers",
+                        },
+                    )
+                })?;
                 fits(&v, &|p| doc.at(b, p))?;
                 Ok(Some(v))
             };
@@ -1186,16 +917,10 @@ fn row_restriction(
                 }
             }
             let b = |v: Option<Value>| v.map_or(Bound::Unbounded, Bound::Included);
-            RestrictionKind::Range {
-                from: b(f),
-                until: b(u),
-            }
+            RestrictionKind::Range { from: b(f), until: b(u) }
         }
     };
-    Ok(RowRestriction {
-        column: column.clone(),
-        kind,
-    })
+    Ok(RowRestriction { column: column.clone(), kind })
 }
 
 // ---------------------------------------------------------------------------
@@ -1204,17 +929,11 @@ fn row_restriction(
 
 /// The approval documents of a directory: `*.toml`, not hidden, sorted by name.
 fn approval_files(dir: &Path) -> Result<Vec<PathBuf>, ApprovalError> {
-    let read_dir = |source| ApprovalError::ReadDir {
-        dir: dir.to_owned(),
-        source,
-    };
+    let read_dir = |source| ApprovalError::ReadDir { dir: dir.to_owned(), source };
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(read_dir)? {
         let path = entry.map_err(read_dir)?.path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         if name.ends_with(".toml") && !name.starts_with('.') && path.is_file() {
             files.push(path);
         }
@@ -1239,10 +958,7 @@ pub fn load_dir(
     let mut errors = Vec::new();
     for file in files {
         let parsed = std::fs::read_to_string(&file)
-            .map_err(|source| ApprovalError::Read {
-                file: file.clone(),
-                source,
-            })
+            .map_err(|source| ApprovalError::Read { file: file.clone(), source })
             .and_then(|text| parse(&file, &text, defaults, catalogue));
         match parsed {
             Ok(a) => approvals.push(a),
@@ -1251,16 +967,10 @@ pub fn load_dir(
     }
     let mut files_of: BTreeMap<&str, Vec<&Path>> = BTreeMap::new();
     for a in &approvals {
-        files_of
-            .entry(a.project.as_str())
-            .or_default()
-            .push(&a.file);
+        files_of.entry(a.project.as_str()).or_default().push(&a.file);
     }
-    let duplicated: BTreeSet<String> = files_of
-        .iter()
-        .filter(|(_, f)| f.len() > 1)
-        .map(|(p, _)| (*p).to_owned())
-        .collect();
+    let duplicated: BTreeSet<String> =
+        files_of.iter().filter(|(_, f)| f.len() > 1).map(|(p, _)| (*p).to_owned()).collect();
     for (project, files) in files_of.iter().filter(|(_, f)| f.len() > 1) {
         for (i, file) in files.iter().enumerate() {
             let other = if i == 0 { files[1] } else { files[0] };
@@ -1319,11 +1029,7 @@ impl ApprovalStore {
     /// Loads the directory; fails only if it cannot be read. Invalid documents
     /// are listed by [`ApprovalStore::problems`].
     pub fn open(dir: &Path, defaults: DisclosureDefaults) -> Result<ApprovalStore, ApprovalError> {
-        let store = ApprovalStore {
-            dir: dir.to_owned(),
-            defaults,
-            state: Mutex::new(StoreState::default()),
-        };
+        let store = ApprovalStore { dir: dir.to_owned(), defaults, state: Mutex::new(StoreState::default()) };
         store.refresh(&mut store.lock())?;
         Ok(store)
     }
@@ -1370,9 +1076,7 @@ impl ApprovalStore {
 
     fn lock(&self) -> MutexGuard<'_, StoreState> {
         // Every update of the state is a single assignment; a panic elsewhere cannot leave it half-done.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn refresh(&self, state: &mut StoreState) -> Result<(), ApprovalError> {
@@ -1389,10 +1093,7 @@ impl ApprovalStore {
             return Ok(());
         }
         let (approvals, errors) = load_dir(&self.dir, &self.defaults, state.catalogue.as_ref());
-        state.approvals = approvals
-            .into_iter()
-            .map(|a| (a.project.clone(), Arc::new(a)))
-            .collect();
+        state.approvals = approvals.into_iter().map(|a| (a.project.clone(), Arc::new(a))).collect();
         state.problems = errors.iter().map(ToString::to_string).collect();
         state.fingerprint = Some(current);
         Ok(())
@@ -1452,22 +1153,11 @@ mod tests {
             ),
             (
                 "lmr.dispensations",
-                &[
-                    ("person", "utf8"),
-                    ("disp_date", "date32"),
-                    ("atc", "utf8"),
-                    ("ddd", "float64"),
-                    ("region", "utf8"),
-                ],
+                &[("person", "utf8"), ("disp_date", "date32"), ("atc", "utf8"), ("ddd", "float64"), ("region", "utf8")],
             ),
             (
                 "dors.deaths",
-                &[
-                    ("person", "utf8"),
-                    ("death_date", "date32"),
-                    ("underlying_cause", "utf8"),
-                    ("region", "utf8"),
-                ],
+                &[("person", "utf8"), ("death_date", "date32"), ("underlying_cause", "utf8"), ("region", "utf8")],
             ),
             (
                 "pop.persons",
@@ -1491,13 +1181,7 @@ mod tests {
                         .iter()
                         .map(|(c, ty)| {
                             let identifying = matches!(*c, "person" | "birth_date");
-                            (
-                                (*c).to_owned(),
-                                ColumnInfo {
-                                    data_type: (*ty).to_owned(),
-                                    identifying,
-                                },
-                            )
+                            ((*c).to_owned(), ColumnInfo { data_type: (*ty).to_owned(), identifying })
                         })
                         .collect();
                     ((*t).to_owned(), cols)
@@ -1510,20 +1194,13 @@ mod tests {
 
     fn parse_good(text: &str) -> Result<Approval, ApprovalError> {
         let cat = synth_catalogue();
-        parse(
-            Path::new("approvals/p.toml"),
-            text,
-            &DisclosureDefaults::default(),
-            Some(&cat),
-        )
+        parse(Path::new("approvals/p.toml"), text, &DisclosureDefaults::default(), Some(&cat))
     }
 
     /// The error for `GOOD` with `from` replaced by `to` (which must occur in it).
     fn err(from: &str, to: &str) -> String {
         assert!(GOOD.contains(from), "test edit {from:?} does not apply");
-        parse_good(&GOOD.replacen(from, to, 1))
-            .expect_err("must be refused")
-            .to_string()
+        parse_good(&GOOD.replacen(from, to, 1)).expect_err("must be refused").to_string()
     }
 
     fn day(y: i32, m: u32, d: u32) -> NaiveDate {
@@ -1532,10 +1209,7 @@ mod tests {
 
     /// The line of `GOOD` (1-based) on which `needle` first occurs.
     fn line_of(needle: &str) -> usize {
-        GOOD.lines()
-            .position(|l| l.contains(needle))
-            .expect("needle in GOOD")
-            + 1
+        GOOD.lines().position(|l| l.contains(needle)).expect("needle in GOOD") + 1
     }
 
     #[test]
@@ -1543,14 +1217,9 @@ mod tests {
         let cols = r#"columns = ["person", "op_date", "fixation", "asa", "bmi", "reoperation", "hospital", "region"]"#;
         let line = line_of(cols);
         let with = |g: &str| format!("{cols}\ngeneralise = {{ {g} }}");
-        let a =
-            parse_good(&GOOD.replacen(cols, &with(r#"op_date = "month", fixation = "code3""#), 1))
-                .expect("valid");
+        let a = parse_good(&GOOD.replacen(cols, &with(r#"op_date = "month", fixation = "code3""#), 1)).expect("valid");
         let grant = a.grant("hip.operations").expect("granted");
-        assert_eq!(
-            grant.generalise.get("op_date"),
-            Some(&Generalisation::Month)
-        );
+        assert_eq!(grant.generalise.get("op_date"), Some(&Generalisation::Month));
         assert!(grant.generalises("fixation") && !grant.generalises("asa"));
         assert_eq!(
             err(cols, &with(r#"op_date = "week""#)),
@@ -1585,13 +1254,8 @@ mod tests {
         let mut ids: Vec<&str> = approvals.iter().map(|a| a.project.as_str()).collect();
         ids.sort();
         assert_eq!(ids, ["P-2024-017", "P-2025-003", "Q-hip-coverage-2026"]);
-        let micro = approvals
-            .iter()
-            .find(|a| a.project == "P-2025-003")
-            .expect("microdata example");
-        assert!(
-            micro.allows(OutputKind::PseudonymisedMicrodata) && micro.allows(OutputKind::Aggregate)
-        );
+        let micro = approvals.iter().find(|a| a.project == "P-2025-003").expect("microdata example");
+        assert!(micro.allows(OutputKind::PseudonymisedMicrodata) && micro.allows(OutputKind::Aggregate));
         assert!(micro.is_member("carol") && micro.is_member("erik"));
     }
 
@@ -1601,14 +1265,8 @@ mod tests {
         assert_eq!(a.project, "P-2024-017");
         assert_eq!(a.file, Path::new("approvals/p.toml"));
         assert_eq!(a.ethics_authority, "Etikprövningsmyndigheten");
-        assert_eq!(
-            a.members,
-            BTreeSet::from(["alice".to_owned(), "carol".to_owned()])
-        );
-        assert_eq!(
-            (a.valid_from, a.valid_until),
-            (day(2024, 1, 1), day(2027, 12, 31))
-        );
+        assert_eq!(a.members, BTreeSet::from(["alice".to_owned(), "carol".to_owned()]));
+        assert_eq!((a.valid_from, a.valid_until), (day(2024, 1, 1), day(2027, 12, 31)));
         assert_eq!(a.outputs, BTreeSet::from([OutputKind::Aggregate]));
         assert_eq!(
             a.disclosure,
@@ -1623,10 +1281,7 @@ mod tests {
         assert!(a.disclosure.allows_min_max("hip.operations", "bmi"));
         assert!(!a.disclosure.allows_min_max("hip.operations", "asa"));
         let ops = a.grant("hip.operations").expect("granted");
-        assert_eq!(
-            (ops.register.as_str(), ops.table.as_str()),
-            ("hip", "operations")
-        );
+        assert_eq!((ops.register.as_str(), ops.table.as_str()), ("hip", "operations"));
         assert!(ops.has_column("person") && ops.has_column("fixation") && !ops.has_column("side"));
         assert_eq!(
             ops.rows,
@@ -1640,19 +1295,14 @@ mod tests {
                 },
                 RowRestriction {
                     column: "region".into(),
-                    kind: RestrictionKind::In(vec![
-                        Value::Str("Skåne".into()),
-                        Value::Str("Stockholm".into())
-                    ]),
+                    kind: RestrictionKind::In(vec![Value::Str("Skåne".into()), Value::Str("Stockholm".into())]),
                 },
             ]
         );
         assert_eq!(a.grant("dors.deaths").expect("granted").rows, vec![]);
         assert!(a.grant("hip.prom").is_none());
         assert!(
-            a.grant("hip").is_none()
-                && a.grant("hipoperations").is_none()
-                && a.grant("hip.operations.x").is_none()
+            a.grant("hip").is_none() && a.grant("hipoperations").is_none() && a.grant("hip.operations.x").is_none()
         );
     }
 
@@ -1662,49 +1312,25 @@ mod tests {
         let end = GOOD.find("[[tables]]").expect("tables");
         let text = format!("{}{}", &GOOD[..start], &GOOD[end..]);
         let a = parse_good(&text).expect("valid");
-        let defaults = DisclosureDefaults {
-            min_cell_persons: 5,
-            dominance_n: 2,
-            dominance_share: 0.85,
-        };
+        let defaults = DisclosureDefaults { min_cell_persons: 5, dominance_n: 2, dominance_share: 0.85 };
         assert_eq!(DisclosureDefaults::default(), defaults);
         assert_eq!(a.disclosure, Disclosure::from_defaults(&defaults));
         assert_eq!(a.disclosure.round_counts_to, 1);
         // A federation with stricter defaults makes the same document's settings looser.
-        let strict = DisclosureDefaults {
-            min_cell_persons: 11,
-            ..DisclosureDefaults::default()
-        };
-        let e = parse(Path::new("p.toml"), GOOD, &strict, None)
-            .expect_err("looser")
-            .to_string();
-        assert!(
-            e.contains("disclosure.min_cell_persons = 10 is looser than the federation default 11"),
-            "{e}"
-        );
+        let strict = DisclosureDefaults { min_cell_persons: 11, ..DisclosureDefaults::default() };
+        let e = parse(Path::new("p.toml"), GOOD, &strict, None).expect_err("looser").to_string();
+        assert!(e.contains("disclosure.min_cell_persons = 10 is looser than the federation default 11"), "{e}");
     }
 
     #[test]
     fn syntax_unknown_field_and_wrong_type() {
         let e = err("title =", "titel =");
-        assert!(
-            e.starts_with("approvals/p.toml: line 5, column 1: unknown field `titel`"),
-            "{e}"
-        );
+        assert!(e.starts_with("approvals/p.toml: line 5, column 1: unknown field `titel`"), "{e}");
         let e = err("round_counts_to = 5", "round_counts_to = \"5\"");
-        assert!(
-            e.starts_with(&format!(
-                "approvals/p.toml: line {}, column",
-                line_of("round_counts_to")
-            )),
-            "{e}"
-        );
+        assert!(e.starts_with(&format!("approvals/p.toml: line {}, column", line_of("round_counts_to"))), "{e}");
         assert!(e.contains("invalid type: string \"5\""), "{e}");
         let e = err("valid_from = 2024-01-01", "valid_from = 20240101");
-        assert!(
-            e.starts_with("approvals/p.toml: line 11, column 14: invalid type: integer"),
-            "{e}"
-        );
+        assert!(e.starts_with("approvals/p.toml: line 11, column 14: invalid type: integer"), "{e}");
         let e = err("project = \"P-2024-017\"", "project = \"P-2024-017");
         assert!(e.starts_with("approvals/p.toml: line 4, column"), "{e}");
         let e = err("ethics_reference = \"Dnr 2024-01234-01\"\n", "");
@@ -1724,30 +1350,18 @@ mod tests {
         );
         assert!(err("\"P-2024-017\"", "\"\"").contains("is not valid"));
         assert_eq!(
-            err(
-                "principal_investigator = \"alice\"",
-                "principal_investigator = \" \""
-            ),
+            err("principal_investigator = \"alice\"", "principal_investigator = \" \""),
             format!(
                 "approvals/p.toml: line {}: principal_investigator is empty: name the principal investigator as in their certificate",
                 line_of("principal_investigator")
             )
         );
         assert_eq!(
-            err(
-                "members = [\"alice\", \"carol\"]",
-                "members = [\"alice\", \"\"]"
-            ),
-            format!(
-                "approvals/p.toml: line {}: members: entry 2 is empty",
-                line_of("members =")
-            )
+            err("members = [\"alice\", \"carol\"]", "members = [\"alice\", \"\"]"),
+            format!("approvals/p.toml: line {}: members: entry 2 is empty", line_of("members ="))
         );
         assert_eq!(
-            err(
-                "ethics_reference = \"Dnr 2024-01234-01\"",
-                "ethics_reference = \"\""
-            ),
+            err("ethics_reference = \"Dnr 2024-01234-01\"", "ethics_reference = \"\""),
             "approvals/p.toml: line 6: ethics_reference is empty"
         );
         // Members may be left out: the principal investigator alone.
@@ -1762,32 +1376,24 @@ mod tests {
             "approvals/p.toml: line 12: dates reversed: valid_until 2023-12-31 is before valid_from 2024-01-01"
         );
         assert_eq!(
-            err(
-                "valid_from = 2024-01-01",
-                "valid_from = 2024-01-01T08:00:00"
-            ),
+            err("valid_from = 2024-01-01", "valid_from = 2024-01-01T08:00:00"),
             "approvals/p.toml: line 11: valid_from must be a date such as 2024-01-01, not 2024-01-01T08:00:00"
         );
         // A one-day approval is fine.
-        parse_good(&GOOD.replace("valid_until = 2027-12-31", "valid_until = 2024-01-01"))
-            .expect("one day");
+        parse_good(&GOOD.replace("valid_until = 2027-12-31", "valid_until = 2024-01-01")).expect("one day");
     }
 
     #[test]
     fn outputs() {
         assert_eq!(
-            err(
-                "outputs = [\"aggregate\"]",
-                "outputs = [\"aggregate\", \"microdata\"]"
-            ),
+            err("outputs = [\"aggregate\"]", "outputs = [\"aggregate\", \"microdata\"]"),
             "approvals/p.toml: line 13: unknown output kind \"microdata\": expected \"aggregate\" or \"pseudonymised_microdata\""
         );
         assert_eq!(
             err("outputs = [\"aggregate\"]", "outputs = []"),
             "approvals/p.toml: line 13: outputs is empty: list at least one of \"aggregate\", \"pseudonymised_microdata\""
         );
-        let a = parse_good(&GOOD.replace("[\"aggregate\"]", "[\"pseudonymised_microdata\"]"))
-            .expect("valid");
+        let a = parse_good(&GOOD.replace("[\"aggregate\"]", "[\"pseudonymised_microdata\"]")).expect("valid");
         assert!(a.allows(OutputKind::PseudonymisedMicrodata) && !a.allows(OutputKind::Aggregate));
     }
 
@@ -1822,14 +1428,9 @@ mod tests {
                 l("round_counts_to")
             )
         );
-        assert!(
-            err("dominance_share = 0.80", "dominance_share = 0")
-                .contains("out of range: a share above 0")
-        );
+        assert!(err("dominance_share = 0.80", "dominance_share = 0").contains("out of range: a share above 0"));
         assert!(err("min_cell_persons = 10", "min_cell_persons = -10").contains("out of range"));
-        assert!(
-            err("min_cell_persons = 10", "min_cell_persons = 5000000000").contains("out of range")
-        );
+        assert!(err("min_cell_persons = 10", "min_cell_persons = 5000000000").contains("out of range"));
         // Equal to the default is allowed, stricter is allowed.
         let a = parse_good(
             &GOOD
@@ -1837,10 +1438,7 @@ mod tests {
                 .replace("dominance_n = 2", "dominance_n = 3"),
         )
         .expect("valid");
-        assert_eq!(
-            (a.disclosure.min_cell_persons, a.disclosure.dominance_n),
-            (5, 3)
-        );
+        assert_eq!((a.disclosure.min_cell_persons, a.disclosure.dominance_n), (5, 3));
     }
 
     #[test]
@@ -1854,15 +1452,11 @@ mod tests {
         );
         assert_eq!(
             err("[\"hip.operations.bmi\"]", "[\"hip.prom.pain_vas\"]"),
-            format!(
-                "approvals/p.toml: line {l}: allow_min_max names hip.prom.pain_vas, which is not a granted column"
-            )
+            format!("approvals/p.toml: line {l}: allow_min_max names hip.prom.pain_vas, which is not a granted column")
         );
         assert_eq!(
             err("[\"hip.operations.bmi\"]", "[\"bmi\"]"),
-            format!(
-                "approvals/p.toml: line {l}: allow_min_max entry \"bmi\" must be written register.table.column"
-            )
+            format!("approvals/p.toml: line {l}: allow_min_max entry \"bmi\" must be written register.table.column")
         );
     }
 
@@ -1877,9 +1471,7 @@ mod tests {
         );
         assert_eq!(
             err("table = \"dors.deaths\"", "table = \"dors.causes\""),
-            format!(
-                "approvals/p.toml: line {dors}: register dors has no table \"causes\" (its tables: deaths)"
-            )
+            format!("approvals/p.toml: line {dors}: register dors has no table \"causes\" (its tables: deaths)")
         );
         assert_eq!(
             err("table = \"dors.deaths\"", "table = \"deaths\""),
@@ -1896,39 +1488,24 @@ mod tests {
         let cols = line_of("\"death_date\"");
         assert_eq!(
             err("\"death_date\"", "\"date_of_death\""),
-            format!(
-                "approvals/p.toml: line {cols}: table dors.deaths has no column \"date_of_death\""
-            )
+            format!("approvals/p.toml: line {cols}: table dors.deaths has no column \"date_of_death\"")
         );
         assert_eq!(
             err("\"death_date\"", "\"underlying_cause\""),
-            format!(
-                "approvals/p.toml: line {cols}: table dors.deaths: column \"underlying_cause\" is listed twice"
-            )
+            format!("approvals/p.toml: line {cols}: table dors.deaths: column \"underlying_cause\" is listed twice")
         );
         assert_eq!(
-            err(
-                "columns = [\"person\", \"death_date\", \"underlying_cause\"]",
-                "columns = []"
-            ),
+            err("columns = [\"person\", \"death_date\", \"underlying_cause\"]", "columns = []"),
             format!("approvals/p.toml: line {cols}: table dors.deaths: no columns granted")
         );
         let start = GOOD.find("[[tables]]").expect("tables");
         assert_eq!(
-            parse_good(&GOOD[..start])
-                .expect_err("no tables")
-                .to_string(),
+            parse_good(&GOOD[..start]).expect_err("no tables").to_string(),
             "approvals/p.toml: no [[tables]]: an approval must grant at least one table"
         );
         // Without a catalogue only the structure is checked.
         let unknown = GOOD.replace("dors.deaths", "dodsorsak.deaths");
-        let a = parse(
-            Path::new("p.toml"),
-            &unknown,
-            &DisclosureDefaults::default(),
-            None,
-        )
-        .expect("structure only");
+        let a = parse(Path::new("p.toml"), &unknown, &DisclosureDefaults::default(), None).expect("structure only");
         assert!(a.grant("dodsorsak.deaths").is_some());
     }
 
@@ -1986,39 +1563,21 @@ mod tests {
                 .replace("a date", "an integer")
         );
         assert!(
-            err(
-                "in = [\"Skåne\", \"Stockholm\"]",
-                "in = [\"Skåne\"]\n  from = 2010-01-01"
-            )
-            .contains("give either from/until or in, not both")
+            err("in = [\"Skåne\", \"Stockholm\"]", "in = [\"Skåne\"]\n  from = 2010-01-01")
+                .contains("give either from/until or in, not both")
         );
-        assert!(
-            err("in = [\"Skåne\", \"Stockholm\"]", "").contains("give from and/or until, or in")
-        );
+        assert!(err("in = [\"Skåne\", \"Stockholm\"]", "").contains("give from and/or until, or in"));
         // Integer ranges on integer columns; one-sided ranges.
-        let asa = GOOD.replace(
-            "column = \"region\"\n  in = [\"Skåne\", \"Stockholm\"]",
-            "column = \"asa\"\n  until = 3",
-        );
+        let asa =
+            GOOD.replace("column = \"region\"\n  in = [\"Skåne\", \"Stockholm\"]", "column = \"asa\"\n  until = 3");
         let a = parse_good(&asa).expect("valid");
         let r = &a.grant("hip.operations").expect("granted").rows[1];
-        assert_eq!(
-            r.kind,
-            RestrictionKind::Range {
-                from: Bound::Unbounded,
-                until: Bound::Included(Value::Int(3))
-            }
-        );
+        assert_eq!(r.kind, RestrictionKind::Range { from: Bound::Unbounded, until: Bound::Included(Value::Int(3)) });
         assert!(r.admits(&Value::Int(3)) && r.admits(&Value::Int(-7)) && !r.admits(&Value::Int(4)));
-        assert!(
-            !r.admits(&Value::Str("3".into())),
-            "other kinds never match"
-        );
+        assert!(!r.admits(&Value::Str("3".into())), "other kinds never match");
         // Float columns cannot be restricted.
-        let bmi = GOOD.replace(
-            "column = \"region\"\n  in = [\"Skåne\", \"Stockholm\"]",
-            "column = \"bmi\"\n  from = 18",
-        );
+        let bmi =
+            GOOD.replace("column = \"region\"\n  in = [\"Skåne\", \"Stockholm\"]", "column = \"bmi\"\n  from = 18");
         assert!(
             parse_good(&bmi)
                 .expect_err("float")
@@ -2031,41 +1590,18 @@ mod tests {
     fn row_restriction_admits() {
         let a = parse_good(GOOD).expect("valid");
         let rows = &a.grant("hip.operations").expect("granted").rows;
-        assert!(
-            rows[0].admits(&Value::Date(day(2010, 1, 1)))
-                && rows[0].admits(&Value::Date(day(2019, 12, 31)))
-        );
-        assert!(
-            !rows[0].admits(&Value::Date(day(2009, 12, 31)))
-                && !rows[0].admits(&Value::Date(day(2020, 1, 1)))
-        );
-        assert!(
-            rows[1].admits(&Value::Str("Skåne".into()))
-                && !rows[1].admits(&Value::Str("Uppsala".into()))
-        );
+        assert!(rows[0].admits(&Value::Date(day(2010, 1, 1))) && rows[0].admits(&Value::Date(day(2019, 12, 31))));
+        assert!(!rows[0].admits(&Value::Date(day(2009, 12, 31))) && !rows[0].admits(&Value::Date(day(2020, 1, 1))));
+        assert!(rows[1].admits(&Value::Str("Skåne".into())) && !rows[1].admits(&Value::Str("Uppsala".into())));
     }
 
     #[test]
     fn validity_and_expiry() {
         let a = parse_good(GOOD).expect("valid");
-        assert_eq!(
-            a.validity(day(2023, 12, 31)),
-            Validity::NotYetValid {
-                from: day(2024, 1, 1)
-            }
-        );
+        assert_eq!(a.validity(day(2023, 12, 31)), Validity::NotYetValid { from: day(2024, 1, 1) });
         assert_eq!(a.validity(day(2024, 1, 1)), Validity::Valid);
-        assert_eq!(
-            a.validity(day(2027, 12, 31)),
-            Validity::Valid,
-            "valid_until is inclusive"
-        );
-        assert_eq!(
-            a.validity(day(2028, 1, 1)),
-            Validity::Expired {
-                until: day(2027, 12, 31)
-            }
-        );
+        assert_eq!(a.validity(day(2027, 12, 31)), Validity::Valid, "valid_until is inclusive");
+        assert_eq!(a.validity(day(2028, 1, 1)), Validity::Expired { until: day(2027, 12, 31) });
         assert!(a.expires_within(day(2027, 12, 31), 1), "last day");
         assert!(!a.expires_within(day(2027, 12, 1), 30) && a.expires_within(day(2027, 12, 2), 30));
         assert!(!a.expires_within(day(2028, 1, 1), 30), "already expired");
@@ -2076,8 +1612,7 @@ mod tests {
 
     impl TempDir {
         fn new(name: &str) -> TempDir {
-            let dir = std::env::temp_dir()
-                .join(format!("samkor-approvals-{name}-{}", std::process::id()));
+            let dir = std::env::temp_dir().join(format!("samkor-approvals-{name}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).expect("create temp dir");
             TempDir(dir)
@@ -2100,32 +1635,16 @@ mod tests {
         dir.write("a.toml", GOOD);
         dir.write(
             "b.toml",
-            &GOOD
-                .replace("P-2024-017", "P-2024-018")
-                .replace("min_cell_persons = 10", "min_cell_persons = 1"),
+            &GOOD.replace("P-2024-017", "P-2024-018").replace("min_cell_persons = 10", "min_cell_persons = 1"),
         );
         dir.write("c.toml", &GOOD.replace("P-2024-017", "P-2024-019"));
         dir.write("d.toml", GOOD);
         dir.write("notes.txt", "not an approval");
         dir.write(".#a.toml", "editor lock file");
-        let (approvals, errors) = load_dir(
-            &dir.0,
-            &DisclosureDefaults::default(),
-            Some(&synth_catalogue()),
-        );
-        assert_eq!(
-            approvals
-                .iter()
-                .map(|a| a.project.as_str())
-                .collect::<Vec<_>>(),
-            ["P-2024-019"]
-        );
+        let (approvals, errors) = load_dir(&dir.0, &DisclosureDefaults::default(), Some(&synth_catalogue()));
+        assert_eq!(approvals.iter().map(|a| a.project.as_str()).collect::<Vec<_>>(), ["P-2024-019"]);
         let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        let (a, b, d) = (
-            dir.0.join("a.toml"),
-            dir.0.join("b.toml"),
-            dir.0.join("d.toml"),
-        );
+        let (a, b, d) = (dir.0.join("a.toml"), dir.0.join("b.toml"), dir.0.join("d.toml"));
         assert_eq!(errors.len(), 3, "{errors:#?}");
         assert!(errors[0].starts_with(&format!(
             "{}: line {}: disclosure.min_cell_persons = 1",
@@ -2150,13 +1669,7 @@ mod tests {
         );
         let (none, errors) = load_dir(&dir.0.join("missing"), &DisclosureDefaults::default(), None);
         assert!(none.is_empty());
-        assert!(
-            errors[0]
-                .to_string()
-                .starts_with("cannot read approval directory "),
-            "{}",
-            errors[0]
-        );
+        assert!(errors[0].to_string().starts_with("cannot read approval directory "), "{}", errors[0]);
     }
 
     #[test]
@@ -2175,53 +1688,21 @@ mod tests {
         assert_eq!(store.all().len(), 2);
 
         // A changed file (different length) is reloaded; a broken one grants nothing and is reported.
-        dir.write(
-            "a.toml",
-            &GOOD.replace("min_cell_persons = 10", "min_cell_persons = 2"),
-        );
-        assert!(
-            store.get("P-2024-017").expect("readable").is_none(),
-            "fails closed"
-        );
+        dir.write("a.toml", &GOOD.replace("min_cell_persons = 10", "min_cell_persons = 2"));
+        assert!(store.get("P-2024-017").expect("readable").is_none(), "fails closed");
         let problems = store.problems();
         assert_eq!(problems.len(), 1);
-        assert!(
-            problems[0].contains("a.toml: line") && problems[0].contains("looser"),
-            "{problems:?}"
-        );
-        dir.write(
-            "a.toml",
-            &GOOD.replace("min_cell_persons = 10", "min_cell_persons = 12"),
-        );
-        assert_eq!(
-            store
-                .get("P-2024-017")
-                .expect("readable")
-                .expect("back")
-                .disclosure
-                .min_cell_persons,
-            12
-        );
+        assert!(problems[0].contains("a.toml: line") && problems[0].contains("looser"), "{problems:?}");
+        dir.write("a.toml", &GOOD.replace("min_cell_persons = 10", "min_cell_persons = 12"));
+        assert_eq!(store.get("P-2024-017").expect("readable").expect("back").disclosure.min_cell_persons, 12);
         assert!(store.problems().is_empty());
 
         // The live catalogue is applied once known.
-        dir.write(
-            "b.toml",
-            &GOOD
-                .replace("P-2024-017", "P-2024-018")
-                .replace("dors.deaths", "dors.causes"),
-        );
-        assert!(
-            store.get("P-2024-018").expect("readable").is_some(),
-            "no catalogue yet"
-        );
+        dir.write("b.toml", &GOOD.replace("P-2024-017", "P-2024-018").replace("dors.deaths", "dors.causes"));
+        assert!(store.get("P-2024-018").expect("readable").is_some(), "no catalogue yet");
         store.set_catalogue(synth_catalogue());
         assert!(store.get("P-2024-018").expect("readable").is_none());
-        assert!(
-            store.problems()[0].contains("register dors has no table \"causes\""),
-            "{:?}",
-            store.problems()
-        );
+        assert!(store.problems()[0].contains("register dors has no table \"causes\""), "{:?}", store.problems());
 
         // A removed file takes its approval with it; an unreadable directory grants nothing.
         std::fs::remove_file(dir.0.join("b.toml")).expect("remove");

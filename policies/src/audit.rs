@@ -188,11 +188,7 @@ impl AuditEntry {
         }
     }
 
-    pub fn accepted(
-        identity: impl Into<String>,
-        query_id: impl Into<String>,
-        sql: impl Into<String>,
-    ) -> Self {
+    pub fn accepted(identity: impl Into<String>, query_id: impl Into<String>, sql: impl Into<String>) -> Self {
         Self::new(Decision::Accepted, identity, query_id, sql)
     }
 
@@ -203,9 +199,7 @@ impl AuditEntry {
         rule: impl Into<String>,
         reason: impl Into<String>,
     ) -> Self {
-        Self::new(Decision::Refused, identity, query_id, sql)
-            .rule(rule)
-            .reason(reason)
+        Self::new(Decision::Refused, identity, query_id, sql).rule(rule).reason(reason)
     }
 
     pub fn failed(
@@ -290,9 +284,7 @@ pub enum VerifyError {
         "record {record} (line {line}): seq {found} expected {record} (a record was removed, inserted or renumbered)"
     )]
     Seq { record: u64, line: u64, found: u64 },
-    #[error(
-        "record {record} (line {line}): hash does not match its contents (the record was altered)"
-    )]
+    #[error("record {record} (line {line}): hash does not match its contents (the record was altered)")]
     Hash { record: u64, line: u64 },
     #[error(
         "record {record} (line {line}): prev does not match the hash of record {} (a record was removed or altered)",
@@ -350,9 +342,7 @@ pub enum AuditError {
         #[source]
         source: VerifyError,
     },
-    #[error(
-        "audit log {path} is unusable after an earlier failure ({reason}); restart to re-open and verify it"
-    )]
+    #[error("audit log {path} is unusable after an earlier failure ({reason}); restart to re-open and verify it")]
     Unusable { path: PathBuf, reason: String },
     #[error("internal error (a samkor bug): cannot encode an audit record: {0}")]
     Encode(#[source] serde_json::Error),
@@ -370,10 +360,7 @@ pub struct AuditOptions {
 
 impl Default for AuditOptions {
     fn default() -> Self {
-        AuditOptions {
-            sync: true,
-            recover_torn_tail: false,
-        }
+        AuditOptions { sync: true, recover_torn_tail: false }
     }
 }
 
@@ -444,10 +431,7 @@ impl AuditLog {
         path: impl AsRef<Path>,
         actor: impl Into<String>,
     ) -> Result<(AuditLog, Option<Recovery>), AuditError> {
-        let options = AuditOptions {
-            recover_torn_tail: true,
-            ..AuditOptions::default()
-        };
+        let options = AuditOptions { recover_torn_tail: true, ..AuditOptions::default() };
         Self::open_with(path, actor, options)
     }
 
@@ -461,18 +445,9 @@ impl AuditLog {
         let path = path.as_ref().to_path_buf();
         let io = |action: &'static str| {
             let path = path.clone();
-            move |source| AuditError::Io {
-                path,
-                action,
-                source,
-            }
+            move |source| AuditError::Io { path, action, source }
         };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)
-            .map_err(io("open"))?;
+        let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path).map_err(io("open"))?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => return Err(AuditError::Locked { path }),
@@ -485,27 +460,17 @@ impl AuditLog {
         }
         let torn = match problem {
             None => None,
-            Some(VerifyError::TornTail {
-                line, bytes, why, ..
-            }) if !options.recover_torn_tail => {
-                return Err(AuditError::TornTail {
-                    path,
-                    line,
-                    record: line,
-                    bytes,
-                    why,
-                });
+            Some(VerifyError::TornTail { line, bytes, why, .. }) if !options.recover_torn_tail => {
+                return Err(AuditError::TornTail { path, line, record: line, bytes, why });
             }
-            Some(VerifyError::TornTail {
-                line, offset, why, ..
-            }) => Some((line, offset, why)),
+            Some(VerifyError::TornTail { line, offset, why, .. }) => Some((line, offset, why)),
             Some(VerifyError::Io { source, .. }) => return Err(io("read")(source)),
             Some(source) => return Err(AuditError::Broken { path, source }),
         };
         let mut recovery = None;
         if let Some((line, offset, why)) = &torn {
-            let (quarantine, bytes) = quarantine_tail(&path, &mut file, *offset)
-                .map_err(io("quarantine the torn tail of"))?;
+            let (quarantine, bytes) =
+                quarantine_tail(&path, &mut file, *offset).map_err(io("quarantine the torn tail of"))?;
             recovery = Some((*line, bytes, quarantine, why.clone()));
         }
         let log = AuditLog {
@@ -529,16 +494,9 @@ impl AuditLog {
                     quarantine.display(),
                     line - 1
                 );
-                let entry = AuditEntry::new(Decision::Recovered, "", "", "")
-                    .rule(RULE_TORN_TAIL)
-                    .reason(reason);
+                let entry = AuditEntry::new(Decision::Recovered, "", "", "").rule(RULE_TORN_TAIL).reason(reason);
                 let record = log.append(entry)?;
-                Some(Recovery {
-                    line,
-                    bytes,
-                    quarantine,
-                    record,
-                })
+                Some(Recovery { line, bytes, quarantine, record })
             }
         };
         Ok((log, recovery))
@@ -557,10 +515,7 @@ impl AuditLog {
             reason: "a thread panicked while appending".to_owned(),
         })?;
         if let Some(reason) = &state.unusable {
-            return Err(AuditError::Unusable {
-                path: self.path.clone(),
-                reason: reason.clone(),
-            });
+            return Err(AuditError::Unusable { path: self.path.clone(), reason: reason.clone() });
         }
         let mut record = AuditRecord {
             seq: state.seq + 1,
@@ -589,11 +544,7 @@ impl AuditLog {
             if let Err(e) = state.file.set_len(len) {
                 state.unusable = Some(format!("a failed append could not be rolled back: {e}"));
             }
-            return Err(AuditError::Io {
-                path: self.path.clone(),
-                action: "append a record to",
-                source,
-            });
+            return Err(AuditError::Io { path: self.path.clone(), action: "append a record to", source });
         }
         if self.options.sync
             && let Err(source) = state.file.sync_data()
@@ -601,11 +552,7 @@ impl AuditLog {
             let len = state.len;
             let _ = state.file.set_len(len);
             state.unusable = Some(format!("sync failed: {source}"));
-            return Err(AuditError::Io {
-                path: self.path.clone(),
-                action: "sync",
-                source,
-            });
+            return Err(AuditError::Io { path: self.path.clone(), action: "sync", source });
         }
         state.seq = record.seq;
         state.len += line.len() as u64;
@@ -623,10 +570,7 @@ impl AuditLog {
 
     /// `seq` of the last record written (0 for an empty log).
     pub fn last_seq(&self) -> u64 {
-        self.state
-            .lock()
-            .map(|s| s.seq)
-            .unwrap_or_else(|p| p.into_inner().seq)
+        self.state.lock().map(|s| s.seq).unwrap_or_else(|p| p.into_inner().seq)
     }
 
     /// `hash` of the last record written ([`GENESIS_HASH`] for an empty log).
@@ -664,14 +608,8 @@ pub fn read_all(path: impl AsRef<Path>) -> Result<AuditContents, VerifyError> {
     Ok(AuditContents { records, problem })
 }
 
-fn scan_file(
-    path: &Path,
-    each: impl FnMut(AuditRecord),
-) -> Result<(Scan, Option<VerifyError>), VerifyError> {
-    let io = |source| VerifyError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+fn scan_file(path: &Path, each: impl FnMut(AuditRecord)) -> Result<(Scan, Option<VerifyError>), VerifyError> {
+    let io = |source| VerifyError::Io { path: path.to_path_buf(), source };
     let file = File::open(path).map_err(io)?;
     scan(BufReader::new(file), each).map_err(io)
 }
@@ -688,17 +626,8 @@ struct Scan {
 
 /// Walks the lines, stopping at the first problem; `Scan` describes the good
 /// part before it.
-fn scan(
-    mut reader: impl BufRead,
-    mut each: impl FnMut(AuditRecord),
-) -> io::Result<(Scan, Option<VerifyError>)> {
-    let mut scan = Scan {
-        records: 0,
-        last_hash: GENESIS_HASH.to_owned(),
-        len: 0,
-        first_time: None,
-        last_time: None,
-    };
+fn scan(mut reader: impl BufRead, mut each: impl FnMut(AuditRecord)) -> io::Result<(Scan, Option<VerifyError>)> {
+    let mut scan = Scan { records: 0, last_hash: GENESIS_HASH.to_owned(), len: 0, first_time: None, last_time: None };
     let mut buf = Vec::new();
     loop {
         buf.clear();
@@ -708,12 +637,7 @@ fn scan(
         }
         let line = scan.records + 1;
         let offset = scan.len;
-        let torn = |why: String| VerifyError::TornTail {
-            line,
-            offset,
-            bytes: n as u64,
-            why,
-        };
+        let torn = |why: String| VerifyError::TornTail { line, offset, bytes: n as u64, why };
         let Some(text) = buf.strip_suffix(b"\n") else {
             return Ok((scan, Some(torn("no newline at the end".to_owned()))));
         };
@@ -722,38 +646,16 @@ fn scan(
             Err(e) => {
                 let why = describe_json_error(&e);
                 let at_end = reader.fill_buf()?.is_empty();
-                let problem = if at_end {
-                    torn(why)
-                } else {
-                    VerifyError::Malformed {
-                        record: line,
-                        line,
-                        why,
-                    }
-                };
+                let problem = if at_end { torn(why) } else { VerifyError::Malformed { record: line, line, why } };
                 return Ok((scan, Some(problem)));
             }
         };
         if record.seq != line {
-            return Ok((
-                scan,
-                Some(VerifyError::Seq {
-                    record: line,
-                    line,
-                    found: record.seq,
-                }),
-            ));
+            return Ok((scan, Some(VerifyError::Seq { record: line, line, found: record.seq })));
         }
         let Some((body, stored)) = split_hash(text) else {
             let why = "the hash is not the last member".to_owned();
-            return Ok((
-                scan,
-                Some(VerifyError::Malformed {
-                    record: line,
-                    line,
-                    why,
-                }),
-            ));
+            return Ok((scan, Some(VerifyError::Malformed { record: line, line, why })));
         };
         if body_hash(body).as_bytes() != stored {
             return Ok((scan, Some(VerifyError::Hash { record: line, line })));
@@ -825,10 +727,7 @@ fn quarantine_tail(path: &Path, file: &mut File, offset: u64) -> io::Result<(Pat
     let mut torn = Vec::new();
     file.seek(SeekFrom::Start(offset))?;
     file.read_to_end(&mut torn)?;
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let mut attempt = 0u32;
     let (quarantine, mut out) = loop {
         let mut name = OsString::from(path.as_os_str());
@@ -837,11 +736,7 @@ fn quarantine_tail(path: &Path, file: &mut File, offset: u64) -> io::Result<(Pat
             name.push(format!("-{attempt}"));
         }
         let candidate = PathBuf::from(name);
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&candidate)
-        {
+        match OpenOptions::new().write(true).create_new(true).open(&candidate) {
             Ok(out) => break (candidate, out),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 1000 => attempt += 1,
             Err(e) => return Err(e),
@@ -904,10 +799,7 @@ mod tests {
 
     fn lines(path: &Path) -> Vec<Vec<u8>> {
         let bytes = std::fs::read(path).expect("read log");
-        bytes
-            .split_inclusive(|b| *b == b'\n')
-            .map(<[u8]>::to_vec)
-            .collect()
+        bytes.split_inclusive(|b| *b == b'\n').map(<[u8]>::to_vec).collect()
     }
 
     fn write_lines(path: &Path, lines: &[Vec<u8>]) {
@@ -915,10 +807,7 @@ mod tests {
     }
 
     fn find(haystack: &[u8], needle: &[u8]) -> usize {
-        haystack
-            .windows(needle.len())
-            .position(|w| w == needle)
-            .expect("needle in line")
+        haystack.windows(needle.len()).position(|w| w == needle).expect("needle in line")
     }
 
     #[test]
@@ -949,10 +838,7 @@ mod tests {
         let lines = lines(&path);
         let first = std::str::from_utf8(&lines[0]).expect("utf-8");
         assert!(first.starts_with("{\"seq\":1,\"time\":\""), "{first}");
-        assert!(
-            first.contains(&format!(",\"prev\":\"{GENESIS_HASH}\",\"hash\":\"")),
-            "{first}"
-        );
+        assert!(first.contains(&format!(",\"prev\":\"{GENESIS_HASH}\",\"hash\":\"")), "{first}");
         // Recompute independently: cut the hash member out of the text.
         let (without, rest) = first.split_once(",\"hash\":\"").expect("hash member");
         let stored = &rest[..64];
@@ -965,10 +851,7 @@ mod tests {
         let record: AuditRecord = serde_json::from_str(first).expect("record 1");
         assert_eq!(record.time.len(), "2025-03-01T09:15:02.123456Z".len());
         assert!(record.time.ends_with('Z'));
-        assert_eq!(
-            record.disclosure,
-            serde_json::json!({"min_cell": 5, "suppressed": 3})
-        );
+        assert_eq!(record.disclosure, serde_json::json!({"min_cell": 5, "suppressed": 3}));
     }
 
     #[test]
@@ -979,17 +862,9 @@ mod tests {
         let report = verify(&path).expect("empty log verifies");
         assert_eq!(
             report,
-            VerifyReport {
-                records: 0,
-                last_hash: GENESIS_HASH.to_owned(),
-                first_time: None,
-                last_time: None
-            }
+            VerifyReport { records: 0, last_hash: GENESIS_HASH.to_owned(), first_time: None, last_time: None }
         );
-        assert!(matches!(
-            verify(dir.path().join("missing")),
-            Err(VerifyError::Io { .. })
-        ));
+        assert!(matches!(verify(dir.path().join("missing")), Err(VerifyError::Io { .. })));
     }
 
     #[test]
@@ -1002,33 +877,15 @@ mod tests {
         lines[16][at] ^= 0x01; // 'G' -> 'F'
         write_lines(&path, &lines);
         let e = verify(&path).expect_err("altered sql is detected");
-        assert!(
-            matches!(
-                e,
-                VerifyError::Hash {
-                    record: 17,
-                    line: 17
-                }
-            ),
-            "{e:?}"
-        );
-        assert_eq!(
-            e.to_string(),
-            "record 17 (line 17): hash does not match its contents (the record was altered)"
-        );
+        assert!(matches!(e, VerifyError::Hash { record: 17, line: 17 }), "{e:?}");
+        assert_eq!(e.to_string(), "record 17 (line 17): hash does not match its contents (the record was altered)");
         match AuditLog::open(&path, ACTOR) {
-            Err(AuditError::Broken {
-                source: VerifyError::Hash { record: 17, .. },
-                ..
-            }) => {}
+            Err(AuditError::Broken { source: VerifyError::Hash { record: 17, .. }, .. }) => {}
             other => panic!("open must refuse a broken chain: {other:?}"),
         }
         let contents = read_all(&path).expect("readable");
         assert_eq!(contents.records.len(), 16);
-        assert!(matches!(
-            contents.problem,
-            Some(VerifyError::Hash { record: 17, .. })
-        ));
+        assert!(matches!(contents.problem, Some(VerifyError::Hash { record: 17, .. })));
     }
 
     #[test]
@@ -1081,16 +938,7 @@ mod tests {
         lines[16] = seal(&mut record).expect("reseal");
         write_lines(&path, &lines);
         let e = verify(&path).expect_err("rehashed record is detected");
-        assert!(
-            matches!(
-                e,
-                VerifyError::Prev {
-                    record: 18,
-                    line: 18
-                }
-            ),
-            "{e:?}"
-        );
+        assert!(matches!(e, VerifyError::Prev { record: 18, line: 18 }), "{e:?}");
         assert_eq!(
             e.to_string(),
             "record 18 (line 18): prev does not match the hash of record 17 (a record was removed or altered)"
@@ -1106,25 +954,9 @@ mod tests {
         lines[2] = b"{\"seq\":3,\"sql\":\"SELECT secret\n".to_vec();
         write_lines(&path, &lines);
         let e = verify(&path).expect_err("garbage is detected");
-        assert!(
-            matches!(
-                e,
-                VerifyError::Malformed {
-                    record: 3,
-                    line: 3,
-                    ..
-                }
-            ),
-            "{e:?}"
-        );
-        assert!(
-            !e.to_string().contains("secret"),
-            "messages never quote contents: {e}"
-        );
-        assert!(matches!(
-            AuditLog::open_recovering(&path, ACTOR),
-            Err(AuditError::Broken { .. })
-        ));
+        assert!(matches!(e, VerifyError::Malformed { record: 3, line: 3, .. }), "{e:?}");
+        assert!(!e.to_string().contains("secret"), "messages never quote contents: {e}");
+        assert!(matches!(AuditLog::open_recovering(&path, ACTOR), Err(AuditError::Broken { .. })));
     }
 
     #[test]
@@ -1135,73 +967,33 @@ mod tests {
         let whole = std::fs::read(&path).expect("read");
         let torn_len = whole.len() - 10;
         std::fs::write(&path, &whole[..torn_len]).expect("tear the last line");
-        let last_start = whole[..whole.len() - 1]
-            .iter()
-            .rposition(|b| *b == b'\n')
-            .expect("line 19 end")
-            + 1;
+        let last_start = whole[..whole.len() - 1].iter().rposition(|b| *b == b'\n').expect("line 19 end") + 1;
 
         let e = verify(&path).expect_err("torn tail is detected");
         assert!(matches!(e, VerifyError::TornTail { line: 20, .. }), "{e:?}");
-        assert!(
-            e.to_string()
-                .starts_with("line 20: torn record at the end of the file ("),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("line 20: torn record at the end of the file ("), "{e}");
 
         let contents = read_all(&path).expect("read_all reports without failing");
         assert_eq!(contents.records.len(), 19);
-        assert!(matches!(
-            contents.problem,
-            Some(VerifyError::TornTail { line: 20, .. })
-        ));
+        assert!(matches!(contents.problem, Some(VerifyError::TornTail { line: 20, .. })));
 
         match AuditLog::open(&path, ACTOR) {
-            Err(AuditError::TornTail {
-                line: 20,
-                record: 20,
-                bytes,
-                ..
-            }) => {
+            Err(AuditError::TornTail { line: 20, record: 20, bytes, .. }) => {
                 assert_eq!(bytes as usize, torn_len - last_start);
             }
             other => panic!("open must refuse a torn tail: {other:?}"),
         }
-        assert_eq!(
-            std::fs::read(&path).expect("read"),
-            &whole[..torn_len],
-            "a refused open changes nothing"
-        );
+        assert_eq!(std::fs::read(&path).expect("read"), &whole[..torn_len], "a refused open changes nothing");
 
         let (log, recovery) = AuditLog::open_recovering(&path, ACTOR).expect("recover");
         let recovery = recovery.expect("a recovery happened");
         assert_eq!(recovery.line, 20);
-        assert_eq!(
-            std::fs::read(&recovery.quarantine).expect("quarantine"),
-            &whole[last_start..torn_len]
-        );
-        assert!(
-            recovery
-                .quarantine
-                .to_string_lossy()
-                .contains("audit.jsonl.torn-")
-        );
+        assert_eq!(std::fs::read(&recovery.quarantine).expect("quarantine"), &whole[last_start..torn_len]);
+        assert!(recovery.quarantine.to_string_lossy().contains("audit.jsonl.torn-"));
         let r = &recovery.record;
-        assert_eq!(
-            (r.seq, r.decision, r.rule.as_str()),
-            (20, Decision::Recovered, RULE_TORN_TAIL)
-        );
-        assert!(
-            r.reason.contains(&format!("{} bytes", recovery.bytes)),
-            "{}",
-            r.reason
-        );
-        assert!(
-            r.reason
-                .contains(&recovery.quarantine.display().to_string()),
-            "{}",
-            r.reason
-        );
+        assert_eq!((r.seq, r.decision, r.rule.as_str()), (20, Decision::Recovered, RULE_TORN_TAIL));
+        assert!(r.reason.contains(&format!("{} bytes", recovery.bytes)), "{}", r.reason);
+        assert!(r.reason.contains(&recovery.quarantine.display().to_string()), "{}", r.reason);
         log.append(entry(21)).expect("append after recovery");
         drop(log);
         let report = verify(&path).expect("verifies after recovery");
@@ -1218,14 +1010,8 @@ mod tests {
         let mut bytes = std::fs::read(&path).expect("read");
         bytes.extend_from_slice(b"{\"seq\":4,\"ti\n");
         std::fs::write(&path, &bytes).expect("append garbage");
-        assert!(matches!(
-            verify(&path),
-            Err(VerifyError::TornTail { line: 4, .. })
-        ));
-        assert!(matches!(
-            AuditLog::open(&path, ACTOR),
-            Err(AuditError::TornTail { line: 4, .. })
-        ));
+        assert!(matches!(verify(&path), Err(VerifyError::TornTail { line: 4, .. })));
+        assert!(matches!(AuditLog::open(&path, ACTOR), Err(AuditError::TornTail { line: 4, .. })));
         let (_, recovery) = AuditLog::open_recovering(&path, ACTOR).expect("recover");
         assert_eq!(recovery.expect("recovered").record.seq, 4);
         assert_eq!(verify(&path).expect("verifies").records, 4);
@@ -1241,10 +1027,7 @@ mod tests {
         let contents = read_all(&path).expect("read");
         assert_eq!(contents.records, vec![record.clone()]);
         assert!(contents.problem.is_none());
-        assert!(matches!(
-            AuditLog::open(&path, ACTOR),
-            Err(AuditError::Locked { .. })
-        ));
+        assert!(matches!(AuditLog::open(&path, ACTOR), Err(AuditError::Locked { .. })));
         drop(log);
         let log = AuditLog::open(&path, ACTOR).expect("reopen after the writer closed");
         assert_eq!((log.last_seq(), log.last_hash()), (1, record.hash));
@@ -1259,19 +1042,14 @@ mod tests {
             .map(|t| {
                 let log = Arc::clone(&log);
                 std::thread::spawn(move || {
-                    (0..250)
-                        .map(|i| log.append(entry(t * 1000 + i)).expect("append").seq)
-                        .collect::<Vec<_>>()
+                    (0..250).map(|i| log.append(entry(t * 1000 + i)).expect("append").seq).collect::<Vec<_>>()
                 })
             })
             .collect();
         let mut all = Vec::new();
         for t in threads {
             let seqs = t.join().expect("thread");
-            assert!(
-                seqs.windows(2).all(|w| w[0] < w[1]),
-                "seq strictly increasing per thread"
-            );
+            assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seq strictly increasing per thread");
             all.extend(seqs);
         }
         all.sort_unstable();
@@ -1286,10 +1064,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         for sync in [true, false] {
             let path = dir.path().join(format!("audit-{sync}.jsonl"));
-            let options = AuditOptions {
-                sync,
-                ..AuditOptions::default()
-            };
+            let options = AuditOptions { sync, ..AuditOptions::default() };
             let (log, _) = AuditLog::open_with(&path, ACTOR, options).expect("open");
             let n = 2000;
             let start = Instant::now();

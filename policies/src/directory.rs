@@ -35,28 +35,14 @@ pub enum DirectoryError {
     #[error("care-provider directory {}: {message}", file.display())]
     Syntax { file: PathBuf, message: String },
     #[error("care-provider directory {}: line {line}: {field} is empty", file.display())]
-    Empty {
-        file: PathBuf,
-        line: usize,
-        field: &'static str,
-    },
+    Empty { file: PathBuf, line: usize, field: &'static str },
     #[error("care-provider directory {}: line {line}: {field} {value:?} has a control character or more than 128 characters", file.display())]
-    Malformed {
-        file: PathBuf,
-        line: usize,
-        field: &'static str,
-        value: String,
-    },
+    Malformed { file: PathBuf, line: usize, field: &'static str, value: String },
     #[error(
         "care-provider directory {}: line {line}: identity {identity:?} is listed twice (first on line {first}); an identity is bound to one hospital",
         file.display()
     )]
-    Duplicate {
-        file: PathBuf,
-        line: usize,
-        identity: String,
-        first: usize,
-    },
+    Duplicate { file: PathBuf, line: usize, identity: String, first: usize },
 }
 
 /// One care provider's binding.
@@ -94,10 +80,8 @@ struct RawProvider {
 impl Directory {
     /// Reads and checks a directory file.
     pub fn load(file: &Path) -> Result<Directory, DirectoryError> {
-        let text = std::fs::read_to_string(file).map_err(|e| DirectoryError::Read {
-            file: file.to_owned(),
-            reason: e.to_string(),
-        })?;
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| DirectoryError::Read { file: file.to_owned(), reason: e.to_string() })?;
         Self::parse(file, &text)
     }
 
@@ -114,42 +98,21 @@ impl Directory {
                 let line = line_of(value);
                 let v = value.get_ref();
                 if v.trim().is_empty() {
-                    return Err(DirectoryError::Empty {
-                        file: file.to_owned(),
-                        line,
-                        field,
-                    });
+                    return Err(DirectoryError::Empty { file: file.to_owned(), line, field });
                 }
                 if v.chars().count() > 128 || v.chars().any(char::is_control) {
-                    return Err(DirectoryError::Malformed {
-                        file: file.to_owned(),
-                        line,
-                        field,
-                        value: v.clone(),
-                    });
+                    return Err(DirectoryError::Malformed { file: file.to_owned(), line, field, value: v.clone() });
                 }
             }
             let line = line_of(&p.identity);
             let identity = p.identity.into_inner();
             if let Some(first) = providers.get(&identity) {
-                return Err(DirectoryError::Duplicate {
-                    file: file.to_owned(),
-                    line,
-                    identity,
-                    first: first.line,
-                });
+                return Err(DirectoryError::Duplicate { file: file.to_owned(), line, identity, first: first.line });
             }
-            let provider = Provider {
-                identity: identity.clone(),
-                hospital: p.hospital.into_inner(),
-                line,
-            };
+            let provider = Provider { identity: identity.clone(), hospital: p.hospital.into_inner(), line };
             providers.insert(identity, provider);
         }
-        Ok(Directory {
-            file: file.to_owned(),
-            providers,
-        })
+        Ok(Directory { file: file.to_owned(), providers })
     }
 
     /// The hospital `identity` is bound to, if it is a care provider.
@@ -181,9 +144,7 @@ struct StoreState {
 }
 
 fn stamp(file: &Path) -> Stamp {
-    std::fs::metadata(file)
-        .ok()
-        .map(|m| (m.modified().ok(), m.len()))
+    std::fs::metadata(file).ok().map(|m| (m.modified().ok(), m.len()))
 }
 
 impl DirectoryStore {
@@ -191,13 +152,7 @@ impl DirectoryStore {
     pub fn open(file: &Path) -> Result<DirectoryStore, DirectoryError> {
         let stamp = stamp(file);
         let directory = Directory::load(file)?;
-        Ok(DirectoryStore {
-            file: file.to_owned(),
-            state: Mutex::new(StoreState {
-                stamp,
-                current: Ok(Arc::new(directory)),
-            }),
-        })
+        Ok(DirectoryStore { file: file.to_owned(), state: Mutex::new(StoreState { stamp, current: Ok(Arc::new(directory)) }) })
     }
 
     pub fn file(&self) -> &Path {
@@ -223,9 +178,7 @@ mod tests {
     const GOOD: &str = "# care providers\n[[providers]]\nidentity = \"dora\"\nhospital = \"Danderyd\"\n\n[[providers]]\nidentity = \"erik\"\nhospital = \"Södersjukhuset\"\n";
 
     fn err(text: &str) -> String {
-        Directory::parse(Path::new("fed/directory.toml"), text)
-            .unwrap_err()
-            .to_string()
+        Directory::parse(Path::new("fed/directory.toml"), text).unwrap_err().to_string()
     }
 
     #[test]
@@ -234,17 +187,8 @@ mod tests {
         assert_eq!(d.hospital_of("dora"), Some("Danderyd"));
         assert_eq!(d.hospital_of("erik"), Some("Södersjukhuset"));
         assert_eq!(d.hospital_of("alice"), None);
-        assert_eq!(
-            d.providers().map(|p| p.line).collect::<Vec<_>>(),
-            vec![3, 7]
-        );
-        assert_eq!(
-            Directory::parse(Path::new("d.toml"), "")
-                .expect("empty is valid")
-                .providers()
-                .count(),
-            0
-        );
+        assert_eq!(d.providers().map(|p| p.line).collect::<Vec<_>>(), vec![3, 7]);
+        assert_eq!(Directory::parse(Path::new("d.toml"), "").expect("empty is valid").providers().count(), 0);
     }
 
     #[test]
@@ -257,26 +201,13 @@ mod tests {
             err(&GOOD.replace("\"Danderyd\"", "\" \"")),
             "care-provider directory fed/directory.toml: line 4: hospital is empty"
         );
-        assert!(
-            err(&GOOD.replace("\"Danderyd\"", "\"Dand\\teryd\""))
-                .contains("line 4: hospital \"Dand\\teryd\" has a control character")
-        );
+        assert!(err(&GOOD.replace("\"Danderyd\"", "\"Dand\\teryd\"")).contains("line 4: hospital \"Dand\\teryd\" has a control character"));
         let e = err(&GOOD.replace("hospital = \"Danderyd\"", "unit = \"Danderyd\""));
-        assert!(
-            e.starts_with(
-                "care-provider directory fed/directory.toml: line 4, column 1: unknown field `unit`"
-            ),
-            "{e}"
-        );
+        assert!(e.starts_with("care-provider directory fed/directory.toml: line 4, column 1: unknown field `unit`"), "{e}");
         let e = err("[[providers]]\nidentity = \"dora\"\n");
         assert!(e.contains("missing field `hospital`"), "{e}");
-        let e = Directory::load(Path::new("/nonexistent/directory.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with("cannot read the care-provider directory /nonexistent/directory.toml: "),
-            "{e}"
-        );
+        let e = Directory::load(Path::new("/nonexistent/directory.toml")).unwrap_err().to_string();
+        assert!(e.starts_with("cannot read the care-provider directory /nonexistent/directory.toml: "), "{e}");
     }
 
     #[test]
@@ -285,15 +216,9 @@ mod tests {
         let file = dir.path().join("directory.toml");
         std::fs::write(&file, GOOD).expect("write");
         let store = DirectoryStore::open(&file).expect("open");
-        assert_eq!(
-            store.current().expect("valid").hospital_of("dora"),
-            Some("Danderyd")
-        );
+        assert_eq!(store.current().expect("valid").hospital_of("dora"), Some("Danderyd"));
         std::fs::write(&file, GOOD.replace("Danderyd", "Karolinska Huddinge")).expect("write");
-        assert_eq!(
-            store.current().expect("valid").hospital_of("dora"),
-            Some("Karolinska Huddinge")
-        );
+        assert_eq!(store.current().expect("valid").hospital_of("dora"), Some("Karolinska Huddinge"));
         std::fs::write(&file, "[[providers]]\nidentity = \"dora\"\n").expect("write");
         assert!(store.current().is_err(), "an invalid file grants nothing");
         std::fs::remove_file(&file).expect("remove");

@@ -159,13 +159,8 @@ fn small(persons: Option<u64>, k: u64) -> bool {
 /// Decides which cells of an answer are withheld.
 pub fn decide(columns: &[Role], rows: &[RowFacts], rules: &Disclosure) -> Outcome {
     let k = u64::from(rules.min_cell_persons);
-    let mut decisions: Vec<RowDecision> = rows
-        .iter()
-        .map(|_| RowDecision {
-            withheld: vec![None; columns.len()],
-            collapsed: false,
-        })
-        .collect();
+    let mut decisions: Vec<RowDecision> =
+        rows.iter().map(|_| RowDecision { withheld: vec![None; columns.len()], collapsed: false }).collect();
     let mut row_small = vec![false; rows.len()];
 
     // Primary suppression.
@@ -194,9 +189,7 @@ pub fn decide(columns: &[Role], rows: &[RowFacts], rules: &Disclosure) -> Outcom
     // otherwise the pattern shows which group holds the few.
     for (c, role) in columns.iter().enumerate() {
         let Role::Value(_) = role else { continue };
-        let complement_small = decisions
-            .iter()
-            .any(|d| d.withheld[c] == Some(Reason::Complement));
+        let complement_small = decisions.iter().any(|d| d.withheld[c] == Some(Reason::Complement));
         for (r, row) in rows.iter().enumerate() {
             if decisions[r].withheld[c].is_some() {
                 continue;
@@ -224,9 +217,7 @@ pub fn decide(columns: &[Role], rows: &[RowFacts], rules: &Disclosure) -> Outcom
             continue;
         }
         for (c, role) in columns.iter().enumerate() {
-            if matches!(role, Role::Key)
-                && let Some(Some(v)) = row.shown.get(c)
-            {
+            if matches!(role, Role::Key) && let Some(Some(v)) = row.shown.get(c) {
                 released[c].insert(v.as_str());
             }
         }
@@ -252,12 +243,7 @@ pub fn decide(columns: &[Role], rows: &[RowFacts], rules: &Disclosure) -> Outcom
             *counts.entry(*reason).or_insert(0) += 1;
         }
     }
-    Outcome {
-        rows: decisions,
-        counts,
-        collapsed,
-        round_to: rules.round_counts_to.max(1),
-    }
+    Outcome { rows: decisions, counts, collapsed, round_to: rules.round_counts_to.max(1) }
 }
 
 fn dominated(dominance: Option<(f64, f64)>, rules: &Disclosure) -> bool {
@@ -312,15 +298,7 @@ fn equations(columns: &[Role], rows: &[RowFacts]) -> Vec<Equation> {
     let additive: Vec<usize> = columns
         .iter()
         .enumerate()
-        .filter(|(_, r)| {
-            matches!(
-                r,
-                Role::Value(ValueColumn {
-                    additive: Some(_),
-                    ..
-                })
-            )
-        })
+        .filter(|(_, r)| matches!(r, Role::Value(ValueColumn { additive: Some(_), .. })))
         .map(|(c, _)| c)
         .collect();
     if additive.is_empty() {
@@ -328,15 +306,7 @@ fn equations(columns: &[Role], rows: &[RowFacts]) -> Vec<Equation> {
     }
     let nkeys = rows.first().map_or(0, |r| r.keys.len());
     fn visible(row: &RowFacts, mask: u64, nkeys: usize) -> Vec<Option<&str>> {
-        (0..nkeys)
-            .map(|j| {
-                if mask & (1 << j) != 0 {
-                    None
-                } else {
-                    row.keys[j].as_deref()
-                }
-            })
-            .collect()
+        (0..nkeys).map(|j| if mask & (1 << j) != 0 { None } else { row.keys[j].as_deref() }).collect()
     }
     // For a parent (mask m) and an aggregated key j: children have mask m - j
     // and agree on the keys visible in the parent.
@@ -348,17 +318,13 @@ fn equations(columns: &[Role], rows: &[RowFacts]) -> Vec<Equation> {
     }
     let mut out = Vec::new();
     for (p, parent) in rows.iter().enumerate() {
-        let Some(mask) = parent.margin_mask else {
-            continue;
-        };
+        let Some(mask) = parent.margin_mask else { continue };
         for j in 0..nkeys {
             if mask & (1 << j) == 0 {
                 continue;
             }
             let child_mask = mask & !(1 << j);
-            let Some(candidates) = by_mask.get(&child_mask) else {
-                continue;
-            };
+            let Some(candidates) = by_mask.get(&child_mask) else { continue };
             let want = visible(parent, mask, nkeys);
             let children: Vec<usize> = candidates
                 .iter()
@@ -369,11 +335,7 @@ fn equations(columns: &[Role], rows: &[RowFacts]) -> Vec<Equation> {
                 continue;
             }
             for &column in &additive {
-                out.push(Equation {
-                    column,
-                    parent: p,
-                    children: children.clone(),
-                });
+                out.push(Equation { column, parent: p, children: children.clone() });
             }
         }
     }
@@ -395,27 +357,16 @@ fn secondary(columns: &[Role], rows: &[RowFacts], decisions: &mut [RowDecision],
     loop {
         let mut changed = false;
         for eq in &eqs {
-            let members: Vec<usize> = std::iter::once(eq.parent)
-                .chain(eq.children.iter().copied())
-                .collect();
-            let withheld: Vec<usize> = members
-                .iter()
-                .copied()
-                .filter(|&r| decisions[r].withheld[eq.column].is_some())
-                .collect();
+            let members: Vec<usize> = std::iter::once(eq.parent).chain(eq.children.iter().copied()).collect();
+            let withheld: Vec<usize> =
+                members.iter().copied().filter(|&r| decisions[r].withheld[eq.column].is_some()).collect();
             if withheld.is_empty() {
                 continue;
             }
             let exposed = if withheld.len() == 1 {
                 true
             } else if decisions[eq.parent].withheld[eq.column].is_none()
-                && matches!(
-                    columns[eq.column],
-                    Role::Value(ValueColumn {
-                        additive: Some(Additive::Count),
-                        ..
-                    })
-                )
+                && matches!(columns[eq.column], Role::Value(ValueColumn { additive: Some(Additive::Count), .. }))
             {
                 // The withheld children add up to parent − Σ released children.
                 let released: f64 = eq
@@ -438,14 +389,8 @@ fn secondary(columns: &[Role], rows: &[RowFacts], decisions: &mut [RowDecision],
                 .iter()
                 .copied()
                 .filter(|&r| decisions[r].withheld[eq.column].is_none())
-                .min_by(|&a, &b| {
-                    value(a, eq.column)
-                        .abs()
-                        .total_cmp(&value(b, eq.column).abs())
-                })
-                .or_else(|| {
-                    (decisions[eq.parent].withheld[eq.column].is_none()).then_some(eq.parent)
-                });
+                .min_by(|&a, &b| value(a, eq.column).abs().total_cmp(&value(b, eq.column).abs()))
+                .or_else(|| (decisions[eq.parent].withheld[eq.column].is_none()).then_some(eq.parent));
             if let Some(r) = choice {
                 decisions[r].withheld[eq.column] = Some(Reason::Secondary);
                 spread(columns, &mut decisions[r], Reason::Secondary);
@@ -474,10 +419,7 @@ mod tests {
     }
 
     fn count_col(agg: usize) -> Role {
-        Role::Value(ValueColumn {
-            additive: Some(Additive::Count),
-            depends_on: vec![agg],
-        })
+        Role::Value(ValueColumn { additive: Some(Additive::Count), depends_on: vec![agg] })
     }
 
     /// A row of a one- or two-key table whose single value is a count of persons.
@@ -485,18 +427,8 @@ mod tests {
         let mut shown: Vec<Option<String>> = keys.iter().map(|k| k.map(str::to_owned)).collect();
         shown.push(Some(n.to_string()));
         let mut cells = vec![CellFacts::default(); keys.len()];
-        cells.push(CellFacts {
-            value: Some(n as f64),
-            persons: Some(n),
-            ..Default::default()
-        });
-        RowFacts {
-            persons: Some(n),
-            margin_mask: mask,
-            keys: keys.iter().map(|k| k.map(str::to_owned)).collect(),
-            shown,
-            cells,
-        }
+        cells.push(CellFacts { value: Some(n as f64), persons: Some(n), ..Default::default() });
+        RowFacts { persons: Some(n), margin_mask: mask, keys: keys.iter().map(|k| k.map(str::to_owned)).collect(), shown, cells }
     }
 
     fn withheld(o: &Outcome, col: usize) -> Vec<bool> {
@@ -506,11 +438,7 @@ mod tests {
     #[test]
     fn primary_withholds_small_cells_and_keeps_the_rest() {
         let cols = [Role::Key, count_col(0)];
-        let rows = [
-            row(&[Some("a")], None, 3),
-            row(&[Some("b")], None, 12),
-            row(&[Some("c")], None, 0),
-        ];
+        let rows = [row(&[Some("a")], None, 3), row(&[Some("b")], None, 12), row(&[Some("c")], None, 0)];
         let o = decide(&cols, &rows, &rules(5));
         // c counts nobody: withheld too, or it would tell where the persons are not.
         assert_eq!(withheld(&o, 1), [true, false, true]);
@@ -553,18 +481,8 @@ mod tests {
     #[test]
     fn two_dimensional_table_with_margins_has_no_equation_with_one_unknown() {
         // CUBE(region, sex): keys (region, sex); bit 0 = region aggregated, bit 1 = sex.
-        let cells = [
-            ("a", "F", 3),
-            ("a", "M", 10),
-            ("b", "F", 12),
-            ("b", "M", 15),
-            ("c", "F", 9),
-            ("c", "M", 11),
-        ];
-        let mut rows: Vec<RowFacts> = cells
-            .iter()
-            .map(|(r, s, n)| row(&[Some(r), Some(s)], Some(0), *n))
-            .collect();
+        let cells = [("a", "F", 3), ("a", "M", 10), ("b", "F", 12), ("b", "M", 15), ("c", "F", 9), ("c", "M", 11)];
+        let mut rows: Vec<RowFacts> = cells.iter().map(|(r, s, n)| row(&[Some(r), Some(s)], Some(0), *n)).collect();
         for region in ["a", "b", "c"] {
             let n: u64 = cells.iter().filter(|c| c.0 == region).map(|c| c.2).sum();
             rows.push(row(&[Some(region), None], Some(2), n));
@@ -581,15 +499,8 @@ mod tests {
         assert!(w[0], "the small cell a/F is withheld");
         // Every equation has zero or at least two withheld cells.
         for eq in equations(&cols, &rows) {
-            let n = std::iter::once(eq.parent)
-                .chain(eq.children.iter().copied())
-                .filter(|&r| w[r])
-                .count();
-            assert_ne!(
-                n, 1,
-                "an equation with one unknown: parent {} children {:?}",
-                eq.parent, eq.children
-            );
+            let n = std::iter::once(eq.parent).chain(eq.children.iter().copied()).filter(|&r| w[r]).count();
+            assert_ne!(n, 1, "an equation with one unknown: parent {} children {:?}", eq.parent, eq.children);
         }
         // a/M (same row) and c/F (same column, smallest) carry the secondary suppression.
         assert!(w[1] && w[4], "{w:?}");
@@ -597,73 +508,35 @@ mod tests {
 
     #[test]
     fn complement_and_dominance() {
-        let cols = [
-            Role::Key,
-            count_col(0),
-            Role::Value(ValueColumn {
-                additive: Some(Additive::Sum),
-                depends_on: vec![1],
-            }),
-        ];
+        let cols = [Role::Key, count_col(0), Role::Value(ValueColumn { additive: Some(Additive::Sum), depends_on: vec![1] })];
         let mut r = row(&[Some("a")], None, 40);
         r.cells[1].complement = Some(2);
-        r.cells.push(CellFacts {
-            value: Some(1000.0),
-            persons: Some(40),
-            complement: None,
-            dominance: Some((900.0, 1000.0)),
-        });
+        r.cells.push(CellFacts { value: Some(1000.0), persons: Some(40), complement: None, dominance: Some((900.0, 1000.0)) });
         r.shown.push(Some("1000".into()));
         let o = decide(&cols, &[r], &rules(5));
-        assert_eq!(
-            o.rows[0].withheld,
-            vec![None, Some(Reason::Complement), Some(Reason::Dominance)]
-        );
+        assert_eq!(o.rows[0].withheld, vec![None, Some(Reason::Complement), Some(Reason::Dominance)]);
     }
 
     #[test]
     fn a_withheld_aggregate_withholds_the_cells_computed_from_it() {
-        let share = Role::Value(ValueColumn {
-            additive: None,
-            depends_on: vec![0, 1],
-        });
+        let share = Role::Value(ValueColumn { additive: None, depends_on: vec![0, 1] });
         let cols = [Role::Key, count_col(0), count_col(1), share];
         let mut r = row(&[Some("a")], None, 40);
         r.cells[1].persons = Some(3);
-        r.cells.push(CellFacts {
-            value: Some(40.0),
-            persons: Some(40),
-            ..Default::default()
-        });
-        r.cells.push(CellFacts {
-            value: None,
-            persons: Some(40),
-            ..Default::default()
-        });
+        r.cells.push(CellFacts { value: Some(40.0), persons: Some(40), ..Default::default() });
+        r.cells.push(CellFacts { value: None, persons: Some(40), ..Default::default() });
         r.shown.extend([Some("40".into()), Some("0.07".into())]);
         let o = decide(&cols, &[r], &rules(5));
-        assert_eq!(
-            o.rows[0].withheld,
-            vec![None, Some(Reason::Threshold), None, Some(Reason::Threshold)]
-        );
+        assert_eq!(o.rows[0].withheld, vec![None, Some(Reason::Threshold), None, Some(Reason::Threshold)]);
     }
 
     #[test]
     fn empty_cells_next_to_a_withheld_one_do_not_point_at_it() {
         let cols = [Role::Key, count_col(0), count_col(1)];
-        let mut rows = vec![
-            row(&[Some("a")], None, 40),
-            row(&[Some("b")], None, 40),
-            row(&[Some("c")], None, 40),
-        ];
+        let mut rows = vec![row(&[Some("a")], None, 40), row(&[Some("b")], None, 40), row(&[Some("c")], None, 40)];
         // Column 2: a conditional count that hits one person in a and nobody elsewhere.
         for (i, hits) in [1u64, 0, 0].into_iter().enumerate() {
-            rows[i].cells.push(CellFacts {
-                value: Some(hits as f64),
-                persons: Some(hits),
-                complement: Some(40 - hits),
-                dominance: None,
-            });
+            rows[i].cells.push(CellFacts { value: Some(hits as f64), persons: Some(hits), complement: Some(40 - hits), dominance: None });
             rows[i].shown.push(Some(hits.to_string()));
         }
         let o = decide(&cols, &rows, &rules(5));

@@ -14,11 +14,7 @@ pub fn one_line(e: &toml::de::Error) -> String {
 /// The 1-based line of byte `offset` in `text` (for errors that point at a value's span).
 pub fn line_at(text: &str, offset: usize) -> usize {
     let offset = offset.min(text.len());
-    text.as_bytes()[..offset]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
+    text.as_bytes()[..offset].iter().filter(|&&b| b == b'\n').count() + 1
 }
 
 #[cfg(test)]
@@ -40,15 +36,8 @@ mod tests {
     #[test]
     fn names_line_and_column() {
         let e = toml::from_str::<Doc>("\na = \"x\"\n").unwrap_err();
-        assert_eq!(
-            super::one_line(&e),
-            "line 2, column 5: invalid type: string \"x\", expected u32"
-        );
+        assert_eq!(super::one_line(&e), "line 2, column 5: invalid type: string \"x\", expected u32");
         let e = toml::from_str::<Doc>("a = 1\nb = 2\n").unwrap_err();
-        assert!(
-            super::one_line(&e).starts_with("line 2, column 1: unknown field `b`"),
-            "{}",
-            super::one_line(&e)
-        );
+        assert!(super::one_line(&e).starts_with("line 2, column 1: unknown field `b`"), "{}", super::one_line(&e));
     }
 }

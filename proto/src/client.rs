@@ -16,22 +16,11 @@ use crate::{CATALOGUE_ACTION, headers, pb, ticket};
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("node {node} at {addr}: invalid address: {reason}")]
-    Address {
-        node: String,
-        addr: String,
-        reason: String,
-    },
+    Address { node: String, addr: String, reason: String },
     #[error("node {node} at {addr} is unreachable: {reason}; check that it runs and retry")]
-    Unreachable {
-        node: String,
-        addr: String,
-        reason: String,
-    },
+    Unreachable { node: String, addr: String, reason: String },
     #[error("node {node}: {status}")]
-    Status {
-        node: String,
-        status: Box<tonic::Status>,
-    },
+    Status { node: String, status: Box<tonic::Status> },
     #[error("node {node}: {reason}")]
     Protocol { node: String, reason: String },
 }
@@ -41,9 +30,7 @@ impl NodeError {
     pub fn status(&self) -> Option<&tonic::Status> {
         match self {
             NodeError::Status { status, .. } => Some(status),
-            NodeError::Address { .. }
-            | NodeError::Unreachable { .. }
-            | NodeError::Protocol { .. } => None,
+            NodeError::Address { .. } | NodeError::Unreachable { .. } | NodeError::Protocol { .. } => None,
         }
     }
 }
@@ -107,12 +94,7 @@ impl NodeClient {
                 // Connection failures come from the transport (the status has a
                 // source); a status the node sent itself has none.
                 let transport = std::error::Error::source(status.as_ref()).is_some();
-                if transport
-                    && matches!(
-                        status.code(),
-                        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
-                    )
-                {
+                if transport && matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal) {
                     NodeError::Unreachable {
                         node,
                         addr: self.endpoint.addr.clone(),
@@ -122,27 +104,16 @@ impl NodeClient {
                     NodeError::Status { node, status }
                 }
             }
-            other => NodeError::Protocol {
-                node,
-                reason: other.to_string(),
-            },
+            other => NodeError::Protocol { node, reason: other.to_string() },
         }
     }
 
     /// The node's catalogue.
     pub async fn catalogue(&self) -> Result<pb::Catalogue, NodeError> {
         let mut flight = self.flight();
-        let action = Action {
-            r#type: CATALOGUE_ACTION.to_owned(),
-            body: Default::default(),
-        };
-        let bodies: Vec<_> = flight
-            .do_action(action)
-            .await
-            .map_err(|e| self.error(e))?
-            .try_collect()
-            .await
-            .map_err(|e| self.error(e))?;
+        let action = Action { r#type: CATALOGUE_ACTION.to_owned(), body: Default::default() };
+        let bodies: Vec<_> =
+            flight.do_action(action).await.map_err(|e| self.error(e))?.try_collect().await.map_err(|e| self.error(e))?;
         let body = bodies.first().ok_or_else(|| NodeError::Protocol {
             node: self.endpoint.name.clone(),
             reason: "the catalogue action returned nothing".into(),
@@ -161,25 +132,16 @@ impl NodeClient {
         query_id: &str,
         traceparent: Option<&str>,
     ) -> Result<FlightRecordBatchStream, NodeError> {
-        self.send(&ticket::sub_query(project, sql, query_id), traceparent)
-            .await
+        self.send(&ticket::sub_query(project, sql, query_id), traceparent).await
     }
 
     /// Sends a sub-query as it is (e.g. one for direct access, with `direct_unit` set).
-    pub async fn send(
-        &self,
-        sub: &pb::SubQuery,
-        traceparent: Option<&str>,
-    ) -> Result<FlightRecordBatchStream, NodeError> {
+    pub async fn send(&self, sub: &pb::SubQuery, traceparent: Option<&str>) -> Result<FlightRecordBatchStream, NodeError> {
         let mut flight = self.flight();
         if let Some(tp) = traceparent {
-            flight
-                .add_header(headers::TRACEPARENT, tp)
-                .map_err(|e| self.error(e))?;
+            flight.add_header(headers::TRACEPARENT, tp).map_err(|e| self.error(e))?;
         }
-        let ticket = Ticket {
-            ticket: sub.encode_to_vec().into(),
-        };
+        let ticket = Ticket { ticket: sub.encode_to_vec().into() };
         flight.do_get(ticket).await.map_err(|e| self.error(e))
     }
 

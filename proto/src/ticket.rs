@@ -13,21 +13,15 @@ pub const TICKET_VERSION: u32 = 1;
 pub enum TicketError {
     #[error("the ticket is not a samkor sub-query ({0}); send a samkor.v1.SubQuery")]
     Malformed(String),
-    #[error(
-        "ticket version {found} is not supported (this node speaks version {TICKET_VERSION}); upgrade the older side"
-    )]
+    #[error("ticket version {found} is not supported (this node speaks version {TICKET_VERSION}); upgrade the older side")]
     Version { found: u32 },
     #[error("the request names no project; every query must run for an approved project")]
     NoProject,
-    #[error(
-        "the project id {0:?} is not valid: use letters, digits, '-', '_' or '.', at most 64 characters"
-    )]
+    #[error("the project id {0:?} is not valid: use letters, digits, '-', '_' or '.', at most 64 characters")]
     BadProject(String),
     #[error("the sub-query carries no SQL")]
     NoSql,
-    #[error(
-        "the direct-access unit of the ticket is not valid: at most 128 characters, no control characters"
-    )]
+    #[error("the direct-access unit of the ticket is not valid: at most 128 characters, no control characters")]
     BadDirectUnit,
 }
 
@@ -72,11 +66,7 @@ pub fn validate_project(project: &str) -> Result<(), TicketError> {
         && project
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(TicketError::BadProject(project.to_owned()))
-    }
+    if ok { Ok(()) } else { Err(TicketError::BadProject(project.to_owned())) }
 }
 
 #[cfg(test)]
@@ -107,20 +97,11 @@ mod tests {
         q.version = 1;
         q.sql = " ".into();
         assert_eq!(decode(&q.encode_to_vec()).unwrap_err(), TicketError::NoSql);
-        assert!(matches!(
-            decode(b"\xff\xff\xff").unwrap_err(),
-            TicketError::Malformed(_)
-        ));
+        assert!(matches!(decode(b"\xff\xff\xff").unwrap_err(), TicketError::Malformed(_)));
         q.sql = "SELECT 1".into();
         q.direct_unit = "Danderyd\n".into();
-        assert_eq!(
-            decode(&q.encode_to_vec()).unwrap_err(),
-            TicketError::BadDirectUnit
-        );
+        assert_eq!(decode(&q.encode_to_vec()).unwrap_err(), TicketError::BadDirectUnit);
         q.direct_unit = "Södersjukhuset".into();
-        assert_eq!(
-            decode(&q.encode_to_vec()).expect("a unit name").direct_unit,
-            "Södersjukhuset"
-        );
+        assert_eq!(decode(&q.encode_to_vec()).expect("a unit name").direct_unit, "Södersjukhuset");
     }
 }

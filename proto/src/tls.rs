@@ -23,11 +23,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {what} file {}: {source}", path.display())]
-    Read {
-        what: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error("{what} file {} holds no PEM certificate", path.display())]
     NoCertificate { what: &'static str, path: PathBuf },
     #[error("key file {} holds no PEM private key: {reason}", path.display())]
@@ -35,11 +31,7 @@ pub enum TlsError {
     #[error("CA file {} is not a usable certificate authority: {reason}", path.display())]
     BadCa { path: PathBuf, reason: String },
     #[error("certificate {} and key {} do not form a TLS identity: {reason}", cert.display(), key.display())]
-    BadIdentity {
-        cert: PathBuf,
-        key: PathBuf,
-        reason: String,
-    },
+    BadIdentity { cert: PathBuf, key: PathBuf, reason: String },
 }
 
 /// The three files that make up a party's TLS identity.
@@ -53,6 +45,7 @@ pub struct TlsFiles {
     pub ca: PathBuf,
 }
 
+
 /// TLS material read from disk and checked.
 #[derive(Debug, Clone)]
 pub struct TlsIdentity {
@@ -65,26 +58,13 @@ pub struct TlsIdentity {
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
-        what,
-        path: path.to_owned(),
-        source,
-    })
+    std::fs::read(path).map_err(|source| TlsError::Read { what, path: path.to_owned(), source })
 }
 
-fn certs(
-    what: &'static str,
-    path: &Path,
-    pem: &[u8],
-) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
-        .filter_map(Result::ok)
-        .collect();
+fn certs(what: &'static str, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem).filter_map(Result::ok).collect();
     if certs.is_empty() {
-        return Err(TlsError::NoCertificate {
-            what,
-            path: path.to_owned(),
-        });
+        return Err(TlsError::NoCertificate { what, path: path.to_owned() });
     }
     Ok(certs)
 }
@@ -92,11 +72,7 @@ fn certs(
 impl TlsFiles {
     /// Resolves relative paths against `base` (the directory of the config file).
     pub fn relative_to(&self, base: &Path) -> TlsFiles {
-        TlsFiles {
-            cert: base.join(&self.cert),
-            key: base.join(&self.key),
-            ca: base.join(&self.ca),
-        }
+        TlsFiles { cert: base.join(&self.cert), key: base.join(&self.key), ca: base.join(&self.ca) }
     }
 
     /// Reads and checks the files.
@@ -106,14 +82,7 @@ impl TlsFiles {
         let ca_pem = read("CA", &self.ca)?;
         let certs = certs("certificate", &self.cert, &cert_pem)?;
         let ca = certs_ca(&self.ca, &ca_pem)?;
-        let id = TlsIdentity {
-            files: self.clone(),
-            cert_pem,
-            key_pem,
-            ca_pem,
-            certs,
-            ca,
-        };
+        let id = TlsIdentity { files: self.clone(), cert_pem, key_pem, ca_pem, certs, ca };
         // Building a server config checks that key and certificate belong together.
         id.server_config()?;
         Ok(id)
@@ -130,19 +99,16 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 impl TlsIdentity {
     fn key(&self) -> Result<PrivateKeyDer<'static>, TlsError> {
-        PrivateKeyDer::from_pem_slice(&self.key_pem).map_err(|e| TlsError::NoKey {
-            path: self.files.key.clone(),
-            reason: e.to_string(),
-        })
+        PrivateKeyDer::from_pem_slice(&self.key_pem)
+            .map_err(|e| TlsError::NoKey { path: self.files.key.clone(), reason: e.to_string() })
     }
 
     fn roots(&self) -> Result<rustls::RootCertStore, TlsError> {
         let mut roots = rustls::RootCertStore::empty();
         for c in &self.ca {
-            roots.add(c.clone()).map_err(|e| TlsError::BadCa {
-                path: self.files.ca.clone(),
-                reason: e.to_string(),
-            })?;
+            roots
+                .add(c.clone())
+                .map_err(|e| TlsError::BadCa { path: self.files.ca.clone(), reason: e.to_string() })?;
         }
         Ok(roots)
     }
@@ -151,15 +117,10 @@ impl TlsIdentity {
     /// federation CA required, HTTP/2 negotiated for gRPC.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let provider = provider();
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(self.roots()?),
-            provider.clone(),
-        )
-        .build()
-        .map_err(|e| TlsError::BadCa {
-            path: self.files.ca.clone(),
-            reason: e.to_string(),
-        })?;
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), provider.clone())
+                .build()
+                .map_err(|e| TlsError::BadCa { path: self.files.ca.clone(), reason: e.to_string() })?;
         let bad_identity = |reason: String| TlsError::BadIdentity {
             cert: self.files.cert.clone(),
             key: self.files.key.clone(),
@@ -180,10 +141,7 @@ impl TlsIdentity {
     pub fn client_config(&self, domain: &str) -> tonic::transport::ClientTlsConfig {
         tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem))
-            .identity(tonic::transport::Identity::from_pem(
-                &self.cert_pem,
-                &self.key_pem,
-            ))
+            .identity(tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem))
             .domain_name(domain)
     }
 
@@ -196,13 +154,7 @@ impl TlsIdentity {
 /// The common name of a DER certificate.
 pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    let cn = parsed
-        .subject()
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_owned();
+    let cn = parsed.subject().iter_common_name().next()?.as_str().ok()?.to_owned();
     Some(cn)
 }
 
@@ -273,18 +225,12 @@ mod tests {
             ca: dir.path().join("ca.pem"),
         };
         let e = files.load().unwrap_err().to_string();
-        assert!(
-            e.starts_with("cannot read certificate file ") && e.contains("c.pem"),
-            "{e}"
-        );
+        assert!(e.starts_with("cannot read certificate file ") && e.contains("c.pem"), "{e}");
         std::fs::write(&files.cert, "not a certificate").expect("write");
         std::fs::write(&files.key, "nope").expect("write");
         std::fs::write(&files.ca, "nope").expect("write");
         let e = files.load().unwrap_err().to_string();
-        assert!(
-            e.contains("holds no PEM certificate") && e.contains("c.pem"),
-            "{e}"
-        );
+        assert!(e.contains("holds no PEM certificate") && e.contains("c.pem"), "{e}");
     }
 
     #[test]

@@ -27,10 +27,7 @@ pub fn traceparent(span: &tracing::Span) -> Option<String> {
 
 /// Makes `span` a child of the remote context in `traceparent`.
 pub fn set_parent(span: &tracing::Span, traceparent: &str) {
-    let carrier = HashMap::from([(
-        crate::headers::TRACEPARENT.to_owned(),
-        traceparent.to_owned(),
-    )]);
+    let carrier = HashMap::from([(crate::headers::TRACEPARENT.to_owned(), traceparent.to_owned())]);
     let context = propagator().extract(&carrier);
     if context.span().span_context().is_valid() {
         let _ = span.set_parent(context);

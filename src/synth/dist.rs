@@ -35,11 +35,7 @@ pub(crate) fn chance(r: &mut SynthRng, p: f64) -> bool {
 
 /// Uniform integer in [lo, hi] (inclusive); `lo` if the range is empty.
 pub(crate) fn int_in(r: &mut SynthRng, lo: i32, hi: i32) -> i32 {
-    if hi <= lo {
-        lo
-    } else {
-        r.random_range(lo..=hi)
-    }
+    if hi <= lo { lo } else { r.random_range(lo..=hi) }
 }
 
 /// Uniform index in [0, n); n must be > 0.
@@ -86,8 +82,7 @@ pub(crate) fn weighted(r: &mut SynthRng, weights: &[f64]) -> usize {
 pub(crate) fn from_cumulative(r: &mut SynthRng, cum: &[f64]) -> usize {
     let total = cum.last().copied().unwrap_or(0.0);
     let x = unif(r) * total;
-    cum.partition_point(|c| *c <= x)
-        .min(cum.len().saturating_sub(1))
+    cum.partition_point(|c| *c <= x).min(cum.len().saturating_sub(1))
 }
 
 /// Cumulative sums of `weights`.

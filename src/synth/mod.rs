@@ -76,42 +76,22 @@ pub enum SynthError {
     InvalidPersons { persons: u64, max: u64 },
     /// The output directory or a register directory could not be created.
     #[error("cannot create output directory {}: {source}", path.display())]
-    CreateDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    CreateDir { path: PathBuf, source: std::io::Error },
     /// An existing register directory could not be wiped.
     #[error("cannot remove old register directory {}: {source}", path.display())]
-    RemoveDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    RemoveDir { path: PathBuf, source: std::io::Error },
     /// A file could not be created.
     #[error("cannot create file {}: {source}", path.display())]
-    CreateFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    CreateFile { path: PathBuf, source: std::io::Error },
     /// A text file (node.toml, optout.txt) could not be written.
     #[error("cannot write file {}: {source}", path.display())]
-    WriteFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    WriteFile { path: PathBuf, source: std::io::Error },
     /// The Parquet writer failed (usually disk full or I/O).
     #[error("cannot write Parquet file {}: {source}", path.display())]
-    Parquet {
-        path: PathBuf,
-        source: parquet::errors::ParquetError,
-    },
+    Parquet { path: PathBuf, source: parquet::errors::ParquetError },
     /// A bug in the generator: a record batch did not match its table's schema.
-    #[error(
-        "internal error in the synthetic data generator: batch for table {table} does not match its schema: {source}"
-    )]
-    BatchSchema {
-        table: &'static str,
-        source: arrow::error::ArrowError,
-    },
+    #[error("internal error in the synthetic data generator: batch for table {table} does not match its schema: {source}")]
+    BatchSchema { table: &'static str, source: arrow::error::ArrowError },
     /// A bug in the generator: a worker thread panicked.
     #[error("internal error in the synthetic data generator: the worker writing {file} panicked")]
     WorkerPanicked { file: String },
@@ -138,9 +118,7 @@ enum TaskKind {
 }
 
 fn chunks(n: usize, size: usize) -> Vec<std::ops::Range<usize>> {
-    (0..n.div_ceil(size).max(1))
-        .map(|c| c * size..((c + 1) * size).min(n))
-        .collect()
+    (0..n.div_ceil(size).max(1)).map(|c| c * size..((c + 1) * size).min(n)).collect()
 }
 
 /// Tasks, biggest first (for load balance; the output does not depend on the order).
@@ -148,40 +126,13 @@ fn plan(n: usize) -> Vec<Task> {
     let mut tasks = Vec::new();
     let mut per_chunk = |register, table, kind, size| {
         for (part, persons) in chunks(n, size).into_iter().enumerate() {
-            tasks.push(Task {
-                register,
-                table,
-                kind,
-                part,
-                persons,
-            });
+            tasks.push(Task { register, table, kind, part, persons });
         }
     };
-    per_chunk(
-        2,
-        &schema::LMR_DISPENSATIONS,
-        TaskKind::LmrDispensations,
-        tables::LMR_CHUNK,
-    );
-    per_chunk(
-        1,
-        &schema::NPR_INPATIENT,
-        TaskKind::NprInpatient,
-        tables::NPR_CHUNK,
-    );
-    per_chunk(
-        4,
-        &schema::POP_PERSONS,
-        TaskKind::PopPersons,
-        tables::POP_CHUNK,
-    );
-    tasks.push(Task {
-        register: 0,
-        table: &schema::HIP_PROM,
-        kind: TaskKind::HipProm,
-        part: 0,
-        persons: 0..n,
-    });
+    per_chunk(2, &schema::LMR_DISPENSATIONS, TaskKind::LmrDispensations, tables::LMR_CHUNK);
+    per_chunk(1, &schema::NPR_INPATIENT, TaskKind::NprInpatient, tables::NPR_CHUNK);
+    per_chunk(4, &schema::POP_PERSONS, TaskKind::PopPersons, tables::POP_CHUNK);
+    tasks.push(Task { register: 0, table: &schema::HIP_PROM, kind: TaskKind::HipProm, part: 0, persons: 0..n });
     tasks.push(Task {
         register: 0,
         table: &schema::HIP_OPERATIONS,
@@ -189,20 +140,12 @@ fn plan(n: usize) -> Vec<Task> {
         part: 0,
         persons: 0..n,
     });
-    tasks.push(Task {
-        register: 3,
-        table: &schema::DORS_DEATHS,
-        kind: TaskKind::DorsDeaths,
-        part: 0,
-        persons: 0..n,
-    });
+    tasks.push(Task { register: 3, table: &schema::DORS_DEATHS, kind: TaskKind::DorsDeaths, part: 0, persons: 0..n });
     tasks
 }
 
 fn run_task(task: &Task, base: &model::Base, out: &Path, seed: u64) -> Result<u64, SynthError> {
-    let dir = out
-        .join(REGISTER_SPECS[task.register].name)
-        .join(task.table.name);
+    let dir = out.join(REGISTER_SPECS[task.register].name).join(task.table.name);
     let mut sink = tables::PartSink::create(&dir, task.part, task.table)?;
     // Stream 1..=5 per register; chunk = part, offset per table within a register.
     let stream = task.register as u64 + 1;
@@ -222,9 +165,7 @@ fn run_task(task: &Task, base: &model::Base, out: &Path, seed: u64) -> Result<u6
             tables::lmr_dispensations(base, task.persons.clone(), &mut rng, &mut sink)?
         }
         TaskKind::DorsDeaths => tables::dors_deaths(base, &mut sink)?,
-        TaskKind::PopPersons => {
-            tables::pop_persons(base, task.persons.clone(), &mut rng, &mut sink)?
-        }
+        TaskKind::PopPersons => tables::pop_persons(base, task.persons.clone(), &mut rng, &mut sink)?,
     }
     sink.close()
 }
@@ -235,30 +176,18 @@ fn run_task(task: &Task, base: &model::Base, out: &Path, seed: u64) -> Result<u6
 /// content of `opts.out` (certificates, the federation key) is left alone.
 pub fn generate(opts: &SynthOptions) -> Result<SynthSummary, SynthError> {
     if opts.persons == 0 || opts.persons > MAX_PERSONS {
-        return Err(SynthError::InvalidPersons {
-            persons: opts.persons,
-            max: MAX_PERSONS,
-        });
+        return Err(SynthError::InvalidPersons { persons: opts.persons, max: MAX_PERSONS });
     }
     let out = opts.out.as_path();
-    std::fs::create_dir_all(out).map_err(|source| SynthError::CreateDir {
-        path: out.to_path_buf(),
-        source,
-    })?;
+    std::fs::create_dir_all(out).map_err(|source| SynthError::CreateDir { path: out.to_path_buf(), source })?;
     for reg in &REGISTER_SPECS {
         let dir = out.join(reg.name);
         if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|source| SynthError::RemoveDir {
-                path: dir.clone(),
-                source,
-            })?;
+            std::fs::remove_dir_all(&dir).map_err(|source| SynthError::RemoveDir { path: dir.clone(), source })?;
         }
         for t in reg.tables {
             let tdir = dir.join(t.name);
-            std::fs::create_dir_all(&tdir).map_err(|source| SynthError::CreateDir {
-                path: tdir.clone(),
-                source,
-            })?;
+            std::fs::create_dir_all(&tdir).map_err(|source| SynthError::CreateDir { path: tdir.clone(), source })?;
         }
     }
 
@@ -267,21 +196,15 @@ pub fn generate(opts: &SynthOptions) -> Result<SynthSummary, SynthError> {
     for (i, reg) in REGISTER_SPECS.iter().enumerate() {
         let dir = out.join(reg.name);
         write_text(&dir.join("node.toml"), &node_toml(reg, opts))?;
-        write_text(
-            &dir.join("optout.txt"),
-            &optout_txt(reg, &base, &base.optouts[i]),
-        )?;
+        write_text(&dir.join("optout.txt"), &optout_txt(reg, &base, &base.optouts[i]))?;
     }
 
     write_text(&out.join("directory.toml"), &directory_toml())?;
 
     let tasks = plan(base.persons.len());
-    let results: Vec<Mutex<Option<Result<u64, SynthError>>>> =
-        tasks.iter().map(|_| Mutex::new(None)).collect();
+    let results: Vec<Mutex<Option<Result<u64, SynthError>>>> = tasks.iter().map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
-    let workers = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .clamp(1, tasks.len());
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, tasks.len());
     let panicked = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
@@ -328,9 +251,9 @@ pub fn generate(opts: &SynthOptions) -> Result<SynthSummary, SynthError> {
                 return Err(SynthError::WorkerPanicked { file: file() });
             }
         };
-        let entry = summary.iter_mut().find(|s| {
-            s.register == REGISTER_SPECS[task.register].name && s.table == task.table.name
-        });
+        let entry = summary
+            .iter_mut()
+            .find(|s| s.register == REGISTER_SPECS[task.register].name && s.table == task.table.name);
         if let Some(e) = entry {
             e.rows += rows;
             e.files += 1;
@@ -340,17 +263,11 @@ pub fn generate(opts: &SynthOptions) -> Result<SynthSummary, SynthError> {
     let mut all: Vec<u32> = base.optouts.iter().flatten().copied().collect();
     all.sort_unstable();
     all.dedup();
-    Ok(SynthSummary {
-        tables: summary,
-        opted_out: all.len() as u64,
-    })
+    Ok(SynthSummary { tables: summary, opted_out: all.len() as u64 })
 }
 
 fn write_text(path: &Path, text: &str) -> Result<(), SynthError> {
-    std::fs::write(path, text).map_err(|source| SynthError::WriteFile {
-        path: path.to_path_buf(),
-        source,
-    })
+    std::fs::write(path, text).map_err(|source| SynthError::WriteFile { path: path.to_path_buf(), source })
 }
 
 /// A TOML basic string.
@@ -389,15 +306,8 @@ fn node_toml(reg: &RegisterSpec, opts: &SynthOptions) -> String {
     let _ = writeln!(s, "audit_log = \"audit.jsonl\"\n");
     if !reg.direct_access.is_empty() {
         let _ = writeln!(s, "[access]");
-        let _ = writeln!(
-            s,
-            "# Tables open to care providers for their own reported rows, with the reporting-unit column."
-        );
-        let tables: Vec<String> = reg
-            .direct_access
-            .iter()
-            .map(|(t, c)| format!("{t} = {}", toml_str(c)))
-            .collect();
+        let _ = writeln!(s, "# Tables open to care providers for their own reported rows, with the reporting-unit column.");
+        let tables: Vec<String> = reg.direct_access.iter().map(|(t, c)| format!("{t} = {}", toml_str(c))).collect();
         let _ = writeln!(s, "direct_access = {{ {} }}\n", tables.join(", "));
     }
     let _ = writeln!(s, "[tls]");
@@ -436,18 +346,12 @@ const CARE_PROVIDERS: [(&str, usize); 1] = [("dora", 1)];
 
 /// The certificate names of the synthetic care providers (`samkor synth` makes their certificates).
 pub fn care_providers() -> Vec<&'static str> {
-    CARE_PROVIDERS
-        .iter()
-        .map(|(identity, _)| *identity)
-        .collect()
+    CARE_PROVIDERS.iter().map(|(identity, _)| *identity).collect()
 }
 
 /// The hospital a synthetic care provider is bound to.
 pub fn care_provider_hospital(identity: &str) -> Option<&'static str> {
-    CARE_PROVIDERS
-        .iter()
-        .find(|(i, _)| *i == identity)
-        .map(|(_, h)| model::hospital(*h).name)
+    CARE_PROVIDERS.iter().find(|(i, _)| *i == identity).map(|(_, h)| model::hospital(*h).name)
 }
 
 /// The coordinator's care-provider directory of the synthetic federation.
@@ -457,12 +361,7 @@ fn directory_toml() -> String {
          # identity: the certificate's common name; hospital: the reporting unit as written in the registers.\n",
     );
     for (identity, h) in CARE_PROVIDERS {
-        let _ = writeln!(
-            s,
-            "\n[[providers]]\nidentity = {}\nhospital = {}",
-            toml_str(identity),
-            toml_str(model::hospital(h).name)
-        );
+        let _ = writeln!(s, "\n[[providers]]\nidentity = {}\nhospital = {}", toml_str(identity), toml_str(model::hospital(h).name));
     }
     s
 }
@@ -483,9 +382,7 @@ fn optout_txt(reg: &RegisterSpec, base: &model::Base, persons: &[u32]) -> String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{
-        Array, BooleanArray, Date32Array, Float64Array, Int32Array, Int64Array, StringArray,
-    };
+    use arrow::array::{Array, BooleanArray, Date32Array, Float64Array, Int32Array, Int64Array, StringArray};
     use arrow::record_batch::RecordBatch;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use std::collections::{HashMap, HashSet};
@@ -501,12 +398,8 @@ mod tests {
         static F: OnceLock<Fixture> = OnceLock::new();
         F.get_or_init(|| {
             let dir = tempfile::tempdir().expect("temp dir");
-            let summary = generate(&SynthOptions {
-                out: dir.path().to_path_buf(),
-                persons: 40_000,
-                seed: 7,
-            })
-            .expect("generation of 40 000 persons succeeds");
+            let summary = generate(&SynthOptions { out: dir.path().to_path_buf(), persons: 40_000, seed: 7 })
+                .expect("generation of 40 000 persons succeeds");
             Fixture { dir, summary }
         })
     }
@@ -547,9 +440,7 @@ mod tests {
             .iter()
             .flat_map(|b| {
                 let a = col::<StringArray>(b, name);
-                (0..a.len())
-                    .map(|i| a.is_valid(i).then(|| a.value(i).to_string()))
-                    .collect::<Vec<_>>()
+                (0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i).to_string())).collect::<Vec<_>>()
             })
             .collect()
     }
@@ -559,35 +450,23 @@ mod tests {
             .iter()
             .flat_map(|b| {
                 let a = col::<Date32Array>(b, name);
-                (0..a.len())
-                    .map(|i| a.is_valid(i).then(|| a.value(i)))
-                    .collect::<Vec<_>>()
+                (0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i))).collect::<Vec<_>>()
             })
             .collect()
     }
 
     fn pnrs(batches: &[RecordBatch]) -> Vec<String> {
-        strs(batches, "pnr")
-            .into_iter()
-            .map(|p| p.expect("pnr never null"))
-            .collect()
+        strs(batches, "pnr").into_iter().map(|p| p.expect("pnr never null")).collect()
     }
 
     fn deaths(out: &Path) -> HashMap<String, i32> {
         let d = read(out, "dors", "deaths");
-        pnrs(&d)
-            .into_iter()
-            .zip(dates(&d, "death_date"))
-            .map(|(p, d)| (p, d.expect("death date")))
-            .collect()
+        pnrs(&d).into_iter().zip(dates(&d, "death_date")).map(|(p, d)| (p, d.expect("death date"))).collect()
     }
 
     #[test]
     fn luhn_known_numbers() {
-        assert!(
-            luhn::is_valid("191212121212"),
-            "the public test number 19121212-1212"
-        );
+        assert!(luhn::is_valid("191212121212"), "the public test number 19121212-1212");
         assert_eq!(luhn::check_digit("121212121"), 2);
         assert_eq!(luhn::check_digit("811218987"), 6, "811218-9876");
         assert!(luhn::is_valid("198112189876"));
@@ -612,20 +491,10 @@ mod tests {
             let odd = (pnr.as_bytes()[10] - b'0') % 2 == 1;
             assert_eq!(sex.as_deref(), Some(if odd { "M" } else { "F" }), "{pnr}");
             let d = model::date_of(birth.expect("birth date"));
-            assert_eq!(
-                &pnr[..8],
-                d.format("%Y%m%d").to_string(),
-                "birth date in pnr"
-            );
+            assert_eq!(&pnr[..8], d.format("%Y%m%d").to_string(), "birth date in pnr");
         }
         // Every pnr in every other table is a person.
-        for (reg, table) in [
-            ("hip", "operations"),
-            ("hip", "prom"),
-            ("npr", "inpatient"),
-            ("lmr", "dispensations"),
-            ("dors", "deaths"),
-        ] {
+        for (reg, table) in [("hip", "operations"), ("hip", "prom"), ("npr", "inpatient"), ("lmr", "dispensations"), ("dors", "deaths")] {
             for q in pnrs(&read(f.dir.path(), reg, table)) {
                 assert!(unique.contains(&q), "{reg}.{table} has a pnr not in pop");
             }
@@ -636,32 +505,20 @@ mod tests {
     fn generation_is_deterministic() {
         let a = tempfile::tempdir().expect("temp dir");
         let b = tempfile::tempdir().expect("temp dir");
-        let opts = |d: &tempfile::TempDir| SynthOptions {
-            out: d.path().to_path_buf(),
-            persons: 2000,
-            seed: 42,
-        };
+        let opts = |d: &tempfile::TempDir| SynthOptions { out: d.path().to_path_buf(), persons: 2000, seed: 42 };
         generate(&opts(&a)).expect("first run");
         generate(&opts(&b)).expect("second run");
         let mut compared = 0;
         for reg in &REGISTER_SPECS {
-            let mut files = vec![
-                PathBuf::from(reg.name).join("node.toml"),
-                PathBuf::from(reg.name).join("optout.txt"),
-            ];
+            let mut files = vec![PathBuf::from(reg.name).join("node.toml"), PathBuf::from(reg.name).join("optout.txt")];
             for t in reg.tables {
                 for e in std::fs::read_dir(a.path().join(reg.name).join(t.name)).expect("dir") {
-                    files.push(
-                        PathBuf::from(reg.name)
-                            .join(t.name)
-                            .join(e.expect("entry").file_name()),
-                    );
+                    files.push(PathBuf::from(reg.name).join(t.name).join(e.expect("entry").file_name()));
                 }
             }
             for f in files {
                 let x = std::fs::read(a.path().join(&f)).expect("read a");
-                let y = std::fs::read(b.path().join(&f))
-                    .unwrap_or_else(|_| panic!("{} missing in run 2", f.display()));
+                let y = std::fs::read(b.path().join(&f)).unwrap_or_else(|_| panic!("{} missing in run 2", f.display()));
                 assert!(x == y, "{} differs between runs", f.display());
                 compared += 1;
             }
@@ -669,67 +526,25 @@ mod tests {
         assert!(compared >= 16);
         // A different seed gives different data.
         let c = tempfile::tempdir().expect("temp dir");
-        generate(&SynthOptions {
-            out: c.path().to_path_buf(),
-            persons: 2000,
-            seed: 43,
-        })
-        .expect("third run");
+        generate(&SynthOptions { out: c.path().to_path_buf(), persons: 2000, seed: 43 }).expect("third run");
         let f = Path::new("pop/persons/part-00000.parquet");
-        assert_ne!(
-            std::fs::read(a.path().join(f)).expect("a"),
-            std::fs::read(c.path().join(f)).expect("c")
-        );
+        assert_ne!(std::fs::read(a.path().join(f)).expect("a"), std::fs::read(c.path().join(f)).expect("c"));
     }
 
     #[test]
     fn summary_matches_files_and_register_sizes_are_plausible() {
         let f = fixture();
-        let rows = |reg: &str, t: &str| {
-            read(f.dir.path(), reg, t)
-                .iter()
-                .map(|b| b.num_rows() as u64)
-                .sum::<u64>()
-        };
+        let rows = |reg: &str, t: &str| read(f.dir.path(), reg, t).iter().map(|b| b.num_rows() as u64).sum::<u64>();
         for s in &f.summary.tables {
-            assert_eq!(
-                s.rows,
-                rows(&s.register, &s.table),
-                "{}.{}",
-                s.register,
-                s.table
-            );
+            assert_eq!(s.rows, rows(&s.register, &s.table), "{}.{}", s.register, s.table);
             assert!(s.files >= 1);
         }
-        let get = |t: &str| {
-            f.summary
-                .tables
-                .iter()
-                .find(|s| s.table == t)
-                .expect("table")
-                .rows as f64
-        };
+        let get = |t: &str| f.summary.tables.iter().find(|s| s.table == t).expect("table").rows as f64;
         let n = 40_000.0;
-        assert!(
-            (300.0..1500.0).contains(&get("operations")),
-            "hip ops {}",
-            get("operations")
-        );
-        assert!(
-            (5.0 * n..12.0 * n).contains(&get("dispensations")),
-            "lmr {}",
-            get("dispensations")
-        );
-        assert!(
-            (1.0 * n..4.0 * n).contains(&get("inpatient")),
-            "npr {}",
-            get("inpatient")
-        );
-        assert!(
-            (0.05 * n..0.25 * n).contains(&get("deaths")),
-            "deaths {}",
-            get("deaths")
-        );
+        assert!((300.0..1500.0).contains(&get("operations")), "hip ops {}", get("operations"));
+        assert!((5.0 * n..12.0 * n).contains(&get("dispensations")), "lmr {}", get("dispensations"));
+        assert!((1.0 * n..4.0 * n).contains(&get("inpatient")), "npr {}", get("inpatient"));
+        assert!((0.05 * n..0.25 * n).contains(&get("deaths")), "deaths {}", get("deaths"));
         assert!(f.summary.opted_out > 0);
     }
 
@@ -739,15 +554,13 @@ mod tests {
         let hip = read(f.dir.path(), "hip", "operations");
         let npr = read(f.dir.path(), "npr", "inpatient");
         let mut eps: HashMap<(String, String), Vec<(i32, String)>> = HashMap::new();
-        for ((p, h), (a, pr)) in pnrs(&npr).into_iter().zip(strs(&npr, "hospital")).zip(
-            dates(&npr, "admit_date")
-                .into_iter()
-                .zip(strs(&npr, "procedure")),
-        ) {
+        for ((p, h), (a, pr)) in pnrs(&npr)
+            .into_iter()
+            .zip(strs(&npr, "hospital"))
+            .zip(dates(&npr, "admit_date").into_iter().zip(strs(&npr, "procedure")))
+        {
             if let Some(pr) = pr {
-                eps.entry((p, h.expect("hospital")))
-                    .or_default()
-                    .push((a.expect("admit"), pr));
+                eps.entry((p, h.expect("hospital"))).or_default().push((a.expect("admit"), pr));
             }
         }
         let fix = strs(&hip, "fixation");
@@ -760,20 +573,12 @@ mod tests {
         };
         let ops = pnrs(&hip);
         assert!(ops.len() > 100);
-        for (i, ((p, h), d)) in ops
-            .iter()
-            .zip(strs(&hip, "hospital"))
-            .zip(dates(&hip, "op_date"))
-            .enumerate()
-        {
+        for (i, ((p, h), d)) in ops.iter().zip(strs(&hip, "hospital")).zip(dates(&hip, "op_date")).enumerate() {
             let d = d.expect("op date");
             let want = code(fix[i].as_deref().expect("fixation"));
             let found = eps
                 .get(&(p.clone(), h.clone().expect("hospital")))
-                .is_some_and(|v| {
-                    v.iter()
-                        .any(|(a, pr)| (d - 1..=d).contains(a) && pr == want)
-                });
+                .is_some_and(|v| v.iter().any(|(a, pr)| (d - 1..=d).contains(a) && pr == want));
             assert!(found, "hip op {i} has no npr episode with {want}");
         }
     }
@@ -800,24 +605,16 @@ mod tests {
                 continue;
             }
             let (h, a) = (h.expect("hospital"), a.expect("admit"));
-            let found = in_hip.contains(&(p.clone(), h.clone(), a))
-                || in_hip.contains(&(p, h.clone(), a + 1));
+            let found = in_hip.contains(&(p.clone(), h.clone(), a)) || in_hip.contains(&(p, h.clone(), a + 1));
             let e = per.entry(h).or_default();
             e.0 += 1;
             e.1 += u32::from(found);
         }
         let big: Vec<_> = per.iter().filter(|(_, (n, _))| *n >= 50).collect();
-        assert!(
-            big.len() >= 3,
-            "too few hospitals with >= 50 episodes: {}",
-            big.len()
-        );
+        assert!(big.len() >= 3, "too few hospitals with >= 50 episodes: {}", big.len());
         for (h, (n, found)) in big {
             let c = f64::from(*found) / f64::from(*n);
-            assert!(
-                (0.85..=1.0).contains(&c),
-                "coverage of {h} is {c:.3} ({found}/{n})"
-            );
+            assert!((0.85..=1.0).contains(&c), "coverage of {h} is {c:.3} ({found}/{n})");
         }
         let (n, found) = per.values().fold((0, 0), |a, v| (a.0 + v.0, a.1 + v.1));
         let c = f64::from(found) / f64::from(n);
@@ -837,10 +634,7 @@ mod tests {
                     checked += 1;
                 }
             }
-            assert!(
-                checked > 0,
-                "{reg}.{table}.{column}: no events of persons who died"
-            );
+            assert!(checked > 0, "{reg}.{table}.{column}: no events of persons who died");
         };
         check("hip", "operations", "op_date");
         check("hip", "operations", "reop_date");
@@ -851,10 +645,7 @@ mod tests {
         // Dates within the window, discharge not before admission.
         let npr = read(f.dir.path(), "npr", "inpatient");
         let (lo, hi) = (model::start_day() - 1, model::end_day());
-        for (a, d) in dates(&npr, "admit_date")
-            .into_iter()
-            .zip(dates(&npr, "discharge_date"))
-        {
+        for (a, d) in dates(&npr, "admit_date").into_iter().zip(dates(&npr, "discharge_date")) {
             let (a, d) = (a.expect("admit"), d.expect("discharge"));
             assert!(a <= d && a >= lo && d <= hi);
         }
@@ -883,21 +674,12 @@ mod tests {
             }
         }
         let reop_share = reop as f64 / n as f64;
-        assert!(
-            (0.01..0.08).contains(&reop_share),
-            "reoperation share {reop_share}"
-        );
+        assert!((0.01..0.08).contains(&reop_share), "reoperation share {reop_share}");
         let cem = cemented as f64 / n as f64;
         assert!((0.45..0.8).contains(&cem), "cemented share {cem}");
         let lmr = read(f.dir.path(), "lmr", "dispensations");
         for b in &lmr {
-            assert!(
-                col::<Float64Array>(b, "ddd")
-                    .values()
-                    .iter()
-                    .all(|d| *d > 0.0),
-                "ddd > 0"
-            );
+            assert!(col::<Float64Array>(b, "ddd").values().iter().all(|d| *d > 0.0), "ddd > 0");
         }
     }
 
@@ -906,10 +688,7 @@ mod tests {
         let f = fixture();
         let death = deaths(f.dir.path());
         let hip = read(f.dir.path(), "hip", "operations");
-        let asa: Vec<i32> = hip
-            .iter()
-            .flat_map(|b| col::<Int32Array>(b, "asa").values().to_vec())
-            .collect();
+        let asa: Vec<i32> = hip.iter().flat_map(|b| col::<Int32Array>(b, "asa").values().to_vec()).collect();
         let mut n = [0u32; 2];
         let mut dead = [0u32; 2];
         for ((p, d), a) in pnrs(&hip).iter().zip(dates(&hip, "op_date")).zip(asa) {
@@ -920,12 +699,7 @@ mod tests {
         let rate = |g: usize| f64::from(dead[g]) / f64::from(n[g]);
         let all = f64::from(dead[0] + dead[1]) / f64::from(n[0] + n[1]);
         assert!((0.004..0.04).contains(&all), "90-day mortality {all:.4}");
-        assert!(
-            rate(1) > 2.0 * rate(0),
-            "ASA 3-4 {:.4} vs ASA 1-2 {:.4}",
-            rate(1),
-            rate(0)
-        );
+        assert!(rate(1) > 2.0 * rate(0), "ASA 3-4 {:.4} vs ASA 1-2 {:.4}", rate(1), rate(0));
     }
 
     #[test]
@@ -933,17 +707,9 @@ mod tests {
         let f = fixture();
         let prom = read(f.dir.path(), "hip", "prom");
         let survey = strs(&prom, "survey");
-        let eq: Vec<f64> = prom
-            .iter()
-            .flat_map(|b| col::<Float64Array>(b, "eq5d_index").values().to_vec())
-            .collect();
+        let eq: Vec<f64> = prom.iter().flat_map(|b| col::<Float64Array>(b, "eq5d_index").values().to_vec()).collect();
         let mean = |s: &str| {
-            let v: Vec<f64> = survey
-                .iter()
-                .zip(&eq)
-                .filter(|(x, _)| x.as_deref() == Some(s))
-                .map(|(_, e)| *e)
-                .collect();
+            let v: Vec<f64> = survey.iter().zip(&eq).filter(|(x, _)| x.as_deref() == Some(s)).map(|(_, e)| *e).collect();
             assert!(v.len() > 50, "too few {s} surveys");
             v.iter().sum::<f64>() / v.len() as f64
         };
@@ -961,42 +727,20 @@ mod tests {
     #[test]
     fn opted_out_persons_exist_in_the_data() {
         let f = fixture();
-        let pop: HashSet<String> = pnrs(&read(f.dir.path(), "pop", "persons"))
-            .into_iter()
-            .collect();
-        let hip: HashSet<String> = pnrs(&read(f.dir.path(), "hip", "operations"))
-            .into_iter()
-            .collect();
+        let pop: HashSet<String> = pnrs(&read(f.dir.path(), "pop", "persons")).into_iter().collect();
+        let hip: HashSet<String> = pnrs(&read(f.dir.path(), "hip", "operations")).into_iter().collect();
         let mut lists = Vec::new();
         for reg in &REGISTER_SPECS {
-            let text = std::fs::read_to_string(f.dir.path().join(reg.name).join("optout.txt"))
-                .expect("optout.txt");
-            let list: Vec<&str> = text
-                .lines()
-                .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-                .collect();
+            let text = std::fs::read_to_string(f.dir.path().join(reg.name).join("optout.txt")).expect("optout.txt");
+            let list: Vec<&str> = text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).collect();
             for p in &list {
-                assert!(
-                    luhn::is_valid(p) && pop.contains(*p),
-                    "{}: opt-out {p} is not a person",
-                    reg.name
-                );
+                assert!(luhn::is_valid(p) && pop.contains(*p), "{}: opt-out {p} is not a person", reg.name);
             }
             lists.push(list.into_iter().map(str::to_string).collect::<HashSet<_>>());
         }
-        assert!(
-            lists[0].len() >= 60,
-            "about 0.3 % opt out of hip: {}",
-            lists[0].len()
-        );
-        assert!(
-            lists[0].iter().any(|p| hip.contains(p)),
-            "some hip patient opted out of hip"
-        );
-        assert!(
-            lists[0].intersection(&lists[1]).count() >= 1,
-            "some persons are on several lists"
-        );
+        assert!(lists[0].len() >= 60, "about 0.3 % opt out of hip: {}", lists[0].len());
+        assert!(lists[0].iter().any(|p| hip.contains(p)), "some hip patient opted out of hip");
+        assert!(lists[0].intersection(&lists[1]).count() >= 1, "some persons are on several lists");
     }
 
     #[test]
@@ -1007,14 +751,8 @@ mod tests {
             let text = std::fs::read_to_string(dir.join("node.toml")).expect("node.toml");
             let v: toml::Value = toml::from_str(&text).expect("node.toml parses");
             assert_eq!(v["node"]["register"].as_str(), Some(reg.name));
-            assert_eq!(
-                v["node"]["listen"].as_str(),
-                Some(format!("127.0.0.1:{}", reg.port).as_str())
-            );
-            assert_eq!(
-                v["tls"]["cert"].as_str(),
-                Some(format!("../certs/node-{}.pem", reg.name).as_str())
-            );
+            assert_eq!(v["node"]["listen"].as_str(), Some(format!("127.0.0.1:{}", reg.port).as_str()));
+            assert_eq!(v["tls"]["cert"].as_str(), Some(format!("../certs/node-{}.pem", reg.name).as_str()));
             let tables = v["tables"].as_array().expect("tables");
             assert_eq!(tables.len(), reg.tables.len());
             for t in tables {
@@ -1022,11 +760,7 @@ mod tests {
                 let batches = read(&dir, "", name);
                 let schema = batches[0].schema();
                 let cols = t["columns"].as_array().expect("columns");
-                assert_eq!(
-                    cols.len(),
-                    schema.fields().len(),
-                    "{name}: every column listed"
-                );
+                assert_eq!(cols.len(), schema.fields().len(), "{name}: every column listed");
                 for (c, field) in cols.iter().zip(schema.fields()) {
                     assert_eq!(c["name"].as_str(), Some(field.name().as_str()));
                     let ty = match field.data_type() {
@@ -1044,15 +778,9 @@ mod tests {
                 assert_eq!(t["person_column"].as_str(), Some("pnr"));
             }
         }
-        let pop =
-            std::fs::read_to_string(f.dir.path().join("pop/node.toml")).expect("pop node.toml");
+        let pop = std::fs::read_to_string(f.dir.path().join("pop/node.toml")).expect("pop node.toml");
         let v: toml::Value = toml::from_str(&pop).expect("parses");
-        let birth = v["tables"][0]["columns"]
-            .as_array()
-            .expect("columns")
-            .iter()
-            .find(|c| c["name"].as_str() == Some("birth_date"))
-            .cloned();
+        let birth = v["tables"][0]["columns"].as_array().expect("columns").iter().find(|c| c["name"].as_str() == Some("birth_date")).cloned();
         assert_eq!(birth.and_then(|b| b["identifying"].as_bool()), Some(true));
     }
 
@@ -1060,24 +788,12 @@ mod tests {
     fn existing_register_dirs_are_wiped_and_other_content_kept() {
         let d = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir_all(d.path().join("hip/operations")).expect("mkdir");
-        std::fs::write(d.path().join("hip/operations/part-00099.parquet"), b"stale")
-            .expect("stale file");
+        std::fs::write(d.path().join("hip/operations/part-00099.parquet"), b"stale").expect("stale file");
         std::fs::write(d.path().join("federation.key"), b"key").expect("key");
-        generate(&SynthOptions {
-            out: d.path().to_path_buf(),
-            persons: 300,
-            seed: 1,
-        })
-        .expect("generate");
-        assert!(
-            !d.path().join("hip/operations/part-00099.parquet").exists(),
-            "stale file removed"
-        );
+        generate(&SynthOptions { out: d.path().to_path_buf(), persons: 300, seed: 1 }).expect("generate");
+        assert!(!d.path().join("hip/operations/part-00099.parquet").exists(), "stale file removed");
         assert!(d.path().join("hip/operations/part-00000.parquet").exists());
-        assert_eq!(
-            std::fs::read(d.path().join("federation.key")).expect("key kept"),
-            b"key"
-        );
+        assert_eq!(std::fs::read(d.path().join("federation.key")).expect("key kept"), b"key");
     }
 
     #[test]
@@ -1086,12 +802,7 @@ mod tests {
         let blocker = d.path().join("not-a-dir");
         std::fs::write(&blocker, b"x").expect("file");
         let out = blocker.join("out");
-        let err = generate(&SynthOptions {
-            out: out.clone(),
-            persons: 10,
-            seed: 1,
-        })
-        .expect_err("cannot write below a file");
+        let err = generate(&SynthOptions { out: out.clone(), persons: 10, seed: 1 }).expect_err("cannot write below a file");
         assert!(matches!(err, SynthError::CreateDir { .. }), "{err:?}");
         let msg = err.to_string();
         assert!(msg.starts_with("cannot create output directory"), "{msg}");
@@ -1101,16 +812,8 @@ mod tests {
     #[test]
     fn invalid_person_count_is_refused() {
         let d = tempfile::tempdir().expect("temp dir");
-        let err = generate(&SynthOptions {
-            out: d.path().to_path_buf(),
-            persons: 0,
-            seed: 1,
-        })
-        .expect_err("0 persons");
-        assert_eq!(
-            err.to_string(),
-            "invalid synth options: persons must be between 1 and 20000000, got 0"
-        );
+        let err = generate(&SynthOptions { out: d.path().to_path_buf(), persons: 0, seed: 1 }).expect_err("0 persons");
+        assert_eq!(err.to_string(), "invalid synth options: persons must be between 1 and 20000000, got 0");
     }
 
     /// `cargo test --release --lib synth::tests::bench_1m -- --ignored --nocapture`
@@ -1118,26 +821,15 @@ mod tests {
     #[test]
     #[ignore = "benchmark; run in release mode"]
     fn bench_1m() {
-        let persons = std::env::var("SAMKOR_SYNTH_BENCH_PERSONS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(1_000_000);
+        let persons = std::env::var("SAMKOR_SYNTH_BENCH_PERSONS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
         let d = tempfile::tempdir().expect("temp dir");
         let t0 = std::time::Instant::now();
-        let s = generate(&SynthOptions {
-            out: d.path().to_path_buf(),
-            persons,
-            seed: 2024,
-        })
-        .expect("generate");
+        let s = generate(&SynthOptions { out: d.path().to_path_buf(), persons, seed: 2024 }).expect("generate");
         let secs = t0.elapsed().as_secs_f64();
         let total: u64 = s.tables.iter().map(|t| t.rows).sum();
         println!("synth: {persons} persons, {total} rows in {secs:.2} s");
         for t in &s.tables {
-            println!(
-                "  {}.{}: {} rows in {} file(s)",
-                t.register, t.table, t.rows, t.files
-            );
+            println!("  {}.{}: {} rows in {} file(s)", t.register, t.table, t.rows, t.files);
         }
         println!("  opted out: {}", s.opted_out);
     }

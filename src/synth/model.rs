@@ -97,20 +97,8 @@ pub(crate) struct Hospital {
     pub(crate) private: bool,
 }
 
-const fn h(
-    name: &'static str,
-    region: u8,
-    hip_weight: f64,
-    acute: bool,
-    private: bool,
-) -> Hospital {
-    Hospital {
-        name,
-        region,
-        hip_weight,
-        acute,
-        private,
-    }
+const fn h(name: &'static str, region: u8, hip_weight: f64, acute: bool, private: bool) -> Hospital {
+    Hospital { name, region, hip_weight, acute, private }
 }
 
 /// 53 hospitals. Volumes are very uneven; several are tiny (a handful of hips a year at 1 M
@@ -206,9 +194,8 @@ pub(crate) mod cond {
 }
 
 /// Main diagnoses for a primary hip replacement.
-pub(crate) const HIP_DX: [&str; 9] = [
-    "M16.1", "M16.0", "M16.9", "S72.0", "M87.0", "M16.3", "M16.5", "M05.9", "M06.9",
-];
+pub(crate) const HIP_DX: [&str; 9] =
+    ["M16.1", "M16.0", "M16.9", "S72.0", "M87.0", "M16.3", "M16.5", "M05.9", "M06.9"];
 const HIP_DX_WEIGHTS: [f64; 9] = [0.80, 0.03, 0.03, 0.05, 0.03, 0.02, 0.02, 0.005, 0.015];
 /// Index of S72.0 in [`HIP_DX`].
 pub(crate) const DX_FRACTURE: u8 = 3;
@@ -385,11 +372,7 @@ fn cohort_weight(year: i32) -> f64 {
     // Survival from birth to 2010 under the Gompertz hazard (sexes pooled).
     let b = (-10.4f64).exp();
     let survival = (-(b / 0.094) * ((0.094 * age).exp() - 1.0)).exp();
-    let immigration = if (20.0..50.0).contains(&age) {
-        1.15
-    } else {
-        1.0
-    };
+    let immigration = if (20.0..50.0).contains(&age) { 1.15 } else { 1.0 };
     births * survival * immigration
 }
 
@@ -407,24 +390,8 @@ fn draw_conditions(r: &mut SynthRng, age: f64, sex: u8) -> u8 {
     set(cond::DIABETES, ramp(30.0, 50.0, 0.16), r);
     set(cond::ATRIAL_FIB, ramp(55.0, 35.0, 0.14), r);
     set(cond::COPD, ramp(40.0, 45.0, 0.07), r);
-    set(
-        cond::RHEUMATOID,
-        if age >= 20.0 {
-            if female { 0.011 } else { 0.005 }
-        } else {
-            0.0
-        },
-        r,
-    );
-    set(
-        cond::DEPRESSION,
-        if age >= 15.0 {
-            if female { 0.10 } else { 0.06 }
-        } else {
-            0.01
-        },
-        r,
-    );
+    set(cond::RHEUMATOID, if age >= 20.0 { if female { 0.011 } else { 0.005 } } else { 0.0 }, r);
+    set(cond::DEPRESSION, if age >= 15.0 { if female { 0.10 } else { 0.06 } } else { 0.01 }, r);
     set(cond::HYPERLIPIDAEMIA, ramp(45.0, 35.0, 0.38), r);
     set(cond::HEART_FAILURE, ramp(60.0, 30.0, 0.10), r);
     c
@@ -437,14 +404,7 @@ fn hip_hospital_tables() -> Vec<Vec<f64>> {
             cumulative((0..N_HOSPITALS).map(|i| {
                 let hosp = hospital(i);
                 let local = usize::from(hosp.region) == reg;
-                hosp.hip_weight
-                    * if local {
-                        1.0
-                    } else if hosp.private {
-                        0.03
-                    } else {
-                        0.004
-                    }
+                hosp.hip_weight * if local { 1.0 } else if hosp.private { 0.03 } else { 0.004 }
             }))
         })
         .collect()
@@ -516,16 +476,7 @@ pub(crate) fn build(persons: u64, seed: u64) -> Base {
         } else {
             weighted(&mut r, &[0.14, 0.45, 0.41]) as u8
         };
-        let mut p = Person {
-            birth,
-            death: ALIVE,
-            region,
-            sex,
-            cob,
-            edu,
-            conds: 0,
-            cause: 0,
-        };
+        let mut p = Person { birth, death: ALIVE, region, sex, cob, edu, conds: 0, cause: 0 };
         p.conds = draw_conditions(&mut r, age_at(&p, days(2017, 7, 1)), sex);
 
         // Baseline death.
@@ -540,11 +491,7 @@ pub(crate) fn build(persons: u64, seed: u64) -> Base {
 
         // Hip replacements: a first one by annual incidence, perhaps a second on the other side.
         let first_op = ops.len();
-        let ra = if p.conds & cond::RHEUMATOID != 0 {
-            3.0
-        } else {
-            1.0
-        };
+        let ra = if p.conds & cond::RHEUMATOID != 0 { 3.0 } else { 1.0 };
         let fem = if sex == 1 { 1.2 } else { 1.0 };
         for y in FIRST_YEAR..=LAST_YEAR {
             let age = f64::from(y - year);
@@ -552,27 +499,11 @@ pub(crate) fn build(persons: u64, seed: u64) -> Base {
                 let d = day_in_year(&mut r, y);
                 if d < p.death {
                     let side = index(&mut r, 2) as u8;
-                    ops.push(draw_op(
-                        &mut r,
-                        &p,
-                        pi as u32,
-                        d,
-                        side,
-                        &hip_tables,
-                        &fix_bias,
-                    ));
+                    ops.push(draw_op(&mut r, &p, pi as u32, d, side, &hip_tables, &fix_bias));
                     if chance(&mut r, 0.18) {
                         let d2 = d + int_in(&mut r, 120, 3000);
                         if d2 <= end && d2 < p.death {
-                            let op2 = draw_op(
-                                &mut r,
-                                &p,
-                                pi as u32,
-                                d2,
-                                1 - side,
-                                &hip_tables,
-                                &fix_bias,
-                            );
+                            let op2 = draw_op(&mut r, &p, pi as u32, d2, 1 - side, &hip_tables, &fix_bias);
                             ops.push(op2);
                         }
                     }
@@ -589,13 +520,7 @@ pub(crate) fn build(persons: u64, seed: u64) -> Base {
             }
             let age = age_at(&p, op.date);
             let base = [0.0002, 0.001, 0.006, 0.035][usize::from(op.asa - 1)];
-            let age_mult = if age >= 85.0 {
-                2.0
-            } else if age >= 75.0 {
-                1.3
-            } else {
-                1.0
-            };
+            let age_mult = if age >= 85.0 { 2.0 } else if age >= 75.0 { 1.3 } else { 1.0 };
             let dx_mult = if op.dx == DX_FRACTURE { 3.0 } else { 1.0 };
             if chance(&mut r, base * age_mult * dx_mult) {
                 let d = op.date + 1 + (89.0 * unif(&mut r).powf(1.5)) as i32;
@@ -642,14 +567,7 @@ pub(crate) fn build(persons: u64, seed: u64) -> Base {
     let missing = draw_missing(&mut r, &persons_v, &ops, &fix_bias);
     let optouts = draw_optouts(&mut r, n, &ops);
 
-    Base {
-        persons: persons_v,
-        pnrs,
-        ops,
-        ops_by_person,
-        missing,
-        optouts,
-    }
+    Base { persons: persons_v, pnrs, ops, ops_by_person, missing, optouts }
 }
 
 /// Writes the 12-digit identity number for `birth` and `serial` to `out`.
@@ -683,25 +601,12 @@ fn draw_op(
         weighted(r, &w) as u8
     };
     let fix = draw_fixation(r, cemented_share(year, age, fix_bias[hosp]));
-    let comorbid = [
-        cond::HEART_FAILURE,
-        cond::COPD,
-        cond::DIABETES,
-        cond::ATRIAL_FIB,
-    ]
-    .iter()
-    .filter(|f| p.conds & **f != 0)
-    .count() as f64;
+    let comorbid = [cond::HEART_FAILURE, cond::COPD, cond::DIABETES, cond::ATRIAL_FIB]
+        .iter()
+        .filter(|f| p.conds & **f != 0)
+        .count() as f64;
     let z = (age - 70.0) * 0.04 + 0.35 * comorbid + normal(r, 0.0, 1.0);
-    let asa = if z < -1.2 {
-        1
-    } else if z < 0.4 {
-        2
-    } else if z < 1.8 {
-        3
-    } else {
-        4
-    };
+    let asa = if z < -1.2 { 1 } else if z < 0.4 { 2 } else if z < 1.8 { 3 } else { 4 };
     let bmi = if chance(r, 0.03) {
         f32::NAN
     } else {
@@ -747,11 +652,7 @@ fn draw_cause(r: &mut SynthRng, p: &Person) -> u8 {
     let mut w = [0.0; CAUSES.len()];
     for (i, (_, young, old, sex)) in CAUSES.iter().enumerate() {
         let sex_ok = *sex == 0 || *sex == p.sex + 1;
-        w[i] = if sex_ok {
-            young + (old - young) * t
-        } else {
-            0.0
-        };
+        w[i] = if sex_ok { young + (old - young) * t } else { 0.0 };
     }
     let boost = |w: &mut [f64], code: &str, f: f64| {
         if let Some(i) = CAUSES.iter().position(|c| c.0 == code) {
@@ -775,12 +676,7 @@ fn draw_cause(r: &mut SynthRng, p: &Person) -> u8 {
 
 /// Draws, per hospital, a coverage in [0.88, 0.985] and the patient-register-only hip
 /// replacements that bring the hospital's share of episodes found in the hip register to it.
-fn draw_missing(
-    r: &mut SynthRng,
-    persons: &[Person],
-    ops: &[HipOp],
-    fix_bias: &[f64],
-) -> Vec<MissingHip> {
+fn draw_missing(r: &mut SynthRng, persons: &[Person], ops: &[HipOp], fix_bias: &[f64]) -> Vec<MissingHip> {
     let mut per_hosp = vec![0u32; N_HOSPITALS];
     for op in ops {
         per_hosp[usize::from(op.hospital)] += 1;
@@ -801,8 +697,7 @@ fn draw_missing(
                 let pi = index(r, persons.len());
                 let p = &persons[pi];
                 let age = age_at(p, date);
-                if (45.0..95.0).contains(&age) && p.death > date + 5 && (!local || p.region == home)
-                {
+                if (45.0..95.0).contains(&age) && p.death > date + 5 && (!local || p.region == home) {
                     chosen = Some(pi);
                     break;
                 }
@@ -814,14 +709,7 @@ fn draw_missing(
             let fix = draw_fixation(r, cemented_share(year, age, fix_bias[hosp]));
             let dx = [0u8, DX_FRACTURE, 2][weighted(r, &[0.85, 0.08, 0.07])];
             let los = hip_los(r, year, 2).min(((p.death.min(end) - date).max(0)) as u8);
-            missing.push(MissingHip {
-                person: pi as u32,
-                date,
-                hospital: hosp as u8,
-                fix,
-                dx,
-                los,
-            });
+            missing.push(MissingHip { person: pi as u32, date, hospital: hosp as u8, fix, dx, los });
         }
     }
     missing.sort_by_key(|m| (m.person, m.date, m.hospital));

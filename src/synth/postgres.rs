@@ -36,18 +36,11 @@ pub enum LoadError {
     #[error("{0}")]
     Config(#[from] samkor_node::config::ConfigError),
     #[error("table {register}.{table}: {reason}")]
-    Database {
-        register: String,
-        table: String,
-        reason: String,
-    },
+    Database { register: String, table: String, reason: String },
     #[error("cannot read {}: {reason}", path.display())]
     Read { path: PathBuf, reason: String },
     #[error("cannot write {}: {source}", path.display())]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
     #[error(
         "table {register}.{table} is not read from Parquet files; load the registers straight after `samkor synth`"
     )]
@@ -86,11 +79,7 @@ enum Cell<'a> {
 }
 
 impl ToSql for Cell<'_> {
-    fn to_sql(
-        &self,
-        ty: &Type,
-        out: &mut BytesMut,
-    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
         match self {
             Cell::Null => Ok(IsNull::Yes),
             Cell::Text(s) => s.to_sql(ty, out),
@@ -129,13 +118,10 @@ fn cell(column: &ArrayRef, t: ColumnType, row: usize) -> Cell<'_> {
 /// Loads the tables of `registers` from the synth directory `dir` into the
 /// database at `url` and rewrites their node configs to serve from it.
 pub async fn load(dir: &Path, url: &str, registers: &[&str]) -> Result<Vec<Loaded>, LoadError> {
-    let config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e: tokio_postgres::Error| LoadError::Connect(e.to_string()))?;
-    let (mut client, connection) = config
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| LoadError::Connect(one_line(&e)))?;
+    let config: tokio_postgres::Config =
+        url.parse().map_err(|e: tokio_postgres::Error| LoadError::Connect(e.to_string()))?;
+    let (mut client, connection) =
+        config.connect(tokio_postgres::NoTls).await.map_err(|e| LoadError::Connect(one_line(&e)))?;
     let connection = tokio::spawn(connection);
     let mut loaded = Vec::new();
     for register in registers {
@@ -148,21 +134,11 @@ pub async fn load(dir: &Path, url: &str, registers: &[&str]) -> Result<Vec<Loade
                 reason: one_line(&e),
             };
             if table.format != FileFormat::Parquet {
-                return Err(LoadError::NotParquet {
-                    register: (*register).to_owned(),
-                    table: table.name.clone(),
-                });
+                return Err(LoadError::NotParquet { register: (*register).to_owned(), table: table.name.clone() });
             }
-            let columns: Vec<String> = table
-                .columns
-                .iter()
-                .map(|c| format!("\"{}\" {}", c.name, pg_type(c.data_type).1))
-                .collect();
-            let names: Vec<String> = table
-                .columns
-                .iter()
-                .map(|c| format!("\"{}\"", c.name))
-                .collect();
+            let columns: Vec<String> =
+                table.columns.iter().map(|c| format!("\"{}\" {}", c.name, pg_type(c.data_type).1)).collect();
+            let names: Vec<String> = table.columns.iter().map(|c| format!("\"{}\"", c.name)).collect();
             let relation = format!("\"{register}\".\"{}\"", table.name);
             let tx = client.transaction().await.map_err(db)?;
             tx.batch_execute(&format!(
@@ -172,32 +148,19 @@ pub async fn load(dir: &Path, url: &str, registers: &[&str]) -> Result<Vec<Loade
             .await
             .map_err(db)?;
             let sink = tx
-                .copy_in(&format!(
-                    "COPY {relation} ({}) FROM STDIN (FORMAT binary)",
-                    names.join(", ")
-                ))
+                .copy_in(&format!("COPY {relation} ({}) FROM STDIN (FORMAT binary)", names.join(", ")))
                 .await
                 .map_err(db)?;
-            let types: Vec<Type> = table
-                .columns
-                .iter()
-                .map(|c| pg_type(c.data_type).0)
-                .collect();
+            let types: Vec<Type> = table.columns.iter().map(|c| pg_type(c.data_type).0).collect();
             let writer = BinaryCopyInWriter::new(sink, &types);
             let mut writer: Pin<Box<BinaryCopyInWriter>> = Box::pin(writer);
             let mut files: Vec<PathBuf> = glob::glob(&table.path)
-                .map_err(|e| LoadError::Read {
-                    path: table.path.clone().into(),
-                    reason: e.to_string(),
-                })?
+                .map_err(|e| LoadError::Read { path: table.path.clone().into(), reason: e.to_string() })?
                 .filter_map(Result::ok)
                 .collect();
             files.sort();
             for file in files {
-                let read = |reason: String| LoadError::Read {
-                    path: file.clone(),
-                    reason,
-                };
+                let read = |reason: String| LoadError::Read { path: file.clone(), reason };
                 let f = std::fs::File::open(&file).map_err(|e| read(e.to_string()))?;
                 let reader = ParquetRecordBatchReaderBuilder::try_new(f)
                     .and_then(|b| b.build())
@@ -208,37 +171,24 @@ pub async fn load(dir: &Path, url: &str, registers: &[&str]) -> Result<Vec<Loade
                         .columns
                         .iter()
                         .map(|c| {
-                            let a = batch
-                                .column_by_name(&c.name)
-                                .ok_or_else(|| read(format!("no column {}", c.name)))?;
-                            let want = if c.data_type == ColumnType::Utf8 {
-                                DataType::Utf8
-                            } else {
-                                c.data_type.arrow()
-                            };
+                            let a =
+                                batch.column_by_name(&c.name).ok_or_else(|| read(format!("no column {}", c.name)))?;
+                            let want =
+                                if c.data_type == ColumnType::Utf8 { DataType::Utf8 } else { c.data_type.arrow() };
                             arrow::compute::cast(a, &want).map_err(|e| read(e.to_string()))
                         })
                         .collect::<Result<_, _>>()?;
                     for row in 0..batch.num_rows() {
-                        let cells: Vec<Cell<'_>> = arrays
-                            .iter()
-                            .zip(&table.columns)
-                            .map(|(a, c)| cell(a, c.data_type, row))
-                            .collect();
+                        let cells: Vec<Cell<'_>> =
+                            arrays.iter().zip(&table.columns).map(|(a, c)| cell(a, c.data_type, row)).collect();
                         writer.as_mut().write_raw(cells.iter()).await.map_err(db)?;
                     }
                 }
             }
             let rows = writer.as_mut().finish().await.map_err(db)?;
-            tx.batch_execute(&format!("ANALYZE {relation}"))
-                .await
-                .map_err(db)?;
+            tx.batch_execute(&format!("ANALYZE {relation}")).await.map_err(db)?;
             tx.commit().await.map_err(db)?;
-            loaded.push(Loaded {
-                register: (*register).to_owned(),
-                table: table.name.clone(),
-                rows,
-            });
+            loaded.push(Loaded { register: (*register).to_owned(), table: table.name.clone(), rows });
         }
         serve_from_postgres(dir, register, url)?;
     }
@@ -252,43 +202,28 @@ pub async fn load(dir: &Path, url: &str, registers: &[&str]) -> Result<Vec<Loade
 pub fn serve_from_postgres(dir: &Path, register: &str, url: &str) -> Result<(), LoadError> {
     let reg_dir = dir.join(register);
     let conn = reg_dir.join(CONNECTION_FILE);
-    write_private(&conn, url).map_err(|source| LoadError::Write {
-        path: conn.clone(),
-        source,
-    })?;
+    write_private(&conn, url).map_err(|source| LoadError::Write { path: conn.clone(), source })?;
     let path = reg_dir.join("node.toml");
-    let text = std::fs::read_to_string(&path).map_err(|e| LoadError::Read {
-        path: path.clone(),
-        reason: e.to_string(),
-    })?;
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| LoadError::Read { path: path.clone(), reason: e.to_string() })?;
     let node = NodeConfig::parse(&path, &text)?;
     let mut out = text;
     for table in &node.tables {
-        let files = format!(
-            "format = \"parquet\"\npath = \"{}/*.parquet\"\n",
-            table.name
-        );
+        let files = format!("format = \"parquet\"\npath = \"{}/*.parquet\"\n", table.name);
         let database = format!(
             "format = \"postgres\"\npostgres = {{ relation = \"{register}.{}\", connection_file = \"{CONNECTION_FILE}\" }}\n",
             table.name
         );
         out = out.replacen(&files, &database, 1);
     }
-    std::fs::write(&path, out).map_err(|source| LoadError::Write {
-        path: path.clone(),
-        source,
-    })
+    std::fs::write(&path, out).map_err(|source| LoadError::Write { path: path.clone(), source })
 }
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
     writeln!(f, "{text}")
 }
 

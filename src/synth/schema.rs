@@ -53,14 +53,7 @@ pub(crate) struct ColumnSpec {
 }
 
 const fn col(name: &'static str, ty: ColType, description: &'static str) -> ColumnSpec {
-    ColumnSpec {
-        name,
-        ty,
-        description,
-        unit: None,
-        code_system: None,
-        identifying: false,
-    }
+    ColumnSpec { name, ty, description, unit: None, code_system: None, identifying: false }
 }
 
 impl ColumnSpec {
@@ -90,10 +83,7 @@ impl TableSpec {
     /// The Arrow schema; every column nullable.
     pub(crate) fn schema(&self) -> SchemaRef {
         Arc::new(Schema::new(
-            self.columns
-                .iter()
-                .map(|c| Field::new(c.name, c.ty.arrow(), true))
-                .collect::<Vec<_>>(),
+            self.columns.iter().map(|c| Field::new(c.name, c.ty.arrow(), true)).collect::<Vec<_>>(),
         ))
     }
 }
@@ -112,55 +102,27 @@ pub(crate) struct RegisterSpec {
 
 use ColType::{Boolean, Date32, Float64, Int32, Int64, Utf8};
 
-const PNR: ColumnSpec = col(
-    "pnr",
-    Utf8,
-    "Personal identity number; leaves the node only as the project pseudonym `person`",
-)
-.identifying();
+const PNR: ColumnSpec =
+    col("pnr", Utf8, "Personal identity number; leaves the node only as the project pseudonym `person`")
+        .identifying();
 
 pub(crate) const HIP_OPERATIONS: TableSpec = TableSpec {
     name: "operations",
     description: "One row per primary hip replacement",
     columns: &[
         PNR,
-        col(
-            "op_id",
-            Int64,
-            "Operation identifier, unique within the register",
-        ),
+        col("op_id", Int64, "Operation identifier, unique within the register"),
         col("op_date", Date32, "Date of operation"),
         col("hospital", Utf8, "Operating hospital (care unit)"),
         col("region", Utf8, "Region of the operating hospital"),
         col("side", Utf8, "Operated side: L or R"),
         col("diagnosis", Utf8, "Main diagnosis").codes("ICD-10-SE"),
-        col(
-            "fixation",
-            Utf8,
-            "Fixation of the prosthesis: cemented, uncemented, hybrid or reverse_hybrid",
-        ),
-        col(
-            "asa",
-            Int32,
-            "ASA physical status class at operation, 1 (healthy) to 4 (severe disease)",
-        )
-        .codes("ASA"),
-        col(
-            "bmi",
-            Float64,
-            "Body mass index at operation; null when not recorded",
-        )
-        .unit("kg/m2"),
-        col(
-            "reoperation",
-            Boolean,
-            "Reoperated on the same hip within 2 years of the operation",
-        ),
-        col(
-            "reop_date",
-            Date32,
-            "Date of the first reoperation; null when none",
-        ),
+        col("fixation", Utf8, "Fixation of the prosthesis: cemented, uncemented, hybrid or reverse_hybrid"),
+        col("asa", Int32, "ASA physical status class at operation, 1 (healthy) to 4 (severe disease)")
+            .codes("ASA"),
+        col("bmi", Float64, "Body mass index at operation; null when not recorded").unit("kg/m2"),
+        col("reoperation", Boolean, "Reoperated on the same hip within 2 years of the operation"),
+        col("reop_date", Date32, "Date of the first reoperation; null when none"),
     ],
 };
 
@@ -169,35 +131,13 @@ pub(crate) const HIP_PROM: TableSpec = TableSpec {
     description: "Patient-reported outcomes: one row per survey answered, before and one year after the operation",
     columns: &[
         PNR,
-        col(
-            "op_id",
-            Int64,
-            "Operation the survey belongs to (hip.operations.op_id)",
-        ),
-        col(
-            "survey",
-            Utf8,
-            "Survey: preop (before operation) or 1y (one year after)",
-        ),
+        col("op_id", Int64, "Operation the survey belongs to (hip.operations.op_id)"),
+        col("survey", Utf8, "Survey: preop (before operation) or 1y (one year after)"),
         col("survey_date", Date32, "Date the survey was answered"),
-        col(
-            "eq5d_index",
-            Float64,
-            "EQ-5D-3L index (UK tariff), -0.594 to 1 (full health)",
-        )
-        .unit("index"),
-        col(
-            "pain_vas",
-            Int32,
-            "Hip pain on a visual analogue scale, 0 (none) to 100 (worst)",
-        )
-        .unit("mm"),
-        col(
-            "satisfaction",
-            Int32,
-            "Satisfaction with the result, 0 to 100; null before the operation",
-        )
-        .unit("mm"),
+        col("eq5d_index", Float64, "EQ-5D-3L index (UK tariff), -0.594 to 1 (full health)").unit("index"),
+        col("pain_vas", Int32, "Hip pain on a visual analogue scale, 0 (none) to 100 (worst)").unit("mm"),
+        col("satisfaction", Int32, "Satisfaction with the result, 0 to 100; null before the operation")
+            .unit("mm"),
     ],
 };
 
@@ -206,33 +146,15 @@ pub(crate) const NPR_INPATIENT: TableSpec = TableSpec {
     description: "One row per inpatient care episode",
     columns: &[
         PNR,
-        col(
-            "episode_id",
-            Int64,
-            "Episode identifier, unique within the register",
-        ),
+        col("episode_id", Int64, "Episode identifier, unique within the register"),
         col("admit_date", Date32, "Date of admission"),
-        col(
-            "discharge_date",
-            Date32,
-            "Date of discharge (or of death in hospital); not before admission",
-        ),
+        col("discharge_date", Date32, "Date of discharge (or of death in hospital); not before admission"),
         col("hospital", Utf8, "Hospital (care unit)"),
         col("region", Utf8, "Region of the hospital"),
         col("main_dx", Utf8, "Main diagnosis").codes("ICD-10-SE"),
-        col(
-            "secondary_dx",
-            Utf8,
-            "Secondary diagnoses, space-separated; null when none",
-        )
-        .codes("ICD-10-SE"),
+        col("secondary_dx", Utf8, "Secondary diagnoses, space-separated; null when none").codes("ICD-10-SE"),
         col("procedure", Utf8, "Main surgical procedure; null when none").codes("KVÅ"),
-        col(
-            "length_of_stay",
-            Int32,
-            "Discharge date minus admission date",
-        )
-        .unit("days"),
+        col("length_of_stay", Int32, "Discharge date minus admission date").unit("days"),
     ],
 };
 
@@ -243,12 +165,7 @@ pub(crate) const LMR_DISPENSATIONS: TableSpec = TableSpec {
         PNR,
         col("disp_date", Date32, "Date of dispensing"),
         col("atc", Utf8, "Substance dispensed").codes("ATC"),
-        col(
-            "ddd",
-            Float64,
-            "Amount dispensed in defined daily doses; always > 0",
-        )
-        .unit("DDD"),
+        col("ddd", Float64, "Amount dispensed in defined daily doses; always > 0").unit("DDD"),
         col("region", Utf8, "Region of residence of the patient"),
     ],
 };
@@ -271,22 +188,10 @@ pub(crate) const POP_PERSONS: TableSpec = TableSpec {
         PNR,
         col("birth_date", Date32, "Date of birth").identifying(),
         col("birth_year", Int32, "Year of birth"),
-        col(
-            "sex",
-            Utf8,
-            "Legal sex: M or F (agrees with the identity number)",
-        ),
+        col("sex", Utf8, "Legal sex: M or F (agrees with the identity number)"),
         col("region", Utf8, "Region of residence"),
-        col(
-            "country_of_birth",
-            Utf8,
-            "Country of birth group: Sweden, Nordic, Europe or Outside Europe",
-        ),
-        col(
-            "education",
-            Utf8,
-            "Highest education: primary, secondary or post_secondary; null when unknown",
-        ),
+        col("country_of_birth", Utf8, "Country of birth group: Sweden, Nordic, Europe or Outside Europe"),
+        col("education", Utf8, "Highest education: primary, secondary or post_secondary; null when unknown"),
         col("income", Int64, "Disposable income, latest year registered").unit("SEK/year"),
     ],
 };

@@ -7,8 +7,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder,
-    StringBuilder,
+    ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
 };
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -20,9 +19,9 @@ use parquet::file::properties::WriterProperties;
 use super::SynthError;
 use super::dist::{SynthRng, chance, int_in, normal, poisson, unif, weighted};
 use super::model::{
-    ALIVE, Base, CAUSES, FIRST_YEAR, FIX_CEMENTED, FIXATIONS, HIP_DX, HipOp, LAST_YEAR,
-    N_HOSPITALS, Person, REGIONS, age_at, cond, date_of, day_in_year, end_day, hospital, start_day,
-    year_start,
+    ALIVE, Base, FIX_CEMENTED, FIXATIONS, HIP_DX, HipOp, N_HOSPITALS, Person, REGIONS,
+    age_at, cond, date_of, day_in_year, end_day, hospital, start_day, year_start, CAUSES, FIRST_YEAR,
+    LAST_YEAR,
 };
 use super::schema::TableSpec;
 
@@ -40,10 +39,7 @@ pub(crate) struct PartSink {
 
 impl std::fmt::Debug for PartSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PartSink")
-            .field("path", &self.path)
-            .field("rows", &self.rows)
-            .finish()
+        f.debug_struct("PartSink").field("path", &self.path).field("rows", &self.rows).finish()
     }
 }
 
@@ -51,51 +47,28 @@ impl PartSink {
     /// Creates `dir/part-NNNNN.parquet` for `spec`.
     pub(crate) fn create(dir: &Path, part: usize, spec: &TableSpec) -> Result<Self, SynthError> {
         let path = dir.join(format!("part-{part:05}.parquet"));
-        let file = File::create(&path).map_err(|source| SynthError::CreateFile {
-            path: path.clone(),
-            source,
-        })?;
-        let props = WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .build();
+        let file = File::create(&path)
+            .map_err(|source| SynthError::CreateFile { path: path.clone(), source })?;
+        let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
         let schema = spec.schema();
-        let writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|source| {
-            SynthError::Parquet {
-                path: path.clone(),
-                source,
-            }
-        })?;
-        Ok(PartSink {
-            path,
-            table: spec.name,
-            schema,
-            writer,
-            rows: 0,
-        })
+        let writer = ArrowWriter::try_new(file, schema.clone(), Some(props))
+            .map_err(|source| SynthError::Parquet { path: path.clone(), source })?;
+        Ok(PartSink { path, table: spec.name, schema, writer, rows: 0 })
     }
 
     fn write(&mut self, columns: Vec<ArrayRef>) -> Result<(), SynthError> {
-        let batch = RecordBatch::try_new(self.schema.clone(), columns).map_err(|source| {
-            SynthError::BatchSchema {
-                table: self.table,
-                source,
-            }
-        })?;
+        let batch = RecordBatch::try_new(self.schema.clone(), columns)
+            .map_err(|source| SynthError::BatchSchema { table: self.table, source })?;
         self.rows += batch.num_rows() as u64;
         self.writer
             .write(&batch)
-            .map_err(|source| SynthError::Parquet {
-                path: self.path.clone(),
-                source,
-            })
+            .map_err(|source| SynthError::Parquet { path: self.path.clone(), source })
     }
 
     /// Finishes the file; returns the number of rows written.
     pub(crate) fn close(self) -> Result<u64, SynthError> {
         let path = self.path;
-        self.writer
-            .close()
-            .map_err(|source| SynthError::Parquet { path, source })?;
+        self.writer.close().map_err(|source| SynthError::Parquet { path, source })?;
         Ok(self.rows)
     }
 }
@@ -137,11 +110,7 @@ pub(crate) fn hip_operations(base: &Base, sink: &mut PartSink) -> Result<(), Syn
         dx.append_value(HIP_DX[usize::from(op.dx)]);
         fix.append_value(FIXATIONS[usize::from(op.fix)].0);
         asa.append_value(i32::from(op.asa));
-        bmi.append_option(if op.bmi.is_nan() {
-            None
-        } else {
-            Some(f64::from(op.bmi))
-        });
+        bmi.append_option(if op.bmi.is_nan() { None } else { Some(f64::from(op.bmi)) });
         reop.append_value(op.reop != ALIVE);
         reop_date.append_option(opt_date(op.reop));
         n += 1;
@@ -170,11 +139,7 @@ pub(crate) fn hip_operations(base: &Base, sink: &mut PartSink) -> Result<(), Syn
 // hip.prom
 
 /// Writes hip.prom: ~85 % answer before the operation, ~80 % one year after (if alive).
-pub(crate) fn hip_prom(
-    base: &Base,
-    r: &mut SynthRng,
-    sink: &mut PartSink,
-) -> Result<(), SynthError> {
+pub(crate) fn hip_prom(base: &Base, r: &mut SynthRng, sink: &mut PartSink) -> Result<(), SynthError> {
     let mut pnr = StringBuilder::new();
     let mut op_id = Int64Builder::new();
     let mut survey = StringBuilder::new();
@@ -195,9 +160,7 @@ pub(crate) fn hip_prom(
             op_id.append_value(i as i64 + 1);
             survey.append_value("preop");
             date.append_value((op.date - int_in(r, 1, 60)).max(start));
-            eq5d.append_value(round3(
-                0.40 + 0.30 * (0.6 * latent + 0.8 * normal(r, 0.0, 1.0)),
-            ));
+            eq5d.append_value(round3(0.40 + 0.30 * (0.6 * latent + 0.8 * normal(r, 0.0, 1.0))));
             pain.append_value(vas(normal(r, 62.0, 18.0)));
             satisfaction.append_null();
             n += 1;
@@ -263,53 +226,17 @@ const fn ep(
     los: f64,
     procs: &'static [(&'static str, f64)],
 ) -> EpisodeDx {
-    EpisodeDx {
-        code,
-        young,
-        old,
-        sex,
-        cond,
-        cond_mult,
-        los,
-        procs,
-    }
+    EpisodeDx { code, young, old, sex, cond, cond_mult, los, procs }
 }
 
 const EPISODE_DX: [EpisodeDx; 17] = [
     ep("I50.9", 0.3, 8.0, 0, cond::HEART_FAILURE, 5.0, 6.0, &[]),
-    ep(
-        "I21.4",
-        0.8,
-        5.0,
-        0,
-        cond::DIABETES,
-        1.8,
-        4.0,
-        &[("FNG05", 0.5)],
-    ),
+    ep("I21.4", 0.8, 5.0, 0, cond::DIABETES, 1.8, 4.0, &[("FNG05", 0.5)]),
     ep("I63.9", 0.4, 5.0, 0, cond::ATRIAL_FIB, 2.5, 8.0, &[]),
     ep("J18.9", 2.5, 8.0, 0, cond::COPD, 2.5, 5.0, &[]),
-    ep(
-        "S72.0",
-        0.2,
-        4.0,
-        0,
-        0,
-        1.0,
-        8.0,
-        &[("NFJ59", 0.55), ("NFB12", 0.35)],
-    ),
+    ep("S72.0", 0.2, 4.0, 0, 0, 1.0, 8.0, &[("NFJ59", 0.55), ("NFB12", 0.35)]),
     ep("S72.1", 0.1, 2.0, 0, 0, 1.0, 8.0, &[("NFJ69", 0.8)]),
-    ep(
-        "I48.9",
-        0.8,
-        3.0,
-        0,
-        cond::ATRIAL_FIB,
-        4.0,
-        2.0,
-        &[("FPB00", 0.2)],
-    ),
+    ep("I48.9", 0.8, 3.0, 0, cond::ATRIAL_FIB, 4.0, 2.0, &[("FPB00", 0.2)]),
     ep("J44.1", 0.2, 2.5, 0, cond::COPD, 10.0, 5.0, &[]),
     ep("N39.0", 1.0, 3.0, 0, 0, 1.0, 3.0, &[]),
     ep("K80.2", 3.0, 2.0, 0, 0, 1.0, 3.0, &[("JKA21", 0.7)]),
@@ -329,11 +256,7 @@ fn acute_tables() -> Vec<Vec<f64>> {
         .map(|reg| {
             super::dist::cumulative((0..N_HOSPITALS).map(|i| {
                 let h = hospital(i);
-                if h.acute && usize::from(h.region) == reg {
-                    1.0 + h.hip_weight
-                } else {
-                    0.0
-                }
+                if h.acute && usize::from(h.region) == reg { 1.0 + h.hip_weight } else { 0.0 }
             }))
         })
         .collect()
@@ -384,12 +307,8 @@ pub(crate) fn npr_inpatient(
     let acute = acute_tables();
     let end = end_day();
     let mut next_id = chunk as i64 * 100_000_000 + 1;
-    let mut op_cursor = base
-        .ops_by_person
-        .partition_point(|&i| (base.ops[i as usize].person as usize) < range.start);
-    let mut miss_cursor = base
-        .missing
-        .partition_point(|m| (m.person as usize) < range.start);
+    let mut op_cursor = base.ops_by_person.partition_point(|&i| (base.ops[i as usize].person as usize) < range.start);
+    let mut miss_cursor = base.missing.partition_point(|m| (m.person as usize) < range.start);
     let mut eps: Vec<Episode> = Vec::new();
     let mut sec = String::new();
     let mut n = 0;
@@ -414,14 +333,7 @@ pub(crate) fn npr_inpatient(
             });
             if op.reop != ALIVE {
                 let (code, proc_) = match weighted(r, &[0.5, 0.3, 0.2]) {
-                    0 => (
-                        "T84.0",
-                        if op.fix == FIX_CEMENTED {
-                            "NFC49"
-                        } else {
-                            "NFC29"
-                        },
-                    ),
+                    0 => ("T84.0", if op.fix == FIX_CEMENTED { "NFC49" } else { "NFC29" }),
                     1 => ("T84.5", "NFS19"),
                     _ => ("T84.8", "NFC99"),
                 };
@@ -457,11 +369,7 @@ pub(crate) fn npr_inpatient(
             }
             let age = f64::from(y - birth_year);
             let rate = (0.09 * (0.035 * (age - 40.0)).exp()).min(1.5);
-            let births = if p.sex == 1 && (18.0..45.0).contains(&age) {
-                0.07
-            } else {
-                0.0
-            };
+            let births = if p.sex == 1 && (18.0..45.0).contains(&age) { 0.07 } else { 0.0 };
             let k = poisson(r, rate + births);
             for _ in 0..k {
                 let admit_day = day_in_year(r, y);
@@ -470,26 +378,14 @@ pub(crate) fn npr_inpatient(
                 }
                 let hospital = super::dist::from_cumulative(r, &acute[usize::from(p.region)]) as u8;
                 let (code, stay, proc_) = if chance(r, births / (rate + births)) {
-                    if chance(r, 0.18) {
-                        ("O82", 3.0, Some("MCA10"))
-                    } else {
-                        ("O80", 2.0, None)
-                    }
+                    if chance(r, 0.18) { ("O82", 3.0, Some("MCA10")) } else { ("O80", 2.0, None) }
                 } else {
                     let t = ((age - 40.0) / 35.0).clamp(0.0, 1.0);
                     let mut w = [0.0; EPISODE_DX.len()];
                     for (i, e) in EPISODE_DX.iter().enumerate() {
                         let sex_ok = e.sex == 0 || e.sex == p.sex + 1;
-                        let c = if e.cond != 0 && p.conds & e.cond != 0 {
-                            e.cond_mult
-                        } else {
-                            1.0
-                        };
-                        w[i] = if sex_ok {
-                            (e.young + (e.old - e.young) * t) * c
-                        } else {
-                            0.0
-                        };
+                        let c = if e.cond != 0 && p.conds & e.cond != 0 { e.cond_mult } else { 1.0 };
+                        w[i] = if sex_ok { (e.young + (e.old - e.young) * t) * c } else { 0.0 };
                     }
                     let e = &EPISODE_DX[weighted(r, &w)];
                     let mut proc_ = None;
@@ -666,11 +562,7 @@ fn course(
     let mut d = start;
     while d <= stop {
         let ddd = (pack * (0.9 + 0.2 * unif(r)) * 10.0).round() / 10.0;
-        out.push(Disp {
-            date: d,
-            atc,
-            ddd: ddd.max(0.1),
-        });
+        out.push(Disp { date: d, atc, ddd: ddd.max(0.1) });
         d += interval + int_in(r, -10, 25);
     }
 }
@@ -690,12 +582,8 @@ pub(crate) fn lmr_dispensations(
     let acute_w: Vec<f64> = ACUTE.iter().map(|a| a.1).collect();
     let end = end_day();
     let start = start_day();
-    let mut op_cursor = base
-        .ops_by_person
-        .partition_point(|&i| (base.ops[i as usize].person as usize) < range.start);
-    let mut miss_cursor = base
-        .missing
-        .partition_point(|m| (m.person as usize) < range.start);
+    let mut op_cursor = base.ops_by_person.partition_point(|&i| (base.ops[i as usize].person as usize) < range.start);
+    let mut miss_cursor = base.missing.partition_point(|m| (m.person as usize) < range.start);
     let mut out: Vec<Disp> = Vec::new();
     let mut n = 0;
     for pi in range.clone() {
@@ -772,33 +660,17 @@ pub(crate) fn lmr_dispensations(
                     let a = ACUTE[weighted(r, &acute_w)].0;
                     let pack = ATC[usize::from(a)].1;
                     let amount = (pack * (0.7 + 0.6 * unif(r)) * 10.0).round() / 10.0;
-                    out.push(Disp {
-                        date: d,
-                        atc: a,
-                        ddd: amount.max(0.1),
-                    });
+                    out.push(Disp { date: d, atc: a, ddd: amount.max(0.1) });
                 }
             }
         }
         // After a hip replacement: opioid, thromboprophylaxis and paracetamol at discharge.
         let post_op = |r: &mut SynthRng, out: &mut Vec<Disp>, day: i32| {
             if day <= last {
-                out.push(Disp {
-                    date: day,
-                    atc: 32,
-                    ddd: (5.0 + 5.0 * unif(r)).round(),
-                });
-                out.push(Disp {
-                    date: day,
-                    atc: 33,
-                    ddd: 28.0,
-                });
+                out.push(Disp { date: day, atc: 32, ddd: (5.0 + 5.0 * unif(r)).round() });
+                out.push(Disp { date: day, atc: 33, ddd: 28.0 });
                 if chance(r, 0.7) {
-                    out.push(Disp {
-                        date: day,
-                        atc: 30,
-                        ddd: 16.7,
-                    });
+                    out.push(Disp { date: day, atc: 30, ddd: 16.7 });
                 }
             }
         };
@@ -825,13 +697,7 @@ pub(crate) fn lmr_dispensations(
             n += 1;
         }
         if n >= BATCH_ROWS || (pi + 1 == range.end && n > 0) {
-            sink.write(vec![
-                arr(&mut pnr),
-                arr(&mut date),
-                arr(&mut atc),
-                arr(&mut ddd),
-                arr(&mut region),
-            ])?;
+            sink.write(vec![arr(&mut pnr), arr(&mut date), arr(&mut atc), arr(&mut ddd), arr(&mut region)])?;
             n = 0;
         }
     }
@@ -859,12 +725,7 @@ pub(crate) fn dors_deaths(base: &Base, sink: &mut PartSink) -> Result<(), SynthE
             n += 1;
         }
         if n >= BATCH_ROWS || (pi + 1 == total && n > 0) {
-            sink.write(vec![
-                arr(&mut pnr),
-                arr(&mut date),
-                arr(&mut cause),
-                arr(&mut region),
-            ])?;
+            sink.write(vec![arr(&mut pnr), arr(&mut date), arr(&mut cause), arr(&mut region)])?;
             n = 0;
         }
     }

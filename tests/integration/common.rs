@@ -15,43 +15,20 @@ pub const USERS: [&str; 5] = ["alice", "bob", "carol", "dora", "erik"];
 fn generate(dir: &Path) {
     samkor::certs::init(&dir.join("certs"), &REGISTERS, &USERS).expect("development certificates");
     samkor::certs::write_federation_key(&dir.join("federation.key")).expect("federation key");
-    samkor::synth::generate(&samkor::synth::SynthOptions {
-        out: dir.to_owned(),
-        persons: PERSONS,
-        seed: SEED,
-    })
-    .expect("synthetic registers");
+    samkor::synth::generate(&samkor::synth::SynthOptions { out: dir.to_owned(), persons: PERSONS, seed: SEED })
+        .expect("synthetic registers");
     for project in ["P-1", "P-2", "matrix", "P-python", "P-trace"] {
-        samkor::federation::write_full_approval(
-            dir,
-            project,
-            &["alice"],
-            &["aggregate", "pseudonymised_microdata"],
-            true,
-        )
-        .expect("approval");
+        samkor::federation::write_full_approval(dir, project, &["alice"], &["aggregate", "pseudonymised_microdata"], true)
+            .expect("approval");
     }
     // Disclosure-control projects of the attack suite (tests/disclosure/).
-    samkor::federation::write_full_approval(dir, "D-agg", &["alice"], &["aggregate"], false)
+    samkor::federation::write_full_approval(dir, "D-agg", &["alice"], &["aggregate"], false).expect("approval");
+    samkor::federation::write_full_approval(dir, "D-micro", &["alice"], &["aggregate", "pseudonymised_microdata"], false)
         .expect("approval");
-    samkor::federation::write_full_approval(
-        dir,
-        "D-micro",
-        &["alice"],
-        &["aggregate", "pseudonymised_microdata"],
-        false,
-    )
-    .expect("approval");
-    samkor::federation::write_full_approval(dir, "D-minmax", &["alice"], &["aggregate"], true)
-        .expect("approval");
-    let strict =
-        samkor::federation::full_approval_toml(dir, "D-round", &["alice"], &["aggregate"], false)
-            .expect("approval")
-            .replacen(
-                "\n[[tables]]",
-                "\n[disclosure]\nmin_cell_persons = 10\nround_counts_to = 5\n\n[[tables]]",
-                1,
-            );
+    samkor::federation::write_full_approval(dir, "D-minmax", &["alice"], &["aggregate"], true).expect("approval");
+    let strict = samkor::federation::full_approval_toml(dir, "D-round", &["alice"], &["aggregate"], false)
+        .expect("approval")
+        .replacen("\n[[tables]]", "\n[disclosure]\nmin_cell_persons = 10\nround_counts_to = 5\n\n[[tables]]", 1);
     std::fs::write(dir.join("approvals").join("D-round.toml"), strict).expect("approval");
     std::fs::write(dir.join("approvals").join("D-general.toml"), GENERALISED).expect("approval");
     for (name, text) in governance_approvals() {
@@ -112,50 +89,11 @@ columns = ["person", "death_date"]
 
 fn governance_approvals() -> Vec<(&'static str, String)> {
     vec![
-        (
-            "G-narrow",
-            narrow(
-                "G-narrow",
-                "alice",
-                "2020-01-01",
-                "2099-12-31",
-                "\"aggregate\"",
-            ),
-        ),
-        (
-            "G-micro",
-            narrow(
-                "G-micro",
-                "alice",
-                "2020-01-01",
-                "2099-12-31",
-                "\"aggregate\", \"pseudonymised_microdata\"",
-            ),
-        ),
-        (
-            "G-expired",
-            narrow(
-                "G-expired",
-                "alice",
-                "2020-01-01",
-                "2021-12-31",
-                "\"aggregate\"",
-            ),
-        ),
-        (
-            "G-future",
-            narrow(
-                "G-future",
-                "alice",
-                "2099-01-01",
-                "2099-12-31",
-                "\"aggregate\"",
-            ),
-        ),
-        (
-            "G-bob",
-            narrow("G-bob", "bob", "2020-01-01", "2099-12-31", "\"aggregate\""),
-        ),
+        ("G-narrow", narrow("G-narrow", "alice", "2020-01-01", "2099-12-31", "\"aggregate\"")),
+        ("G-micro", narrow("G-micro", "alice", "2020-01-01", "2099-12-31", "\"aggregate\", \"pseudonymised_microdata\"")),
+        ("G-expired", narrow("G-expired", "alice", "2020-01-01", "2021-12-31", "\"aggregate\"")),
+        ("G-future", narrow("G-future", "alice", "2099-01-01", "2099-12-31", "\"aggregate\"")),
+        ("G-bob", narrow("G-bob", "bob", "2020-01-01", "2099-12-31", "\"aggregate\"")),
     ]
 }
 
@@ -163,11 +101,7 @@ fn governance_approvals() -> Vec<(&'static str, String)> {
 pub fn synth_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("samkor-it-")
-            .tempdir()
-            .expect("tempdir")
-            .keep();
+        let dir = tempfile::Builder::new().prefix("samkor-it-").tempdir().expect("tempdir").keep();
         generate(&dir);
         dir
     })
@@ -175,10 +109,7 @@ pub fn synth_dir() -> &'static Path {
 
 /// A private copy of the synthetic federation, for tests that change files.
 pub fn private_copy() -> tempfile::TempDir {
-    let dir = tempfile::Builder::new()
-        .prefix("samkor-it-copy-")
-        .tempdir()
-        .expect("tempdir");
+    let dir = tempfile::Builder::new().prefix("samkor-it-copy-").tempdir().expect("tempdir");
     copy_dir(synth_dir(), dir.path());
     dir
 }
@@ -200,13 +131,8 @@ fn copy_dir(from: &Path, to: &Path) {
 pub fn rogue_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("samkor-rogue-")
-            .tempdir()
-            .expect("tempdir")
-            .keep();
-        samkor::certs::init(&dir, &[], &["mallory", "coordinator-impostor"])
-            .expect("rogue certificates");
+        let dir = tempfile::Builder::new().prefix("samkor-rogue-").tempdir().expect("tempdir").keep();
+        samkor::certs::init(&dir, &[], &["mallory", "coordinator-impostor"]).expect("rogue certificates");
         dir
     })
 }
@@ -217,22 +143,13 @@ pub async fn federation() -> LocalFederation {
 }
 
 pub async fn federation_with(options: &LocalOptions) -> LocalFederation {
-    LocalFederation::start(synth_dir(), options)
-        .await
-        .expect("federation starts")
+    LocalFederation::start(synth_dir(), options).await.expect("federation starts")
 }
 
 /// Renders batches as sorted lines, for order-insensitive comparison.
 pub fn sorted_lines(batches: &[arrow::record_batch::RecordBatch]) -> Vec<String> {
-    let text = arrow::util::pretty::pretty_format_batches(batches)
-        .expect("format")
-        .to_string();
-    let mut lines: Vec<String> = text
-        .lines()
-        .skip(3)
-        .filter(|l| !l.starts_with('+'))
-        .map(str::to_owned)
-        .collect();
+    let text = arrow::util::pretty::pretty_format_batches(batches).expect("format").to_string();
+    let mut lines: Vec<String> = text.lines().skip(3).filter(|l| !l.starts_with('+')).map(str::to_owned).collect();
     lines.sort();
     lines
 }
@@ -243,11 +160,7 @@ pub fn rows(batches: &[arrow::record_batch::RecordBatch]) -> Vec<Vec<String>> {
     let options = FormatOptions::default().with_null("NULL");
     let mut out = Vec::new();
     for b in batches {
-        let f: Vec<_> = b
-            .columns()
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).expect("format"))
-            .collect();
+        let f: Vec<_> = b.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &options).expect("format")).collect();
         for r in 0..b.num_rows() {
             out.push(f.iter().map(|f| f.value(r).to_string()).collect());
         }
@@ -263,31 +176,15 @@ pub fn released_vs_pooled(
     got: &[arrow::record_batch::RecordBatch],
     pooled: &[arrow::record_batch::RecordBatch],
 ) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
-    let names: Vec<String> = got[0]
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
-    assert_eq!(
-        names.last().map(String::as_str),
-        Some("withheld"),
-        "a disclosure-controlled answer"
-    );
+    let names: Vec<String> = got[0].schema().fields().iter().map(|f| f.name().clone()).collect();
+    assert_eq!(names.last().map(String::as_str), Some("withheld"), "a disclosure-controlled answer");
     let mut fed = Vec::new();
     let mut want = Vec::new();
     let pooled = rows(pooled);
     for mut row in rows(got) {
         let mark = row.pop().expect("marker column");
-        assert!(
-            !mark.starts_with('*'),
-            "no group of this answer is below the threshold"
-        );
-        let withheld: Vec<&str> = if mark == "NULL" {
-            vec![]
-        } else {
-            mark.split(',').collect()
-        };
+        assert!(!mark.starts_with('*'), "no group of this answer is below the threshold");
+        let withheld: Vec<&str> = if mark == "NULL" { vec![] } else { mark.split(',').collect() };
         let mask = |r: &mut Vec<String>| {
             for (i, cell) in r.iter_mut().enumerate() {
                 if withheld.contains(&names[i].as_str()) {
@@ -295,11 +192,7 @@ pub fn released_vs_pooled(
                 }
             }
         };
-        let mut p = pooled
-            .iter()
-            .find(|p| p[0] == row[0])
-            .cloned()
-            .unwrap_or_else(|| panic!("no pooled row for {row:?}"));
+        let mut p = pooled.iter().find(|p| p[0] == row[0]).cloned().unwrap_or_else(|| panic!("no pooled row for {row:?}"));
         mask(&mut row);
         mask(&mut p);
         fed.push(row);
@@ -313,14 +206,8 @@ pub fn released_vs_pooled(
 
 /// A client straight to a node (bypassing the coordinator) with `user`'s
 /// certificate from `dir` (`"coordinator"` for the coordinator's own).
-pub fn node_client(
-    dir: &Path,
-    user: &str,
-    node: &samkor_node::RunningNode,
-) -> samkor_proto::client::NodeClient {
-    let identity = samkor::federation::identity_files(dir, user)
-        .load()
-        .expect("identity");
+pub fn node_client(dir: &Path, user: &str, node: &samkor_node::RunningNode) -> samkor_proto::client::NodeClient {
+    let identity = samkor::federation::identity_files(dir, user).load().expect("identity");
     let endpoint = samkor_proto::client::NodeEndpoint {
         name: node.state.register().to_owned(),
         addr: node.addr.to_string(),

@@ -53,9 +53,7 @@ struct Expect {
 }
 
 fn cases() -> Vec<(String, Case)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("disclosure");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("disclosure");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.expect("entry").path())
@@ -74,12 +72,7 @@ fn cases() -> Vec<(String, Case)> {
 }
 
 /// Checks a released answer against the case's expectations; returns what is wrong.
-fn check_released(
-    case: &Case,
-    schema: &arrow::datatypes::Schema,
-    batches: &[RecordBatch],
-    pooled: Option<&[RecordBatch]>,
-) -> Vec<String> {
+fn check_released(case: &Case, schema: &arrow::datatypes::Schema, batches: &[RecordBatch], pooled: Option<&[RecordBatch]>) -> Vec<String> {
     let mut problems = Vec::new();
     let e = &case.expect;
     let summary: serde_json::Value = schema
@@ -95,9 +88,7 @@ fn check_released(
     }
     if mode != "aggregate" {
         if e.mode.is_none() {
-            problems.push(format!(
-                "released as {mode}, expected a disclosure-controlled aggregate"
-            ));
+            problems.push(format!("released as {mode}, expected a disclosure-controlled aggregate"));
         }
         return problems;
     }
@@ -106,11 +97,7 @@ fn check_released(
     let marks: Vec<&String> = rows.iter().map(|r| r.last().expect("marker")).collect();
     let merged = marks.iter().any(|m| m.starts_with('*'));
     for col in &e.withheld {
-        assert!(
-            names.contains(col),
-            "{}: no column {col} in {names:?}",
-            case.attack
-        );
+        assert!(names.contains(col), "{}: no column {col} in {names:?}", case.attack);
         for (i, m) in marks.iter().enumerate() {
             if !m.starts_with('*') && !m.split(',').any(|w| w == col) {
                 problems.push(format!("row {i}: column {col} released: {:?}", rows[i]));
@@ -119,10 +106,7 @@ fn check_released(
     }
     for reason in &e.reasons {
         if summary["withheld"][reason].as_u64().unwrap_or(0) == 0 {
-            problems.push(format!(
-                "no cell withheld for reason {reason}: {}",
-                summary["withheld"]
-            ));
+            problems.push(format!("no cell withheld for reason {reason}: {}", summary["withheld"]));
         }
     }
     if let Some(m) = e.merged
@@ -135,24 +119,18 @@ fn check_released(
             problems.push(format!("cells withheld in a control case: {:?}", marks));
         }
         if let Some(p) = pooled {
-            let mut got: Vec<Vec<String>> =
-                rows.iter().map(|r| r[..r.len() - 1].to_vec()).collect();
+            let mut got: Vec<Vec<String>> = rows.iter().map(|r| r[..r.len() - 1].to_vec()).collect();
             let mut want = common::rows(p);
             got.sort();
             want.sort();
             if got != want {
-                problems.push(format!(
-                    "differs from the pooled answer: {got:?} vs {want:?}"
-                ));
+                problems.push(format!("differs from the pooled answer: {got:?} vs {want:?}"));
             }
         }
     }
     if let Some(base) = e.rounded_to {
         if summary["round_counts_to"].as_i64() != Some(base) {
-            problems.push(format!(
-                "the answer says counts are rounded to {}, expected {base}",
-                summary["round_counts_to"]
-            ));
+            problems.push(format!("the answer says counts are rounded to {}, expected {base}", summary["round_counts_to"]));
         }
         for (c, f) in schema.fields().iter().enumerate() {
             if f.data_type() != &arrow::datatypes::DataType::Int64 {
@@ -162,11 +140,7 @@ fn check_released(
                 let a = b.column(c).as_primitive::<Int64Type>();
                 for i in 0..a.len() {
                     if !a.is_null(i) && a.value(i) % base != 0 {
-                        problems.push(format!(
-                            "{} = {} is not rounded to {base}",
-                            f.name(),
-                            a.value(i)
-                        ));
+                        problems.push(format!("{} = {} is not rounded to {base}", f.name(), a.value(i)));
                     }
                 }
             }
@@ -193,24 +167,14 @@ async fn attack_suite_with_registers_from_postgres() {
 /// compared with the pooled session over the synthetic Parquet files.
 async fn run_attack_suite(fed_dir: &Path) {
     let cases = cases();
-    assert!(
-        cases.len() >= MIN_CASES,
-        "{} attack cases, fewer than {MIN_CASES}",
-        cases.len()
-    );
-    let fed = samkor::federation::LocalFederation::start(
-        fed_dir,
-        &samkor::federation::LocalOptions::default(),
-    )
-    .await
-    .expect("federation starts");
+    assert!(cases.len() >= MIN_CASES, "{} attack cases, fewer than {MIN_CASES}", cases.len());
+    let fed = samkor::federation::LocalFederation::start(fed_dir, &samkor::federation::LocalOptions::default())
+        .await
+        .expect("federation starts");
     let mut failures = Vec::new();
     let (mut refused, mut released) = (0, 0);
     for (name, case) in &cases {
-        let mut client = fed
-            .client("alice", &case.project)
-            .await
-            .expect("client connects");
+        let mut client = fed.client("alice", &case.project).await.expect("client connects");
         let answer = client.query(&case.sql).await;
         let problems = match (&case.expect.refused, answer) {
             (Some(rule), Err(e)) => {
@@ -225,57 +189,27 @@ async fn run_attack_suite(fed_dir: &Path) {
                 }
                 p
             }
-            (Some(rule), Ok((_, b))) => vec![format!(
-                "released ({} rows) instead of refused by {rule}",
-                common::rows(&b).len()
-            )],
+            (Some(rule), Ok((_, b))) => vec![format!("released ({} rows) instead of refused by {rule}", common::rows(&b).len())],
             (None, Err(e)) => vec![format!("refused or failed: {e}")],
             (None, Ok((schema, batches))) => {
                 released += 1;
                 let pooled = if case.expect.exact {
-                    let ctx =
-                        samkor::federation::pooled_session(common::synth_dir(), &case.project)
-                            .await
-                            .expect("pooled");
-                    Some(
-                        ctx.sql(&case.sql)
-                            .await
-                            .expect("pooled plan")
-                            .collect()
-                            .await
-                            .expect("pooled answer"),
-                    )
+                    let ctx = samkor::federation::pooled_session(common::synth_dir(), &case.project).await.expect("pooled");
+                    Some(ctx.sql(&case.sql).await.expect("pooled plan").collect().await.expect("pooled answer"))
                 } else {
                     None
                 };
                 check_released(case, &schema, &batches, pooled.as_deref())
             }
         };
-        println!(
-            "attack {name:<48} {}",
-            if problems.is_empty() { "ok" } else { "FAIL" }
-        );
+        println!("attack {name:<48} {}", if problems.is_empty() { "ok" } else { "FAIL" });
         if !problems.is_empty() {
-            failures.push(format!(
-                "{name} ({}):\n  {}\n  SQL: {}",
-                case.attack,
-                problems.join("\n  "),
-                case.sql
-            ));
+            failures.push(format!("{name} ({}):\n  {}\n  SQL: {}", case.attack, problems.join("\n  "), case.sql));
         }
     }
-    println!(
-        "attack suite: {} cases, {refused} refused, {released} released under control, {} failed",
-        cases.len(),
-        failures.len()
-    );
+    println!("attack suite: {} cases, {refused} refused, {released} released under control, {} failed", cases.len(), failures.len());
     fed.shutdown().await;
-    assert!(
-        failures.is_empty(),
-        "{} attack case(s) not stopped as expected:\n\n{}",
-        failures.len(),
-        failures.join("\n\n")
-    );
+    assert!(failures.is_empty(), "{} attack case(s) not stopped as expected:\n\n{}", failures.len(), failures.join("\n\n"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,31 +219,17 @@ async fn generalised_microdata_leaves_coarse_and_exports_to_parquet() {
     let sql = "SELECT p.person, p.birth_date, p.sex, i.admit_date, i.main_dx \
                FROM pop.persons p JOIN npr.inpatient i ON i.person = p.person";
     let (schema, batches) = c.query(sql).await.expect("microdata released");
-    assert!(
-        schema.metadata()[samkor_coordinator::disclosure::METADATA_KEY]
-            .contains("pseudonymised_microdata")
-    );
+    assert!(schema.metadata()[samkor_coordinator::disclosure::METADATA_KEY].contains("pseudonymised_microdata"));
     let rows = common::rows(&batches);
     assert!(rows.len() > 100, "the linked data set has rows");
     for r in &rows {
-        assert!(
-            r[1].ends_with("-01-01"),
-            "birth date generalised to the year: {r:?}"
-        );
-        assert!(
-            r[3].ends_with("-01"),
-            "admission generalised to the month: {r:?}"
-        );
-        assert!(
-            r[4].chars().count() <= 3,
-            "diagnosis generalised to 3 characters: {r:?}"
-        );
+        assert!(r[1].ends_with("-01-01"), "birth date generalised to the year: {r:?}");
+        assert!(r[3].ends_with("-01"), "admission generalised to the month: {r:?}");
+        assert!(r[4].chars().count() <= 3, "diagnosis generalised to 3 characters: {r:?}");
         assert_eq!(r[0].len(), 32, "the person only as the project pseudonym");
     }
     // A filter on an exact birth date sees the generalised value only.
-    let pooled = samkor::federation::pooled_session(&fed.dir, "D-general")
-        .await
-        .expect("pooled");
+    let pooled = samkor::federation::pooled_session(&fed.dir, "D-general").await.expect("pooled");
     let exact = pooled
         .sql("SELECT birth_date FROM pop.persons WHERE extract(doy FROM birth_date) > 40 LIMIT 1")
         .await
@@ -318,45 +238,17 @@ async fn generalised_microdata_leaves_coarse_and_exports_to_parquet() {
         .await
         .expect("a birth date");
     let day = common::rows(&exact)[0][0].clone();
-    let (_, found) = c
-        .query(&format!(
-            "SELECT person FROM pop.persons WHERE birth_date = DATE '{day}'"
-        ))
-        .await
-        .expect("answer");
-    assert_eq!(
-        common::rows(&found).len(),
-        0,
-        "no row matches the exact date {day}"
-    );
+    let (_, found) = c.query(&format!("SELECT person FROM pop.persons WHERE birth_date = DATE '{day}'")).await.expect("answer");
+    assert_eq!(common::rows(&found).len(), 0, "no row matches the exact date {day}");
     // Grouping by a generalised birth date is an ordinary characteristic.
-    let (_, years) = c
-        .query("SELECT birth_date, count(*) AS n FROM pop.persons GROUP BY birth_date")
-        .await
-        .expect("answer");
-    assert!(
-        common::rows(&years)
-            .iter()
-            .all(|r| r[0].ends_with("-01-01") || r[0] == "NULL")
-    );
+    let (_, years) = c.query("SELECT birth_date, count(*) AS n FROM pop.persons GROUP BY birth_date").await.expect("answer");
+    assert!(common::rows(&years).iter().all(|r| r[0].ends_with("-01-01") || r[0] == "NULL"));
 
     // Export through the CLI as Parquet: the same rows, the disclosure metadata kept.
     let files = samkor::federation::identity_files(&fed.dir, "alice");
-    let out = tempfile::Builder::new()
-        .suffix(".parquet")
-        .tempfile()
-        .expect("temp file");
+    let out = tempfile::Builder::new().suffix(".parquet").tempfile().expect("temp file");
     let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_samkor"))
-        .args([
-            "query",
-            "--coordinator",
-            &fed.coordinator_addr(),
-            "--project",
-            "D-general",
-            "--format",
-            "parquet",
-            "--out",
-        ])
+        .args(["query", "--coordinator", &fed.coordinator_addr(), "--project", "D-general", "--format", "parquet", "--out"])
         .arg(out.path())
         .arg("--cert")
         .arg(&files.cert)
@@ -370,19 +262,9 @@ async fn generalised_microdata_leaves_coarse_and_exports_to_parquet() {
         .expect("samkor query runs");
     assert!(status.success());
     let file = std::fs::File::open(out.path()).expect("parquet written");
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .expect("parquet");
-    assert!(
-        reader
-            .schema()
-            .metadata()
-            .contains_key(samkor_coordinator::disclosure::METADATA_KEY)
-    );
-    let n: usize = reader
-        .build()
-        .expect("reader")
-        .map(|b| b.expect("batch").num_rows())
-        .sum();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).expect("parquet");
+    assert!(reader.schema().metadata().contains_key(samkor_coordinator::disclosure::METADATA_KEY));
+    let n: usize = reader.build().expect("reader").map(|b| b.expect("batch").num_rows()).sum();
     assert_eq!(n, rows.len());
     fed.shutdown().await;
 }

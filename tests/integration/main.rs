@@ -4,11 +4,11 @@
 //! written by `samkor synth`.
 
 mod common;
-mod coordinator;
-mod direct;
-mod disclosure;
-mod governance;
 mod matrix;
+mod coordinator;
+mod disclosure;
+mod direct;
+mod governance;
 mod node;
 mod observability;
 mod pg;

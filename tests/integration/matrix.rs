@@ -46,9 +46,7 @@ struct Case {
 }
 
 fn matrix_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("matrix")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("matrix")
 }
 
 /// Reads every `*.sql` file of the matrix directory, in name order.
@@ -62,23 +60,14 @@ fn load_cases() -> Vec<Case> {
     files.sort();
     let mut cases = Vec::new();
     for file in files {
-        let text =
-            std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        let name = file
-            .file_name()
-            .expect("file name")
-            .to_string_lossy()
-            .into_owned();
+        let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let name = file.file_name().expect("file name").to_string_lossy().into_owned();
         cases.extend(parse_cases(&name, &text));
     }
     let mut names: Vec<&str> = cases.iter().map(|c| c.name.as_str()).collect();
     names.sort_unstable();
     for pair in names.windows(2) {
-        assert_ne!(
-            pair[0], pair[1],
-            "case name {:?} appears twice in the matrix",
-            pair[0]
-        );
+        assert_ne!(pair[0], pair[1], "case name {:?} appears twice in the matrix", pair[0]);
     }
     cases
 }
@@ -107,9 +96,7 @@ fn parse_cases(file: &str, text: &str) -> Vec<Case> {
             in_header = true;
             continue;
         }
-        let Some(case) = cases.last_mut() else {
-            continue;
-        };
+        let Some(case) = cases.last_mut() else { continue };
         if in_header && trimmed == "-- ordered" {
             case.ordered = true;
             continue;
@@ -133,18 +120,8 @@ fn parse_cases(file: &str, text: &str) -> Vec<Case> {
     }
     for case in &mut cases {
         let sql = case.sql.trim().trim_end_matches(';').trim_end();
-        assert!(
-            !sql.is_empty(),
-            "{}: case {} has no SQL",
-            case.origin,
-            case.name
-        );
-        assert!(
-            !sql.contains(';'),
-            "{}: case {} holds more than one statement",
-            case.origin,
-            case.name
-        );
+        assert!(!sql.is_empty(), "{}: case {} has no SQL", case.origin, case.name);
+        assert!(!sql.contains(';'), "{}: case {} holds more than one statement", case.origin, case.name);
         case.sql = sql.to_owned();
     }
     cases
@@ -164,27 +141,13 @@ struct Answer {
 fn render(columns: Vec<String>, batches: &[RecordBatch]) -> Result<Answer, String> {
     let rows = common::rows(batches);
     let withheld = vec![vec![false; columns.len()]; rows.len()];
-    Ok(Answer {
-        columns,
-        rows,
-        withheld,
-        merged: false,
-    })
+    Ok(Answer { columns, rows, withheld, merged: false })
 }
 
 async fn run_federated(client: &mut Client, sql: &str) -> Result<Answer, String> {
-    let (schema, batches) = client
-        .query(sql)
-        .await
-        .map_err(|e| format!("{e} (code {:?})", e.code()))?;
-    let mut answer = render(
-        schema.fields().iter().map(|f| f.name().clone()).collect(),
-        &batches,
-    )?;
-    let controlled = schema
-        .metadata()
-        .get(samkor_coordinator::disclosure::METADATA_KEY)
-        .is_some_and(|m| m.contains("\"aggregate\""));
+    let (schema, batches) = client.query(sql).await.map_err(|e| format!("{e} (code {:?})", e.code()))?;
+    let mut answer = render(schema.fields().iter().map(|f| f.name().clone()).collect(), &batches)?;
+    let controlled = schema.metadata().get(samkor_coordinator::disclosure::METADATA_KEY).is_some_and(|m| m.contains("\"aggregate\""));
     if !controlled {
         return Ok(answer);
     }
@@ -199,18 +162,8 @@ async fn run_federated(client: &mut Client, sql: &str) -> Result<Answer, String>
             answer.merged = true;
             continue;
         }
-        let names: Vec<&str> = if mark == "NULL" {
-            Vec::new()
-        } else {
-            mark.split(',').collect()
-        };
-        withheld.push(
-            answer
-                .columns
-                .iter()
-                .map(|c| names.contains(&c.as_str()))
-                .collect(),
-        );
+        let names: Vec<&str> = if mark == "NULL" { Vec::new() } else { mark.split(',').collect() };
+        withheld.push(answer.columns.iter().map(|c| names.contains(&c.as_str())).collect());
         rows.push(row);
     }
     answer.rows = rows;
@@ -218,17 +171,9 @@ async fn run_federated(client: &mut Client, sql: &str) -> Result<Answer, String>
     Ok(answer)
 }
 
-async fn run_pooled(
-    ctx: &datafusion::prelude::SessionContext,
-    sql: &str,
-) -> Result<Answer, String> {
+async fn run_pooled(ctx: &datafusion::prelude::SessionContext, sql: &str) -> Result<Answer, String> {
     let df = ctx.sql(sql).await.map_err(|e| e.to_string())?;
-    let columns = df
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
+    let columns = df.schema().fields().iter().map(|f| f.name().clone()).collect();
     let batches = df.collect().await.map_err(|e| e.to_string())?;
     render(columns, &batches)
 }
@@ -263,10 +208,7 @@ fn sort_key(row: &[String]) -> Vec<String> {
 
 /// Whether a federated row agrees with a pooled row on every released cell.
 fn row_agrees(fed: &[String], withheld: &[bool], pooled: &[String]) -> bool {
-    fed.iter()
-        .zip(pooled)
-        .zip(withheld)
-        .all(|((a, b), w)| *w || cells_equal(a, b))
+    fed.iter().zip(pooled).zip(withheld).all(|((a, b), w)| *w || cells_equal(a, b))
 }
 
 /// Why two answers differ, or `None` when they agree. Cells withheld by
@@ -291,11 +233,7 @@ fn compare(ordered: bool, federated: &Answer, pooled: &Answer) -> Option<String>
         return Some(format!(
             "row count differs: federated {}{}, pooled {}",
             federated.rows.len(),
-            if federated.merged {
-                " (+ merged withheld groups)"
-            } else {
-                ""
-            },
+            if federated.merged { " (+ merged withheld groups)" } else { "" },
             pooled.rows.len()
         ));
     }
@@ -304,8 +242,7 @@ fn compare(ordered: bool, federated: &Answer, pooled: &Answer) -> Option<String>
         // Rows come in the same order; merged groups are skipped in the pooled answer.
         let mut p = 0;
         for (i, (row, w)) in federated.rows.iter().zip(&federated.withheld).enumerate() {
-            while p < pooled.rows.len() && !row_agrees(row, w, &pooled.rows[p]) && federated.merged
-            {
+            while p < pooled.rows.len() && !row_agrees(row, w, &pooled.rows[p]) && federated.merged {
                 p += 1;
             }
             match pooled.rows.get(p) {
@@ -314,14 +251,11 @@ fn compare(ordered: bool, federated: &Answer, pooled: &Answer) -> Option<String>
                     diffs.push(format!("row {i}: federated {row:?}, pooled {prow:?}"));
                     p += 1;
                 }
-                None => diffs.push(format!(
-                    "row {i}: federated {row:?} has no pooled counterpart in order"
-                )),
+                None => diffs.push(format!("row {i}: federated {row:?} has no pooled counterpart in order")),
             }
         }
     } else {
-        let mut a: Vec<(&Vec<String>, &Vec<bool>)> =
-            federated.rows.iter().zip(&federated.withheld).collect();
+        let mut a: Vec<(&Vec<String>, &Vec<bool>)> = federated.rows.iter().zip(&federated.withheld).collect();
         a.sort_by_cached_key(|(r, _)| sort_key(r));
         let mut left: Vec<&Vec<String>> = pooled.rows.iter().collect();
         left.sort_by_cached_key(|r| sort_key(r));
@@ -339,10 +273,7 @@ fn compare(ordered: bool, federated: &Answer, pooled: &Answer) -> Option<String>
     }
     let total = diffs.len();
     diffs.truncate(5);
-    Some(format!(
-        "{total} row(s) differ; first: {}",
-        diffs.join("; ")
-    ))
+    Some(format!("{total} row(s) differ; first: {}", diffs.join("; ")))
 }
 
 fn show(answer: &Result<Answer, String>) -> String {
@@ -368,11 +299,7 @@ async fn explain(client: &mut Client, sql: &str) -> String {
         Ok(a) => {
             let mut s = String::new();
             for row in &a.rows {
-                let _ = writeln!(
-                    s,
-                    "    [{}]",
-                    row.first().map(String::as_str).unwrap_or_default()
-                );
+                let _ = writeln!(s, "    [{}]", row.first().map(String::as_str).unwrap_or_default());
                 for line in row.get(1).map(String::as_str).unwrap_or_default().lines() {
                     let _ = writeln!(s, "      {line}");
                 }
@@ -406,19 +333,11 @@ async fn run_matrix(fed_dir: &Path, pooled_dir: &Path) {
         matrix_dir().display()
     );
 
-    let fed = samkor::federation::LocalFederation::start(
-        fed_dir,
-        &samkor::federation::LocalOptions::default(),
-    )
-    .await
-    .expect("federation starts");
-    let mut client = fed
-        .client("alice", PROJECT)
+    let fed = samkor::federation::LocalFederation::start(fed_dir, &samkor::federation::LocalOptions::default())
         .await
-        .expect("client connects to the coordinator");
-    let pooled = samkor::federation::pooled_session(pooled_dir, PROJECT)
-        .await
-        .expect("pooled session opens");
+        .expect("federation starts");
+    let mut client = fed.client("alice", PROJECT).await.expect("client connects to the coordinator");
+    let pooled = samkor::federation::pooled_session(pooled_dir, PROJECT).await.expect("pooled session opens");
 
     let started = Instant::now();
     let mut failures = Vec::new();
@@ -433,12 +352,8 @@ async fn run_matrix(fed_dir: &Path, pooled_dir: &Path) {
             (_, _, Some(rule)) => Some(format!("the case must be refused by rule {rule}")),
             (Ok(a), Ok(b), None) => compare(case.ordered, a, b),
             (Err(_), Ok(_), None) => Some("the federation failed".to_owned()),
-            (Ok(_), Err(_), None) => {
-                Some("the pooled session failed (the case itself is broken)".to_owned())
-            }
-            (Err(_), Err(_), None) => {
-                Some("both sides failed (the case itself is broken)".to_owned())
-            }
+            (Ok(_), Err(_), None) => Some("the pooled session failed (the case itself is broken)".to_owned()),
+            (Err(_), Err(_), None) => Some("both sides failed (the case itself is broken)".to_owned()),
         };
         let status = match (&problem, &case.known_failure) {
             (None, None) => "ok",
@@ -449,17 +364,10 @@ async fn run_matrix(fed_dir: &Path, pooled_dir: &Path) {
         if let Ok(a) = &federated {
             withheld_cells += a.withheld.iter().flatten().filter(|w| **w).count();
         }
-        println!(
-            "matrix {:<40} {:>6} ms  {status}",
-            case.name,
-            t.elapsed().as_millis()
-        );
+        println!("matrix {:<40} {:>6} ms  {status}", case.name, t.elapsed().as_millis());
         let Some(problem) = problem else {
             if case.known_failure.is_some() {
-                known.push(format!(
-                    "{} ({}): now passes; remove its `-- known-failure` line",
-                    case.name, case.origin
-                ));
+                known.push(format!("{} ({}): now passes; remove its `-- known-failure` line", case.name, case.origin));
             }
             continue;
         };
@@ -467,22 +375,10 @@ async fn run_matrix(fed_dir: &Path, pooled_dir: &Path) {
         for line in case.sql.lines() {
             let _ = writeln!(report, "    {line}");
         }
-        let _ = write!(
-            report,
-            "  federated:\n{}  pooled:\n{}",
-            show(&federated),
-            show(&local)
-        );
-        let _ = write!(
-            report,
-            "  coordinator EXPLAIN:\n{}",
-            explain(&mut client, &case.sql).await
-        );
+        let _ = write!(report, "  federated:\n{}  pooled:\n{}", show(&federated), show(&local));
+        let _ = write!(report, "  coordinator EXPLAIN:\n{}", explain(&mut client, &case.sql).await);
         match &case.known_failure {
-            Some(reason) => known.push(format!(
-                "{} ({}): known failure: {reason}\n{report}",
-                case.name, case.origin
-            )),
+            Some(reason) => known.push(format!("{} ({}): known failure: {reason}\n{report}", case.name, case.origin)),
             None => failures.push(report),
         }
     }

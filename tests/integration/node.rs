@@ -29,43 +29,29 @@ fn coordinator_client(node: &samkor_node::RunningNode) -> NodeClient {
 
 async fn run(client: &NodeClient, project: &str, sql: &str) -> Result<Vec<RecordBatch>, NodeError> {
     let stream = client.query(project, sql, "test", None).await?;
-    stream
-        .try_collect()
-        .await
-        .map_err(|e| client.stream_error(e))
+    stream.try_collect().await.map_err(|e| client.stream_error(e))
 }
 
 fn strings(batches: &[RecordBatch], col: usize) -> Vec<String> {
     batches
         .iter()
         .flat_map(|b| {
-            let a = arrow::compute::cast(b.column(col), &arrow::datatypes::DataType::Utf8)
-                .expect("string column");
+            let a = arrow::compute::cast(b.column(col), &arrow::datatypes::DataType::Utf8).expect("string column");
             let a = a.as_string::<i32>();
-            (0..a.len())
-                .map(|i| a.value(i).to_owned())
-                .collect::<Vec<_>>()
+            (0..a.len()).map(|i| a.value(i).to_owned()).collect::<Vec<_>>()
         })
         .collect()
 }
 
 async fn start_node(dir: &std::path::Path, register: &str) -> samkor_node::RunningNode {
-    samkor_node::start(node_config(dir, register, true).expect("config"))
-        .await
-        .expect("node starts")
+    samkor_node::start(node_config(dir, register, true).expect("config")).await.expect("node starts")
 }
 
 /// The local computation: raw Parquet read directly, opt-outs removed by SQL.
 async fn raw_session(register: &str, table: &str) -> datafusion::prelude::SessionContext {
     let dir = synth_dir().join(register);
     let ctx = datafusion::prelude::SessionContext::new();
-    ctx.register_parquet(
-        "raw",
-        dir.join(table).to_str().expect("utf8"),
-        Default::default(),
-    )
-    .await
-    .expect("parquet");
+    ctx.register_parquet("raw", dir.join(table).to_str().expect("utf8"), Default::default()).await.expect("parquet");
     let optouts: Vec<String> = std::fs::read_to_string(dir.join("optout.txt"))
         .expect("optout list")
         .lines()
@@ -84,42 +70,18 @@ async fn raw_session(register: &str, table: &str) -> datafusion::prelude::Sessio
 #[tokio::test]
 async fn catalogue_lists_tables_columns_and_documentation() {
     let node = start_node(synth_dir(), "hip").await;
-    let cat = coordinator_client(&node)
-        .catalogue()
-        .await
-        .expect("catalogue");
+    let cat = coordinator_client(&node).catalogue().await.expect("catalogue");
     assert_eq!(cat.register, "hip");
     assert!(cat.holder.contains("Höftprotesregistret"), "{}", cat.holder);
-    let ops = cat
-        .tables
-        .iter()
-        .find(|t| t.name == "operations")
-        .expect("operations table");
+    let ops = cat.tables.iter().find(|t| t.name == "operations").expect("operations table");
     let names: Vec<&str> = ops.columns.iter().map(|c| c.name.as_str()).collect();
-    assert!(
-        names.contains(&"person") && names.contains(&"fixation") && names.contains(&"op_date"),
-        "{names:?}"
-    );
-    assert!(
-        !names.contains(&"pnr"),
-        "the identity number is never offered: {names:?}"
-    );
-    let person = ops
-        .columns
-        .iter()
-        .find(|c| c.name == "person")
-        .expect("person");
+    assert!(names.contains(&"person") && names.contains(&"fixation") && names.contains(&"op_date"), "{names:?}");
+    assert!(!names.contains(&"pnr"), "the identity number is never offered: {names:?}");
+    let person = ops.columns.iter().find(|c| c.name == "person").expect("person");
     assert!(person.person && person.identifying && person.description.contains("pseudonym"));
     let bmi = ops.columns.iter().find(|c| c.name == "bmi").expect("bmi");
-    assert_eq!(
-        (bmi.data_type.as_str(), bmi.unit.as_str()),
-        ("float64", "kg/m2")
-    );
-    let dx = ops
-        .columns
-        .iter()
-        .find(|c| c.name == "diagnosis")
-        .expect("diagnosis");
+    assert_eq!((bmi.data_type.as_str(), bmi.unit.as_str()), ("float64", "kg/m2"));
+    let dx = ops.columns.iter().find(|c| c.name == "diagnosis").expect("diagnosis");
     assert!(dx.code_system.starts_with("ICD-10"), "{}", dx.code_system);
     assert!(cat.tables.iter().any(|t| t.name == "prom"));
     node.shutdown().await;
@@ -139,12 +101,7 @@ async fn filtered_grouped_subquery_equals_local_parquet() {
     .expect("node query");
     let ctx = raw_session("lmr", "dispensations").await;
     let local = ctx
-        .sql(
-            &(sql.replace("{p}", "pnr").replace("{t}", "raw").replace(
-                " GROUP BY",
-                " AND pnr NOT IN (SELECT pnr FROM optout) GROUP BY",
-            )),
-        )
+        .sql(&(sql.replace("{p}", "pnr").replace("{t}", "raw").replace(" GROUP BY", " AND pnr NOT IN (SELECT pnr FROM optout) GROUP BY")))
         .await
         .expect("plan")
         .collect()
@@ -152,10 +109,7 @@ async fn filtered_grouped_subquery_equals_local_parquet() {
         .expect("local");
     let (r, l) = (sorted_lines(&remote), sorted_lines(&local));
     assert!(r.len() > 10, "a meaningful number of groups: {r:?}");
-    assert_eq!(
-        r, l,
-        "the node's aggregate equals the local computation on the Parquet files"
-    );
+    assert_eq!(r, l, "the node's aggregate equals the local computation on the Parquet files");
     node.shutdown().await;
 }
 
@@ -164,65 +118,27 @@ async fn pseudonyms_link_within_a_project_and_not_across_projects() {
     let dir = synth_dir();
     let (hip, pop) = (start_node(dir, "hip").await, start_node(dir, "pop").await);
     let (hc, pc) = (coordinator_client(&hip), coordinator_client(&pop));
-    let hip_p1: HashSet<String> = strings(
-        &run(&hc, "P-1", "SELECT DISTINCT person FROM operations")
-            .await
-            .expect("hip"),
-        0,
-    )
-    .into_iter()
-    .collect();
-    let hip_p2: HashSet<String> = strings(
-        &run(&hc, "P-2", "SELECT DISTINCT person FROM operations")
-            .await
-            .expect("hip"),
-        0,
-    )
-    .into_iter()
-    .collect();
-    let pop_p1: HashSet<String> = strings(
-        &run(&pc, "P-1", "SELECT person FROM persons")
-            .await
-            .expect("pop"),
-        0,
-    )
-    .into_iter()
-    .collect();
+    let hip_p1: HashSet<String> =
+        strings(&run(&hc, "P-1", "SELECT DISTINCT person FROM operations").await.expect("hip"), 0).into_iter().collect();
+    let hip_p2: HashSet<String> =
+        strings(&run(&hc, "P-2", "SELECT DISTINCT person FROM operations").await.expect("hip"), 0).into_iter().collect();
+    let pop_p1: HashSet<String> =
+        strings(&run(&pc, "P-1", "SELECT person FROM persons").await.expect("pop"), 0).into_iter().collect();
     assert!(hip_p1.len() > 100, "{}", hip_p1.len());
-    assert!(
-        hip_p1.is_subset(&pop_p1),
-        "every hip patient links to the population register within a project"
-    );
-    assert!(
-        hip_p1.is_disjoint(&hip_p2),
-        "projects get unlinkable pseudonyms"
-    );
+    assert!(hip_p1.is_subset(&pop_p1), "every hip patient links to the population register within a project");
+    assert!(hip_p1.is_disjoint(&hip_p2), "projects get unlinkable pseudonyms");
     assert_eq!(hip_p1.len(), hip_p2.len());
     // Never the identity number, nor anything containing it.
     let raw = raw_session("pop", "persons").await;
-    let pnrs = strings(
-        &raw.sql("SELECT pnr FROM raw")
-            .await
-            .expect("plan")
-            .collect()
-            .await
-            .expect("pnrs"),
-        0,
-    );
+    let pnrs = strings(&raw.sql("SELECT pnr FROM raw").await.expect("plan").collect().await.expect("pnrs"), 0);
     for p in pop_p1.iter() {
-        assert!(
-            !p.chars().any(|c| c.is_ascii_digit()),
-            "pseudonym {p} contains a digit"
-        );
+        assert!(!p.chars().any(|c| c.is_ascii_digit()), "pseudonym {p} contains a digit");
     }
     let pnr_set: HashSet<&String> = pnrs.iter().collect();
     assert!(pop_p1.iter().all(|p| !pnr_set.contains(p)));
     // The node's pseudonym is the documented keyed hash.
     let key = FederationKey::load(&dir.join("federation.key")).expect("key");
-    let expected: HashSet<String> = pnrs
-        .iter()
-        .map(|p| key.for_project("P-1").pseudonym(p))
-        .collect();
+    let expected: HashSet<String> = pnrs.iter().map(|p| key.for_project("P-1").pseudonym(p)).collect();
     assert!(pop_p1.is_subset(&expected));
     hip.shutdown().await;
     pop.shutdown().await;
@@ -232,9 +148,7 @@ async fn pseudonyms_link_within_a_project_and_not_across_projects() {
 async fn opted_out_persons_never_leave_the_node() {
     let dir = synth_dir();
     let node = start_node(dir, "hip").await;
-    let key = FederationKey::load(&dir.join("federation.key"))
-        .expect("key")
-        .for_project("P-1");
+    let key = FederationKey::load(&dir.join("federation.key")).expect("key").for_project("P-1");
     let optouts: Vec<String> = std::fs::read_to_string(dir.join("hip/optout.txt"))
         .expect("list")
         .lines()
@@ -244,16 +158,8 @@ async fn opted_out_persons_never_leave_the_node() {
     assert!(!optouts.is_empty());
     let hidden: HashSet<String> = optouts.iter().map(|p| key.pseudonym(p)).collect();
     let client = coordinator_client(&node);
-    let served = strings(
-        &run(&client, "P-1", "SELECT person FROM operations")
-            .await
-            .expect("rows"),
-        0,
-    );
-    assert!(
-        served.iter().all(|p| !hidden.contains(p)),
-        "an opted-out person was served"
-    );
+    let served = strings(&run(&client, "P-1", "SELECT person FROM operations").await.expect("rows"), 0);
+    assert!(served.iter().all(|p| !hidden.contains(p)), "an opted-out person was served");
     let raw = raw_session("hip", "operations").await;
     let in_data = raw
         .sql("SELECT count(*) FROM raw WHERE pnr IN (SELECT pnr FROM optout)")
@@ -262,25 +168,10 @@ async fn opted_out_persons_never_leave_the_node() {
         .collect()
         .await
         .expect("count");
-    let opted_rows = in_data[0]
-        .column(0)
-        .as_primitive::<arrow::datatypes::Int64Type>()
-        .value(0);
-    assert!(
-        opted_rows > 0,
-        "the synthetic data has opted-out hip patients"
-    );
-    let total = raw
-        .sql("SELECT count(*) FROM raw")
-        .await
-        .expect("plan")
-        .collect()
-        .await
-        .expect("count");
-    let total = total[0]
-        .column(0)
-        .as_primitive::<arrow::datatypes::Int64Type>()
-        .value(0);
+    let opted_rows = in_data[0].column(0).as_primitive::<arrow::datatypes::Int64Type>().value(0);
+    assert!(opted_rows > 0, "the synthetic data has opted-out hip patients");
+    let total = raw.sql("SELECT count(*) FROM raw").await.expect("plan").collect().await.expect("count");
+    let total = total[0].column(0).as_primitive::<arrow::datatypes::Int64Type>().value(0);
     assert_eq!(served.len() as i64, total - opted_rows);
     node.shutdown().await;
 }
@@ -290,58 +181,23 @@ async fn opt_out_list_reloads_without_restart() {
     let copy = common::private_copy();
     let node = start_node(copy.path(), "dors").await;
     let client = client_as(&identity_files(copy.path(), "coordinator"), &node);
-    let count = |batches: Vec<RecordBatch>| {
-        batches[0]
-            .column(0)
-            .as_primitive::<arrow::datatypes::Int64Type>()
-            .value(0)
-    };
-    let before = count(
-        run(&client, "P-1", "SELECT count(*) FROM deaths")
-            .await
-            .expect("count"),
-    );
+    let count = |batches: Vec<RecordBatch>| batches[0].column(0).as_primitive::<arrow::datatypes::Int64Type>().value(0);
+    let before = count(run(&client, "P-1", "SELECT count(*) FROM deaths").await.expect("count"));
     // Pick a person who is in the register and not yet opted out.
     let raw = datafusion::prelude::SessionContext::new();
-    raw.register_parquet(
-        "d",
-        copy.path().join("dors/deaths").to_str().expect("utf8"),
-        Default::default(),
-    )
-    .await
-    .expect("parquet");
+    raw.register_parquet("d", copy.path().join("dors/deaths").to_str().expect("utf8"), Default::default())
+        .await
+        .expect("parquet");
     let list_path = copy.path().join("dors/optout.txt");
     let list = std::fs::read_to_string(&list_path).expect("list");
-    let pnrs = strings(
-        &raw.sql("SELECT pnr FROM d ORDER BY pnr")
-            .await
-            .expect("plan")
-            .collect()
-            .await
-            .expect("rows"),
-        0,
-    );
-    let victim = pnrs
-        .iter()
-        .find(|p| !list.contains(p.as_str()))
-        .expect("a person to opt out")
-        .clone();
+    let pnrs = strings(&raw.sql("SELECT pnr FROM d ORDER BY pnr").await.expect("plan").collect().await.expect("rows"), 0);
+    let victim = pnrs.iter().find(|p| !list.contains(p.as_str())).expect("a person to opt out").clone();
     std::fs::write(&list_path, format!("{list}{victim}\n")).expect("append");
-    let after = count(
-        run(&client, "P-1", "SELECT count(*) FROM deaths")
-            .await
-            .expect("count"),
-    );
-    assert_eq!(
-        after,
-        before - 1,
-        "the new opt-out applies to the next query"
-    );
+    let after = count(run(&client, "P-1", "SELECT count(*) FROM deaths").await.expect("count"));
+    assert_eq!(after, before - 1, "the new opt-out applies to the next query");
     // A list that becomes unreadable fails closed, naming no person.
     std::fs::write(&list_path, "not a number\n").expect("corrupt");
-    let err = run(&client, "P-1", "SELECT count(*) FROM deaths")
-        .await
-        .expect_err("fails closed");
+    let err = run(&client, "P-1", "SELECT count(*) FROM deaths").await.expect_err("fails closed");
     let status = err.status().expect("a status from the node");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{err}");
     assert!(status.message().contains("opt-out list"), "{err}");
@@ -358,48 +214,21 @@ async fn clients_without_a_federation_certificate_are_refused() {
         key: common::rogue_dir().join("mallory.key"),
         ca: real_ca.clone(),
     };
-    let err = client_as(&rogue, &node)
-        .catalogue()
-        .await
-        .expect_err("rogue certificate refused");
-    assert!(
-        matches!(
-            err,
-            NodeError::Unreachable { .. } | NodeError::Status { .. }
-        ),
-        "{err}"
-    );
-    let err = run(
-        &client_as(&rogue, &node),
-        "P-1",
-        "SELECT count(*) FROM persons",
-    )
-    .await
-    .expect_err("refused");
-    assert!(
-        !err.to_string().contains("persons |"),
-        "no data in the refusal"
-    );
+    let err = client_as(&rogue, &node).catalogue().await.expect_err("rogue certificate refused");
+    assert!(matches!(err, NodeError::Unreachable { .. } | NodeError::Status { .. }), "{err}");
+    let err = run(&client_as(&rogue, &node), "P-1", "SELECT count(*) FROM persons").await.expect_err("refused");
+    assert!(!err.to_string().contains("persons |"), "no data in the refusal");
     // No client certificate at all.
     samkor_proto::tls::install_crypto_provider();
     let ca = tonic::transport::Certificate::from_pem(std::fs::read(&real_ca).expect("ca"));
     let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", node.addr))
         .expect("endpoint")
-        .tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(ca)
-                .domain_name("localhost"),
-        )
+        .tls_config(tonic::transport::ClientTlsConfig::new().ca_certificate(ca).domain_name("localhost"))
         .expect("tls")
         .connect_lazy();
     let mut flight = arrow_flight::FlightClient::new(channel);
-    let result = flight
-        .do_action(arrow_flight::Action::new("catalogue", ""))
-        .await;
-    assert!(
-        result.is_err(),
-        "a client without a certificate gets nothing"
-    );
+    let result = flight.do_action(arrow_flight::Action::new("catalogue", "")).await;
+    assert!(result.is_err(), "a client without a certificate gets nothing");
     node.shutdown().await;
 }
 
@@ -411,41 +240,19 @@ async fn bad_requests_get_errors_that_say_which() {
         let s = e.status().expect("status from the node").clone();
         (s.code(), s.message().to_owned())
     };
-    let (code, msg) = message(
-        run(&client, "P-1", "SELECT * FROM operationz")
-            .await
-            .expect_err("unknown table"),
-    );
+    let (code, msg) = message(run(&client, "P-1", "SELECT * FROM operationz").await.expect_err("unknown table"));
     assert_eq!(code, tonic::Code::InvalidArgument);
     assert!(msg.contains("operationz"), "{msg}");
-    let (code, msg) = message(
-        run(&client, "P-1", "SELECT shoe_size FROM operations")
-            .await
-            .expect_err("unknown column"),
-    );
+    let (code, msg) = message(run(&client, "P-1", "SELECT shoe_size FROM operations").await.expect_err("unknown column"));
     assert_eq!(code, tonic::Code::InvalidArgument);
     assert!(msg.contains("shoe_size"), "{msg}");
-    let (_, msg) = message(
-        run(&client, "P-1", "SELECT pnr FROM operations")
-            .await
-            .expect_err("no identity numbers"),
-    );
+    let (_, msg) = message(run(&client, "P-1", "SELECT pnr FROM operations").await.expect_err("no identity numbers"));
     assert!(msg.contains("pnr"), "{msg}");
-    let (code, msg) = message(
-        run(&client, "", "SELECT count(*) FROM operations")
-            .await
-            .expect_err("no project"),
-    );
+    let (code, msg) = message(run(&client, "", "SELECT count(*) FROM operations").await.expect_err("no project"));
     assert_eq!(code, tonic::Code::InvalidArgument);
     assert!(msg.contains("names no project"), "{msg}");
     let (code, _) = message(
-        run(
-            &client,
-            "P-1",
-            "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'",
-        )
-        .await
-        .expect_err("no DDL"),
+        run(&client, "P-1", "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'").await.expect_err("no DDL"),
     );
     assert_eq!(code, tonic::Code::InvalidArgument);
     let (code, msg) = message(run(&client, "P-1", "SELECT 1 +").await.expect_err("syntax"));
@@ -462,10 +269,7 @@ async fn start_error(dir: &std::path::Path, register: &str) -> String {
             if c.node.listen.port() != 0 && std::net::TcpListener::bind(c.node.listen).is_ok() {
                 c.node.listen = "127.0.0.1:0".parse().expect("addr");
             }
-            samkor_node::start(c)
-                .await
-                .expect_err("must refuse to start")
-                .to_string()
+            samkor_node::start(c).await.expect_err("must refuse to start").to_string()
         }
     }
 }
@@ -477,82 +281,34 @@ async fn node_refuses_to_start_with_one_clear_line() {
     // Malformed key.
     std::fs::write(dir.join("federation.key"), "0123").expect("write");
     let e = start_error(dir, "dors").await;
-    assert!(
-        e.starts_with("pseudonymisation key file ")
-            && e.contains("federation.key")
-            && e.contains("expected 64"),
-        "{e}"
-    );
+    assert!(e.starts_with("pseudonymisation key file ") && e.contains("federation.key") && e.contains("expected 64"), "{e}");
     samkor::certs::write_federation_key(&dir.join("federation.key")).expect("key");
     // A declared type that does not match the data.
     let toml_path = dir.join("dors/node.toml");
     let original = std::fs::read_to_string(&toml_path).expect("read");
-    let edited = original.replacen(
-        "name = \"death_date\"\n  type = \"date32\"",
-        "name = \"death_date\"\n  type = \"int64\"",
-        1,
-    );
+    let edited = original.replacen("name = \"death_date\"\n  type = \"date32\"", "name = \"death_date\"\n  type = \"int64\"", 1);
     assert_ne!(edited, original, "test edits the death_date type");
     std::fs::write(&toml_path, &edited).expect("write");
     let e = start_error(dir, "dors").await;
-    assert!(
-        e.contains("column death_date is declared as int64 but the data files")
-            && e.contains("Date32"),
-        "{e}"
-    );
+    assert!(e.contains("column death_date is declared as int64 but the data files") && e.contains("Date32"), "{e}");
     // A declared column missing from the files.
-    std::fs::write(
-        &toml_path,
-        original.replacen(
-            "name = \"underlying_cause\"",
-            "name = \"cause_of_death\"",
-            1,
-        ),
-    )
-    .expect("write");
+    std::fs::write(&toml_path, original.replacen("name = \"underlying_cause\"", "name = \"cause_of_death\"", 1)).expect("write");
     let e = start_error(dir, "dors").await;
-    assert!(
-        e.contains(
-            "column cause_of_death is declared in the config but missing from the data files"
-        ),
-        "{e}"
-    );
+    assert!(e.contains("column cause_of_death is declared in the config but missing from the data files"), "{e}");
     // No data files.
-    std::fs::write(
-        &toml_path,
-        original.replacen(
-            "path = \"deaths/*.parquet\"",
-            "path = \"nowhere/*.parquet\"",
-            1,
-        ),
-    )
-    .expect("write");
+    std::fs::write(&toml_path, original.replacen("path = \"deaths/*.parquet\"", "path = \"nowhere/*.parquet\"", 1)).expect("write");
     let e = start_error(dir, "dors").await;
-    assert!(
-        e.contains("table deaths: no data files match") && e.contains("nowhere"),
-        "{e}"
-    );
+    assert!(e.contains("table deaths: no data files match") && e.contains("nowhere"), "{e}");
     // A corrupt data file.
     std::fs::write(&toml_path, &original).expect("restore");
-    let part = std::fs::read_dir(dir.join("dors/deaths"))
-        .expect("dir")
-        .next()
-        .expect("a file")
-        .expect("entry")
-        .path();
+    let part = std::fs::read_dir(dir.join("dors/deaths")).expect("dir").next().expect("a file").expect("entry").path();
     std::fs::write(&part, b"PAR1 this is not parquet").expect("corrupt");
     let e = start_error(dir, "dors").await;
-    assert!(
-        e.contains("table deaths: cannot read the data files"),
-        "{e}"
-    );
+    assert!(e.contains("table deaths: cannot read the data files"), "{e}");
     // Missing opt-out list.
     std::fs::remove_file(dir.join("npr/optout.txt")).expect("remove");
     let e = start_error(dir, "npr").await;
-    assert!(
-        e.starts_with("cannot read opt-out list ") && e.contains("optout.txt"),
-        "{e}"
-    );
+    assert!(e.starts_with("cannot read opt-out list ") && e.contains("optout.txt"), "{e}");
     // Wrong key file for TLS.
     std::fs::write(dir.join("certs/node-pop.key"), "garbage").expect("write");
     let e = start_error(dir, "pop").await;
@@ -561,16 +317,7 @@ async fn node_refuses_to_start_with_one_clear_line() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let mut c = samkor_node::NodeConfig::load(&dir.join("hip/node.toml")).expect("config");
     c.node.listen = taken.local_addr().expect("addr");
-    let e = samkor_node::start(c)
-        .await
-        .expect_err("port in use")
-        .to_string();
-    assert!(
-        e.starts_with(&format!(
-            "cannot listen on {}",
-            taken.local_addr().expect("addr")
-        )),
-        "{e}"
-    );
+    let e = samkor_node::start(c).await.expect_err("port in use").to_string();
+    assert!(e.starts_with(&format!("cannot listen on {}", taken.local_addr().expect("addr"))), "{e}");
     assert_eq!(e.lines().count(), 1, "one line: {e}");
 }

@@ -25,11 +25,7 @@ fn server_binaries() -> PathBuf {
         .filter(|p| p.join("initdb").is_file() && p.join("pg_ctl").is_file())
         .collect();
     found.sort_by_key(|p| {
-        p.parent()
-            .and_then(|v| v.file_name())
-            .and_then(|v| v.to_str())
-            .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(0)
+        p.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0)
     });
     found.pop().unwrap_or_else(|| {
         panic!(
@@ -40,60 +36,27 @@ fn server_binaries() -> PathBuf {
 }
 
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port").port()
 }
 
 impl Postgres {
     /// Creates a cluster and starts it; returns once it accepts connections.
     pub fn start() -> Postgres {
         let bin = server_binaries();
-        let dir = tempfile::Builder::new()
-            .prefix("samkor-pg-")
-            .tempdir()
-            .expect("tempdir");
+        let dir = tempfile::Builder::new().prefix("samkor-pg-").tempdir().expect("tempdir");
         let user = is_root().then(|| "postgres".to_owned());
         if let Some(user) = &user {
-            let status = Command::new("chown")
-                .arg("-R")
-                .arg(user)
-                .arg(dir.path())
-                .status()
-                .expect("chown");
-            assert!(
-                status.success(),
-                "cannot give {} to the {user} user",
-                dir.path().display()
-            );
+            let status = Command::new("chown").arg("-R").arg(user).arg(dir.path()).status().expect("chown");
+            assert!(status.success(), "cannot give {} to the {user} user", dir.path().display());
         }
-        let pg = Postgres {
-            dir,
-            bin,
-            user,
-            port: free_port(),
-        };
+        let pg = Postgres { dir, bin, user, port: free_port() };
         pg.run(
             "initdb",
-            &[
-                "-D",
-                &pg.data(),
-                "-U",
-                "samkor",
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--no-locale",
-                "--no-sync",
-            ],
+            &["-D", &pg.data(), "-U", "samkor", "--auth=trust", "--encoding=UTF8", "--no-locale", "--no-sync"],
         );
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
@@ -103,18 +66,7 @@ impl Postgres {
         );
         pg.run(
             "pg_ctl",
-            &[
-                "-D",
-                &pg.data(),
-                "-l",
-                &pg.log().display().to_string(),
-                "-o",
-                &options,
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ],
+            &["-D", &pg.data(), "-l", &pg.log().display().to_string(), "-o", &options, "-w", "-t", "60", "start"],
         );
         pg
     }
@@ -141,11 +93,7 @@ impl Postgres {
     }
 
     fn run(&self, program: &str, args: &[&str]) {
-        let out = self
-            .command(program)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+        let out = self.command(program).args(args).output().unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
         assert!(
             out.status.success(),
             "{program} {args:?} failed: {}\n{}\n{}",
@@ -157,36 +105,25 @@ impl Postgres {
 
     /// The connection string of the database (trust authentication on loopback).
     pub fn url(&self) -> String {
-        format!(
-            "host=127.0.0.1 port={} user=samkor dbname=postgres",
-            self.port
-        )
+        format!("host=127.0.0.1 port={} user=samkor dbname=postgres", self.port)
     }
 
     /// A client of the database.
     pub async fn client(&self) -> tokio_postgres::Client {
-        let (client, connection) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
-            .await
-            .expect("connect");
+        let (client, connection) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls).await.expect("connect");
         tokio::spawn(connection);
         client
     }
 
     /// Stops the server now (a database that goes down).
     pub fn stop(&self) {
-        self.run(
-            "pg_ctl",
-            &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
-        );
+        self.run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"]);
     }
 }
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let _ = self
-            .command("pg_ctl")
-            .args(["-D", &self.data(), "-m", "immediate", "-w", "stop"])
-            .output();
+        let _ = self.command("pg_ctl").args(["-D", &self.data(), "-m", "immediate", "-w", "stop"]).output();
     }
 }
 
@@ -194,8 +131,6 @@ impl Drop for Postgres {
 /// `pg` and their nodes serving from it (the other registers from files).
 pub async fn federation_dir(pg: &Postgres, registers: &[&str]) -> tempfile::TempDir {
     let dir = crate::common::private_copy();
-    samkor::synth::postgres::load(dir.path(), &pg.url(), registers)
-        .await
-        .expect("registers load into PostgreSQL");
+    samkor::synth::postgres::load(dir.path(), &pg.url(), registers).await.expect("registers load into PostgreSQL");
     dir
 }

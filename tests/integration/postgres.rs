@@ -34,9 +34,7 @@ fn strings(batches: &[RecordBatch], col: usize) -> Vec<String> {
         .iter()
         .flat_map(|b| {
             let a = b.column(col).as_string::<i32>();
-            (0..a.len())
-                .map(|i| a.value(i).to_owned())
-                .collect::<Vec<_>>()
+            (0..a.len()).map(|i| a.value(i).to_owned()).collect::<Vec<_>>()
         })
         .collect()
 }
@@ -52,10 +50,7 @@ fn config_with(dir: &Path, register: &str, from: &str, to: &str) -> NodeConfig {
 }
 
 async fn open_error(config: NodeConfig) -> String {
-    let e = NodeState::open(config)
-        .await
-        .expect_err("the node must not start")
-        .to_string();
+    let e = NodeState::open(config).await.expect_err("the node must not start").to_string();
     assert!(!e.contains('\n'), "one line: {e}");
     e
 }
@@ -68,178 +63,79 @@ async fn opted_out_person_is_absent_when_the_database_serves_and_filters_the_row
     let out = opted_out(dir.path(), "hip");
 
     // An operation of an opted-out person, found without sending any identity number to the database.
-    let rows = db
-        .query(
-            "SELECT pnr, hospital, op_date::text FROM hip.operations",
-            &[],
-        )
-        .await
-        .expect("rows");
+    let rows = db.query("SELECT pnr, hospital, op_date::text FROM hip.operations", &[]).await.expect("rows");
     let all_pnrs: BTreeSet<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
-    let hit = rows
-        .iter()
-        .find(|r| out.contains(&r.get::<_, String>(0)))
-        .expect("an opted-out person has an operation");
+    let hit = rows.iter().find(|r| out.contains(&r.get::<_, String>(0))).expect("an opted-out person has an operation");
     let (hospital, date): (String, String) = (hit.get(1), hit.get(2));
     let year: i32 = date[..4].parse().expect("year");
     let same: Vec<String> = rows
         .iter()
-        .filter(|r| {
-            r.get::<_, String>(1) == hospital && r.get::<_, String>(2).starts_with(&date[..4])
-        })
+        .filter(|r| r.get::<_, String>(1) == hospital && r.get::<_, String>(2).starts_with(&date[..4]))
         .map(|r| r.get::<_, String>(0))
         .collect();
     let kept: Vec<String> = same.iter().filter(|p| !out.contains(*p)).cloned().collect();
-    assert!(
-        same.len() > kept.len(),
-        "the database holds the opted-out person's row under the filter"
-    );
+    assert!(same.len() > kept.len(), "the database holds the opted-out person's row under the filter");
 
-    let state =
-        NodeState::open(samkor::federation::node_config(dir.path(), "hip", true).expect("config"))
-            .await
-            .expect("node opens on the database");
-    let ctx = state
-        .session(&Scope::Project(PROJECT.into()), None)
-        .expect("session");
-    let filter = format!(
-        "hospital = '{hospital}' AND op_date >= DATE '{year}-01-01' AND op_date < DATE '{}-01-01'",
-        year + 1
-    );
+    let state = NodeState::open(samkor::federation::node_config(dir.path(), "hip", true).expect("config"))
+        .await
+        .expect("node opens on the database");
+    let ctx = state.session(&Scope::Project(PROJECT.into()), None).expect("session");
+    let filter =
+        format!("hospital = '{hospital}' AND op_date >= DATE '{year}-01-01' AND op_date < DATE '{}-01-01'", year + 1);
     let sql = format!("SELECT person FROM operations WHERE {filter}");
 
     // The filter runs in the database, below the pseudonymiser.
-    let plan = ctx
-        .sql(&sql)
-        .await
-        .expect("plan")
-        .create_physical_plan()
-        .await
-        .expect("physical plan");
+    let plan = ctx.sql(&sql).await.expect("plan").create_physical_plan().await.expect("physical plan");
     let shown = displayable(plan.as_ref()).indent(true).to_string();
-    let scan = shown
-        .lines()
-        .find(|l| l.contains("PostgresScanExec"))
-        .unwrap_or_else(|| panic!("a database scan:\n{shown}"));
+    let scan =
+        shown.lines().find(|l| l.contains("PostgresScanExec")).unwrap_or_else(|| panic!("a database scan:\n{shown}"));
     assert!(
         scan.contains("(\"hospital\" = $1::text)")
             && scan.contains("(\"op_date\" >= $2::date)")
             && scan.contains("(\"op_date\" < $3::date)"),
         "filters pushed: {scan}"
     );
-    let pseudonymise = shown
-        .find("PseudonymiseExec")
-        .expect("pseudonymiser in the plan");
-    assert!(
-        pseudonymise < shown.find("PostgresScanExec").expect("scan"),
-        "pseudonymiser above the scan:\n{shown}"
-    );
+    let pseudonymise = shown.find("PseudonymiseExec").expect("pseudonymiser in the plan");
+    assert!(pseudonymise < shown.find("PostgresScanExec").expect("scan"), "pseudonymiser above the scan:\n{shown}");
 
-    let batches = ctx
-        .sql(&sql)
-        .await
-        .expect("plan")
-        .collect()
-        .await
-        .expect("answer");
+    let batches = ctx.sql(&sql).await.expect("plan").collect().await.expect("answer");
     let served: BTreeSet<String> = strings(&batches, 0).into_iter().collect();
-    let key = samkor_node::pseudonym::FederationKey::load(&dir.path().join("federation.key"))
-        .expect("key");
+    let key = samkor_node::pseudonym::FederationKey::load(&dir.path().join("federation.key")).expect("key");
     let pseudonyms = |pnrs: &[String]| -> BTreeSet<String> {
-        let a = key
-            .for_project(PROJECT)
-            .pseudonymise(&StringArray::from(pnrs.to_vec()))
-            .expect("pseudonyms");
+        let a = key.for_project(PROJECT).pseudonymise(&StringArray::from(pnrs.to_vec())).expect("pseudonyms");
         let a = a.as_string::<i32>();
         (0..a.len()).map(|i| a.value(i).to_owned()).collect()
     };
-    assert_eq!(
-        served,
-        pseudonyms(&kept),
-        "exactly the persons who did not opt out, pseudonymised"
-    );
+    assert_eq!(served, pseudonyms(&kept), "exactly the persons who did not opt out, pseudonymised");
     let excluded = pseudonyms(&[hit.get::<_, String>(0)]);
-    assert!(
-        served.is_disjoint(&excluded),
-        "the opted-out person is absent"
-    );
+    assert!(served.is_disjoint(&excluded), "the opted-out person is absent");
 
     // Aggregates run at the node, after the opt-outs are dropped; so do filters on the pseudonym.
     let count = format!("SELECT count(*) FROM operations WHERE {filter}");
-    let batches = ctx
-        .sql(&count)
-        .await
-        .expect("plan")
-        .collect()
-        .await
-        .expect("answer");
+    let batches = ctx.sql(&count).await.expect("plan").collect().await.expect("answer");
     assert_eq!(common::rows(&batches), vec![vec![kept.len().to_string()]]);
     let one = served.iter().next().expect("a served person");
     let by_person = format!("SELECT count(*) FROM operations WHERE person = '{one}'");
-    let batches = ctx
-        .sql(&by_person)
-        .await
-        .expect("plan")
-        .collect()
-        .await
-        .expect("answer");
+    let batches = ctx.sql(&by_person).await.expect("plan").collect().await.expect("answer");
     assert_ne!(common::rows(&batches), vec![vec!["0".to_owned()]]);
 
     // Direct access: the unit filter goes into the database and is applied again at the node.
-    let direct = state
-        .session(
-            &Scope::Direct {
-                unit: hospital.clone(),
-            },
-            None,
-        )
-        .expect("direct session");
+    let direct = state.session(&Scope::Direct { unit: hospital.clone() }, None).expect("direct session");
     let sql = "SELECT hospital, count(*) FROM operations GROUP BY hospital";
-    let plan = direct
-        .sql(sql)
-        .await
-        .expect("plan")
-        .create_physical_plan()
-        .await
-        .expect("physical plan");
+    let plan = direct.sql(sql).await.expect("plan").create_physical_plan().await.expect("physical plan");
     let shown = displayable(plan.as_ref()).indent(true).to_string();
-    assert!(
-        shown.contains("WHERE (\"hospital\" = $1::text)"),
-        "unit filter pushed:\n{shown}"
-    );
-    let batches = direct
-        .sql(sql)
-        .await
-        .expect("plan")
-        .collect()
-        .await
-        .expect("answer");
-    let own = rows
-        .iter()
-        .filter(|r| r.get::<_, String>(1) == hospital && !out.contains(&r.get::<_, String>(0)))
-        .count();
-    assert_eq!(
-        common::rows(&batches),
-        vec![vec![hospital.clone(), own.to_string()]],
-        "own unit only, opt-outs out"
-    );
+    assert!(shown.contains("WHERE (\"hospital\" = $1::text)"), "unit filter pushed:\n{shown}");
+    let batches = direct.sql(sql).await.expect("plan").collect().await.expect("answer");
+    let own =
+        rows.iter().filter(|r| r.get::<_, String>(1) == hospital && !out.contains(&r.get::<_, String>(0))).count();
+    assert_eq!(common::rows(&batches), vec![vec![hospital.clone(), own.to_string()]], "own unit only, opt-outs out");
 
     // Every statement the database ran, with its parameters, is in its log: no identity number among them.
     drop(db);
     let log = std::fs::read_to_string(pg.log()).expect("server log");
-    assert!(
-        log.contains("FROM \"hip\".\"operations\" WHERE"),
-        "the node's statements are in the log"
-    );
-    let leaked: Vec<&String> = all_pnrs
-        .iter()
-        .filter(|p| log.contains(p.as_str()))
-        .collect();
-    assert!(
-        leaked.is_empty(),
-        "{} identity numbers reached the database's statements",
-        leaked.len()
-    );
+    assert!(log.contains("FROM \"hip\".\"operations\" WHERE"), "the node's statements are in the log");
+    let leaked: Vec<&String> = all_pnrs.iter().filter(|p| log.contains(p.as_str())).collect();
+    assert!(leaked.is_empty(), "{} identity numbers reached the database's statements", leaked.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,35 +153,17 @@ async fn start_errors_name_node_table_and_problem() {
     .expect("views");
     let relation = "relation = \"hip.operations\"";
 
-    let e = open_error(config_with(
-        dir.path(),
-        "hip",
-        relation,
-        "relation = \"hip.nope\"",
-    ))
-    .await;
+    let e = open_error(config_with(dir.path(), "hip", relation, "relation = \"hip.nope\"")).await;
     assert!(
         e.contains("node hip, table operations: the relation hip.nope does not exist in the PostgreSQL database given by the file "),
         "{e}"
     );
-    let e = open_error(config_with(
-        dir.path(),
-        "hip",
-        relation,
-        "relation = \"hip.no_bmi\"",
-    ))
-    .await;
+    let e = open_error(config_with(dir.path(), "hip", relation, "relation = \"hip.no_bmi\"")).await;
     assert!(
         e.contains("node hip, table operations: column bmi is declared in the config but missing from hip.no_bmi in the PostgreSQL database"),
         "{e}"
     );
-    let e = open_error(config_with(
-        dir.path(),
-        "hip",
-        relation,
-        "relation = \"hip.date_as_text\"",
-    ))
-    .await;
+    let e = open_error(config_with(dir.path(), "hip", relation, "relation = \"hip.date_as_text\"")).await;
     assert!(
         e.contains("node hip, table operations: column op_date is declared as date32 but hip.date_as_text.op_date in the PostgreSQL database is text"),
         "{e}"
@@ -300,16 +178,13 @@ async fn start_errors_name_node_table_and_problem() {
     assert!(e.contains("node hip, table operations: the database connection string is to come from the environment variable SAMKOR_TEST_UNSET_PG, which is not set"), "{e}");
 
     // A column whose type changes while the node runs: the next scan says so.
-    let state =
-        NodeState::open(samkor::federation::node_config(dir.path(), "hip", true).expect("config"))
-            .await
-            .expect("node opens");
+    let state = NodeState::open(samkor::federation::node_config(dir.path(), "hip", true).expect("config"))
+        .await
+        .expect("node opens");
     db.batch_execute("DROP VIEW hip.no_bmi, hip.date_as_text; ALTER TABLE hip.operations ALTER COLUMN asa TYPE text")
         .await
         .expect("alter");
-    let ctx = state
-        .session(&Scope::Project(PROJECT.into()), None)
-        .expect("session");
+    let ctx = state.session(&Scope::Project(PROJECT.into()), None).expect("session");
     let e = ctx
         .sql("SELECT asa, count(*) FROM operations GROUP BY asa")
         .await
@@ -324,23 +199,16 @@ async fn start_errors_name_node_table_and_problem() {
     );
 
     // The database is down when the node starts; the password in the connection string is never shown.
-    std::fs::write(
-        dir.path().join("hip").join("postgres.conn"),
-        format!("{} password=hunter2-never-shown", pg.url()),
-    )
-    .expect("connection file");
+    std::fs::write(dir.path().join("hip").join("postgres.conn"), format!("{} password=hunter2-never-shown", pg.url()))
+        .expect("connection file");
     pg.stop();
-    let e =
-        open_error(samkor::federation::node_config(dir.path(), "hip", true).expect("config")).await;
+    let e = open_error(samkor::federation::node_config(dir.path(), "hip", true).expect("config")).await;
     assert!(
         e.contains("node hip, table operations: cannot connect to the PostgreSQL database given by the file ")
             && e.contains("postgres.conn: error connecting to server"),
         "{e}"
     );
-    assert!(
-        !e.contains("hunter2") && !e.contains("port="),
-        "the connection string stays secret: {e}"
-    );
+    assert!(!e.contains("hunter2") && !e.contains("port="), "the connection string stays secret: {e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,29 +223,15 @@ async fn connection_lost_mid_query_is_one_line_naming_node_and_table() {
     )
     .await
     .expect("view");
-    let config = config_with(
-        dir.path(),
-        "hip",
-        "relation = \"hip.operations\"",
-        "relation = \"hip.slow\"",
-    );
+    let config = config_with(dir.path(), "hip", "relation = \"hip.operations\"", "relation = \"hip.slow\"");
     let node = samkor_node::start(config).await.expect("node starts");
     let client = common::node_client(dir.path(), "coordinator", &node);
     let query = tokio::spawn(async move {
-        let stream = client
-            .query(
-                PROJECT,
-                "SELECT region, count(*) FROM operations GROUP BY region",
-                "lost-1",
-                None,
-            )
-            .await;
+        let stream =
+            client.query(PROJECT, "SELECT region, count(*) FROM operations GROUP BY region", "lost-1", None).await;
         match stream {
             Err(e) => Err(e.to_string()),
-            Ok(s) => s
-                .try_collect::<Vec<RecordBatch>>()
-                .await
-                .map_err(|e| client.stream_error(e).to_string()),
+            Ok(s) => s.try_collect::<Vec<RecordBatch>>().await.map_err(|e| client.stream_error(e).to_string()),
         }
     });
     let mut terminated = false;
@@ -396,16 +250,12 @@ async fn connection_lost_mid_query_is_one_line_naming_node_and_table() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    assert!(terminated, "the node's scan never showed up in pg_stat_activity");
+    let e = query.await.expect("query task").expect_err("the sub-query must fail");
     assert!(
-        terminated,
-        "the node's scan never showed up in pg_stat_activity"
-    );
-    let e = query
-        .await
-        .expect("query task")
-        .expect_err("the sub-query must fail");
-    assert!(
-        e.contains("node hip, table operations: the connection to the PostgreSQL database was lost during the sub-query"),
+        e.contains(
+            "node hip, table operations: the connection to the PostgreSQL database was lost during the sub-query"
+        ),
         "{e}"
     );
     assert!(!e.contains('\n'), "one line: {e}");

@@ -11,13 +11,8 @@ async fn python_adbc_example_reads_a_frame() {
         .args(["-c", "import adbc_driver_flightsql, pandas"])
         .output();
     if !probe.is_ok_and(|o| o.status.success()) {
-        eprintln!(
-            "SKIPPED: adbc_driver_flightsql/pandas not installed for {python} (pip install adbc-driver-flightsql pyarrow pandas)"
-        );
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the Python example: .ci/run installs its packages"
-        );
+        eprintln!("SKIPPED: adbc_driver_flightsql/pandas not installed for {python} (pip install adbc-driver-flightsql pyarrow pandas)");
+        assert!(std::env::var_os("CI").is_none(), "CI must run the Python example: .ci/run installs its packages");
         return;
     }
     let fed = common::federation().await;
@@ -33,17 +28,8 @@ async fn python_adbc_example_reads_a_frame() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "python failed:\n{stdout}\n{stderr}");
-    assert!(
-        stdout.contains("Stockholm") && stdout.contains("operations"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("disclosure control: at least 5 persons per cell"),
-        "the summary reaches Python: {stdout}"
-    );
-    assert!(
-        stdout.contains("hip.operations") && stdout.contains("pop.persons"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("Stockholm") && stdout.contains("operations"), "{stdout}");
+    assert!(stdout.contains("disclosure control: at least 5 persons per cell"), "the summary reaches Python: {stdout}");
+    assert!(stdout.contains("hip.operations") && stdout.contains("pop.persons"), "{stdout}");
     fed.shutdown().await;
 }

@@ -32,8 +32,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::{BufMut, BytesMut};
 use datafusion::arrow::array::{
-    ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder,
-    RecordBatch, RecordBatchOptions, StringBuilder,
+    ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder, RecordBatch,
+    RecordBatchOptions, StringBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
@@ -42,15 +42,11 @@ use datafusion::common::{DataFusionError, Result, ScalarValue};
 use datafusion::datasource::TableType;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::expr::InList;
-use datafusion::logical_expr::{
-    Between, BinaryExpr, Cast, Expr, Operator, TableProviderFilterPushDown,
-};
+use datafusion::logical_expr::{Between, BinaryExpr, Cast, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
-};
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
 use futures::{StreamExt, TryStreamExt};
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, NoTls, Row, RowStream};
@@ -85,57 +81,25 @@ pub enum PostgresError {
     )]
     NoConnectionEnv { at: At, var: String },
     #[error("{at}: cannot read the database connection string from the file {path}: {reason}")]
-    ConnectionFile {
-        at: At,
-        path: String,
-        reason: String,
-    },
+    ConnectionFile { at: At, path: String, reason: String },
     #[error("{at}: the database connection string from {origin} is not valid: {reason}")]
-    ConnectionString {
-        at: At,
-        origin: String,
-        reason: String,
-    },
+    ConnectionString { at: At, origin: String, reason: String },
     #[error(
         "{at}: cannot connect to the PostgreSQL database given by {origin}: {reason}; is the database running and reachable from the node?"
     )]
-    Connect {
-        at: At,
-        origin: String,
-        reason: String,
-    },
+    Connect { at: At, origin: String, reason: String },
     #[error(
         "{at}: the relation {relation} does not exist in the PostgreSQL database given by {origin}; create it or correct `relation`"
     )]
-    NoRelation {
-        at: At,
-        relation: String,
-        origin: String,
-    },
+    NoRelation { at: At, relation: String, origin: String },
     #[error("{at}: the database user may not read {relation} ({reason}); grant it SELECT")]
-    NoPrivilege {
-        at: At,
-        relation: String,
-        reason: String,
-    },
-    #[error(
-        "{at}: column {column} is declared in the config but missing from {relation} in the PostgreSQL database"
-    )]
-    MissingColumn {
-        at: At,
-        column: String,
-        relation: String,
-    },
+    NoPrivilege { at: At, relation: String, reason: String },
+    #[error("{at}: column {column} is declared in the config but missing from {relation} in the PostgreSQL database")]
+    MissingColumn { at: At, column: String, relation: String },
     #[error(
         "{at}: column {column} is declared as {declared} but {relation}.{column} in the PostgreSQL database is {found}"
     )]
-    TypeMismatch {
-        at: At,
-        column: String,
-        declared: &'static str,
-        relation: String,
-        found: String,
-    },
+    TypeMismatch { at: At, column: String, declared: &'static str, relation: String, found: String },
     #[error(
         "{at}: the connection to the PostgreSQL database was lost during the sub-query ({reason}); nothing more was served"
     )]
@@ -162,9 +126,7 @@ impl Reader {
     fn for_types(declared: ColumnType, found: &Type) -> Option<Reader> {
         use ColumnType as C;
         Some(match (declared, found) {
-            (C::Utf8, t) if [Type::TEXT, Type::VARCHAR, Type::BPCHAR, Type::NAME].contains(t) => {
-                Reader::Text
-            }
+            (C::Utf8, t) if [Type::TEXT, Type::VARCHAR, Type::BPCHAR, Type::NAME].contains(t) => Reader::Text,
             (C::Int32 | C::Int64, t) if *t == Type::INT2 => Reader::I16,
             (C::Int32 | C::Int64, t) if *t == Type::INT4 => Reader::I32,
             (C::Int64, t) if *t == Type::INT8 => Reader::I64,
@@ -182,15 +144,10 @@ impl Reader {
 struct PgDate(i32);
 
 impl<'a> FromSql<'a> for PgDate {
-    fn from_sql(
-        _ty: &Type,
-        raw: &'a [u8],
-    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+    fn from_sql(_ty: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
         let days = i32::from_be_bytes(raw.try_into().map_err(|_| "a date is 4 bytes")?);
         // ±infinity and dates beyond Arrow's range do not fit a Date32.
-        days.checked_add(PG_EPOCH_DAYS)
-            .map(PgDate)
-            .ok_or_else(|| "date out of range".into())
+        days.checked_add(PG_EPOCH_DAYS).map(PgDate).ok_or_else(|| "date out of range".into())
     }
 
     fn accepts(ty: &Type) -> bool {
@@ -233,11 +190,7 @@ impl Param {
 }
 
 impl ToSql for Param {
-    fn to_sql(
-        &self,
-        ty: &Type,
-        out: &mut BytesMut,
-    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
         match self {
             Param::Text(s) => s.as_str().to_sql(ty, out),
             Param::I32(v) => v.to_sql(ty, out),
@@ -303,18 +256,9 @@ impl Render<'_> {
             Expr::BinaryExpr(BinaryExpr { left, op, right }) => match op {
                 Operator::And | Operator::Or => {
                     let word = if *op == Operator::And { "AND" } else { "OR" };
-                    Some(format!(
-                        "({} {word} {})",
-                        self.expr(left)?,
-                        self.expr(right)?
-                    ))
+                    Some(format!("({} {word} {})", self.expr(left)?, self.expr(right)?))
                 }
-                Operator::Eq
-                | Operator::NotEq
-                | Operator::Lt
-                | Operator::LtEq
-                | Operator::Gt
-                | Operator::GtEq => {
+                Operator::Eq | Operator::NotEq | Operator::Lt | Operator::LtEq | Operator::Gt | Operator::GtEq => {
                     let ordering = !matches!(op, Operator::Eq | Operator::NotEq);
                     let (l, lk) = self.operand(left, ordering)?;
                     let (r, rk) = self.operand(right, ordering)?;
@@ -324,26 +268,15 @@ impl Render<'_> {
             },
             Expr::Not(inner) => Some(format!("(NOT {})", self.expr(inner)?)),
             Expr::IsNull(inner) => Some(format!("({} IS NULL)", self.operand(inner, false)?.0)),
-            Expr::IsNotNull(inner) => {
-                Some(format!("({} IS NOT NULL)", self.operand(inner, false)?.0))
-            }
-            Expr::Between(Between {
-                expr,
-                negated,
-                low,
-                high,
-            }) => {
+            Expr::IsNotNull(inner) => Some(format!("({} IS NOT NULL)", self.operand(inner, false)?.0)),
+            Expr::Between(Between { expr, negated, low, high }) => {
                 let (x, k) = self.operand(expr, true)?;
                 let (lo, lk) = self.operand(low, true)?;
                 let (hi, hk) = self.operand(high, true)?;
                 let not = if *negated { "NOT " } else { "" };
                 (k == lk && k == hk).then(|| format!("({x} {not}BETWEEN {lo} AND {hi})"))
             }
-            Expr::InList(InList {
-                expr,
-                list,
-                negated,
-            }) if !list.is_empty() && list.len() <= MAX_IN_LIST => {
+            Expr::InList(InList { expr, list, negated }) if !list.is_empty() && list.len() <= MAX_IN_LIST => {
                 let (x, k) = self.operand(expr, false)?;
                 let mut items = Vec::with_capacity(list.len());
                 for item in list {
@@ -364,11 +297,7 @@ impl Render<'_> {
     /// column. `ordering`: text compares in byte order, as in Arrow.
     fn operand(&mut self, e: &Expr, ordering: bool) -> Option<(String, Kind)> {
         let collate = |sql: String, kind: Kind| {
-            if ordering && kind == Kind::Text {
-                format!("{sql} COLLATE \"C\"")
-            } else {
-                sql
-            }
+            if ordering && kind == Kind::Text { format!("{sql} COLLATE \"C\"") } else { sql }
         };
         match e {
             Expr::Column(c) => {
@@ -378,9 +307,9 @@ impl Render<'_> {
             }
             Expr::Literal(value, _) => {
                 let param = match value {
-                    ScalarValue::Utf8(Some(s))
-                    | ScalarValue::LargeUtf8(Some(s))
-                    | ScalarValue::Utf8View(Some(s)) => Param::Text(s.clone()),
+                    ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
+                        Param::Text(s.clone())
+                    }
                     ScalarValue::Int8(Some(v)) => Param::I32(i32::from(*v)),
                     ScalarValue::Int16(Some(v)) => Param::I32(i32::from(*v)),
                     ScalarValue::Int32(Some(v)) => Param::I32(*v),
@@ -404,16 +333,13 @@ impl Render<'_> {
                 let (name, t) = self.columns.iter().find(|(name, _)| *name == c.name)?;
                 let column = quote_ident(name);
                 match (t, data_type) {
-                    (
-                        ColumnType::Utf8,
-                        DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8,
-                    ) => Some((collate(column, Kind::Text), Kind::Text)),
+                    (ColumnType::Utf8, DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8) => {
+                        Some((collate(column, Kind::Text), Kind::Text))
+                    }
                     (ColumnType::Int32, DataType::Int32) | (ColumnType::Int64, DataType::Int64) => {
                         Some((column, Kind::Number))
                     }
-                    (ColumnType::Int32, DataType::Int64) => {
-                        Some((format!("CAST({column} AS int8)"), Kind::Number))
-                    }
+                    (ColumnType::Int32, DataType::Int64) => Some((format!("CAST({column} AS int8)"), Kind::Number)),
                     (ColumnType::Int32 | ColumnType::Int64, DataType::Float64) => {
                         Some((format!("CAST({column} AS float8)"), Kind::Number))
                     }
@@ -431,14 +357,8 @@ fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => {
             let code = db.code().code();
-            let safe = ["08", "28", "3D", "3F", "42", "53", "57"]
-                .iter()
-                .any(|class| code.starts_with(class));
-            if safe {
-                format!("SQLSTATE {code}: {}", db.message())
-            } else {
-                format!("SQLSTATE {code}")
-            }
+            let safe = ["08", "28", "3D", "3F", "42", "53", "57"].iter().any(|class| code.starts_with(class));
+            if safe { format!("SQLSTATE {code}: {}", db.message()) } else { format!("SQLSTATE {code}") }
         }
         None => {
             let mut text = e.to_string();
@@ -492,40 +412,24 @@ pub struct PostgresTable {
 impl fmt::Debug for PostgresTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never the connection string.
-        f.debug_struct("PostgresTable")
-            .field("at", &self.at)
-            .field("relation", &self.relation)
-            .finish_non_exhaustive()
+        f.debug_struct("PostgresTable").field("at", &self.at).field("relation", &self.relation).finish_non_exhaustive()
     }
 }
 
 impl PostgresTable {
     /// Reads the connection string, connects, and checks that the relation
     /// holds every declared column with a type that can be served as declared.
-    pub async fn open(
-        node: &str,
-        config: &TableConfig,
-        pg: &PostgresSection,
-    ) -> Result<PostgresTable, PostgresError> {
-        let at = At {
-            node: node.to_owned(),
-            table: config.name.clone(),
-        };
+    pub async fn open(node: &str, config: &TableConfig, pg: &PostgresSection) -> Result<PostgresTable, PostgresError> {
+        let at = At { node: node.to_owned(), table: config.name.clone() };
         let (text, origin) = match (&pg.connection_env, &pg.connection_file) {
             (Some(var), _) => match std::env::var(var) {
                 Ok(text) => (text, format!("the environment variable {var}")),
                 Err(_) => {
-                    return Err(PostgresError::NoConnectionEnv {
-                        at,
-                        var: var.clone(),
-                    });
+                    return Err(PostgresError::NoConnectionEnv { at, var: var.clone() });
                 }
             },
             (None, Some(path)) => match std::fs::read_to_string(path) {
-                Ok(text) => (
-                    text.trim().to_owned(),
-                    format!("the file {}", path.display()),
-                ),
+                Ok(text) => (text.trim().to_owned(), format!("the file {}", path.display())),
                 Err(e) => {
                     return Err(PostgresError::ConnectionFile {
                         at,
@@ -542,12 +446,11 @@ impl PostgresTable {
                 });
             }
         };
-        let mut connection: tokio_postgres::Config =
-            text.parse().map_err(|e| PostgresError::ConnectionString {
-                at: at.clone(),
-                origin: origin.clone(),
-                reason: describe(&e),
-            })?;
+        let mut connection: tokio_postgres::Config = text.parse().map_err(|e| PostgresError::ConnectionString {
+            at: at.clone(),
+            origin: origin.clone(),
+            reason: describe(&e),
+        })?;
         if connection.get_application_name().is_none() {
             connection.application_name(format!("samkor-node {node}"));
         }
@@ -559,45 +462,28 @@ impl PostgresTable {
             Some(s) => format!("{}.{}", quote_ident(s), quote_ident(name)),
             None => quote_ident(name),
         };
-        let client = connect(&connection)
-            .await
-            .map_err(|e| PostgresError::Connect {
-                at: at.clone(),
-                origin: origin.clone(),
-                reason: describe(&e),
-            })?;
-        let statement = client
-            .prepare(&format!("SELECT * FROM {relation_sql} LIMIT 0"))
-            .await
-            .map_err(|e| match e.code().map(|c| c.code()) {
-                Some("42P01" | "3F000") => PostgresError::NoRelation {
-                    at: at.clone(),
-                    relation: pg.relation.clone(),
-                    origin: origin.clone(),
-                },
-                Some("42501") => PostgresError::NoPrivilege {
-                    at: at.clone(),
-                    relation: pg.relation.clone(),
-                    reason: describe(&e),
-                },
-                _ if is_lost(&e) => PostgresError::Connect {
-                    at: at.clone(),
-                    origin: origin.clone(),
-                    reason: describe(&e),
-                },
-                _ => PostgresError::Database {
-                    at: at.clone(),
-                    reason: describe(&e),
-                },
-            })?;
+        let client = connect(&connection).await.map_err(|e| PostgresError::Connect {
+            at: at.clone(),
+            origin: origin.clone(),
+            reason: describe(&e),
+        })?;
+        let statement = client.prepare(&format!("SELECT * FROM {relation_sql} LIMIT 0")).await.map_err(|e| match e
+            .code()
+            .map(|c| c.code())
+        {
+            Some("42P01" | "3F000") => {
+                PostgresError::NoRelation { at: at.clone(), relation: pg.relation.clone(), origin: origin.clone() }
+            }
+            Some("42501") => {
+                PostgresError::NoPrivilege { at: at.clone(), relation: pg.relation.clone(), reason: describe(&e) }
+            }
+            _ if is_lost(&e) => PostgresError::Connect { at: at.clone(), origin: origin.clone(), reason: describe(&e) },
+            _ => PostgresError::Database { at: at.clone(), reason: describe(&e) },
+        })?;
         let mut readers = Vec::with_capacity(config.columns.len());
         for c in &config.columns {
             let Some(found) = statement.columns().iter().find(|f| f.name() == c.name) else {
-                return Err(PostgresError::MissingColumn {
-                    at,
-                    column: c.name.clone(),
-                    relation: pg.relation.clone(),
-                });
+                return Err(PostgresError::MissingColumn { at, column: c.name.clone(), relation: pg.relation.clone() });
             };
             let Some(reader) = Reader::for_types(c.data_type, found.type_()) else {
                 return Err(PostgresError::TypeMismatch {
@@ -611,11 +497,7 @@ impl PostgresTable {
             readers.push(reader);
         }
         let schema = Arc::new(Schema::new(
-            config
-                .columns
-                .iter()
-                .map(|c| Field::new(&c.name, c.data_type.arrow(), true))
-                .collect::<Vec<_>>(),
+            config.columns.iter().map(|c| Field::new(&c.name, c.data_type.arrow(), true)).collect::<Vec<_>>(),
         ));
         Ok(PostgresTable {
             at,
@@ -623,11 +505,7 @@ impl PostgresTable {
             relation_sql,
             connection: Arc::new(connection),
             origin,
-            columns: config
-                .columns
-                .iter()
-                .map(|c| (c.name.clone(), c.data_type))
-                .collect(),
+            columns: config.columns.iter().map(|c| (c.name.clone(), c.data_type)).collect(),
             readers,
             schema,
         })
@@ -644,10 +522,7 @@ impl TableProvider for PostgresTable {
         TableType::Base
     }
 
-    fn supports_filters_pushdown(
-        &self,
-        filters: &[&Expr],
-    ) -> Result<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
         Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
     }
 
@@ -662,20 +537,13 @@ impl TableProvider for PostgresTable {
             Some(p) => p.clone(),
             None => (0..self.columns.len()).collect(),
         };
-        let mut render = Render {
-            columns: &self.columns,
-            params: Vec::new(),
-        };
+        let mut render = Render { columns: &self.columns, params: Vec::new() };
         let conditions: Vec<String> = filters.iter().filter_map(|f| render.filter(f)).collect();
         let select = if wanted.is_empty() {
             // Only the row count is needed.
             "NULL".to_owned()
         } else {
-            wanted
-                .iter()
-                .map(|&i| quote_ident(&self.columns[i].0))
-                .collect::<Vec<_>>()
-                .join(", ")
+            wanted.iter().map(|&i| quote_ident(&self.columns[i].0)).collect::<Vec<_>>().join(", ")
         };
         let mut sql = format!("SELECT {select} FROM {}", self.relation_sql);
         if !conditions.is_empty() {
@@ -730,12 +598,7 @@ impl PostgresScanExec {
 
 impl DisplayAs for PostgresScanExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "PostgresScanExec: sql={}, parameters={}",
-            self.sql,
-            self.params.len()
-        )
+        write!(f, "PostgresScanExec: sql={}, parameters={}", self.sql, self.params.len())
     }
 }
 
@@ -759,23 +622,14 @@ impl ExecutionPlan for PostgresScanExec {
         Ok(TreeNodeRecursion::Continue)
     }
 
-    fn with_new_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
         if !children.is_empty() {
-            return Err(DataFusionError::Internal(
-                "PostgresScanExec has no children".into(),
-            ));
+            return Err(DataFusionError::Internal("PostgresScanExec has no children".into()));
         }
         Ok(self)
     }
 
-    fn execute(
-        &self,
-        partition: usize,
-        context: Arc<TaskContext>,
-    ) -> Result<SendableRecordBatchStream> {
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
         if partition != 0 {
             return Err(DataFusionError::Internal(format!(
                 "PostgresScanExec has one partition, not {}",
@@ -794,13 +648,8 @@ impl ExecutionPlan for PostgresScanExec {
             schema: self.schema.clone(),
             batch_size: context.session_config().batch_size().max(1),
         };
-        let stream = futures::stream::once(scan.start())
-            .map_ok(Running::batches)
-            .try_flatten();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            self.schema.clone(),
-            stream,
-        )))
+        let stream = futures::stream::once(scan.start()).map_ok(Running::batches).try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream)))
     }
 }
 
@@ -826,33 +675,20 @@ impl Scan {
     async fn start(self) -> Result<Running> {
         let at = &self.at;
         let client = connect(&self.connection).await.map_err(|e| {
-            external(PostgresError::Connect {
-                at: at.clone(),
-                origin: self.origin.clone(),
-                reason: describe(&e),
-            })
+            external(PostgresError::Connect { at: at.clone(), origin: self.origin.clone(), reason: describe(&e) })
         })?;
         let query_error = |e: tokio_postgres::Error| {
             external(if is_lost(&e) {
-                PostgresError::Lost {
-                    at: at.clone(),
-                    reason: describe(&e),
-                }
+                PostgresError::Lost { at: at.clone(), reason: describe(&e) }
             } else {
-                PostgresError::Database {
-                    at: at.clone(),
-                    reason: describe(&e),
-                }
+                PostgresError::Database { at: at.clone(), reason: describe(&e) }
             })
         };
         let statement = client.prepare(&self.sql).await.map_err(query_error)?;
-        // The relation may have changed since the node started.
-        for ((name, declared), (column, reader)) in self
-            .columns
-            .iter()
-            .zip(statement.columns().iter().zip(&self.readers))
-        {
-            if Reader::for_types(*declared, column.type_()) != Some(*reader) {
+        // The relation may have changed since the node started: read what it holds now.
+        let mut readers = Vec::with_capacity(self.columns.len());
+        for ((name, declared), column) in self.columns.iter().zip(statement.columns()) {
+            let Some(reader) = Reader::for_types(*declared, column.type_()) else {
                 return Err(external(PostgresError::TypeMismatch {
                     at: at.clone(),
                     column: name.clone(),
@@ -860,19 +696,14 @@ impl Scan {
                     relation: self.relation.clone(),
                     found: column.type_().name().to_owned(),
                 }));
-            }
+            };
+            readers.push(reader);
         }
         let params = self.params.clone();
-        let rows = client
-            .query_raw(&statement, params.iter().map(|p| p as &dyn ToSql))
-            .await
-            .map_err(query_error)?;
-        Ok(Running {
-            scan: self,
-            _client: client,
-            rows: Box::pin(rows),
-            done: false,
-        })
+        let rows = client.query_raw(&statement, params.iter().map(|p| p as &dyn ToSql)).await.map_err(query_error)?;
+        let mut scan = self;
+        scan.readers = readers;
+        Ok(Running { scan, _client: client, rows: Box::pin(rows), done: false })
     }
 }
 
@@ -898,9 +729,7 @@ enum Builder {
 impl Builder {
     fn new(t: ColumnType, capacity: usize) -> Builder {
         match t {
-            ColumnType::Utf8 => {
-                Builder::Utf8(StringBuilder::with_capacity(capacity, capacity * 16))
-            }
+            ColumnType::Utf8 => Builder::Utf8(StringBuilder::with_capacity(capacity, capacity * 16)),
             ColumnType::Int32 => Builder::Int32(Int32Builder::with_capacity(capacity)),
             ColumnType::Int64 => Builder::Int64(Int64Builder::with_capacity(capacity)),
             ColumnType::Float64 => Builder::Float64(Float64Builder::with_capacity(capacity)),
@@ -912,29 +741,15 @@ impl Builder {
     fn append(&mut self, row: &Row, i: usize, reader: Reader) -> Result<(), tokio_postgres::Error> {
         match (self, reader) {
             (Builder::Utf8(b), Reader::Text) => b.append_option(row.try_get::<_, Option<&str>>(i)?),
-            (Builder::Int32(b), Reader::I16) => {
-                b.append_option(row.try_get::<_, Option<i16>>(i)?.map(i32::from))
-            }
+            (Builder::Int32(b), Reader::I16) => b.append_option(row.try_get::<_, Option<i16>>(i)?.map(i32::from)),
             (Builder::Int32(b), Reader::I32) => b.append_option(row.try_get::<_, Option<i32>>(i)?),
-            (Builder::Int64(b), Reader::I16) => {
-                b.append_option(row.try_get::<_, Option<i16>>(i)?.map(i64::from))
-            }
-            (Builder::Int64(b), Reader::I32) => {
-                b.append_option(row.try_get::<_, Option<i32>>(i)?.map(i64::from))
-            }
+            (Builder::Int64(b), Reader::I16) => b.append_option(row.try_get::<_, Option<i16>>(i)?.map(i64::from)),
+            (Builder::Int64(b), Reader::I32) => b.append_option(row.try_get::<_, Option<i32>>(i)?.map(i64::from)),
             (Builder::Int64(b), Reader::I64) => b.append_option(row.try_get::<_, Option<i64>>(i)?),
-            (Builder::Float64(b), Reader::F32) => {
-                b.append_option(row.try_get::<_, Option<f32>>(i)?.map(f64::from))
-            }
-            (Builder::Float64(b), Reader::F64) => {
-                b.append_option(row.try_get::<_, Option<f64>>(i)?)
-            }
-            (Builder::Boolean(b), Reader::Bool) => {
-                b.append_option(row.try_get::<_, Option<bool>>(i)?)
-            }
-            (Builder::Date32(b), Reader::Date) => {
-                b.append_option(row.try_get::<_, Option<PgDate>>(i)?.map(|d| d.0))
-            }
+            (Builder::Float64(b), Reader::F32) => b.append_option(row.try_get::<_, Option<f32>>(i)?.map(f64::from)),
+            (Builder::Float64(b), Reader::F64) => b.append_option(row.try_get::<_, Option<f64>>(i)?),
+            (Builder::Boolean(b), Reader::Bool) => b.append_option(row.try_get::<_, Option<bool>>(i)?),
+            (Builder::Date32(b), Reader::Date) => b.append_option(row.try_get::<_, Option<PgDate>>(i)?.map(|d| d.0)),
             // Readers are chosen for the declared type in `PostgresTable::open`.
             _ => unreachable!("reader chosen for another declared type"),
         }
@@ -960,19 +775,12 @@ impl Running {
                 return Ok(None);
             }
             let size = run.scan.batch_size;
-            let mut builders: Vec<Builder> = run
-                .scan
-                .columns
-                .iter()
-                .map(|(_, t)| Builder::new(*t, size))
-                .collect();
+            let mut builders: Vec<Builder> = run.scan.columns.iter().map(|(_, t)| Builder::new(*t, size)).collect();
             let mut n = 0;
             while n < size {
                 match run.rows.next().await {
                     Some(Ok(row)) => {
-                        for (i, (b, reader)) in
-                            builders.iter_mut().zip(&run.scan.readers).enumerate()
-                        {
+                        for (i, (b, reader)) in builders.iter_mut().zip(&run.scan.readers).enumerate() {
                             b.append(&row, i, *reader).map_err(|e| {
                                 // A value the declared type cannot hold: name the column, not the value.
                                 external(PostgresError::Database {
@@ -992,15 +800,9 @@ impl Running {
                         run.done = true;
                         let at = run.scan.at.clone();
                         return Err(external(if is_lost(&e) {
-                            PostgresError::Lost {
-                                at,
-                                reason: describe(&e),
-                            }
+                            PostgresError::Lost { at, reason: describe(&e) }
                         } else {
-                            PostgresError::Database {
-                                at,
-                                reason: describe(&e),
-                            }
+                            PostgresError::Database { at, reason: describe(&e) }
                         }));
                     }
                     None => {
@@ -1014,8 +816,7 @@ impl Running {
             }
             let columns: Vec<ArrayRef> = builders.into_iter().map(Builder::finish).collect();
             let options = RecordBatchOptions::new().with_row_count(Some(n));
-            let batch =
-                RecordBatch::try_new_with_options(run.scan.schema.clone(), columns, &options)?;
+            let batch = RecordBatch::try_new_with_options(run.scan.schema.clone(), columns, &options)?;
             Ok(Some((batch, run)))
         })
     }
@@ -1034,40 +835,21 @@ mod tests {
             ("age".to_owned(), ColumnType::Int32),
             ("op_date".to_owned(), ColumnType::Date32),
         ];
-        let mut r = Render {
-            columns: &columns,
-            params: Vec::new(),
-        };
+        let mut r = Render { columns: &columns, params: Vec::new() };
         let sql = r.filter(&e);
         (sql, r.params.len())
     }
 
     #[test]
     fn filters_become_parameterised_sql() {
-        assert_eq!(
-            render(col("region").eq(lit("Skåne"))),
-            (Some("(\"region\" = $1::text)".into()), 1)
-        );
+        assert_eq!(render(col("region").eq(lit("Skåne"))), (Some("(\"region\" = $1::text)".into()), 1));
         assert_eq!(
             render(col("region").lt(lit("S"))),
-            (
-                Some("(\"region\" COLLATE \"C\" < $1::text COLLATE \"C\")".into()),
-                1
-            )
+            (Some("(\"region\" COLLATE \"C\" < $1::text COLLATE \"C\")".into()), 1)
         );
         assert_eq!(
-            render(
-                col("age")
-                    .between(lit(60), lit(70))
-                    .and(col("op_date").is_not_null())
-            ),
-            (
-                Some(
-                    "((\"age\" BETWEEN $1::int4 AND $2::int4) AND (\"op_date\" IS NOT NULL))"
-                        .into()
-                ),
-                2
-            )
+            render(col("age").between(lit(60), lit(70)).and(col("op_date").is_not_null())),
+            (Some("((\"age\" BETWEEN $1::int4 AND $2::int4) AND (\"op_date\" IS NOT NULL))".into()), 2)
         );
         assert_eq!(
             render(col("region").in_list(vec![lit("a"), lit("b")], true)),
@@ -1080,17 +862,8 @@ mod tests {
         // Mixed kinds, functions, LIKE, unknown columns and nulls stay at the node; no parameter is left behind.
         assert_eq!(render(col("region").eq(lit(3))), (None, 0));
         assert_eq!(render(col("region").like(lit("S%"))), (None, 0));
-        assert_eq!(
-            render(col("age").eq(lit(1)).and(col("person").eq(lit("x")))),
-            (None, 0)
-        );
-        assert_eq!(
-            render(col("age").eq(lit(ScalarValue::Int32(None)))),
-            (None, 0)
-        );
-        assert_eq!(
-            render(col("age").eq(lit(1)).or(col("age") + lit(1))),
-            (None, 0)
-        );
+        assert_eq!(render(col("age").eq(lit(1)).and(col("person").eq(lit("x")))), (None, 0));
+        assert_eq!(render(col("age").eq(lit(ScalarValue::Int32(None)))), (None, 0));
+        assert_eq!(render(col("age").eq(lit(1)).or(col("age") + lit(1))), (None, 0));
     }
 }
