@@ -179,6 +179,11 @@ struct SynthArgs {
     /// The coordinator's port; the nodes get the next five (hip, npr, lmr, dors, pop).
     #[arg(long, env = "SAMKOR_SYNTH_BASE_PORT", default_value_t = samkor::synth::BASE_PORT, value_parser = clap::value_parser!(u16).range(1..=65530))]
     base_port: u16,
+    /// Also load the registers into this PostgreSQL database (a connection
+    /// string, e.g. `host=localhost user=samkor dbname=registers`) and make
+    /// the nodes serve from it; the string goes to `<register>/postgres.conn`.
+    #[arg(long, env = "SAMKOR_SYNTH_POSTGRES", hide_env_values = true)]
+    postgres: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -325,7 +330,7 @@ fn init_tracing(log_file: Option<std::fs::File>) -> Option<opentelemetry_sdk::tr
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Synth(args) => synth(args),
+        Command::Synth(args) => synth(args).await,
         Command::Certs { command: CertsCommand::Init { out, nodes, users } } => {
             let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
             let users: Vec<&str> = users.iter().map(String::as_str).collect();
@@ -346,7 +351,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn synth(args: SynthArgs) -> anyhow::Result<()> {
+async fn synth(args: SynthArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let certs = args.out.join("certs");
     if !certs.join("ca.pem").exists() {
@@ -383,6 +388,16 @@ fn synth(args: SynthArgs) -> anyhow::Result<()> {
         args.out.display(),
         started.elapsed().as_secs_f64()
     );
+    if let Some(url) = &args.postgres {
+        let loaded = samkor::synth::postgres::load(&args.out, url, &REGISTERS).await?;
+        let rows: u64 = loaded.iter().map(|l| l.rows).sum();
+        println!(
+            "loaded {rows} rows into {} tables of the PostgreSQL database; the node configs now serve from it \
+             (connection string in <register>/{})",
+            loaded.len(),
+            samkor::synth::postgres::CONNECTION_FILE
+        );
+    }
     Ok(())
 }
 

@@ -118,6 +118,40 @@ impl AccessSection {
 pub enum FileFormat {
     Parquet,
     Csv,
+    /// A table or view in a PostgreSQL database (`postgres = { … }`).
+    Postgres,
+}
+
+/// Where a PostgreSQL-backed table lives. The connection string (which may
+/// hold a password) is never written in the node config: it is read from an
+/// environment variable or from a file only the node's user can read.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSection {
+    /// The table or view, optionally schema-qualified (`hip.operations`).
+    pub relation: String,
+    /// Environment variable holding the connection string.
+    #[serde(default)]
+    pub connection_env: Option<String>,
+    /// File holding the connection string, relative to the config file.
+    #[serde(default)]
+    pub connection_file: Option<PathBuf>,
+}
+
+impl PostgresSection {
+    /// The relation as (schema, name); the schema is `None` when unqualified.
+    pub fn relation_parts(&self) -> (Option<&str>, &str) {
+        match self.relation.split_once('.') {
+            Some((schema, name)) => (Some(schema), name),
+            None => (None, self.relation.as_str()),
+        }
+    }
+}
+
+fn is_sql_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -127,8 +161,12 @@ pub struct TableConfig {
     #[serde(default)]
     pub description: String,
     pub format: FileFormat,
-    /// A file, a directory or a glob, relative to the config file.
+    /// A file, a directory or a glob, relative to the config file (Parquet and CSV).
+    #[serde(default)]
     pub path: String,
+    /// The database table of a `format = "postgres"` table.
+    #[serde(default)]
+    pub postgres: Option<PostgresSection>,
     /// The column holding the personal identity number.
     pub person_column: String,
     pub columns: Vec<ColumnConfig>,
@@ -256,6 +294,39 @@ impl NodeConfig {
             if !names.insert(&t.name) {
                 return Err(invalid(format!("table {:?} is declared twice", t.name)));
             }
+            match (t.format, &t.postgres) {
+                (FileFormat::Postgres, None) => {
+                    return Err(invalid(format!(
+                        "table {}: format \"postgres\" needs a `postgres = {{ relation = \"schema.table\", connection_env = \"VAR\" }}` (or connection_file)",
+                        t.name
+                    )));
+                }
+                (FileFormat::Postgres, Some(pg)) => {
+                    if !t.path.is_empty() {
+                        return Err(invalid(format!("table {}: a postgres table has no `path`; remove it", t.name)));
+                    }
+                    let (schema, name) = pg.relation_parts();
+                    if !schema.is_none_or(is_sql_identifier) || !is_sql_identifier(name) {
+                        return Err(invalid(format!(
+                            "table {}: postgres relation {:?} must be `table` or `schema.table` (letters, digits, '_')",
+                            t.name, pg.relation
+                        )));
+                    }
+                    if pg.connection_env.is_some() == pg.connection_file.is_some() {
+                        return Err(invalid(format!(
+                            "table {}: give the database connection string in exactly one of `connection_env` (an environment variable) or `connection_file` (a file readable only by the node), never in the config",
+                            t.name
+                        )));
+                    }
+                }
+                (_, Some(_)) => {
+                    return Err(invalid(format!("table {}: a `postgres` section needs format = \"postgres\"", t.name)));
+                }
+                (_, None) if t.path.is_empty() => {
+                    return Err(invalid(format!("table {}: missing `path` to its data files", t.name)));
+                }
+                (_, None) => {}
+            }
             let mut cols = HashSet::new();
             for c in &t.columns {
                 if !is_identifier(&c.name) {
@@ -301,7 +372,11 @@ impl NodeConfig {
             .tables
             .into_iter()
             .map(|mut t| {
-                t.path = base.join(&t.path).to_string_lossy().into_owned();
+                if let Some(pg) = &mut t.postgres {
+                    pg.connection_file = pg.connection_file.as_ref().map(|f| base.join(f));
+                } else {
+                    t.path = base.join(&t.path).to_string_lossy().into_owned();
+                }
                 t
             })
             .collect();
@@ -423,6 +498,23 @@ person_column = "pnr"
         );
         assert!(direct("operations = \"pnr\"").contains("cannot be the identifying column \"pnr\""));
         assert!(direct("operations = \"bmi\"").ends_with("must have type utf8 (unit names), not float64"));
+        let pg = |section: &str| {
+            GOOD.replace("format = \"parquet\"\npath = \"operations/*.parquet\"", &format!("format = \"postgres\"\n{section}"))
+        };
+        let c = NodeConfig::parse(
+            Path::new("/data/hip/node.toml"),
+            &pg("postgres = { relation = \"hip.operations\", connection_file = \"pg.conn\" }"),
+        )
+        .expect("valid");
+        let section = c.tables[0].postgres.as_ref().expect("postgres section");
+        assert_eq!(section.connection_file.as_deref(), Some(Path::new("/data/hip/pg.conn")));
+        assert_eq!(section.relation_parts(), (Some("hip"), "operations"));
+        assert!(err(&pg("")).contains("format \"postgres\" needs a `postgres = "));
+        assert!(err(&pg("postgres = { relation = \"hip.operations\" }")).contains("exactly one of `connection_env`"));
+        let bad = err(&pg("postgres = { relation = \"hip.op; drop\", connection_env = \"X\" }"));
+        assert!(bad.contains("must be `table` or `schema.table`"), "{bad}");
+        assert!(err(&pg("postgres = { relation = \"t\", url = \"postgres://u:secret@h/db\" }")).contains("unknown field `url`"));
+        assert!(err(&GOOD.replace("path = \"operations/*.parquet\"\n", "")).contains("missing `path`"));
         let e = NodeConfig::load(Path::new("/nonexistent/node.toml")).unwrap_err().to_string();
         assert!(e.starts_with("cannot read node config /nonexistent/node.toml: "), "{e}");
     }

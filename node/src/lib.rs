@@ -20,6 +20,7 @@ pub mod optout;
 pub mod pseudonym;
 pub mod server;
 pub mod service;
+pub mod source;
 pub mod state;
 pub mod table;
 

@@ -140,6 +140,12 @@ fn find_refusal(e: &DataFusionError) -> Option<&Refusal> {
 /// the query id; the details stay in the node's log.
 fn run_error(register: &str, query_id: &str, e: &DataFusionError) -> Status {
     tracing::warn!(query_id, error = %e, "sub-query failed while running");
+    // A database source's own errors name the node, table and problem and never quote a value.
+    if let DataFusionError::External(inner) = e.find_root()
+        && let Some(pg) = inner.downcast_ref::<crate::source::postgres::PostgresError>()
+    {
+        return Status::unavailable(format!("{pg} (sub-query {query_id})"));
+    }
     match e.find_root() {
         DataFusionError::ResourcesExhausted(_) => Status::resource_exhausted(format!(
             "node {register}: sub-query {query_id} exceeded the node's memory limit"

@@ -70,7 +70,7 @@ impl NodeState {
         let state = probe.state();
         let mut tables = Vec::with_capacity(config.tables.len());
         for t in &config.tables {
-            let served = ServedTable::open(t.clone(), &state)
+            let served = ServedTable::open(&config.node.register, t.clone(), &state)
                 .await
                 .map_err(|source| StartError::Table { config: config.path.clone(), source })?;
             tables.push(Arc::new(served));

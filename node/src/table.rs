@@ -55,13 +55,16 @@ pub enum TableError {
     MissingColumn { table: String, column: String, path: String },
     #[error("table {table}: column {column} is declared as {declared} but the data files at {path} hold {found}")]
     TypeMismatch { table: String, column: String, declared: &'static str, found: String, path: String },
+    #[error(transparent)]
+    Postgres(Box<crate::source::postgres::PostgresError>),
 }
 
 /// A table of the register as served: files, declared schema, the person column.
 #[derive(Debug)]
 pub struct ServedTable {
     pub config: TableConfig,
-    inner: Arc<ListingTable>,
+    /// The rows under the declared schema: files, or a database table.
+    inner: Arc<dyn TableProvider>,
     /// The schema clients see: the person column renamed to `person`.
     exposed: SchemaRef,
     person_idx: usize,
@@ -79,9 +82,15 @@ fn data_files_exist(path: &str) -> bool {
 }
 
 impl ServedTable {
-    /// Opens a table: checks that files exist and that their schema holds every
-    /// declared column with the declared type.
-    pub async fn open(config: TableConfig, state: &dyn Session) -> Result<ServedTable, TableError> {
+    /// Opens a table of node `node`: checks that files (or the database
+    /// relation) exist and hold every declared column with the declared type.
+    pub async fn open(node: &str, config: TableConfig, state: &dyn Session) -> Result<ServedTable, TableError> {
+        if let Some(pg) = &config.postgres {
+            let inner = crate::source::postgres::PostgresTable::open(node, &config, pg)
+                .await
+                .map_err(|e| TableError::Postgres(Box::new(e)))?;
+            return Ok(Self::over(config, Arc::new(inner)));
+        }
         let table = config.name.clone();
         let path = config.path.clone();
         if !data_files_exist(&path) {
@@ -96,6 +105,7 @@ impl ServedTable {
         let (format, ext): (Arc<dyn FileFormat>, &str) = match config.format {
             ConfigFormat::Parquet => (Arc::new(ParquetFormat::default()), ".parquet"),
             ConfigFormat::Csv => (Arc::new(CsvFormat::default().with_has_header(true)), ".csv"),
+            ConfigFormat::Postgres => unreachable!("a postgres table has a `postgres` section (checked at config load)"),
         };
         let options = ListingOptions::new(format).with_file_extension(ext);
         let found = options.infer_schema(state, &url).await.map_err(unreadable)?;
@@ -118,6 +128,14 @@ impl ServedTable {
         let declared = Arc::new(Schema::new(
             config.columns.iter().map(|c| Field::new(&c.name, c.data_type.arrow(), true)).collect::<Vec<_>>(),
         ));
+        let listing = ListingTableConfig::new(url).with_listing_options(options).with_schema(declared);
+        let inner = Arc::new(ListingTable::try_new(listing).map_err(unreadable)?);
+        Ok(Self::over(config, inner))
+    }
+
+    /// The table served from `inner`, whose schema is the declared one.
+    fn over(config: TableConfig, inner: Arc<dyn TableProvider>) -> ServedTable {
+        let declared = inner.schema();
         let person_idx = declared.index_of(&config.person_column).expect("checked at config load");
         let exposed = Arc::new(Schema::new(
             declared
@@ -129,9 +147,7 @@ impl ServedTable {
                 })
                 .collect::<Vec<_>>(),
         ));
-        let listing = ListingTableConfig::new(url).with_listing_options(options).with_schema(declared);
-        let inner = Arc::new(ListingTable::try_new(listing).map_err(unreadable)?);
-        Ok(ServedTable { config, inner, exposed, person_idx })
+        ServedTable { config, inner, exposed, person_idx }
     }
 
     pub fn name(&self) -> &str {

@@ -25,6 +25,7 @@
 mod dist;
 pub mod luhn;
 mod model;
+pub mod postgres;
 mod schema;
 mod tables;
 

@@ -206,12 +206,31 @@ async fn check_twin(fed: &samkor::federation::LocalFederation, case: &Case, twin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attack_suite() {
+    run_attack_suite(common::synth_dir()).await;
+}
+
+/// The attack suite with `hip` and `pop` served from PostgreSQL: filters run
+/// in the database, opt-outs and disclosure control still at node and coordinator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_suite_with_registers_from_postgres() {
+    let pg = crate::pg::Postgres::start();
+    let dir = crate::pg::federation_dir(&pg, &["hip", "pop"]).await;
+    run_attack_suite(dir.path()).await;
+}
+
+/// Runs every attack on the federation of `fed_dir`; exact answers are
+/// compared with the pooled session over the synthetic Parquet files.
+async fn run_attack_suite(fed_dir: &Path) {
     let cases = cases();
     assert!(cases.len() >= MIN_CASES, "{} attack cases, fewer than {MIN_CASES}", cases.len());
     // The federation's defaults (cell-key perturbation on); control cases that
     // compare with the exact pooled answer run where it is off.
-    let perturbed = common::federation().await;
-    let exact = common::exact_federation().await;
+    let start = |perturbation| {
+        let options = samkor::federation::LocalOptions { perturbation, ..samkor::federation::LocalOptions::default() };
+        async move { samkor::federation::LocalFederation::start(fed_dir, &options).await.expect("federation starts") }
+    };
+    let perturbed = start(true).await;
+    let exact = start(false).await;
     let mut failures = Vec::new();
     let (mut refused, mut released, mut twins) = (0, 0, 0);
     for (name, case) in &cases {
@@ -243,7 +262,7 @@ async fn attack_suite() {
             (None, Ok((schema, batches))) => {
                 released += 1;
                 let pooled = if case.expect.exact {
-                    let ctx = samkor::federation::pooled_session(&fed.dir, &case.project).await.expect("pooled");
+                    let ctx = samkor::federation::pooled_session(common::synth_dir(), &case.project).await.expect("pooled");
                     Some(ctx.sql(&case.sql).await.expect("pooled plan").collect().await.expect("pooled answer"))
                 } else {
                     None

@@ -13,6 +13,8 @@ mod direct;
 mod governance;
 mod node;
 mod observability;
+mod pg;
+mod postgres;
 mod python;
 mod reconstruction;
 mod readme;

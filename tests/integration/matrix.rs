@@ -337,7 +337,7 @@ async fn explain(client: &mut Client, sql: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn federation_agrees_with_pooled_session() {
-    run_matrix(Tolerance::Exact).await;
+    run_matrix(common::synth_dir(), common::synth_dir(), Tolerance::Exact).await;
 }
 
 /// The same cases with the cell-key perturbation on (the federation's
@@ -345,10 +345,20 @@ async fn federation_agrees_with_pooled_session() {
 /// reports how many released cells moved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn perturbed_federation_answers_every_case() {
-    run_matrix(Tolerance::Perturbed).await;
+    run_matrix(common::synth_dir(), common::synth_dir(), Tolerance::Perturbed).await;
 }
 
-async fn run_matrix(tolerance: Tolerance) {
+/// The same matrix with `hip` served from PostgreSQL (loaded from the same
+/// Parquet), against the pooled session over the files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federation_with_hip_from_postgres_agrees_with_pooled_files() {
+    let pg = crate::pg::Postgres::start();
+    let dir = crate::pg::federation_dir(&pg, &["hip"]).await;
+    run_matrix(dir.path(), common::synth_dir(), Tolerance::Exact).await;
+}
+
+/// Runs every case on the federation of `fed_dir` and on the pooled session of `pooled_dir`.
+async fn run_matrix(fed_dir: &Path, pooled_dir: &Path, tolerance: Tolerance) {
     let cases = load_cases();
     assert!(
         cases.len() >= MIN_CASES,
@@ -357,12 +367,13 @@ async fn run_matrix(tolerance: Tolerance) {
         matrix_dir().display()
     );
 
-    let fed = match tolerance {
-        Tolerance::Exact => common::exact_federation().await,
-        Tolerance::Perturbed => common::federation().await,
+    let options = samkor::federation::LocalOptions {
+        perturbation: tolerance == Tolerance::Perturbed,
+        ..samkor::federation::LocalOptions::default()
     };
+    let fed = samkor::federation::LocalFederation::start(fed_dir, &options).await.expect("federation starts");
     let mut client = fed.client("alice", PROJECT).await.expect("client connects to the coordinator");
-    let pooled = samkor::federation::pooled_session(&fed.dir, PROJECT).await.expect("pooled session opens");
+    let pooled = samkor::federation::pooled_session(pooled_dir, PROJECT).await.expect("pooled session opens");
 
     let started = Instant::now();
     let mut failures = Vec::new();

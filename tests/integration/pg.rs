@@ -1,0 +1,136 @@
+//! A throwaway PostgreSQL server for one test: Debian's binaries, a cluster
+//! in a temporary directory, a free loopback port, stopped when dropped.
+//!
+//! A missing PostgreSQL installation fails the test loudly (install it with
+//! `apt-get install -y postgresql`; `.ci/run` does). As root, the server runs
+//! as the `postgres` user (the server refuses to run as root).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// A running server; stopped (and its files removed) on drop.
+#[derive(Debug)]
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    /// Run the binaries as this user (when the tests run as root).
+    user: Option<String>,
+    pub port: u16,
+}
+
+fn server_binaries() -> PathBuf {
+    let mut found: Vec<PathBuf> = glob::glob("/usr/lib/postgresql/*/bin")
+        .expect("glob pattern")
+        .filter_map(Result::ok)
+        .filter(|p| p.join("initdb").is_file() && p.join("pg_ctl").is_file())
+        .collect();
+    found.sort_by_key(|p| {
+        p.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0)
+    });
+    found.pop().unwrap_or_else(|| {
+        panic!(
+            "PostgreSQL server binaries (initdb, pg_ctl) not found under /usr/lib/postgresql/*/bin: \
+             these tests need a real database; install it with `apt-get install -y postgresql` (.ci/run does)"
+        )
+    })
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port").port()
+}
+
+impl Postgres {
+    /// Creates a cluster and starts it; returns once it accepts connections.
+    pub fn start() -> Postgres {
+        let bin = server_binaries();
+        let dir = tempfile::Builder::new().prefix("samkor-pg-").tempdir().expect("tempdir");
+        let user = is_root().then(|| "postgres".to_owned());
+        if let Some(user) = &user {
+            let status = Command::new("chown").arg("-R").arg(user).arg(dir.path()).status().expect("chown");
+            assert!(status.success(), "cannot give {} to the {user} user", dir.path().display());
+        }
+        let pg = Postgres { dir, bin, user, port: free_port() };
+        pg.run(
+            "initdb",
+            &["-D", &pg.data(), "-U", "samkor", "--auth=trust", "--encoding=UTF8", "--no-locale", "--no-sync"],
+        );
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+             -c log_statement=all -c log_parameter_max_length=-1",
+            pg.port,
+            pg.dir.path().display()
+        );
+        pg.run(
+            "pg_ctl",
+            &["-D", &pg.data(), "-l", &pg.log().display().to_string(), "-o", &options, "-w", "-t", "60", "start"],
+        );
+        pg
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    /// The server's log: every statement it ran, with its parameters.
+    pub fn log(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        match &self.user {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.arg("-u").arg(user).arg("--").arg(path);
+                c
+            }
+            None => Command::new(path),
+        }
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let out = self.command(program).args(args).output().unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+        assert!(
+            out.status.success(),
+            "{program} {args:?} failed: {}\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The connection string of the database (trust authentication on loopback).
+    pub fn url(&self) -> String {
+        format!("host=127.0.0.1 port={} user=samkor dbname=postgres", self.port)
+    }
+
+    /// A client of the database.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls).await.expect("connect");
+        tokio::spawn(connection);
+        client
+    }
+
+    /// Stops the server now (a database that goes down).
+    pub fn stop(&self) {
+        self.run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"]);
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self.command("pg_ctl").args(["-D", &self.data(), "-m", "immediate", "-w", "stop"]).output();
+    }
+}
+
+/// A private copy of the synthetic federation with `registers` loaded into
+/// `pg` and their nodes serving from it (the other registers from files).
+pub async fn federation_dir(pg: &Postgres, registers: &[&str]) -> tempfile::TempDir {
+    let dir = crate::common::private_copy();
+    samkor::synth::postgres::load(dir.path(), &pg.url(), registers).await.expect("registers load into PostgreSQL");
+    dir
+}
