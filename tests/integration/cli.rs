@@ -150,11 +150,12 @@ async fn query_mistakes_are_one_clean_line_over_flight_sql_and_in_the_cli() {
         err.to_string(),
         "column o.nope not found; valid columns: o.person, o.op_date, o.hospital, o.region, o.fixation, d.person, d.death_date"
     );
-    // A value that does not convert: named, never quoted, and not an internal error.
-    let err = client.query("SELECT CAST(hospital AS INT) AS h, count(*) FROM hip.operations GROUP BY 1").await.expect_err("cast");
-    assert_eq!(err.code(), Some(tonic::Code::InvalidArgument), "{err}");
-    assert!(err.to_string().contains("cannot be converted") && err.to_string().contains("value is not shown"), "{err}");
-    assert!(!err.to_string().contains("Hospital") && !err.to_string().contains("sjukhus"), "no data value: {err}");
+    // A value that does not convert becomes NULL (a cast over data never fails on a value).
+    let (_, got) = client
+        .query("SELECT CAST(hospital AS INT) AS h, count(*) FROM hip.operations GROUP BY 1")
+        .await
+        .expect("a cast over data is answered");
+    assert!(crate::common::rows(&got).iter().all(|r| r[0] == "NULL"), "no hospital name converts to a number");
 
     let args = query_args(&fed.coordinator_addr(), "alice", "G-narrow", "SELEC 1");
     let out = tokio::task::spawn_blocking(move || failure(&args.iter().map(String::as_str).collect::<Vec<_>>()))
