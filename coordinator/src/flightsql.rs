@@ -431,7 +431,7 @@ impl FlightSqlService for CoordinatorService {
         let schema = prepared.planned.schema.as_ref().clone();
         let key = self.plans.insert(prepared);
         let handle =
-            StatementHandle { sql: query.query.clone(), project: caller.project.clone(), plan: key.to_vec().into() };
+            StatementHandle { sql: query.query.clone(), project: caller.project.clone(), plan: key.to_vec() };
         let ticket = TicketStatementQuery { statement_handle: handle.encode_to_vec().into() }.as_any().encode_to_vec();
         Ok(Response::new(self.flight_info(&schema, ticket, request.into_inner())?))
     }
