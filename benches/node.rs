@@ -3,7 +3,7 @@
 //! streams a full scan of `lmr` (which should not grow with the table).
 //!
 //! ```text
-//!  (a) ProjectPseudonymiser::pseudonymise on 1M Utf8 identity numbers (one thread)
+//!  (a) ProjectPseudonymiser::pseudonymise on 1M Utf8 identity numbers (one thread), per scheme
 //!  (b) SELECT atc, count(*), sum(ddd) FROM dispensations WHERE region = 'Skåne' GROUP BY atc
 //!      - NodeState::session(project) in this process (DataFusion only)
 //!      - an in-process node over Flight + mTLS (NodeClient, as the coordinator calls it)
@@ -25,7 +25,7 @@ use anyhow::Context as _;
 use arrow::array::StringArray;
 use common::{mib, ms};
 use futures::TryStreamExt;
-use samkor_node::pseudonym::FederationKey;
+use samkor_node::pseudonym::{FederationKey, PseudonymScheme};
 
 const PROJECT: &str = "bench";
 const SCAN_SQL: &str = "SELECT atc, count(*), sum(ddd) FROM dispensations WHERE region = 'Skåne' GROUP BY atc";
@@ -81,18 +81,22 @@ fn main() -> anyhow::Result<()> {
 
     // ── (a) pseudonymisation ──
     eprintln!("(a) pseudonymising {n_ids} identity numbers x {runs} ...");
-    let ids: StringArray = (0..n_ids as u64).map(|i| Some(format!("{:012}", 194001010000 + i * 7919 % 800_000_000_000))).collect();
-    let pseudonymiser = FederationKey::from_bytes(std::array::from_fn(|i| (i as u8).wrapping_mul(37).wrapping_add(11))).for_project(PROJECT);
-    let mut ps = Vec::new();
-    for _ in 0..runs + 1 {
-        let t = Instant::now();
-        let out = pseudonymiser.pseudonymise(&ids).map_err(anyhow::Error::msg)?;
-        ps.push(t.elapsed());
-        std::hint::black_box(out);
+    let ids: StringArray =
+        (0..n_ids as u64).map(|i| Some(format!("{:012}", 194001010000 + i * 7919 % 800_000_000_000))).collect();
+    let key = FederationKey::from_bytes(std::array::from_fn(|i| (i as u8).wrapping_mul(37).wrapping_add(11)));
+    let mut schemes = Vec::new();
+    for scheme in PseudonymScheme::ALL {
+        let pseudonymiser = key.for_project_with(scheme, PROJECT);
+        let mut ps = Vec::new();
+        for _ in 0..runs + 1 {
+            let t = Instant::now();
+            let out = pseudonymiser.pseudonymise(&ids).map_err(anyhow::Error::msg)?;
+            ps.push(t.elapsed());
+            std::hint::black_box(out);
+        }
+        ps.remove(0);
+        schemes.push((scheme, common::median(&ps), common::percentile(&ps, 0.0)));
     }
-    ps.remove(0);
-    let ps_median = common::median(&ps);
-    let ps_best = common::percentile(&ps, 0.0);
 
     let rt = common::runtime();
     let root = tempfile::Builder::new().prefix("samkor-bench-node-").tempdir()?;
@@ -105,7 +109,15 @@ fn main() -> anyhow::Result<()> {
         eprintln!("synth: {synth_cmd}");
         let t = Instant::now();
         let status = std::process::Command::new(common::SAMKOR)
-            .args(["synth", "--out", dir.to_str().context("utf-8 path")?, "--persons", &persons.to_string(), "--seed", &seed.to_string()])
+            .args([
+                "synth",
+                "--out",
+                dir.to_str().context("utf-8 path")?,
+                "--persons",
+                &persons.to_string(),
+                "--seed",
+                &seed.to_string(),
+            ])
             .stdout(std::process::Stdio::null())
             .status()?;
         let synth = t.elapsed();
@@ -150,8 +162,20 @@ fn main() -> anyhow::Result<()> {
         let after = node.mem();
         drop(node);
         results.push(SizeResult {
-            persons, synth, synth_cmd, lmr_rows, lmr_bytes, start, before, after, sampled_max,
-            streamed_rows, streamed_batches, streamed_mem, stream_time, hwm_reset,
+            persons,
+            synth,
+            synth_cmd,
+            lmr_rows,
+            lmr_bytes,
+            start,
+            before,
+            after,
+            sampled_max,
+            streamed_rows,
+            streamed_batches,
+            streamed_mem,
+            stream_time,
+            hwm_reset,
         });
         std::fs::remove_dir_all(&dir)?;
     }
@@ -159,31 +183,83 @@ fn main() -> anyhow::Result<()> {
     // ── report ──
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     println!("\n══ samkor node benchmark ══ ({cores} cores)");
-    println!("(a) pseudonymisation, ProjectPseudonymiser::pseudonymise, {n_ids} Utf8 12-digit ids, one thread, {runs} runs:");
-    println!("    median {:.1} ms = {} ids/s   (best {:.1} ms = {} ids/s)", ms(ps_median), rate(n_ids as u64, ps_median), ms(ps_best), rate(n_ids as u64, ps_best));
+    println!(
+        "(a) pseudonymisation, ProjectPseudonymiser::pseudonymise, {n_ids} Utf8 12-digit ids, one thread, {runs} runs:"
+    );
+    for (scheme, median, best) in &schemes {
+        println!(
+            "    {:<15} median {:.1} ms = {} ids/s   (best {:.1} ms = {} ids/s){}",
+            scheme.name(),
+            ms(*median),
+            rate(n_ids as u64, *median),
+            ms(*best),
+            rate(n_ids as u64, *best),
+            if *scheme == PseudonymScheme::default() { "  [default]" } else { "" },
+        );
+    }
     if let Some(s) = &scan {
-        println!("(b) node scan, {} persons, {} lmr rows in the files ({} visible to the project after opt-outs), median of {runs}:", sizes[0], s.rows, s.visible);
+        println!(
+            "(b) node scan, {} persons, {} lmr rows in the files ({} visible to the project after opt-outs), median of {runs}:",
+            sizes[0], s.rows, s.visible
+        );
         println!("    SQL: {SCAN_SQL}");
-        println!("    NodeState::session (DataFusion, in process): {:>8.1} ms = {} rows scanned/s ({} groups)", ms(s.session), rate(s.rows, s.session), s.groups);
-        println!("    in-process node over Flight + mTLS:          {:>8.1} ms = {} rows scanned/s", ms(s.flight), rate(s.rows, s.flight));
-        println!("    same filter+group-by on the raw Parquet, no pseudonymisation (plain DataFusion): {:>8.1} ms = {} rows/s", ms(s.raw), rate(s.rows, s.raw));
+        println!(
+            "    NodeState::session (DataFusion, in process): {:>8.1} ms = {} rows scanned/s ({} groups)",
+            ms(s.session),
+            rate(s.rows, s.session),
+            s.groups
+        );
+        println!(
+            "    in-process node over Flight + mTLS:          {:>8.1} ms = {} rows scanned/s",
+            ms(s.flight),
+            rate(s.rows, s.flight)
+        );
+        println!(
+            "    same filter+group-by on the raw Parquet, no pseudonymisation (plain DataFusion): {:>8.1} ms = {} rows/s",
+            ms(s.raw),
+            rate(s.rows, s.raw)
+        );
         println!("    SELECT count(*) FROM dispensations in the node session: {:>8.1} ms", ms(s.count));
     }
     println!("(c) `samkor node` (separate process) streaming `{FULL_SQL}` to a client that discards the batches:");
-    println!("    {:>10} {:>11} {:>10} {:>8} {:>11} {:>10} {:>12} {:>12} {:>12} {:>12}", "persons", "lmr rows", "Parquet", "synth s", "stream s", "rows/s", "RSS start", "RSS before", "VmHWM after", "sampled max");
+    println!(
+        "    {:>10} {:>11} {:>10} {:>8} {:>11} {:>10} {:>12} {:>12} {:>12} {:>12}",
+        "persons",
+        "lmr rows",
+        "Parquet",
+        "synth s",
+        "stream s",
+        "rows/s",
+        "RSS start",
+        "RSS before",
+        "VmHWM after",
+        "sampled max"
+    );
     for r in &results {
         println!(
             "    {:>10} {:>11} {:>10} {:>8.1} {:>11.1} {:>10} {:>12} {:>12} {:>12} {:>12}",
-            r.persons, r.lmr_rows, format!("{:.0} MiB", r.lmr_bytes as f64 / 1048576.0), r.synth.as_secs_f64(),
-            r.stream_time.as_secs_f64(), rate(r.streamed_rows, r.stream_time), mib(r.start.rss_kib), mib(r.before.rss_kib),
-            mib(r.after.hwm_kib), mib(r.sampled_max),
+            r.persons,
+            r.lmr_rows,
+            format!("{:.0} MiB", r.lmr_bytes as f64 / 1048576.0),
+            r.synth.as_secs_f64(),
+            r.stream_time.as_secs_f64(),
+            rate(r.streamed_rows, r.stream_time),
+            mib(r.start.rss_kib),
+            mib(r.before.rss_kib),
+            mib(r.after.hwm_kib),
+            mib(r.sampled_max),
         );
     }
     for r in &results {
         println!(
             "    {} persons: streamed {} rows in {} batches (largest batch {} in memory at the client); VmHWM at start {}{}; synth: {}",
-            r.persons, r.streamed_rows, r.streamed_batches, mib(r.streamed_mem / 1024), mib(r.start.hwm_kib),
-            if r.hwm_reset { ", reset before the scan" } else { " (could not reset)" }, r.synth_cmd,
+            r.persons,
+            r.streamed_rows,
+            r.streamed_batches,
+            mib(r.streamed_mem / 1024),
+            mib(r.start.hwm_kib),
+            if r.hwm_reset { ", reset before the scan" } else { " (could not reset)" },
+            r.synth_cmd,
         );
     }
     println!("bench wall time: {:.1} s", bench_started.elapsed().as_secs_f64());
@@ -209,7 +285,8 @@ async fn scan_bench(dir: &Path, runs: usize, rows: u64) -> anyhow::Result<ScanRe
     let t = Instant::now();
     let counted = ctx.sql("SELECT count(*) FROM dispensations").await?.collect().await?;
     let count = t.elapsed();
-    let visible = counted[0].column(0).as_any().downcast_ref::<arrow::array::Int64Array>().context("count type")?.value(0) as u64;
+    let visible =
+        counted[0].column(0).as_any().downcast_ref::<arrow::array::Int64Array>().context("count type")?.value(0) as u64;
 
     // Session: plan + execute, as the node service does.
     let session_run = || async {
@@ -244,9 +321,7 @@ async fn scan_bench(dir: &Path, runs: usize, rows: u64) -> anyhow::Result<ScanRe
     // Reference: the raw files, no pseudonymisation or opt-outs (pnr not read by this query).
     let raw_ctx = datafusion::prelude::SessionContext::new();
     let files = dir.join("lmr").join("dispensations");
-    raw_ctx
-        .register_parquet("dispensations", files.to_str().context("utf-8 path")?, Default::default())
-        .await?;
+    raw_ctx.register_parquet("dispensations", files.to_str().context("utf-8 path")?, Default::default()).await?;
     raw_ctx.sql(SCAN_SQL).await?.collect().await?;
     let mut raw = Vec::new();
     for _ in 0..runs {

@@ -59,6 +59,8 @@ pub enum QueryError {
     Audit(String),
     #[error("{0}")]
     Node(NodeError),
+    #[error("the nodes do not use the same pseudonym scheme ({0}), so the same person would have different pseudonyms in different registers; the holders must set the same `pseudonym_scheme` in every node config (docs/architecture.md, Pseudonyms)")]
+    SchemeMismatch(String),
     #[error("the query ran longer than the coordinator's limit of {secs} s (query_timeout_secs); narrow it or ask the operator for a longer limit")]
     Timeout { secs: u64 },
     #[error("the query needs more memory than the coordinator's limit of {limit_mb} MiB (memory_limit_mb), even spilling to disk; aggregate more at the nodes or narrow the query")]
@@ -83,6 +85,7 @@ impl QueryError {
                 NodeError::Address { .. } | NodeError::Protocol { .. } => tonic::Status::unavailable(msg),
             },
             QueryError::Refused(_) => tonic::Status::permission_denied(msg),
+            QueryError::SchemeMismatch(_) => tonic::Status::failed_precondition(msg),
             QueryError::Audit(_) => tonic::Status::unavailable(msg),
             QueryError::Timeout { .. } => tonic::Status::deadline_exceeded(msg),
             QueryError::Memory { .. } => tonic::Status::resource_exhausted(msg),
@@ -294,6 +297,9 @@ impl Engine {
     ///      ─▶ DataFusion's rules + PushdownRule at execution (node sub-queries)
     /// ```
     pub async fn plan(&self, session: &Session, sql: &str) -> Result<Planned, QueryError> {
+        if let Some(schemes) = self.federation.pseudonym_scheme_conflict() {
+            return Err(QueryError::SchemeMismatch(schemes));
+        }
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
         let df = session
             .ctx
@@ -324,6 +330,11 @@ impl Engine {
     /// sub-queries.
     pub async fn execute(&self, session: &Session, sql: &str) -> Result<Execution, QueryError> {
         let planned = self.plan(session, sql).await?;
+        self.start(planned).await
+    }
+
+    /// Starts a planned query (see [`Engine::execute`]).
+    pub async fn start(&self, planned: Planned) -> Result<Execution, QueryError> {
         let digest = {
             use sha2::Digest;
             let text = planned.df.logical_plan().display_indent().to_string();

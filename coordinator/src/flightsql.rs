@@ -1,6 +1,8 @@
 //! The coordinator's front door: Arrow Flight SQL over mutual TLS.
 //!
-//! Statement queries, prepared statements (planned once for their schema,
+//! Statement queries (planned once, at GetFlightInfo: the ticket carries a
+//! random key to the plan kept here for a minute, redeemable once by the same
+//! identity and project), prepared statements (planned once for their schema,
 //! re-planned and re-checked when executed) and the catalogue calls
 //! (`GetCatalogs`, `GetDbSchemas`, `GetTables`, `GetSqlInfo`). The caller is
 //! the common name of its client certificate; the project is the
@@ -8,14 +10,15 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
 use arrow_flight::sql::server::FlightSqlService;
 use arrow_flight::sql::{
-    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
-    Any, CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTables, CommandPreparedStatementQuery,
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any,
+    CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTables, CommandPreparedStatementQuery,
     CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{Action, FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, SchemaAsIpc, Ticket};
@@ -29,7 +32,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::disclosure;
-use crate::engine::{CATALOG, Engine, QueryError};
+use crate::engine::{CATALOG, Engine, Planned, QueryError};
 use crate::executor::QueryScope;
 use crate::policy::Touched;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -53,6 +56,72 @@ type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, St
 pub struct CoordinatorService {
     engine: Arc<Engine>,
     sql_info: Arc<SqlInfoData>,
+    plans: Arc<PlanCache>,
+}
+
+/// A statement planned at GetFlightInfo, waiting for its DoGet.
+struct PlannedStatement {
+    identity: String,
+    project: String,
+    sql: String,
+    query_id: String,
+    span: tracing::Span,
+    approval: Arc<samkor_policies::approval::Approval>,
+    touched: Arc<std::sync::Mutex<Touched>>,
+    planned: Planned,
+    created: Instant,
+}
+
+/// How a DoGet starts: with the statement planned at GetFlightInfo, or planning afresh in a new scope.
+enum Start {
+    Planned(Box<PlannedStatement>),
+    Fresh(QueryScope),
+}
+
+/// Statements planned at GetFlightInfo, by a random 128-bit key that the
+/// ticket carries. Bounded ([`PlanCache::CAPACITY`], the oldest dropped
+/// first) and expiring ([`PlanCache::TTL`]); a key is redeemed once, and only
+/// by the identity and project that planned it, for the same SQL. A ticket
+/// whose key is unknown, expired or someone else's is planned afresh, with
+/// every check, as if it carried no key.
+#[derive(Default)]
+struct PlanCache {
+    entries: std::sync::Mutex<std::collections::HashMap<[u8; 16], PlannedStatement>>,
+}
+
+impl PlanCache {
+    const CAPACITY: usize = 256;
+    const TTL: Duration = Duration::from_secs(60);
+
+    fn insert(&self, statement: PlannedStatement) -> [u8; 16] {
+        let mut key = [0u8; 16];
+        if getrandom::fill(&mut key).is_err() {
+            // No randomness: do not cache; the ticket plans again at DoGet.
+            return [0u8; 16];
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.retain(|_, s| s.created.elapsed() < Self::TTL);
+        while entries.len() >= Self::CAPACITY {
+            let Some(oldest) = entries.iter().min_by_key(|(_, s)| s.created).map(|(k, _)| *k) else {
+                break;
+            };
+            entries.remove(&oldest);
+        }
+        entries.insert(key, statement);
+        key
+    }
+
+    /// The statement under `key` if `caller` planned it for `sql` and it has not expired.
+    fn take(&self, key: &[u8], caller: &Caller, sql: &str) -> Option<PlannedStatement> {
+        let key: [u8; 16] = key.try_into().ok()?;
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let s = entries.get(&key)?;
+        if s.identity != caller.identity || s.project != caller.project || s.sql != sql {
+            return None;
+        }
+        let s = entries.remove(&key)?;
+        (s.created.elapsed() < Self::TTL).then_some(s)
+    }
 }
 
 impl std::fmt::Debug for CoordinatorService {
@@ -86,7 +155,7 @@ fn sql_info() -> SqlInfoData {
 
 impl CoordinatorService {
     pub fn new(engine: Arc<Engine>) -> Self {
-        CoordinatorService { engine, sql_info: Arc::new(sql_info()) }
+        CoordinatorService { engine, sql_info: Arc::new(sql_info()), plans: Arc::default() }
     }
 
     fn identity<T>(&self, request: &Request<T>) -> Result<String, Status> {
@@ -132,21 +201,42 @@ impl CoordinatorService {
         if let Some(tp) = &caller.traceparent {
             samkor_proto::trace::set_parent(&span, tp);
         }
-        QueryScope { project: caller.project.clone(), query_id, traceparent: caller.traceparent.clone(), span, direct_unit: None }
+        QueryScope {
+            project: caller.project.clone(),
+            query_id,
+            traceparent: caller.traceparent.clone(),
+            span,
+            direct_unit: None,
+        }
     }
 
-    /// Plans `sql` to learn its result schema (the approval is checked too).
-    async fn schema_of(&self, caller: &Caller, sql: &str) -> Result<Schema, Status> {
+    /// Plans `sql` for `caller` (the approval is checked too); a failure is
+    /// recorded here, since such a query never reaches DoGet.
+    async fn prepare(&self, caller: &Caller, sql: &str) -> Result<PlannedStatement, Status> {
         let scope = self.scope(caller);
         let query_id = scope.query_id.clone();
+        let span = scope.span.clone();
+        let touched = Arc::new(std::sync::Mutex::new(Touched::default()));
         let planned = async {
             let approval = self.engine.authorize(&caller.identity, &caller.project)?;
-            let session = self.engine.session(scope, approval, Arc::default());
-            self.engine.plan(&session, sql).await
+            let session = self.engine.session(scope, approval.clone(), touched.clone());
+            let planned = self.engine.plan(&session, sql).await?;
+            Ok::<_, QueryError>((approval, planned))
         }
+        .instrument(span.clone())
         .await;
         match planned {
-            Ok(planned) => Ok(planned.schema.as_ref().clone()),
+            Ok((approval, planned)) => Ok(PlannedStatement {
+                identity: caller.identity.clone(),
+                project: caller.project.clone(),
+                sql: sql.to_owned(),
+                query_id,
+                span,
+                approval,
+                touched,
+                planned,
+                created: Instant::now(),
+            }),
             Err(e) => {
                 // Refused or failed at planning: the query never reaches DoGet, so record it here.
                 let mut entry = AuditEntry::new(Decision::Failed, caller.identity.as_str(), query_id.as_str(), sql);
@@ -160,6 +250,11 @@ impl CoordinatorService {
                 Err(e.to_status())
             }
         }
+    }
+
+    /// Plans `sql` to learn its result schema (the approval is checked too).
+    async fn schema_of(&self, caller: &Caller, sql: &str) -> Result<Schema, Status> {
+        Ok(self.prepare(caller, sql).await?.planned.schema.as_ref().clone())
     }
 
     /// Appends the decision on a query to the audit log; the answer is
@@ -181,8 +276,15 @@ impl CoordinatorService {
 
     /// Runs a query: checks the approval, computes the whole answer, records
     /// the decision durably in the audit log, then streams the answer.
-    async fn run(&self, caller: Caller, sql: String) -> Result<Response<DoGetStream>, Status> {
-        let (schema, batches) = self.answer(caller, sql).await?;
+    /// `prepared` is the statement planned at GetFlightInfo, if the ticket
+    /// named one still valid for this caller; otherwise `sql` is planned here.
+    async fn run(
+        &self,
+        caller: Caller,
+        sql: String,
+        prepared: Option<PlannedStatement>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let (schema, batches) = self.answer_prepared(caller, sql, prepared).await?;
         let flight = FlightDataEncoderBuilder::new()
             .with_schema(schema)
             .build(futures::stream::iter(batches.into_iter().map(Ok)))
@@ -195,19 +297,40 @@ impl CoordinatorService {
     /// disk in the audit log before it is returned. The web console's open
     /// comparisons come from here.
     pub async fn answer(&self, caller: Caller, sql: String) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
-        let scope = self.scope(&caller);
-        let span = scope.span.clone();
-        let mut entry = AuditEntry::new(Decision::Accepted, caller.identity.as_str(), scope.query_id.as_str(), sql.as_str());
+        self.answer_prepared(caller, sql, None).await
+    }
+
+    async fn answer_prepared(
+        &self,
+        caller: Caller,
+        sql: String,
+        prepared: Option<PlannedStatement>,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), Status> {
+        let (query_id, span, touched, start) = match prepared {
+            Some(p) => (p.query_id.clone(), p.span.clone(), p.touched.clone(), Start::Planned(Box::new(p))),
+            None => {
+                let scope = self.scope(&caller);
+                let touched = Arc::new(std::sync::Mutex::new(Touched::default()));
+                (scope.query_id.clone(), scope.span.clone(), touched, Start::Fresh(scope))
+            }
+        };
+        let mut entry = AuditEntry::new(Decision::Accepted, caller.identity.as_str(), query_id.as_str(), sql.as_str());
         entry.project = caller.project.clone();
-        let query_id = scope.query_id.clone();
-        let touched = Arc::new(std::sync::Mutex::new(Touched::default()));
         // The project the approval names: for direct access `direct:<hospital>`, not the header's `direct`.
         let mut approved_project: Option<String> = None;
         let outcome: Result<Answer, QueryError> = async {
-            let approval = self.engine.authorize(&caller.identity, &caller.project)?;
+            let (approval, planned) = match start {
+                Start::Planned(p) => (p.approval, p.planned),
+                Start::Fresh(scope) => {
+                    let approval = self.engine.authorize(&caller.identity, &caller.project)?;
+                    approved_project = Some(approval.project.clone());
+                    let session = self.engine.session(scope, approval.clone(), touched.clone());
+                    let planned = self.engine.plan(&session, &sql).await?;
+                    (approval, planned)
+                }
+            };
             approved_project = Some(approval.project.clone());
-            let session = self.engine.session(scope, approval.clone(), touched.clone());
-            let execution = self.engine.execute(&session, &sql).await?;
+            let execution = self.engine.start(planned).await?;
             let schema = execution.stream.schema();
             let batches: Vec<RecordBatch> = execution.stream.try_collect().await.map_err(|e| self.engine.error(e))?;
             // Disclosure control on the whole answer, before it is recorded and released.
@@ -303,8 +426,7 @@ impl CoordinatorService {
             if let Some(cat) = node.catalogue() {
                 for t in &cat.tables {
                     let Some(grant) = approval.grant(&format!("{}.{}", node.register, t.name)) else { continue };
-                    let fields: Vec<_> =
-                        t.schema.fields().iter().filter(|f| grant.has_column(f.name())).cloned().collect();
+                    let fields: Vec<_> = t.schema.fields().iter().filter(|f| grant.has_column(f.name())).cloned().collect();
                     out.push((node.register.clone(), t.name.clone(), Arc::new(Schema::new(fields))));
                 }
             }
@@ -314,7 +436,7 @@ impl CoordinatorService {
 }
 
 fn encode_handle(sql: &str, project: &str) -> Vec<u8> {
-    StatementHandle { sql: sql.to_owned(), project: project.to_owned() }.encode_to_vec()
+    StatementHandle { sql: sql.to_owned(), project: project.to_owned(), plan: Default::default() }.encode_to_vec()
 }
 
 fn decode_handle(bytes: &[u8]) -> Result<StatementHandle, Status> {
@@ -332,9 +454,13 @@ impl FlightSqlService for CoordinatorService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let caller = self.caller(&request, None)?;
-        let schema = self.schema_of(&caller, &query.query).await?;
-        let handle = encode_handle(&query.query, &caller.project);
-        let ticket = TicketStatementQuery { statement_handle: handle.into() }.as_any().encode_to_vec();
+        // Planned once: the ticket names the plan kept here, DoGet runs it.
+        let prepared = self.prepare(&caller, &query.query).await?;
+        let schema = prepared.planned.schema.as_ref().clone();
+        let key = self.plans.insert(prepared);
+        let handle =
+            StatementHandle { sql: query.query.clone(), project: caller.project.clone(), plan: key.to_vec() };
+        let ticket = TicketStatementQuery { statement_handle: handle.encode_to_vec().into() }.as_any().encode_to_vec();
         Ok(Response::new(self.flight_info(&schema, ticket, request.into_inner())?))
     }
 
@@ -345,7 +471,12 @@ impl FlightSqlService for CoordinatorService {
     ) -> Result<Response<DoGetStream>, Status> {
         let handle = decode_handle(&ticket.statement_handle)?;
         let caller = self.caller(&request, Some(&handle.project))?;
-        self.run(caller, handle.sql).await
+        let prepared = self.plans.take(&handle.plan, &caller, &handle.sql).and_then(|p| {
+            // The approval may have changed since planning: then plan again.
+            let approval = self.engine.authorize(&caller.identity, &caller.project).ok()?;
+            Arc::ptr_eq(&approval, &p.approval).then_some(p)
+        });
+        self.run(caller, handle.sql, prepared).await
     }
 
     async fn do_action_create_prepared_statement(
@@ -394,7 +525,7 @@ impl FlightSqlService for CoordinatorService {
     ) -> Result<Response<DoGetStream>, Status> {
         let handle = decode_handle(&cmd.prepared_statement_handle)?;
         let caller = self.caller(&request, Some(&handle.project))?;
-        self.run(caller, handle.sql).await
+        self.run(caller, handle.sql, None).await
     }
 
     async fn get_flight_info_catalogs(
@@ -407,7 +538,11 @@ impl FlightSqlService for CoordinatorService {
         Ok(Response::new(self.flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?))
     }
 
-    async fn do_get_catalogs(&self, query: CommandGetCatalogs, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
+    async fn do_get_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
         self.identity(&request)?;
         let mut builder = query.into_builder();
         builder.append(CATALOG);
@@ -425,7 +560,11 @@ impl FlightSqlService for CoordinatorService {
         Ok(Response::new(self.flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?))
     }
 
-    async fn do_get_schemas(&self, query: CommandGetDbSchemas, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
         self.identity(&request)?;
         let mut builder = query.into_builder();
         let mut registers: Vec<String> = self.tables(&request)?.into_iter().map(|(r, _, _)| r).collect();
@@ -447,7 +586,11 @@ impl FlightSqlService for CoordinatorService {
         Ok(Response::new(self.flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?))
     }
 
-    async fn do_get_tables(&self, query: CommandGetTables, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
         self.identity(&request)?;
         let mut builder = query.into_builder();
         for (register, table, schema) in self.tables(&request)? {
@@ -467,7 +610,11 @@ impl FlightSqlService for CoordinatorService {
         Ok(Response::new(self.flight_info(&schema, query.as_any().encode_to_vec(), request.into_inner())?))
     }
 
-    async fn do_get_sql_info(&self, query: CommandGetSqlInfo, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
         self.identity(&request)?;
         let builder = query.into_builder(&self.sql_info);
         let schema = builder.schema();
@@ -483,4 +630,3 @@ impl FlightSqlService for CoordinatorService {
 
 /// The Flight service type, for building a server.
 pub type Service = arrow_flight::flight_service_server::FlightServiceServer<CoordinatorService>;
-

@@ -60,8 +60,9 @@ impl NodeCatalogue {
                     .columns
                     .iter()
                     .map(|c| {
-                        let dt = arrow_type(&c.data_type)
-                            .ok_or_else(|| format!("table {} column {} has unknown type {:?}", t.name, c.name, c.data_type))?;
+                        let dt = arrow_type(&c.data_type).ok_or_else(|| {
+                            format!("table {} column {} has unknown type {:?}", t.name, c.name, c.data_type)
+                        })?;
                         Ok(Field::new(&c.name, dt, c.nullable))
                     })
                     .collect::<Result<Vec<_>, String>>()?;
@@ -69,6 +70,16 @@ impl NodeCatalogue {
             })
             .collect::<Result<Vec<_>, String>>()?;
         Ok(NodeCatalogue { raw, tables })
+    }
+}
+
+impl NodeCatalogue {
+    /// The node's pseudonym scheme (`hmac-sha256-v1` for nodes that do not say).
+    pub fn pseudonym_scheme(&self) -> &str {
+        match self.raw.pseudonym_scheme.as_str() {
+            "" => "hmac-sha256-v1",
+            s => s,
+        }
     }
 }
 
@@ -157,6 +168,23 @@ impl Federation {
             }
         }
         errors
+    }
+
+    /// The nodes' pseudonym schemes (`register scheme, …`) if the nodes that
+    /// have answered do not all use the same one: the same person would then
+    /// have different pseudonyms in different registers. A catalogue without
+    /// a scheme comes from a node older than the field (`hmac-sha256-v1`).
+    pub fn pseudonym_scheme_conflict(&self) -> Option<String> {
+        let schemes: Vec<(String, String)> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.catalogue().map(|c| (n.register.clone(), c.pseudonym_scheme().to_owned())))
+            .collect();
+        let first = schemes.first()?;
+        if schemes.iter().all(|(_, s)| *s == first.1) {
+            return None;
+        }
+        Some(schemes.iter().map(|(r, s)| format!("{r} {s}")).collect::<Vec<_>>().join(", "))
     }
 
     pub fn node(&self, register: &str) -> Option<&Arc<RemoteNode>> {

@@ -48,6 +48,11 @@ pub struct NodeSection {
     pub listen: SocketAddr,
     /// File holding the federation's pseudonymisation key (64 hex digits).
     pub pseudonym_key_file: PathBuf,
+    /// How pseudonyms are computed: `"aes256-v2"` (default) or `"hmac-sha256-v1"`
+    /// (the scheme before samkor 0.2). Every node of a federation must use the
+    /// same scheme; see docs/architecture.md for migrating.
+    #[serde(default)]
+    pub pseudonym_scheme: crate::pseudonym::PseudonymScheme,
     /// File listing opted-out identity numbers, one per line.
     pub opt_out_file: PathBuf,
     /// The node's own audit log: one hash-chained record per sub-query
@@ -265,8 +270,7 @@ impl NodeConfig {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
         let path = &std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::parse(path, &text)
     }
 
@@ -383,10 +387,17 @@ impl NodeConfig {
         for (project, columns) in &raw.access.withhold {
             for c in columns {
                 let known = c.split_once('.').is_some_and(|(t, col)| {
-                    tables.iter().any(|tc: &TableConfig| tc.name == t && tc.columns.iter().any(|cc| cc.name == col || (col == samkor_proto::PERSON_COLUMN && cc.name == tc.person_column)))
+                    tables.iter().any(|tc: &TableConfig| {
+                        tc.name == t
+                            && tc.columns.iter().any(|cc| {
+                                cc.name == col || (col == samkor_proto::PERSON_COLUMN && cc.name == tc.person_column)
+                            })
+                    })
                 });
                 if !known {
-                    return Err(invalid(format!("access.withhold for project {project}: {c:?} is not a table.column of this node")));
+                    return Err(invalid(format!(
+                        "access.withhold for project {project}: {c:?} is not a table.column of this node"
+                    )));
                 }
             }
         }
@@ -487,7 +498,8 @@ person_column = "pnr"
         assert!(e.contains("must be a lower-case identifier"), "{e}");
         let e = err(&GOOD.replace("audit_log = \"audit.jsonl\"\n", ""));
         assert!(e.contains("missing field `audit_log`"), "{e}");
-        let direct = |setting: &str| err(&GOOD.replacen("[tls]", &format!("[access]\ndirect_access = {{ {setting} }}\n\n[tls]"), 1));
+        let direct =
+            |setting: &str| err(&GOOD.replacen("[tls]", &format!("[access]\ndirect_access = {{ {setting} }}\n\n[tls]"), 1));
         assert_eq!(
             direct("prom = \"hospital\""),
             "node config /etc/samkor/node.toml: access.direct_access: \"prom\" is not a table of this node"

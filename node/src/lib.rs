@@ -16,6 +16,7 @@
 pub mod access;
 pub mod audit;
 pub mod config;
+pub mod counting;
 pub mod optout;
 pub mod pseudonym;
 pub mod server;

@@ -1,7 +1,18 @@
-//! Project-specific pseudonyms.
+//! Project-specific pseudonyms, in two versioned schemes (`pseudonym_scheme`
+//! in the node config; every node of a federation must use the same one).
 //!
-//! `pseudonym = HMAC-SHA256(federation key, "samkor-pseudonym-v1" 0 project 0 pnr)`,
-//! truncated to 128 bits and written as 32 letters `a`–`p` (one per nibble).
+//! * `aes256-v2` (default): `pseudonym = AES-256(K_p, block(pnr))`, all 128
+//!   bits written as 32 letters `a`–`p` (one per nibble). `K_p =
+//!   HKDF-SHA256(salt "samkor-pseudonym-v2", ikm = federation key, info =
+//!   project)`. `block` is injective: a 12-digit identity number is
+//!   `01 ‖ u64 big-endian ‖ "samkor\0"`, any other value of at most 14 bytes
+//!   `02 ‖ length ‖ bytes ‖ zeros`; a longer value (not an identity number)
+//!   is `03 ‖ SHA-256(value)[..15]`. A block cipher under one key is a
+//!   permutation, so two identity numbers never share a pseudonym, and
+//!   without `K_p` a pseudonym cannot be inverted or linked to another project.
+//! * `hmac-sha256-v1`: `HMAC-SHA256(K, "samkor-pseudonym-v1" 0 project 0 pnr)`,
+//!   truncated to 128 bits, written the same way.
+//!
 //! The key is held by the nodes only; the same person gets the same pseudonym
 //! in every register of a project and unrelated pseudonyms in different
 //! projects. A pseudonym contains no digit, so it can never equal or contain
@@ -10,16 +21,64 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringBuilder};
+use aes::Aes256;
+use aes::cipher::{Block, BlockCipherEncrypt};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringArray, StringBuilder};
+use datafusion::arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use datafusion::arrow::datatypes::DataType;
+use hkdf::Hkdf;
 use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 type HmacSha256 = Hmac<Sha256>;
 
 const DOMAIN: &[u8] = b"samkor-pseudonym-v1\0";
+const V2_SALT: &[u8] = b"samkor-pseudonym-v2";
+const V2_LONG: &[u8] = b"samkor-pseudonym-v2-long\0";
 /// Length in characters of a pseudonym.
 pub const PSEUDONYM_LEN: usize = 32;
+/// Blocks encrypted together (the AES-NI pipeline width).
+const LANES: usize = 8;
+
+/// How pseudonyms are computed. All nodes of a federation must use the same
+/// scheme, or the same person gets different pseudonyms in different registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+pub enum PseudonymScheme {
+    /// HMAC-SHA256, truncated to 128 bits (samkor ≤ 0.1; about 5 M ids/s per core).
+    #[serde(rename = "hmac-sha256-v1")]
+    HmacSha256V1,
+    /// AES-256 over one injective 16-byte block per identity number (tens of M ids/s per core).
+    #[default]
+    #[serde(rename = "aes256-v2")]
+    Aes256V2,
+}
+
+impl PseudonymScheme {
+    /// Every scheme, oldest first.
+    pub const ALL: [PseudonymScheme; 2] = [PseudonymScheme::HmacSha256V1, PseudonymScheme::Aes256V2];
+
+    /// The name used in the node config and the catalogue.
+    pub fn name(self) -> &'static str {
+        match self {
+            PseudonymScheme::HmacSha256V1 => "hmac-sha256-v1",
+            PseudonymScheme::Aes256V2 => "aes256-v2",
+        }
+    }
+
+    /// The scheme of a name; a catalogue without one (an older node) is `hmac-sha256-v1`.
+    pub fn from_name(name: &str) -> Option<PseudonymScheme> {
+        match name {
+            "" => Some(PseudonymScheme::HmacSha256V1),
+            _ => Self::ALL.into_iter().find(|s| s.name() == name),
+        }
+    }
+}
+
+impl std::fmt::Display for PseudonymScheme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// Why the federation key could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -47,8 +106,7 @@ impl FederationKey {
 
     /// Reads a key file: 64 hex digits, surrounding white space ignored.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| KeyError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read { path: path.to_owned(), source })?;
         Self::parse(text.trim()).map_err(|problem| KeyError::Malformed { path: path.to_owned(), problem })
     }
 
@@ -57,7 +115,8 @@ impl FederationKey {
             return Err(format!("found {} characters, expected 64", hex_text.len()));
         }
         let mut key = [0u8; 32];
-        hex::decode_to_slice(hex_text, &mut key).map_err(|_| "it contains a character that is not a hexadecimal digit".to_owned())?;
+        hex::decode_to_slice(hex_text, &mut key)
+            .map_err(|_| "it contains a character that is not a hexadecimal digit".to_owned())?;
         if key.iter().all(|b| *b == key[0]) {
             return Err("the key is a repeated byte, not a random key".to_owned());
         }
@@ -77,26 +136,83 @@ impl FederationKey {
         samkor_functions::RecordKeySecret(secret)
     }
 
-    /// The pseudonymiser of one project.
+    /// The pseudonymiser of one project under the default scheme.
     pub fn for_project(&self, project: &str) -> ProjectPseudonymiser {
-        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
-        mac.update(DOMAIN);
-        mac.update(project.as_bytes());
-        mac.update(&[0]);
-        ProjectPseudonymiser { keyed: Arc::new(mac), project: project.to_owned() }
+        self.for_project_with(PseudonymScheme::default(), project)
     }
+
+    /// The pseudonymiser of one project under `scheme`.
+    pub fn for_project_with(&self, scheme: PseudonymScheme, project: &str) -> ProjectPseudonymiser {
+        let keyed = match scheme {
+            PseudonymScheme::HmacSha256V1 => {
+                let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+                mac.update(DOMAIN);
+                mac.update(project.as_bytes());
+                mac.update(&[0]);
+                Keyed::Hmac(Arc::new(mac))
+            }
+            PseudonymScheme::Aes256V2 => {
+                let mut project_key = [0u8; 32];
+                Hkdf::<Sha256>::new(Some(V2_SALT), &self.0)
+                    .expand(project.as_bytes(), &mut project_key)
+                    .expect("32 bytes is a valid HKDF-SHA256 output length");
+                let cipher = Aes256::new_from_slice(&project_key).expect("AES-256 takes a 32-byte key");
+                Keyed::Aes(Arc::new(cipher))
+            }
+        };
+        ProjectPseudonymiser { keyed, project: project.to_owned() }
+    }
+}
+
+#[derive(Clone)]
+enum Keyed {
+    Hmac(Arc<HmacSha256>),
+    Aes(Arc<Aes256>),
 }
 
 /// Pseudonymises identity numbers for one project. Cheap to clone.
 #[derive(Clone)]
 pub struct ProjectPseudonymiser {
-    keyed: Arc<HmacSha256>,
+    keyed: Keyed,
     project: String,
 }
 
 impl std::fmt::Debug for ProjectPseudonymiser {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProjectPseudonymiser").field("project", &self.project).finish_non_exhaustive()
+        f.debug_struct("ProjectPseudonymiser")
+            .field("project", &self.project)
+            .field("scheme", &self.scheme().name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The 16-byte block of `value` under `aes256-v2` (injective, see the module doc).
+#[inline]
+fn v2_block(value: &[u8]) -> [u8; 16] {
+    let mut block = [0u8; 16];
+    if value.len() == 12 && value.iter().all(u8::is_ascii_digit) {
+        let n = value.iter().fold(0u64, |n, &c| n * 10 + u64::from(c - b'0'));
+        block[0] = 0x01;
+        block[1..9].copy_from_slice(&n.to_be_bytes());
+        block[9..16].copy_from_slice(b"samkor\0");
+    } else if value.len() <= 14 {
+        block[0] = 0x02;
+        block[1] = value.len() as u8;
+        block[2..2 + value.len()].copy_from_slice(value);
+    } else {
+        let digest = Sha256::new().chain_update(V2_LONG).chain_update(value).finalize();
+        block[0] = 0x03;
+        block[1..16].copy_from_slice(&digest[..15]);
+    }
+    block
+}
+
+/// Writes 16 bytes as 32 letters `a`–`p`.
+#[inline]
+fn letters(bytes: &[u8], out: &mut [u8]) {
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = b'a' + (b >> 4);
+        pair[1] = b'a' + (b & 0x0f);
     }
 }
 
@@ -105,15 +221,28 @@ impl ProjectPseudonymiser {
         &self.project
     }
 
+    pub fn scheme(&self) -> PseudonymScheme {
+        match self.keyed {
+            Keyed::Hmac(_) => PseudonymScheme::HmacSha256V1,
+            Keyed::Aes(_) => PseudonymScheme::Aes256V2,
+        }
+    }
+
     /// Writes the pseudonym of `pnr` into `out`.
     #[inline]
     pub fn write(&self, pnr: &str, out: &mut [u8; PSEUDONYM_LEN]) {
-        let mut mac = (*self.keyed).clone();
-        mac.update(pnr.as_bytes());
-        let digest = mac.finalize().into_bytes();
-        for (i, b) in digest[..PSEUDONYM_LEN / 2].iter().enumerate() {
-            out[2 * i] = b'a' + (b >> 4);
-            out[2 * i + 1] = b'a' + (b & 0x0f);
+        match &self.keyed {
+            Keyed::Hmac(keyed) => {
+                let mut mac = (**keyed).clone();
+                mac.update(pnr.as_bytes());
+                let digest = mac.finalize().into_bytes();
+                letters(&digest[..PSEUDONYM_LEN / 2], out);
+            }
+            Keyed::Aes(cipher) => {
+                let mut block = Block::<Aes256>::from(v2_block(pnr.as_bytes()));
+                cipher.encrypt_block(&mut block);
+                letters(&block, out);
+            }
         }
     }
 
@@ -127,23 +256,68 @@ impl ProjectPseudonymiser {
     /// Pseudonymises a string column (Utf8, LargeUtf8 or Utf8View); nulls stay null.
     /// Returns a Utf8 array.
     pub fn pseudonymise(&self, column: &dyn Array) -> Result<ArrayRef, String> {
-        let mut builder = StringBuilder::with_capacity(column.len(), column.len() * PSEUDONYM_LEN);
-        let mut buf = [0u8; PSEUDONYM_LEN];
-        let mut push = |v: Option<&str>| match v {
-            Some(pnr) => {
-                self.write(pnr, &mut buf);
-                builder.append_value(std::str::from_utf8(&buf).expect("ASCII"));
+        match &self.keyed {
+            Keyed::Aes(cipher) => match column.data_type() {
+                DataType::Utf8 => Ok(aes_column(cipher, column.as_string::<i32>().iter(), column)),
+                DataType::LargeUtf8 => Ok(aes_column(cipher, column.as_string::<i64>().iter(), column)),
+                DataType::Utf8View => Ok(aes_column(cipher, column.as_string_view().iter(), column)),
+                other => Err(format!("the person column has type {other}, expected a string")),
+            },
+            Keyed::Hmac(_) => {
+                let mut builder = StringBuilder::with_capacity(column.len(), column.len() * PSEUDONYM_LEN);
+                let mut buf = [0u8; PSEUDONYM_LEN];
+                let mut push = |v: Option<&str>| match v {
+                    Some(pnr) => {
+                        self.write(pnr, &mut buf);
+                        builder.append_value(std::str::from_utf8(&buf).expect("ASCII"));
+                    }
+                    None => builder.append_null(),
+                };
+                match column.data_type() {
+                    DataType::Utf8 => column.as_string::<i32>().iter().for_each(&mut push),
+                    DataType::LargeUtf8 => column.as_string::<i64>().iter().for_each(&mut push),
+                    DataType::Utf8View => column.as_string_view().iter().for_each(&mut push),
+                    other => {
+                        return Err(format!("the person column has type {other}, expected a string"));
+                    }
+                }
+                Ok(Arc::new(builder.finish()))
             }
-            None => builder.append_null(),
-        };
-        match column.data_type() {
-            DataType::Utf8 => column.as_string::<i32>().iter().for_each(&mut push),
-            DataType::LargeUtf8 => column.as_string::<i64>().iter().for_each(&mut push),
-            DataType::Utf8View => column.as_string_view().iter().for_each(&mut push),
-            other => return Err(format!("the person column has type {other}, expected a string")),
         }
-        Ok(Arc::new(builder.finish()))
     }
+}
+
+/// `aes256-v2` over a whole column: blocks encrypted eight at a time, letters
+/// written straight into the output buffer (32 bytes per row; a null row
+/// keeps its 32 bytes, unused, and its null bit).
+fn aes_column<'a>(cipher: &Aes256, values: impl Iterator<Item = Option<&'a str>>, column: &dyn Array) -> ArrayRef {
+    let n = column.len();
+    let mut out = vec![0u8; n * PSEUDONYM_LEN];
+    let mut blocks = [Block::<Aes256>::default(); LANES];
+    let mut filled = 0;
+    let mut start = 0;
+    for v in values {
+        blocks[filled] = Block::<Aes256>::from(v2_block(v.unwrap_or_default().as_bytes()));
+        filled += 1;
+        if filled == LANES {
+            cipher.encrypt_blocks(&mut blocks);
+            for (block, dst) in blocks.iter().zip(out[start * PSEUDONYM_LEN..].chunks_exact_mut(PSEUDONYM_LEN)) {
+                letters(block, dst);
+            }
+            start += LANES;
+            filled = 0;
+        }
+    }
+    if filled > 0 {
+        cipher.encrypt_blocks(&mut blocks[..filled]);
+        for (block, dst) in blocks[..filled].iter().zip(out[start * PSEUDONYM_LEN..].chunks_exact_mut(PSEUDONYM_LEN)) {
+            letters(block, dst);
+        }
+    }
+    let offsets = OffsetBuffer::new(ScalarBuffer::from((0..=n).map(|i| (i * PSEUDONYM_LEN) as i32).collect::<Vec<_>>()));
+    let array = StringArray::try_new(offsets, Buffer::from(out), column.logical_nulls())
+        .expect("letters a-p are valid UTF-8 and offsets are monotone");
+    Arc::new(array)
 }
 
 #[cfg(test)]
@@ -172,6 +346,73 @@ mod tests {
         // Known answer, so that a change of scheme is noticed (it would relink every project).
         assert_eq!(p, a.pseudonym("191212121212"));
         assert_eq!(p.len(), 32);
+    }
+
+    #[test]
+    fn known_answers_per_scheme() {
+        let k = key();
+        let v1 = k.for_project_with(PseudonymScheme::HmacSha256V1, "P1").pseudonym("191212121212");
+        let v2 = k.for_project_with(PseudonymScheme::Aes256V2, "P1").pseudonym("191212121212");
+        // Fixed values: a change of either scheme would relink every project.
+        assert_eq!(v1, "abhamelknfmibmmenfogjpmhphfdibeb");
+        assert_eq!(v2, "enhpmkpibfhnhmofhcpegpfanlfafnjm");
+        assert_eq!(k.for_project("P1").pseudonym("191212121212"), v2, "aes256-v2 is the default");
+        assert_eq!(PseudonymScheme::from_name(""), Some(PseudonymScheme::HmacSha256V1));
+        for s in PseudonymScheme::ALL {
+            assert_eq!(PseudonymScheme::from_name(s.name()), Some(s));
+        }
+        assert_eq!(PseudonymScheme::from_name("aes256"), None);
+    }
+
+    #[test]
+    fn v2_blocks_are_injective_across_kinds() {
+        let values = [
+            "191212121212",
+            "191212121213",
+            "19121212-1212",
+            "",
+            "0",
+            "00000000000",
+            "000000000000",
+            "abcdefghijklmn",
+            "abcdefghijklmno",
+            "abcdefghijklmnop",
+            "1912121212120",
+        ];
+        let blocks: std::collections::HashSet<[u8; 16]> = values.iter().map(|v| v2_block(v.as_bytes())).collect();
+        assert_eq!(blocks.len(), values.len());
+        // A zero-padded short value and its padding are told apart by the length byte.
+        assert_ne!(v2_block(b"ab"), v2_block(b"ab\0"));
+        let a = key().for_project("P");
+        assert_ne!(a.pseudonym("191212121212"), a.pseudonym("19121212-1212"));
+    }
+
+    #[test]
+    fn batched_column_equals_one_by_one_under_both_schemes() {
+        for scheme in PseudonymScheme::ALL {
+            let a = key().for_project_with(scheme, "P");
+            // 21 rows: two full batches of eight and a partial one, nulls in between.
+            let values: Vec<Option<String>> = (0..21u64)
+                .map(|i| {
+                    (i % 5 != 3).then(|| {
+                        if i % 7 == 6 { format!("long-value-{i}-not-a-number") } else { format!("{:012}", 194001010000 + i) }
+                    })
+                })
+                .collect();
+            let col = StringArray::from(values.clone());
+            let out = a.pseudonymise(&col).expect("strings");
+            let out = out.as_string::<i32>();
+            assert_eq!(out.len(), values.len());
+            for (i, v) in values.iter().enumerate() {
+                match v {
+                    Some(v) => assert_eq!(out.value(i), a.pseudonym(v), "{scheme} row {i}"),
+                    None => assert!(out.is_null(i), "{scheme} row {i}"),
+                }
+            }
+            let view =
+                datafusion::arrow::array::StringViewArray::from(values.iter().map(|v| v.as_deref()).collect::<Vec<_>>());
+            assert_eq!(a.pseudonymise(&view).expect("view").as_string::<i32>(), out);
+        }
     }
 
     #[test]

@@ -14,15 +14,15 @@ use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::{
-    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo, HandshakeRequest,
-    HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo, HandshakeRequest, HandshakeResponse,
+    PollInfo, PutResult, SchemaResult, Ticket,
 };
 use datafusion::common::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::sql::sqlparser::parser::ParserError;
 use datafusion::prelude::SQLOptions;
-use futures::stream;
+use datafusion::sql::sqlparser::parser::ParserError;
 use futures::TryStreamExt;
+use futures::stream;
 use prost::Message;
 use samkor_proto::{CATALOGUE_ACTION, headers, ticket, tls};
 use tonic::{Request, Response, Status, Streaming};
@@ -75,7 +75,12 @@ impl NodeService {
 
     /// Plans and starts a sub-query; errors here concern the query itself and
     /// may be shown to the caller (they name tables and columns, not data).
-    async fn start(&self, scope: &Scope, sql: &str, read: Arc<ColumnsRead>) -> Result<SendableRecordBatchStream, NotStarted> {
+    async fn start(
+        &self,
+        scope: &Scope,
+        sql: &str,
+        read: Arc<ColumnsRead>,
+    ) -> Result<SendableRecordBatchStream, NotStarted> {
         let ctx = self.state.session(scope, Some(read)).map_err(|e| {
             tracing::error!(error = %e, "opt-out list unusable; refusing to serve");
             NotStarted::Failed(Status::unavailable(format!(
@@ -85,6 +90,10 @@ impl NodeService {
         })?;
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
         let df = ctx.sql_with_options(sql, options).await.map_err(|e| plan_error(self.state.register(), e))?;
+        let (state, plan) = df.into_parts();
+        // Persons only counted: the identity numbers are counted, never pseudonymised or sent.
+        let plan = crate::counting::count_on_identity_numbers(plan).map_err(|e| plan_error(self.state.register(), e))?;
+        let df = datafusion::dataframe::DataFrame::new(state, plan);
         df.execute_stream().await.map_err(|e| plan_error(self.state.register(), e))
     }
 
@@ -182,12 +191,8 @@ impl FlightService for NodeService {
 
     async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
         let caller = self.caller(&request)?;
-        let traceparent = request
-            .metadata()
-            .get(headers::TRACEPARENT)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        let traceparent =
+            request.metadata().get(headers::TRACEPARENT).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
         let register = self.state.register().to_owned();
         let sub = match ticket::decode(&request.get_ref().ticket) {
             Ok(sub) => sub,
@@ -312,4 +317,3 @@ impl FlightService for NodeService {
 fn unsupported(what: &str) -> Status {
     Status::unimplemented(format!("a samkor node does not offer {what}"))
 }
-

@@ -114,7 +114,8 @@ impl NodeState {
         read: Option<Arc<ColumnsRead>>,
     ) -> Result<Vec<(String, Arc<dyn TableProvider>)>, OptOutError> {
         let opt_outs = self.opt_outs.current()?;
-        let pseudonymiser = self.key.for_project(&scope.pseudonym_domain(self.register()));
+        let pseudonymiser =
+            self.key.for_project_with(self.config.node.pseudonym_scheme, &scope.pseudonym_domain(self.register()));
         let access = &self.config.access;
         let project = scope.project();
         let open: Vec<String> = access.direct_access.keys().cloned().collect();
@@ -161,11 +162,13 @@ impl NodeState {
 
 /// The DataFusion settings of a node session.
 pub fn session_config(register: &str) -> SessionConfig {
-    let mut config = SessionConfig::new()
-        .with_default_catalog_and_schema("samkor", register)
-        .with_information_schema(false);
+    let mut config = SessionConfig::new().with_default_catalog_and_schema("samkor", register).with_information_schema(false);
     // Strings stay Utf8 on the wire, as declared in the catalogue.
     config.options_mut().execution.parquet.schema_force_view_types = false;
+    // Filters on non-person columns are applied while Parquet pages are
+    // decoded (late materialisation), below the pseudonymiser.
+    config.options_mut().execution.parquet.pushdown_filters = true;
+    config.options_mut().execution.parquet.reorder_filters = true;
     config
 }
 
@@ -205,5 +208,6 @@ fn catalogue(config: &NodeConfig) -> pb::Catalogue {
         holder: config.node.holder.clone(),
         description: config.node.description.clone(),
         tables,
+        pseudonym_scheme: config.node.pseudonym_scheme.name().to_owned(),
     }
 }

@@ -8,7 +8,11 @@
 //!   PseudonymiseExec: drop opted-out rows (and, for direct access, other
 //!                     units' rows), pnr → project pseudonym
 //!        │
-//!   DataSourceExec (Parquet / CSV, streaming, filter pruning on non-person columns)
+//!   FilterExec: the query's filters on non-person columns (only rows that
+//!               pass are checked and pseudonymised)
+//!        │
+//!   DataSourceExec (Parquet / CSV, streaming; the same filters prune row
+//!                   groups and pages and filter rows while decoding)
 //! ```
 //!
 //! [`ServedTable`] is built once at start-up; [`ProjectTable`] binds it to one
@@ -20,9 +24,10 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch, RecordBatchOptions};
-use datafusion::arrow::compute::{and, filter_record_batch};
+use datafusion::arrow::compute::{and, cast, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::DFSchema;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::TableType;
@@ -31,9 +36,12 @@ use datafusion::datasource::file_format::csv::CsvFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::expr_rewriter::unnormalize_col;
+use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, col, lit};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
 use futures::StreamExt;
@@ -142,9 +150,11 @@ impl ServedTable {
                 .fields()
                 .iter()
                 .enumerate()
-                .map(|(i, f)| {
-                    if i == person_idx { Field::new(PERSON_COLUMN, DataType::Utf8, true) } else { f.as_ref().clone() }
-                })
+                .map(
+                    |(i, f)| {
+                        if i == person_idx { Field::new(PERSON_COLUMN, DataType::Utf8, true) } else { f.as_ref().clone() }
+                    },
+                )
                 .collect::<Vec<_>>(),
         ));
         ServedTable { config, inner, exposed, person_idx }
@@ -168,6 +178,7 @@ impl ServedTable {
             direct: None,
             read: None,
             project: String::new(),
+            persons_counted_only: false,
         }
     }
 }
@@ -200,7 +211,7 @@ impl ColumnsRead {
 }
 
 /// A served table bound to one project: the provider the node's planner sees.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ProjectTable {
     served: Arc<ServedTable>,
     pseudonymiser: ProjectPseudonymiser,
@@ -213,6 +224,9 @@ pub struct ProjectTable {
     read: Option<Arc<ColumnsRead>>,
     /// The project named in refusals.
     project: String,
+    /// The plan only counts persons ([`crate::counting`]): `person` holds the
+    /// identity number, which never leaves the node.
+    persons_counted_only: bool,
 }
 
 impl ProjectTable {
@@ -228,6 +242,12 @@ impl ProjectTable {
     pub fn direct(mut self, rows: DirectRows) -> Self {
         self.direct = Some(rows);
         self
+    }
+
+    /// The same table for a plan that only counts persons
+    /// ([`crate::counting`]): its scans emit the identity number as `person`.
+    pub fn counting_persons_only(&self) -> ProjectTable {
+        ProjectTable { persons_counted_only: true, ..self.clone() }
     }
 
     /// Records the columns every scan reads in `read`.
@@ -252,16 +272,18 @@ impl TableProvider for ProjectTable {
     }
 
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
-        // Filters on other columns prune files and row groups below the
-        // pseudonymiser; they stay above it too (Inexact). Filters on the person
-        // only make sense on pseudonyms, so they run above it.
+        // Filters on other columns run below the pseudonymiser (Exact): they
+        // prune files and row groups, filter rows while the Parquet pages are
+        // decoded, and only the rows that pass are checked against the opt-out
+        // list and pseudonymised. Filters on the person only make sense on
+        // pseudonyms, so they run above it.
         Ok(filters
             .iter()
             .map(|f| {
                 if references_person(f) {
                     TableProviderFilterPushDown::Unsupported
                 } else {
-                    TableProviderFilterPushDown::Inexact
+                    TableProviderFilterPushDown::Exact
                 }
             })
             .collect())
@@ -281,7 +303,20 @@ impl TableProvider for ProjectTable {
         };
         let table = &self.served.config.name;
         let refuse = |r: Refusal| DataFusionError::External(Box::new(r));
-        for i in &wanted {
+        let mut inner_filters: Vec<Expr> =
+            filters.iter().filter(|f| !references_person(f)).map(|f| unnormalize_col(f.clone())).collect();
+        // Columns only the pushed filters read: read below the pseudonymiser,
+        // checked and recorded like projected ones, never returned.
+        let mut filtered: Vec<usize> = Vec::new();
+        for f in &inner_filters {
+            for c in f.column_refs() {
+                let idx = self.served.exposed.index_of(&c.name)?;
+                if !wanted.contains(&idx) && !filtered.contains(&idx) {
+                    filtered.push(idx);
+                }
+            }
+        }
+        for i in wanted.iter().chain(&filtered) {
             let name = self.served.exposed.field(*i).name();
             if self.withheld.iter().any(|w| w == name) {
                 return Err(refuse(Refusal::Withheld {
@@ -291,7 +326,6 @@ impl TableProvider for ProjectTable {
                 }));
             }
         }
-        let mut inner_filters: Vec<Expr> = filters.iter().filter(|f| !references_person(f)).cloned().collect();
         // Direct access: the unit column is read and compared below the
         // pseudonymiser, whatever the query asked; other units' rows never
         // reach an operator of the query.
@@ -307,7 +341,7 @@ impl TableProvider for ProjectTable {
             }
         };
         if let Some(read) = &self.read {
-            read.add(table, wanted.iter().map(|i| self.served.exposed.field(*i).name().as_str()));
+            read.add(table, wanted.iter().chain(&filtered).map(|i| self.served.exposed.field(*i).name().as_str()));
         }
         let mut inner_projection = wanted.clone();
         let mut position = |idx: usize| match inner_projection.iter().position(|&i| i == idx) {
@@ -319,19 +353,32 @@ impl TableProvider for ProjectTable {
         };
         let pnr_pos = position(person_idx);
         let unit = unit.map(|(idx, unit)| (position(idx), unit));
+        for idx in &filtered {
+            position(*idx);
+        }
         // No limit below: opted-out rows are removed above the scan.
-        let input = self.served.inner.scan(state, Some(&inner_projection), &inner_filters, None).await?;
+        let mut input = self.served.inner.scan(state, Some(&inner_projection), &inner_filters, None).await?;
+        if let Some(predicate) = conjunction(inner_filters) {
+            // The scan prunes with the filters but may pass rows that fail
+            // them; this filter is what makes the pushdown exact.
+            let input_schema = DFSchema::try_from(input.schema())?;
+            let predicate = state.create_physical_expr(predicate, &input_schema)?;
+            input = Arc::new(FilterExec::try_new(predicate, input)?);
+        }
         let schema = Arc::new(self.served.exposed.project(&wanted)?);
         let person_out = wanted.iter().position(|&i| i == person_idx);
-        Ok(Arc::new(PseudonymiseExec::new(
-            input,
-            schema,
-            pnr_pos,
-            person_out,
-            unit,
-            self.pseudonymiser.clone(),
-            self.opt_outs.clone(),
-        )))
+        Ok(Arc::new(
+            PseudonymiseExec::new(
+                input,
+                schema,
+                pnr_pos,
+                person_out,
+                unit,
+                self.pseudonymiser.clone(),
+                self.opt_outs.clone(),
+            )
+            .persons_counted_only(self.persons_counted_only),
+        ))
     }
 }
 
@@ -350,6 +397,8 @@ pub struct PseudonymiseExec {
     unit: Option<(usize, String)>,
     pseudonymiser: ProjectPseudonymiser,
     opt_outs: Arc<OptOutSet>,
+    /// `person` holds the identity number: the plan above only counts persons.
+    counted_only: bool,
     properties: Arc<PlanProperties>,
 }
 
@@ -370,7 +419,22 @@ impl PseudonymiseExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
-        PseudonymiseExec { input, schema, pnr_pos, person_out, unit, pseudonymiser, opt_outs, properties }
+        PseudonymiseExec {
+            input,
+            schema,
+            pnr_pos,
+            person_out,
+            unit,
+            pseudonymiser,
+            opt_outs,
+            counted_only: false,
+            properties,
+        }
+    }
+
+    fn persons_counted_only(mut self, counted_only: bool) -> Self {
+        self.counted_only = counted_only;
+        self
     }
 }
 
@@ -380,7 +444,11 @@ impl DisplayAs for PseudonymiseExec {
             f,
             "PseudonymiseExec: project={}, person={}, opted_out={}{}",
             self.pseudonymiser.project(),
-            self.person_out.map_or("not projected".to_owned(), |p| format!("column {p}")),
+            match (self.person_out, self.counted_only) {
+                (None, _) => "not projected".to_owned(),
+                (Some(p), false) => format!("column {p}"),
+                (Some(p), true) => format!("identity number (counted only) in column {p}"),
+            },
             self.opt_outs.len(),
             self.unit.as_ref().map_or(String::new(), |(pos, _)| format!(", own unit only (input column {pos})"))
         )
@@ -411,15 +479,18 @@ impl ExecutionPlan for PseudonymiseExec {
         if children.len() != 1 {
             return Err(DataFusionError::Internal("PseudonymiseExec takes one child".into()));
         }
-        Ok(Arc::new(PseudonymiseExec::new(
-            children.swap_remove(0),
-            self.schema.clone(),
-            self.pnr_pos,
-            self.person_out,
-            self.unit.clone(),
-            self.pseudonymiser.clone(),
-            self.opt_outs.clone(),
-        )))
+        Ok(Arc::new(
+            PseudonymiseExec::new(
+                children.swap_remove(0),
+                self.schema.clone(),
+                self.pnr_pos,
+                self.person_out,
+                self.unit.clone(),
+                self.pseudonymiser.clone(),
+                self.opt_outs.clone(),
+            )
+            .persons_counted_only(self.counted_only),
+        ))
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
@@ -430,12 +501,22 @@ impl ExecutionPlan for PseudonymiseExec {
         let pseudonymiser = self.pseudonymiser.clone();
         let opt_outs = self.opt_outs.clone();
         let out_schema = schema.clone();
+        let counted_only = self.counted_only;
         let stream = input.map(move |batch| {
             let batch = batch?;
-            transform(&batch, &out_schema, pnr_pos, person_out, unit.as_ref(), &pseudonymiser, &opt_outs)
+            let person = if counted_only { Person::Identity } else { Person::Pseudonym(&pseudonymiser) };
+            transform(&batch, &out_schema, pnr_pos, person_out, unit.as_ref(), person, &opt_outs)
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
+}
+
+/// What `person` holds in the output of [`PseudonymiseExec`].
+#[derive(Debug, Clone, Copy)]
+enum Person<'a> {
+    Pseudonym(&'a ProjectPseudonymiser),
+    /// The identity number, for a plan that only counts persons.
+    Identity,
 }
 
 /// The per-batch work of [`PseudonymiseExec`].
@@ -445,7 +526,7 @@ fn transform(
     pnr_pos: usize,
     person_out: Option<usize>,
     unit: Option<&(usize, String)>,
-    pseudonymiser: &ProjectPseudonymiser,
+    person: Person<'_>,
     opt_outs: &OptOutSet,
 ) -> Result<RecordBatch> {
     let mut keep = None;
@@ -468,7 +549,12 @@ fn transform(
     let columns = (0..schema.fields().len())
         .map(|i| {
             if Some(i) == person_out {
-                pseudonymiser.pseudonymise(batch.column(pnr_pos).as_ref()).map_err(DataFusionError::Execution)
+                match person {
+                    Person::Pseudonym(p) => {
+                        p.pseudonymise(batch.column(pnr_pos).as_ref()).map_err(DataFusionError::Execution)
+                    }
+                    Person::Identity => Ok(cast(batch.column(pnr_pos), &DataType::Utf8)?),
+                }
             } else {
                 Ok(batch.column(i).clone())
             }
@@ -485,6 +571,8 @@ fn string_mask(column: &dyn Array, what: &str, keep: impl Fn(Option<&str>) -> bo
         DataType::Utf8 => column.as_string::<i32>().iter().map(keep).collect(),
         DataType::LargeUtf8 => column.as_string::<i64>().iter().map(keep).collect(),
         DataType::Utf8View => column.as_string_view().iter().map(keep).collect(),
-        other => return Err(DataFusionError::Execution(format!("the {what} column has type {other}, expected a string"))),
+        other => {
+            return Err(DataFusionError::Execution(format!("the {what} column has type {other}, expected a string")));
+        }
     })
 }

@@ -293,3 +293,57 @@ async fn coordinator_refuses_clients_from_another_ca() {
     }
     fed.shutdown().await;
 }
+
+/// Redeems a Flight SQL ticket; the answer's count, or the gRPC code of its failure.
+async fn redeem(
+    client: &mut arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>,
+    ticket: arrow_flight::Ticket,
+) -> Result<i64, tonic::Code> {
+    let code = |e: arrow_flight::error::FlightError| match e {
+        arrow_flight::error::FlightError::Tonic(s) => s.code(),
+        _ => tonic::Code::Unknown,
+    };
+    let stream = client.do_get(ticket).await.map_err(code)?;
+    let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(code)?;
+    Ok(count(&batches))
+}
+
+/// The ticket with its statement handle's SQL replaced (the plan key kept).
+fn with_sql(ticket: &arrow_flight::Ticket, sql: &str) -> arrow_flight::Ticket {
+    use arrow_flight::sql::{Any, ProstMessageExt, TicketStatementQuery};
+    use prost::Message;
+    let any = Any::decode(ticket.ticket.clone()).expect("any");
+    let t: TicketStatementQuery = any.unpack().expect("unpack").expect("a statement ticket");
+    let mut handle = samkor_proto::pb::StatementHandle::decode(t.statement_handle).expect("handle");
+    assert_eq!(handle.plan.len(), 16, "the ticket names a plan kept at the coordinator");
+    handle.sql = sql.to_owned();
+    let t = TicketStatementQuery { statement_handle: handle.encode_to_vec().into() };
+    arrow_flight::Ticket::new(t.as_any().encode_to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_statement_serves_only_its_caller_and_its_sql() {
+    let fed = common::federation().await;
+    let all = "SELECT count(*) AS n FROM hip.operations";
+    let some = "SELECT count(*) AS n FROM hip.operations WHERE asa > 2";
+    let mut alice = fed.client("alice", "P-1").await.expect("connect");
+    let mut sql = alice.flight_sql().clone();
+    let expected_all = count(&alice.query(all).await.expect("all").1);
+    let expected_some = count(&alice.query(some).await.expect("some").1);
+    assert!(expected_some < expected_all);
+
+    let info = sql.execute(all.into(), None).await.expect("plan");
+    let ticket = info.endpoint[0].ticket.clone().expect("ticket");
+    // Another identity with the same ticket is checked afresh: bob is no member of P-1.
+    let mut bob = fed.client("bob", "P-1").await.expect("connect");
+    let mut bob_sql = bob.flight_sql().clone();
+    assert_eq!(redeem(&mut bob_sql, ticket.clone()).await, Err(tonic::Code::PermissionDenied));
+    // Its caller gets the answer, also a second time (then planned again).
+    assert_eq!(redeem(&mut sql, ticket.clone()).await, Ok(expected_all));
+    assert_eq!(redeem(&mut sql, ticket.clone()).await, Ok(expected_all));
+    // A handle whose SQL was changed runs that SQL (the one audited), never the kept plan.
+    let info = sql.execute(all.into(), None).await.expect("plan");
+    let ticket = info.endpoint[0].ticket.clone().expect("ticket");
+    assert_eq!(redeem(&mut sql, with_sql(&ticket, some)).await, Ok(expected_some));
+    fed.shutdown().await;
+}

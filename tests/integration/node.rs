@@ -322,3 +322,90 @@ async fn node_refuses_to_start_with_one_clear_line() {
     assert!(e.starts_with(&format!("cannot listen on {}", taken.local_addr().expect("addr"))), "{e}");
     assert_eq!(e.lines().count(), 1, "one line: {e}");
 }
+
+fn i64s(batches: &[RecordBatch], col: usize) -> Vec<i64> {
+    strings(batches, col).iter().map(|v| v.parse().expect("integer")).collect()
+}
+
+#[tokio::test]
+async fn persons_only_counted_are_counted_on_identity_numbers_with_the_same_answer() {
+    let dir = synth_dir();
+    let node = start_node(dir, "hip").await;
+    let client = coordinator_client(&node);
+    // The shape of disclosure control's hidden companions: persons only counted.
+    let counted = "SELECT region, count(*) AS n, count(DISTINCT person) AS p, \
+                   count(DISTINCT CASE WHEN reoperation THEN person END) AS pr \
+                   FROM operations WHERE asa > 2 GROUP BY region ORDER BY region";
+    let plan = strings(&run(&client, "P-1", &format!("EXPLAIN {counted}")).await.expect("explain"), 1).join("\n");
+    assert!(plan.contains("identity number (counted only)"), "{plan}");
+    // Filters on other columns run below the pseudonymiser: in the Parquet
+    // scan (rows filtered while decoding) or in a FilterExec under it.
+    let below = &plan[plan.find("PseudonymiseExec").expect("pseudonymiser")..];
+    let above = &plan[..plan.find("PseudonymiseExec").expect("pseudonymiser")];
+    assert!(!above.contains("FilterExec") && below.contains("asa@"), "{plan}");
+    let served = run(&client, "P-1", counted).await.expect("counts");
+    let raw = raw_session("hip", "operations").await;
+    let expected = raw
+        .sql(
+            "SELECT region, count(*) AS n, count(DISTINCT pnr) AS p, count(DISTINCT CASE WHEN reoperation THEN pnr END) AS pr \
+             FROM raw WHERE asa > 2 AND pnr NOT IN (SELECT pnr FROM optout) GROUP BY region ORDER BY region",
+        )
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("raw counts");
+    assert_eq!(sorted_lines(&served), sorted_lines(&expected));
+    assert!(i64s(&served, 2).iter().sum::<i64>() > 0);
+    // Any other use of the person keeps the pseudonym: grouping by a function of it, or releasing it.
+    for sql in [
+        "SELECT count(DISTINCT person) AS p, min(person) AS m FROM operations",
+        "SELECT substr(person, 1, 1) AS s, count(DISTINCT person) AS p FROM operations GROUP BY substr(person, 1, 1)",
+    ] {
+        let plan = strings(&run(&client, "P-1", &format!("EXPLAIN {sql}")).await.expect("explain"), 1).join("\n");
+        assert!(!plan.contains("counted only") && plan.contains("PseudonymiseExec"), "{sql}: {plan}");
+        let batches = run(&client, "P-1", sql).await.expect("rows");
+        for v in strings(&batches, if sql.contains("min(") { 1 } else { 0 }) {
+            assert!(v.bytes().all(|c| (b'a'..=b'p').contains(&c)), "{sql}: a value is not a pseudonym");
+        }
+    }
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_filter_on_a_withheld_column_is_refused_like_reading_it() {
+    let dir = synth_dir();
+    let mut config = node_config(dir, "hip", true).expect("config");
+    config.access.withhold.insert("P-1".into(), vec!["operations.asa".into()]);
+    let node = samkor_node::start(config).await.expect("node starts");
+    let client = coordinator_client(&node);
+    // Only the filter reads `asa`: the pushed-down filter must be checked too.
+    let e = run(&client, "P-1", "SELECT count(*) FROM operations WHERE asa > 2").await.unwrap_err();
+    let status = e.status().expect("a refusal from the node");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{e}");
+    assert!(status.message().contains("asa"), "{e}");
+    // Another project is not affected.
+    run(&client, "P-2", "SELECT count(*) FROM operations WHERE asa > 2").await.expect("other project");
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_pseudonym_scheme_is_configurable_and_stated_in_the_catalogue() {
+    let dir = synth_dir();
+    let key = FederationKey::load(&dir.join("federation.key")).expect("key");
+    for scheme in samkor_node::pseudonym::PseudonymScheme::ALL {
+        let mut config = node_config(dir, "dors", true).expect("config");
+        config.node.pseudonym_scheme = scheme;
+        let node = samkor_node::start(config).await.expect("node starts");
+        let client = coordinator_client(&node);
+        assert_eq!(client.catalogue().await.expect("catalogue").pseudonym_scheme, scheme.name());
+        let served: HashSet<String> =
+            strings(&run(&client, "P-1", "SELECT person FROM deaths").await.expect("rows"), 0).into_iter().collect();
+        let raw = raw_session("dors", "deaths").await;
+        let pnrs = raw.sql("SELECT pnr FROM raw WHERE pnr NOT IN (SELECT pnr FROM optout)").await.expect("plan").collect().await.expect("rows");
+        let expected: HashSet<String> =
+            strings(&pnrs, 0).iter().map(|p| key.for_project_with(scheme, "P-1").pseudonym(p)).collect();
+        assert_eq!(served, expected, "{scheme}");
+        node.shutdown().await;
+    }
+}

@@ -1,0 +1,214 @@
+//! Pseudonymise only what leaves the node.
+//!
+//! When a sub-query uses the person column only to count persons
+//! (`count(DISTINCT person)`, `count(person)`, also as
+//! `count(DISTINCT CASE WHEN <condition> THEN person END)`: the hidden
+//! companions of disclosure control), the count over identity numbers equals
+//! the count over pseudonyms (the pseudonym is injective on identity
+//! numbers), and no person value leaves the node. Such a plan's scans emit
+//! the identity number as `person` (opt-outs are still removed at the scan),
+//! and the node saves the pseudonymisation of every row.
+//!
+//! The test is deliberately narrow: every other use of `person` (grouping,
+//! joining, filtering, any function of it, a column that leaves) keeps the
+//! project pseudonym, so any expression over `person` still sees the real
+//! pseudonym. The decision shows in the node's `EXPLAIN` as
+//! `PseudonymiseExec: … person=identity number (counted only)`.
+//!
+//! ```text
+//!   Aggregate: count(DISTINCT person), count(*) …     ← only use of person
+//!     Filter / Projection (bare `person`) / SubqueryAlias / Sort / Limit
+//!       TableScan  ─▶ PseudonymiseExec(identity number, opt-outs removed)
+//! ```
+
+use std::sync::Arc;
+
+use datafusion::common::Result;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::datasource::{provider_as_source, source_as_provider};
+use datafusion::logical_expr::expr::{AggregateFunction, Case};
+use datafusion::logical_expr::{Expr, LogicalPlan, TableScan};
+use samkor_proto::PERSON_COLUMN;
+
+use crate::table::ProjectTable;
+
+/// Whether `e` mentions a column named `person`.
+fn mentions_person(e: &Expr) -> bool {
+    let mut found = false;
+    let _ = e.apply(|e| {
+        if matches!(e, Expr::Column(c) if c.name == PERSON_COLUMN) {
+            found = true;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
+fn is_person(e: &Expr) -> bool {
+    matches!(e, Expr::Column(c) if c.name == PERSON_COLUMN)
+}
+
+fn is_null_literal(e: &Expr) -> bool {
+    matches!(e, Expr::Literal(v, _) if v.is_null())
+}
+
+/// `person`, or `CASE WHEN <condition without person> THEN person [ELSE NULL] END`.
+fn counted_person(arg: &Expr) -> bool {
+    match arg {
+        e if is_person(e) => true,
+        Expr::Case(Case { expr: None, when_then_expr, else_expr }) => {
+            when_then_expr.len() == 1
+                && !mentions_person(&when_then_expr[0].0)
+                && is_person(&when_then_expr[0].1)
+                && else_expr.as_deref().is_none_or(is_null_literal)
+        }
+        _ => false,
+    }
+}
+
+/// `count([DISTINCT] <counted person>)` with no filter or ordering on the person.
+fn is_person_count(e: &Expr) -> bool {
+    let Expr::AggregateFunction(AggregateFunction { func, params }) = e else {
+        return false;
+    };
+    func.name() == "count"
+        && params.args.len() == 1
+        && counted_person(&params.args[0])
+        && params.filter.as_deref().is_none_or(|f| !mentions_person(f))
+        && params.order_by.iter().all(|s| !mentions_person(&s.expr))
+}
+
+/// Whether every mention of `person` in `e` is inside a person count.
+fn only_counts_person(e: &Expr) -> bool {
+    if is_person_count(e) {
+        return true;
+    }
+    if is_person(e) {
+        return false;
+    }
+    let mut ok = true;
+    let _ = e.apply_children(|c| {
+        ok = only_counts_person(c);
+        Ok(if ok { TreeNodeRecursion::Continue } else { TreeNodeRecursion::Stop })
+    });
+    ok
+}
+
+/// Whether `plan` uses the person column only to count persons (see the module doc).
+pub fn person_only_counted(plan: &LogicalPlan) -> bool {
+    if plan.schema().fields().iter().any(|f| f.name() == PERSON_COLUMN) {
+        return false;
+    }
+    let mut ok = true;
+    let _ = plan.apply(|node| {
+        ok = node_ok(node);
+        Ok(if ok { TreeNodeRecursion::Continue } else { TreeNodeRecursion::Stop })
+    });
+    ok
+}
+
+fn node_ok(node: &LogicalPlan) -> bool {
+    let has_subquery = node.expressions().iter().any(|e| {
+        let mut found = false;
+        let _ = e.apply(|e| {
+            found = matches!(
+                e,
+                Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_) | Expr::OuterReferenceColumn(..)
+            );
+            Ok(if found { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+        });
+        found
+    });
+    if has_subquery {
+        return false;
+    }
+    match node {
+        LogicalPlan::TableScan(TableScan { filters, .. }) => filters.iter().all(|f| !mentions_person(f)),
+        LogicalPlan::Aggregate(a) => {
+            a.group_expr.iter().all(|g| !mentions_person(g)) && a.aggr_expr.iter().all(only_counts_person)
+        }
+        // A bare `person` passes through under its own name; an alias or any function of it does not.
+        LogicalPlan::Projection(p) => p.expr.iter().all(|e| is_person(e) || !mentions_person(e)),
+        LogicalPlan::Filter(_) | LogicalPlan::Sort(_) | LogicalPlan::Limit(_) | LogicalPlan::SubqueryAlias(_) => {
+            node.expressions().iter().all(|e| !mentions_person(e))
+        }
+        // Joins, unions, windows, DISTINCT, …: only where no person column reaches them.
+        other => {
+            other.expressions().iter().all(|e| !mentions_person(e))
+                && other.inputs().iter().all(|i| i.schema().fields().iter().all(|f| f.name() != PERSON_COLUMN))
+        }
+    }
+}
+
+/// If `plan` only counts persons, its scans of project tables emit identity
+/// numbers instead of pseudonyms; otherwise `plan` unchanged.
+pub fn count_on_identity_numbers(plan: LogicalPlan) -> Result<LogicalPlan> {
+    if !person_only_counted(&plan) {
+        return Ok(plan);
+    }
+    plan.transform_up(|node| {
+        let LogicalPlan::TableScan(scan) = &node else {
+            return Ok(Transformed::no(node));
+        };
+        let Ok(provider) = source_as_provider(&scan.source) else {
+            return Ok(Transformed::no(node));
+        };
+        let Some(table) = provider.downcast_ref::<ProjectTable>() else {
+            return Ok(Transformed::no(node));
+        };
+        let mut scan = scan.clone();
+        scan.source = provider_as_source(Arc::new(table.counting_persons_only()));
+        Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
+    })
+    .map(|t| t.data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::datasource::MemTable;
+    use datafusion::prelude::SessionContext;
+
+    async fn plan(sql: &str) -> LogicalPlan {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("person", DataType::Utf8, true),
+            Field::new("region", DataType::Utf8, true),
+            Field::new("ddd", DataType::Float64, true),
+        ]));
+        let ctx = SessionContext::new();
+        ctx.register_table("t", Arc::new(MemTable::try_new(schema, vec![vec![]]).expect("table"))).expect("register");
+        ctx.sql(sql).await.expect("plan").logical_plan().clone()
+    }
+
+    #[tokio::test]
+    async fn only_plain_person_counts_qualify() {
+        for sql in [
+            "SELECT region, count(*), count(DISTINCT person) AS p FROM t GROUP BY region",
+            "SELECT count(person) FROM t WHERE region = 'x'",
+            "SELECT region, count(DISTINCT CASE WHEN ddd > 1 THEN person END) FROM t GROUP BY region",
+            "SELECT \"region\", count(DISTINCT \"person\") FROM (SELECT \"person\", \"region\" FROM \"t\" WHERE \"ddd\" > 0) AS \"x\" GROUP BY \"region\"",
+        ] {
+            assert!(person_only_counted(&plan(sql).await), "{sql}");
+        }
+        for sql in [
+            "SELECT person FROM t",
+            "SELECT person AS p FROM t",
+            "SELECT region, count(*) FROM t WHERE person = 'x' GROUP BY region",
+            "SELECT person, count(*) FROM t GROUP BY person",
+            "SELECT count(DISTINCT upper(person)) FROM t",
+            "SELECT count(DISTINCT CASE WHEN person > 'a' THEN person END) FROM t",
+            "SELECT count(DISTINCT CASE WHEN ddd > 1 THEN person ELSE 'x' END) FROM t",
+            "SELECT approx_distinct(person) FROM t",
+            "SELECT max(person) FROM t",
+            "SELECT count(*) FROM t a JOIN t b ON a.person = b.person",
+            "SELECT count(*) FROM (SELECT DISTINCT person FROM t) d",
+            "SELECT count(DISTINCT person) FROM (SELECT person FROM t UNION ALL SELECT region AS person FROM t) u",
+            "SELECT region AS person, count(*) FROM t GROUP BY region",
+            "SELECT count(DISTINCT person) FROM t WHERE region IN (SELECT region FROM t WHERE person = 'x')",
+        ] {
+            assert!(!person_only_counted(&plan(sql).await), "{sql}");
+        }
+    }
+}
