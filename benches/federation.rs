@@ -90,11 +90,11 @@ fn duckdb(dir: &std::path::Path, runs: usize) -> Result<(String, Vec<(Duration, 
             } else {
                 dir.join(register).join(&t.path).display().to_string()
             };
-            tables.push(serde_json::json!({"schema": register, "name": t.name, "person": t.person_column, "glob": glob}));
+            tables
+                .push(serde_json::json!({"schema": register, "name": t.name, "person": t.person_column, "glob": glob}));
         }
     }
-    let spec =
-        serde_json::json!({"tables": tables, "queries": QUERIES.iter().map(|q| q.sql).collect::<Vec<_>>(), "runs": runs});
+    let spec = serde_json::json!({"tables": tables, "queries": QUERIES.iter().map(|q| q.sql).collect::<Vec<_>>(), "runs": runs});
     let mut child = std::process::Command::new("python3")
         .args(["-c", DUCKDB_SCRIPT])
         .stdin(std::process::Stdio::piped())

@@ -575,7 +575,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = sample_log(dir.path());
         let today = Utc::now().date_naive();
-        let quiet = report_at(&path, Period::parse(Some("2000-01-01"), None).expect("period"), &[], today).expect("report");
+        let quiet =
+            report_at(&path, Period::parse(Some("2000-01-01"), None).expect("period"), &[], today).expect("report");
         assert!(quiet.contains("== Near-identical populations ==\nNo answers flagged in the period.\n"), "{quiet}");
 
         let log = AuditLog::open(&path, "coordinator").expect("reopen");
@@ -594,7 +595,8 @@ mod tests {
         )
         .expect("append");
         drop(log);
-        let text = report_at(&path, Period::parse(Some("2000-01-01"), None).expect("period"), &[], today).expect("report");
+        let text =
+            report_at(&path, Period::parse(Some("2000-01-01"), None).expect("period"), &[], today).expect("report");
         let section = text.split("== Near-identical populations ==").nth(1).expect("section");
         let row = section.lines().find(|l| l.contains("q5")).expect("flagged answer row");
         let cells: Vec<&str> = row.split('|').map(str::trim).filter(|c| !c.is_empty()).collect();
@@ -604,7 +606,8 @@ mod tests {
         assert!(cells[9].starts_with("SELECT kommun, count(*) FROM lisa.person"), "{row}");
         assert!(section.contains("not refused"), "{section}");
         // Outside the period: not listed.
-        let later = report_at(&path, Period::parse(Some("2999-01-01"), None).expect("period"), &[], today).expect("report");
+        let later =
+            report_at(&path, Period::parse(Some("2999-01-01"), None).expect("period"), &[], today).expect("report");
         assert!(later.contains("No answers flagged in the period."), "{later}");
     }
 

@@ -69,7 +69,8 @@ pub fn init(out: &Path, registers: &[&str], users: &[&str]) -> Result<(), CertsE
     ca_params.distinguished_name.push(DnType::CommonName, "samkor development CA");
     ca_params.distinguished_name.push(DnType::OrganizationName, "samkor federation (development)");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     let ca_cert = ca_params.self_signed(&ca_key).map_err(gen_err("ca"))?;
     write(&out.join("ca.pem"), ca_cert.pem().as_bytes(), false)?;
     write(&out.join("ca.key"), ca_key.serialize_pem().as_bytes(), true)?;
@@ -81,8 +82,7 @@ pub fn init(out: &Path, registers: &[&str], users: &[&str]) -> Result<(), CertsE
     for name in &names {
         check_name(name)?;
         let key = KeyPair::generate().map_err(gen_err(name))?;
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_owned(), name.clone()]).map_err(gen_err(name))?;
+        let mut params = CertificateParams::new(vec!["localhost".to_owned(), name.clone()]).map_err(gen_err(name))?;
         params.subject_alt_names.push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
         params.subject_alt_names.push(SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)));
         params.distinguished_name.push(DnType::CommonName, name.as_str());

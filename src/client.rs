@@ -105,7 +105,10 @@ impl Client {
             .tcp_nodelay(true)
             .connect()
             .await
-            .map_err(|e| ClientError::Connect { addr: addr.to_owned(), reason: explain_transport(&source_chain(&e)) })?;
+            .map_err(|e| ClientError::Connect {
+                addr: addr.to_owned(),
+                reason: explain_transport(&source_chain(&e)),
+            })?;
         let mut inner = FlightSqlServiceClient::new(channel);
         inner.set_header(headers::PROJECT, project);
         Ok(Client { inner })

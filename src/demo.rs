@@ -149,7 +149,8 @@ pub fn prepare(dir: &Path, persons: u64, seed: u64) -> Result<bool, DemoError> {
     crate::certs::write_federation_key(&dir.join("federation.key")).map_err(|e| fail(e.to_string()))?;
     crate::synth::generate(&crate::synth::SynthOptions { out: dir.to_owned(), persons, seed })
         .map_err(|e| fail(e.to_string()))?;
-    crate::federation::write_full_approval(dir, DEMO_PROJECT, &[DEMO_USER], &["aggregate"], false).map_err(|e| fail(e.to_string()))?;
+    crate::federation::write_full_approval(dir, DEMO_PROJECT, &[DEMO_USER], &["aggregate"], false)
+        .map_err(|e| fail(e.to_string()))?;
     std::fs::write(&stamp, want).map_err(|e| fail(e.to_string()))?;
     Ok(true)
 }
@@ -244,7 +245,10 @@ pub async fn showcase(federation: &LocalFederation) -> Result<(), DemoError> {
 
 /// Starts the web console beside the demo's coordinator (docs/console.md):
 /// reviewer `rita`, holder of hip `hanna`, open comparisons as `console`.
-pub async fn serve_console(dir: &Path, federation: &LocalFederation) -> Result<crate::console::RunningConsole, DemoError> {
+pub async fn serve_console(
+    dir: &Path,
+    federation: &LocalFederation,
+) -> Result<crate::console::RunningConsole, DemoError> {
     let logs: Vec<(String, PathBuf)> =
         federation.nodes.iter().map(|n| (n.state.register().to_owned(), n.audit.path().to_owned())).collect();
     let fail = |reason: String| DemoError::Prepare { dir: dir.to_owned(), reason };

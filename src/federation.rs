@@ -243,13 +243,13 @@ pub fn full_approval_toml(
                     .filter(|c| !t.is_person(c) && !c.identifying)
                     .map(|c| format!("{register}.{}.{}", t.name, c.name)),
             );
-            let columns: Vec<String> = t
-                .columns
-                .iter()
-                .map(|c| t.exposed_name(c).to_owned())
-                .collect();
+            let columns: Vec<String> = t.columns.iter().map(|c| t.exposed_name(c).to_owned()).collect();
             let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
-            tables.push_str(&format!("\n[[tables]]\ntable = \"{register}.{}\"\ncolumns = [{}]\n", t.name, quote(&columns)));
+            tables.push_str(&format!(
+                "\n[[tables]]\ntable = \"{register}.{}\"\ncolumns = [{}]\n",
+                t.name,
+                quote(&columns)
+            ));
         }
     }
     if min_max {

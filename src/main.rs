@@ -306,8 +306,11 @@ fn init_tracing(log_file: Option<std::fs::File>) -> Option<opentelemetry_sdk::tr
             ),
         ),
     };
-    let provider = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").and_then(|_| {
-        match opentelemetry_otlp::SpanExporter::builder().with_tonic().build() {
+    let provider =
+        std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").and_then(|_| match opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+        {
             Ok(exporter) => Some(
                 opentelemetry_sdk::trace::SdkTracerProvider::builder()
                     .with_batch_exporter(exporter)
@@ -318,8 +321,7 @@ fn init_tracing(log_file: Option<std::fs::File>) -> Option<opentelemetry_sdk::tr
                 eprintln!("samkor: OpenTelemetry export disabled: {e}");
                 None
             }
-        }
-    });
+        });
     let otel = provider.as_ref().map(|p| {
         use opentelemetry::trace::TracerProvider as _;
         tracing_opentelemetry::layer().with_tracer(p.tracer("samkor")).with_filter(filter())
@@ -540,16 +542,32 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let federation = samkor::demo::start(&dir).await?;
-    println!("samkor demo: five register nodes (hip, npr, lmr, dors, pop) and a coordinator on loopback, mutual TLS 1.3.");
-    println!("Synthetic data only. The researcher is `{}`, project `{}`.", samkor::demo::DEMO_USER, samkor::demo::DEMO_PROJECT);
-    println!("Every answer passes disclosure control: cells count distinct persons, and cells of fewer than 5 are withheld (shown as ..).");
+    println!(
+        "samkor demo: five register nodes (hip, npr, lmr, dors, pop) and a coordinator on loopback, mutual TLS 1.3."
+    );
+    println!(
+        "Synthetic data only. The researcher is `{}`, project `{}`.",
+        samkor::demo::DEMO_USER,
+        samkor::demo::DEMO_PROJECT
+    );
+    println!(
+        "Every answer passes disclosure control: cells count distinct persons, and cells of fewer than 5 are withheld (shown as ..)."
+    );
     samkor::demo::showcase(&federation).await?;
     if args.serve {
-        println!("\nFlight SQL endpoint: grpc+tls://{} (client certificates in {}/certs)", federation.coordinator_addr(), dir.display());
+        println!(
+            "\nFlight SQL endpoint: grpc+tls://{} (client certificates in {}/certs)",
+            federation.coordinator_addr(),
+            dir.display()
+        );
         println!("Connect from Python (pip install adbc-driver-flightsql pyarrow pandas):\n");
         println!("{}", samkor::demo::python_snippet(&dir, &federation.coordinator_addr()));
-        println!("\nOr from the CLI:\n  samkor query --coordinator {} --project {} --cert {d}/certs/alice.pem --key {d}/certs/alice.key --ca {d}/certs/ca.pem \"SELECT count(*) FROM pop.persons\"",
-            federation.coordinator_addr(), samkor::demo::DEMO_PROJECT, d = dir.display());
+        println!(
+            "\nOr from the CLI:\n  samkor query --coordinator {} --project {} --cert {d}/certs/alice.pem --key {d}/certs/alice.key --ca {d}/certs/ca.pem \"SELECT count(*) FROM pop.persons\"",
+            federation.coordinator_addr(),
+            samkor::demo::DEMO_PROJECT,
+            d = dir.display()
+        );
         let console = samkor::demo::serve_console(&dir, &federation).await?;
         println!("\nWeb console: {} (loopback only). One-time login links, valid 15 minutes:", console.url());
         for user in ["rita", "hanna"] {
@@ -566,7 +584,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 fn audit(command: AuditCommand) -> anyhow::Result<()> {
     let text = match command {
         AuditCommand::Verify { file } => samkor::audit_cli::verify(&file),
-        AuditCommand::Show { file, project, since } => samkor::audit_cli::show(&file, project.as_deref(), since.as_deref()),
+        AuditCommand::Show { file, project, since } => {
+            samkor::audit_cli::show(&file, project.as_deref(), since.as_deref())
+        }
         AuditCommand::Report { file, since, until, approvals } => {
             let summaries: Vec<samkor::audit_cli::ApprovalSummary> = match approvals {
                 Some(dir) => {
@@ -580,7 +600,11 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
                     }
                     found
                         .into_iter()
-                        .map(|a| samkor::audit_cli::ApprovalSummary { project: a.project, title: a.title, valid_until: a.valid_until })
+                        .map(|a| samkor::audit_cli::ApprovalSummary {
+                            project: a.project,
+                            title: a.title,
+                            valid_until: a.valid_until,
+                        })
                         .collect()
                 }
                 None => Vec::new(),

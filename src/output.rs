@@ -75,7 +75,11 @@ pub fn table(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<String, Outp
                         f.value(row).to_string()
                     };
                     let cell = comfy_table::Cell::new(text);
-                    if col.data_type().is_numeric() { cell.set_alignment(comfy_table::CellAlignment::Right) } else { cell }
+                    if col.data_type().is_numeric() {
+                        cell.set_alignment(comfy_table::CellAlignment::Right)
+                    } else {
+                        cell
+                    }
                 })
                 .collect();
             table.add_row(cells);
@@ -90,15 +94,15 @@ pub fn footnote(schema: &SchemaRef) -> Option<String> {
     let s = disclosure(schema)?;
     match s["mode"].as_str()? {
         "aggregate" => {}
-        "pseudonymised_microdata" => return Some("pseudonymised microdata: rows keyed by the project pseudonym".into()),
+        "pseudonymised_microdata" => {
+            return Some("pseudonymised microdata: rows keyed by the project pseudonym".into());
+        }
         _ => return None,
     }
     let k = s["min_cell_persons"].as_u64().unwrap_or(0);
     let mut out = format!("disclosure control: cells count distinct persons; at least {k} per released cell");
-    let reasons: Vec<String> = s["withheld"]
-        .as_object()
-        .map(|m| m.iter().map(|(r, n)| format!("{n} {r}")).collect())
-        .unwrap_or_default();
+    let reasons: Vec<String> =
+        s["withheld"].as_object().map(|m| m.iter().map(|(r, n)| format!("{n} {r}")).collect()).unwrap_or_default();
     if reasons.is_empty() {
         out.push_str("; nothing withheld");
     } else {
@@ -115,7 +119,12 @@ pub fn footnote(schema: &SchemaRef) -> Option<String> {
 }
 
 /// Writes batches in `format` to `out` (a file) or standard output.
-pub fn write(format: Format, schema: &SchemaRef, batches: &[RecordBatch], out: Option<&Path>) -> Result<(), OutputError> {
+pub fn write(
+    format: Format,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    out: Option<&Path>,
+) -> Result<(), OutputError> {
     let io = |what: &str| {
         let what = what.to_owned();
         move |source| OutputError::Io { what: what.clone(), source }
@@ -159,7 +168,8 @@ pub fn write(format: Format, schema: &SchemaRef, batches: &[RecordBatch], out: O
             let Some(path) = out else { return Err(OutputError::ParquetNeedsFile) };
             drop(sink);
             let file = std::fs::File::create(path).map_err(io(&target))?;
-            let encode = |e: parquet::errors::ParquetError| OutputError::Encode { format: "Parquet", reason: e.to_string() };
+            let encode =
+                |e: parquet::errors::ParquetError| OutputError::Encode { format: "Parquet", reason: e.to_string() };
             let mut w = parquet::arrow::ArrowWriter::try_new(file, schema.clone(), None).map_err(encode)?;
             for b in batches {
                 w.write(b).map_err(encode)?;

@@ -24,8 +24,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use chrono::NaiveDate;
-use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
 use datafusion::common::Result;
+use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 use samkor_policies::approval::{
@@ -176,7 +176,8 @@ pub struct DirectRule {
 
 /// The rule for `approval` if it is a direct-access approval.
 pub fn rule_for(approval: &Arc<Approval>) -> Option<Arc<dyn OptimizerRule + Send + Sync>> {
-    unit_of(approval).map(|_| Arc::new(DirectRule { approval: approval.clone() }) as Arc<dyn OptimizerRule + Send + Sync>)
+    unit_of(approval)
+        .map(|_| Arc::new(DirectRule { approval: approval.clone() }) as Arc<dyn OptimizerRule + Send + Sync>)
 }
 
 impl DirectRule {
@@ -258,7 +259,13 @@ mod tests {
             ],
             ..Default::default()
         };
-        let a = approval_for("dora", "Danderyd", [("hip", &hip)], &DisclosureDefaults::default(), std::path::Path::new("d.toml"));
+        let a = approval_for(
+            "dora",
+            "Danderyd",
+            [("hip", &hip)],
+            &DisclosureDefaults::default(),
+            std::path::Path::new("d.toml"),
+        );
         assert_eq!(a.project, "direct:Danderyd");
         assert_eq!(unit_of(&a), Some("Danderyd"));
         assert!(a.is_member("dora") && !a.is_member("alice"));

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::pushdown::PushdownRule;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, SchemaProvider};
@@ -29,10 +30,9 @@ use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream};
 use datafusion::optimizer::Optimizer;
 use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
-use datafusion_federation::sql::{RemoteTable, SQLFederationProvider, SQLTableSource};
-use datafusion_federation::FederatedTableProviderAdaptor;
 use datafusion_federation::FederatedQueryPlanner;
-use crate::pushdown::PushdownRule;
+use datafusion_federation::FederatedTableProviderAdaptor;
+use datafusion_federation::sql::{RemoteTable, SQLFederationProvider, SQLTableSource};
 use futures::Stream;
 use samkor_proto::client::NodeError;
 
@@ -59,11 +59,17 @@ pub enum QueryError {
     Audit(String),
     #[error("{0}")]
     Node(NodeError),
-    #[error("the nodes do not use the same pseudonym scheme ({0}), so the same person would have different pseudonyms in different registers; the holders must set the same `pseudonym_scheme` in every node config (docs/architecture.md, Pseudonyms)")]
+    #[error(
+        "the nodes do not use the same pseudonym scheme ({0}), so the same person would have different pseudonyms in different registers; the holders must set the same `pseudonym_scheme` in every node config (docs/architecture.md, Pseudonyms)"
+    )]
     SchemeMismatch(String),
-    #[error("the query ran longer than the coordinator's limit of {secs} s (query_timeout_secs); narrow it or ask the operator for a longer limit")]
+    #[error(
+        "the query ran longer than the coordinator's limit of {secs} s (query_timeout_secs); narrow it or ask the operator for a longer limit"
+    )]
     Timeout { secs: u64 },
-    #[error("the query needs more memory than the coordinator's limit of {limit_mb} MiB (memory_limit_mb), even spilling to disk; aggregate more at the nodes or narrow the query")]
+    #[error(
+        "the query needs more memory than the coordinator's limit of {limit_mb} MiB (memory_limit_mb), even spilling to disk; aggregate more at the nodes or narrow the query"
+    )]
     Memory { limit_mb: u64 },
     #[error("query cancelled")]
     Cancelled,
@@ -204,7 +210,10 @@ impl Engine {
                     .columns
                     .iter()
                     .map(|c| {
-                        let info = samkor_policies::approval::ColumnInfo { data_type: c.data_type.clone(), identifying: c.identifying };
+                        let info = samkor_policies::approval::ColumnInfo {
+                            data_type: c.data_type.clone(),
+                            identifying: c.identifying,
+                        };
                         (c.name.clone(), info)
                     })
                     .collect();
@@ -215,7 +224,11 @@ impl Engine {
     }
 
     /// Admits `identity` to `project` today, or says which rule refuses.
-    pub fn authorize(&self, identity: &str, project: &str) -> Result<Arc<samkor_policies::approval::Approval>, QueryError> {
+    pub fn authorize(
+        &self,
+        identity: &str,
+        project: &str,
+    ) -> Result<Arc<samkor_policies::approval::Approval>, QueryError> {
         if crate::direct::is_direct(project) {
             let defaults = self.approvals.defaults();
             return self.direct.authorize(identity, project, &self.federation, defaults).map_err(QueryError::Refused);
@@ -261,7 +274,10 @@ impl Engine {
         let mut facts = crate::disclosure::CatalogueFacts::new();
         for node in &self.federation.nodes {
             let Some(cat) = node.catalogue() else {
-                let schema = Arc::new(UnavailableRegister { register: node.register.clone(), addr: node.client.addr().to_owned() });
+                let schema = Arc::new(UnavailableRegister {
+                    register: node.register.clone(),
+                    addr: node.client.addr().to_owned(),
+                });
                 catalog.register_schema(&node.register, schema).expect("memory catalog accepts schemas");
                 continue;
             };
@@ -423,9 +439,11 @@ pub fn user_message(e: &DataFusionError) -> String {
             other => other.to_string(),
         },
         DataFusionError::ArrowError(arrow, _) => match arrow.as_ref() {
-            ArrowError::CastError(_) | ArrowError::ParseError(_) => "a value cannot be converted to the type the query \
+            ArrowError::CastError(_) | ArrowError::ParseError(_) => {
+                "a value cannot be converted to the type the query \
                 asks for (the value is not shown); check the CASTs and the types compared"
-                .to_owned(),
+                    .to_owned()
+            }
             ArrowError::DivideByZero => "division by zero".to_owned(),
             other => other.to_string(),
         },
@@ -516,7 +534,11 @@ fn plan_error(
                 let aliases = table_aliases(sql);
                 let granted = |c: &datafusion::common::Column| {
                     let table = c.relation.as_ref().map(|r| {
-                        aliases.get(r.table()).cloned().filter(|_| r.schema().is_none()).unwrap_or_else(|| user_table(r))
+                        aliases
+                            .get(r.table())
+                            .cloned()
+                            .filter(|_| r.schema().is_none())
+                            .unwrap_or_else(|| user_table(r))
                     });
                     match table.as_deref().and_then(|t| approval.grant(t)) {
                         Some(grant) => grant.has_column(&c.name),
@@ -650,12 +672,13 @@ impl SchemaProvider for RegisterSchema {
         self.tables.iter().map(|(n, _)| n.clone()).collect()
     }
 
-    async fn table(&self, name: &str) -> datafusion::common::Result<Option<Arc<dyn datafusion::catalog::TableProvider>>> {
-        Ok(self
-            .tables
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, s)| Arc::new(FederatedTableProviderAdaptor::new(s.clone())) as Arc<dyn datafusion::catalog::TableProvider>))
+    async fn table(
+        &self,
+        name: &str,
+    ) -> datafusion::common::Result<Option<Arc<dyn datafusion::catalog::TableProvider>>> {
+        Ok(self.tables.iter().find(|(n, _)| n == name).map(|(_, s)| {
+            Arc::new(FederatedTableProviderAdaptor::new(s.clone())) as Arc<dyn datafusion::catalog::TableProvider>
+        }))
     }
 
     fn table_exist(&self, name: &str) -> bool {
@@ -677,7 +700,10 @@ impl SchemaProvider for UnavailableRegister {
         Vec::new()
     }
 
-    async fn table(&self, _name: &str) -> datafusion::common::Result<Option<Arc<dyn datafusion::catalog::TableProvider>>> {
+    async fn table(
+        &self,
+        _name: &str,
+    ) -> datafusion::common::Result<Option<Arc<dyn datafusion::catalog::TableProvider>>> {
         Err(DataFusionError::External(Box::new(NodeError::Unreachable {
             node: self.register.clone(),
             addr: self.addr.clone(),
@@ -775,7 +801,8 @@ mod tests {
 
     #[test]
     fn aliases_name_their_tables() {
-        let aliases = table_aliases("SELECT o.x FROM hip.operations o JOIN samkor.dors.deaths AS d ON d.person = o.person");
+        let aliases =
+            table_aliases("SELECT o.x FROM hip.operations o JOIN samkor.dors.deaths AS d ON d.person = o.person");
         assert_eq!(aliases.get("o").map(String::as_str), Some("hip.operations"));
         assert_eq!(aliases.get("d").map(String::as_str), Some("dors.deaths"));
         assert!(table_aliases("SELEC").is_empty());

@@ -94,7 +94,12 @@ impl SQLExecutor for NodeExecutor {
         Arc::new(NodeDialect)
     }
 
-    fn execute(&self, query: &str, schema: SchemaRef, _filters: &[Arc<dyn PhysicalExpr>]) -> Result<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        query: &str,
+        schema: SchemaRef,
+        _filters: &[Arc<dyn PhysicalExpr>],
+    ) -> Result<SendableRecordBatchStream> {
         let node = self.node.clone();
         let scope = self.scope.clone();
         let sql = query.to_owned();

@@ -17,8 +17,8 @@ use arrow_flight::error::FlightError;
 use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
 use arrow_flight::sql::server::FlightSqlService;
 use arrow_flight::sql::{
-    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any,
-    CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTables, CommandPreparedStatementQuery,
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
+    Any, CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTables, CommandPreparedStatementQuery,
     CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{Action, FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, SchemaAsIpc, Ticket};
@@ -266,7 +266,12 @@ impl CoordinatorService {
         })
     }
 
-    fn flight_info(&self, schema: &Schema, ticket: Vec<u8>, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
+    fn flight_info(
+        &self,
+        schema: &Schema,
+        ticket: Vec<u8>,
+        descriptor: FlightDescriptor,
+    ) -> Result<FlightInfo, Status> {
         let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(ticket));
         FlightInfo::new()
             .try_with_schema(schema)
@@ -338,8 +343,9 @@ impl CoordinatorService {
             let mut flags = Vec::new();
             let (schema, batches) = match &execution.mode {
                 disclosure::Mode::Aggregate(layout) => {
-                    let released =
-                        disclosure::release(&batches, &schema, layout, &approval).await.map_err(|e| self.engine.error(e))?;
+                    let released = disclosure::release(&batches, &schema, layout, &approval)
+                        .await
+                        .map_err(|e| self.engine.error(e))?;
                     summary = released.summary;
                     flags = self.engine.differencing().check(
                         &approval.project,
@@ -426,7 +432,8 @@ impl CoordinatorService {
             if let Some(cat) = node.catalogue() {
                 for t in &cat.tables {
                     let Some(grant) = approval.grant(&format!("{}.{}", node.register, t.name)) else { continue };
-                    let fields: Vec<_> = t.schema.fields().iter().filter(|f| grant.has_column(f.name())).cloned().collect();
+                    let fields: Vec<_> =
+                        t.schema.fields().iter().filter(|f| grant.has_column(f.name())).cloned().collect();
                     out.push((node.register.clone(), t.name.clone(), Arc::new(Schema::new(fields))));
                 }
             }
@@ -458,8 +465,7 @@ impl FlightSqlService for CoordinatorService {
         let prepared = self.prepare(&caller, &query.query).await?;
         let schema = prepared.planned.schema.as_ref().clone();
         let key = self.plans.insert(prepared);
-        let handle =
-            StatementHandle { sql: query.query.clone(), project: caller.project.clone(), plan: key.to_vec() };
+        let handle = StatementHandle { sql: query.query.clone(), project: caller.project.clone(), plan: key.to_vec() };
         let ticket = TicketStatementQuery { statement_handle: handle.encode_to_vec().into() }.as_any().encode_to_vec();
         Ok(Response::new(self.flight_info(&schema, ticket, request.into_inner())?))
     }

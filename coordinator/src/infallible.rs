@@ -71,14 +71,8 @@ pub enum Fallible {
     )]
     Function { function: String, advice: String },
     #[error("argument {position} of {function}() must be a constant{}", if *data_pattern { " (a pattern or a unit from data could fail on some rows)" } else { "" })]
-    ConstantArgument {
-        function: String,
-        position: usize,
-        data_pattern: bool,
-    },
-    #[error(
-        "{function}() fails with its constant arguments ({reason}); fix the pattern, unit or position"
-    )]
+    ConstantArgument { function: String, position: usize, data_pattern: bool },
+    #[error("{function}() fails with its constant arguments ({reason}); fix the pattern, unit or position")]
     Argument { function: String, reason: String },
     #[error(
         "{op} on DECIMAL values can overflow on some values; cast the operands to DOUBLE \
@@ -97,13 +91,9 @@ impl Fallible {
     pub fn rule(&self) -> &'static str {
         match self {
             Fallible::Expression { .. } => "disclosure.fallible_expression",
-            Fallible::Function { .. } | Fallible::ConstantArgument { .. } => {
-                "disclosure.fallible_function"
-            }
+            Fallible::Function { .. } | Fallible::ConstantArgument { .. } => "disclosure.fallible_function",
             Fallible::Argument { .. } => "disclosure.invalid_argument",
-            Fallible::Arithmetic { .. } | Fallible::DateArithmetic { .. } => {
-                "disclosure.fallible_arithmetic"
-            }
+            Fallible::Arithmetic { .. } | Fallible::DateArithmetic { .. } => "disclosure.fallible_arithmetic",
         }
     }
 
@@ -118,10 +108,7 @@ impl Fallible {
 
 impl From<Fallible> for Refusal {
     fn from(f: Fallible) -> Refusal {
-        Refusal {
-            rule: f.rule(),
-            message: f.to_string(),
-        }
+        Refusal { rule: f.rule(), message: f.to_string() }
     }
 }
 
@@ -242,16 +229,12 @@ fn advice(function: &str) -> &'static str {
         | "from_unixtime" => {
             "use TRY_CAST(x AS DATE) or TRY_CAST(x AS TIMESTAMP), which give NULL where a value does not convert"
         }
-        "arrow_cast" | "cast_to_type" => {
-            "use TRY_CAST, which gives NULL where a value does not convert"
-        }
+        "arrow_cast" | "cast_to_type" => "use TRY_CAST, which gives NULL where a value does not convert",
         "chr" | "repeat" | "lpad" | "rpad" | "overlay" | "substr_index" | "decode" => {
             "compute it from the released answer instead, or use substr/concat"
         }
         "factorial" | "gcd" | "lcm" => "cast to DOUBLE and compute it from the released answer",
-        "power" | "pow" => {
-            "use exp(ln(x) * y), which gives NaN instead of failing on 0 to a negative power"
-        }
+        "power" | "pow" => "use exp(ln(x) * y), which gives NaN instead of failing on 0 to a negative power",
         _ => "use an allowed function, or compute it from the released answer",
     }
 }
@@ -275,17 +258,12 @@ pub fn make_infallible(plan: LogicalPlan) -> Result<LogicalPlan> {
 /// The schema the expressions of `plan` are typed in.
 fn expr_schema(plan: &LogicalPlan) -> Result<DFSchemaRef> {
     match plan {
-        LogicalPlan::TableScan(scan) => Ok(Arc::new(DFSchema::try_from_qualified_schema(
-            scan.table_name.clone(),
-            &scan.source.schema(),
-        )?)),
+        LogicalPlan::TableScan(scan) => {
+            Ok(Arc::new(DFSchema::try_from_qualified_schema(scan.table_name.clone(), &scan.source.schema())?))
+        }
         _ => {
             let inputs = plan.inputs();
-            if inputs.is_empty() {
-                Ok(plan.schema().clone())
-            } else {
-                Ok(Arc::new(merge_schema(&inputs)))
-            }
+            if inputs.is_empty() { Ok(plan.schema().clone()) } else { Ok(Arc::new(merge_schema(&inputs))) }
         }
     }
 }
@@ -297,23 +275,16 @@ fn rewrite_node(plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
     }
     let schema = expr_schema(&plan)?;
     let names = NamePreserver::new(&plan);
-    let context = SimplifyContext::builder()
-        .with_schema(schema.clone())
-        .build();
+    let context = SimplifyContext::builder().with_schema(schema.clone()).build();
     let coercer = ExprSimplifier::new(context);
     plan.map_expressions(|e| {
         let saved = names.save(&e);
         // Expressions added by optimizer rules (the approval's generalisations)
         // are not coerced yet: the node's planner would add plain CASTs to
         // them, so make those explicit here, where they become TRY_CASTs.
-        let coerced = coercer
-            .coerce(e.clone(), &schema)
-            .unwrap_or_else(|_| e.clone());
+        let coerced = coercer.coerce(e.clone(), &schema).unwrap_or_else(|_| e.clone());
         let changed = coerced != e;
-        let mut rw = Rewriter {
-            schema: &schema,
-            evaluable: Vec::new(),
-        };
+        let mut rw = Rewriter { schema: &schema, evaluable: Vec::new() };
         let t = coerced.rewrite(&mut rw)?;
         let t = if changed { Transformed::yes(t.data) } else { t };
         Ok(t.update_data(|e| saved.restore(e)))
@@ -344,10 +315,7 @@ impl TreeNodeRewriter for Rewriter<'_> {
     }
 
     fn f_up(&mut self, e: Expr) -> Result<Transformed<Expr>> {
-        let evaluable = self
-            .evaluable
-            .pop()
-            .ok_or_else(|| internal_datafusion_err!("unbalanced expression walk"))?;
+        let evaluable = self.evaluable.pop().ok_or_else(|| internal_datafusion_err!("unbalanced expression walk"))?;
         if evaluable { fold(e) } else { self.guard(e) }
     }
 }
@@ -385,12 +353,8 @@ fn evaluable_node(e: &Expr) -> bool {
 /// A one-row batch to evaluate constants on (as DataFusion's simplifier does).
 static ONE_ROW: LazyLock<(DFSchema, RecordBatch)> = LazyLock::new(|| {
     let schema = Arc::new(Schema::new(vec![Field::new(".", DataType::Null, true)]));
-    let batch = RecordBatch::try_new(schema.clone(), vec![new_null_array(&DataType::Null, 1)])
-        .expect("one-row batch");
-    (
-        DFSchema::try_from(schema).expect("one-column schema"),
-        batch,
-    )
+    let batch = RecordBatch::try_new(schema.clone(), vec![new_null_array(&DataType::Null, 1)]).expect("one-row batch");
+    (DFSchema::try_from(schema).expect("one-column schema"), batch)
 });
 
 enum Evaluated {
@@ -409,16 +373,12 @@ fn evaluate(e: &Expr) -> Evaluated {
 fn evaluate_in(e: &Expr, schema: &DFSchema, batch: &RecordBatch) -> Evaluated {
     // Expressions built by our own rules (the approval's generalisations) are
     // not coerced yet; the node's planner coerces them, so do the same here.
-    let context = SimplifyContext::builder()
-        .with_schema(Arc::new(schema.clone()))
-        .build();
+    let context = SimplifyContext::builder().with_schema(Arc::new(schema.clone())).build();
     let Ok(e) = ExprSimplifier::new(context).coerce(e.clone(), schema) else {
         return Evaluated::NotPlannable;
     };
     let props = ExecutionProps::new();
-    let Ok(physical) =
-        create_physical_expr(&e, schema, &props, &PhysicalPlanningContext::default())
-    else {
+    let Ok(physical) = create_physical_expr(&e, schema, &props, &PhysicalPlanningContext::default()) else {
         return Evaluated::NotPlannable;
     };
     let value = match physical.evaluate(batch) {
@@ -462,13 +422,7 @@ impl Probe {
 }
 
 fn first_line(err: &datafusion::common::DataFusionError) -> String {
-    err.find_root()
-        .message()
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
+    err.find_root().message().lines().next().unwrap_or_default().trim().to_owned()
 }
 
 /// Folds a constant sub-expression into its value, or refuses the query if it fails.
@@ -479,28 +433,16 @@ fn fold(e: Expr) -> Result<Transformed<Expr>> {
     match evaluate(&e) {
         Evaluated::Value(v) => Ok(Transformed::yes(Expr::Literal(v, None))),
         Evaluated::NotPlannable => Ok(Transformed::no(e)),
-        Evaluated::Failed(reason) => Err(refuse(Fallible::Expression {
-            expr: e.to_string(),
-            reason,
-        })),
+        Evaluated::Failed(reason) => Err(refuse(Fallible::Expression { expr: e.to_string(), reason })),
     }
 }
 
 fn is_signed_int(t: &DataType) -> bool {
-    matches!(
-        t,
-        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64
-    )
+    matches!(t, DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64)
 }
 
 fn is_decimal(t: &DataType) -> bool {
-    matches!(
-        t,
-        DataType::Decimal32(..)
-            | DataType::Decimal64(..)
-            | DataType::Decimal128(..)
-            | DataType::Decimal256(..)
-    )
+    matches!(t, DataType::Decimal32(..) | DataType::Decimal64(..) | DataType::Decimal128(..) | DataType::Decimal256(..))
 }
 
 fn min_of(t: &DataType) -> Option<ScalarValue> {
@@ -522,8 +464,7 @@ fn cast_never_fails(from: &DataType, to: &DataType) -> bool {
     let int = |t: &DataType| t.is_integer();
     match (from, to) {
         (Int8, Int16 | Int32 | Int64) | (Int16, Int32 | Int64) | (Int32, Int64) => true,
-        (UInt8, UInt16 | UInt32 | UInt64 | Int16 | Int32 | Int64)
-        | (UInt16, UInt32 | UInt64 | Int32 | Int64) => true,
+        (UInt8, UInt16 | UInt32 | UInt64 | Int16 | Int32 | Int64) | (UInt16, UInt32 | UInt64 | Int32 | Int64) => true,
         (UInt32, UInt64 | Int64) => true,
         (f, Float32 | Float64) if int(f) || matches!(f, Float32 | Boolean) => true,
         (Boolean, t) if int(t) => true,
@@ -542,16 +483,10 @@ fn date_bounds(t: &DataType) -> Option<(ScalarValue, ScalarValue)> {
     const FIRST: i32 = -719_162; // 0001-01-01
     const LAST: i32 = 2_932_896; // 9999-12-31
     match t {
-        DataType::Date32 => Some((
-            ScalarValue::Date32(Some(FIRST)),
-            ScalarValue::Date32(Some(LAST)),
-        )),
+        DataType::Date32 => Some((ScalarValue::Date32(Some(FIRST)), ScalarValue::Date32(Some(LAST)))),
         DataType::Date64 => {
             let ms = 86_400_000i64;
-            Some((
-                ScalarValue::Date64(Some(FIRST as i64 * ms)),
-                ScalarValue::Date64(Some(LAST as i64 * ms)),
-            ))
+            Some((ScalarValue::Date64(Some(FIRST as i64 * ms)), ScalarValue::Date64(Some(LAST as i64 * ms))))
         }
         _ => None,
     }
@@ -561,9 +496,7 @@ fn date_bounds(t: &DataType) -> Option<(ScalarValue, ScalarValue)> {
 fn interval_days(v: &ScalarValue) -> Option<f64> {
     Some(match v {
         ScalarValue::IntervalYearMonth(Some(m)) => *m as f64 * 31.0,
-        ScalarValue::IntervalDayTime(Some(x)) => {
-            x.days as f64 + x.milliseconds as f64 / 86_400_000.0
-        }
+        ScalarValue::IntervalDayTime(Some(x)) => x.days as f64 + x.milliseconds as f64 / 86_400_000.0,
         ScalarValue::IntervalMonthDayNano(Some(x)) => {
             x.months as f64 * 31.0 + x.days as f64 + x.nanoseconds as f64 / 86_400e9
         }
@@ -582,10 +515,7 @@ fn interval_days(v: &ScalarValue) -> Option<f64> {
 /// Dates as text: arrow cannot format a date outside chrono's range (TRY_CAST
 /// fails too), so dates outside the years 1 to 9999 give NULL.
 fn date_text(e: &Expr, from: &DataType, to: &DataType) -> Option<Result<Expr>> {
-    if !matches!(
-        to,
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-    ) {
+    if !matches!(to, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
         return None;
     }
     let (lo, hi) = date_bounds(from)?;
@@ -603,16 +533,10 @@ impl Rewriter<'_> {
         match e {
             Expr::Cast(c) => {
                 let from = self.data_type(&c.expr);
-                if from
-                    .as_ref()
-                    .is_some_and(|f| cast_never_fails(f, c.field.data_type()))
-                {
+                if from.as_ref().is_some_and(|f| cast_never_fails(f, c.field.data_type())) {
                     return Ok(Transformed::no(Expr::Cast(c)));
                 }
-                if let Some(text) = from
-                    .as_ref()
-                    .and_then(|f| date_text(&c.expr, f, c.field.data_type()))
-                {
+                if let Some(text) = from.as_ref().and_then(|f| date_text(&c.expr, f, c.field.data_type())) {
                     return Ok(Transformed::yes(text?));
                 }
                 Ok(Transformed::yes(Expr::TryCast(TryCast {
@@ -621,10 +545,7 @@ impl Rewriter<'_> {
                 })))
             }
             Expr::TryCast(c) => {
-                match self
-                    .data_type(&c.expr)
-                    .and_then(|f| date_text(&c.expr, &f, c.field.data_type()))
-                {
+                match self.data_type(&c.expr).and_then(|f| date_text(&c.expr, &f, c.field.data_type())) {
                     Some(text) => Ok(Transformed::yes(text?)),
                     None => Ok(Transformed::no(Expr::TryCast(c))),
                 }
@@ -636,11 +557,7 @@ impl Rewriter<'_> {
                 advice: advice(f.func.name()).to_owned(),
             })),
             Expr::Like(like) => {
-                let function = if like.case_insensitive {
-                    "ILIKE"
-                } else {
-                    "LIKE"
-                };
+                let function = if like.case_insensitive { "ILIKE" } else { "LIKE" };
                 self.check_pattern(function, &like.pattern)?;
                 let mut probe = Probe::default();
                 let trial = Expr::Like(datafusion::logical_expr::Like {
@@ -668,21 +585,14 @@ impl Rewriter<'_> {
         if matches!(pattern, Expr::Literal(..)) {
             return Ok(());
         }
-        Err(refuse(Fallible::ConstantArgument {
-            function: function.to_owned(),
-            position: 2,
-            data_pattern: true,
-        }))
+        Err(refuse(Fallible::ConstantArgument { function: function.to_owned(), position: 2, data_pattern: true }))
     }
 
     /// Evaluates `trial` (the data replaced by neutral values): if that
     /// fails, the constant arguments alone make it fail.
     fn try_constants(&self, function: &str, probe: Probe, trial: &Expr) -> Result<()> {
         match probe.run(trial)? {
-            Evaluated::Failed(reason) => Err(refuse(Fallible::Argument {
-                function: function.to_owned(),
-                reason,
-            })),
+            Evaluated::Failed(reason) => Err(refuse(Fallible::Argument { function: function.to_owned(), reason })),
             Evaluated::Value(_) | Evaluated::NotPlannable => Ok(()),
         }
     }
@@ -695,46 +605,28 @@ impl Rewriter<'_> {
         let (Some(l), Some(r)) = (self.data_type(&b.left), self.data_type(&b.right)) else {
             return Ok(None);
         };
-        let temporal = |t: &DataType| {
-            matches!(
-                t,
-                DataType::Date32 | DataType::Date64 | DataType::Timestamp(..)
-            )
-        };
+        let temporal = |t: &DataType| matches!(t, DataType::Date32 | DataType::Date64 | DataType::Timestamp(..));
         if temporal(&l) == temporal(&r) {
             // Neither (numbers) or both (date - date: a number of days, never fails).
             return Ok(None);
         }
-        let (date, date_type, other) = if temporal(&l) {
-            (&b.left, &l, &b.right)
-        } else {
-            (&b.right, &r, &b.left)
-        };
+        let (date, date_type, other) = if temporal(&l) { (&b.left, &l, &b.right) } else { (&b.right, &r, &b.left) };
         let Some((lo, hi)) = date_bounds(date_type) else {
-            return Err(refuse(Fallible::DateArithmetic {
-                what: format!("this one adds to a {date_type}"),
-            }));
+            return Err(refuse(Fallible::DateArithmetic { what: format!("this one adds to a {date_type}") }));
         };
         let days = match other.as_ref() {
             Expr::Literal(v, _) => interval_days(v),
             _ => {
-                return Err(refuse(Fallible::DateArithmetic {
-                    what: "this interval comes from data".into(),
-                }));
+                return Err(refuse(Fallible::DateArithmetic { what: "this interval comes from data".into() }));
             }
         };
         if !days.is_some_and(|d| d.abs() <= 366_000.0) {
-            return Err(refuse(Fallible::DateArithmetic {
-                what: "this interval is longer".into(),
-            }));
+            return Err(refuse(Fallible::DateArithmetic { what: "this interval is longer".into() }));
         }
         let d = date.as_ref().clone();
         let in_range = when(d.clone().between(lit(lo), lit(hi)), d).end()?;
-        let (left, right) = if temporal(&l) {
-            (Box::new(in_range), b.right.clone())
-        } else {
-            (b.left.clone(), Box::new(in_range))
-        };
+        let (left, right) =
+            if temporal(&l) { (Box::new(in_range), b.right.clone()) } else { (b.left.clone(), Box::new(in_range)) };
         Ok(Some(Expr::BinaryExpr(BinaryExpr::new(left, b.op, right))))
     }
 
@@ -762,23 +654,14 @@ impl Rewriter<'_> {
             self.try_constants(&function, probe, &trial)?;
             return Ok(Transformed::no(Expr::BinaryExpr(b)));
         }
-        if !matches!(
-            op,
-            Operator::Plus
-                | Operator::Minus
-                | Operator::Multiply
-                | Operator::Divide
-                | Operator::Modulo
-        ) {
+        if !matches!(op, Operator::Plus | Operator::Minus | Operator::Multiply | Operator::Divide | Operator::Modulo) {
             return Ok(Transformed::no(Expr::BinaryExpr(b)));
         }
         let Some(t) = self.data_type(&Expr::BinaryExpr(b.clone())) else {
             return Ok(Transformed::no(Expr::BinaryExpr(b)));
         };
         if is_decimal(&t) {
-            return Err(refuse(Fallible::Arithmetic {
-                op: format!("'{op}'"),
-            }));
+            return Err(refuse(Fallible::Arithmetic { op: format!("'{op}'") }));
         }
         if matches!(op, Operator::Plus | Operator::Minus)
             && let Some(guarded) = self.guard_date_arithmetic(&b)?
@@ -795,15 +678,13 @@ impl Rewriter<'_> {
             && !v.is_null()
         {
             let zero = ScalarValue::new_zero(&right_type).is_ok_and(|z| &z == v);
-            let minus_one =
-                signed && ScalarValue::new_negative_one(&right_type).is_ok_and(|m| &m == v);
+            let minus_one = signed && ScalarValue::new_negative_one(&right_type).is_ok_and(|m| &m == v);
             if !zero && !minus_one {
                 return Ok(Transformed::no(Expr::BinaryExpr(b)));
             }
         }
         let zero = ScalarValue::new_zero(&right_type)?;
-        let safe_divisor =
-            datafusion::functions::core::expr_fn::nullif(*b.right.clone(), lit(zero));
+        let safe_divisor = datafusion::functions::core::expr_fn::nullif(*b.right.clone(), lit(zero));
         let divided = Expr::BinaryExpr(BinaryExpr::new(b.left.clone(), op, Box::new(safe_divisor)));
         let left_can_be_min = match b.left.as_ref() {
             Expr::Literal(v, _) => min_of(&right_type).is_some_and(|m| &m == v),
@@ -822,51 +703,32 @@ impl Rewriter<'_> {
                 Box::new(lit(ScalarValue::new_zero(&right_type)?)),
             )),
         };
-        let guarded =
-            when(b.right.as_ref().clone().eq(lit(minus_one)), by_minus_one).otherwise(divided)?;
+        let guarded = when(b.right.as_ref().clone().eq(lit(minus_one)), by_minus_one).otherwise(divided)?;
         Ok(Transformed::yes(guarded))
     }
 
     fn guard_function(&self, f: ScalarFunction) -> Result<Transformed<Expr>> {
         let name = f.func.name().to_owned();
-        let data: Vec<usize> = f
-            .args
-            .iter()
-            .enumerate()
-            .filter(|(_, a)| !matches!(a, Expr::Literal(..)))
-            .map(|(i, _)| i)
-            .collect();
+        let data: Vec<usize> =
+            f.args.iter().enumerate().filter(|(_, a)| !matches!(a, Expr::Literal(..))).map(|(i, _)| i).collect();
         if data.is_empty() {
             // A volatile function of constants (random()): nothing from data.
             return Ok(Transformed::no(Expr::ScalarFunction(f)));
         }
         let Some(rule) = allowed(&name) else {
-            return Err(refuse(Fallible::Function {
-                advice: advice(&name).to_owned(),
-                function: name,
-            }));
+            return Err(refuse(Fallible::Function { advice: advice(&name).to_owned(), function: name }));
         };
         if let DataArgs::Only(positions) = rule {
             if let Some(i) = data.iter().find(|i| !positions.contains(i)) {
                 let data_pattern = name.starts_with("regexp") || name.starts_with("date_");
-                return Err(refuse(Fallible::ConstantArgument {
-                    function: name,
-                    position: i + 1,
-                    data_pattern,
-                }));
+                return Err(refuse(Fallible::ConstantArgument { function: name, position: i + 1, data_pattern }));
             }
             let mut probe = Probe::default();
             let args = f
                 .args
                 .iter()
                 .enumerate()
-                .map(|(i, a)| {
-                    if data.contains(&i) {
-                        probe.data(a.get_type(self.schema)?)
-                    } else {
-                        Ok(a.clone())
-                    }
-                })
+                .map(|(i, a)| if data.contains(&i) { probe.data(a.get_type(self.schema)?) } else { Ok(a.clone()) })
                 .collect::<Result<Vec<_>>>()?;
             let trial = Expr::ScalarFunction(ScalarFunction::new_udf(f.func.clone(), args));
             self.try_constants(&name, probe, &trial)?;
@@ -881,20 +743,14 @@ impl Rewriter<'_> {
                     .map(|a| match self.data_type(a) {
                         Some(t) if !cast_never_fails(&t, &DataType::Utf8) => {
                             changed = true;
-                            date_text(a, &t, &DataType::Utf8).unwrap_or_else(|| {
-                                Ok(Expr::TryCast(TryCast::new(
-                                    Box::new(a.clone()),
-                                    DataType::Utf8,
-                                )))
-                            })
+                            date_text(a, &t, &DataType::Utf8)
+                                .unwrap_or_else(|| Ok(Expr::TryCast(TryCast::new(Box::new(a.clone()), DataType::Utf8))))
                         }
                         _ => Ok(a.clone()),
                     })
                     .collect::<Result<Vec<_>>>()?;
                 if changed {
-                    return Ok(Transformed::yes(Expr::ScalarFunction(
-                        ScalarFunction::new_udf(f.func.clone(), args),
-                    )));
+                    return Ok(Transformed::yes(Expr::ScalarFunction(ScalarFunction::new_udf(f.func.clone(), args))));
                 }
             }
             "to_char" => {
@@ -905,29 +761,27 @@ impl Rewriter<'_> {
                     let (lo, hi) = bounds;
                     let mut args = f.args.clone();
                     args[0] = when(d.clone().between(lit(lo), lit(hi)), d).end()?;
-                    return Ok(Transformed::yes(Expr::ScalarFunction(
-                        ScalarFunction::new_udf(f.func.clone(), args),
-                    )));
+                    return Ok(Transformed::yes(Expr::ScalarFunction(ScalarFunction::new_udf(f.func.clone(), args))));
                 }
             }
             "sqrt" => {
                 // sqrt of a negative number fails in DataFusion 55: NULL instead.
                 let x = f.args[0].clone();
-                let guarded =
-                    when(x.clone().lt(lit(0.0)), lit(ScalarValue::Float64(None))).otherwise(x)?;
-                return Ok(Transformed::yes(Expr::ScalarFunction(
-                    ScalarFunction::new_udf(f.func.clone(), vec![guarded]),
-                )));
+                let guarded = when(x.clone().lt(lit(0.0)), lit(ScalarValue::Float64(None))).otherwise(x)?;
+                return Ok(Transformed::yes(Expr::ScalarFunction(ScalarFunction::new_udf(
+                    f.func.clone(),
+                    vec![guarded],
+                ))));
             }
             "abs" => {
                 // abs(MIN) overflows: NULL instead.
                 let t = self.data_type(&f.args[0]);
                 if let Some(min) = t.as_ref().and_then(min_of) {
-                    let arg =
-                        datafusion::functions::core::expr_fn::nullif(f.args[0].clone(), lit(min));
-                    return Ok(Transformed::yes(Expr::ScalarFunction(
-                        ScalarFunction::new_udf(f.func.clone(), vec![arg]),
-                    )));
+                    let arg = datafusion::functions::core::expr_fn::nullif(f.args[0].clone(), lit(min));
+                    return Ok(Transformed::yes(Expr::ScalarFunction(ScalarFunction::new_udf(
+                        f.func.clone(),
+                        vec![arg],
+                    ))));
                 }
             }
             _ => {}
@@ -1064,11 +918,8 @@ mod tests {
             .build();
         let ctx = SessionContext::new_with_state(state);
         let x = extremes();
-        ctx.register_table(
-            "x",
-            Arc::new(MemTable::try_new(x.schema(), vec![vec![x]]).expect("x")),
-        )
-        .expect("register x");
+        ctx.register_table("x", Arc::new(MemTable::try_new(x.schema(), vec![vec![x]]).expect("x")))
+            .expect("register x");
         let schema = Arc::new(Schema::new(vec![
             Field::new("id", DataType::Int64, false),
             Field::new("name", DataType::Utf8, false),
@@ -1083,26 +934,19 @@ mod tests {
             ],
         )
         .expect("t");
-        ctx.register_table(
-            "t",
-            Arc::new(MemTable::try_new(schema, vec![vec![t]]).expect("t")),
-        )
-        .expect("register t");
+        ctx.register_table("t", Arc::new(MemTable::try_new(schema, vec![vec![t]]).expect("t"))).expect("register t");
         ctx
     }
 
     async fn optimized(ctx: &SessionContext, sql: &str) -> LogicalPlan {
         let df = ctx.sql(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-        ctx.state()
-            .optimize(df.logical_plan())
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        ctx.state().optimize(df.logical_plan()).unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
     /// The plan of `sql` after the rewrite, as text.
     async fn rewritten(sql: &str) -> String {
         let ctx = session();
-        let plan =
-            make_infallible(optimized(&ctx, sql).await).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let plan = make_infallible(optimized(&ctx, sql).await).unwrap_or_else(|e| panic!("{sql}: {e}"));
         plan.display_indent().to_string()
     }
 
@@ -1112,9 +956,7 @@ mod tests {
         let plan = optimized(&ctx, sql).await;
         let err = make_infallible(plan).expect_err(sql);
         match err {
-            datafusion::common::DataFusionError::External(e) => {
-                e.downcast_ref::<Refusal>().expect("a refusal").clone()
-            }
+            datafusion::common::DataFusionError::External(e) => e.downcast_ref::<Refusal>().expect("a refusal").clone(),
             other => panic!("{sql}: not a refusal: {other}"),
         }
     }
@@ -1132,9 +974,7 @@ mod tests {
     }
 
     fn text(batches: &[RecordBatch]) -> String {
-        datafusion::arrow::util::pretty::pretty_format_batches(batches)
-            .expect("format")
-            .to_string()
+        datafusion::arrow::util::pretty::pretty_format_batches(batches).expect("format").to_string()
     }
 
     // ---- plan rewrites -------------------------------------------------------------------
@@ -1149,11 +989,7 @@ mod tests {
         );
         // Widening casts cannot fail and stay as they are.
         let plan = rewritten("SELECT CAST(age AS BIGINT) AS a FROM t").await;
-        assert_eq!(
-            plan.trim(),
-            "Projection: CAST(t.age AS Int64) AS a\n  TableScan: t projection=[age]",
-            "{plan}"
-        );
+        assert_eq!(plan.trim(), "Projection: CAST(t.age AS Int64) AS a\n  TableScan: t projection=[age]", "{plan}");
     }
 
     #[tokio::test]
@@ -1168,11 +1004,7 @@ mod tests {
         );
         // A literal divisor other than 0 and -1 cannot fail.
         let plan = rewritten("SELECT id / 7 AS q FROM t").await;
-        assert_eq!(
-            plan.trim(),
-            "Projection: t.id / Int64(7) AS q\n  TableScan: t projection=[id]",
-            "{plan}"
-        );
+        assert_eq!(plan.trim(), "Projection: t.id / Int64(7) AS q\n  TableScan: t projection=[id]", "{plan}");
         // Floating point division follows IEEE 754.
         let plan = rewritten("SELECT CAST(id AS DOUBLE) / age AS q FROM t").await;
         assert!(!plan.contains("nullif"), "{plan}");
@@ -1180,10 +1012,8 @@ mod tests {
 
     #[tokio::test]
     async fn rewrite_reaches_subqueries() {
-        let plan = rewritten(
-            "SELECT id FROM t WHERE id IN (SELECT CAST(name AS BIGINT) FROM t WHERE age / id > 1)",
-        )
-        .await;
+        let plan =
+            rewritten("SELECT id FROM t WHERE id IN (SELECT CAST(name AS BIGINT) FROM t WHERE age / id > 1)").await;
         assert!(plan.contains("TRY_CAST(t.name AS Int64)"), "{plan}");
         assert!(plan.contains("nullif(t.id, Int64(0))"), "{plan}");
     }
@@ -1191,10 +1021,7 @@ mod tests {
     #[tokio::test]
     async fn integer_abs_gets_null_for_min() {
         let plan = rewritten("SELECT abs(id) AS a FROM t").await;
-        assert!(
-            plan.contains("abs(nullif(t.id, Int64(-9223372036854775808)))"),
-            "{plan}"
-        );
+        assert!(plan.contains("abs(nullif(t.id, Int64(-9223372036854775808)))"), "{plan}");
     }
 
     // ---- refusals ------------------------------------------------------------------------
@@ -1203,9 +1030,7 @@ mod tests {
     async fn failing_constant_in_a_case_branch_is_refused_whatever_the_data() {
         for condition in ["id = 1", "id = -1"] {
             for fails in ["1 / 0", "CAST(to_date('nope') AS INT)", "5 % 0"] {
-                let sql = format!(
-                    "SELECT count(*) FROM t WHERE CASE WHEN {condition} THEN {fails} ELSE 0 END = 0"
-                );
+                let sql = format!("SELECT count(*) FROM t WHERE CASE WHEN {condition} THEN {fails} ELSE 0 END = 0");
                 let r = refused(&sql).await;
                 assert_eq!(r.rule, "disclosure.fallible_expression", "{sql}: {r}");
             }
@@ -1217,10 +1042,7 @@ mod tests {
             "SELECT count(*) FROM t WHERE regexp_like(name, '(')",
         ] {
             let df = session().sql(sql).await.expect("parses");
-            assert!(
-                session().state().optimize(df.logical_plan()).is_err(),
-                "{sql}"
-            );
+            assert!(session().state().optimize(df.logical_plan()).is_err(), "{sql}");
         }
     }
 
@@ -1228,10 +1050,7 @@ mod tests {
     async fn functions_outside_the_list_are_refused_on_data() {
         let r = refused("SELECT to_date(name) AS d FROM t").await;
         assert_eq!(r.rule, "disclosure.fallible_function");
-        assert!(
-            r.message.contains("to_date()") && r.message.contains("TRY_CAST"),
-            "{r}"
-        );
+        assert!(r.message.contains("to_date()") && r.message.contains("TRY_CAST"), "{r}");
         let r = refused("SELECT repeat(name, age) AS d FROM t").await;
         assert_eq!(r.rule, "disclosure.fallible_function");
         // power() fails on 0 to a negative power.
@@ -1255,10 +1074,7 @@ mod tests {
         }
         let r = refused("SELECT count(*) FROM t WHERE regexp_like(name, name)").await;
         assert_eq!(r.rule, "disclosure.fallible_function", "{r}");
-        for sql in [
-            "SELECT count(*) FROM t WHERE name LIKE name",
-            "SELECT count(*) FROM t WHERE name ~ name",
-        ] {
+        for sql in ["SELECT count(*) FROM t WHERE name LIKE name", "SELECT count(*) FROM t WHERE name ~ name"] {
             let r = refused(sql).await;
             assert_eq!(r.rule, "disclosure.fallible_function", "{sql}: {r}");
         }
@@ -1266,8 +1082,7 @@ mod tests {
         assert_eq!(r.rule, "disclosure.invalid_argument", "{r}");
         let r = refused("SELECT substr(name, age) AS s FROM t").await;
         assert_eq!(r.rule, "disclosure.fallible_function", "{r}");
-        rewritten("SELECT count(*) FROM t WHERE regexp_like(name, '^[0-9]+$') AND name LIKE 'x%'")
-            .await;
+        rewritten("SELECT count(*) FROM t WHERE regexp_like(name, '^[0-9]+$') AND name LIKE 'x%'").await;
     }
 
     #[tokio::test]
@@ -1284,18 +1099,16 @@ mod tests {
             .build()
             .expect("plan");
         let plan = make_infallible(plan).expect("generalised dates are allowed");
-        ctx.execute_logical_plan(plan)
-            .await
-            .expect("plan")
-            .collect()
-            .await
-            .expect("runs");
+        ctx.execute_logical_plan(plan).await.expect("plan").collect().await.expect("runs");
     }
 
     #[tokio::test]
     async fn date_arithmetic_takes_a_bounded_constant_interval() {
         let plan = rewritten("SELECT d + INTERVAL '1 month' AS m FROM x").await;
-        assert!(plan.contains("CASE WHEN x.d BETWEEN Date32(\"0001-01-01\") AND Date32(\"9999-12-31\") THEN x.d END"), "{plan}");
+        assert!(
+            plan.contains("CASE WHEN x.d BETWEEN Date32(\"0001-01-01\") AND Date32(\"9999-12-31\") THEN x.d END"),
+            "{plan}"
+        );
         for sql in [
             "SELECT d + INTERVAL '2000 years' AS m FROM x",
             "SELECT CAST(d AS TIMESTAMP) + INTERVAL '1 day' AS m FROM x",
@@ -1308,9 +1121,7 @@ mod tests {
 
     #[tokio::test]
     async fn decimal_arithmetic_on_data_is_refused() {
-        let r =
-            refused("SELECT CAST(id AS DECIMAL(38, 0)) * CAST(id AS DECIMAL(38, 0)) AS sq FROM t")
-                .await;
+        let r = refused("SELECT CAST(id AS DECIMAL(38, 0)) * CAST(id AS DECIMAL(38, 0)) AS sq FROM t").await;
         assert_eq!(r.rule, "disclosure.fallible_arithmetic", "{r}");
     }
 
@@ -1318,16 +1129,10 @@ mod tests {
     fn every_rule_is_documented() {
         let doc = include_str!("../../docs/disclosure.md");
         for rule in Fallible::RULES {
-            assert!(
-                doc.contains(rule),
-                "docs/disclosure.md does not document {rule}"
-            );
+            assert!(doc.contains(rule), "docs/disclosure.md does not document {rule}");
         }
         for (name, _) in ALLOWED {
-            assert!(
-                doc.contains(&format!("`{name}`")),
-                "docs/disclosure.md does not list allowed function {name}"
-            );
+            assert!(doc.contains(&format!("`{name}`")), "docs/disclosure.md does not list allowed function {name}");
         }
     }
 
@@ -1354,14 +1159,8 @@ mod tests {
                 "SELECT count(*) FROM t WHERE CASE WHEN id = 9 THEN 1 / 0 ELSE 0 END = 0",
             ),
         ] {
-            assert!(
-                run_plain(exists).await.is_err(),
-                "{exists} fails without the rewrite"
-            );
-            assert!(
-                run_plain(missing).await.is_ok(),
-                "{missing} succeeds without the rewrite"
-            );
+            assert!(run_plain(exists).await.is_err(), "{exists} fails without the rewrite");
+            assert!(run_plain(missing).await.is_ok(), "{missing} succeeds without the rewrite");
         }
     }
 
@@ -1374,15 +1173,9 @@ mod tests {
         ] {
             run(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
         }
-        let got = text(
-            &run("SELECT id, CAST(name AS INT) AS n, 10 / age AS q FROM t ORDER BY id")
-                .await
-                .expect("answer"),
-        );
-        assert!(
-            got.contains("| 1  |    |   |"),
-            "NULL where the value does not convert or divides by zero:\n{got}"
-        );
+        let got =
+            text(&run("SELECT id, CAST(name AS INT) AS n, 10 / age AS q FROM t ORDER BY id").await.expect("answer"));
+        assert!(got.contains("| 1  |    |   |"), "NULL where the value does not convert or divides by zero:\n{got}");
     }
 
     #[tokio::test]
@@ -1396,28 +1189,19 @@ mod tests {
         ] {
             run(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
         }
-        assert!(
-            run_plain("SELECT i + i AS a, i * i AS c, - i AS d FROM x")
-                .await
-                .is_ok()
-        );
+        assert!(run_plain("SELECT i + i AS a, i * i AS c, - i AS d FROM x").await.is_ok());
         assert!(run_plain("SELECT sum(i) AS s FROM x").await.is_ok());
         // Without the rewrite: float → int casts and MIN / -1 fail.
-        assert!(
-            run_plain("SELECT CAST(f AS BIGINT) AS c FROM x")
-                .await
-                .is_err()
+        assert!(run_plain("SELECT CAST(f AS BIGINT) AS c FROM x").await.is_err());
+        assert!(run_plain("SELECT i / CAST(-1 AS BIGINT) AS c FROM x").await.is_err());
+        let got = text(
+            &run(
+                "SELECT i / CAST(-1 AS BIGINT) AS q, i % CAST(-1 AS BIGINT) AS r FROM x WHERE i = -9223372036854775808",
+            )
+            .await
+            .expect("answer"),
         );
-        assert!(
-            run_plain("SELECT i / CAST(-1 AS BIGINT) AS c FROM x")
-                .await
-                .is_err()
-        );
-        let got = text(&run("SELECT i / CAST(-1 AS BIGINT) AS q, i % CAST(-1 AS BIGINT) AS r FROM x WHERE i = -9223372036854775808").await.expect("answer"));
-        assert!(
-            got.contains("-9223372036854775808 | 0"),
-            "MIN / -1 wraps like unary minus, MIN % -1 is 0:\n{got}"
-        );
+        assert!(got.contains("-9223372036854775808 | 0"), "MIN / -1 wraps like unary minus, MIN % -1 is 0:\n{got}");
     }
 
     /// Calls of every allowed function on data, over every pair of extreme values.
@@ -1600,11 +1384,7 @@ mod tests {
                 }
             }
         }
-        assert!(
-            failed.is_empty(),
-            "aggregates that fail on some value:\n{}",
-            failed.join("\n")
-        );
+        assert!(failed.is_empty(), "aggregates that fail on some value:\n{}", failed.join("\n"));
     }
 
     #[tokio::test]
@@ -1613,23 +1393,16 @@ mod tests {
         for probe in PROBES {
             let sql = format!("SELECT {probe} AS v FROM x a CROSS JOIN x b");
             match run(&sql).await {
-                Ok(b) => assert_eq!(
-                    b.iter().map(|b| b.num_rows()).sum::<usize>(),
-                    ROWS * ROWS,
-                    "{sql}"
-                ),
+                Ok(b) => assert_eq!(b.iter().map(|b| b.num_rows()).sum::<usize>(), ROWS * ROWS, "{sql}"),
                 Err(e) => failed.push(format!("{probe}: {}", first_line(&e))),
             }
         }
-        assert!(
-            failed.is_empty(),
-            "allowed functions that fail on some value:\n{}",
-            failed.join("\n")
-        );
+        assert!(failed.is_empty(), "allowed functions that fail on some value:\n{}", failed.join("\n"));
         for (name, _) in ALLOWED {
             assert!(
-                PROBES.iter().any(|p| p.starts_with(&format!("{name}("))
-                    || (*name == "date_part" && p.starts_with("extract("))),
+                PROBES
+                    .iter()
+                    .any(|p| p.starts_with(&format!("{name}(")) || (*name == "date_part" && p.starts_with("extract("))),
                 "allowed function {name} has no probe"
             );
         }

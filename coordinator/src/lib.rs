@@ -13,8 +13,8 @@
 //! [`direct`] turns a care provider's direct access into an approval of its own.
 
 pub mod config;
-pub mod disclosure;
 pub mod direct;
+pub mod disclosure;
 pub mod engine;
 pub mod executor;
 pub mod flightsql;

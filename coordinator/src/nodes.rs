@@ -102,7 +102,8 @@ impl RemoteNode {
             });
         }
         let cat = Arc::new(
-            NodeCatalogue::from_pb(raw).map_err(|reason| NodeError::Protocol { node: self.register.clone(), reason })?,
+            NodeCatalogue::from_pb(raw)
+                .map_err(|reason| NodeError::Protocol { node: self.register.clone(), reason })?,
         );
         *self.catalogue.write().expect("catalogue lock") = Some(cat.clone());
         Ok(cat)
@@ -146,7 +147,9 @@ impl Federation {
         let mut errors = Vec::new();
         for (node, result) in futures::future::join_all(rounds).await {
             match result {
-                Ok(cat) => tracing::info!(register = %node.register, tables = cat.tables.len(), "node catalogue loaded"),
+                Ok(cat) => {
+                    tracing::info!(register = %node.register, tables = cat.tables.len(), "node catalogue loaded")
+                }
                 Err(e) => {
                     tracing::warn!(register = %node.register, error = %e, "node unavailable at start; retrying in the background");
                     let weak = Arc::downgrade(&node);
@@ -159,7 +162,9 @@ impl Federation {
                                     tracing::info!(register = %node.register, "node is back; its tables are available");
                                     break;
                                 }
-                                Err(e) => tracing::debug!(register = %node.register, error = %e, "node still unavailable"),
+                                Err(e) => {
+                                    tracing::debug!(register = %node.register, error = %e, "node still unavailable")
+                                }
                             }
                         }
                     });

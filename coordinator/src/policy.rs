@@ -36,17 +36,26 @@ fn refuse(rule: &'static str, message: String) -> Refusal {
 }
 
 /// Checks who asks and when, against the project's approval.
-pub fn admit(approval: Option<Arc<Approval>>, identity: &str, project: &str, today: NaiveDate) -> Result<Arc<Approval>, Refusal> {
+pub fn admit(
+    approval: Option<Arc<Approval>>,
+    identity: &str,
+    project: &str,
+    today: NaiveDate,
+) -> Result<Arc<Approval>, Refusal> {
     let Some(approval) = approval else {
         return Err(refuse(
             "approval.exists",
-            format!("project {project:?} has no valid approval in this federation; check the project id or ask the federation's approval office"),
+            format!(
+                "project {project:?} has no valid approval in this federation; check the project id or ask the federation's approval office"
+            ),
         ));
     };
     if !approval.is_member(identity) {
         return Err(refuse(
             "approval.member",
-            format!("{identity} is not a member of project {project}; the principal investigator can have you added to the approval"),
+            format!(
+                "{identity} is not a member of project {project}; the principal investigator can have you added to the approval"
+            ),
         ));
     }
     match approval.validity(today) {
@@ -57,7 +66,10 @@ pub fn admit(approval: Option<Arc<Approval>>, identity: &str, project: &str, tod
         )),
         Validity::Expired { until } => Err(refuse(
             "approval.expired",
-            format!("the approval of project {project} ({}) expired after {until}; a renewed approval is needed", approval.ethics_reference),
+            format!(
+                "the approval of project {project} ({}) expired after {until}; a renewed approval is needed",
+                approval.ethics_reference
+            ),
         )),
     }
 }
@@ -93,7 +105,10 @@ impl ApprovalRule {
             let registered = self.approval.tables.iter().any(|g| g.register == register);
             let (rule, what) = if registered { ("approval.table", "table") } else { ("approval.register", "register") };
             let shown = if registered { name.clone() } else { register.clone() };
-            return Err(policy_error(refuse(rule, format!("{what} {shown} is not in the approval of project {project}"))));
+            return Err(policy_error(refuse(
+                rule,
+                format!("{what} {shown} is not in the approval of project {project}"),
+            )));
         };
         let schema = scan.source.schema();
         let mut read: BTreeSet<String> = match &scan.projection {
@@ -136,11 +151,8 @@ impl ApprovalRule {
                 projection.push(i);
             }
         }
-        let (lifted, raw_filters): (Vec<Expr>, Vec<Expr>) = scan
-            .filters
-            .iter()
-            .cloned()
-            .partition(|f| f.column_refs().iter().any(|c| grant.generalises(&c.name)));
+        let (lifted, raw_filters): (Vec<Expr>, Vec<Expr>) =
+            scan.filters.iter().cloned().partition(|f| f.column_refs().iter().any(|c| grant.generalises(&c.name)));
         let fetch = scan.fetch;
         let widened = TableScanBuilder::new(scan.table_name.clone(), scan.source.clone())
             .with_projection(Some(projection))
@@ -167,7 +179,8 @@ impl ApprovalRule {
             plan = LogicalPlan::Filter(Filter::try_new(predicate, Arc::new(plan))?);
         }
         if let Some(n) = fetch {
-            plan = LogicalPlan::Limit(Limit { skip: None, fetch: Some(Box::new(lit(n as i64))), input: Arc::new(plan) });
+            plan =
+                LogicalPlan::Limit(Limit { skip: None, fetch: Some(Box::new(lit(n as i64))), input: Arc::new(plan) });
         }
         Ok(Transformed::yes(plan))
     }
@@ -178,8 +191,14 @@ fn generalised_expr(g: Generalisation, column: Expr) -> Expr {
     use datafusion::functions::datetime::expr_fn::date_trunc;
     use datafusion::functions::unicode::expr_fn::left;
     match g {
-        Generalisation::Year => datafusion::logical_expr::cast(date_trunc(lit("year"), column), datafusion::arrow::datatypes::DataType::Date32),
-        Generalisation::Month => datafusion::logical_expr::cast(date_trunc(lit("month"), column), datafusion::arrow::datatypes::DataType::Date32),
+        Generalisation::Year => datafusion::logical_expr::cast(
+            date_trunc(lit("year"), column),
+            datafusion::arrow::datatypes::DataType::Date32,
+        ),
+        Generalisation::Month => datafusion::logical_expr::cast(
+            date_trunc(lit("month"), column),
+            datafusion::arrow::datatypes::DataType::Date32,
+        ),
         Generalisation::Code3 => left(column, lit(3i64)),
     }
 }

@@ -18,8 +18,8 @@
 
 use std::sync::Arc;
 
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::Result;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::{Expr, LogicalPlan, Projection, SubqueryAlias};
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
@@ -99,7 +99,11 @@ impl PushdownRule {
                 (Source::Nothing, Source::One(p)) => Source::One(p.clone()),
                 (Source::One(p), Source::Nothing) => Source::One(p),
                 (Source::One(a), Source::One(b)) => {
-                    if same(&a, b) { Source::One(a) } else { Source::Mixed }
+                    if same(&a, b) {
+                        Source::One(a)
+                    } else {
+                        Source::Mixed
+                    }
                 }
             };
         }
@@ -143,7 +147,12 @@ impl PushdownRule {
 }
 
 /// Hands a single-register sub-plan to its register's provider.
-fn federate(provider: &FederationProviderRef, plan: LogicalPlan, config: &dyn OptimizerConfig, wrap: bool) -> Result<LogicalPlan> {
+fn federate(
+    provider: &FederationProviderRef,
+    plan: LogicalPlan,
+    config: &dyn OptimizerConfig,
+    wrap: bool,
+) -> Result<LogicalPlan> {
     let Some(optimizer) = provider.optimizer() else { return Ok(plan) };
     // A bare aggregate is unparsed with its aggregates before its keys: an
     // explicit projection keeps the column order the coordinator expects.
@@ -180,7 +189,9 @@ fn pushable(plan: &LogicalPlan) -> Result<bool> {
     for e in plan.expressions() {
         e.apply(|e| {
             let bad = match e {
-                Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_) | Expr::OuterReferenceColumn(..) => true,
+                Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_) | Expr::OuterReferenceColumn(..) => {
+                    true
+                }
                 Expr::AggregateFunction(AggregateFunction { params, .. }) => {
                     !params.order_by.is_empty() || params.null_treatment.is_some()
                 }

@@ -70,7 +70,8 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Star
     let listener = TcpListener::bind(config.coordinator.listen)
         .await
         .map_err(|source| StartError::Listen { addr: config.coordinator.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.coordinator.listen, source })?;
+    let addr =
+        listener.local_addr().map_err(|source| StartError::Listen { addr: config.coordinator.listen, source })?;
     let federation = Arc::new(Federation::new(&config, &identity)?);
     let retry = std::time::Duration::from_secs(config.coordinator.node_retry_secs);
     let unavailable_at_start: Vec<String> = federation
@@ -82,16 +83,18 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Star
             e.to_string()
         })
         .collect();
-    let approvals = samkor_policies::approval::ApprovalStore::open(
-        &config.governance.approvals_dir,
-        config.disclosure.defaults(),
-    )?;
+    let approvals =
+        samkor_policies::approval::ApprovalStore::open(&config.governance.approvals_dir, config.disclosure.defaults())?;
     if let Some(parent) = config.governance.audit_log.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| StartError::Engine(format!("cannot create {}: {e}", parent.display())))?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| StartError::Engine(format!("cannot create {}: {e}", parent.display())))?;
     }
-    let (audit, recovery) = samkor_policies::audit::AuditLog::open_recovering(&config.governance.audit_log, "coordinator")?;
+    let (audit, recovery) =
+        samkor_policies::audit::AuditLog::open_recovering(&config.governance.audit_log, "coordinator")?;
     if let Some(r) = recovery {
-        eprintln!("samkor coordinator: the audit log ended in a torn record; it was set aside and the recovery recorded: {r:?}");
+        eprintln!(
+            "samkor coordinator: the audit log ended in a torn record; it was set aside and the recovery recorded: {r:?}"
+        );
     }
     let directory = config.governance.directory.as_deref().map(samkor_policies::DirectoryStore::open).transpose()?;
     let direct = crate::direct::DirectAccess::new(directory);
@@ -105,13 +108,12 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Star
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(tls::incoming(listener, server_tls), async {
-                let _ = rx.await;
-            }),
-    );
+    let task = tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming_shutdown(
+        tls::incoming(listener, server_tls),
+        async {
+            let _ = rx.await;
+        },
+    ));
     tracing::info!(%addr, "coordinator serving Flight SQL over mutual TLS 1.3");
     Ok(RunningCoordinator { addr, engine, unavailable_at_start, shutdown: Some(tx), task })
 }

@@ -172,10 +172,13 @@ mod tests {
         let state = b.state().expect("state");
         let lists: Vec<ArrayRef> = state.iter().map(|s| s.to_array().expect("array")).collect();
         a.merge_batch(&lists).expect("merge");
-        assert_eq!(PersonsCell::unpack(match a.evaluate().unwrap() {
-            ScalarValue::Int64(Some(v)) => v,
-            _ => unreachable!(),
-        }), whole);
+        assert_eq!(
+            PersonsCell::unpack(match a.evaluate().unwrap() {
+                ScalarValue::Int64(Some(v)) => v,
+                _ => unreachable!(),
+            }),
+            whole
+        );
     }
 
     #[test]

@@ -80,9 +80,13 @@ impl ScalarUDFImpl for RecordKey {
 
     fn return_type(&self, args: &[DataType]) -> Result<DataType> {
         match args {
-            [DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Binary | DataType::FixedSizeBinary(16)] => {
-                Ok(DataType::Int64)
-            }
+            [
+                DataType::Utf8
+                | DataType::LargeUtf8
+                | DataType::Utf8View
+                | DataType::Binary
+                | DataType::FixedSizeBinary(16),
+            ] => Ok(DataType::Int64),
             [DataType::Null] => Ok(DataType::Int64),
             other => plan_err!("{RECORD_KEY_FN} takes a person pseudonym, not {other:?}"),
         }
@@ -129,7 +133,8 @@ mod tests {
         let b: ArrayRef = Arc::new(FixedSizeBinaryArray::try_from_iter(vec![bytes].into_iter()).expect("array"));
         let ka = record_keys(&secret, &a).expect("keys");
         let kb = record_keys(&secret, &b).expect("keys");
-        let (ka, kb) = (ka.as_any().downcast_ref::<Int64Array>().unwrap(), kb.as_any().downcast_ref::<Int64Array>().unwrap());
+        let (ka, kb) =
+            (ka.as_any().downcast_ref::<Int64Array>().unwrap(), kb.as_any().downcast_ref::<Int64Array>().unwrap());
         assert_eq!(ka.value(0), kb.value(0));
         assert!(ka.is_null(1));
     }

@@ -170,7 +170,8 @@ mod tests {
         assert_eq!(rows.len(), 2);
         let failing = futures::stream::iter(vec![Ok(batch(2)), Err(Status::internal("node hip: sub-query q1 failed"))]);
         let _: Vec<_> = AuditedStream::new(failing, log.clone(), record.clone(), 1).collect().await;
-        let mut closed = AuditedStream::new(futures::stream::iter(vec![Ok(batch(5)), Ok(batch(6))]), log.clone(), record, 1);
+        let mut closed =
+            AuditedStream::new(futures::stream::iter(vec![Ok(batch(5)), Ok(batch(6))]), log.clone(), record, 1);
         closed.next().await.expect("one batch").expect("ok");
         drop(closed);
         let records = samkor_policies::audit::read_all(&path).expect("read").records;

@@ -270,7 +270,8 @@ impl NodeConfig {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
         let path = &std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::parse(path, &text)
     }
 
@@ -480,7 +481,10 @@ person_column = "pnr"
     #[test]
     fn errors_name_file_line_and_problem() {
         let e = err(&GOOD.replace("type = \"float64\"", "type = \"decimal\""));
-        assert!(e.starts_with("node config /etc/samkor/node.toml: line 26, column 10: unknown variant `decimal`"), "{e}");
+        assert!(
+            e.starts_with("node config /etc/samkor/node.toml: line 26, column 10: unknown variant `decimal`"),
+            "{e}"
+        );
         let e = err(&GOOD.replace("person_column = \"pnr\"", "person_column = \"pid\""));
         assert_eq!(
             e,
@@ -498,8 +502,9 @@ person_column = "pnr"
         assert!(e.contains("must be a lower-case identifier"), "{e}");
         let e = err(&GOOD.replace("audit_log = \"audit.jsonl\"\n", ""));
         assert!(e.contains("missing field `audit_log`"), "{e}");
-        let direct =
-            |setting: &str| err(&GOOD.replacen("[tls]", &format!("[access]\ndirect_access = {{ {setting} }}\n\n[tls]"), 1));
+        let direct = |setting: &str| {
+            err(&GOOD.replacen("[tls]", &format!("[access]\ndirect_access = {{ {setting} }}\n\n[tls]"), 1))
+        };
         assert_eq!(
             direct("prom = \"hospital\""),
             "node config /etc/samkor/node.toml: access.direct_access: \"prom\" is not a table of this node"
@@ -511,7 +516,10 @@ person_column = "pnr"
         assert!(direct("operations = \"pnr\"").contains("cannot be the identifying column \"pnr\""));
         assert!(direct("operations = \"bmi\"").ends_with("must have type utf8 (unit names), not float64"));
         let pg = |section: &str| {
-            GOOD.replace("format = \"parquet\"\npath = \"operations/*.parquet\"", &format!("format = \"postgres\"\n{section}"))
+            GOOD.replace(
+                "format = \"parquet\"\npath = \"operations/*.parquet\"",
+                &format!("format = \"postgres\"\n{section}"),
+            )
         };
         let c = NodeConfig::parse(
             Path::new("/data/hip/node.toml"),
@@ -525,7 +533,10 @@ person_column = "pnr"
         assert!(err(&pg("postgres = { relation = \"hip.operations\" }")).contains("exactly one of `connection_env`"));
         let bad = err(&pg("postgres = { relation = \"hip.op; drop\", connection_env = \"X\" }"));
         assert!(bad.contains("must be `table` or `schema.table`"), "{bad}");
-        assert!(err(&pg("postgres = { relation = \"t\", url = \"postgres://u:secret@h/db\" }")).contains("unknown field `url`"));
+        assert!(
+            err(&pg("postgres = { relation = \"t\", url = \"postgres://u:secret@h/db\" }"))
+                .contains("unknown field `url`")
+        );
         assert!(err(&GOOD.replace("path = \"operations/*.parquet\"\n", "")).contains("missing `path`"));
         let e = NodeConfig::load(Path::new("/nonexistent/node.toml")).unwrap_err().to_string();
         assert!(e.starts_with("cannot read node config /nonexistent/node.toml: "), "{e}");

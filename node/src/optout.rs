@@ -58,10 +58,8 @@ pub struct OptOutList {
 impl OptOutList {
     /// Opens and reads the list; fails if it is missing or malformed.
     pub fn open(path: &Path) -> Result<OptOutList, OptOutError> {
-        let list = OptOutList {
-            path: path.to_owned(),
-            loaded: Mutex::new(Loaded { stamp: None, set: Arc::default() }),
-        };
+        let list =
+            OptOutList { path: path.to_owned(), loaded: Mutex::new(Loaded { stamp: None, set: Arc::default() }) };
         list.current()?;
         Ok(list)
     }

@@ -314,7 +314,8 @@ fn aes_column<'a>(cipher: &Aes256, values: impl Iterator<Item = Option<&'a str>>
             letters(block, dst);
         }
     }
-    let offsets = OffsetBuffer::new(ScalarBuffer::from((0..=n).map(|i| (i * PSEUDONYM_LEN) as i32).collect::<Vec<_>>()));
+    let offsets =
+        OffsetBuffer::new(ScalarBuffer::from((0..=n).map(|i| (i * PSEUDONYM_LEN) as i32).collect::<Vec<_>>()));
     let array = StringArray::try_new(offsets, Buffer::from(out), column.logical_nulls())
         .expect("letters a-p are valid UTF-8 and offsets are monotone");
     Arc::new(array)
@@ -395,7 +396,11 @@ mod tests {
             let values: Vec<Option<String>> = (0..21u64)
                 .map(|i| {
                     (i % 5 != 3).then(|| {
-                        if i % 7 == 6 { format!("long-value-{i}-not-a-number") } else { format!("{:012}", 194001010000 + i) }
+                        if i % 7 == 6 {
+                            format!("long-value-{i}-not-a-number")
+                        } else {
+                            format!("{:012}", 194001010000 + i)
+                        }
                     })
                 })
                 .collect();
@@ -409,8 +414,9 @@ mod tests {
                     None => assert!(out.is_null(i), "{scheme} row {i}"),
                 }
             }
-            let view =
-                datafusion::arrow::array::StringViewArray::from(values.iter().map(|v| v.as_deref()).collect::<Vec<_>>());
+            let view = datafusion::arrow::array::StringViewArray::from(
+                values.iter().map(|v| v.as_deref()).collect::<Vec<_>>(),
+            );
             assert_eq!(a.pseudonymise(&view).expect("view").as_string::<i32>(), out);
         }
     }

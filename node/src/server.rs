@@ -67,13 +67,12 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (tx, rx) = oneshot::channel::<()>();
     let incoming = tls::incoming(listener, server_tls);
-    let task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = rx.await;
-            }),
-    );
+    let task = tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming_shutdown(
+        incoming,
+        async {
+            let _ = rx.await;
+        },
+    ));
     tracing::info!(register = %state.register(), %addr, "node serving over mutual TLS 1.3");
     Ok(RunningNode { addr, state, audit, shutdown: Some(tx), task })
 }

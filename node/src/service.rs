@@ -92,7 +92,8 @@ impl NodeService {
         let df = ctx.sql_with_options(sql, options).await.map_err(|e| plan_error(self.state.register(), e))?;
         let (state, plan) = df.into_parts();
         // Persons only counted: the identity numbers are counted, never pseudonymised or sent.
-        let plan = crate::counting::count_on_identity_numbers(plan).map_err(|e| plan_error(self.state.register(), e))?;
+        let plan =
+            crate::counting::count_on_identity_numbers(plan).map_err(|e| plan_error(self.state.register(), e))?;
         let df = datafusion::dataframe::DataFrame::new(state, plan);
         df.execute_stream().await.map_err(|e| plan_error(self.state.register(), e))
     }
@@ -124,9 +125,9 @@ fn plan_status(register: &str, e: DataFusionError) -> Status {
         other => other.message().lines().next().unwrap_or_default().to_owned(),
     };
     match e {
-        DataFusionError::ResourcesExhausted(_) => {
-            Status::resource_exhausted(format!("node {register}: the sub-query exceeds the node's memory limit: {text}"))
-        }
+        DataFusionError::ResourcesExhausted(_) => Status::resource_exhausted(format!(
+            "node {register}: the sub-query exceeds the node's memory limit: {text}"
+        )),
         DataFusionError::Internal(_) => Status::internal(format!("node {register}: internal error: {text}")),
         DataFusionError::SQL(err, _) if matches!(**err, ParserError::RecursionLimitExceeded) => {
             Status::invalid_argument(format!("node {register}: the query is nested too deeply"))

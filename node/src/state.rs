@@ -162,7 +162,8 @@ impl NodeState {
 
 /// The DataFusion settings of a node session.
 pub fn session_config(register: &str) -> SessionConfig {
-    let mut config = SessionConfig::new().with_default_catalog_and_schema("samkor", register).with_information_schema(false);
+    let mut config =
+        SessionConfig::new().with_default_catalog_and_schema("samkor", register).with_information_schema(false);
     // Strings stay Utf8 on the wire, as declared in the catalogue.
     config.options_mut().execution.parquet.schema_force_view_types = false;
     // Filters on non-person columns are applied while Parquet pages are
@@ -189,7 +190,10 @@ fn catalogue(config: &NodeConfig) -> pb::Catalogue {
                         name: t.exposed_name(c).to_owned(),
                         data_type: c.data_type.name().to_owned(),
                         description: if person {
-                            format!("Project pseudonym of the person (replaces {} at the node). {}", c.name, c.description)
+                            format!(
+                                "Project pseudonym of the person (replaces {} at the node). {}",
+                                c.name, c.description
+                            )
                         } else {
                             c.description.clone()
                         },

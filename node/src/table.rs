@@ -113,7 +113,9 @@ impl ServedTable {
         let (format, ext): (Arc<dyn FileFormat>, &str) = match config.format {
             ConfigFormat::Parquet => (Arc::new(ParquetFormat::default()), ".parquet"),
             ConfigFormat::Csv => (Arc::new(CsvFormat::default().with_has_header(true)), ".csv"),
-            ConfigFormat::Postgres => unreachable!("a postgres table has a `postgres` section (checked at config load)"),
+            ConfigFormat::Postgres => {
+                unreachable!("a postgres table has a `postgres` section (checked at config load)")
+            }
         };
         let options = ListingOptions::new(format).with_file_extension(ext);
         let found = options.infer_schema(state, &url).await.map_err(unreadable)?;
@@ -145,18 +147,21 @@ impl ServedTable {
     fn over(config: TableConfig, inner: Arc<dyn TableProvider>) -> ServedTable {
         let declared = inner.schema();
         let person_idx = declared.index_of(&config.person_column).expect("checked at config load");
-        let exposed = Arc::new(Schema::new(
-            declared
-                .fields()
-                .iter()
-                .enumerate()
-                .map(
-                    |(i, f)| {
-                        if i == person_idx { Field::new(PERSON_COLUMN, DataType::Utf8, true) } else { f.as_ref().clone() }
-                    },
-                )
-                .collect::<Vec<_>>(),
-        ));
+        let exposed =
+            Arc::new(Schema::new(
+                declared
+                    .fields()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| {
+                        if i == person_idx {
+                            Field::new(PERSON_COLUMN, DataType::Utf8, true)
+                        } else {
+                            f.as_ref().clone()
+                        }
+                    })
+                    .collect::<Vec<_>>(),
+            ));
         ServedTable { config, inner, exposed, person_idx }
     }
 
@@ -169,7 +174,11 @@ impl ServedTable {
     }
 
     /// This table as seen by one request of `pseudonymiser`'s project.
-    pub fn for_project(self: &Arc<Self>, pseudonymiser: ProjectPseudonymiser, opt_outs: Arc<OptOutSet>) -> ProjectTable {
+    pub fn for_project(
+        self: &Arc<Self>,
+        pseudonymiser: ProjectPseudonymiser,
+        opt_outs: Arc<OptOutSet>,
+    ) -> ProjectTable {
         ProjectTable {
             served: self.clone(),
             pseudonymiser,

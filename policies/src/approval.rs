@@ -440,9 +440,7 @@ pub enum Problem {
         "project id {id:?} is not valid: use 1 to 64 letters, digits, '-', '_' or '.', starting with a letter or digit"
     )]
     BadProjectId { id: String },
-    #[error(
-        "project id {id:?} is reserved for care providers' direct access to their own data; choose another id"
-    )]
+    #[error("project id {id:?} is reserved for care providers' direct access to their own data; choose another id")]
     ReservedProjectId { id: String },
     #[error("{field} is empty")]
     Empty { field: &'static str },
@@ -494,10 +492,18 @@ pub enum Problem {
     RowTypeMismatch { table: String, column: String, value_kind: &'static str, column_type: String },
     #[error("table {table}: generalise names {column:?}, which is not among the columns granted in that table")]
     GeneraliseNotGranted { table: String, column: String },
-    #[error("table {table}: unknown generalisation {found:?} for {column}: expected \"year\", \"month\" (dates) or \"code3\" (codes)")]
+    #[error(
+        "table {table}: unknown generalisation {found:?} for {column}: expected \"year\", \"month\" (dates) or \"code3\" (codes)"
+    )]
     UnknownGeneralisation { table: String, column: String, found: String },
     #[error("table {table}: generalisation {kind} of {column} needs a {needs} column, not {column_type}")]
-    GeneraliseTypeMismatch { table: String, column: String, kind: &'static str, needs: &'static str, column_type: String },
+    GeneraliseTypeMismatch {
+        table: String,
+        column: String,
+        kind: &'static str,
+        needs: &'static str,
+        column_type: String,
+    },
     #[error("allow_min_max entry {entry:?} must be written register.table.column")]
     MinMaxMalformed { entry: String },
     #[error("allow_min_max names {entry}, which is not a granted column")]
@@ -944,7 +950,11 @@ fn grants(
             let Some(g) = Generalisation::from_name(how.get_ref()) else {
                 return Err(doc.at(
                     how,
-                    Problem::UnknownGeneralisation { table: name.clone(), column: column.clone(), found: how.get_ref().clone() },
+                    Problem::UnknownGeneralisation {
+                        table: name.clone(),
+                        column: column.clone(),
+                        found: how.get_ref().clone(),
+                    },
                 ));
             };
             if let Some(actual) = known_columns.and_then(|k| k.get(column)).map(|c| c.data_type.as_str())

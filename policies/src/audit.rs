@@ -655,7 +655,13 @@ pub fn read_appended(path: impl AsRef<Path>, from: &Position) -> Result<(AuditCo
     let io = |source| VerifyError::Io { path: path.to_path_buf(), source };
     let mut file = File::open(path).map_err(io)?;
     file.seek(SeekFrom::Start(from.len)).map_err(io)?;
-    let start = Scan { records: from.records, last_hash: from.last_hash.clone(), len: from.len, first_time: None, last_time: None };
+    let start = Scan {
+        records: from.records,
+        last_hash: from.last_hash.clone(),
+        len: from.len,
+        first_time: None,
+        last_time: None,
+    };
     let mut records = Vec::new();
     let (scan, problem) = scan_from(BufReader::new(file), start, |r| records.push(r)).map_err(io)?;
     let position = Position { records: scan.records, last_hash: scan.last_hash, len: scan.len };

@@ -87,10 +87,8 @@ impl Directory {
 
     /// Parses and checks directory text; `file` is used in messages.
     pub fn parse(file: &Path, text: &str) -> Result<Directory, DirectoryError> {
-        let raw: RawDirectory = toml::from_str(text).map_err(|e| DirectoryError::Syntax {
-            file: file.to_owned(),
-            message: crate::toml_error::one_line(&e),
-        })?;
+        let raw: RawDirectory = toml::from_str(text)
+            .map_err(|e| DirectoryError::Syntax { file: file.to_owned(), message: crate::toml_error::one_line(&e) })?;
         let line_of = |s: &Spanned<String>| crate::toml_error::line_at(text, s.span().start);
         let mut providers: BTreeMap<String, Provider> = BTreeMap::new();
         for p in raw.providers {
@@ -152,7 +150,10 @@ impl DirectoryStore {
     pub fn open(file: &Path) -> Result<DirectoryStore, DirectoryError> {
         let stamp = stamp(file);
         let directory = Directory::load(file)?;
-        Ok(DirectoryStore { file: file.to_owned(), state: Mutex::new(StoreState { stamp, current: Ok(Arc::new(directory)) }) })
+        Ok(DirectoryStore {
+            file: file.to_owned(),
+            state: Mutex::new(StoreState { stamp, current: Ok(Arc::new(directory)) }),
+        })
     }
 
     pub fn file(&self) -> &Path {
@@ -201,9 +202,15 @@ mod tests {
             err(&GOOD.replace("\"Danderyd\"", "\" \"")),
             "care-provider directory fed/directory.toml: line 4: hospital is empty"
         );
-        assert!(err(&GOOD.replace("\"Danderyd\"", "\"Dand\\teryd\"")).contains("line 4: hospital \"Dand\\teryd\" has a control character"));
+        assert!(
+            err(&GOOD.replace("\"Danderyd\"", "\"Dand\\teryd\""))
+                .contains("line 4: hospital \"Dand\\teryd\" has a control character")
+        );
         let e = err(&GOOD.replace("hospital = \"Danderyd\"", "unit = \"Danderyd\""));
-        assert!(e.starts_with("care-provider directory fed/directory.toml: line 4, column 1: unknown field `unit`"), "{e}");
+        assert!(
+            e.starts_with("care-provider directory fed/directory.toml: line 4, column 1: unknown field `unit`"),
+            "{e}"
+        );
         let e = err("[[providers]]\nidentity = \"dora\"\n");
         assert!(e.contains("missing field `hospital`"), "{e}");
         let e = Directory::load(Path::new("/nonexistent/directory.toml")).unwrap_err().to_string();

@@ -228,7 +228,9 @@ pub fn decide(columns: &[Role], rows: &[RowFacts], rules: &Disclosure) -> Outcom
             continue;
         }
         for (c, role) in columns.iter().enumerate() {
-            if matches!(role, Role::Key) && let Some(Some(v)) = row.shown.get(c) {
+            if matches!(role, Role::Key)
+                && let Some(Some(v)) = row.shown.get(c)
+            {
                 released[c].insert(v.as_str());
             }
         }
@@ -239,8 +241,7 @@ pub fn decide(columns: &[Role], rows: &[RowFacts], rules: &Disclosure) -> Outcom
             continue;
         }
         let reveals = columns.iter().enumerate().any(|(c, role)| {
-            matches!(role, Role::Key)
-                && matches!(row.shown.get(c), Some(Some(v)) if !released[c].contains(v.as_str()))
+            matches!(role, Role::Key) && matches!(row.shown.get(c), Some(Some(v)) if !released[c].contains(v.as_str()))
         });
         if reveals {
             decisions[r].collapsed = true;
@@ -337,11 +338,8 @@ fn equations(columns: &[Role], rows: &[RowFacts]) -> Vec<Equation> {
             let child_mask = mask & !(1 << j);
             let Some(candidates) = by_mask.get(&child_mask) else { continue };
             let want = visible(parent, mask, nkeys);
-            let children: Vec<usize> = candidates
-                .iter()
-                .copied()
-                .filter(|&c| visible(&rows[c], mask, nkeys) == want)
-                .collect();
+            let children: Vec<usize> =
+                candidates.iter().copied().filter(|&c| visible(&rows[c], mask, nkeys) == want).collect();
             if children.is_empty() {
                 continue;
             }
@@ -440,7 +438,13 @@ mod tests {
         shown.push(Some(n.to_string()));
         let mut cells = vec![CellFacts::default(); keys.len()];
         cells.push(CellFacts { value: Some(n as f64), persons: Some(n), ..Default::default() });
-        RowFacts { persons: Some(n), margin_mask: mask, keys: keys.iter().map(|k| k.map(str::to_owned)).collect(), shown, cells }
+        RowFacts {
+            persons: Some(n),
+            margin_mask: mask,
+            keys: keys.iter().map(|k| k.map(str::to_owned)).collect(),
+            shown,
+            cells,
+        }
     }
 
     fn withheld(o: &Outcome, col: usize) -> Vec<bool> {
@@ -520,10 +524,17 @@ mod tests {
 
     #[test]
     fn complement_and_dominance() {
-        let cols = [Role::Key, count_col(0), Role::Value(ValueColumn { additive: Some(Additive::Sum), depends_on: vec![1] })];
+        let cols =
+            [Role::Key, count_col(0), Role::Value(ValueColumn { additive: Some(Additive::Sum), depends_on: vec![1] })];
         let mut r = row(&[Some("a")], None, 40);
         r.cells[1].complement = Some(2);
-        r.cells.push(CellFacts { value: Some(1000.0), persons: Some(40), complement: None, dominance: Some((900.0, 1000.0)), class: None });
+        r.cells.push(CellFacts {
+            value: Some(1000.0),
+            persons: Some(40),
+            complement: None,
+            dominance: Some((900.0, 1000.0)),
+            class: None,
+        });
         r.shown.push(Some("1000".into()));
         let o = decide(&cols, &[r], &rules(5));
         assert_eq!(o.rows[0].withheld, vec![None, Some(Reason::Complement), Some(Reason::Dominance)]);
@@ -548,7 +559,13 @@ mod tests {
         let mut rows = vec![row(&[Some("a")], None, 40), row(&[Some("b")], None, 40), row(&[Some("c")], None, 40)];
         // Column 2: a conditional count that hits one person in a and nobody elsewhere.
         for (i, hits) in [1u64, 0, 0].into_iter().enumerate() {
-            rows[i].cells.push(CellFacts { value: Some(hits as f64), persons: Some(hits), complement: Some(40 - hits), dominance: None, class: None });
+            rows[i].cells.push(CellFacts {
+                value: Some(hits as f64),
+                persons: Some(hits),
+                complement: Some(40 - hits),
+                dominance: None,
+                class: None,
+            });
             rows[i].shown.push(Some(hits.to_string()));
         }
         let o = decide(&cols, &rows, &rules(5));
@@ -578,7 +595,8 @@ mod tests {
                 cells: vec![CellFacts::default(), CellFacts { persons: Some(40), class: *class, ..Default::default() }],
             })
             .collect();
-        let outcome = decide(&roles, &rows, &Disclosure::from_defaults(&crate::approval::DisclosureDefaults::default()));
+        let outcome =
+            decide(&roles, &rows, &Disclosure::from_defaults(&crate::approval::DisclosureDefaults::default()));
         assert_eq!(outcome.rows[0].withheld[1], None);
         assert_eq!(outcome.rows[1].withheld[1], Some(Reason::Class));
         assert_eq!(outcome.rows[2].withheld[1], Some(Reason::Class));

@@ -5,13 +5,13 @@
 pub mod approval;
 pub mod audit;
 pub mod differencing;
-pub mod disclosure;
 pub mod directory;
+pub mod disclosure;
 pub mod perturbation;
 pub mod toml_error;
 
 pub use approval::{
-    Approval, ApprovalError, Generalisation, ApprovalStore, CatalogueView, ColumnInfo, Disclosure, DisclosureDefaults, OutputKind,
-    Problem, RestrictionKind, RowRestriction, TableGrant, Validity, Value,
+    Approval, ApprovalError, ApprovalStore, CatalogueView, ColumnInfo, Disclosure, DisclosureDefaults, Generalisation,
+    OutputKind, Problem, RestrictionKind, RowRestriction, TableGrant, Validity, Value,
 };
 pub use directory::{DIRECT_PROJECT, Directory, DirectoryError, DirectoryStore};

@@ -69,11 +69,8 @@ pub struct NodeClient {
 impl NodeClient {
     /// Prepares a lazily connecting channel: nothing is sent until the first call.
     pub fn new(endpoint: NodeEndpoint, identity: &TlsIdentity) -> Result<NodeClient, NodeError> {
-        let address = |reason: String| NodeError::Address {
-            node: endpoint.name.clone(),
-            addr: endpoint.addr.clone(),
-            reason,
-        };
+        let address =
+            |reason: String| NodeError::Address { node: endpoint.name.clone(), addr: endpoint.addr.clone(), reason };
         let channel = Endpoint::from_shared(format!("https://{}", endpoint.addr))
             .map_err(|e| address(e.to_string()))?
             .tls_config(identity.client_config(&endpoint.tls_domain))
@@ -106,7 +103,9 @@ impl NodeClient {
                 // Connection failures come from the transport (the status has a
                 // source); a status the node sent itself has none.
                 let transport = std::error::Error::source(status.as_ref()).is_some();
-                if transport && matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal) {
+                if transport
+                    && matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal)
+                {
                     NodeError::Unreachable {
                         node,
                         addr: self.endpoint.addr.clone(),
@@ -124,8 +123,13 @@ impl NodeClient {
     pub async fn catalogue(&self) -> Result<pb::Catalogue, NodeError> {
         let mut flight = self.flight();
         let action = Action { r#type: CATALOGUE_ACTION.to_owned(), body: Default::default() };
-        let bodies: Vec<_> =
-            flight.do_action(action).await.map_err(|e| self.error(e))?.try_collect().await.map_err(|e| self.error(e))?;
+        let bodies: Vec<_> = flight
+            .do_action(action)
+            .await
+            .map_err(|e| self.error(e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.error(e))?;
         let body = bodies.first().ok_or_else(|| NodeError::Protocol {
             node: self.endpoint.name.clone(),
             reason: "the catalogue action returned nothing".into(),
@@ -148,7 +152,11 @@ impl NodeClient {
     }
 
     /// Sends a sub-query as it is (e.g. one for direct access, with `direct_unit` set).
-    pub async fn send(&self, sub: &pb::SubQuery, traceparent: Option<&str>) -> Result<FlightRecordBatchStream, NodeError> {
+    pub async fn send(
+        &self,
+        sub: &pb::SubQuery,
+        traceparent: Option<&str>,
+    ) -> Result<FlightRecordBatchStream, NodeError> {
         let mut flight = self.flight();
         if let Some(tp) = traceparent {
             flight.add_header(headers::TRACEPARENT, tp).map_err(|e| self.error(e))?;

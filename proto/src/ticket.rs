@@ -13,7 +13,9 @@ pub const TICKET_VERSION: u32 = 1;
 pub enum TicketError {
     #[error("the ticket is not a samkor sub-query ({0}); send a samkor.v1.SubQuery")]
     Malformed(String),
-    #[error("ticket version {found} is not supported (this node speaks version {TICKET_VERSION}); upgrade the older side")]
+    #[error(
+        "ticket version {found} is not supported (this node speaks version {TICKET_VERSION}); upgrade the older side"
+    )]
     Version { found: u32 },
     #[error("the request names no project; every query must run for an approved project")]
     NoProject,
@@ -62,10 +64,7 @@ pub fn validate_project(project: &str) -> Result<(), TicketError> {
     if project.is_empty() {
         return Err(TicketError::NoProject);
     }
-    let ok = project.len() <= 64
-        && project
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let ok = project.len() <= 64 && project.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok { Ok(()) } else { Err(TicketError::BadProject(project.to_owned())) }
 }
 
@@ -84,10 +83,7 @@ mod tests {
     #[test]
     fn refusals_say_why() {
         let e = decode(&encode("", "SELECT 1", "q")).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "the request names no project; every query must run for an approved project"
-        );
+        assert_eq!(e.to_string(), "the request names no project; every query must run for an approved project");
         let e = decode(&encode("p; drop", "SELECT 1", "q")).unwrap_err();
         assert!(e.to_string().contains("is not valid"), "{e}");
         let mut q = sub_query("p", "x", "");

@@ -45,7 +45,6 @@ pub struct TlsFiles {
     pub ca: PathBuf,
 }
 
-
 /// TLS material read from disk and checked.
 #[derive(Debug, Clone)]
 pub struct TlsIdentity {
@@ -106,9 +105,7 @@ impl TlsIdentity {
     fn roots(&self) -> Result<rustls::RootCertStore, TlsError> {
         let mut roots = rustls::RootCertStore::empty();
         for c in &self.ca {
-            roots
-                .add(c.clone())
-                .map_err(|e| TlsError::BadCa { path: self.files.ca.clone(), reason: e.to_string() })?;
+            roots.add(c.clone()).map_err(|e| TlsError::BadCa { path: self.files.ca.clone(), reason: e.to_string() })?;
         }
         Ok(roots)
     }
@@ -132,9 +129,9 @@ impl TlsIdentity {
             .with_client_cert_verifier(verifier)
             .with_single_cert(self.certs.clone(), self.key()?)
             .map_err(|e| match e {
-                rustls::Error::InconsistentKeys(_) => {
-                    bad_identity("the key is not the private key of this certificate (they belong to different pairs)".into())
-                }
+                rustls::Error::InconsistentKeys(_) => bad_identity(
+                    "the key is not the private key of this certificate (they belong to different pairs)".into(),
+                ),
                 other => bad_identity(other.to_string()),
             })?;
         config.alpn_protocols = vec![b"h2".to_vec()];
@@ -224,11 +221,8 @@ mod tests {
     #[test]
     fn missing_and_wrong_files_name_the_file() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let files = TlsFiles {
-            cert: dir.path().join("c.pem"),
-            key: dir.path().join("k.pem"),
-            ca: dir.path().join("ca.pem"),
-        };
+        let files =
+            TlsFiles { cert: dir.path().join("c.pem"), key: dir.path().join("k.pem"), ca: dir.path().join("ca.pem") };
         let e = files.load().unwrap_err().to_string();
         assert!(e.starts_with("cannot read certificate file ") && e.contains("c.pem"), "{e}");
         std::fs::write(&files.cert, "not a certificate").expect("write");
@@ -243,11 +237,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let a = rcgen::generate_simple_self_signed(vec!["a".into()]).expect("cert");
         let b = rcgen::generate_simple_self_signed(vec!["b".into()]).expect("cert");
-        let files = TlsFiles {
-            cert: dir.path().join("c.pem"),
-            key: dir.path().join("k.pem"),
-            ca: dir.path().join("ca.pem"),
-        };
+        let files =
+            TlsFiles { cert: dir.path().join("c.pem"), key: dir.path().join("k.pem"), ca: dir.path().join("ca.pem") };
         std::fs::write(&files.cert, a.cert.pem()).expect("write");
         std::fs::write(&files.key, b.signing_key.serialize_pem()).expect("write");
         std::fs::write(&files.ca, a.cert.pem()).expect("write");

@@ -90,7 +90,9 @@ pub enum SynthError {
     #[error("cannot write Parquet file {}: {source}", path.display())]
     Parquet { path: PathBuf, source: parquet::errors::ParquetError },
     /// A bug in the generator: a record batch did not match its table's schema.
-    #[error("internal error in the synthetic data generator: batch for table {table} does not match its schema: {source}")]
+    #[error(
+        "internal error in the synthetic data generator: batch for table {table} does not match its schema: {source}"
+    )]
     BatchSchema { table: &'static str, source: arrow::error::ArrowError },
     /// A bug in the generator: a worker thread panicked.
     #[error("internal error in the synthetic data generator: the worker writing {file} panicked")]
@@ -149,21 +151,14 @@ fn run_task(task: &Task, base: &model::Base, out: &Path, seed: u64) -> Result<u6
     let mut sink = tables::PartSink::create(&dir, task.part, task.table)?;
     // Stream 1..=5 per register; chunk = part, offset per table within a register.
     let stream = task.register as u64 + 1;
-    let table_no = REGISTER_SPECS[task.register]
-        .tables
-        .iter()
-        .position(|t| t.name == task.table.name)
-        .unwrap_or(0) as u64;
+    let table_no =
+        REGISTER_SPECS[task.register].tables.iter().position(|t| t.name == task.table.name).unwrap_or(0) as u64;
     let mut rng = dist::stream_rng(seed, stream, (table_no << 32) | task.part as u64);
     match task.kind {
         TaskKind::HipOperations => tables::hip_operations(base, &mut sink)?,
         TaskKind::HipProm => tables::hip_prom(base, &mut rng, &mut sink)?,
-        TaskKind::NprInpatient => {
-            tables::npr_inpatient(base, task.persons.clone(), task.part, &mut rng, &mut sink)?
-        }
-        TaskKind::LmrDispensations => {
-            tables::lmr_dispensations(base, task.persons.clone(), &mut rng, &mut sink)?
-        }
+        TaskKind::NprInpatient => tables::npr_inpatient(base, task.persons.clone(), task.part, &mut rng, &mut sink)?,
+        TaskKind::LmrDispensations => tables::lmr_dispensations(base, task.persons.clone(), &mut rng, &mut sink)?,
         TaskKind::DorsDeaths => tables::dors_deaths(base, &mut sink)?,
         TaskKind::PopPersons => tables::pop_persons(base, task.persons.clone(), &mut rng, &mut sink)?,
     }
@@ -251,9 +246,8 @@ pub fn generate(opts: &SynthOptions) -> Result<SynthSummary, SynthError> {
                 return Err(SynthError::WorkerPanicked { file: file() });
             }
         };
-        let entry = summary
-            .iter_mut()
-            .find(|s| s.register == REGISTER_SPECS[task.register].name && s.table == task.table.name);
+        let entry =
+            summary.iter_mut().find(|s| s.register == REGISTER_SPECS[task.register].name && s.table == task.table.name);
         if let Some(e) = entry {
             e.rows += rows;
             e.files += 1;
@@ -301,7 +295,8 @@ pub fn ports(base_port: u16) -> Vec<(&'static str, u16)> {
 pub fn move_ports(out: &Path, base_port: u16) -> Result<(), SynthError> {
     for reg in &REGISTER_SPECS {
         let path = out.join(reg.name).join("node.toml");
-        let text = std::fs::read_to_string(&path).map_err(|source| SynthError::WriteFile { path: path.clone(), source })?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|source| SynthError::WriteFile { path: path.clone(), source })?;
         let port = base_port + (reg.port - BASE_PORT);
         write_text(&path, &text.replacen(&listen_line(reg.port), &listen_line(port), 1))?;
     }
@@ -332,7 +327,8 @@ fn node_toml(reg: &RegisterSpec, opts: &SynthOptions) -> String {
     let _ = writeln!(s, "audit_log = \"audit.jsonl\"\n");
     if !reg.direct_access.is_empty() {
         let _ = writeln!(s, "[access]");
-        let _ = writeln!(s, "# Tables open to care providers for their own reported rows, with the reporting-unit column.");
+        let _ =
+            writeln!(s, "# Tables open to care providers for their own reported rows, with the reporting-unit column.");
         let tables: Vec<String> = reg.direct_access.iter().map(|(t, c)| format!("{t} = {}", toml_str(c))).collect();
         let _ = writeln!(s, "direct_access = {{ {} }}\n", tables.join(", "));
     }
@@ -387,7 +383,12 @@ fn directory_toml() -> String {
          # identity: the certificate's common name; hospital: the reporting unit as written in the registers.\n",
     );
     for (identity, h) in CARE_PROVIDERS {
-        let _ = writeln!(s, "\n[[providers]]\nidentity = {}\nhospital = {}", toml_str(identity), toml_str(model::hospital(h).name));
+        let _ = writeln!(
+            s,
+            "\n[[providers]]\nidentity = {}\nhospital = {}",
+            toml_str(identity),
+            toml_str(model::hospital(h).name)
+        );
     }
     s
 }
@@ -520,7 +521,9 @@ mod tests {
             assert_eq!(&pnr[..8], d.format("%Y%m%d").to_string(), "birth date in pnr");
         }
         // Every pnr in every other table is a person.
-        for (reg, table) in [("hip", "operations"), ("hip", "prom"), ("npr", "inpatient"), ("lmr", "dispensations"), ("dors", "deaths")] {
+        for (reg, table) in
+            [("hip", "operations"), ("hip", "prom"), ("npr", "inpatient"), ("lmr", "dispensations"), ("dors", "deaths")]
+        {
             for q in pnrs(&read(f.dir.path(), reg, table)) {
                 assert!(unique.contains(&q), "{reg}.{table} has a pnr not in pop");
             }
@@ -735,7 +738,8 @@ mod tests {
         let survey = strs(&prom, "survey");
         let eq: Vec<f64> = prom.iter().flat_map(|b| col::<Float64Array>(b, "eq5d_index").values().to_vec()).collect();
         let mean = |s: &str| {
-            let v: Vec<f64> = survey.iter().zip(&eq).filter(|(x, _)| x.as_deref() == Some(s)).map(|(_, e)| *e).collect();
+            let v: Vec<f64> =
+                survey.iter().zip(&eq).filter(|(x, _)| x.as_deref() == Some(s)).map(|(_, e)| *e).collect();
             assert!(v.len() > 50, "too few {s} surveys");
             v.iter().sum::<f64>() / v.len() as f64
         };
@@ -806,7 +810,12 @@ mod tests {
         }
         let pop = std::fs::read_to_string(f.dir.path().join("pop/node.toml")).expect("pop node.toml");
         let v: toml::Value = toml::from_str(&pop).expect("parses");
-        let birth = v["tables"][0]["columns"].as_array().expect("columns").iter().find(|c| c["name"].as_str() == Some("birth_date")).cloned();
+        let birth = v["tables"][0]["columns"]
+            .as_array()
+            .expect("columns")
+            .iter()
+            .find(|c| c["name"].as_str() == Some("birth_date"))
+            .cloned();
         assert_eq!(birth.and_then(|b| b["identifying"].as_bool()), Some(true));
     }
 
@@ -828,7 +837,8 @@ mod tests {
         let blocker = d.path().join("not-a-dir");
         std::fs::write(&blocker, b"x").expect("file");
         let out = blocker.join("out");
-        let err = generate(&SynthOptions { out: out.clone(), persons: 10, seed: 1 }).expect_err("cannot write below a file");
+        let err =
+            generate(&SynthOptions { out: out.clone(), persons: 10, seed: 1 }).expect_err("cannot write below a file");
         assert!(matches!(err, SynthError::CreateDir { .. }), "{err:?}");
         let msg = err.to_string();
         assert!(msg.starts_with("cannot create output directory"), "{msg}");
@@ -847,7 +857,8 @@ mod tests {
     #[test]
     #[ignore = "benchmark; run in release mode"]
     fn bench_1m() {
-        let persons = std::env::var("SAMKOR_SYNTH_BENCH_PERSONS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+        let persons =
+            std::env::var("SAMKOR_SYNTH_BENCH_PERSONS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
         let d = tempfile::tempdir().expect("temp dir");
         let t0 = std::time::Instant::now();
         let s = generate(&SynthOptions { out: d.path().to_path_buf(), persons, seed: 2024 }).expect("generate");

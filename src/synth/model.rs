@@ -7,10 +7,7 @@ use std::collections::HashSet;
 
 use chrono::{Datelike, NaiveDate};
 
-use super::dist::{
-    SynthRng, chance, cumulative, from_cumulative, index, int_in, normal, stream_rng, unif,
-    weighted,
-};
+use super::dist::{SynthRng, chance, cumulative, from_cumulative, index, int_in, normal, stream_rng, unif, weighted};
 use super::luhn;
 
 // ---------------------------------------------------------------------------------------------
@@ -194,19 +191,14 @@ pub(crate) mod cond {
 }
 
 /// Main diagnoses for a primary hip replacement.
-pub(crate) const HIP_DX: [&str; 9] =
-    ["M16.1", "M16.0", "M16.9", "S72.0", "M87.0", "M16.3", "M16.5", "M05.9", "M06.9"];
+pub(crate) const HIP_DX: [&str; 9] = ["M16.1", "M16.0", "M16.9", "S72.0", "M87.0", "M16.3", "M16.5", "M05.9", "M06.9"];
 const HIP_DX_WEIGHTS: [f64; 9] = [0.80, 0.03, 0.03, 0.05, 0.03, 0.02, 0.02, 0.005, 0.015];
 /// Index of S72.0 in [`HIP_DX`].
 pub(crate) const DX_FRACTURE: u8 = 3;
 
 /// Fixation of the prosthesis, with the KVÅ code of the primary total hip replacement.
-pub(crate) const FIXATIONS: [(&str, &str); 4] = [
-    ("cemented", "NFB49"),
-    ("uncemented", "NFB29"),
-    ("hybrid", "NFB39"),
-    ("reverse_hybrid", "NFB59"),
-];
+pub(crate) const FIXATIONS: [(&str, &str); 4] =
+    [("cemented", "NFB49"), ("uncemented", "NFB29"), ("hybrid", "NFB39"), ("reverse_hybrid", "NFB59")];
 pub(crate) const FIX_CEMENTED: u8 = 0;
 pub(crate) const FIX_UNCEMENTED: u8 = 1;
 
@@ -404,7 +396,14 @@ fn hip_hospital_tables() -> Vec<Vec<f64>> {
             cumulative((0..N_HOSPITALS).map(|i| {
                 let hosp = hospital(i);
                 let local = usize::from(hosp.region) == reg;
-                hosp.hip_weight * if local { 1.0 } else if hosp.private { 0.03 } else { 0.004 }
+                hosp.hip_weight
+                    * if local {
+                        1.0
+                    } else if hosp.private {
+                        0.03
+                    } else {
+                        0.004
+                    }
             }))
         })
         .collect()
@@ -417,11 +416,7 @@ fn cemented_share(year: i32, age: f64, bias: f64) -> f64 {
 }
 
 fn draw_fixation(r: &mut SynthRng, p_cemented: f64) -> u8 {
-    if chance(r, p_cemented) {
-        FIX_CEMENTED
-    } else {
-        [1u8, 2, 3][weighted(r, &[0.55, 0.15, 0.30])]
-    }
+    if chance(r, p_cemented) { FIX_CEMENTED } else { [1u8, 2, 3][weighted(r, &[0.55, 0.15, 0.30])] }
 }
 
 /// The patient-register length of stay after a primary hip replacement.
@@ -437,9 +432,8 @@ pub(crate) fn build(persons: u64, seed: u64) -> Base {
     let end = end_day();
 
     // Per-hospital practice: preference for cemented fixation (private clinics less).
-    let fix_bias: Vec<f64> = (0..N_HOSPITALS)
-        .map(|i| normal(&mut r, 0.0, 0.10) - if hospital(i).private { 0.15 } else { 0.0 })
-        .collect();
+    let fix_bias: Vec<f64> =
+        (0..N_HOSPITALS).map(|i| normal(&mut r, 0.0, 0.10) - if hospital(i).private { 0.15 } else { 0.0 }).collect();
     let hip_tables = hip_hospital_tables();
 
     let birth_years: Vec<i32> = (FIRST_BIRTH_YEAR..=LAST_BIRTH_YEAR).collect();
@@ -520,7 +514,13 @@ pub(crate) fn build(persons: u64, seed: u64) -> Base {
             }
             let age = age_at(&p, op.date);
             let base = [0.0002, 0.001, 0.006, 0.035][usize::from(op.asa - 1)];
-            let age_mult = if age >= 85.0 { 2.0 } else if age >= 75.0 { 1.3 } else { 1.0 };
+            let age_mult = if age >= 85.0 {
+                2.0
+            } else if age >= 75.0 {
+                1.3
+            } else {
+                1.0
+            };
             let dx_mult = if op.dx == DX_FRACTURE { 3.0 } else { 1.0 };
             if chance(&mut r, base * age_mult * dx_mult) {
                 let d = op.date + 1 + (89.0 * unif(&mut r).powf(1.5)) as i32;
@@ -606,12 +606,17 @@ fn draw_op(
         .filter(|f| p.conds & **f != 0)
         .count() as f64;
     let z = (age - 70.0) * 0.04 + 0.35 * comorbid + normal(r, 0.0, 1.0);
-    let asa = if z < -1.2 { 1 } else if z < 0.4 { 2 } else if z < 1.8 { 3 } else { 4 };
-    let bmi = if chance(r, 0.03) {
-        f32::NAN
+    let asa = if z < -1.2 {
+        1
+    } else if z < 0.4 {
+        2
+    } else if z < 1.8 {
+        3
     } else {
-        (normal(r, 27.5, 4.5).clamp(15.0, 55.0) * 10.0).round() as f32 / 10.0
+        4
     };
+    let bmi =
+        if chance(r, 0.03) { f32::NAN } else { (normal(r, 27.5, 4.5).clamp(15.0, 55.0) * 10.0).round() as f32 / 10.0 };
     let mut p_reop = 0.03;
     if fix == FIX_UNCEMENTED {
         p_reop *= 1.4;

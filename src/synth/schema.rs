@@ -82,9 +82,7 @@ pub(crate) struct TableSpec {
 impl TableSpec {
     /// The Arrow schema; every column nullable.
     pub(crate) fn schema(&self) -> SchemaRef {
-        Arc::new(Schema::new(
-            self.columns.iter().map(|c| Field::new(c.name, c.ty.arrow(), true)).collect::<Vec<_>>(),
-        ))
+        Arc::new(Schema::new(self.columns.iter().map(|c| Field::new(c.name, c.ty.arrow(), true)).collect::<Vec<_>>()))
     }
 }
 
@@ -103,8 +101,7 @@ pub(crate) struct RegisterSpec {
 use ColType::{Boolean, Date32, Float64, Int32, Int64, Utf8};
 
 const PNR: ColumnSpec =
-    col("pnr", Utf8, "Personal identity number; leaves the node only as the project pseudonym `person`")
-        .identifying();
+    col("pnr", Utf8, "Personal identity number; leaves the node only as the project pseudonym `person`").identifying();
 
 pub(crate) const HIP_OPERATIONS: TableSpec = TableSpec {
     name: "operations",
@@ -118,8 +115,7 @@ pub(crate) const HIP_OPERATIONS: TableSpec = TableSpec {
         col("side", Utf8, "Operated side: L or R"),
         col("diagnosis", Utf8, "Main diagnosis").codes("ICD-10-SE"),
         col("fixation", Utf8, "Fixation of the prosthesis: cemented, uncemented, hybrid or reverse_hybrid"),
-        col("asa", Int32, "ASA physical status class at operation, 1 (healthy) to 4 (severe disease)")
-            .codes("ASA"),
+        col("asa", Int32, "ASA physical status class at operation, 1 (healthy) to 4 (severe disease)").codes("ASA"),
         col("bmi", Float64, "Body mass index at operation; null when not recorded").unit("kg/m2"),
         col("reoperation", Boolean, "Reoperated on the same hip within 2 years of the operation"),
         col("reop_date", Date32, "Date of the first reoperation; null when none"),
@@ -136,8 +132,7 @@ pub(crate) const HIP_PROM: TableSpec = TableSpec {
         col("survey_date", Date32, "Date the survey was answered"),
         col("eq5d_index", Float64, "EQ-5D-3L index (UK tariff), -0.594 to 1 (full health)").unit("index"),
         col("pain_vas", Int32, "Hip pain on a visual analogue scale, 0 (none) to 100 (worst)").unit("mm"),
-        col("satisfaction", Int32, "Satisfaction with the result, 0 to 100; null before the operation")
-            .unit("mm"),
+        col("satisfaction", Int32, "Satisfaction with the result, 0 to 100; null before the operation").unit("mm"),
     ],
 };
 

@@ -19,9 +19,8 @@ use parquet::file::properties::WriterProperties;
 use super::SynthError;
 use super::dist::{SynthRng, chance, int_in, normal, poisson, unif, weighted};
 use super::model::{
-    ALIVE, Base, FIX_CEMENTED, FIXATIONS, HIP_DX, HipOp, N_HOSPITALS, Person, REGIONS,
-    age_at, cond, date_of, day_in_year, end_day, hospital, start_day, year_start, CAUSES, FIRST_YEAR,
-    LAST_YEAR,
+    ALIVE, Base, CAUSES, FIRST_YEAR, FIX_CEMENTED, FIXATIONS, HIP_DX, HipOp, LAST_YEAR, N_HOSPITALS, Person, REGIONS,
+    age_at, cond, date_of, day_in_year, end_day, hospital, start_day, year_start,
 };
 use super::schema::TableSpec;
 
@@ -47,8 +46,7 @@ impl PartSink {
     /// Creates `dir/part-NNNNN.parquet` for `spec`.
     pub(crate) fn create(dir: &Path, part: usize, spec: &TableSpec) -> Result<Self, SynthError> {
         let path = dir.join(format!("part-{part:05}.parquet"));
-        let file = File::create(&path)
-            .map_err(|source| SynthError::CreateFile { path: path.clone(), source })?;
+        let file = File::create(&path).map_err(|source| SynthError::CreateFile { path: path.clone(), source })?;
         let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
         let schema = spec.schema();
         let writer = ArrowWriter::try_new(file, schema.clone(), Some(props))
@@ -60,9 +58,7 @@ impl PartSink {
         let batch = RecordBatch::try_new(self.schema.clone(), columns)
             .map_err(|source| SynthError::BatchSchema { table: self.table, source })?;
         self.rows += batch.num_rows() as u64;
-        self.writer
-            .write(&batch)
-            .map_err(|source| SynthError::Parquet { path: self.path.clone(), source })
+        self.writer.write(&batch).map_err(|source| SynthError::Parquet { path: self.path.clone(), source })
     }
 
     /// Finishes the file; returns the number of rows written.
@@ -172,9 +168,7 @@ pub(crate) fn hip_prom(base: &Base, r: &mut SynthRng, sink: &mut PartSink) -> Re
             op_id.append_value(i as i64 + 1);
             survey.append_value("1y");
             date.append_value(d1);
-            eq5d.append_value(round3(
-                0.80 - penalty + 0.20 * (0.5 * latent + 0.866 * normal(r, 0.0, 1.0)),
-            ));
+            eq5d.append_value(round3(0.80 - penalty + 0.20 * (0.5 * latent + 0.866 * normal(r, 0.0, 1.0))));
             pain.append_value(vas(normal(r, 15.0 + if reop { 15.0 } else { 0.0 }, 15.0)));
             satisfaction.append_value(vas(normal(r, 85.0 - if reop { 20.0 } else { 0.0 }, 15.0)));
             n += 1;
@@ -541,15 +535,7 @@ struct Disp {
 /// Adds the dispensings of one treatment course of `atc` for `p`, starting at `from` (or, with
 /// probability `prevalent`, already under way in 2010), ending after an exponential duration
 /// (mean `years`) or at death.
-fn course(
-    r: &mut SynthRng,
-    out: &mut Vec<Disp>,
-    last: i32,
-    atc: u8,
-    from: i32,
-    prevalent: f64,
-    years: f64,
-) {
+fn course(r: &mut SynthRng, out: &mut Vec<Disp>, last: i32, atc: u8, from: i32, prevalent: f64, years: f64) {
     let start_window = start_day();
     let start = if chance(r, prevalent) {
         start_window + int_in(r, 0, 90)

@@ -25,12 +25,7 @@ pub fn text(bytes: &[u8]) -> String {
 /// Fails with both streams when the command did not succeed.
 pub fn success(args: &[&str]) -> String {
     let out = samkor(args);
-    assert!(
-        out.status.success(),
-        "samkor {args:?} failed:\n{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    assert!(out.status.success(), "samkor {args:?} failed:\n{}\n{}", text(&out.stdout), text(&out.stderr));
     text(&out.stdout)
 }
 
@@ -45,10 +40,7 @@ pub fn failure(args: &[&str]) -> String {
         text(&out.stderr)
     );
     let stderr = text(&out.stderr);
-    assert!(
-        !stderr.contains('\u{1b}'),
-        "no colour codes without a terminal: {stderr:?}"
-    );
+    assert!(!stderr.contains('\u{1b}'), "no colour codes without a terminal: {stderr:?}");
     stderr
 }
 
@@ -67,16 +59,11 @@ fn audit_log(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("coordinator.log");
     let log = AuditLog::open(&path, "coordinator").expect("open");
     log.append(
-        AuditEntry::accepted("alice", "q1", "SELECT count(*) FROM hip.operations")
-            .project("P-1")
-            .released(1, 1, 0),
+        AuditEntry::accepted("alice", "q1", "SELECT count(*) FROM hip.operations").project("P-1").released(1, 1, 0),
     )
     .expect("append");
-    log.append(
-        AuditEntry::refused("bob", "q2", "SELECT 1", "approval.member", "not a member")
-            .project("P-1"),
-    )
-    .expect("append");
+    log.append(AuditEntry::refused("bob", "q2", "SELECT 1", "approval.member", "not a member").project("P-1"))
+        .expect("append");
     path
 }
 
@@ -87,31 +74,15 @@ fn audit_report_covers_the_whole_log_without_since() {
     let log = log.to_str().expect("utf-8 path");
     let whole = success(&["audit", "report", log]);
     let period = whole.lines().nth(1).expect("period line");
+    assert!(period.starts_with("Period: the whole log (2 of 2 records, "), "{whole}");
+    assert!(whole.lines().any(|l| l.contains("alice") && l.contains("P-1")), "{whole}");
+    let narrowed = success(&["audit", "report", log, "--since", "2000-01-01", "--until", "2000-02-01"]);
     assert!(
-        period.starts_with("Period: the whole log (2 of 2 records, "),
-        "{whole}"
+        narrowed.contains("Period: from 2000-01-01 00:00:00 UTC to before 2000-02-02 00:00:00 UTC (0 of 2 records)"),
+        "a date includes its day: {narrowed}"
     );
-    assert!(
-        whole
-            .lines()
-            .any(|l| l.contains("alice") && l.contains("P-1")),
-        "{whole}"
-    );
-    let narrowed = success(&[
-        "audit",
-        "report",
-        log,
-        "--since",
-        "2000-01-01",
-        "--until",
-        "2000-02-01",
-    ]);
-    assert!(narrowed.contains("Period: from 2000-01-01 00:00:00 UTC to before 2000-02-02 00:00:00 UTC (0 of 2 records)"), "a date includes its day: {narrowed}");
     let bad = failure(&["audit", "report", log, "--until", "soon"]);
-    assert!(
-        bad.starts_with("samkor: --until \"soon\": expected an RFC 3339 time"),
-        "{bad}"
-    );
+    assert!(bad.starts_with("samkor: --until \"soon\": expected an RFC 3339 time"), "{bad}");
 }
 
 /// Mistakes in the SQL come back as one line without Rust debug formatting,
@@ -209,7 +180,10 @@ fn demo_says_where_its_files_are_and_keeps_server_logs_out_of_the_terminal() {
         assert!(!stream.contains('\u{1b}'), "no colour codes on {name} without a terminal:\n{stream}");
     }
     let snippet = stdout.split("Connect from Python").nth(1).expect("the Python snippet");
-    assert!(snippet.contains("grpc+tls://127.0.0.1:") && snippet.contains("samkor query --coordinator 127.0.0.1:"), "{snippet}");
+    assert!(
+        snippet.contains("grpc+tls://127.0.0.1:") && snippet.contains("samkor query --coordinator 127.0.0.1:"),
+        "{snippet}"
+    );
     let server_log = std::fs::read_to_string(&log).expect("the servers' log");
     assert!(server_log.contains(" INFO ") && server_log.contains("node serving over mutual TLS"), "{server_log}");
     assert!(!server_log.contains('\u{1b}'), "no colour codes in the log file");
@@ -246,10 +220,20 @@ async fn connection_mistakes_say_what_to_check() {
     };
     let base = query_args(&addr, "alice", "P-1", "SELECT 1");
     let cases = [
-        (query_args(&nobody, "alice", "P-1", "SELECT 1"), "nothing accepts connections there: is the coordinator running"),
-        (query_args("localhost", "alice", "P-1", "SELECT 1"), "invalid coordinator address localhost: expected HOST:PORT"),
         (
-            with(with(base.clone(), "--cert", path(rogue.join("mallory.pem"))), "--key", path(rogue.join("mallory.key"))),
+            query_args(&nobody, "alice", "P-1", "SELECT 1"),
+            "nothing accepts connections there: is the coordinator running",
+        ),
+        (
+            query_args("localhost", "alice", "P-1", "SELECT 1"),
+            "invalid coordinator address localhost: expected HOST:PORT",
+        ),
+        (
+            with(
+                with(base.clone(), "--cert", path(rogue.join("mallory.pem"))),
+                "--key",
+                path(rogue.join("mallory.key")),
+            ),
             "it does not accept your certificate (--cert / SAMKOR_CERT)",
         ),
         (with(base.clone(), "--ca", path(rogue.join("ca.pem"))), "not signed by your CA file (--ca / SAMKOR_CA)"),
@@ -284,8 +268,10 @@ fn a_closed_pipe_ends_output_quietly() {
     let log = AuditLog::open(&path, "coordinator").expect("open");
     // More than a pipe buffer of table rows, so the command is still writing when the reader leaves.
     for i in 0..2000 {
-        log.append(AuditEntry::accepted("alice", format!("q{i}"), "SELECT count(*) FROM hip.operations").project("P-1"))
-            .expect("append");
+        log.append(
+            AuditEntry::accepted("alice", format!("q{i}"), "SELECT count(*) FROM hip.operations").project("P-1"),
+        )
+        .expect("append");
     }
     let mut child = Command::new(env!("CARGO_BIN_EXE_samkor"))
         .args(["audit", "show", path.to_str().expect("utf-8")])

@@ -18,13 +18,25 @@ fn generate(dir: &Path) {
     samkor::synth::generate(&samkor::synth::SynthOptions { out: dir.to_owned(), persons: PERSONS, seed: SEED })
         .expect("synthetic registers");
     for project in ["P-1", "P-2", "matrix", "P-python", "P-trace"] {
-        samkor::federation::write_full_approval(dir, project, &["alice"], &["aggregate", "pseudonymised_microdata"], true)
-            .expect("approval");
+        samkor::federation::write_full_approval(
+            dir,
+            project,
+            &["alice"],
+            &["aggregate", "pseudonymised_microdata"],
+            true,
+        )
+        .expect("approval");
     }
     // Disclosure-control projects of the attack suite (tests/disclosure/).
     samkor::federation::write_full_approval(dir, "D-agg", &["alice"], &["aggregate"], false).expect("approval");
-    samkor::federation::write_full_approval(dir, "D-micro", &["alice"], &["aggregate", "pseudonymised_microdata"], false)
-        .expect("approval");
+    samkor::federation::write_full_approval(
+        dir,
+        "D-micro",
+        &["alice"],
+        &["aggregate", "pseudonymised_microdata"],
+        false,
+    )
+    .expect("approval");
     samkor::federation::write_full_approval(dir, "D-minmax", &["alice"], &["aggregate"], true).expect("approval");
     let strict = samkor::federation::full_approval_toml(dir, "D-round", &["alice"], &["aggregate"], false)
         .expect("approval")
@@ -90,7 +102,10 @@ columns = ["person", "death_date"]
 fn governance_approvals() -> Vec<(&'static str, String)> {
     vec![
         ("G-narrow", narrow("G-narrow", "alice", "2020-01-01", "2099-12-31", "\"aggregate\"")),
-        ("G-micro", narrow("G-micro", "alice", "2020-01-01", "2099-12-31", "\"aggregate\", \"pseudonymised_microdata\"")),
+        (
+            "G-micro",
+            narrow("G-micro", "alice", "2020-01-01", "2099-12-31", "\"aggregate\", \"pseudonymised_microdata\""),
+        ),
         ("G-expired", narrow("G-expired", "alice", "2020-01-01", "2021-12-31", "\"aggregate\"")),
         ("G-future", narrow("G-future", "alice", "2099-01-01", "2099-12-31", "\"aggregate\"")),
         ("G-bob", narrow("G-bob", "bob", "2020-01-01", "2099-12-31", "\"aggregate\"")),
@@ -166,7 +181,8 @@ pub fn rows(batches: &[arrow::record_batch::RecordBatch]) -> Vec<Vec<String>> {
     let options = FormatOptions::default().with_null("NULL");
     let mut out = Vec::new();
     for b in batches {
-        let f: Vec<_> = b.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &options).expect("format")).collect();
+        let f: Vec<_> =
+            b.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &options).expect("format")).collect();
         for r in 0..b.num_rows() {
             out.push(f.iter().map(|f| f.value(r).to_string()).collect());
         }
@@ -198,7 +214,8 @@ pub fn released_vs_pooled(
                 }
             }
         };
-        let mut p = pooled.iter().find(|p| p[0] == row[0]).cloned().unwrap_or_else(|| panic!("no pooled row for {row:?}"));
+        let mut p =
+            pooled.iter().find(|p| p[0] == row[0]).cloned().unwrap_or_else(|| panic!("no pooled row for {row:?}"));
         mask(&mut row);
         mask(&mut p);
         fed.push(row);

@@ -39,7 +39,11 @@ async fn a_node_down_at_start_is_reported_and_joins_when_it_comes_back() {
     };
     let fed = common::federation_with(&options).await;
     assert_eq!(fed.coordinator.unavailable_at_start.len(), 1);
-    assert!(fed.coordinator.unavailable_at_start[0].contains("node dors"), "{:?}", fed.coordinator.unavailable_at_start);
+    assert!(
+        fed.coordinator.unavailable_at_start[0].contains("node dors"),
+        "{:?}",
+        fed.coordinator.unavailable_at_start
+    );
     let mut client = fed.client("alice", "P-1").await.expect("connect");
     // Other registers work.
     let (_, b) = client.query("SELECT count(*) FROM hip.operations").await.expect("hip works");
@@ -55,8 +59,11 @@ async fn a_node_down_at_start_is_reported_and_joins_when_it_comes_back() {
     let node = samkor_node::start(config).await.expect("dors starts");
     let engine = fed.coordinator.engine.clone();
     assert!(
-        eventually(Duration::from_secs(20), || engine.federation().node("dors").is_some_and(|n| n.catalogue().is_some()))
-            .await,
+        eventually(Duration::from_secs(20), || engine
+            .federation()
+            .node("dors")
+            .is_some_and(|n| n.catalogue().is_some()))
+        .await,
         "dors's catalogue arrives"
     );
     let (_, b) = client.query("SELECT count(*) FROM dors.deaths").await.expect("dors works now");
@@ -208,7 +215,10 @@ async fn explain_shows_what_each_node_is_asked() {
     assert!(text.contains("name=hip") && text.contains("name=dors"), "{text}");
     assert!(text.contains("HashJoinExec"), "the join runs at the coordinator: {text}");
     let hip_sql = text.lines().find(|l| l.contains("name=hip")).expect("hip line");
-    assert!(hip_sql.contains("\"asa\" > 2") && !hip_sql.contains("bmi"), "only needed columns, filter pushed: {hip_sql}");
+    assert!(
+        hip_sql.contains("\"asa\" > 2") && !hip_sql.contains("bmi"),
+        "only needed columns, filter pushed: {hip_sql}"
+    );
     fed.shutdown().await;
 }
 
@@ -222,16 +232,15 @@ async fn flight_sql_clients_browse_and_query() {
         let mut sql = fetcher.clone();
         async move {
             let ticket = info.endpoint[0].ticket.clone().expect("ticket");
-            let batches: Vec<RecordBatch> = sql.do_get(ticket).await.expect("do_get").try_collect().await.expect("batches");
+            let batches: Vec<RecordBatch> =
+                sql.do_get(ticket).await.expect("do_get").try_collect().await.expect("batches");
             batches
         }
     };
     let catalogs = collect(sql.get_catalogs().await.expect("catalogs")).await;
     assert_eq!(common::sorted_lines(&catalogs), vec!["| samkor       |"]);
-    let schemas = collect(
-        sql.get_db_schemas(arrow_flight::sql::CommandGetDbSchemas::default()).await.expect("schemas"),
-    )
-    .await;
+    let schemas =
+        collect(sql.get_db_schemas(arrow_flight::sql::CommandGetDbSchemas::default()).await.expect("schemas")).await;
     let schemas = common::sorted_lines(&schemas).join("\n");
     for r in REGISTERS {
         assert!(schemas.contains(r), "{schemas}");

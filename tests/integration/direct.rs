@@ -34,7 +34,9 @@ async fn direct_access_sees_only_its_own_hospital() {
         ),
         (
             "SELECT count(*) AS n, sum(length_of_stay) AS days FROM npr.inpatient",
-            format!("SELECT count(*) AS n, sum(length_of_stay) AS days FROM npr.inpatient WHERE hospital = '{hospital}'"),
+            format!(
+                "SELECT count(*) AS n, sum(length_of_stay) AS days FROM npr.inpatient WHERE hospital = '{hospital}'"
+            ),
         ),
     ] {
         let (_, got) = dora.query(register_sql).await.expect("direct access answers");
@@ -49,7 +51,9 @@ async fn direct_access_sees_only_its_own_hospital() {
     let (_, got) = dora.query("SELECT hospital, count(*) FROM hip.operations GROUP BY hospital").await.expect("answer");
     let hospitals: Vec<String> = got
         .iter()
-        .flat_map(|b| b.column(0).as_string::<i32>().iter().map(|h| h.expect("hospital").to_owned()).collect::<Vec<_>>())
+        .flat_map(|b| {
+            b.column(0).as_string::<i32>().iter().map(|h| h.expect("hospital").to_owned()).collect::<Vec<_>>()
+        })
         .collect();
     assert_eq!(hospitals, vec![hospital.to_owned()]);
     // The node got the restriction with its sub-query, and the unit in its ticket.
@@ -86,7 +90,10 @@ async fn direct_access_sees_only_its_own_hospital() {
     let msg = refused(spoof.query("SELECT count(*) FROM hip.operations").await, "direct.project");
     assert!(!msg.contains(hospital), "the refusal does not tell the caller its own binding: {msg}");
     // A care provider is no research-project member.
-    refused(fed.client("dora", "P-1").await.expect("connect").query("SELECT count(*) FROM hip.operations").await, "approval.member");
+    refused(
+        fed.client("dora", "P-1").await.expect("connect").query("SELECT count(*) FROM hip.operations").await,
+        "approval.member",
+    );
 
     // Both logs hold the story; the node's names the unit it served.
     let records = audit::read_all(fed.coordinator.engine.audit().path()).expect("coordinator log").records;
@@ -103,7 +110,9 @@ async fn direct_access_sees_only_its_own_hospital() {
     let node_records = audit::read_all(hip.audit.path()).expect("node log").records;
     assert!(node_records.iter().all(|r| r.identity == "coordinator"));
     assert!(
-        node_records.iter().any(|r| r.project == format!("direct:{hospital}") && r.decision == audit::Decision::Accepted),
+        node_records
+            .iter()
+            .any(|r| r.project == format!("direct:{hospital}") && r.decision == audit::Decision::Accepted),
         "{node_records:?}"
     );
     audit::verify(hip.audit.path()).expect("node chain intact");
@@ -116,13 +125,19 @@ fn direct_sub(project: &str, unit: &str, sql: &str) -> samkor_proto::pb::SubQuer
     sub
 }
 
-async fn send(client: &NodeClient, sub: &samkor_proto::pb::SubQuery) -> Result<Vec<RecordBatch>, samkor_proto::client::NodeError> {
+async fn send(
+    client: &NodeClient,
+    sub: &samkor_proto::pb::SubQuery,
+) -> Result<Vec<RecordBatch>, samkor_proto::client::NodeError> {
     let stream = client.send(sub, None).await?;
     stream.try_collect().await.map_err(|e| client.stream_error(e))
 }
 
 fn strings(batches: &[RecordBatch]) -> HashSet<String> {
-    batches.iter().flat_map(|b| b.column(0).as_string::<i32>().iter().map(|v| v.expect("value").to_owned()).collect::<Vec<_>>()).collect()
+    batches
+        .iter()
+        .flat_map(|b| b.column(0).as_string::<i32>().iter().map(|v| v.expect("value").to_owned()).collect::<Vec<_>>())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,7 +151,8 @@ async fn the_node_enforces_direct_access_without_the_coordinator() {
     let hospital = doras_hospital();
 
     // A table without a unit column is closed, whatever the coordinator says.
-    let err = send(&client, &direct_sub("direct", hospital, "SELECT count(*) FROM prom")).await.expect_err("closed table");
+    let err =
+        send(&client, &direct_sub("direct", hospital, "SELECT count(*) FROM prom")).await.expect_err("closed table");
     let status = err.status().expect("node status");
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{err}");
     assert!(status.message().contains("rule direct.table") && status.message().contains("prom"), "{err}");
@@ -147,10 +163,16 @@ async fn the_node_enforces_direct_access_without_the_coordinator() {
     assert!(err.status().expect("status").message().contains("rule direct.unit"), "{err}");
 
     // No row filter in the SQL: the node filters at its scan all the same.
-    let got = send(&client, &direct_sub("direct", hospital, "SELECT DISTINCT hospital FROM operations")).await.expect("served");
+    let got = send(&client, &direct_sub("direct", hospital, "SELECT DISTINCT hospital FROM operations"))
+        .await
+        .expect("served");
     assert_eq!(strings(&got), HashSet::from([hospital.to_owned()]));
     // Pseudonyms of direct access cannot be linked to a research project's.
-    let direct = strings(&send(&client, &direct_sub("direct", hospital, "SELECT DISTINCT person FROM operations")).await.expect("served"));
+    let direct = strings(
+        &send(&client, &direct_sub("direct", hospital, "SELECT DISTINCT person FROM operations"))
+            .await
+            .expect("served"),
+    );
     let research_sql = format!("SELECT DISTINCT person FROM operations WHERE hospital = '{hospital}'");
     let research = strings(&send(&client, &direct_sub("P-1", "", &research_sql)).await.expect("served"));
     assert_eq!(direct.len(), research.len(), "the same persons");

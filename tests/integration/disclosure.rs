@@ -87,7 +87,12 @@ fn cases() -> Vec<(String, Case)> {
 }
 
 /// Checks a released answer against the case's expectations; returns what is wrong.
-fn check_released(case: &Case, schema: &arrow::datatypes::Schema, batches: &[RecordBatch], pooled: Option<&[RecordBatch]>) -> Vec<String> {
+fn check_released(
+    case: &Case,
+    schema: &arrow::datatypes::Schema,
+    batches: &[RecordBatch],
+    pooled: Option<&[RecordBatch]>,
+) -> Vec<String> {
     let mut problems = Vec::new();
     let e = &case.expect;
     let summary: serde_json::Value = schema
@@ -145,7 +150,8 @@ fn check_released(case: &Case, schema: &arrow::datatypes::Schema, batches: &[Rec
     }
     if let Some(base) = e.rounded_to {
         if summary["round_counts_to"].as_i64() != Some(base) {
-            problems.push(format!("the answer says counts are rounded to {}, expected {base}", summary["round_counts_to"]));
+            problems
+                .push(format!("the answer says counts are rounded to {}, expected {base}", summary["round_counts_to"]));
         }
         for (c, f) in schema.fields().iter().enumerate() {
             if f.data_type() != &arrow::datatypes::DataType::Int64 {
@@ -250,19 +256,26 @@ async fn run_attack_suite(fed_dir: &Path) {
                 }
                 p
             }
-            (Some(rule), Ok((_, b))) => vec![format!("released ({} rows) instead of refused by {rule}", common::rows(&b).len())],
+            (Some(rule), Ok((_, b))) => {
+                vec![format!("released ({} rows) instead of refused by {rule}", common::rows(&b).len())]
+            }
             (None, Err(e)) => match &case.expect.error {
-                Some(want) if e.to_string().contains(want.as_str()) && e.code() != Some(tonic::Code::PermissionDenied) => {
+                Some(want)
+                    if e.to_string().contains(want.as_str()) && e.code() != Some(tonic::Code::PermissionDenied) =>
+                {
                     refused += 1;
                     Vec::new()
                 }
                 _ => vec![format!("refused or failed: {e}")],
             },
-            (None, Ok(_)) if case.expect.error.is_some() => vec![format!("answered instead of failing with {:?}", case.expect.error)],
+            (None, Ok(_)) if case.expect.error.is_some() => {
+                vec![format!("answered instead of failing with {:?}", case.expect.error)]
+            }
             (None, Ok((schema, batches))) => {
                 released += 1;
                 let pooled = if case.expect.exact {
-                    let ctx = samkor::federation::pooled_session(common::synth_dir(), &case.project).await.expect("pooled");
+                    let ctx =
+                        samkor::federation::pooled_session(common::synth_dir(), &case.project).await.expect("pooled");
                     Some(ctx.sql(&case.sql).await.expect("pooled plan").collect().await.expect("pooled answer"))
                 } else {
                     None
@@ -288,7 +301,12 @@ async fn run_attack_suite(fed_dir: &Path) {
     assert!(twins >= MIN_TWINS, "{twins} error-oracle pairs, fewer than {MIN_TWINS}");
     perturbed.shutdown().await;
     exact.shutdown().await;
-    assert!(failures.is_empty(), "{} attack case(s) not stopped as expected:\n\n{}", failures.len(), failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} attack case(s) not stopped as expected:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,17 +335,28 @@ async fn generalised_microdata_leaves_coarse_and_exports_to_parquet() {
         .await
         .expect("a birth date");
     let day = common::rows(&exact)[0][0].clone();
-    let (_, found) = c.query(&format!("SELECT person FROM pop.persons WHERE birth_date = DATE '{day}'")).await.expect("answer");
+    let (_, found) =
+        c.query(&format!("SELECT person FROM pop.persons WHERE birth_date = DATE '{day}'")).await.expect("answer");
     assert_eq!(common::rows(&found).len(), 0, "no row matches the exact date {day}");
     // Grouping by a generalised birth date is an ordinary characteristic.
-    let (_, years) = c.query("SELECT birth_date, count(*) AS n FROM pop.persons GROUP BY birth_date").await.expect("answer");
+    let (_, years) =
+        c.query("SELECT birth_date, count(*) AS n FROM pop.persons GROUP BY birth_date").await.expect("answer");
     assert!(common::rows(&years).iter().all(|r| r[0].ends_with("-01-01") || r[0] == "NULL"));
 
     // Export through the CLI as Parquet: the same rows, the disclosure metadata kept.
     let files = samkor::federation::identity_files(&fed.dir, "alice");
     let out = tempfile::Builder::new().suffix(".parquet").tempfile().expect("temp file");
     let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_samkor"))
-        .args(["query", "--coordinator", &fed.coordinator_addr(), "--project", "D-general", "--format", "parquet", "--out"])
+        .args([
+            "query",
+            "--coordinator",
+            &fed.coordinator_addr(),
+            "--project",
+            "D-general",
+            "--format",
+            "parquet",
+            "--out",
+        ])
         .arg(out.path())
         .arg("--cert")
         .arg(&files.cert)

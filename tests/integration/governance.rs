@@ -41,12 +41,28 @@ async fn unapproved_columns_are_refused_through_every_construct() {
     let cases = [
         ("projection", "SELECT avg(bmi) FROM hip.operations", "bmi"),
         ("filter", "SELECT count(*) FROM hip.operations WHERE asa > 2", "asa"),
-        ("join key", "SELECT count(*) FROM hip.operations o JOIN dors.deaths d ON d.person = o.person AND d.underlying_cause = o.region", "dors.deaths.underlying_cause"),
+        (
+            "join key",
+            "SELECT count(*) FROM hip.operations o JOIN dors.deaths d ON d.person = o.person AND d.underlying_cause = o.region",
+            "dors.deaths.underlying_cause",
+        ),
         ("group", "SELECT asa, count(*) FROM hip.operations GROUP BY asa", "asa"),
         ("order", "SELECT region, count(*) FROM hip.operations GROUP BY region ORDER BY max(bmi)", "bmi"),
-        ("window", "SELECT region, count(*), rank() OVER (ORDER BY avg(bmi)) FROM hip.operations GROUP BY region", "bmi"),
-        ("subquery", "SELECT count(*) FROM hip.operations WHERE person IN (SELECT person FROM hip.operations WHERE reoperation)", "reoperation"),
-        ("scalar subquery", "SELECT region, count(*) FROM hip.operations WHERE op_date > (SELECT max(reop_date) FROM hip.operations) GROUP BY region", "reop_date"),
+        (
+            "window",
+            "SELECT region, count(*), rank() OVER (ORDER BY avg(bmi)) FROM hip.operations GROUP BY region",
+            "bmi",
+        ),
+        (
+            "subquery",
+            "SELECT count(*) FROM hip.operations WHERE person IN (SELECT person FROM hip.operations WHERE reoperation)",
+            "reoperation",
+        ),
+        (
+            "scalar subquery",
+            "SELECT region, count(*) FROM hip.operations WHERE op_date > (SELECT max(reop_date) FROM hip.operations) GROUP BY region",
+            "reop_date",
+        ),
         ("cte", "WITH x AS (SELECT side FROM hip.operations) SELECT side, count(*) FROM x GROUP BY side", "side"),
         ("having", "SELECT region, count(*) FROM hip.operations GROUP BY region HAVING avg(asa) > 2", "asa"),
     ];
@@ -67,9 +83,11 @@ async fn unapproved_columns_are_refused_through_every_construct() {
         .get_tables(arrow_flight::sql::CommandGetTables { include_schema: true, ..Default::default() })
         .await
         .expect("tables");
-    let batches: Vec<_> = futures::TryStreamExt::try_collect(sql.do_get(info.endpoint[0].ticket.clone().expect("ticket")).await.expect("get"))
-        .await
-        .expect("batches");
+    let batches: Vec<_> = futures::TryStreamExt::try_collect(
+        sql.do_get(info.endpoint[0].ticket.clone().expect("ticket")).await.expect("get"),
+    )
+    .await
+    .expect("batches");
     let names: Vec<String> = batches
         .iter()
         .flat_map(|b| {
@@ -224,19 +242,31 @@ async fn every_sub_query_is_in_the_node_audit_log() {
     let records = audit::read_all(&log).expect("read").records;
     assert!(records.iter().all(|r| r.actor == "node:dors" && r.registers == vec!["dors".to_owned()]));
     let served = &records[0];
-    assert_eq!((served.decision, served.identity.as_str(), served.project.as_str()), (audit::Decision::Accepted, "coordinator", "P-1"));
+    assert_eq!(
+        (served.decision, served.identity.as_str(), served.project.as_str()),
+        (audit::Decision::Accepted, "coordinator", "P-1")
+    );
     assert!(served.sql.contains("GROUP BY") && !served.query_id.is_empty(), "{served:?}");
     // The pseudonym is read to count the persons behind each cell.
     assert_eq!(served.columns, vec!["dors.deaths.person".to_owned(), "dors.deaths.region".to_owned()]);
     assert_eq!(served.rows_released, 0, "the decision is written before any row leaves");
     let end = &records[1];
-    assert_eq!((end.decision, end.rule.as_str(), end.query_id.as_str()), (audit::Decision::Accepted, audit::RULE_STREAM_END, served.query_id.as_str()));
+    assert_eq!(
+        (end.decision, end.rule.as_str(), end.query_id.as_str()),
+        (audit::Decision::Accepted, audit::RULE_STREAM_END, served.query_id.as_str())
+    );
     assert_eq!(end.rows_released, groups as u64);
     // region, the count, and hidden: the persons behind it with their cell
     // key, the least and the largest record key of the group.
     assert_eq!(end.cells_released, 5 * groups as u64);
-    assert_eq!((records[2].decision, records[2].rule.as_str(), records[2].project.as_str()), (audit::Decision::Refused, "holder.project", "P-2"));
-    assert_eq!((records[3].decision, records[3].rule.as_str(), records[3].identity.as_str()), (audit::Decision::Refused, "holder.caller", "alice"));
+    assert_eq!(
+        (records[2].decision, records[2].rule.as_str(), records[2].project.as_str()),
+        (audit::Decision::Refused, "holder.project", "P-2")
+    );
+    assert_eq!(
+        (records[3].decision, records[3].rule.as_str(), records[3].identity.as_str()),
+        (audit::Decision::Refused, "holder.caller", "alice")
+    );
     assert_eq!(records[3].query_id, "q-alice");
     // The review commands read a node's log as they read the coordinator's.
     let verified = samkor::audit_cli::verify(&log).expect("verify command");
@@ -267,8 +297,16 @@ async fn policy_check_cost() {
     let fed = common::federation().await;
     let engine = fed.coordinator.engine.clone();
     let cases = [
-        ("G-narrow", "alice", "SELECT o.fixation, count(*) AS n, count(d.death_date) AS died FROM hip.operations o LEFT JOIN dors.deaths d ON d.person = o.person GROUP BY o.fixation"),
-        ("P-1", "alice", "SELECT region, fixation, count(*) FROM hip.operations WHERE asa > 2 GROUP BY region, fixation"),
+        (
+            "G-narrow",
+            "alice",
+            "SELECT o.fixation, count(*) AS n, count(d.death_date) AS died FROM hip.operations o LEFT JOIN dors.deaths d ON d.person = o.person GROUP BY o.fixation",
+        ),
+        (
+            "P-1",
+            "alice",
+            "SELECT region, fixation, count(*) FROM hip.operations WHERE asa > 2 GROUP BY region, fixation",
+        ),
         ("direct", "dora", "SELECT fixation, count(*) FROM hip.operations GROUP BY fixation"),
     ];
     println!("policy checking per query (median of {RUNS}, µs):");

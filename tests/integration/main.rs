@@ -5,16 +5,16 @@
 
 mod cli;
 mod common;
-mod matrix;
 mod console;
 mod coordinator;
-mod disclosure;
 mod direct;
+mod disclosure;
 mod governance;
+mod matrix;
 mod node;
 mod observability;
 mod pg;
 mod postgres;
 mod python;
-mod reconstruction;
 mod readme;
+mod reconstruction;

@@ -155,7 +155,10 @@ fn render(columns: Vec<String>, batches: &[RecordBatch]) -> Result<Answer, Strin
 async fn run_federated(client: &mut Client, sql: &str) -> Result<Answer, String> {
     let (schema, batches) = client.query(sql).await.map_err(|e| format!("{e} (code {:?})", e.code()))?;
     let mut answer = render(schema.fields().iter().map(|f| f.name().clone()).collect(), &batches)?;
-    let controlled = schema.metadata().get(samkor_coordinator::disclosure::METADATA_KEY).is_some_and(|m| m.contains("\"aggregate\""));
+    let controlled = schema
+        .metadata()
+        .get(samkor_coordinator::disclosure::METADATA_KEY)
+        .is_some_and(|m| m.contains("\"aggregate\""));
     if !controlled {
         return Ok(answer);
     }

@@ -92,16 +92,17 @@ async fn filtered_grouped_subquery_equals_local_parquet() {
     let node = start_node(synth_dir(), "lmr").await;
     let sql = "SELECT atc, count(*) AS n, round(sum(ddd), 6) AS total_ddd, count(DISTINCT {p}) AS persons \
                FROM {t} WHERE region IN ('Skåne', 'Gotland') AND disp_date >= DATE '2015-01-01' GROUP BY atc";
-    let remote = run(
-        &coordinator_client(&node),
-        "P-1",
-        &sql.replace("{p}", "person").replace("{t}", "dispensations"),
-    )
-    .await
-    .expect("node query");
+    let remote = run(&coordinator_client(&node), "P-1", &sql.replace("{p}", "person").replace("{t}", "dispensations"))
+        .await
+        .expect("node query");
     let ctx = raw_session("lmr", "dispensations").await;
     let local = ctx
-        .sql(&(sql.replace("{p}", "pnr").replace("{t}", "raw").replace(" GROUP BY", " AND pnr NOT IN (SELECT pnr FROM optout) GROUP BY")))
+        .sql(
+            &(sql
+                .replace("{p}", "pnr")
+                .replace("{t}", "raw")
+                .replace(" GROUP BY", " AND pnr NOT IN (SELECT pnr FROM optout) GROUP BY")),
+        )
         .await
         .expect("plan")
         .collect()
@@ -119,9 +120,13 @@ async fn pseudonyms_link_within_a_project_and_not_across_projects() {
     let (hip, pop) = (start_node(dir, "hip").await, start_node(dir, "pop").await);
     let (hc, pc) = (coordinator_client(&hip), coordinator_client(&pop));
     let hip_p1: HashSet<String> =
-        strings(&run(&hc, "P-1", "SELECT DISTINCT person FROM operations").await.expect("hip"), 0).into_iter().collect();
+        strings(&run(&hc, "P-1", "SELECT DISTINCT person FROM operations").await.expect("hip"), 0)
+            .into_iter()
+            .collect();
     let hip_p2: HashSet<String> =
-        strings(&run(&hc, "P-2", "SELECT DISTINCT person FROM operations").await.expect("hip"), 0).into_iter().collect();
+        strings(&run(&hc, "P-2", "SELECT DISTINCT person FROM operations").await.expect("hip"), 0)
+            .into_iter()
+            .collect();
     let pop_p1: HashSet<String> =
         strings(&run(&pc, "P-1", "SELECT person FROM persons").await.expect("pop"), 0).into_iter().collect();
     assert!(hip_p1.len() > 100, "{}", hip_p1.len());
@@ -190,7 +195,8 @@ async fn opt_out_list_reloads_without_restart() {
         .expect("parquet");
     let list_path = copy.path().join("dors/optout.txt");
     let list = std::fs::read_to_string(&list_path).expect("list");
-    let pnrs = strings(&raw.sql("SELECT pnr FROM d ORDER BY pnr").await.expect("plan").collect().await.expect("rows"), 0);
+    let pnrs =
+        strings(&raw.sql("SELECT pnr FROM d ORDER BY pnr").await.expect("plan").collect().await.expect("rows"), 0);
     let victim = pnrs.iter().find(|p| !list.contains(p.as_str())).expect("a person to opt out").clone();
     std::fs::write(&list_path, format!("{list}{victim}\n")).expect("append");
     let after = count(run(&client, "P-1", "SELECT count(*) FROM deaths").await.expect("count"));
@@ -243,7 +249,8 @@ async fn bad_requests_get_errors_that_say_which() {
     let (code, msg) = message(run(&client, "P-1", "SELECT * FROM operationz").await.expect_err("unknown table"));
     assert_eq!(code, tonic::Code::InvalidArgument);
     assert!(msg.contains("operationz"), "{msg}");
-    let (code, msg) = message(run(&client, "P-1", "SELECT shoe_size FROM operations").await.expect_err("unknown column"));
+    let (code, msg) =
+        message(run(&client, "P-1", "SELECT shoe_size FROM operations").await.expect_err("unknown column"));
     assert_eq!(code, tonic::Code::InvalidArgument);
     assert!(msg.contains("shoe_size"), "{msg}");
     let (_, msg) = message(run(&client, "P-1", "SELECT pnr FROM operations").await.expect_err("no identity numbers"));
@@ -282,22 +289,28 @@ async fn node_refuses_to_start_with_one_clear_line() {
     // Malformed key.
     std::fs::write(dir.join("federation.key"), "0123").expect("write");
     let e = start_error(dir, "dors").await;
-    assert!(e.starts_with("pseudonymisation key file ") && e.contains("federation.key") && e.contains("expected 64"), "{e}");
+    assert!(
+        e.starts_with("pseudonymisation key file ") && e.contains("federation.key") && e.contains("expected 64"),
+        "{e}"
+    );
     samkor::certs::write_federation_key(&dir.join("federation.key")).expect("key");
     // A declared type that does not match the data.
     let toml_path = dir.join("dors/node.toml");
     let original = std::fs::read_to_string(&toml_path).expect("read");
-    let edited = original.replacen("name = \"death_date\"\n  type = \"date32\"", "name = \"death_date\"\n  type = \"int64\"", 1);
+    let edited =
+        original.replacen("name = \"death_date\"\n  type = \"date32\"", "name = \"death_date\"\n  type = \"int64\"", 1);
     assert_ne!(edited, original, "test edits the death_date type");
     std::fs::write(&toml_path, &edited).expect("write");
     let e = start_error(dir, "dors").await;
     assert!(e.contains("column death_date is declared as int64 but the data files") && e.contains("Date32"), "{e}");
     // A declared column missing from the files.
-    std::fs::write(&toml_path, original.replacen("name = \"underlying_cause\"", "name = \"cause_of_death\"", 1)).expect("write");
+    std::fs::write(&toml_path, original.replacen("name = \"underlying_cause\"", "name = \"cause_of_death\"", 1))
+        .expect("write");
     let e = start_error(dir, "dors").await;
     assert!(e.contains("column cause_of_death is declared in the config but missing from the data files"), "{e}");
     // No data files.
-    std::fs::write(&toml_path, original.replacen("path = \"deaths/*.parquet\"", "path = \"nowhere/*.parquet\"", 1)).expect("write");
+    std::fs::write(&toml_path, original.replacen("path = \"deaths/*.parquet\"", "path = \"nowhere/*.parquet\"", 1))
+        .expect("write");
     let e = start_error(dir, "dors").await;
     assert!(e.contains("table deaths: no data files match") && e.contains("nowhere"), "{e}");
     // A corrupt data file.
@@ -402,7 +415,13 @@ async fn the_pseudonym_scheme_is_configurable_and_stated_in_the_catalogue() {
         let served: HashSet<String> =
             strings(&run(&client, "P-1", "SELECT person FROM deaths").await.expect("rows"), 0).into_iter().collect();
         let raw = raw_session("dors", "deaths").await;
-        let pnrs = raw.sql("SELECT pnr FROM raw WHERE pnr NOT IN (SELECT pnr FROM optout)").await.expect("plan").collect().await.expect("rows");
+        let pnrs = raw
+            .sql("SELECT pnr FROM raw WHERE pnr NOT IN (SELECT pnr FROM optout)")
+            .await
+            .expect("plan")
+            .collect()
+            .await
+            .expect("rows");
         let expected: HashSet<String> =
             strings(&pnrs, 0).iter().map(|p| key.for_project_with(scheme, "P-1").pseudonym(p)).collect();
         assert_eq!(served, expected, "{scheme}");

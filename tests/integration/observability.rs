@@ -42,13 +42,16 @@ async fn node_work_is_a_child_of_the_query_span_across_the_wire() {
     let subqueries: Vec<_> = spans.iter().filter(|s| s.name == "node_subquery").collect();
     let query = spans
         .iter()
-        .find(|q| q.name == "query" && is_ours(q) && subqueries.iter().any(|s| s.parent_span_id == q.span_context.span_id()))
+        .find(|q| {
+            q.name == "query" && is_ours(q) && subqueries.iter().any(|s| s.parent_span_id == q.span_context.span_id())
+        })
         .expect("a query span with the sub-queries as children");
     let trace = query.span_context.trace_id();
     let subqueries: Vec<_> =
         subqueries.into_iter().filter(|s| s.parent_span_id == query.span_context.span_id()).collect();
     assert_eq!(subqueries.len(), 2, "one sub-query span per node, children of the query span");
-    let at_nodes: Vec<_> = spans.iter().filter(|s| s.name == "node_execute" && s.span_context.trace_id() == trace).collect();
+    let at_nodes: Vec<_> =
+        spans.iter().filter(|s| s.name == "node_execute" && s.span_context.trace_id() == trace).collect();
     assert_eq!(at_nodes.len(), 2, "each node records its part in the same trace");
     for n in at_nodes {
         assert!(

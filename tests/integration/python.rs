@@ -7,11 +7,11 @@ use crate::common;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_adbc_example_reads_a_frame() {
     let python = std::env::var("SAMKOR_PYTHON").unwrap_or_else(|_| "python3".into());
-    let probe = std::process::Command::new(&python)
-        .args(["-c", "import adbc_driver_flightsql, pandas"])
-        .output();
+    let probe = std::process::Command::new(&python).args(["-c", "import adbc_driver_flightsql, pandas"]).output();
     if !probe.is_ok_and(|o| o.status.success()) {
-        eprintln!("SKIPPED: adbc_driver_flightsql/pandas not installed for {python} (pip install adbc-driver-flightsql pyarrow pandas)");
+        eprintln!(
+            "SKIPPED: adbc_driver_flightsql/pandas not installed for {python} (pip install adbc-driver-flightsql pyarrow pandas)"
+        );
         assert!(std::env::var_os("CI").is_none(), "CI must run the Python example: .ci/run installs its packages");
         return;
     }

@@ -183,7 +183,8 @@ fn readme_commands_work_as_written() {
     let blocks = readme_commands();
     let commands: Vec<&String> = blocks.iter().flatten().collect();
     assert!(
-        commands.iter().any(|c| c.starts_with("samkor synth")) && commands.iter().any(|c| c.starts_with("samkor query")),
+        commands.iter().any(|c| c.starts_with("samkor synth"))
+            && commands.iter().any(|c| c.starts_with("samkor query")),
         "the README's runnable blocks were not found: {blocks:?}"
     );
     let dir = tempfile::Builder::new().prefix("samkor-readme-").tempdir().expect("tempdir");

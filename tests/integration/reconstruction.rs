@@ -66,7 +66,10 @@ async fn derived_statistics_do_not_give_withheld_counts_back() {
             }
         }
     }
-    assert!(small_or_zero >= 3, "the data has hospitals with 0..k−1 reoperations or non-reoperations ({small_or_zero})");
+    assert!(
+        small_or_zero >= 3,
+        "the data has hospitals with 0..k−1 reoperations or non-reoperations ({small_or_zero})"
+    );
     assert!(recovered.is_empty(), "withheld counts came back:\n{}", recovered.join("\n"));
     fed.shutdown().await;
 }
@@ -79,10 +82,15 @@ async fn quantiles_never_release_an_extreme_or_one_persons_value() {
     let mut c = fed.client("alice", "D-agg").await.expect("connect");
     for p in ["0", "0.01", "0.99", "1"] {
         for f in ["percentile_cont", "approx_percentile_cont"] {
-            let sql = format!("SELECT region, {f}({p}) WITHIN GROUP (ORDER BY income) AS q FROM pop.persons GROUP BY region");
+            let sql =
+                format!("SELECT region, {f}({p}) WITHIN GROUP (ORDER BY income) AS q FROM pop.persons GROUP BY region");
             let e = c.query(&sql).await.expect_err("an extreme quantile is refused").to_string();
             // DataFusion rewrites the 0 and 1 quantiles to min and max before disclosure control sees them.
-            let by = if ["0", "1"].contains(&p) && f == "percentile_cont" { "identifying_aggregate" } else { "extreme_quantile" };
+            let by = if ["0", "1"].contains(&p) && f == "percentile_cont" {
+                "identifying_aggregate"
+            } else {
+                "extreme_quantile"
+            };
             assert!(e.contains(&format!("refused by rule disclosure.{by}:")), "{sql}: {e}");
         }
     }
@@ -137,13 +145,16 @@ async fn isolated_person(region: &str) -> (String, String, String, f64) {
     (r[0].clone(), r[1].clone(), r[2].clone(), r[3].parse().expect("income"))
 }
 
-async fn difference(fed: &samkor::federation::LocalFederation, region: &str, who: &(String, String, String, f64)) -> (f64, f64) {
+async fn difference(
+    fed: &samkor::federation::LocalFederation,
+    region: &str,
+    who: &(String, String, String, f64),
+) -> (f64, f64) {
     let mut c = fed.client("alice", "D-agg").await.expect("connect");
     let all = format!("SELECT count(*) AS n, sum(income) AS s FROM pop.persons WHERE region = '{region}'");
     let (by, sex, edu, _) = who;
-    let without = format!(
-        "{all} AND NOT (birth_year = {by} AND sex = '{sex}' AND education IS NOT DISTINCT FROM '{edu}')"
-    );
+    let without =
+        format!("{all} AND NOT (birth_year = {by} AND sex = '{sex}' AND education IS NOT DISTINCT FROM '{edu}')");
     let value = |b: &[RecordBatch]| -> (f64, f64) {
         let r = &common::rows(b)[0];
         (num(&r[0]).expect("count released"), num(&r[1]).expect("sum released"))
@@ -170,7 +181,8 @@ async fn differencing_does_not_single_out_a_persons_value() {
     for _ in 0..KEYS {
         let dir = common::private_copy();
         samkor::certs::write_federation_key(&dir.path().join("federation.key")).expect("a fresh federation key");
-        let fed = samkor::federation::LocalFederation::start(dir.path(), &LocalOptions::default()).await.expect("starts");
+        let fed =
+            samkor::federation::LocalFederation::start(dir.path(), &LocalOptions::default()).await.expect("starts");
         let (dn, ds) = difference(&fed, region, &who).await;
         let again = difference(&fed, region, &who).await;
         assert_eq!((dn, ds), again, "the same persons get the same noise");

@@ -49,8 +49,9 @@ pub(super) fn refuse_untraceable_expressions(plan: &LogicalPlan) -> Result<()> {
 }
 
 fn internal(name: &str) -> datafusion::common::DataFusionError {
-    Rule::InternalFunction
-        .refuse(format!("{name}() belongs to disclosure control, which adds it to plans itself; remove it from the query"))
+    Rule::InternalFunction.refuse(format!(
+        "{name}() belongs to disclosure control, which adds it to plans itself; remove it from the query"
+    ))
 }
 
 impl Rewriter<'_> {

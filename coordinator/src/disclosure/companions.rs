@@ -20,8 +20,8 @@ use datafusion::functions_aggregate::sum::sum_udaf;
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::utils::grouping_set_to_exprlist;
 use datafusion::logical_expr::{
-    Aggregate, AggregateUDF, EmptyRelation, Expr, Filter, Limit, LogicalPlan, Projection, Repartition, Sort, SubqueryAlias,
-    cast, lit,
+    Aggregate, AggregateUDF, EmptyRelation, Expr, Filter, Limit, LogicalPlan, Projection, Repartition, Sort,
+    SubqueryAlias, cast, lit,
 };
 
 use super::lineage::{expr_lineage, is_grouping_set};
@@ -102,11 +102,17 @@ impl Rewriter<'_> {
                 let grouping_sets = gid == 1;
                 let (plan, layout) = self.output_aggregate(a)?;
                 *lower = Some((plan, layout));
-                let mut fields: Vec<(Option<TableReference>, Arc<datafusion::arrow::datatypes::Field>)> =
-                    schema.iter().map(|(q, f)| (q.cloned(), Arc::new(f.as_ref().clone().with_nullable(true)))).collect();
-                fields.push((None, Arc::new(datafusion::arrow::datatypes::Field::new(ROW_COLUMN, DataType::Int64, false))));
+                let mut fields: Vec<(Option<TableReference>, Arc<datafusion::arrow::datatypes::Field>)> = schema
+                    .iter()
+                    .map(|(q, f)| (q.cloned(), Arc::new(f.as_ref().clone().with_nullable(true))))
+                    .collect();
+                fields.push((
+                    None,
+                    Arc::new(datafusion::arrow::datatypes::Field::new(ROW_COLUMN, DataType::Int64, false)),
+                ));
                 let placeholder = DFSchema::new_with_metadata(fields, HashMap::new())?;
-                let plan = LogicalPlan::EmptyRelation(EmptyRelation { produce_one_row: false, schema: Arc::new(placeholder) });
+                let plan =
+                    LogicalPlan::EmptyRelation(EmptyRelation { produce_one_row: false, schema: Arc::new(placeholder) });
                 let mut origins: Vec<Origin> = (0..groups + gid).map(|_| Origin::Key).collect();
                 origins.extend((0..schema.fields().len() - groups - gid).map(|i| Origin::Agg(BTreeSet::from([i]))));
                 origins.push(Origin::Constant);
@@ -120,7 +126,11 @@ impl Rewriter<'_> {
                     let refs: Vec<usize> =
                         e.column_refs().into_iter().filter_map(|c| input_schema.index_of_column(c).ok()).collect();
                     let plain = matches!(e.clone().unalias_nested().data, Expr::Column(_));
-                    origins.push(if plain && refs.len() == 1 { below.origins[refs[0]].clone() } else { derive(&below.origins, &refs) });
+                    origins.push(if plain && refs.len() == 1 {
+                        below.origins[refs[0]].clone()
+                    } else {
+                        derive(&below.origins, &refs)
+                    });
                 }
                 let mut exprs = p.expr;
                 exprs.push(col_expr(&below.row));
@@ -176,10 +186,15 @@ impl Rewriter<'_> {
             }
             LogicalPlan::Repartition(r) => {
                 let below = self.upper(Arc::unwrap_or_clone(r.input), lower)?;
-                let plan = LogicalPlan::Repartition(Repartition { input: Arc::new(below.plan), partitioning_scheme: r.partitioning_scheme });
+                let plan = LogicalPlan::Repartition(Repartition {
+                    input: Arc::new(below.plan),
+                    partitioning_scheme: r.partitioning_scheme,
+                });
                 Ok(Upper { plan, ..below })
             }
-            other => Err(Rule::Untraceable.refuse(format!("unexpected plan step {} above the aggregate", other.display()))),
+            other => {
+                Err(Rule::Untraceable.refuse(format!("unexpected plan step {} above the aggregate", other.display())))
+            }
         }
     }
 
@@ -204,7 +219,10 @@ impl Rewriter<'_> {
         let mut hidden = Hidden { rw: self, aggr: Vec::new(), cache: HashMap::new() };
         let row = hidden.all(self.persons_expr(&persons, None, &[]), "g");
         let fingerprint = persons.primary().map(|p| {
-            (hidden.one(agg(min_udaf(), col_expr(&p.col), false), "kmin"), hidden.one(agg(max_udaf(), col_expr(&p.col), false), "kmax"))
+            (
+                hidden.one(agg(min_udaf(), col_expr(&p.col), false), "kmin"),
+                hidden.one(agg(max_udaf(), col_expr(&p.col), false), "kmax"),
+            )
         });
         let k = i64::from(self.cx.approval.disclosure.min_cell_persons.max(1));
         let mut dominance_args: Vec<Expr> = Vec::new();
@@ -234,12 +252,14 @@ impl Rewriter<'_> {
                         parts.persons = hidden.all(self.persons_expr(&persons, stat.condition.as_ref(), tables), "a");
                     } else {
                         parts.persons = hidden.all(self.persons_expr(&persons, stat.present.as_ref(), tables), "a");
-                        let nonzero = stat.present.clone().map(|p| p.and(stat.x.clone().expect("argument").not_eq(lit(0i64))));
+                        let nonzero =
+                            stat.present.clone().map(|p| p.and(stat.x.clone().expect("argument").not_eq(lit(0i64))));
                         parts.nonzero = hidden.all(self.persons_expr(&persons, nonzero.as_ref(), tables), "z");
                     }
                     parts.n = Some(hidden.one(agg(count_udaf(), x.clone(), stat.distinct), "n"));
                     parts.s = Some(hidden.one(agg(sum_udaf(), float(x.clone()), stat.distinct), "s"));
-                    parts.q = Some(hidden.one(agg(sum_udaf(), float(x.clone()) * float(x.clone()), stat.distinct), "q"));
+                    parts.q =
+                        Some(hidden.one(agg(sum_udaf(), float(x.clone()) * float(x.clone()), stat.distinct), "q"));
                     parts.min = Some(hidden.one(agg(min_udaf(), float(x.clone()), false), "lo"));
                     parts.max = Some(hidden.one(agg(max_udaf(), float(x.clone()), false), "hi"));
                     parts.scale = Some(hidden.one(
@@ -260,7 +280,14 @@ impl Rewriter<'_> {
             if let Some(c) = &stat.complement {
                 parts.complement = hidden.all(self.persons_expr(&persons, Some(c), tables), "c");
             }
-            layouts.push(StatLayout { kind: stat.kind, indicator: stat.indicator, additive: stat.additive, parts, index: i, stream: stat.stream });
+            layouts.push(StatLayout {
+                kind: stat.kind,
+                indicator: stat.indicator,
+                additive: stat.additive,
+                parts,
+                index: i,
+                stream: stat.stream,
+            });
         }
         // Which keys a row of a grouping-sets answer aggregates away (a
         // margin): its key is null although the key has values in its rows

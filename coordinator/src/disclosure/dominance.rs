@@ -15,7 +15,8 @@ use datafusion::common::{Column, NullEquality, Result};
 use datafusion::functions_aggregate::sum::sum_udaf;
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::{
-    Aggregate, Expr, ExprFunctionExt, JoinType, LogicalPlan, LogicalPlanBuilder, Projection, SubqueryAlias, cast, lit, when,
+    Aggregate, Expr, ExprFunctionExt, JoinType, LogicalPlan, LogicalPlanBuilder, Projection, SubqueryAlias, cast, lit,
+    when,
 };
 
 use super::rules::Rule;
@@ -39,7 +40,9 @@ impl Rewriter<'_> {
                 "a sum or mean of a magnitude over pre-aggregated rows cannot be checked for dominance; aggregate the rows of individuals directly",
             ));
         };
-        let sum = |e: Expr| Expr::AggregateFunction(AggregateFunction::new_udf(sum_udaf(), vec![e], false, None, vec![], None));
+        let sum = |e: Expr| {
+            Expr::AggregateFunction(AggregateFunction::new_udf(sum_udaf(), vec![e], false, None, vec![], None))
+        };
         let key_names: Vec<String> = (0..groups.len()).map(|j| format!("{PREFIX}k{j}")).collect();
         let mut by_person: Vec<Expr> = groups.iter().zip(&key_names).map(|(g, n)| g.clone().alias(n)).collect();
         by_person.push(col_expr(&person.col).alias(format!("{PREFIX}person")));
@@ -47,7 +50,8 @@ impl Rewriter<'_> {
             .iter()
             .enumerate()
             .map(|(i, a)| {
-                sum(datafusion::functions::math::expr_fn::abs(cast(a.clone(), DataType::Float64))).alias(format!("{PREFIX}s{i}"))
+                sum(datafusion::functions::math::expr_fn::abs(cast(a.clone(), DataType::Float64)))
+                    .alias(format!("{PREFIX}s{i}"))
             })
             .collect();
         let per_person = LogicalPlan::Aggregate(Aggregate::try_new(Arc::new(input), by_person, shares)?);
@@ -74,7 +78,8 @@ impl Rewriter<'_> {
         let dominance = LogicalPlan::Aggregate(Aggregate::try_new(Arc::new(ranked), keys, totals)?);
         let alias = self.name("dom");
         let dominance = LogicalPlan::SubqueryAlias(SubqueryAlias::try_new(Arc::new(dominance), alias.as_str())?);
-        let left: Vec<Column> = (0..groups.len()).map(|j| Column::from(aggregate.schema().qualified_field(j))).collect();
+        let left: Vec<Column> =
+            (0..groups.len()).map(|j| Column::from(aggregate.schema().qualified_field(j))).collect();
         let right: Vec<Column> = key_names.iter().map(|n| Column::new(Some(alias.clone()), n)).collect();
         let mut exprs: Vec<Expr> = aggregate.schema().columns().into_iter().map(Expr::Column).collect();
         for i in 0..args.len() {

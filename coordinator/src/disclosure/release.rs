@@ -124,9 +124,11 @@ struct Columns<'a> {
 
 impl Columns<'_> {
     fn get(&self, name: &str) -> Result<&ArrayRef> {
-        let i = self.batch.schema().index_of(name).map_err(|_| {
-            DataFusionError::Internal(format!("disclosure control lost its hidden column {name}"))
-        })?;
+        let i = self
+            .batch
+            .schema()
+            .index_of(name)
+            .map_err(|_| DataFusionError::Internal(format!("disclosure control lost its hidden column {name}")))?;
         Ok(self.batch.column(i))
     }
 
@@ -215,7 +217,10 @@ impl StatColumns {
                 (a, b) => a.or(b),
             },
             complement,
-            dominance: self.dominance.as_ref().and_then(|(t, s)| (!t.is_null(r) && !s.is_null(r)).then(|| (t.value(r), s.value(r)))),
+            dominance: self
+                .dominance
+                .as_ref()
+                .and_then(|(t, s)| (!t.is_null(r) && !s.is_null(r)).then(|| (t.value(r), s.value(r)))),
             class: None,
         };
         if let Kind::Quantile { p } = stat.kind
@@ -297,7 +302,12 @@ fn text(array: &ArrayRef) -> Result<Vec<Option<String>>> {
 }
 
 /// Applies disclosure control to a collected aggregate answer.
-pub async fn release(batches: &[RecordBatch], schema: &SchemaRef, layout: &Layout, approval: &Approval) -> Result<Released> {
+pub async fn release(
+    batches: &[RecordBatch],
+    schema: &SchemaRef,
+    layout: &Layout,
+    approval: &Approval,
+) -> Result<Released> {
     let batch = concat_batches(schema, batches)?;
     let n = batch.num_rows();
     let cols = Columns { batch: &batch };
@@ -306,7 +316,9 @@ pub async fn release(batches: &[RecordBatch], schema: &SchemaRef, layout: &Layou
     let keyed = layout.groups + usize::from(layout.grouping_set);
     let roles: Vec<Role> = (0..keyed)
         .map(|j| if j < layout.groups { Role::Key } else { Role::Constant })
-        .chain(layout.stats.iter().map(|s| Role::Value(ValueColumn { additive: s.additive, depends_on: vec![s.index] })))
+        .chain(
+            layout.stats.iter().map(|s| Role::Value(ValueColumn { additive: s.additive, depends_on: vec![s.index] })),
+        )
         .collect();
     let row_persons = cols.all_ints(&layout.row)?;
     let keys: Vec<Vec<Option<String>>> = (0..layout.groups).map(|j| text(batch.column(j))).collect::<Result<_>>()?;
@@ -349,7 +361,9 @@ pub async fn release(batches: &[RecordBatch], schema: &SchemaRef, layout: &Layou
                     cells_moved += 1;
                 }
                 match (stat.additive, v) {
-                    (Some(Additive::Count), Some(v)) => Some(sdc::round_count(v.round() as i64, outcome.round_to) as f64),
+                    (Some(Additive::Count), Some(v)) => {
+                        Some(sdc::round_count(v.round() as i64, outcome.round_to) as f64)
+                    }
                     _ => v,
                 }
             })
@@ -359,7 +373,9 @@ pub async fn release(batches: &[RecordBatch], schema: &SchemaRef, layout: &Layou
             && let Some(name) = &stat.parts.value
         {
             // Not rebuilt from parts: the value as computed, withheld cells null.
-            let mask = BooleanArray::from((0..n).map(|r| outcome.rows[r].withheld[keyed + i].is_some()).collect::<Vec<bool>>());
+            let mask = BooleanArray::from(
+                (0..n).map(|r| outcome.rows[r].withheld[keyed + i].is_some()).collect::<Vec<bool>>(),
+            );
             columns.push(cast(&nullif(cols.get(name)?, &mask)?, field.data_type())?);
             continue;
         }
@@ -457,13 +473,17 @@ async fn run_upper(layout: &Layout, cells: RecordBatch) -> Result<RecordBatch> {
 }
 
 /// Nulls every answer cell computed from a withheld statistic and adds the `withheld` column.
-fn mark(layout: &Layout, answer: &RecordBatch, outcome: &sdc::Outcome, keyed: usize) -> Result<(SchemaRef, RecordBatch)> {
+fn mark(
+    layout: &Layout,
+    answer: &RecordBatch,
+    outcome: &sdc::Outcome,
+    keyed: usize,
+) -> Result<(SchemaRef, RecordBatch)> {
     let out_schema = answer.schema();
-    let row_idx = out_schema
-        .fields()
-        .iter()
-        .rposition(|f| f.name() == &layout.upper_row.name)
-        .ok_or_else(|| DataFusionError::Internal("disclosure control lost the row number of released cells".into()))?;
+    let row_idx =
+        out_schema.fields().iter().rposition(|f| f.name() == &layout.upper_row.name).ok_or_else(|| {
+            DataFusionError::Internal("disclosure control lost the row number of released cells".into())
+        })?;
     let rows = cast(answer.column(row_idx), &DataType::Int64)?;
     let rows = rows.as_any().downcast_ref::<Int64Array>().expect("Int64");
     let withheld_stats: Vec<BTreeSet<usize>> = (0..answer.num_rows())
@@ -485,7 +505,8 @@ fn mark(layout: &Layout, answer: &RecordBatch, outcome: &sdc::Outcome, keyed: us
     }
     let marks: StringArray = (0..answer.num_rows())
         .map(|r| {
-            let w: Vec<&str> = (0..layout.visible).filter(|&c| is_withheld(c, r)).map(|c| fields[c].name().as_str()).collect();
+            let w: Vec<&str> =
+                (0..layout.visible).filter(|&c| is_withheld(c, r)).map(|c| fields[c].name().as_str()).collect();
             (!w.is_empty()).then(|| w.join(","))
         })
         .collect();
@@ -502,21 +523,32 @@ fn with_merged_row(schema: &SchemaRef, batch: RecordBatch, collapsed: u64, visib
     if collapsed == 0 {
         return Ok(vec![batch]);
     }
-    let mut merged: Vec<ArrayRef> = schema.fields().iter().take(visible).map(|f| new_null_array(f.data_type(), 1)).collect();
+    let mut merged: Vec<ArrayRef> =
+        schema.fields().iter().take(visible).map(|f| new_null_array(f.data_type(), 1)).collect();
     merged.push(Arc::new(StringArray::from(vec![Some("* (groups below the threshold)")])));
     let extra = RecordBatch::try_new(schema.clone(), merged)?;
     Ok(vec![concat_batches(schema, &[batch, extra])?])
 }
 
 /// One fingerprint per released group: its persons, cell key and extreme record keys.
-fn fingerprints(layout: &Layout, cols: &Columns<'_>, row_persons: &[Int64Array], outcome: &sdc::Outcome) -> Result<Vec<CellPrint>> {
+fn fingerprints(
+    layout: &Layout,
+    cols: &Columns<'_>,
+    row_persons: &[Int64Array],
+    outcome: &sdc::Outcome,
+) -> Result<Vec<CellPrint>> {
     let Some((lo, hi)) = &layout.fingerprint else { return Ok(vec![]) };
     let (lo, hi) = (cols.ints(lo)?, cols.ints(hi)?);
     Ok((0..lo.len())
         .filter(|&r| !outcome.rows[r].collapsed && !lo.is_null(r) && !hi.is_null(r))
         .filter_map(|r| {
             let cell = least(row_persons, r)?;
-            Some(CellPrint { persons: cell.persons, key: cell.key, min_rk: (lo.value(r) >> 32) as u32, max_rk: (hi.value(r) >> 32) as u32 })
+            Some(CellPrint {
+                persons: cell.persons,
+                key: cell.key,
+                min_rk: (lo.value(r) >> 32) as u32,
+                max_rk: (hi.value(r) >> 32) as u32,
+            })
         })
         .collect())
 }

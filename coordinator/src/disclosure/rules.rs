@@ -101,7 +101,11 @@ mod tests {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/disclosure.md");
         let doc = std::fs::read_to_string(path).expect("docs/disclosure.md");
         for rule in Rule::ALL {
-            assert!(doc.contains(&format!("`{}`", rule.name())), "docs/disclosure.md does not explain rule {}", rule.name());
+            assert!(
+                doc.contains(&format!("`{}`", rule.name())),
+                "docs/disclosure.md does not explain rule {}",
+                rule.name()
+            );
         }
         let names: Vec<&str> = Rule::ALL.iter().map(|r| r.name()).collect();
         for word in doc.split('`').filter(|w| w.starts_with("disclosure.") && !w.contains(' ')) {

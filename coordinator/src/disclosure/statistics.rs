@@ -79,8 +79,19 @@ pub(super) struct Stat {
 
 /// Aggregates that return one person's value.
 const IDENTIFYING: &[&str] = &[
-    "min", "max", "first_value", "last_value", "nth_value", "array_agg", "string_agg", "any_value", "bit_and", "bit_or",
-    "bit_xor", "bool_and", "bool_or",
+    "min",
+    "max",
+    "first_value",
+    "last_value",
+    "nth_value",
+    "array_agg",
+    "string_agg",
+    "any_value",
+    "bit_and",
+    "bit_or",
+    "bit_xor",
+    "bool_and",
+    "bool_or",
 ];
 
 fn guard(cond: &Expr, e: Expr) -> Expr {
@@ -163,11 +174,8 @@ impl Rewriter<'_> {
             // `percentile_cont(p) WITHIN GROUP (ORDER BY x)` carries x in the ordering.
             data_args.extend(order_by.iter().map(|s| s.expr.clone()).filter(|e| !e.column_refs().is_empty()));
         }
-        let sources: BTreeSet<Source> = data_args
-            .iter()
-            .chain(filter.iter().map(|f| f.as_ref()))
-            .flat_map(|a| expr_lineage(input, a))
-            .collect();
+        let sources: BTreeSet<Source> =
+            data_args.iter().chain(filter.iter().map(|f| f.as_ref())).flat_map(|a| expr_lineage(input, a)).collect();
         if IDENTIFYING.contains(&name.as_str()) {
             self.check_extreme(&name, &args, &sources, project)?;
         }
@@ -183,15 +191,17 @@ impl Rewriter<'_> {
             "percentile_cont" | "approx_percentile_cont" => {
                 let p = args.iter().find(|a| a.column_refs().is_empty()).and_then(literal_f64);
                 let Some(p) = p else {
-                    return Err(Rule::UnknownAggregate
-                        .refuse(format!("{name}() needs a constant fraction between {} and {}", QUANTILE_RANGE.0, QUANTILE_RANGE.1)));
+                    return Err(Rule::UnknownAggregate.refuse(format!(
+                        "{name}() needs a constant fraction between {} and {}",
+                        QUANTILE_RANGE.0, QUANTILE_RANGE.1
+                    )));
                 };
                 Kind::Quantile { p }
             }
             "grouping" => Kind::Exact,
             _ if IDENTIFYING.contains(&name.as_str()) => Kind::Extreme,
-            "corr" | "covar" | "covar_samp" | "covar_pop" | "regr_slope" | "regr_intercept" | "regr_count" | "regr_r2"
-            | "regr_avgx" | "regr_avgy" | "regr_sxx" | "regr_syy" | "regr_sxy" => {
+            "corr" | "covar" | "covar_samp" | "covar_pop" | "regr_slope" | "regr_intercept" | "regr_count"
+            | "regr_r2" | "regr_avgx" | "regr_avgy" | "regr_sxx" | "regr_syy" | "regr_sxy" => {
                 return Err(Rule::UnknownAggregate.refuse(format!(
                     "{name}() is not yet decomposed into the sums disclosure control checks; compute it from released sums (count, sum(x), sum(y), sum(x*y), sum(x*x)) in one query"
                 )));
@@ -249,7 +259,20 @@ impl Rewriter<'_> {
         };
         let stream = stream_of(&sources);
         let tables = sources.into_iter().map(|(t, _)| t).collect();
-        Ok(Stat { kind, distinct, x, filter, condition, present, complement, indicator, magnitude, tables, additive, stream })
+        Ok(Stat {
+            kind,
+            distinct,
+            x,
+            filter,
+            condition,
+            present,
+            complement,
+            indicator,
+            magnitude,
+            tables,
+            additive,
+            stream,
+        })
     }
 
     /// min/max (and the boolean extremes) only where the approval allows them

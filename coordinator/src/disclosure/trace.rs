@@ -132,7 +132,8 @@ impl Rewriter<'_> {
             LogicalPlan::Aggregate(a) => self.expose_aggregate(a),
             LogicalPlan::Union(u) => self.expose_union(u),
             LogicalPlan::Distinct(_) => {
-                Err(Rule::Untraceable.refuse("DISTINCT ON cannot be traced to the persons behind each row; use GROUP BY"))
+                Err(Rule::Untraceable
+                    .refuse("DISTINCT ON cannot be traced to the persons behind each row; use GROUP BY"))
             }
             LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => Ok((plan, Persons::default())),
             other => Err(Rule::Untraceable.refuse(format!(
@@ -206,7 +207,8 @@ impl Rewriter<'_> {
         let record_key = samkor_functions::record_key_udf(None).call(vec![col_expr(&person_col)]);
         exprs.push(record_key.alias(&rk));
         let plan = LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(scan))?);
-        let persons = Persons { cols: vec![PersonCol { col: Column::from_name(rk), table, optional: false }], counts: vec![] };
+        let persons =
+            Persons { cols: vec![PersonCol { col: Column::from_name(rk), table, optional: false }], counts: vec![] };
         Ok((plan, persons))
     }
 
@@ -264,7 +266,9 @@ impl Rewriter<'_> {
         let union = LogicalPlan::Union(Union::try_new_with_loose_types(inputs)?);
         let field = |i: usize| Column::from(union.schema().qualified_field(i));
         let persons = Persons {
-            cols: (0..np).map(|j| PersonCol { col: field(visible + j), table: tables[j].clone(), optional: true }).collect(),
+            cols: (0..np)
+                .map(|j| PersonCol { col: field(visible + j), table: tables[j].clone(), optional: true })
+                .collect(),
             counts: (0..nc).map(|j| field(visible + np + j)).collect(),
         };
         Ok((union, persons))
