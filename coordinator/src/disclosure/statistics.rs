@@ -248,7 +248,16 @@ impl Rewriter<'_> {
             Kind::Sum | Kind::Mean => filter.is_some() || indicator,
             _ => false,
         };
-        let complement = if conditional { condition.clone().map(|c| c.is_not_true()) } else { None };
+        let complement = match (kind, &x) {
+            // The persons whose indicator is 0: with those whose indicator is
+            // 1, the two counts a share or mean of an indicator gives.
+            (Kind::Mean | Kind::Spread { .. }, Some(x)) if indicator => {
+                let zero = x.clone().eq(lit(0i64));
+                Some(present.clone().map_or(zero.clone(), |p| p.and(zero)))
+            }
+            _ if conditional => condition.clone().map(|c| c.is_not_true()),
+            _ => None,
+        };
         let magnitude = matches!(kind, Kind::Sum | Kind::Mean | Kind::Spread { .. })
             && !indicator
             && sources.iter().any(|(t, c)| self.facts(t, c).magnitude);
