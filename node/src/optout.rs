@@ -6,7 +6,6 @@
 //! so an opt-out takes effect without a restart. A list that cannot be read
 //! fails the query (fail closed) rather than serving data it should hide.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -21,7 +20,8 @@ pub enum OptOutError {
 }
 
 /// A set of opted-out persons, keyed by the identity number as an integer.
-pub type OptOutSet = HashSet<u64>;
+/// Every scanned row is looked up: a fast (non-SipHash) hasher, as in DataFusion.
+pub type OptOutSet = datafusion::common::HashSet<u64>;
 
 /// Parses a 12-digit identity number (`YYYYMMDDNNNC` or `YYYYMMDD-NNNC`).
 #[inline]
