@@ -262,3 +262,6 @@ impl Rewriter<'_> {
         self.facts(&source.0, &source.1).person
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,138 @@
+//! Plan rewrites of disclosure control, compared as plan text (as DataFusion's
+//! optimizer rules are tested), over a small in-memory catalogue: no federation.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::catalog::MemorySchemaProvider;
+use datafusion::datasource::MemTable;
+use datafusion::prelude::SessionContext;
+use samkor_policies::approval::{self, Approval, DisclosureDefaults};
+
+use super::{CatalogueFacts, ColumnFacts, Context, Mode, control};
+
+const APPROVAL: &str = r#"
+project = "T-1"
+title = "Plan tests"
+ethics_reference = "Dnr 2026-1"
+ethics_authority = "Etikprövningsmyndigheten"
+principal_investigator = "alice"
+members = ["alice"]
+purpose = "Test the disclosure rewrite."
+valid_from = 2026-01-01
+valid_until = 2026-12-31
+outputs = ["aggregate"]
+
+[[tables]]
+table = "hip.operations"
+columns = ["person", "region", "bmi", "reoperation"]
+"#;
+
+fn approval() -> Approval {
+    approval::parse(std::path::Path::new("t.toml"), APPROVAL, &DisclosureDefaults::default(), None).expect("approval")
+}
+
+fn facts() -> CatalogueFacts {
+    let mut table = std::collections::HashMap::new();
+    table.insert("person".to_owned(), ColumnFacts { person: true, identifying: true, magnitude: false });
+    table.insert("bmi".to_owned(), ColumnFacts { magnitude: true, ..ColumnFacts::default() });
+    let mut facts = CatalogueFacts::new();
+    facts.insert("hip.operations".to_owned(), table);
+    facts
+}
+
+async fn session() -> SessionContext {
+    let ctx = SessionContext::new();
+    let hip = Arc::new(MemorySchemaProvider::new());
+    ctx.catalog("datafusion").expect("default catalog").register_schema("hip", hip).expect("schema");
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("person", DataType::Utf8, true),
+        Field::new("region", DataType::Utf8, true),
+        Field::new("bmi", DataType::Float64, true),
+        Field::new("reoperation", DataType::Boolean, true),
+    ]));
+    let table = MemTable::try_new(schema, vec![vec![]]).expect("table");
+    ctx.register_table("hip.operations", Arc::new(table)).expect("register");
+    ctx
+}
+
+/// The rewritten (executed) plan and the query kept above the aggregate, as text.
+async fn rewrite(sql: &str) -> datafusion::common::Result<(String, String)> {
+    let ctx = session().await;
+    let plan = ctx.state().optimize(ctx.sql(sql).await?.logical_plan())?;
+    let (approval, catalogue) = (approval(), facts());
+    let controlled = control(plan, &Context { approval: &approval, catalogue: &catalogue })?;
+    let Mode::Aggregate(layout) = &controlled.mode else { panic!("an aggregate answer: {sql}") };
+    Ok((controlled.plan.display_indent().to_string(), layout.upper.display_indent().to_string()))
+}
+
+fn refused_by(sql_result: datafusion::common::Result<(String, String)>) -> String {
+    let e = sql_result.expect_err("refused");
+    let text = e.to_string();
+    let start = text.find("refused by rule ").expect("a refusal") + "refused by rule ".len();
+    text[start..].split(':').next().expect("rule").to_owned()
+}
+
+#[tokio::test]
+async fn a_count_counts_persons_by_their_record_keys() {
+    let (plan, upper) = rewrite("SELECT count(*) AS n FROM hip.operations").await.expect("rewrite");
+    assert_eq!(
+        plan,
+        "Aggregate: groupBy=[[]], aggr=[[samkor_persons(__samkor_rk0) AS __samkor_g1, min(__samkor_rk0) AS __samkor_kmin2, \
+         max(__samkor_rk0) AS __samkor_kmax3, count(Int64(1)) AS __samkor_v4]]\
+         \n  Projection: hip.operations.person, samkor_record_key(hip.operations.person) AS __samkor_rk0\
+         \n    TableScan: hip.operations projection=[person]"
+    );
+    assert_eq!(upper, "Projection: count(Int64(1)) AS count(*) AS n, __samkor_row\n  EmptyRelation: rows=0");
+}
+
+#[tokio::test]
+async fn a_mean_becomes_its_parts_and_the_derived_share_runs_above() {
+    let sql = "SELECT region, 100.0 * avg(CASE WHEN reoperation THEN 1.0 ELSE 0.0 END) AS pct \
+               FROM hip.operations GROUP BY region";
+    let (plan, upper) = rewrite(sql).await.expect("rewrite");
+    assert!(!plan.contains("avg("), "no mean is computed, only its parts:\n{plan}");
+    for part in ["count(CASE WHEN", "sum(CAST(CASE WHEN", "min(CAST(CASE WHEN", "max(CAST(CASE WHEN"] {
+        assert!(plan.contains(part), "{part} in\n{plan}");
+    }
+    // Persons with the indicator 0 are counted too (the share's other count).
+    assert!(plan.contains("ELSE Float64(0) END = Int64(0) THEN __samkor_rk0 END) AS __samkor_c"), "{plan}");
+    assert!(upper.starts_with("Projection: hip.operations.region, Float64(100) * avg("), "{upper}");
+    assert!(upper.ends_with("EmptyRelation: rows=0"), "{upper}");
+}
+
+#[tokio::test]
+async fn a_sum_of_a_magnitude_gets_its_dominance_companions() {
+    let (plan, _) = rewrite("SELECT region, sum(bmi) AS s FROM hip.operations GROUP BY region").await.expect("rewrite");
+    assert!(plan.contains("Left Join: hip.operations.region = __samkor_dom"), "{plan}");
+    assert!(plan.contains("row_number() PARTITION BY [__samkor_k0] ORDER BY [__samkor_s0 DESC NULLS FIRST]"), "{plan}");
+    assert!(
+        plan.contains("groupBy=[[hip.operations.region AS __samkor_k0, __samkor_rk0 AS __samkor_person]]"),
+        "{plan}"
+    );
+}
+
+#[tokio::test]
+async fn a_quantile_becomes_the_protected_window_mean() {
+    let sql =
+        "SELECT region, percentile_cont(0.25) WITHIN GROUP (ORDER BY bmi) AS q FROM hip.operations GROUP BY region";
+    let (plan, _) = rewrite(sql).await.expect("rewrite");
+    assert!(
+        plan.contains("samkor_quantile(CAST(hip.operations.bmi AS Float64), __samkor_rk0, Float64(0.25), Int64(5))"),
+        "{plan}"
+    );
+    assert!(!plan.contains("percentile_cont"), "{plan}");
+}
+
+#[tokio::test]
+async fn refusals_name_their_rule() {
+    let cases = [
+        ("SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY bmi) FROM hip.operations", "disclosure.extreme_quantile"),
+        ("SELECT region, bool_or(reoperation) FROM hip.operations GROUP BY region", "disclosure.identifying_aggregate"),
+        ("SELECT corr(bmi, bmi) FROM hip.operations", "disclosure.unknown_aggregate"),
+        ("SELECT person, count(*) FROM hip.operations GROUP BY person", "disclosure.identifying_group"),
+    ];
+    for (sql, rule) in cases {
+        assert_eq!(refused_by(rewrite(sql).await), rule, "{sql}");
+    }
+}
