@@ -32,11 +32,6 @@ impl Noise {
         Ok(Noise { table: Some(table(&params)?) })
     }
 
-    /// No noise: the exact values.
-    pub(super) fn off() -> Noise {
-        Noise { table: None }
-    }
-
     pub(super) fn on(&self) -> bool {
         self.table.is_some()
     }

@@ -79,8 +79,6 @@ pub struct Released {
     pub summary: Summary,
     /// One fingerprint per released group, for the differencing flags.
     pub prints: Vec<CellPrint>,
-    /// Released statistic cells whose value the perturbation moved.
-    pub cells_moved: u64,
 }
 
 /// The schema a client sees for an answer released in `mode`, known at
@@ -344,41 +342,34 @@ pub async fn release(
     let outcome = sdc::decide(&roles, &rows, &approval.disclosure);
 
     // The statistics as released: from perturbed parts, withheld ones null.
-    let mut cells_moved = 0;
     let mut columns: Vec<ArrayRef> = (0..layout.groups).map(|j| batch.column(j).clone()).collect();
     if layout.grouping_set {
         columns.push(grouping_id(layout, &rows)?);
     }
     for (i, (stat, c)) in layout.stats.iter().zip(&stats).enumerate() {
-        let exact = Noise::off();
-        let values: Float64Array = (0..n)
-            .map(|r| {
-                if outcome.rows[r].withheld[keyed + i].is_some() {
-                    return None;
-                }
-                let v = c.released(stat, r, &noise);
-                if noise.on() && v != c.released(stat, r, &exact) {
-                    cells_moved += 1;
-                }
-                match (stat.additive, v) {
-                    (Some(Additive::Count), Some(v)) => {
-                        Some(sdc::round_count(v.round() as i64, outcome.round_to) as f64)
-                    }
-                    _ => v,
-                }
-            })
-            .collect();
         let field = layout.aggregate.field(keyed + i);
+        let withheld = |r: usize| outcome.rows[r].withheld[keyed + i].is_some();
         if matches!(stat.kind, Kind::Extreme | Kind::Exact)
             && let Some(name) = &stat.parts.value
         {
             // Not rebuilt from parts: the value as computed, withheld cells null.
-            let mask = BooleanArray::from(
-                (0..n).map(|r| outcome.rows[r].withheld[keyed + i].is_some()).collect::<Vec<bool>>(),
-            );
+            let mask = BooleanArray::from((0..n).map(withheld).collect::<Vec<bool>>());
             columns.push(cast(&nullif(cols.get(name)?, &mask)?, field.data_type())?);
             continue;
         }
+        let values: Float64Array = (0..n)
+            .map(|r| {
+                if withheld(r) {
+                    return None;
+                }
+                match (stat.additive, c.released(stat, r, &noise)) {
+                    (Some(Additive::Count), Some(v)) => {
+                        Some(sdc::round_count(v.round() as i64, outcome.round_to) as f64)
+                    }
+                    (_, v) => v,
+                }
+            })
+            .collect();
         let values: ArrayRef = Arc::new(values);
         let typed = if field.data_type().is_integer() {
             round_to_int(&values, field.data_type())?
@@ -402,7 +393,7 @@ pub async fn release(
     let announced = if layout.subset { 0 } else { outcome.collapsed };
     let batches = with_merged_row(&schema, batch, announced, layout.visible)?;
     let prints = fingerprints(layout, &cols, &row_persons, &outcome)?;
-    Ok(Released { schema, batches, summary, prints, cells_moved })
+    Ok(Released { schema, batches, summary, prints })
 }
 
 /// DataFusion's `__grouping_id`: bit `n−1−j` set where grouping key `j` is aggregated away.
