@@ -191,6 +191,7 @@ pub async fn pooled_session(dir: &Path, project: &str) -> Result<datafusion::pre
         .with_default_catalog_and_schema(samkor_coordinator::engine::CATALOG, "public");
     config.options_mut().execution.parquet.schema_force_view_types = false;
     let ctx = datafusion::prelude::SessionContext::new_with_config(config);
+    samkor_functions::register_user_functions(&ctx);
     let catalog = MemoryCatalogProvider::new();
     for register in REGISTERS {
         let state = samkor_node::NodeState::open(node_config(dir, register, true)?)

@@ -121,6 +121,8 @@ pub struct Engine {
     disclosure_control: std::sync::atomic::AtomicBool,
     /// Recent answers per project, to flag near-identical populations (never to refuse).
     differencing: samkor_policies::differencing::Tracker,
+    /// The engine itself, for the statistical methods' own federated steps (`crate::methods`).
+    me: std::sync::Weak<Engine>,
 }
 
 impl Engine {
@@ -130,7 +132,7 @@ impl Engine {
         approvals: samkor_policies::approval::ApprovalStore,
         audit: samkor_policies::audit::AuditLog,
         direct: crate::direct::DirectAccess,
-    ) -> Result<Engine, DataFusionError> {
+    ) -> Result<Arc<Engine>, DataFusionError> {
         let limit = config.coordinator.memory_limit_mb;
         let mut disk = DiskManagerBuilder::default();
         if let Some(dir) = &config.coordinator.spill_dir {
@@ -141,7 +143,8 @@ impl Engine {
             .with_memory_pool(Arc::new(FairSpillPool::new((limit as usize) * 1024 * 1024)))
             .with_disk_manager_builder(disk)
             .build_arc()?;
-        Ok(Engine {
+        Ok(Arc::new_cyclic(|me| Engine {
+            me: me.clone(),
             federation,
             approvals,
             audit,
@@ -153,7 +156,7 @@ impl Engine {
             next_id: AtomicU64::new(1),
             disclosure_control: std::sync::atomic::AtomicBool::new(true),
             differencing: samkor_policies::differencing::Tracker::default(),
-        })
+        }))
     }
 
     pub fn federation(&self) -> &Arc<Federation> {
@@ -250,6 +253,19 @@ impl Engine {
         approval: Arc<samkor_policies::approval::Approval>,
         touched: Arc<std::sync::Mutex<crate::policy::Touched>>,
     ) -> Session {
+        let session = self.session_without_methods(scope.clone(), approval.clone(), touched.clone());
+        let env = crate::methods::MethodEnv::new(self.me.clone(), scope, approval, touched);
+        crate::methods::register(&session.ctx, env);
+        session
+    }
+
+    /// A session without the statistical methods: the one their own steps run in.
+    pub(crate) fn session_without_methods(
+        &self,
+        scope: QueryScope,
+        approval: Arc<samkor_policies::approval::Approval>,
+        touched: Arc<std::sync::Mutex<crate::policy::Touched>>,
+    ) -> Session {
         let direct_unit = crate::direct::unit_of(&approval).map(str::to_owned);
         let scope = Arc::new(QueryScope { direct_unit, ..scope });
         let mut rules = coordinator_rules();
@@ -270,6 +286,7 @@ impl Engine {
             .with_query_planner(Arc::new(FederatedQueryPlanner::new()))
             .build();
         let ctx = SessionContext::new_with_state(state);
+        samkor_functions::register_user_functions(&ctx);
         let catalog = MemoryCatalogProvider::new();
         let mut facts = crate::disclosure::CatalogueFacts::new();
         for node in &self.federation.nodes {
@@ -313,6 +330,18 @@ impl Engine {
     ///      ─▶ DataFusion's rules + PushdownRule at execution (node sub-queries)
     /// ```
     pub async fn plan(&self, session: &Session, sql: &str) -> Result<Planned, QueryError> {
+        self.plan_with(session, sql, true).await
+    }
+
+    /// Plans one step of a statistical method whose numbers stay in the
+    /// coordinator (`crate::methods`): the approval and the guards against
+    /// errors that depend on data apply, disclosure control does not (the
+    /// method applies its own rules to what it releases).
+    pub(crate) async fn plan_internal(&self, session: &Session, sql: &str) -> Result<Planned, QueryError> {
+        self.plan_with(session, sql, false).await
+    }
+
+    async fn plan_with(&self, session: &Session, sql: &str, released: bool) -> Result<Planned, QueryError> {
         if let Some(schemes) = self.federation.pseudonym_scheme_conflict() {
             return Err(QueryError::SchemeMismatch(schemes));
         }
@@ -329,7 +358,17 @@ impl Engine {
         // The answer's schema as planned (a TRY_CAST makes a column nullable).
         let planned_schema = Arc::new(approved.schema().as_arrow().clone());
         let context = crate::disclosure::Context { approval: &session.approval, catalogue: &session.facts };
-        let controlled = if self.disclosure_control.load(Ordering::Relaxed) {
+        let methods = crate::methods::Scans::of(&approved);
+        let controlled = if methods.methods > 0 {
+            // Statistical methods release only numbers they have put through
+            // disclosure control themselves; the query around them may not read registers.
+            if methods.registers > 0 {
+                return Err(QueryError::Refused(crate::methods::MethodRule::Mixed.refusal(
+                    "a statistical method's table cannot be combined with register tables in one query; put the register query inside the method's first argument",
+                )));
+            }
+            crate::disclosure::Controlled { plan: approved, mode: crate::disclosure::Mode::NoData }
+        } else if released && self.disclosure_control.load(Ordering::Relaxed) {
             crate::disclosure::control(approved, &context).map_err(|e| self.error(e))?
         } else {
             crate::disclosure::Controlled { plan: approved, mode: crate::disclosure::Mode::NoData }
@@ -374,6 +413,22 @@ impl Engine {
     /// Classifies a DataFusion error for the user.
     pub fn error(&self, e: DataFusionError) -> QueryError {
         classify(e, self.memory_limit_mb)
+    }
+}
+
+/// A query error as the DataFusion error [`classify`] turns back into it:
+/// the steps of a statistical method run inside the outer query's plan.
+pub(crate) fn into_datafusion(e: QueryError) -> DataFusionError {
+    match e {
+        QueryError::Refused(r) => crate::policy::policy_error(r),
+        QueryError::Node(n) => DataFusionError::External(Box::new(n)),
+        QueryError::Timeout { secs } => DataFusionError::External(Box::new(TimedOut(secs))),
+        QueryError::Memory { limit_mb } => {
+            DataFusionError::ResourcesExhausted(format!("a method's step needs more than {limit_mb} MiB"))
+        }
+        QueryError::Plan(m) => DataFusionError::Plan(m),
+        QueryError::Internal(m) => DataFusionError::Internal(m),
+        other => DataFusionError::Execution(other.to_string()),
     }
 }
 

@@ -211,6 +211,12 @@ const ALLOWED: &[(&str, DataArgs)] = &[
     ("to_char", DataArgs::Only(&[0])),
     // Types.
     ("arrow_typeof", DataArgs::All),
+    // samkor's own (samkor_functions): generalisations of a birth date, person-time.
+    ("age_years", DataArgs::All),
+    ("age_band", DataArgs::All),
+    ("birth_year", DataArgs::All),
+    ("birth_decade", DataArgs::All),
+    ("years_between", DataArgs::All),
 ];
 
 /// What to use instead of a function that is not allowed on data.
@@ -917,6 +923,7 @@ mod tests {
             .with_optimizer_rules(crate::engine::coordinator_rules())
             .build();
         let ctx = SessionContext::new_with_state(state);
+        samkor_functions::register_user_functions(&ctx);
         let x = extremes();
         ctx.register_table("x", Arc::new(MemTable::try_new(x.schema(), vec![vec![x]]).expect("x")))
             .expect("register x");
@@ -1206,6 +1213,12 @@ mod tests {
 
     /// Calls of every allowed function on data, over every pair of extreme values.
     const PROBES: &[&str] = &[
+        "age_years(a.d, b.d)",
+        "age_band(a.d, b.d, 5)",
+        "age_band(a.d, b.d, a.i)",
+        "birth_year(a.d)",
+        "birth_decade(a.d)",
+        "years_between(a.d, b.d)",
         "ascii(a.s)",
         "bit_length(a.s)",
         "btrim(a.s, b.s)",

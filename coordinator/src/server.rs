@@ -98,9 +98,8 @@ pub async fn start(config: CoordinatorConfig) -> Result<RunningCoordinator, Star
     }
     let directory = config.governance.directory.as_deref().map(samkor_policies::DirectoryStore::open).transpose()?;
     let direct = crate::direct::DirectAccess::new(directory);
-    let engine = Arc::new(
-        Engine::new(&config, federation, approvals, audit, direct).map_err(|e| StartError::Engine(e.to_string()))?,
-    );
+    let engine =
+        Engine::new(&config, federation, approvals, audit, direct).map_err(|e| StartError::Engine(e.to_string()))?;
     for problem in engine.approvals().problems() {
         eprintln!("samkor coordinator: approval not loaded: {problem}");
     }

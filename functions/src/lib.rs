@@ -11,11 +11,17 @@
 //!
 //! None of them is for users: the coordinator refuses queries that name them
 //! (`disclosure.internal_function`) and adds them itself.
+//!
+//! Users' functions ([`USER_FUNCTIONS`]): generalisations of a birth date that
+//! disclosure control recognises (`age_band(birth_date, op_date, 5)`, …, in
+//! `ages`), person-time, and confidence intervals of released counts (`intervals`).
 
+mod ages;
 mod persons;
 mod quantile;
 mod record_key;
 
+pub use ages::{AGE_BAND_FN, AGE_YEARS_FN, BIRTH_DECADE_FN, BIRTH_YEAR_FN, GENERALISING_FUNCTIONS, YEARS_BETWEEN_FN, age, date_udfs};
 pub use persons::{PERSONS_FN, PersonsCell, persons_udaf};
 pub use quantile::{QUANTILE_FN, quantile_udaf};
 pub use record_key::{RECORD_KEY_FN, RecordKeySecret, record_key_udf};
@@ -30,4 +36,16 @@ pub fn register(ctx: &datafusion::prelude::SessionContext, secret: Option<Record
     ctx.register_udf(record_key_udf(secret));
     ctx.register_udaf(persons_udaf());
     ctx.register_udaf(quantile_udaf());
+    register_user_functions(ctx);
 }
+
+/// Registers the functions users may call (the coordinator's release session needs only these).
+pub fn register_user_functions(ctx: &datafusion::prelude::SessionContext) {
+    for f in date_udfs() {
+        ctx.register_udf(f);
+    }
+}
+
+/// Names of the functions users may call.
+pub const USER_FUNCTIONS: &[&str] =
+    &[AGE_YEARS_FN, AGE_BAND_FN, BIRTH_YEAR_FN, BIRTH_DECADE_FN, YEARS_BETWEEN_FN];

@@ -691,3 +691,39 @@ SELECT p.sex, count(*) AS n
 FROM pop.persons p
 WHERE EXISTS (SELECT 1 FROM dors.deaths d WHERE d.person = p.person AND d.death_date < DATE '2015-01-01')
 GROUP BY p.sex
+
+-- ===== generalisations of the birth date (docs/statistics.md) =====
+
+-- case: hip_age_band_at_operation
+SELECT p.sex, age_band(p.birth_date, o.op_date, 10) AS age, count(*) AS n, avg(o.bmi) AS bmi
+FROM hip.operations o JOIN pop.persons p ON p.person = o.person
+GROUP BY 1, 2
+
+-- case: hip_age_years_mean
+SELECT o.hospital, avg(age_years(p.birth_date, o.op_date)) AS mean_age, count(*) AS n
+FROM hip.operations o JOIN pop.persons p ON p.person = o.person
+GROUP BY 1
+
+-- case: pop_age_band_at_new_year
+SELECT age_band(birth_date, DATE '2024-01-01', 5) AS age, birth_decade(birth_date) AS decade, count(*) AS n
+FROM pop.persons GROUP BY 1, 2
+
+-- case: pop_birth_year_function
+SELECT birth_year(birth_date) AS y, count(*) AS n FROM pop.persons WHERE birth_year(birth_date) >= 1990 GROUP BY 1
+
+-- case: pop_age_band_too_narrow
+-- refused: disclosure.generalisation
+SELECT age_band(birth_date, DATE '2024-01-01', 2) AS age, count(*) AS n FROM pop.persons GROUP BY 1
+
+-- case: pop_age_at_chosen_day
+-- refused: disclosure.generalisation
+SELECT age_years(birth_date, DATE '2024-03-15') AS age, count(*) AS n FROM pop.persons GROUP BY 1
+
+-- case: pop_age_at_date_from_birth_date
+-- refused: disclosure.generalisation
+SELECT age_years(birth_date, birth_date + INTERVAL '1 day') AS age, count(*) AS n FROM pop.persons GROUP BY 1
+
+-- case: pop_free_cut_on_birth_date
+-- refused: disclosure.identifying_group
+SELECT CASE WHEN birth_date < DATE '1950-03-15' THEN 'before' ELSE 'after' END AS cut, count(*) AS n
+FROM pop.persons GROUP BY 1

@@ -54,7 +54,81 @@ fn internal(name: &str) -> datafusion::common::DataFusionError {
     ))
 }
 
+/// The narrowest age band a query may ask for, in years.
+pub(super) const MIN_AGE_BAND_YEARS: i64 = 5;
+
 impl Rewriter<'_> {
+    /// The generalisations of a birth date (`samkor_functions::GENERALISING_FUNCTIONS`)
+    /// are non-identifying only with snapped arguments: an age band's width a
+    /// constant of at least [`MIN_AGE_BAND_YEARS`] years, and the date an age is
+    /// taken at either a column that identifies nobody (an event's date) or a
+    /// constant 1 January (any other constant day would split birth cohorts
+    /// at a day of the attacker's choosing).
+    pub(super) fn check_generalisations(&self, plan: &LogicalPlan) -> Result<()> {
+        let mut found: Result<()> = Ok(());
+        plan.apply_with_subqueries(|p| {
+            for e in p.expressions() {
+                e.apply(|e| {
+                    if let Expr::ScalarFunction(f) = e
+                        && samkor_functions::GENERALISING_FUNCTIONS.contains(&f.name())
+                        && let Some(input) = p.inputs().first()
+                        && let Err(refusal) = self.check_generalisation(f.name(), &f.args, input)
+                    {
+                        found = Err(refusal);
+                        return Ok(TreeNodeRecursion::Stop);
+                    }
+                    Ok(TreeNodeRecursion::Continue)
+                })?;
+            }
+            Ok(if found.is_err() { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+        })?;
+        found
+    }
+
+    fn check_generalisation(&self, name: &str, args: &[Expr], input: &LogicalPlan) -> Result<()> {
+        use datafusion::common::ScalarValue;
+        if name == samkor_functions::AGE_BAND_FN {
+            let width = match args.get(2) {
+                Some(Expr::Literal(v, _)) => v.cast_to(&datafusion::arrow::datatypes::DataType::Int64).ok(),
+                _ => None,
+            };
+            match width {
+                Some(ScalarValue::Int64(Some(w))) if w >= MIN_AGE_BAND_YEARS => {}
+                _ => {
+                    return Err(Rule::Generalisation.refuse(format!(
+                        "the width of age_band must be a constant number of years, at least {MIN_AGE_BAND_YEARS} (e.g. age_band(birth_date, op_date, 5)); use age_years for whole years"
+                    )));
+                }
+            }
+        }
+        let Some(at) = args.get(1).filter(|_| name != samkor_functions::BIRTH_YEAR_FN && name != samkor_functions::BIRTH_DECADE_FN) else {
+            return Ok(());
+        };
+        if let Expr::Literal(v, _) = at {
+            let january_first = match v.cast_to(&datafusion::arrow::datatypes::DataType::Date32) {
+                Ok(ScalarValue::Date32(Some(d))) => {
+                    datafusion::arrow::temporal_conversions::date32_to_datetime(d).is_some_and(|t| t.format("%m-%d").to_string() == "01-01")
+                }
+                _ => false,
+            };
+            if january_first {
+                return Ok(());
+            }
+            return Err(Rule::Generalisation.refuse(format!(
+                "{name} at a constant date must be at a 1 January (an age on another day splits birth cohorts at that day); use the date of an event or DATE 'YYYY-01-01'"
+            )));
+        }
+        for (table, column) in super::lineage::expr_lineage(input, at) {
+            let facts = self.facts(&table, &column);
+            if facts.identifying || facts.person {
+                return Err(Rule::Generalisation.refuse(format!(
+                    "{name} is taken at a date computed from {table}.{column}, which identifies persons; take it at the date of an event or a 1 January"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Whether an aggregate's grouping keeps one row per person.
     pub(super) fn grouped_by_person(&self, a: &Aggregate) -> Result<bool> {
         let groups = grouping_set_to_exprlist(&a.group_expr)?;

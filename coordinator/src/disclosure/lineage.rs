@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use datafusion::common::tree_node::TreeNode;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 
 use datafusion::logical_expr::utils::grouping_set_to_exprlist;
 use datafusion::logical_expr::{Aggregate, Expr, JoinType, LogicalPlan};
@@ -45,12 +45,34 @@ pub(super) fn expr_lineage(input: &LogicalPlan, e: &Expr) -> BTreeSet<Source> {
     out
 }
 
+/// Column references count as their sources, except under a generalising
+/// function (`age_band(birth_date, …)`, [`samkor_functions::GENERALISING_FUNCTIONS`]):
+/// there the first argument's sources become `(table, "age_band(birth_date)")`,
+/// a column the catalogue does not know and so does not hold identifying
+/// (its arguments are checked by `classify::check_generalisations`).
 fn refs_lineage(input: &LogicalPlan, e: &Expr, out: &mut BTreeSet<Source>) {
-    for c in e.column_refs() {
-        if let Ok(i) = input.schema().index_of_column(c) {
-            lineage_into(input, i, out);
-        }
-    }
+    let _ = e.apply(|e| {
+        Ok(match e {
+            Expr::Column(c) => {
+                if let Ok(i) = input.schema().index_of_column(c) {
+                    lineage_into(input, i, out);
+                }
+                TreeNodeRecursion::Continue
+            }
+            Expr::ScalarFunction(f) if samkor_functions::GENERALISING_FUNCTIONS.contains(&f.name()) => {
+                if let Some((first, rest)) = f.args.split_first() {
+                    let mut inner = BTreeSet::new();
+                    refs_lineage(input, first, &mut inner);
+                    out.extend(inner.into_iter().map(|(t, c)| (t, format!("{}({c})", f.name()))));
+                    for a in rest {
+                        refs_lineage(input, a, out);
+                    }
+                }
+                TreeNodeRecursion::Jump
+            }
+            _ => TreeNodeRecursion::Continue,
+        })
+    });
 }
 
 fn lineage_into(plan: &LogicalPlan, idx: usize, out: &mut BTreeSet<Source>) {

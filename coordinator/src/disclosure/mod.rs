@@ -221,6 +221,7 @@ pub fn control(plan: LogicalPlan, cx: &Context<'_>) -> Result<Controlled> {
     }
     classify::refuse_untraceable_expressions(&plan)?;
     let rw = Rewriter { cx, next: AtomicUsize::new(0) };
+    rw.check_generalisations(&plan)?;
     match rw.shape(&plan)? {
         classify::Shape::NoData => Ok(Controlled { plan, mode: Mode::NoData }),
         classify::Shape::Rows => {

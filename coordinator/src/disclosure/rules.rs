@@ -39,6 +39,8 @@ pub enum Rule {
     ExtremeQuantile,
     /// A query naming one of disclosure control's own functions.
     InternalFunction,
+    /// A generalisation of a birth date used with arguments that make it identifying.
+    Generalisation,
 }
 
 impl Rule {
@@ -58,6 +60,7 @@ impl Rule {
         Rule::Untraceable,
         Rule::ExtremeQuantile,
         Rule::InternalFunction,
+        Rule::Generalisation,
     ];
 
     /// The stable name, in refusals and the audit log.
@@ -77,6 +80,7 @@ impl Rule {
             Rule::Untraceable => "disclosure.untraceable",
             Rule::ExtremeQuantile => "disclosure.extreme_quantile",
             Rule::InternalFunction => "disclosure.internal_function",
+            Rule::Generalisation => "disclosure.generalisation",
         }
     }
 

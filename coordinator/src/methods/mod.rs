@@ -1,0 +1,265 @@
+//! Statistical methods as table functions: rates with intervals per unit
+//! (funnel plots), standardisation, Kaplan–Meier and generalised linear
+//! models, from any Flight SQL client as ordinary queries:
+//!
+//! ```sql
+//! SELECT * FROM glm('SELECT died, sex, age FROM …', 'died ~ sex + age', 'binomial')
+//! ```
+//!
+//! ```text
+//!  outer query ─▶ method table (its columns fixed at planning)
+//!     scan ─▶ steps, each one federated aggregate in the caller's project session:
+//!               released: planned, run and released like any query (approval,
+//!                         disclosure control: suppression, perturbation)
+//!               internal: numbers that never leave the coordinator (a model's
+//!                         X'WX per iteration, exact band counts for merging)
+//!          ─▶ the method's numbers, computed only from released numbers or
+//!             judged by the method's own rules (rules.rs), withheld ones null
+//!             and named in the `withheld` column
+//!  outer query over the method's table only (projections, filters, order)
+//! ```
+//!
+//! The query around a method may not read registers (`method.mixed`): what
+//! leaves is the method's table and what is computed from it.
+
+mod formula;
+mod funnel;
+mod glm;
+mod output;
+mod rules;
+mod standardise;
+mod steps;
+mod survival;
+
+use std::any::Any;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{Session, TableFunctionImpl, TableProvider};
+use datafusion::common::tree_node::TreeNode;
+use datafusion::common::{Result, ScalarValue, plan_err};
+use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionContext;
+
+pub use rules::MethodRule;
+pub use steps::MethodEnv;
+
+/// The methods, by SQL name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Funnel,
+    Smr,
+    Dsr,
+    KaplanMeier,
+    Glm,
+}
+
+impl Method {
+    const ALL: [Method; 5] = [Method::Funnel, Method::Smr, Method::Dsr, Method::KaplanMeier, Method::Glm];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Funnel => "funnel",
+            Method::Smr => "smr",
+            Method::Dsr => "dsr",
+            Method::KaplanMeier => "kaplan_meier",
+            Method::Glm => "glm",
+        }
+    }
+
+    fn usage(self) -> &'static str {
+        match self {
+            Method::Funnel => "funnel('<query with columns unit, outcome>')",
+            Method::Smr => "smr('<query with columns unit, outcome and the strata>')",
+            Method::Dsr => {
+                "dsr('<query with columns unit, outcome and the strata>' [, '<standard: the strata and weight>'])"
+            }
+            Method::KaplanMeier => {
+                "kaplan_meier('<query with columns start_date, event_date, censor_date [, stratum]>', <band width in days>)"
+            }
+            Method::Glm => "glm('<query>', '<outcome ~ predictors [+ offset(column)]>', 'binomial' | 'poisson' | 'gaussian')",
+        }
+    }
+
+    fn schema(self) -> SchemaRef {
+        match self {
+            Method::Funnel => funnel::schema(),
+            Method::Smr => standardise::smr_schema(),
+            Method::Dsr => standardise::dsr_schema(),
+            Method::KaplanMeier => survival::schema(),
+            Method::Glm => glm::schema(),
+        }
+    }
+}
+
+/// Registers every method as a table function of the session.
+pub fn register(ctx: &SessionContext, env: MethodEnv) {
+    let env = Arc::new(env);
+    for method in Method::ALL {
+        ctx.register_udtf(method.name(), Arc::new(MethodFunction { method, env: env.clone() }));
+    }
+}
+
+/// The arguments of a call, as given (constants only).
+#[derive(Debug, Clone)]
+pub(crate) enum Arg {
+    Text(String),
+    Number(f64),
+}
+
+/// One method's arguments, checked at planning.
+#[derive(Debug, Clone)]
+pub(crate) struct Call {
+    pub method: Method,
+    pub args: Vec<Arg>,
+}
+
+impl Call {
+    /// The text argument at `i` (queries, formulas, families).
+    pub fn text(&self, i: usize) -> Option<&str> {
+        match self.args.get(i) {
+            Some(Arg::Text(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn number(&self, i: usize) -> Option<f64> {
+        match self.args.get(i) {
+            Some(Arg::Number(n)) => Some(*n),
+            _ => None,
+        }
+    }
+
+    /// A mistake in the call: says what the call should look like.
+    pub fn error<T>(&self, what: &str) -> Result<T> {
+        plan_err!("{}: {what}; call it as {}", self.method.name(), self.method.usage())
+    }
+}
+
+#[derive(Debug)]
+struct MethodFunction {
+    method: Method,
+    env: Arc<MethodEnv>,
+}
+
+impl TableFunctionImpl for MethodFunction {
+    fn call_with_args(&self, args: datafusion::catalog::TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
+        let mut parsed = Vec::new();
+        for e in args.exprs() {
+            let arg = match e {
+                Expr::Literal(ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)), _) => Arg::Text(s.clone()),
+                Expr::Literal(v, _) if v.data_type().is_numeric() => match v.cast_to(&datafusion::arrow::datatypes::DataType::Float64) {
+                    Ok(ScalarValue::Float64(Some(x))) => Arg::Number(x),
+                    _ => return plan_err!("{}: arguments must be constants", self.method.name()),
+                },
+                _ => {
+                    return plan_err!(
+                        "{}: arguments must be constants (text in single quotes, numbers); call it as {}",
+                        self.method.name(),
+                        self.method.usage()
+                    );
+                }
+            };
+            parsed.push(arg);
+        }
+        let call = Call { method: self.method, args: parsed };
+        match call.method {
+            Method::Funnel => funnel::check(&call)?,
+            Method::Smr | Method::Dsr => standardise::check(&call)?,
+            Method::KaplanMeier => survival::check(&call)?,
+            Method::Glm => glm::check(&call)?,
+        }
+        Ok(Arc::new(MethodTable { schema: self.method.schema(), call, env: self.env.clone() }))
+    }
+}
+
+/// A method's answer as a table; computed when the query runs.
+#[derive(Debug)]
+pub struct MethodTable {
+    schema: SchemaRef,
+    call: Call,
+    env: Arc<MethodEnv>,
+}
+
+#[async_trait]
+impl TableProvider for MethodTable {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let env = &self.env;
+        let batch = match self.call.method {
+            Method::Funnel => funnel::run(&self.call, env).await?,
+            Method::Smr => standardise::run_smr(&self.call, env).await?,
+            Method::Dsr => standardise::run_dsr(&self.call, env).await?,
+            Method::KaplanMeier => survival::run(&self.call, env).await?,
+            Method::Glm => glm::run(&self.call, env).await?,
+        };
+        let exec = MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema.clone(), projection.cloned())?;
+        Ok(exec)
+    }
+}
+
+/// How many table scans of a plan are methods' tables and how many read registers.
+#[derive(Debug, Default)]
+pub struct Scans {
+    pub methods: usize,
+    pub registers: usize,
+}
+
+impl Scans {
+    pub fn of(plan: &LogicalPlan) -> Scans {
+        let mut scans = Scans::default();
+        let _ = plan.apply_with_subqueries(|p| {
+            if let LogicalPlan::TableScan(scan) = p {
+                let method = datafusion::datasource::source_as_provider(&scan.source)
+                    .is_ok_and(|provider| provider.as_any().downcast_ref::<MethodTable>().is_some());
+                if method {
+                    scans.methods += 1;
+                } else {
+                    scans.registers += 1;
+                }
+            }
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        });
+        scans
+    }
+}
+
+/// The user's query as a derived table (it must be a single SELECT).
+pub(crate) fn derived(call: &Call, query: &str) -> Result<String> {
+    let q = query.trim().trim_end_matches(';');
+    if q.contains(';') {
+        return call.error("the query argument must be one SELECT statement");
+    }
+    Ok(format!("({q}) AS samkor_input"))
+}
+
+/// A SQL text literal.
+pub(crate) fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A float as a SQL literal that reads back as the same f64.
+pub(crate) fn float(x: f64) -> String {
+    if x.is_finite() { format!("CAST({x:?} AS DOUBLE)") } else { "CAST(NULL AS DOUBLE)".to_owned() }
+}

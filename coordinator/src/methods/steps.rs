@@ -1,0 +1,172 @@
+//! Running a method's steps: released aggregates (through the same
+//! disclosure control as any query) and internal aggregates (numbers that
+//! stay in the coordinator), both in the caller's project session.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Float64Type, SchemaRef};
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::common::{DataFusionError, Result};
+use futures::TryStreamExt;
+use samkor_policies::approval::Approval;
+
+use crate::disclosure::{self, Mode};
+use crate::engine::{Engine, into_datafusion};
+use crate::executor::QueryScope;
+use crate::policy::Touched;
+
+/// What a method needs to run its steps as the caller.
+#[derive(Debug)]
+pub struct MethodEnv {
+    engine: Weak<Engine>,
+    scope: QueryScope,
+    pub(super) approval: Arc<Approval>,
+    touched: Arc<Mutex<Touched>>,
+    /// Cells withheld per reason over every released step, for the answer's summary.
+    withheld: Mutex<BTreeMap<String, u64>>,
+}
+
+impl MethodEnv {
+    pub fn new(engine: Weak<Engine>, scope: QueryScope, approval: Arc<Approval>, touched: Arc<Mutex<Touched>>) -> Self {
+        MethodEnv { engine, scope, approval, touched, withheld: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// The threshold of the project's approval (persons per released cell).
+    pub fn k(&self) -> f64 {
+        f64::from(self.approval.disclosure.min_cell_persons.max(1))
+    }
+
+    fn engine(&self) -> Result<Arc<Engine>> {
+        self.engine.upgrade().ok_or_else(|| DataFusionError::Internal("the coordinator is shutting down".into()))
+    }
+
+    fn session(&self, engine: &Engine) -> crate::engine::Session {
+        engine.session_without_methods(self.scope.clone(), self.approval.clone(), self.touched.clone())
+    }
+
+    /// The columns and types of a query's answer, planned (approval checked) but not run.
+    pub async fn describe(&self, sql: &str) -> Result<SchemaRef> {
+        let engine = self.engine()?;
+        let planned = engine.plan_internal(&self.session(&engine), sql).await.map_err(into_datafusion)?;
+        Ok(planned.schema.clone())
+    }
+
+    /// Runs an aggregate whose numbers stay in the coordinator.
+    pub async fn internal(&self, sql: &str) -> Result<Table> {
+        let engine = self.engine()?;
+        let planned = engine.plan_internal(&self.session(&engine), sql).await.map_err(into_datafusion)?;
+        let execution = engine.start(planned).await.map_err(into_datafusion)?;
+        let schema = execution.stream.schema();
+        let batches: Vec<RecordBatch> = execution.stream.try_collect().await?;
+        Table::new(&schema, &batches, None)
+    }
+
+    /// Runs an aggregate through disclosure control, as a query of the caller's
+    /// would be released: suppressed, perturbed, withheld cells marked.
+    pub async fn released(&self, sql: &str) -> Result<Table> {
+        let engine = self.engine()?;
+        let planned = engine.plan(&self.session(&engine), sql).await.map_err(into_datafusion)?;
+        let execution = engine.start(planned).await.map_err(into_datafusion)?;
+        let schema = execution.stream.schema();
+        let batches: Vec<RecordBatch> = execution.stream.try_collect().await?;
+        let Mode::Aggregate(layout) = &execution.mode else {
+            return Err(DataFusionError::Internal("a method's released step is not one aggregate table".into()));
+        };
+        let released = disclosure::release(&batches, &schema, layout, &self.approval).await?;
+        let mut withheld = self.withheld.lock().expect("withheld lock");
+        for (reason, n) in &released.summary.withheld {
+            *withheld.entry(reason.clone()).or_default() += n;
+        }
+        drop(withheld);
+        engine.differencing().check(
+            &self.approval.project,
+            &self.scope.query_id,
+            self.approval.disclosure.min_cell_persons,
+            &released.prints,
+        );
+        Table::new(&released.schema, &released.batches, Some(disclosure::WITHHELD_COLUMN))
+    }
+
+    /// Cells withheld per reason over the steps so far.
+    pub fn withheld(&self) -> BTreeMap<String, u64> {
+        self.withheld.lock().expect("withheld lock").clone()
+    }
+}
+
+/// One row of a step's answer, by column name: text keys and numbers.
+#[derive(Debug, Clone, Default)]
+pub struct Row {
+    pub text: BTreeMap<String, Option<String>>,
+    pub num: BTreeMap<String, Option<f64>>,
+    /// The withheld columns (released steps), or None.
+    pub withheld: Option<String>,
+}
+
+impl Row {
+    pub fn key(&self, name: &str) -> Option<&str> {
+        self.text.get(name).and_then(|v| v.as_deref())
+    }
+
+    pub fn number(&self, name: &str) -> Option<f64> {
+        self.num.get(name).copied().flatten()
+    }
+
+    /// The merged row of groups below the threshold (keys withheld).
+    pub fn is_merged(&self) -> bool {
+        self.withheld.as_deref().is_some_and(|w| w.starts_with('*'))
+    }
+}
+
+/// A step's answer.
+#[derive(Debug, Default)]
+pub struct Table {
+    pub rows: Vec<Row>,
+}
+
+impl Table {
+    fn new(schema: &SchemaRef, batches: &[RecordBatch], marker: Option<&str>) -> Result<Table> {
+        let mut rows = Vec::new();
+        let options = FormatOptions::default();
+        for b in batches {
+            let mut part: Vec<Row> = (0..b.num_rows()).map(|_| Row::default()).collect();
+            for (i, field) in schema.fields().iter().enumerate() {
+                let array = b.column(i);
+                if marker.is_some_and(|m| field.name().starts_with(m)) {
+                    let text = cast(array, &DataType::Utf8)?;
+                    let text = text.as_string::<i32>();
+                    for (r, row) in part.iter_mut().enumerate() {
+                        row.withheld = (!text.is_null(r)).then(|| text.value(r).to_owned());
+                    }
+                    continue;
+                }
+                let formatter = ArrayFormatter::try_new(array.as_ref(), &options)?;
+                let numbers = numbers(array);
+                for (r, row) in part.iter_mut().enumerate() {
+                    let text = (!array.is_null(r)).then(|| formatter.value(r).to_string());
+                    row.text.insert(field.name().clone(), text);
+                    row.num.insert(field.name().clone(), numbers.as_ref().and_then(|n| n[r]));
+                }
+            }
+            rows.extend(part);
+        }
+        Ok(Table { rows })
+    }
+
+    /// The first row's number (single-row aggregates).
+    pub fn scalar(&self, name: &str) -> Option<f64> {
+        self.rows.first().and_then(|r| r.number(name))
+    }
+}
+
+fn numbers(array: &ArrayRef) -> Option<Vec<Option<f64>>> {
+    let t = array.data_type();
+    if !(t.is_numeric() || *t == DataType::Boolean) {
+        return None;
+    }
+    let f = cast(array, &DataType::Float64).ok()?;
+    let f = f.as_primitive::<Float64Type>();
+    Some((0..f.len()).map(|r| (!f.is_null(r)).then(|| f.value(r))).collect())
+}
