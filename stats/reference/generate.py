@@ -69,6 +69,17 @@ def smr():
     return out
 
 
+def rates():
+    out = []
+    for x, pt, per, level in [(10, 2500.0, 1000.0, 0.95), (0, 812.5, 1000.0, 0.95), (37, 15234.7, 100000.0, 0.99)]:
+        alpha = 1 - level
+        lower = 0.0 if x == 0 else stats.chi2.ppf(alpha / 2, 2 * x) / 2
+        upper = stats.chi2.ppf(1 - alpha / 2, 2 * x + 2) / 2
+        out.append({"events": x, "person_time": pt, "per": per, "level": level, "value": x / pt * per,
+                    "lower": float(lower / pt * per), "upper": float(upper / pt * per)})
+    return out
+
+
 def dsr_case(events, persons, weights, level):
     """epitools::ageadjust.direct / Fay & Feuer (1997) gamma interval."""
     d, n, w = (np.asarray(v, dtype=float) for v in (events, persons, weights))
@@ -223,6 +234,7 @@ def main():
                          "lifelines": lifelines.__version__, "numpy": np.__version__},
         "intervals": intervals(),
         "smr": smr(),
+        "rates": rates(),
         "dsr": dsr(),
         "funnel": funnel(),
         "kaplan_meier": kaplan_meier(),

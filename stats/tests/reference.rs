@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 
 use samkor_stats::{
-    Band, Family, KmInterval, Stratum, clopper_pearson, direct, fit_rows, kaplan_meier, poisson_exact,
-    proportion_limits, smr, smr_limits, wilson,
+    Band, Family, Fit, GlmError, Irls, KmInterval, Moments, Progress, Stratum, clopper_pearson, direct, fit_rows,
+    kaplan_meier, moments_from_rows, poisson_exact, proportion_limits, rate, smr, smr_limits, wilson,
 };
 use serde_json::Value;
 
@@ -71,6 +71,17 @@ fn smr_matches_poisson_test() {
     for case in reference()["smr"].as_array().expect("smr cases") {
         let e = smr(num(case, "observed"), num(case, "expected"), num(case, "level")).expect("valid case");
         check(&format!("smr of {case}"), e.value, num(case, "value"));
+        check(&format!("lower of {case}"), e.lower, num(case, "lower"));
+        check(&format!("upper of {case}"), e.upper, num(case, "upper"));
+    }
+}
+
+#[test]
+fn rates_match_poisson_test() {
+    for case in reference()["rates"].as_array().expect("rate cases") {
+        let e = rate(num(case, "events"), num(case, "person_time"), num(case, "per"), num(case, "level"))
+            .expect("valid case");
+        check(&format!("rate of {case}"), e.value, num(case, "value"));
         check(&format!("lower of {case}"), e.lower, num(case, "lower"));
         check(&format!("upper of {case}"), e.upper, num(case, "upper"));
     }
@@ -194,6 +205,32 @@ fn glm_data() -> GlmData {
     d
 }
 
+/// Fits as the coordinator does: each iteration sums the moments of three
+/// "nodes" holding rows 0, 3, 6, … / 1, 4, 7, … / 2, 5, 8, ….
+fn fit_federated(family: Family, x: &[Vec<f64>], y: &[f64], offset: &[f64]) -> Result<Fit, GlmError> {
+    let parts: Vec<(Vec<Vec<f64>>, Vec<f64>, Vec<f64>)> = (0..3)
+        .map(|node| {
+            let rows: Vec<usize> = (node..y.len()).step_by(3).collect();
+            (
+                rows.iter().map(|&i| x[i].clone()).collect(),
+                rows.iter().map(|&i| y[i]).collect(),
+                if offset.is_empty() { vec![] } else { rows.iter().map(|&i| offset[i]).collect() },
+            )
+        })
+        .collect();
+    let p = x[0].len();
+    let mut irls = Irls::new(family, p, vec![0.0; p])?;
+    loop {
+        let mut m = Moments::zeros(p);
+        for (xs, ys, os) in &parts {
+            m.add(&moments_from_rows(family, xs, ys, os, irls.beta()));
+        }
+        if let Progress::Converged(fit) = irls.update(m)? {
+            return Ok(fit);
+        }
+    }
+}
+
 #[test]
 fn glms_match_statsmodels() {
     let r = reference();
@@ -205,27 +242,31 @@ fn glms_match_statsmodels() {
     ];
     for (name, family, y, offset) in models {
         let reference = &r["glm"][name];
-        let fit = fit_rows(family, &data.x, y, offset).unwrap_or_else(|e| panic!("{name} fits: {e}"));
-        let fields = [
-            ("params", fit.coefficients.iter().map(|c| c.estimate).collect::<Vec<_>>()),
-            ("bse", fit.coefficients.iter().map(|c| c.se).collect()),
-            ("z", fit.coefficients.iter().map(|c| c.z).collect()),
-            ("pvalues", fit.coefficients.iter().map(|c| c.p).collect()),
-            ("lower", fit.coefficients.iter().map(|c| c.lower).collect()),
-            ("upper", fit.coefficients.iter().map(|c| c.upper).collect()),
-        ];
-        for (field, actual) in fields {
-            let expected = nums(reference, field);
-            assert_eq!(actual.len(), expected.len(), "{name} {field}");
-            for (j, (a, e)) in actual.iter().zip(&expected).enumerate() {
-                check(&format!("{name} {field}[{j}]"), *a, *e);
+        let pooled = fit_rows(family, &data.x, y, offset).unwrap_or_else(|e| panic!("{name} fits: {e}"));
+        let federated =
+            fit_federated(family, &data.x, y, offset).unwrap_or_else(|e| panic!("{name} fits federated: {e}"));
+        for fit in [pooled, federated] {
+            let fields = [
+                ("params", fit.coefficients.iter().map(|c| c.estimate).collect::<Vec<_>>()),
+                ("bse", fit.coefficients.iter().map(|c| c.se).collect()),
+                ("z", fit.coefficients.iter().map(|c| c.z).collect()),
+                ("pvalues", fit.coefficients.iter().map(|c| c.p).collect()),
+                ("lower", fit.coefficients.iter().map(|c| c.lower).collect()),
+                ("upper", fit.coefficients.iter().map(|c| c.upper).collect()),
+            ];
+            for (field, actual) in fields {
+                let expected = nums(reference, field);
+                assert_eq!(actual.len(), expected.len(), "{name} {field}");
+                for (j, (a, e)) in actual.iter().zip(&expected).enumerate() {
+                    check(&format!("{name} {field}[{j}]"), *a, *e);
+                }
             }
+            check(&format!("{name} deviance"), fit.deviance, num(reference, "deviance"));
+            check(&format!("{name} aic"), fit.aic, num(reference, "aic"));
+            check(&format!("{name} llf"), fit.loglik, num(reference, "llf"));
+            check(&format!("{name} scale"), fit.scale, num(reference, "scale"));
+            assert_eq!(fit.n, num(reference, "nobs"), "{name} nobs");
+            assert!(fit.iterations >= 1 && fit.iterations <= 10, "{name} took {} iterations", fit.iterations);
         }
-        check(&format!("{name} deviance"), fit.deviance, num(reference, "deviance"));
-        check(&format!("{name} aic"), fit.aic, num(reference, "aic"));
-        check(&format!("{name} llf"), fit.loglik, num(reference, "llf"));
-        check(&format!("{name} scale"), fit.scale, num(reference, "scale"));
-        assert_eq!(fit.n, num(reference, "nobs"), "{name} nobs");
-        assert!(fit.iterations >= 1 && fit.iterations <= 10, "{name} took {} iterations", fit.iterations);
     }
 }
