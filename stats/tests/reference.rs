@@ -205,10 +205,13 @@ fn glm_data() -> GlmData {
     d
 }
 
+/// One node's rows: covariates, outcomes, offsets.
+type Part = (Vec<Vec<f64>>, Vec<f64>, Vec<f64>);
+
 /// Fits as the coordinator does: each iteration sums the moments of three
 /// "nodes" holding rows 0, 3, 6, … / 1, 4, 7, … / 2, 5, 8, ….
 fn fit_federated(family: Family, x: &[Vec<f64>], y: &[f64], offset: &[f64]) -> Result<Fit, GlmError> {
-    let parts: Vec<(Vec<Vec<f64>>, Vec<f64>, Vec<f64>)> = (0..3)
+    let parts: Vec<Part> = (0..3)
         .map(|node| {
             let rows: Vec<usize> = (node..y.len()).step_by(3).collect();
             (
