@@ -38,6 +38,7 @@ def intervals():
     proportions = [
         (7, 20, 0.95), (0, 15, 0.95), (15, 15, 0.95), (1, 1000, 0.95), (4500, 100000, 0.95),
         (33, 120, 0.90), (33, 120, 0.99), (2, 9, 0.998), (7.4, 20, 0.95), (0.6, 30.2, 0.95),
+        (500000, 1000000, 0.95), (999990, 1000000, 0.999),
     ]
     for x, n, level in proportions:
         alpha = 1 - level
@@ -127,7 +128,7 @@ def spiegelhalter(cdf, p, d, guess):
 def funnel():
     props, smrs = [], []
     for p0 in [0.05, 0.2, 0.5]:
-        for n in [10, 57, 250, 1000, 12345]:
+        for n in [10, 57, 250, 1000, 12345, 200000, 1000000]:
             for cov in [0.95, 0.998]:
                 t = (1 - cov) / 2
                 cdf = lambda r: binom_cdf(r, n, p0)  # noqa: E731
@@ -135,7 +136,7 @@ def funnel():
                 hi = spiegelhalter(cdf, 1 - t, n, stats.binom.ppf(1 - t, n, p0))
                 props.append({"p0": p0, "n": n, "coverage": cov,
                               "lower": min(max(lo, 0.0), 1.0), "upper": min(max(hi, 0.0), 1.0)})
-    for e in [0.5, 3.7, 20.0, 150.5, 4000.0]:
+    for e in [0.5, 3.7, 20.0, 150.5, 4000.0, 100000.0]:
         for cov in [0.95, 0.998]:
             t = (1 - cov) / 2
             cdf = lambda r: pois_cdf(r, e)  # noqa: E731
