@@ -13,6 +13,28 @@
 //!                       └──────────────── β_{k+1} ◀──────────────┘
 //! ```
 //!
+//! The protocol, here with rows in memory split between two "nodes" whose
+//! sums are added as the coordinator would:
+//!
+//! ```
+//! use samkor_stats::{Family, Irls, Moments, Progress, moments_from_rows};
+//!
+//! let x: Vec<Vec<f64>> = (0..40).map(|i| vec![1.0, f64::from(i % 7)]).collect();
+//! let y: Vec<f64> = (0..40).map(|i| f64::from(u8::from(i % 3 == 0 || i % 7 > 4))).collect();
+//! let mut irls = Irls::new(Family::Binomial, 2, vec![0.0; 2]).expect("p = 2");
+//! let fit = loop {
+//!     let mut m = Moments::zeros(2);
+//!     for (xs, ys) in [(&x[..25], &y[..25]), (&x[25..], &y[25..])] {
+//!         m.add(&moments_from_rows(Family::Binomial, xs, ys, &[], irls.beta()));
+//!     }
+//!     match irls.update(m).expect("the model fits") {
+//!         Progress::Continue => continue,
+//!         Progress::Converged(fit) => break fit,
+//!     }
+//! };
+//! assert!(fit.coefficients[1].estimate > 0.0 && fit.iterations < 10);
+//! ```
+//!
 //! Convergence is R `glm`'s criterion |D_k − D_{k−1}| / (|D_k| + 0.1) < ε on
 //! the deviance D (ε = 1e-10 by default, at most 25 least-squares steps).
 //! The fit reports β_k with the covariance (X'WX)⁻¹·φ evaluated at β_k
@@ -79,6 +101,25 @@ pub struct Moments {
     pub loglik: f64,
     /// Number of rows.
     pub n: f64,
+}
+
+impl Moments {
+    /// Sums over no rows for a model with `p` parameters (start of a sum).
+    pub fn zeros(p: usize) -> Self {
+        Self { xtwx: vec![0.0; p * p], xtwz: vec![0.0; p], deviance: 0.0, loglik: 0.0, n: 0.0 }
+    }
+
+    /// Adds another part's sums (e.g. one node's) to these. Panics when the
+    /// two have different numbers of parameters.
+    pub fn add(&mut self, other: &Moments) {
+        assert_eq!(self.xtwz.len(), other.xtwz.len(), "sums of models with the same parameters");
+        assert_eq!(self.xtwx.len(), other.xtwx.len(), "sums of models with the same parameters");
+        self.xtwx.iter_mut().zip(&other.xtwx).for_each(|(a, b)| *a += b);
+        self.xtwz.iter_mut().zip(&other.xtwz).for_each(|(a, b)| *a += b);
+        self.deviance += other.deviance;
+        self.loglik += other.loglik;
+        self.n += other.n;
+    }
 }
 
 /// One coefficient of a fitted model.
@@ -387,7 +428,7 @@ pub fn moments_from_rows(family: Family, x: &[Vec<f64>], y: &[f64], offset: &[f6
     let p = beta.len();
     assert_eq!(x.len(), y.len(), "one outcome per row");
     assert!(offset.is_empty() || offset.len() == y.len(), "one offset per row, or none");
-    let mut m = Moments { xtwx: vec![0.0; p * p], xtwz: vec![0.0; p], deviance: 0.0, loglik: 0.0, n: 0.0 };
+    let mut m = Moments::zeros(p);
     for (i, (row, &yi)) in x.iter().zip(y).enumerate() {
         assert_eq!(row.len(), p, "every row has p covariates");
         let o = offset.get(i).copied().unwrap_or(0.0);

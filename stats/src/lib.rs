@@ -6,7 +6,8 @@
 //! ```text
 //!   released aggregates ──▶ intervals     Wilson, Clopper–Pearson, exact Poisson
 //!                       ──▶ funnel        control limits (Spiegelhalter 2005)
-//!                       ──▶ standardise   SMR (indirect), DSR (direct, Fay–Feuer)
+//!                       ──▶ standardise   rates per person-time, SMR (indirect),
+//!                                         DSR (direct, Fay–Feuer)
 //!                       ──▶ survival      Kaplan–Meier over time bands, Greenwood
 //!   federated Σ per iteration ⇄ glm      IRLS state machine (Gaussian, logistic, Poisson)
 //! ```
@@ -14,6 +15,8 @@
 //! Every function is checked against R / scipy / statsmodels / lifelines
 //! outputs stored in `reference/reference.json` (regenerate with
 //! `python3 stats/reference/generate.py`).
+
+#![warn(missing_docs)]
 
 pub mod funnel;
 pub mod glm;
@@ -28,5 +31,5 @@ pub use glm::{
     moments_from_rows,
 };
 pub use intervals::{Interval, clopper_pearson, poisson_exact, wilson};
-pub use standardise::{Dsr, Estimate, Stratum, direct, smr};
+pub use standardise::{Dsr, Estimate, Stratum, direct, rate, smr};
 pub use survival::{Band, KmError, KmInterval, Step, kaplan_meier};

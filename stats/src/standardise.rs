@@ -1,4 +1,4 @@
-//! Indirect standardisation (the standardised mortality/incidence ratio
+//! Crude rates per person-time, indirect standardisation (the standardised mortality/incidence ratio
 //! O/E with its exact Poisson interval) and direct standardisation (a rate
 //! weighted to a standard population, with the Fay–Feuer gamma interval).
 
@@ -29,6 +29,23 @@ pub fn smr(observed: f64, expected: f64, level: f64) -> Option<Estimate> {
     }
     let ci = poisson_exact(observed, level)?;
     Some(Estimate { value: observed / expected, lower: ci.lower / expected, upper: ci.upper / expected })
+}
+
+/// A crude rate: `events` per `person_time`, scaled by `per` (e.g. 1000.0
+/// for a rate per 1,000 person-years), with the exact Poisson interval at
+/// confidence `level`, identical to R's
+/// `poisson.test(events, T = person_time / per, conf.level = level)`: the
+/// limits of [`poisson_exact`]`(events)` times per/person-time. A
+/// non-integer (perturbed) count is used as it is. `None` when events < 0,
+/// person-time ≤ 0, per ≤ 0, `level` is not in (0, 1) or an argument is not
+/// finite.
+pub fn rate(events: f64, person_time: f64, per: f64, level: f64) -> Option<Estimate> {
+    if !(person_time.is_finite() && person_time > 0.0 && per.is_finite() && per > 0.0) {
+        return None;
+    }
+    let ci = poisson_exact(events, level)?;
+    let scale = per / person_time;
+    Some(Estimate { value: events * scale, lower: ci.lower * scale, upper: ci.upper * scale })
 }
 
 /// One stratum (e.g. an age band × sex) of a directly standardised rate.
@@ -118,6 +135,17 @@ mod tests {
         assert_eq!((zero.value, zero.lower), (0.0, 0.0));
         assert!(smr(3.0, 0.0, 0.95).is_none());
         assert!(smr(-1.0, 2.0, 0.95).is_none());
+    }
+
+    #[test]
+    fn rate_per_thousand_person_years() {
+        // poisson.test(10, T = 2500/1000)$conf.int = 4.795389/2.5 18.390356/2.5
+        let r = rate(10.0, 2500.0, 1000.0, 0.95).expect("valid");
+        assert!((r.value - 4.0).abs() < 1e-12);
+        assert!((r.lower - 4.795389 / 2.5).abs() < 1e-6);
+        assert!((r.upper - 18.390356 / 2.5).abs() < 1e-6);
+        assert!(rate(10.0, 0.0, 1000.0, 0.95).is_none());
+        assert!(rate(10.0, 100.0, 0.0, 0.95).is_none());
     }
 
     #[test]
