@@ -217,6 +217,13 @@ const ALLOWED: &[(&str, DataArgs)] = &[
     ("birth_year", DataArgs::All),
     ("birth_decade", DataArgs::All),
     ("years_between", DataArgs::All),
+    ("days_between", DataArgs::All),
+    ("wilson_lower", DataArgs::All),
+    ("wilson_upper", DataArgs::All),
+    ("clopper_pearson_lower", DataArgs::All),
+    ("clopper_pearson_upper", DataArgs::All),
+    ("poisson_lower", DataArgs::All),
+    ("poisson_upper", DataArgs::All),
 ];
 
 /// What to use instead of a function that is not allowed on data.
@@ -1219,6 +1226,13 @@ mod tests {
         "birth_year(a.d)",
         "birth_decade(a.d)",
         "years_between(a.d, b.d)",
+        "days_between(a.d, b.d)",
+        "wilson_lower(a.i, b.i)",
+        "wilson_upper(a.f, b.j, a.f)",
+        "clopper_pearson_lower(a.j, b.i)",
+        "clopper_pearson_upper(a.f, b.f, 0.9)",
+        "poisson_lower(a.f)",
+        "poisson_upper(a.j, b.f)",
         "ascii(a.s)",
         "bit_length(a.s)",
         "btrim(a.s, b.s)",

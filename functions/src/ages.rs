@@ -8,6 +8,7 @@
 //! | `birth_year(birth_date)` | the calendar year |
 //! | `birth_decade(birth_date)` | the decade's first year (1950 for 1950–1959) |
 //! | `years_between(start, end)` | `(end − start)` in days / 365.25, for person-time |
+//! | `days_between(start, end)` | `end − start` in whole days |
 //!
 //! All are total: a NULL argument, or a width that is not positive, gives NULL;
 //! they never fail on a value (arguments must be dates, checked at planning).
@@ -35,6 +36,8 @@ pub const BIRTH_YEAR_FN: &str = "birth_year";
 pub const BIRTH_DECADE_FN: &str = "birth_decade";
 /// Years between two dates.
 pub const YEARS_BETWEEN_FN: &str = "years_between";
+/// Days between two dates.
+pub const DAYS_BETWEEN_FN: &str = "days_between";
 
 /// The functions that generalise a birth date (their first argument).
 pub const GENERALISING_FUNCTIONS: &[&str] = &[AGE_YEARS_FN, AGE_BAND_FN, BIRTH_YEAR_FN, BIRTH_DECADE_FN];
@@ -46,6 +49,7 @@ enum Kind {
     BirthYear,
     BirthDecade,
     YearsBetween,
+    DaysBetween,
 }
 
 impl Kind {
@@ -56,13 +60,14 @@ impl Kind {
             Kind::BirthYear => BIRTH_YEAR_FN,
             Kind::BirthDecade => BIRTH_DECADE_FN,
             Kind::YearsBetween => YEARS_BETWEEN_FN,
+            Kind::DaysBetween => DAYS_BETWEEN_FN,
         }
     }
 
     fn arity(self) -> usize {
         match self {
             Kind::BirthYear | Kind::BirthDecade => 1,
-            Kind::AgeYears | Kind::YearsBetween => 2,
+            Kind::AgeYears | Kind::YearsBetween | Kind::DaysBetween => 2,
             Kind::AgeBand => 3,
         }
     }
@@ -74,11 +79,13 @@ struct DateFunction {
     signature: Signature,
 }
 
-/// The five functions, to register in a session.
+/// The six functions, to register in a session.
 pub fn date_udfs() -> Vec<ScalarUDF> {
-    [Kind::AgeYears, Kind::AgeBand, Kind::BirthYear, Kind::BirthDecade, Kind::YearsBetween]
+    [Kind::AgeYears, Kind::AgeBand, Kind::BirthYear, Kind::BirthDecade, Kind::YearsBetween, Kind::DaysBetween]
         .into_iter()
-        .map(|kind| ScalarUDF::from(DateFunction { kind, signature: Signature::any(kind.arity(), Volatility::Immutable) }))
+        .map(|kind| {
+            ScalarUDF::from(DateFunction { kind, signature: Signature::any(kind.arity(), Volatility::Immutable) })
+        })
         .collect()
 }
 
@@ -104,7 +111,11 @@ impl ScalarUDFImpl for DateFunction {
         if self.kind == Kind::AgeBand && !(args[2].is_integer() || args[2] == DataType::Null) {
             return plan_err!("the width of {name} is a whole number of years, not {}", args[2]);
         }
-        Ok(if self.kind == Kind::YearsBetween { DataType::Float64 } else { DataType::Int32 })
+        Ok(match self.kind {
+            Kind::YearsBetween => DataType::Float64,
+            Kind::DaysBetween => DataType::Int64,
+            _ => DataType::Int32,
+        })
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
@@ -143,6 +154,15 @@ impl ScalarUDFImpl for DateFunction {
                         .zip(&e)
                         .map(|(s, e)| Some((*e.as_ref()? - *s.as_ref()?).num_days() as f64 / 365.25))
                         .collect::<Float64Array>(),
+                )
+            }
+            Kind::DaysBetween => {
+                let (s, e) = (date(0)?, date(1)?);
+                Arc::new(
+                    s.iter()
+                        .zip(&e)
+                        .map(|(s, e)| Some((*e.as_ref()? - *s.as_ref()?).num_days()))
+                        .collect::<datafusion::arrow::array::Int64Array>(),
                 )
             }
         };

@@ -17,11 +17,16 @@
 //! `ages`), person-time, and confidence intervals of released counts (`intervals`).
 
 mod ages;
+mod intervals;
 mod persons;
 mod quantile;
 mod record_key;
 
-pub use ages::{AGE_BAND_FN, AGE_YEARS_FN, BIRTH_DECADE_FN, BIRTH_YEAR_FN, GENERALISING_FUNCTIONS, YEARS_BETWEEN_FN, age, date_udfs};
+pub use ages::{
+    AGE_BAND_FN, AGE_YEARS_FN, BIRTH_DECADE_FN, BIRTH_YEAR_FN, DAYS_BETWEEN_FN, GENERALISING_FUNCTIONS,
+    YEARS_BETWEEN_FN, age, date_udfs,
+};
+pub use intervals::{INTERVAL_FUNCTIONS, interval_udfs};
 pub use persons::{PERSONS_FN, PersonsCell, persons_udaf};
 pub use quantile::{QUANTILE_FN, quantile_udaf};
 pub use record_key::{RECORD_KEY_FN, RecordKeySecret, record_key_udf};
@@ -41,11 +46,11 @@ pub fn register(ctx: &datafusion::prelude::SessionContext, secret: Option<Record
 
 /// Registers the functions users may call (the coordinator's release session needs only these).
 pub fn register_user_functions(ctx: &datafusion::prelude::SessionContext) {
-    for f in date_udfs() {
+    for f in date_udfs().into_iter().chain(interval_udfs()) {
         ctx.register_udf(f);
     }
 }
 
 /// Names of the functions users may call.
 pub const USER_FUNCTIONS: &[&str] =
-    &[AGE_YEARS_FN, AGE_BAND_FN, BIRTH_YEAR_FN, BIRTH_DECADE_FN, YEARS_BETWEEN_FN];
+    &[AGE_YEARS_FN, AGE_BAND_FN, BIRTH_YEAR_FN, BIRTH_DECADE_FN, YEARS_BETWEEN_FN, DAYS_BETWEEN_FN];

@@ -18,3 +18,4 @@ mod postgres;
 mod python;
 mod readme;
 mod reconstruction;
+mod statistics;

@@ -101,14 +101,16 @@ impl Rewriter<'_> {
                 }
             }
         }
-        let Some(at) = args.get(1).filter(|_| name != samkor_functions::BIRTH_YEAR_FN && name != samkor_functions::BIRTH_DECADE_FN) else {
+        let Some(at) = args
+            .get(1)
+            .filter(|_| name != samkor_functions::BIRTH_YEAR_FN && name != samkor_functions::BIRTH_DECADE_FN)
+        else {
             return Ok(());
         };
         if let Expr::Literal(v, _) = at {
             let january_first = match v.cast_to(&datafusion::arrow::datatypes::DataType::Date32) {
-                Ok(ScalarValue::Date32(Some(d))) => {
-                    datafusion::arrow::temporal_conversions::date32_to_datetime(d).is_some_and(|t| t.format("%m-%d").to_string() == "01-01")
-                }
+                Ok(ScalarValue::Date32(Some(d))) => datafusion::arrow::temporal_conversions::date32_to_datetime(d)
+                    .is_some_and(|t| t.format("%m-%d").to_string() == "01-01"),
                 _ => false,
             };
             if january_first {

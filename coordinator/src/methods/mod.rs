@@ -31,13 +31,11 @@ mod standardise;
 mod steps;
 mod survival;
 
-use std::any::Any;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableFunctionImpl, TableProvider};
-use datafusion::common::tree_node::TreeNode;
 use datafusion::common::{Result, ScalarValue, plan_err};
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
@@ -81,7 +79,9 @@ impl Method {
             Method::KaplanMeier => {
                 "kaplan_meier('<query with columns start_date, event_date, censor_date [, stratum]>', <band width in days>)"
             }
-            Method::Glm => "glm('<query>', '<outcome ~ predictors [+ offset(column)]>', 'binomial' | 'poisson' | 'gaussian')",
+            Method::Glm => {
+                "glm('<query>', '<outcome ~ predictors [+ offset(column)]>', 'binomial' | 'poisson' | 'gaussian')"
+            }
         }
     }
 
@@ -120,14 +120,14 @@ pub(crate) struct Call {
 
 impl Call {
     /// The text argument at `i` (queries, formulas, families).
-    pub fn text(&self, i: usize) -> Option<&str> {
+    pub(crate) fn text(&self, i: usize) -> Option<&str> {
         match self.args.get(i) {
             Some(Arg::Text(s)) => Some(s),
             _ => None,
         }
     }
 
-    pub fn number(&self, i: usize) -> Option<f64> {
+    pub(crate) fn number(&self, i: usize) -> Option<f64> {
         match self.args.get(i) {
             Some(Arg::Number(n)) => Some(*n),
             _ => None,
@@ -135,7 +135,7 @@ impl Call {
     }
 
     /// A mistake in the call: says what the call should look like.
-    pub fn error<T>(&self, what: &str) -> Result<T> {
+    pub(crate) fn error<T>(&self, what: &str) -> Result<T> {
         plan_err!("{}: {what}; call it as {}", self.method.name(), self.method.usage())
     }
 }
@@ -152,10 +152,12 @@ impl TableFunctionImpl for MethodFunction {
         for e in args.exprs() {
             let arg = match e {
                 Expr::Literal(ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)), _) => Arg::Text(s.clone()),
-                Expr::Literal(v, _) if v.data_type().is_numeric() => match v.cast_to(&datafusion::arrow::datatypes::DataType::Float64) {
-                    Ok(ScalarValue::Float64(Some(x))) => Arg::Number(x),
-                    _ => return plan_err!("{}: arguments must be constants", self.method.name()),
-                },
+                Expr::Literal(v, _) if v.data_type().is_numeric() => {
+                    match v.cast_to(&datafusion::arrow::datatypes::DataType::Float64) {
+                        Ok(ScalarValue::Float64(Some(x))) => Arg::Number(x),
+                        _ => return plan_err!("{}: arguments must be constants", self.method.name()),
+                    }
+                }
                 _ => {
                     return plan_err!(
                         "{}: arguments must be constants (text in single quotes, numbers); call it as {}",
@@ -187,10 +189,6 @@ pub struct MethodTable {
 
 #[async_trait]
 impl TableProvider for MethodTable {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
@@ -232,7 +230,7 @@ impl Scans {
         let _ = plan.apply_with_subqueries(|p| {
             if let LogicalPlan::TableScan(scan) = p {
                 let method = datafusion::datasource::source_as_provider(&scan.source)
-                    .is_ok_and(|provider| provider.as_any().downcast_ref::<MethodTable>().is_some());
+                    .is_ok_and(|provider| provider.downcast_ref::<MethodTable>().is_some());
                 if method {
                     scans.methods += 1;
                 } else {

@@ -8,25 +8,25 @@ use datafusion::common::{DataFusionError, Result};
 
 /// One cell of a method's answer.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Value {
+pub(super) enum Value {
     Text(Option<String>),
     Num(Option<f64>),
     Int(Option<i64>),
 }
 
 impl Value {
-    pub fn text(s: impl Into<String>) -> Value {
+    pub(super) fn text(s: impl Into<String>) -> Value {
         Value::Text(Some(s.into()))
     }
 
     /// A number; NaN and ±∞ are not numbers a method releases.
-    pub fn num(x: Option<f64>) -> Value {
+    pub(super) fn num(x: Option<f64>) -> Value {
         Value::Num(x.filter(|x| x.is_finite()))
     }
 }
 
 /// A schema of nullable columns: `("unit", Utf8)`, … and the `withheld` column last.
-pub fn schema(columns: &[(&str, DataType)]) -> SchemaRef {
+pub(super) fn schema(columns: &[(&str, DataType)]) -> SchemaRef {
     let mut fields: Vec<Field> = columns.iter().map(|(n, t)| Field::new(*n, t.clone(), true)).collect();
     fields.push(Field::new(crate::disclosure::WITHHELD_COLUMN, DataType::Utf8, true));
     Arc::new(Schema::new(fields))
@@ -34,7 +34,7 @@ pub fn schema(columns: &[(&str, DataType)]) -> SchemaRef {
 
 /// Builds the batch; each row holds one value per column before `withheld`,
 /// then the withheld text.
-pub fn batch(schema: &SchemaRef, rows: Vec<(Vec<Value>, Option<String>)>) -> Result<RecordBatch> {
+pub(super) fn batch(schema: &SchemaRef, rows: Vec<(Vec<Value>, Option<String>)>) -> Result<RecordBatch> {
     let fields = schema.fields();
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(fields.len());
     for (c, field) in fields.iter().enumerate().take(fields.len() - 1) {
@@ -71,4 +71,12 @@ pub fn batch(schema: &SchemaRef, rows: Vec<(Vec<Value>, Option<String>)>) -> Res
     }
     columns.push(Arc::new(rows.iter().map(|r| r.1.clone()).collect::<StringArray>()));
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// Orders rows by their first (text) column, rows without one last.
+pub(super) fn sort_by_first(rows: &mut [(Vec<Value>, Option<String>)]) {
+    rows.sort_by_cached_key(|r| match r.0.first() {
+        Some(Value::Text(Some(s))) => (0, s.clone()),
+        _ => (1, String::new()),
+    });
 }

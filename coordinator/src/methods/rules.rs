@@ -22,6 +22,10 @@ pub enum MethodRule {
     RiskSet,
     /// Withheld: a standardised rate needing a stratum the unit has no released cell for.
     Stratum,
+    /// Withheld: the model did not converge (often complete separation).
+    NotConverged,
+    /// Withheld: the model matrix is singular (a constant or collinear predictor).
+    Singular,
 }
 
 impl MethodRule {
@@ -33,6 +37,8 @@ impl MethodRule {
         MethodRule::SmallCategory,
         MethodRule::RiskSet,
         MethodRule::Stratum,
+        MethodRule::NotConverged,
+        MethodRule::Singular,
     ];
 
     /// The stable name, in refusals, the `withheld` column and the audit log.
@@ -44,6 +50,8 @@ impl MethodRule {
             MethodRule::SmallCategory => "model.small_category",
             MethodRule::RiskSet => "survival.risk_set",
             MethodRule::Stratum => "standardisation.stratum",
+            MethodRule::NotConverged => "model.not_converged",
+            MethodRule::Singular => "model.singular",
         }
     }
 

@@ -64,6 +64,20 @@ impl MethodEnv {
         Table::new(&schema, &batches, None)
     }
 
+    /// Runs a query that must read no register data (a standard population
+    /// given as constants): its numbers enter the method's answer as given.
+    pub async fn constant(&self, sql: &str) -> Result<Table> {
+        let engine = self.engine()?;
+        let planned = engine.plan_internal(&self.session(&engine), sql).await.map_err(into_datafusion)?;
+        if super::Scans::of(planned.df.logical_plan()).registers > 0 {
+            return Err(DataFusionError::Plan("it reads register tables".into()));
+        }
+        let execution = engine.start(planned).await.map_err(into_datafusion)?;
+        let schema = execution.stream.schema();
+        let batches: Vec<RecordBatch> = execution.stream.try_collect().await?;
+        Table::new(&schema, &batches, None)
+    }
+
     /// Runs an aggregate through disclosure control, as a query of the caller's
     /// would be released: suppressed, perturbed, withheld cells marked.
     pub async fn released(&self, sql: &str) -> Result<Table> {
