@@ -90,6 +90,44 @@ GROUP BY ROLLUP(hospital)
 ORDER BY hospital NULLS LAST",
     },
     Showcase {
+        who: "An authority",
+        title: "Open comparison: one-year mortality per hospital standardised for sex and age (SMR, indirect standardisation, with funnel limits; docs/statistics.md)",
+        sql: "SELECT unit AS hospital, observed, round(expected, 1) AS expected, round(smr, 2) AS smr,
+       round(ci_lower, 2) AS ci_lower, round(ci_upper, 2) AS ci_upper,
+       round(limit998_upper, 2) AS limit998_upper, signal, withheld
+FROM smr('
+  SELECT o.hospital AS unit,
+         CASE WHEN d.death_date <= o.op_date + INTERVAL ''365 days'' THEN 1 ELSE 0 END AS outcome,
+         p.sex, age_band(p.birth_date, o.op_date, 10) AS age
+  FROM hip.operations o JOIN pop.persons p ON p.person = o.person
+  LEFT JOIN dors.deaths d ON d.person = o.person')
+ORDER BY smr DESC NULLS LAST",
+    },
+    Showcase {
+        who: "A register holder",
+        title: "Survival after hip replacement by ASA class, Kaplan-Meier in one-year bands (a step shows at least 5 deaths)",
+        sql: "SELECT stratum AS asa, time AS days, at_risk, events, round(survival, 3) AS survival,
+       round(ci_lower, 3) AS ci_lower, round(ci_upper, 3) AS ci_upper, withheld
+FROM kaplan_meier('
+  SELECT o.op_date AS start_date, d.death_date AS event_date, DATE ''2024-12-31'' AS censor_date,
+         CASE WHEN o.asa >= 3 THEN ''ASA 3-4'' ELSE ''ASA 1-2'' END AS stratum
+  FROM hip.operations o LEFT JOIN dors.deaths d ON d.person = o.person', 365)
+ORDER BY asa, days",
+    },
+    Showcase {
+        who: "A researcher",
+        title: "Logistic model of 90-day mortality (hip ⋈ dors ⋈ pop): fitted by IRLS, each iteration one federated aggregate; no row leaves a node",
+        sql: "SELECT term, round(estimate, 3) AS estimate, round(std_error, 3) AS std_error,
+       round(p_value, 4) AS p_value, round(exp(estimate), 2) AS odds_ratio, n, iterations, withheld
+FROM glm('
+  SELECT CASE WHEN d.death_date <= o.op_date + INTERVAL ''90 days'' THEN 1 ELSE 0 END AS died,
+         p.sex, age_years(p.birth_date, o.op_date) AS age, o.asa, o.bmi, p.education,
+         date_part(''year'', o.op_date) AS year
+  FROM hip.operations o JOIN pop.persons p ON p.person = o.person
+  LEFT JOIN dors.deaths d ON d.person = o.person',
+  'died ~ sex + age + C(asa) + bmi + education + year', 'binomial')",
+    },
+    Showcase {
         who: "Someone trying to single out one patient",
         title: "The age and income of the person behind one operation (hip ⋈ pop)",
         sql: "SELECT count(*) AS persons, avg(2024 - p.birth_year) AS age, avg(p.income) AS income

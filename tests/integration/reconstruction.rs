@@ -231,3 +231,45 @@ async fn repeated_and_rephrased_queries_get_identical_cells() {
     assert_ne!(answers[0], exact, "the perturbation moved some released cell");
     fed.shutdown().await;
 }
+
+/// A logistic model with only an intercept, per hospital, gives the share
+/// of long stays
+/// with the outcome (expit of the intercept) and n: their product is the
+/// count. Wherever that count or its complement is 1..k−1 in the truth,
+/// the model must be withheld; where released, it reproduces nothing smaller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_do_not_give_small_counts_back() {
+    let fed = common::federation().await;
+    let mut c = fed.client("alice", "D-agg").await.expect("connect");
+    let truth = pooled(
+        "D-agg",
+        "SELECT hospital, count(DISTINCT CASE WHEN length_of_stay > 25 THEN person END) AS yes, \
+         count(DISTINCT CASE WHEN length_of_stay <= 25 THEN person END) AS no FROM npr.inpatient GROUP BY hospital",
+    )
+    .await;
+    let mut released = 0;
+    for row in truth.iter().take(25) {
+        let (hospital, yes, no) = (&row[0], num(&row[1]).unwrap_or(0.0), num(&row[2]).unwrap_or(0.0));
+        let sql = format!(
+            "SELECT estimate, n, withheld FROM glm('SELECT length_of_stay > 25 AS long_stay FROM npr.inpatient WHERE hospital = ''{}''', 'long_stay ~ 1', 'binomial')",
+            hospital.replace('\'', "''''")
+        );
+        let (_, b) = c.query(&sql).await.expect("answered");
+        let rows = common::rows(&b);
+        let (estimate, n) = (num(&rows[0][0]), num(&rows[0][1]));
+        let small = |x: f64| x < K as f64;
+        if small(yes) || small(no) {
+            assert!(
+                estimate.is_none() && n.is_none(),
+                "{hospital}: a model over {yes}/{no} persons is released: {rows:?}"
+            );
+        } else if let (Some(b0), Some(n)) = (estimate, n) {
+            let count = n / (1.0 + (-b0).exp());
+            assert!(count >= K as f64 - 1e-6 && n - count >= K as f64 - 1e-6, "{hospital}: {count} of {n}");
+            released += 1;
+        }
+    }
+    let small = truth.iter().take(25).filter(|r| num(&r[1]).unwrap_or(0.0) < K as f64).count();
+    assert!(released > 0 && small > 0, "both kinds of hospital are tried: {released} released, {small} small");
+    fed.shutdown().await;
+}

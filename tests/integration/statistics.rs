@@ -374,3 +374,35 @@ async fn kaplan_meier_matches_lifelines() {
     }
     assert!(compared >= 8, "steps were released: {got:?}");
 }
+
+/// Coverage by patients found (docs/statistics.md, definition 1) with Wilson
+/// intervals computed in the query: released rows equal samkor-stats on the
+/// pooled counts; a withheld count withholds its interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coverage_with_intervals_in_the_query() {
+    let sql = "SELECT n.hospital, count(*) AS in_npr, count(o.op_id) AS found, \
+               wilson_lower(count(o.op_id), count(*)) AS lower, wilson_upper(count(o.op_id), count(*), 0.99) AS upper \
+               FROM npr.inpatient n LEFT JOIN hip.operations o \
+               ON o.person = n.person AND o.op_date BETWEEN n.admit_date AND n.discharge_date \
+               WHERE n.procedure LIKE 'NFB%' GROUP BY n.hospital ORDER BY n.hospital";
+    let got = federated(sql).await;
+    let truth = named(&pooled(sql).await);
+    let mut released = 0;
+    for g in &got {
+        let Some(t) = truth.iter().find(|t| t["hospital"] == g["hospital"] && g["hospital"].is_some()) else {
+            continue;
+        };
+        match (num(g, "found"), num(g, "in_npr")) {
+            (Some(found), Some(n)) => {
+                let lower = samkor_stats::wilson(found, n, 0.95).expect("interval").lower;
+                let upper = samkor_stats::wilson(found, n, 0.99).expect("interval").upper;
+                close(num(g, "lower").unwrap(), lower, "wilson lower");
+                close(num(g, "upper").unwrap(), upper, "wilson upper (99 %)");
+                close(found, num(t, "found").unwrap(), "found");
+                released += 1;
+            }
+            _ => assert!(g["lower"].is_none() && g["upper"].is_none(), "an interval of a withheld count: {g:?}"),
+        }
+    }
+    assert!(released >= 5, "{got:?}");
+}

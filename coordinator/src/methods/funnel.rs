@@ -12,7 +12,7 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::Result;
 
 use super::output::{self, Value};
-use super::steps::{MethodEnv, Row};
+use super::steps::{Row, Steps};
 use super::{Call, derived};
 
 const LEVEL: f64 = 0.95;
@@ -45,7 +45,7 @@ pub(super) fn check(call: &Call) -> Result<()> {
 /// (or, with `indicator`, a non-zero number), else the sum of the number of events.
 pub(super) async fn outcome_sum(
     call: &Call,
-    env: &MethodEnv,
+    env: &dyn Steps,
     query: &str,
     needed: &[&str],
     indicator: bool,
@@ -66,7 +66,7 @@ pub(super) async fn outcome_sum(
     })
 }
 
-pub(super) async fn run(call: &Call, env: &MethodEnv) -> Result<RecordBatch> {
+pub(super) async fn run(call: &Call, env: &dyn Steps) -> Result<RecordBatch> {
     let query = call.text(0).expect("checked");
     let events = outcome_sum(call, env, query, &["unit", "outcome"], true).await?;
     let sql = format!(

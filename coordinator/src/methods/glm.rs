@@ -25,7 +25,7 @@ use samkor_stats::{Family, Irls, Moments, Progress};
 use super::formula::Formula;
 use super::output::{self, Value};
 use super::rules::MethodRule;
-use super::steps::MethodEnv;
+use super::steps::Steps;
 use super::{Call, derived, float, quote};
 
 /// Parameters may be at most this share of the rows (DataSHIELD's nfilter.glm).
@@ -103,7 +103,7 @@ fn model_input(call: &Call, f: &Formula, categorical: &[bool], outcome_bool: boo
     ))
 }
 
-pub(super) async fn run(call: &Call, env: &MethodEnv) -> Result<RecordBatch> {
+pub(super) async fn run(call: &Call, env: &dyn Steps) -> Result<RecordBatch> {
     let family = family(call)?;
     let f = Formula::parse(call.text(1).expect("checked")).or_else(|e| call.error(&e))?;
     let described = env.describe(&format!("SELECT * FROM {}", derived(call, call.text(0).expect("checked"))?)).await?;
@@ -228,7 +228,7 @@ fn complete(table: &super::steps::Table, level: Option<&str>, binary: bool) -> b
 }
 
 /// Σ ln Γ(y + 1) over the rows (the Poisson log-likelihood's constant).
-async fn log_factorials(env: &MethodEnv, input: &str) -> Result<f64> {
+async fn log_factorials(env: &dyn Steps, input: &str) -> Result<f64> {
     let t = env.internal(&format!("SELECT y, count(*) AS c FROM {input} GROUP BY y")).await?;
     Ok(t.rows
         .iter()
@@ -238,7 +238,7 @@ async fn log_factorials(env: &MethodEnv, input: &str) -> Result<f64> {
 
 /// The IRLS loop: one internal aggregate per iteration.
 async fn fit(
-    env: &MethodEnv,
+    env: &dyn Steps,
     family: Family,
     input: &str,
     columns: &[Column],
@@ -261,7 +261,14 @@ async fn fit(
     };
     loop {
         let sql = iteration_sql(family, input, columns, irls.beta());
+        let started = std::time::Instant::now();
         let t = env.internal(&sql).await?;
+        tracing::info!(
+            target: "samkor::glm",
+            pass = irls.iterations() + 1,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "glm iteration"
+        );
         let num = |name: &str| t.scalar(name).unwrap_or(f64::NAN);
         let mut xtwx = vec![0.0; p * p];
         for j in 0..p {

@@ -204,16 +204,77 @@ impl TableProvider for MethodTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let env = &self.env;
-        let batch = match self.call.method {
-            Method::Funnel => funnel::run(&self.call, env).await?,
-            Method::Smr => standardise::run_smr(&self.call, env).await?,
-            Method::Dsr => standardise::run_dsr(&self.call, env).await?,
-            Method::KaplanMeier => survival::run(&self.call, env).await?,
-            Method::Glm => glm::run(&self.call, env).await?,
-        };
+        let batch = run(&self.call, self.env.as_ref()).await?;
         let exec = MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema.clone(), projection.cloned())?;
         Ok(exec)
+    }
+}
+
+/// A method's steps on one pooled DataFusion session, without disclosure
+/// control: the same code and SQL as in the federation, to measure what
+/// federation costs (`benches/`). Never used to answer a query.
+pub struct Pooled {
+    pub ctx: SessionContext,
+}
+
+impl std::fmt::Debug for Pooled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pooled").finish_non_exhaustive()
+    }
+}
+
+impl Pooled {
+    async fn run(&self, sql: &str) -> Result<steps::Table> {
+        let df = self.ctx.sql(sql).await?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await?;
+        steps::Table::new(&schema, &batches, None)
+    }
+
+    /// Runs `name(args…)` (e.g. `glm`) on the pooled session.
+    pub async fn call(&self, name: &str, args: &[&str]) -> Result<datafusion::arrow::array::RecordBatch> {
+        let Some(method) = Method::ALL.into_iter().find(|m| m.name() == name) else {
+            return plan_err!("no method {name}");
+        };
+        let args = args
+            .iter()
+            .map(|a| a.parse::<f64>().map(Arg::Number).unwrap_or_else(|_| Arg::Text((*a).to_owned())))
+            .collect();
+        let call = Call { method, args };
+        run(&call, self).await
+    }
+}
+
+#[async_trait]
+impl steps::Steps for Pooled {
+    async fn describe(&self, sql: &str) -> Result<SchemaRef> {
+        Ok(Arc::new(self.ctx.sql(sql).await?.schema().as_arrow().clone()))
+    }
+
+    async fn internal(&self, sql: &str) -> Result<steps::Table> {
+        self.run(sql).await
+    }
+
+    async fn released(&self, sql: &str) -> Result<steps::Table> {
+        self.run(sql).await
+    }
+
+    async fn constant(&self, sql: &str) -> Result<steps::Table> {
+        self.run(sql).await
+    }
+
+    fn k(&self) -> f64 {
+        1.0
+    }
+}
+
+async fn run(call: &Call, steps: &dyn steps::Steps) -> Result<datafusion::arrow::array::RecordBatch> {
+    match call.method {
+        Method::Funnel => funnel::run(call, steps).await,
+        Method::Smr => standardise::run_smr(call, steps).await,
+        Method::Dsr => standardise::run_dsr(call, steps).await,
+        Method::KaplanMeier => survival::run(call, steps).await,
+        Method::Glm => glm::run(call, steps).await,
     }
 }
 

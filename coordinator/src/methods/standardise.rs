@@ -23,7 +23,7 @@ use datafusion::common::Result;
 
 use super::output::{self, Value};
 use super::rules::MethodRule;
-use super::steps::{MethodEnv, Table};
+use super::steps::{Steps, Table};
 use super::{Call, derived, float, quote};
 
 const LEVEL: f64 = 0.95;
@@ -76,7 +76,7 @@ struct Input {
 }
 
 impl Input {
-    async fn read(call: &Call, env: &MethodEnv) -> Result<Input> {
+    async fn read(call: &Call, env: &dyn Steps) -> Result<Input> {
         let query = call.text(0).expect("checked");
         let events = super::funnel::outcome_sum(call, env, query, &["unit", "outcome"], false).await?;
         let schema = env.describe(&format!("SELECT * FROM {}", derived(call, query)?)).await?;
@@ -111,7 +111,7 @@ impl Input {
     }
 
     /// Released national events and persons per stratum, and the crude rate.
-    async fn national(&self, env: &MethodEnv) -> Result<(BTreeMap<Vec<String>, (f64, f64)>, Option<f64>)> {
+    async fn national(&self, env: &dyn Steps) -> Result<(BTreeMap<Vec<String>, (f64, f64)>, Option<f64>)> {
         let keys = self.keys();
         let sql = format!(
             "SELECT {keys}, count(*) AS n, {} AS d FROM {} GROUP BY GROUPING SETS (({keys}), ())",
@@ -137,7 +137,7 @@ fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-pub(super) async fn run_smr(call: &Call, env: &MethodEnv) -> Result<RecordBatch> {
+pub(super) async fn run_smr(call: &Call, env: &dyn Steps) -> Result<RecordBatch> {
     let input = Input::read(call, env).await?;
     let (strata, crude) = input.national(env).await?;
     let Some(crude) = crude else {
@@ -194,7 +194,7 @@ fn merged_row(columns: usize) -> (Vec<Value>, Option<String>) {
     (values, Some("* (units below the threshold)".to_owned()))
 }
 
-pub(super) async fn run_dsr(call: &Call, env: &MethodEnv) -> Result<RecordBatch> {
+pub(super) async fn run_dsr(call: &Call, env: &dyn Steps) -> Result<RecordBatch> {
     let input = Input::read(call, env).await?;
     let keys = input.keys();
     let sql = format!(
@@ -276,7 +276,7 @@ fn national_persons(input: &Input, table: &Table) -> BTreeMap<Vec<String>, f64> 
 /// the query's) and `weight`.
 async fn standard_weights(
     call: &Call,
-    env: &MethodEnv,
+    env: &dyn Steps,
     standard: &str,
     strata: &[String],
 ) -> Result<BTreeMap<Vec<String>, f64>> {

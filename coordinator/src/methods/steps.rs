@@ -18,6 +18,45 @@ use crate::engine::{Engine, into_datafusion};
 use crate::executor::QueryScope;
 use crate::policy::Touched;
 
+/// How a method runs its steps: in the federation as the caller
+/// ([`MethodEnv`]), or on one pooled session (benchmarks: [`super::Pooled`]).
+#[async_trait::async_trait]
+pub(crate) trait Steps: Send + Sync {
+    /// The columns and types of a query's answer, planned but not run.
+    async fn describe(&self, sql: &str) -> Result<SchemaRef>;
+    /// An aggregate whose numbers stay in the coordinator.
+    async fn internal(&self, sql: &str) -> Result<Table>;
+    /// An aggregate released through disclosure control.
+    async fn released(&self, sql: &str) -> Result<Table>;
+    /// Constants (no register data).
+    async fn constant(&self, sql: &str) -> Result<Table>;
+    /// The threshold: persons per released cell.
+    fn k(&self) -> f64;
+}
+
+#[async_trait::async_trait]
+impl Steps for MethodEnv {
+    async fn describe(&self, sql: &str) -> Result<SchemaRef> {
+        MethodEnv::describe(self, sql).await
+    }
+
+    async fn internal(&self, sql: &str) -> Result<Table> {
+        MethodEnv::internal(self, sql).await
+    }
+
+    async fn released(&self, sql: &str) -> Result<Table> {
+        MethodEnv::released(self, sql).await
+    }
+
+    async fn constant(&self, sql: &str) -> Result<Table> {
+        MethodEnv::constant(self, sql).await
+    }
+
+    fn k(&self) -> f64 {
+        MethodEnv::k(self)
+    }
+}
+
 /// What a method needs to run its steps as the caller.
 #[derive(Debug)]
 pub struct MethodEnv {
@@ -141,7 +180,7 @@ pub struct Table {
 }
 
 impl Table {
-    fn new(schema: &SchemaRef, batches: &[RecordBatch], marker: Option<&str>) -> Result<Table> {
+    pub(super) fn new(schema: &SchemaRef, batches: &[RecordBatch], marker: Option<&str>) -> Result<Table> {
         let mut rows = Vec::new();
         let options = FormatOptions::default();
         for b in batches {

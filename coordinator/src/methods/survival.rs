@@ -25,7 +25,7 @@ use datafusion::common::Result;
 
 use super::output::{self, Value};
 use super::rules::MethodRule;
-use super::steps::MethodEnv;
+use super::steps::Steps;
 use super::{Call, derived, quote};
 
 const LEVEL: f64 = 0.95;
@@ -72,7 +72,7 @@ struct Merged {
     censored: f64,
 }
 
-pub(super) async fn run(call: &Call, env: &MethodEnv) -> Result<RecordBatch> {
+pub(super) async fn run(call: &Call, env: &dyn Steps) -> Result<RecordBatch> {
     let query = call.text(0).expect("checked");
     let width = call.number(1).expect("checked") as i64;
     let schema = env.describe(&format!("SELECT * FROM {}", derived(call, query)?)).await?;
