@@ -206,7 +206,7 @@ pub(super) async fn run_dsr(call: &Call, env: &dyn Steps) -> Result<RecordBatch>
         Some(standard) => standard_weights(call, env, standard, &input.strata).await?,
         None => national_persons(&input, &table),
     };
-    let mut units: BTreeMap<String, BTreeMap<Vec<String>, Option<(f64, f64)>>> = BTreeMap::new();
+    let mut units: BTreeMap<String, Cells> = BTreeMap::new();
     let mut merged = false;
     for row in &table.rows {
         if row.is_merged() {
@@ -225,9 +225,12 @@ pub(super) async fn run_dsr(call: &Call, env: &dyn Steps) -> Result<RecordBatch>
     output::batch(&dsr_schema(), rows)
 }
 
+/// One unit's released (events, persons) per stratum; None where withheld.
+type Cells = BTreeMap<Vec<String>, Option<(f64, f64)>>;
+
 fn dsr_row(
     unit: &str,
-    cells: &BTreeMap<Vec<String>, Option<(f64, f64)>>,
+    cells: &Cells,
     weights: &BTreeMap<Vec<String>, f64>,
 ) -> (Vec<Value>, Option<String>) {
     let mut strata = Vec::new();
