@@ -31,5 +31,6 @@ async fn python_adbc_example_reads_a_frame() {
     assert!(stdout.contains("Stockholm") && stdout.contains("operations"), "{stdout}");
     assert!(stdout.contains("disclosure control: at least 5 persons per cell"), "the summary reaches Python: {stdout}");
     assert!(stdout.contains("hip.operations") && stdout.contains("pop.persons"), "{stdout}");
+    assert!(stdout.contains("Intercept") && stdout.contains("bmi"), "the model's table reaches Python: {stdout}");
     fed.shutdown().await;
 }

@@ -158,6 +158,15 @@ async fn models_that_would_disclose_are_withheld() {
     let rows = named(&b);
     assert_eq!(rows.len(), 9, "{rows:?}");
     assert!(rows.iter().all(|r| r["withheld"].as_deref() == Some("model.saturated") && r["estimate"].is_none()));
+    // The mean BMI of four patients, as an intercept-only linear model.
+    let (_, b) = c
+        .query("SELECT * FROM glm('SELECT bmi FROM hip.operations WHERE op_id <= 4', 'bmi ~ 1', 'gaussian')")
+        .await
+        .expect("answered");
+    let rows = named(&b);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["withheld"].as_deref(), Some("model.small_population"));
+    assert!(rows[0]["estimate"].is_none() && rows[0]["n"].is_none());
     // A mistake in the formula.
     let e = c
         .query("SELECT * FROM glm('SELECT reoperation, bmi FROM hip.operations', 'reoperation ~ log(bmi)', 'binomial')")
@@ -341,16 +350,19 @@ async fn kaplan_meier_matches_lifelines() {
     );
     // Each person's time: the end of the band it falls in (as the federation reports the bands).
     let mut ends: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for r in &got {
+    for r in got.iter().filter(|r| r["withheld"].is_none()) {
         ends.entry(r["stratum"].clone().unwrap()).or_default().push(num(r, "time").unwrap());
     }
+    // Where a curve stops, the row has no time (a time there would be a few persons' exits).
+    assert!(got.iter().filter(|r| r["withheld"].is_some()).all(|r| r["time"].is_none() && r["survival"].is_none()));
     let dir = tempfile::tempdir().expect("tempdir");
     let csv = dir.path().join("km.csv");
     let mut text = String::from("stratum,duration,event\n");
     for r in &rows {
         let s = r["stratum"].clone().unwrap();
         let t = num(r, "t").unwrap();
-        let end = ends[&s].iter().find(|e| t < **e).copied().unwrap_or_else(|| *ends[&s].last().unwrap());
+        // Exits after the last shown band: any later time (they are at risk through every shown step).
+        let end = ends[&s].iter().find(|e| t < **e).copied().unwrap_or_else(|| ends[&s].last().unwrap() + 1.0);
         text.push_str(&format!("{s},{end},{}\n", r["event"].clone().unwrap()));
     }
     std::fs::write(&csv, text).expect("csv");
@@ -405,4 +417,22 @@ async fn coverage_with_intervals_in_the_query() {
         }
     }
     assert!(released >= 5, "{got:?}");
+}
+
+/// One person's Kaplan–Meier "curve" gives nothing back: not the band of
+/// the exit, not a count (the attack of a query that selects one operation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kaplan_meier_of_one_person_shows_no_time() {
+    let got = federated(
+        "SELECT * FROM kaplan_meier('SELECT o.op_date AS start_date, d.death_date AS event_date, \
+         DATE ''2024-12-31'' AS censor_date FROM hip.operations o LEFT JOIN dors.deaths d ON d.person = o.person \
+         WHERE o.op_id = 7', 30)",
+    )
+    .await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    let row = &got[0];
+    assert_eq!(row["withheld"].as_deref(), Some("survival.risk_set"));
+    for column in ["time", "at_risk", "events", "censored", "survival", "ci_lower", "ci_upper"] {
+        assert!(row[column].is_none(), "{column} is shown: {row:?}");
+    }
 }

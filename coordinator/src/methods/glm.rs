@@ -8,6 +8,7 @@
 //!  released: persons per level of each category (× outcome, for a binary
 //!            outcome) ─▶ any level withheld, merged or missing: the model is
 //!            withheld (`model.small_category`)
+//!  released: persons in the model ─▶ fewer than k: withheld (`model.small_population`)
 //!  internal: n ─▶ parameters > n/3: withheld (`model.saturated`, DataSHIELD's nfilter.glm)
 //!  internal, per iteration: Σ w·x·xᵀ, Σ x·(w(η−o) + y − μ), deviance, log-likelihood
 //!  answer: one row per coefficient (estimate, SE, z, p, 95 % CI) with n,
@@ -132,6 +133,12 @@ pub(super) async fn run(call: &Call, env: &dyn Steps) -> Result<RecordBatch> {
     // Levels, released: the small-category rule on what disclosure control withholds.
     let mut columns = vec![Column { term: "Intercept".into(), sql: "1.0".into() }];
     let mut withheld: Option<String> = None;
+    // The population, released: fewer than k persons withholds the model (its
+    // intercept alone would be their mean).
+    let population = env.released(&format!("SELECT count(*) AS n FROM {input}")).await?;
+    if population.rows.iter().all(|r| r.withheld.is_some() || r.number("n").is_none()) {
+        withheld = Some(MethodRule::SmallPopulation.name().to_owned());
+    }
     let binary = family == Family::Binomial;
     if binary {
         let outcome_levels = env.released(&format!("SELECT y, count(*) AS n FROM {input} GROUP BY y")).await?;

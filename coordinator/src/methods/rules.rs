@@ -15,6 +15,8 @@ pub enum MethodRule {
     BandWidth,
     /// Withheld: more parameters than a third of the model's rows.
     Saturated,
+    /// Withheld: the model's rows come from fewer than k persons.
+    SmallPopulation,
     /// Withheld: a level of a categorical predictor (with each outcome, for a
     /// binary outcome) or an outcome level with fewer than k persons.
     SmallCategory,
@@ -34,6 +36,7 @@ impl MethodRule {
         MethodRule::Mixed,
         MethodRule::BandWidth,
         MethodRule::Saturated,
+        MethodRule::SmallPopulation,
         MethodRule::SmallCategory,
         MethodRule::RiskSet,
         MethodRule::Stratum,
@@ -47,6 +50,7 @@ impl MethodRule {
             MethodRule::Mixed => "method.mixed",
             MethodRule::BandWidth => "method.band_width",
             MethodRule::Saturated => "model.saturated",
+            MethodRule::SmallPopulation => "model.small_population",
             MethodRule::SmallCategory => "model.small_category",
             MethodRule::RiskSet => "survival.risk_set",
             MethodRule::Stratum => "standardisation.stratum",

@@ -228,11 +228,7 @@ pub(super) async fn run_dsr(call: &Call, env: &dyn Steps) -> Result<RecordBatch>
 /// One unit's released (events, persons) per stratum; None where withheld.
 type Cells = BTreeMap<Vec<String>, Option<(f64, f64)>>;
 
-fn dsr_row(
-    unit: &str,
-    cells: &Cells,
-    weights: &BTreeMap<Vec<String>, f64>,
-) -> (Vec<Value>, Option<String>) {
+fn dsr_row(unit: &str, cells: &Cells, weights: &BTreeMap<Vec<String>, f64>) -> (Vec<Value>, Option<String>) {
     let mut strata = Vec::new();
     let mut complete = true;
     for (stratum, w) in weights.iter().filter(|(_, w)| **w > 0.0) {

@@ -5,13 +5,18 @@
 //!  internal: exact rows per (stratum, band, event/censored)
 //!     ─▶ merge each band whose events or censorings are 1..k−1 into the
 //!        next (a step shows k events or none; the merge reveals what a
-//!        withheld cell would)
-//!  released: persons per (stratum, merged band, event/censored) with each
-//!     stratum's total as margin ─▶ a step is shown while its counts are
-//!     released and its risk set (from released numbers) is at least k;
-//!     from the first that is not, the stratum's steps are withheld
-//!     (`survival.risk_set`)
+//!        withheld cell would); what is left after the last band that
+//!        closes (fewer than k) is the tail, never shown
+//!  released: persons per (stratum, merged band or tail, event/censored)
+//!     with each stratum's total as margin ─▶ a step is shown while its
+//!     counts are released and its risk set (the released total minus the
+//!     released exits before it) is at least k; the first that is not, and
+//!     the tail, are one row without a time (`survival.risk_set`)
 //! ```
+//!
+//! No time is shown that only a few persons determine: a band's end is shown
+//! only with its released step (k events or k censorings in it), so the last
+//! exit of a small group, or of one person, does not come back as a time.
 //!
 //! Time is whole days from `start_date` to the event or the censoring,
 //! whichever is first; a band `[i·w, (i+1)·w)` ends at `(i+1)·w`; events and
@@ -29,6 +34,8 @@ use super::steps::Steps;
 use super::{Call, derived, quote};
 
 const LEVEL: f64 = 0.95;
+/// The band of the tail (exits after the last band that closes).
+const TAIL: i64 = -1;
 /// Narrower bands would show single persons' days.
 pub(super) const MIN_BAND_DAYS: f64 = 7.0;
 
@@ -105,15 +112,16 @@ pub(super) async fn run(call: &Call, env: &dyn Steps) -> Result<RecordBatch> {
         let cell = fine.entry(s.to_owned()).or_default().entry(band as i64).or_default();
         if died > 0.0 { cell.0 += n } else { cell.1 += n }
     }
-    let merged: BTreeMap<String, Vec<Merged>> =
+    let merged: BTreeMap<String, (Vec<Merged>, bool)> =
         fine.iter().map(|(s, bands)| (s.clone(), merge(bands, width, env.k()))).collect();
+    // The tail after the last closed band is band -1: counted in the total, never shown.
     let mut case = String::from("CASE");
-    for (s, bands) in &merged {
+    for (s, (bands, _)) in &merged {
         for b in bands {
             case.push_str(&format!(" WHEN stratum = {} AND t < {} THEN {}", quote(s), b.end, b.end));
         }
     }
-    case.push_str(" END");
+    let case = if case == "CASE" { TAIL.to_string() } else { format!("{case} ELSE {TAIL} END") };
     let released = env
         .released(&format!(
             "SELECT stratum, band_end, died, count(*) AS n FROM \
@@ -122,10 +130,10 @@ pub(super) async fn run(call: &Call, env: &dyn Steps) -> Result<RecordBatch> {
         ))
         .await?;
     let mut rows = Vec::new();
-    for (s, bands) in &merged {
+    for (s, (bands, tail)) in &merged {
         let cells: Vec<&super::steps::Row> =
             released.rows.iter().filter(|r| !r.is_merged() && r.key("stratum") == Some(s.as_str())).collect();
-        rows.extend(stratum_rows(s, bands, &cells, env.k()));
+        rows.extend(stratum_rows(s, bands, *tail, &cells, env.k()));
     }
     output::batch(&schema_ref(), rows)
 }
@@ -135,8 +143,9 @@ fn schema_ref() -> SchemaRef {
 }
 
 /// Merges fine bands so that each merged band has no events or at least
-/// `k`, and no censorings or at least `k`; a remainder joins the band before.
-fn merge(bands: &Fine, width: i64, k: f64) -> Vec<Merged> {
+/// `k`, and no censorings or at least `k`. Returns the closed bands and
+/// whether a tail of fewer is left after them.
+fn merge(bands: &Fine, width: i64, k: f64) -> (Vec<Merged>, bool) {
     let ok = |x: f64| x == 0.0 || x >= k;
     let mut out: Vec<Merged> = Vec::new();
     let mut open: Option<Merged> = None;
@@ -150,71 +159,49 @@ fn merge(bands: &Fine, width: i64, k: f64) -> Vec<Merged> {
             open = None;
         }
     }
-    if let Some(rest) = open {
-        match out.last_mut() {
-            Some(last) => {
-                last.end = rest.end;
-                last.events += rest.events;
-                last.censored += rest.censored;
-            }
-            None => out.push(rest),
-        }
-    }
-    out
+    (out, open.is_some())
 }
 
 /// The steps of one stratum from its released cells.
 fn stratum_rows(
     stratum: &str,
     bands: &[Merged],
+    tail: bool,
     cells: &[&super::steps::Row],
     k: f64,
 ) -> Vec<(Vec<Value>, Option<String>)> {
-    let cell = |end: Option<i64>, died: i64| {
-        cells.iter().find(|r| {
-            r.number("band_end").map(|b| b as i64) == end
-                && r.number("died").map(|d| d as i64) == (end.is_some()).then_some(died)
-        })
+    let cell = |end: Option<i64>, died: Option<i64>| {
+        cells
+            .iter()
+            .find(|r| r.number("band_end").map(|b| b as i64) == end && r.number("died").map(|d| d as i64) == died)
     };
     // A released count, or None where one was expected but is withheld or merged away.
     let count = |end: i64, died: i64, exact: f64| -> Option<f64> {
         if exact == 0.0 {
             return Some(0.0);
         }
-        cell(Some(end), died).and_then(|r| r.number("n"))
+        cell(Some(end), Some(died)).and_then(|r| r.number("n"))
     };
-    let mut released: Vec<samkor_stats::Band> = Vec::new();
-    for b in bands {
-        match (count(b.end, 1, b.events), count(b.end, 0, b.censored)) {
-            (Some(events), Some(censored)) => released.push(samkor_stats::Band { end: b.end as f64, events, censored }),
-            _ => break,
-        }
-    }
-    let all_released = released.len() == bands.len();
-    let total = if all_released {
-        Some(released.iter().map(|b| b.events + b.censored).sum::<f64>())
-    } else {
-        cell(None, 0).and_then(|r| r.number("n"))
-    };
-    // Stop at the first band whose risk set is below k.
+    let total = cell(None, None).filter(|r| r.withheld.is_none()).and_then(|r| r.number("n"));
+    let mut shown: Vec<samkor_stats::Band> = Vec::new();
     let mut at_risk = total.unwrap_or(0.0);
-    let mut shown = 0;
-    for b in &released {
-        if at_risk < k {
+    for b in bands {
+        let (Some(events), Some(censored)) = (count(b.end, 1, b.events), count(b.end, 0, b.censored)) else { break };
+        if at_risk < k || events + censored > at_risk {
             break;
         }
-        at_risk -= b.events + b.censored;
-        shown += 1;
+        at_risk -= events + censored;
+        shown.push(samkor_stats::Band { end: b.end as f64, events, censored });
     }
     let steps = total
-        .and_then(|n| samkor_stats::kaplan_meier(n, &released[..shown], LEVEL, samkor_stats::KmInterval::LogLog).ok())
+        .and_then(|n| samkor_stats::kaplan_meier(n, &shown, LEVEL, samkor_stats::KmInterval::LogLog).ok())
         .unwrap_or_default();
-    let mut rows = Vec::new();
-    for (i, b) in bands.iter().enumerate() {
-        let values = match steps.get(i) {
-            Some(s) => vec![
+    let mut rows: Vec<(Vec<Value>, Option<String>)> = steps
+        .iter()
+        .map(|s| {
+            let values = vec![
                 Value::text(stratum),
-                Value::Int(Some(b.end)),
+                Value::Int(Some(s.time as i64)),
                 Value::num(Some(s.at_risk)),
                 Value::num(Some(s.events)),
                 Value::num(Some(s.censored)),
@@ -222,15 +209,15 @@ fn stratum_rows(
                 Value::num(Some(s.se)),
                 Value::num(Some(s.lower)),
                 Value::num(Some(s.upper)),
-            ],
-            None => {
-                let mut v = vec![Value::text(stratum), Value::Int(Some(b.end))];
-                v.extend(std::iter::repeat_n(Value::Num(None), 7));
-                rows.push((v, Some(MethodRule::RiskSet.name().to_owned())));
-                continue;
-            }
-        };
-        rows.push((values, None));
+            ];
+            (values, None)
+        })
+        .collect();
+    if steps.len() < bands.len() || tail {
+        // Where the curve stops: no time, no counts.
+        let mut v = vec![Value::text(stratum), Value::Int(None)];
+        v.extend(std::iter::repeat_n(Value::Num(None), 7));
+        rows.push((v, Some(MethodRule::RiskSet.name().to_owned())));
     }
     rows
 }
