@@ -436,3 +436,71 @@ async fn kaplan_meier_of_one_person_shows_no_time() {
         assert!(row[column].is_none(), "{column} is shown: {row:?}");
     }
 }
+
+/// The register review's three coverage definitions (DOMAIN.md) as the
+/// documented queries of docs/statistics.md: all answered, released cells
+/// equal to the pooled ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coverage_three_definitions() {
+    let treated = "SELECT person, hospital, admit_date, discharge_date FROM npr.inpatient WHERE procedure LIKE 'NFB%'";
+    let units = format!(
+        "WITH treated AS ({treated}) \
+         SELECT count(DISTINCT t.hospital) AS treating_units, count(DISTINCT o.hospital) AS reporting_units \
+         FROM treated t LEFT JOIN hip.operations o ON o.hospital = t.hospital"
+    );
+    let patients = |reporting_only: bool| {
+        let filter = if reporting_only { "WHERE t.hospital IN (SELECT hospital FROM hip.operations)" } else { "" };
+        format!(
+            "WITH treated AS ({treated}) \
+             SELECT t.hospital, count(*) AS treated, count(o.op_id) AS registered, \
+             wilson_lower(count(o.op_id), count(*)) AS lower, wilson_upper(count(o.op_id), count(*)) AS upper \
+             FROM treated t LEFT JOIN hip.operations o \
+             ON o.person = t.person AND o.op_date BETWEEN t.admit_date AND t.discharge_date \
+             {filter} GROUP BY t.hospital ORDER BY t.hospital"
+        )
+    };
+    for (sql, key) in [(units, None), (patients(true), Some("hospital")), (patients(false), Some("hospital"))] {
+        let got = federated(&sql).await;
+        let truth = named(&pooled(&sql).await);
+        let released: Vec<_> = got.iter().filter(|g| g["withheld"].is_none()).collect();
+        assert!(!released.is_empty(), "{sql}: {got:?}");
+        for g in released {
+            let t = match key {
+                Some(k) => truth.iter().find(|t| t[k] == g[k]).expect("a pooled row"),
+                None => &truth[0],
+            };
+            for (column, value) in g.iter().filter(|(c, _)| c.as_str() != "withheld") {
+                assert_eq!(value, &t[column], "{column} in {sql}");
+            }
+        }
+    }
+}
+
+/// Mortality per 1 000 person-years by region (person-time from entry and
+/// exit dates), with exact Poisson intervals computed in the query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incidence_rate_per_person_years() {
+    let py = "years_between(DATE '2020-01-01', least(coalesce(d.death_date, DATE '2025-01-01'), DATE '2025-01-01'))";
+    let sql = format!(
+        "SELECT p.region, count(d.person) AS deaths, sum({py}) AS person_years, \
+         1000 * count(d.person) / sum({py}) AS rate, \
+         1000 * poisson_lower(count(d.person)) / sum({py}) AS lower, \
+         1000 * poisson_upper(count(d.person)) / sum({py}) AS upper \
+         FROM pop.persons p LEFT JOIN dors.deaths d ON d.person = p.person \
+         WHERE d.death_date IS NULL OR d.death_date >= DATE '2020-01-01' \
+         GROUP BY p.region ORDER BY p.region"
+    );
+    let got = federated(&sql).await;
+    let truth = named(&pooled(&sql).await);
+    let mut released = 0;
+    for g in got.iter().filter(|g| g["withheld"].is_none()) {
+        let t = truth.iter().find(|t| t["region"] == g["region"]).expect("pooled row");
+        let (deaths, years) = (num(t, "deaths").unwrap(), num(t, "person_years").unwrap());
+        let ci = samkor_stats::poisson_exact(deaths, 0.95).expect("interval");
+        close(num(g, "rate").unwrap(), 1000.0 * deaths / years, "rate");
+        close(num(g, "lower").unwrap(), 1000.0 * ci.lower / years, "lower");
+        close(num(g, "upper").unwrap(), 1000.0 * ci.upper / years, "upper");
+        released += 1;
+    }
+    assert!(released >= 10, "{got:?}");
+}
