@@ -504,3 +504,30 @@ async fn incidence_rate_per_person_years() {
     }
     assert!(released >= 10, "{got:?}");
 }
+
+/// With the cell-key perturbation on (the default), every method answers
+/// from perturbed released numbers: survival never increases, SMR intervals
+/// contain their estimate, no model is fitted on perturbed sums (models are exact).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn methods_answer_on_perturbed_numbers() {
+    let fed = common::federation().await;
+    let mut c = fed.client("alice", PROJECT).await.expect("connect");
+    let km = "SELECT * FROM kaplan_meier('SELECT o.admit_date AS start_date, d.death_date AS event_date, \
+              DATE ''2024-12-31'' AS censor_date FROM npr.inpatient o LEFT JOIN dors.deaths d ON d.person = o.person', 90)";
+    let (_, b) = c.query(km).await.expect("kaplan_meier answers");
+    let steps: Vec<f64> = named(&b).iter().filter_map(|r| num(r, "survival")).collect();
+    assert!(steps.len() > 5 && steps.windows(2).all(|w| w[1] <= w[0]), "{steps:?}");
+    let smr = format!(
+        "SELECT * FROM smr('{}')",
+        "SELECT unit, died AS outcome, sex FROM (EPISODES) AS e".replace("EPISODES", EPISODES).replace('\'', "''")
+    );
+    let (_, b) = c.query(&smr).await.expect("smr answers");
+    for r in named(&b).iter().filter(|r| r["withheld"].is_none()) {
+        let (lo, s, hi) = (num(r, "ci_lower").unwrap(), num(r, "smr").unwrap(), num(r, "ci_upper").unwrap());
+        assert!(lo <= s && s <= hi, "{r:?}");
+    }
+    let funnel = "SELECT * FROM funnel('SELECT region AS unit, length_of_stay > 7 AS outcome FROM npr.inpatient')";
+    let (_, b) = c.query(funnel).await.expect("funnel answers");
+    assert!(named(&b).iter().filter(|r| r["withheld"].is_none()).count() > 10);
+    fed.shutdown().await;
+}
