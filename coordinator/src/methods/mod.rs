@@ -169,6 +169,13 @@ impl TableFunctionImpl for MethodFunction {
             parsed.push(arg);
         }
         let call = Call { method: self.method, args: parsed };
+        // Every query argument parses as one query (planning, before any node is asked).
+        let queries = if call.method == Method::Dsr { 2 } else { 1 };
+        for i in 0..queries {
+            if let Some(q) = call.text(i) {
+                derived(&call, q)?;
+            }
+        }
         match call.method {
             Method::Funnel => funnel::check(&call)?,
             Method::Smr | Method::Dsr => standardise::check(&call)?,
@@ -304,13 +311,24 @@ impl Scans {
     }
 }
 
-/// The user's query as a derived table (it must be a single SELECT).
+/// The user's query as a derived table. It is parsed as exactly one query
+/// and written back from its syntax tree, so that its text cannot reach
+/// outside its parentheses into the SQL a method builds around it (a
+/// comment or a closing parenthesis in it would otherwise change what an
+/// internal step computes).
 pub(crate) fn derived(call: &Call, query: &str) -> Result<String> {
-    let q = query.trim().trim_end_matches(';');
-    if q.contains(';') {
-        return call.error("the query argument must be one SELECT statement");
+    use datafusion::sql::parser::{DFParser, Statement};
+    use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+    let mut statements = match DFParser::parse_sql(query) {
+        Ok(s) => s,
+        Err(e) => return call.error(&format!("its query does not parse ({e})")),
+    };
+    match (statements.pop_front(), statements.is_empty()) {
+        (Some(Statement::Statement(s)), true) if matches!(s.as_ref(), SqlStatement::Query(_)) => {
+            Ok(format!("({s}) AS samkor_input"))
+        }
+        _ => call.error("the query argument must be one SELECT statement"),
     }
-    Ok(format!("({q}) AS samkor_input"))
 }
 
 /// A SQL text literal.
@@ -321,4 +339,25 @@ pub(crate) fn quote(s: &str) -> String {
 /// A float as a SQL literal that reads back as the same f64.
 pub(crate) fn float(x: f64) -> String {
     if x.is_finite() { format!("CAST({x:?} AS DOUBLE)") } else { "CAST(NULL AS DOUBLE)".to_owned() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call() -> Call {
+        Call { method: Method::Glm, args: vec![] }
+    }
+
+    #[test]
+    fn a_query_cannot_reach_outside_its_parentheses() {
+        let q = derived(&call(), "SELECT a FROM t WHERE b = 'x' -- a comment").expect("one query");
+        assert_eq!(q, "(SELECT a FROM t WHERE b = 'x') AS samkor_input");
+        let e = derived(&call(), "SELECT 1) AS x, hip.operations h WHERE (1 = 1").expect_err("not one query");
+        assert!(e.to_string().contains("does not parse"), "{e}");
+        let e = derived(&call(), "SELECT 1; SELECT 2").expect_err("two statements");
+        assert!(e.to_string().contains("one SELECT"), "{e}");
+        let e = derived(&call(), "DROP TABLE hip.operations").expect_err("not a query");
+        assert!(e.to_string().contains("one SELECT"), "{e}");
+    }
 }
