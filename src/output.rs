@@ -97,6 +97,21 @@ pub fn footnote(schema: &SchemaRef) -> Option<String> {
         "pseudonymised_microdata" => {
             return Some("pseudonymised microdata: rows keyed by the project pseudonym".into());
         }
+        "method" => {
+            let k = s["min_cell_persons"].as_u64().unwrap_or(0);
+            let rows: Vec<String> = s["withheld"]
+                .as_object()
+                .map(|m| m.iter().map(|(r, n)| format!("{n} by {r}")).collect())
+                .unwrap_or_default();
+            let withheld = if rows.is_empty() {
+                "none withheld".to_owned()
+            } else {
+                format!("withheld rows: {}", rows.join(", "))
+            };
+            return Some(format!(
+                "statistical method: computed from released aggregates (at least {k} persons per cell) and the method's rules (docs/statistics.md); {withheld}"
+            ));
+        }
         _ => return None,
     }
     let k = s["min_cell_persons"].as_u64().unwrap_or(0);

@@ -367,7 +367,7 @@ impl Engine {
                     "a statistical method's table cannot be combined with register tables in one query; put the register query inside the method's first argument",
                 )));
             }
-            crate::disclosure::Controlled { plan: approved, mode: crate::disclosure::Mode::NoData }
+            crate::disclosure::Controlled { plan: approved, mode: crate::disclosure::Mode::Method }
         } else if released && self.disclosure_control.load(Ordering::Relaxed) {
             crate::disclosure::control(approved, &context).map_err(|e| self.error(e))?
         } else {

@@ -355,7 +355,10 @@ impl CoordinatorService {
                     );
                     (released.schema, released.batches)
                 }
-                disclosure::Mode::Microdata | disclosure::Mode::NoData => {
+                disclosure::Mode::Microdata | disclosure::Mode::NoData | disclosure::Mode::Method => {
+                    if matches!(execution.mode, disclosure::Mode::Method) {
+                        summary.count_method_rows(&batches);
+                    }
                     let schema = disclosure::annotate(&schema, &summary);
                     let batches = batches
                         .into_iter()
@@ -396,7 +399,7 @@ impl CoordinatorService {
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         let suppressed = summary.cells_withheld();
         let columns = match summary.mode {
-            "aggregate" => schema.fields().len().saturating_sub(1),
+            "aggregate" | "method" => schema.fields().len().saturating_sub(1),
             _ => schema.fields().len(),
         };
         entry.plan_digest = digest;

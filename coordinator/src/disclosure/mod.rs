@@ -80,6 +80,8 @@ pub enum Mode {
     Microdata,
     /// One aggregate table under disclosure control.
     Aggregate(Box<Layout>),
+    /// Statistical methods' tables (`crate::methods`): released by their own steps and rules.
+    Method,
 }
 
 impl Mode {
@@ -88,6 +90,7 @@ impl Mode {
             Mode::NoData => "no_data",
             Mode::Microdata => "pseudonymised_microdata",
             Mode::Aggregate(_) => "aggregate",
+            Mode::Method => "method",
         }
     }
 }

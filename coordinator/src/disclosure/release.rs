@@ -60,9 +60,21 @@ impl Summary {
             dominance_n: d.dominance_n,
             dominance_share: d.dominance_share,
             round_counts_to: d.round_counts_to.max(1),
-            perturbed: mode == "aggregate" && d.perturbation,
+            perturbed: (mode == "aggregate" || mode == "method") && d.perturbation,
             withheld: BTreeMap::new(),
             groups_withheld: 0,
+        }
+    }
+
+    /// Counts a method's withheld rows by the rule its `withheld` column names.
+    pub fn count_method_rows(&mut self, batches: &[RecordBatch]) {
+        for b in batches {
+            let Ok(i) = b.schema().index_of(super::WITHHELD_COLUMN) else { continue };
+            let Some(text) = b.column(i).as_any().downcast_ref::<StringArray>() else { continue };
+            for reason in text.iter().flatten() {
+                let rule = reason.split(" (").next().unwrap_or(reason).to_owned();
+                *self.withheld.entry(rule).or_default() += 1;
+            }
         }
     }
 
@@ -96,7 +108,7 @@ pub fn released_schema(schema: &Schema, mode: &Mode, approval: &Approval) -> Sch
             fields.push(Field::new(name, DataType::Utf8, true));
             Schema::new_with_metadata(fields, metadata)
         }
-        Mode::NoData | Mode::Microdata => Schema::new_with_metadata(schema.fields().clone(), metadata),
+        Mode::NoData | Mode::Microdata | Mode::Method => Schema::new_with_metadata(schema.fields().clone(), metadata),
     }
 }
 
