@@ -95,25 +95,22 @@ impl MethodEnv {
 
     /// Runs an aggregate whose numbers stay in the coordinator.
     pub async fn internal(&self, sql: &str) -> Result<Table> {
-        let engine = self.engine()?;
-        let planned = engine.plan_internal(&self.session(&engine), sql).await.map_err(into_datafusion)?;
-        let execution = engine.start(planned).await.map_err(into_datafusion)?;
-        let schema = execution.stream.schema();
-        let batches: Vec<RecordBatch> = execution.stream.try_collect().await?;
-        Table::new(&schema, &batches, None)
+        self.run_internal(sql, false).await
     }
 
     /// Runs a query that must read no register data (a standard population
     /// given as constants): its numbers enter the method's answer as given.
     pub async fn constant(&self, sql: &str) -> Result<Table> {
+        self.run_internal(sql, true).await
+    }
+
+    async fn run_internal(&self, sql: &str, constants_only: bool) -> Result<Table> {
         let engine = self.engine()?;
         let planned = engine.plan_internal(&self.session(&engine), sql).await.map_err(into_datafusion)?;
-        if super::Scans::of(planned.df.logical_plan()).registers > 0 {
+        if constants_only && super::Scans::of(planned.df.logical_plan()).registers > 0 {
             return Err(DataFusionError::Plan("it reads register tables".into()));
         }
-        let execution = engine.start(planned).await.map_err(into_datafusion)?;
-        let schema = execution.stream.schema();
-        let batches: Vec<RecordBatch> = execution.stream.try_collect().await?;
+        let (schema, batches, _) = collect(&engine, planned).await?;
         Table::new(&schema, &batches, None)
     }
 
@@ -122,10 +119,8 @@ impl MethodEnv {
     pub async fn released(&self, sql: &str) -> Result<Table> {
         let engine = self.engine()?;
         let planned = engine.plan(&self.session(&engine), sql).await.map_err(into_datafusion)?;
-        let execution = engine.start(planned).await.map_err(into_datafusion)?;
-        let schema = execution.stream.schema();
-        let batches: Vec<RecordBatch> = execution.stream.try_collect().await?;
-        let Mode::Aggregate(layout) = &execution.mode else {
+        let (schema, batches, mode) = collect(&engine, planned).await?;
+        let Mode::Aggregate(layout) = &mode else {
             return Err(DataFusionError::Internal("a method's released step is not one aggregate table".into()));
         };
         let released = disclosure::release(&batches, &schema, layout, &self.approval).await?;
@@ -147,6 +142,14 @@ impl MethodEnv {
     pub fn withheld(&self) -> BTreeMap<String, u64> {
         self.withheld.lock().expect("withheld lock").clone()
     }
+}
+
+/// Runs a planned step to its end: its schema, batches and release mode.
+async fn collect(engine: &Engine, planned: crate::engine::Planned) -> Result<(SchemaRef, Vec<RecordBatch>, Mode)> {
+    let execution = engine.start(planned).await.map_err(into_datafusion)?;
+    let schema = execution.stream.schema();
+    let batches: Vec<RecordBatch> = execution.stream.try_collect().await?;
+    Ok((schema, batches, execution.mode))
 }
 
 /// One row of a step's answer, by column name: text keys and numbers.
