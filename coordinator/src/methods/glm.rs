@@ -11,6 +11,9 @@
 //!  released: persons in the model ─▶ fewer than k: withheld (`model.small_population`)
 //!  internal: n ─▶ parameters > n/3: withheld (`model.saturated`, DataSHIELD's nfilter.glm)
 //!  internal, per iteration: Σ w·x·xᵀ, Σ x·(w(η−o) + y − μ), deviance, log-likelihood
+//!            (at the node for one register; over linked registers, whose rows
+//!            come to the coordinator for the join, over the joined rows kept
+//!            in memory for the fit)
 //!  answer: one row per coefficient (estimate, SE, z, p, 95 % CI) with n,
 //!          deviance, AIC and iterations; never residuals or fitted values
 //! ```
@@ -180,6 +183,13 @@ pub(super) async fn run(call: &Call, env: &dyn Steps) -> Result<RecordBatch> {
     if let Some(reason) = withheld {
         return withheld_model(&terms, &reason);
     }
+    // A model over linked registers has its rows at the coordinator for the
+    // join: joined once and kept for the iterations (a single register's
+    // sums are computed at its node every iteration; its rows never come here).
+    let input = match env.keep_rows(&format!("SELECT * FROM {input}")).await? {
+        Some(name) => format!("{name} AS model_input"),
+        None => input,
+    };
     let start = env.internal(&format!("SELECT count(*) AS n, avg(y) AS ybar FROM {input}")).await?;
     let n = start.scalar("n").unwrap_or(0.0);
     if columns.len() as f64 > MAX_PARAMETER_SHARE * n {

@@ -270,6 +270,23 @@ impl steps::Steps for Pooled {
         self.run(sql).await
     }
 
+    async fn keep_rows(&self, sql: &str) -> Result<Option<String>> {
+        let df = self.ctx.sql(sql).await?;
+        let joined = datafusion::common::tree_node::TreeNode::exists(df.logical_plan(), |p| {
+            Ok(matches!(p, LogicalPlan::Join(_)))
+        })?;
+        if !joined {
+            return Ok(None);
+        }
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await?;
+        static KEPT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let name = format!("samkor_kept_rows_{}", KEPT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let table = Arc::new(datafusion::datasource::MemTable::try_new(schema, vec![batches])?);
+        steps::register_kept(&self.ctx, &name, table)?;
+        Ok(Some(name))
+    }
+
     fn k(&self) -> f64 {
         1.0
     }

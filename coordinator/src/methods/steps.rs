@@ -30,6 +30,12 @@ pub(crate) trait Steps: Send + Sync {
     async fn released(&self, sql: &str) -> Result<Table>;
     /// Constants (no register data).
     async fn constant(&self, sql: &str) -> Result<Table>;
+    /// Keeps the rows of `sql` for the method's later internal steps when
+    /// they come to the coordinator anyway (a join of registers: the nodes
+    /// send their rows for it); returns the name to read them by, or None
+    /// when the rows stay at the nodes (internal steps are then computed
+    /// there, each time).
+    async fn keep_rows(&self, sql: &str) -> Result<Option<String>>;
     /// The threshold: persons per released cell.
     fn k(&self) -> f64;
 }
@@ -52,6 +58,10 @@ impl Steps for MethodEnv {
         MethodEnv::constant(self, sql).await
     }
 
+    async fn keep_rows(&self, sql: &str) -> Result<Option<String>> {
+        MethodEnv::keep_rows(self, sql).await
+    }
+
     fn k(&self) -> f64 {
         MethodEnv::k(self)
     }
@@ -66,11 +76,20 @@ pub struct MethodEnv {
     touched: Arc<Mutex<Touched>>,
     /// Cells withheld per reason over every released step, for the answer's summary.
     withheld: Mutex<BTreeMap<String, u64>>,
+    /// Rows kept at the coordinator for internal steps ([`Steps::keep_rows`]), by name.
+    kept: Mutex<Vec<(String, Arc<datafusion::datasource::MemTable>)>>,
 }
 
 impl MethodEnv {
     pub fn new(engine: Weak<Engine>, scope: QueryScope, approval: Arc<Approval>, touched: Arc<Mutex<Touched>>) -> Self {
-        MethodEnv { engine, scope, approval, touched, withheld: Mutex::new(BTreeMap::new()) }
+        MethodEnv {
+            engine,
+            scope,
+            approval,
+            touched,
+            withheld: Mutex::new(BTreeMap::new()),
+            kept: Mutex::new(Vec::new()),
+        }
     }
 
     /// The threshold of the project's approval (persons per released cell).
@@ -83,7 +102,29 @@ impl MethodEnv {
     }
 
     fn session(&self, engine: &Engine) -> crate::engine::Session {
-        engine.session_without_methods(self.scope.clone(), self.approval.clone(), self.touched.clone())
+        let session = engine.session_without_methods(self.scope.clone(), self.approval.clone(), self.touched.clone());
+        for (name, table) in self.kept.lock().expect("kept lock").iter() {
+            let _ = register_kept(&session.ctx, name, table.clone());
+        }
+        session
+    }
+
+    /// See [`Steps::keep_rows`].
+    pub async fn keep_rows(&self, sql: &str) -> Result<Option<String>> {
+        let engine = self.engine()?;
+        let planned = engine.plan_internal(&self.session(&engine), sql).await.map_err(into_datafusion)?;
+        let joined = datafusion::common::tree_node::TreeNode::exists(planned.df.logical_plan(), |p| {
+            Ok(matches!(p, datafusion::logical_expr::LogicalPlan::Join(_)))
+        })?;
+        if !joined {
+            return Ok(None);
+        }
+        let (schema, batches, _) = collect(&engine, planned).await?;
+        let table = Arc::new(datafusion::datasource::MemTable::try_new(schema, vec![batches])?);
+        let mut kept = self.kept.lock().expect("kept lock");
+        let name = format!("samkor_kept_rows_{}", kept.len());
+        kept.push((name.clone(), table));
+        Ok(Some(name))
     }
 
     /// The columns and types of a query's answer, planned (approval checked) but not run.
@@ -142,6 +183,29 @@ impl MethodEnv {
     pub fn withheld(&self) -> BTreeMap<String, u64> {
         self.withheld.lock().expect("withheld lock").clone()
     }
+}
+
+/// Registers kept rows under a bare name (the session's default schema,
+/// created if missing; approvals name register tables, never these).
+pub(super) fn register_kept(
+    ctx: &datafusion::prelude::SessionContext,
+    name: &str,
+    table: Arc<datafusion::datasource::MemTable>,
+) -> Result<()> {
+    use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
+    let catalog = ctx
+        .catalog(crate::engine::CATALOG)
+        .ok_or_else(|| DataFusionError::Internal("the session has no samkor catalog".into()))?;
+    let schema = match catalog.schema("public") {
+        Some(s) => s,
+        None => {
+            let s: Arc<dyn SchemaProvider> = Arc::new(MemorySchemaProvider::new());
+            catalog.register_schema("public", s.clone())?;
+            s
+        }
+    };
+    schema.register_table(name.to_owned(), table)?;
+    Ok(())
 }
 
 /// Runs a planned step to its end: its schema, batches and release mode.
