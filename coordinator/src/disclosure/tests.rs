@@ -25,7 +25,7 @@ outputs = ["aggregate"]
 
 [[tables]]
 table = "hip.operations"
-columns = ["person", "region", "bmi", "reoperation"]
+columns = ["person", "region", "bmi", "reoperation", "birth_date", "op_date"]
 "#;
 
 fn approval() -> Approval {
@@ -36,6 +36,7 @@ fn facts() -> CatalogueFacts {
     let mut table = std::collections::HashMap::new();
     table.insert("person".to_owned(), ColumnFacts { person: true, identifying: true, magnitude: false });
     table.insert("bmi".to_owned(), ColumnFacts { magnitude: true, ..ColumnFacts::default() });
+    table.insert("birth_date".to_owned(), ColumnFacts { identifying: true, ..ColumnFacts::default() });
     let mut facts = CatalogueFacts::new();
     facts.insert("hip.operations".to_owned(), table);
     facts
@@ -43,6 +44,7 @@ fn facts() -> CatalogueFacts {
 
 async fn session() -> SessionContext {
     let ctx = SessionContext::new();
+    samkor_functions::register_user_functions(&ctx);
     let hip = Arc::new(MemorySchemaProvider::new());
     ctx.catalog("datafusion").expect("default catalog").register_schema("hip", hip).expect("schema");
     let schema = Arc::new(Schema::new(vec![
@@ -50,6 +52,8 @@ async fn session() -> SessionContext {
         Field::new("region", DataType::Utf8, true),
         Field::new("bmi", DataType::Float64, true),
         Field::new("reoperation", DataType::Boolean, true),
+        Field::new("birth_date", DataType::Date32, true),
+        Field::new("op_date", DataType::Date32, true),
     ]));
     let table = MemTable::try_new(schema, vec![vec![]]).expect("table");
     ctx.register_table("hip.operations", Arc::new(table)).expect("register");
@@ -135,4 +139,42 @@ async fn refusals_name_their_rule() {
     for (sql, rule) in cases {
         assert_eq!(refused_by(rewrite(sql).await), rule, "{sql}");
     }
+}
+
+/// A snapped generalisation of the birth date is a group like any other:
+/// the aggregate groups by it, and the persons are traced as for any group.
+#[tokio::test]
+async fn an_age_band_at_an_event_is_a_group() {
+    let (plan, _) = rewrite(
+        "SELECT age_band(birth_date, op_date, 10) AS age, count(*) AS n FROM hip.operations GROUP BY age_band(birth_date, op_date, 10)",
+    )
+    .await
+    .expect("rewrite");
+    let aggregate = plan.lines().find(|l| l.trim_start().starts_with("Aggregate:")).expect("an aggregate");
+    assert!(
+        aggregate.contains("groupBy=[[age_band(hip.operations.birth_date, hip.operations.op_date, Int64(10))]]"),
+        "{plan}"
+    );
+    assert!(plan.contains("samkor_persons"), "persons are counted per band: {plan}");
+}
+
+/// Unsnapped uses of the birth date stay refused, each by its rule.
+#[tokio::test]
+async fn unsnapped_birth_dates_are_refused() {
+    let narrow =
+        rewrite("SELECT age_band(birth_date, op_date, 2) AS a, count(*) AS n FROM hip.operations GROUP BY 1").await;
+    assert_eq!(refused_by(narrow), "disclosure.generalisation");
+    let day =
+        rewrite("SELECT age_years(birth_date, DATE '2024-06-01') AS a, count(*) AS n FROM hip.operations GROUP BY 1")
+            .await;
+    assert_eq!(refused_by(day), "disclosure.generalisation");
+    let new_year =
+        rewrite("SELECT age_years(birth_date, DATE '2024-01-01') AS a, count(*) AS n FROM hip.operations GROUP BY 1")
+            .await;
+    assert!(new_year.is_ok(), "1 January is a snapped date");
+    let free = rewrite(
+        "SELECT CASE WHEN birth_date < DATE '1950-03-02' THEN 1 ELSE 0 END AS a, count(*) AS n FROM hip.operations GROUP BY 1",
+    )
+    .await;
+    assert_eq!(refused_by(free), "disclosure.identifying_group");
 }
