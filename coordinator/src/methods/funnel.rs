@@ -13,7 +13,7 @@ use datafusion::common::Result;
 
 use super::output::{self, Value};
 use super::steps::{Row, Steps};
-use super::{Call, derived};
+use super::{Call, derived, events_of, input_schema};
 
 const LEVEL: f64 = 0.95;
 
@@ -41,34 +41,10 @@ pub(super) fn check(call: &Call) -> Result<()> {
     Ok(())
 }
 
-/// How the outcome is counted: `count(…)` of the rows with it for a boolean
-/// (or, with `indicator`, a non-zero number), else the sum of the number of events.
-pub(super) async fn outcome_sum(
-    call: &Call,
-    env: &dyn Steps,
-    query: &str,
-    needed: &[&str],
-    indicator: bool,
-) -> Result<String> {
-    let schema = env.describe(&format!("SELECT * FROM {}", derived(call, query)?)).await?;
-    for name in needed {
-        if schema.field_with_name(name).is_err() {
-            let have: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-            return call.error(&format!("the query has no column {name} (it has {})", have.join(", ")));
-        }
-    }
-    let outcome = schema.field_with_name("outcome")?.data_type().clone();
-    Ok(match outcome {
-        DataType::Boolean => "count(CASE WHEN outcome THEN 1 END)".to_owned(),
-        t if t.is_numeric() && indicator => "count(CASE WHEN outcome <> 0 THEN 1 END)".to_owned(),
-        t if t.is_numeric() => "sum(outcome)".to_owned(),
-        t => return call.error(&format!("the outcome must be a boolean or a number, not {t}")),
-    })
-}
-
 pub(super) async fn run(call: &Call, env: &dyn Steps) -> Result<RecordBatch> {
     let query = call.text(0).expect("checked");
-    let events = outcome_sum(call, env, query, &["unit", "outcome"], true).await?;
+    let input = input_schema(call, env, query, &["unit", "outcome"]).await?;
+    let events = events_of(call, &input, true)?;
     let sql = format!(
         "SELECT unit, count(*) AS n, {events} AS events FROM \
          (SELECT CAST(unit AS VARCHAR) AS unit, outcome FROM {} WHERE unit IS NOT NULL AND outcome IS NOT NULL) AS f \

@@ -110,13 +110,11 @@ fn model_input(call: &Call, f: &Formula, categorical: &[bool], outcome_bool: boo
 pub(super) async fn run(call: &Call, env: &dyn Steps) -> Result<RecordBatch> {
     let family = family(call)?;
     let f = Formula::parse(call.text(1).expect("checked")).or_else(|e| call.error(&e))?;
-    let described = env.describe(&format!("SELECT * FROM {}", derived(call, call.text(0).expect("checked"))?)).await?;
-    let type_of = |name: &str| -> Result<DataType> {
-        match described.field_with_name(name) {
-            Ok(field) => Ok(field.data_type().clone()),
-            Err(_) => call.error(&format!("the query has no column {name}")),
-        }
-    };
+    let mut needed: Vec<&str> = vec![&f.outcome];
+    needed.extend(f.terms.iter().map(|t| t.column.as_str()));
+    needed.extend(f.offset.as_deref());
+    let described = super::input_schema(call, env, call.text(0).expect("checked"), &needed).await?;
+    let type_of = |name: &str| -> Result<DataType> { Ok(described.field_with_name(name)?.data_type().clone()) };
     let outcome = type_of(&f.outcome)?;
     if !(outcome.is_numeric() || outcome == DataType::Boolean) {
         return call.error(&format!("the outcome {} must be a number or a boolean", f.outcome));

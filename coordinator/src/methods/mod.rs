@@ -348,6 +348,37 @@ pub(crate) fn derived(call: &Call, query: &str) -> Result<String> {
     }
 }
 
+/// The columns of the user's query (planned in the caller's session, not
+/// run), after checking that it has the columns the method needs.
+pub(crate) async fn input_schema(
+    call: &Call,
+    steps: &dyn steps::Steps,
+    query: &str,
+    needed: &[&str],
+) -> Result<SchemaRef> {
+    let schema = steps.describe(&format!("SELECT * FROM {}", derived(call, query)?)).await?;
+    for name in needed {
+        if schema.field_with_name(name).is_err() {
+            let have: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            return call.error(&format!("the query has no column {name} (it has {})", have.join(", ")));
+        }
+    }
+    Ok(schema)
+}
+
+/// How the events of a group of rows are counted from the `outcome` column:
+/// rows with it for a boolean (or, with `indicator`, a non-zero number),
+/// else the sum of the number of events.
+pub(crate) fn events_of(call: &Call, schema: &SchemaRef, indicator: bool) -> Result<String> {
+    use datafusion::arrow::datatypes::DataType;
+    Ok(match schema.field_with_name("outcome")?.data_type() {
+        DataType::Boolean => "count(CASE WHEN outcome THEN 1 END)".to_owned(),
+        t if t.is_numeric() && indicator => "count(CASE WHEN outcome <> 0 THEN 1 END)".to_owned(),
+        t if t.is_numeric() => "sum(outcome)".to_owned(),
+        t => return call.error(&format!("the outcome must be a boolean or a number, not {t}")),
+    })
+}
+
 /// A SQL text literal.
 pub(crate) fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))

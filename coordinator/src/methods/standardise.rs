@@ -78,8 +78,8 @@ struct Input {
 impl Input {
     async fn read(call: &Call, env: &dyn Steps) -> Result<Input> {
         let query = call.text(0).expect("checked");
-        let events = super::funnel::outcome_sum(call, env, query, &["unit", "outcome"], false).await?;
-        let schema = env.describe(&format!("SELECT * FROM {}", derived(call, query)?)).await?;
+        let schema = super::input_schema(call, env, query, &["unit", "outcome"]).await?;
+        let events = super::events_of(call, &schema, false)?;
         let strata: Vec<String> = schema
             .fields()
             .iter()

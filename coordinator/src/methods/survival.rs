@@ -82,12 +82,7 @@ struct Merged {
 pub(super) async fn run(call: &Call, env: &dyn Steps) -> Result<RecordBatch> {
     let query = call.text(0).expect("checked");
     let width = call.number(1).expect("checked") as i64;
-    let schema = env.describe(&format!("SELECT * FROM {}", derived(call, query)?)).await?;
-    for needed in ["start_date", "event_date", "censor_date"] {
-        if schema.field_with_name(needed).is_err() {
-            return call.error(&format!("the query has no column {needed}"));
-        }
-    }
+    let schema = super::input_schema(call, env, query, &["start_date", "event_date", "censor_date"]).await?;
     let stratum =
         if schema.field_with_name("stratum").is_ok() { "CAST(stratum AS VARCHAR)".to_owned() } else { quote("all") };
     let inner = format!(
