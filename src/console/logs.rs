@@ -101,6 +101,7 @@ impl LogCache {
     }
 
     /// Whole-chain reads so far.
+    #[cfg(test)]
     pub(crate) fn full_reads(&self) -> u64 {
         self.full_reads.load(Ordering::Relaxed)
     }
