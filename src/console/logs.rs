@@ -127,6 +127,16 @@ impl LogCache {
     /// go on with what they had while this runs). Blocking.
     pub(crate) fn reverify(&self, path: &Path) -> Result<Arc<Loaded>, String> {
         let slot = self.slot(path);
+        {
+            // Never read yet (the console is starting): pages asking meanwhile wait for this read.
+            let mut current = slot.current.lock().unwrap_or_else(|p| p.into_inner());
+            if current.is_none() {
+                let now = stamp(path).map_err(|e| unreadable(path, e))?;
+                let fresh = Arc::new(self.read_whole(path, now)?);
+                *current = Some(fresh.clone());
+                return Ok(fresh);
+            }
+        }
         let now = stamp(path).map_err(|e| unreadable(path, e))?;
         let fresh = Arc::new(self.read_whole(path, now)?);
         // Whatever a page read meanwhile continues from this state on the next page.
