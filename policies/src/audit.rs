@@ -47,7 +47,7 @@
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions, TryLockError};
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -691,203 +691,60 @@ struct Scan {
 
 /// Walks the lines, stopping at the first problem; `Scan` describes the good
 /// part before it.
-fn scan(reader: impl Read, each: impl FnMut(AuditRecord)) -> io::Result<(Scan, Option<VerifyError>)> {
+fn scan(reader: impl BufRead, each: impl FnMut(AuditRecord)) -> io::Result<(Scan, Option<VerifyError>)> {
     let start = Scan { records: 0, last_hash: GENESIS_HASH.to_owned(), len: 0, first_time: None, last_time: None };
     scan_from(reader, start, each)
 }
 
-/// Bytes read and checked at a time. The lines of a block are parsed and
-/// hashed on several threads; the chain (`seq`, `prev`) is then followed in
-/// order, so the result is the same as one line after another.
-const BLOCK: usize = 16 << 20;
-
-/// Below this many bytes a block is checked on the calling thread.
-const PARALLEL_FROM: usize = 256 << 10;
-
 /// [`scan`] continuing after a known good part (`start`: its records, last hash and length).
-fn scan_from(reader: impl Read, scan: Scan, each: impl FnMut(AuditRecord)) -> io::Result<(Scan, Option<VerifyError>)> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
-    scan_blocks(reader, scan, each, Blocks { block: BLOCK, threads, parallel_from: PARALLEL_FROM })
-}
-
-/// How [`scan_blocks`] reads and checks.
-#[derive(Debug, Clone, Copy)]
-struct Blocks {
-    block: usize,
-    threads: usize,
-    parallel_from: usize,
-}
-
-/// What one line is, checked on its own (the chain is checked in order afterwards).
-enum Checked {
-    /// The last bytes of the file, without `\n`.
-    NoNewline,
-    /// Not an audit record (why, without values).
-    Bad(String),
-    /// A record and whether the stored hash is where the writer puts it and matches.
-    Record(Box<AuditRecord>, HashCheck),
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum HashCheck {
-    Matches,
-    NotLast,
-    Differs,
-}
-
-/// A checked line and its length in bytes (newline included).
-struct Line {
-    bytes: usize,
-    checked: Checked,
-}
-
-fn check_line(line: &[u8]) -> Checked {
-    let Some(text) = line.strip_suffix(b"\n") else {
-        return Checked::NoNewline;
-    };
-    let record: AuditRecord = match serde_json::from_slice(text) {
-        Ok(record) => record,
-        Err(e) => return Checked::Bad(describe_json_error(&e)),
-    };
-    let hash = match split_hash(text) {
-        None => HashCheck::NotLast,
-        Some((body, stored)) if body_hash(body).as_bytes() == stored => HashCheck::Matches,
-        Some(_) => HashCheck::Differs,
-    };
-    Checked::Record(Box::new(record), hash)
-}
-
-/// Checks the lines of `part` until the first one that is bad on its own.
-fn check_part(part: &[u8]) -> Vec<Line> {
-    let mut out = Vec::new();
-    for line in part.split_inclusive(|b| *b == b'\n') {
-        let checked = check_line(line);
-        let stop = !matches!(checked, Checked::Record(_, HashCheck::Matches));
-        out.push(Line { bytes: line.len(), checked });
-        if stop {
-            break;
-        }
-    }
-    out
-}
-
-/// Checks the lines of `block` on up to `threads` threads; the lines in order.
-fn check_block(block: &[u8], threads: usize, parallel_from: usize) -> Vec<Line> {
-    if threads <= 1 || block.len() < parallel_from {
-        return check_part(block);
-    }
-    // Cut into about equal parts at line ends.
-    let mut parts = Vec::with_capacity(threads);
-    let mut from = 0;
-    for i in 1..=threads {
-        let target = (block.len() * i / threads).max(from);
-        let to = if i == threads {
-            block.len()
-        } else {
-            match block[target..].iter().position(|b| *b == b'\n') {
-                Some(p) => target + p + 1,
-                None => block.len(),
-            }
-        };
-        if to > from {
-            parts.push(&block[from..to]);
-        }
-        from = to;
-    }
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = parts.iter().map(|part| scope.spawn(|| check_part(part))).collect();
-        let mut lines = Vec::new();
-        for handle in handles {
-            let part = handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            // A part that stopped early ends the scan there: later parts are not needed.
-            let stopped = part.last().is_some_and(|l| !matches!(l.checked, Checked::Record(_, HashCheck::Matches)));
-            lines.extend(part);
-            if stopped {
-                break;
-            }
-        }
-        lines
-    })
-}
-
-/// [`scan_from`] reading `how.block` bytes at a time, checking on `how.threads` threads.
-fn scan_blocks(
-    mut reader: impl Read,
+fn scan_from(
+    mut reader: impl BufRead,
     mut scan: Scan,
     mut each: impl FnMut(AuditRecord),
-    how: Blocks,
 ) -> io::Result<(Scan, Option<VerifyError>)> {
-    let block = how.block;
-    let mut buf: Vec<u8> = Vec::new();
-    let mut want = block.max(1);
-    let mut eof = false;
+    let mut buf = Vec::new();
     loop {
-        while !eof && buf.len() < want {
-            // Grows with what is there: a short read of appended records stays small.
-            let limit = (want - buf.len()) as u64;
-            if (&mut reader).take(limit).read_to_end(&mut buf)? == 0 {
-                eof = true;
-            }
-        }
-        if buf.is_empty() {
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf)?;
+        if n == 0 {
             return Ok((scan, None));
         }
-        // Whole lines only, unless the file ends here.
-        let cut = if eof {
-            buf.len()
-        } else {
-            match buf.iter().rposition(|b| *b == b'\n') {
-                Some(i) => i + 1,
-                None => {
-                    // One line longer than a block: read on.
-                    want = buf.len() * 2;
-                    continue;
-                }
+        let line = scan.records + 1;
+        let offset = scan.len;
+        let torn = |why: String| VerifyError::TornTail { line, offset, bytes: n as u64, why };
+        let Some(text) = buf.strip_suffix(b"\n") else {
+            return Ok((scan, Some(torn("no newline at the end".to_owned()))));
+        };
+        let record: AuditRecord = match serde_json::from_slice(text) {
+            Ok(record) => record,
+            Err(e) => {
+                let why = describe_json_error(&e);
+                let at_end = reader.fill_buf()?.is_empty();
+                let problem = if at_end { torn(why) } else { VerifyError::Malformed { record: line, line, why } };
+                return Ok((scan, Some(problem)));
             }
         };
-        let lines = check_block(&buf[..cut], how.threads, how.parallel_from);
-        let mut end = 0;
-        for line in lines {
-            end += line.bytes;
-            let n = line.bytes;
-            let number = scan.records + 1;
-            let offset = scan.len;
-            let torn = |why: String| VerifyError::TornTail { line: number, offset, bytes: n as u64, why };
-            let (record, hash) = match line.checked {
-                Checked::NoNewline => return Ok((scan, Some(torn("no newline at the end".to_owned())))),
-                Checked::Bad(why) => {
-                    let at_end = eof && end == buf.len();
-                    let problem =
-                        if at_end { torn(why) } else { VerifyError::Malformed { record: number, line: number, why } };
-                    return Ok((scan, Some(problem)));
-                }
-                Checked::Record(record, hash) => (record, hash),
-            };
-            if record.seq != number {
-                return Ok((scan, Some(VerifyError::Seq { record: number, line: number, found: record.seq })));
-            }
-            match hash {
-                HashCheck::Matches => {}
-                HashCheck::NotLast => {
-                    let why = "the hash is not the last member".to_owned();
-                    return Ok((scan, Some(VerifyError::Malformed { record: number, line: number, why })));
-                }
-                HashCheck::Differs => return Ok((scan, Some(VerifyError::Hash { record: number, line: number }))),
-            }
-            if record.prev != scan.last_hash {
-                return Ok((scan, Some(VerifyError::Prev { record: number, line: number })));
-            }
-            scan.records = number;
-            scan.len += n as u64;
-            scan.last_hash.clone_from(&record.hash);
-            if scan.first_time.is_none() {
-                scan.first_time = Some(record.time.clone());
-            }
-            scan.last_time = Some(record.time.clone());
-            each(*record);
+        if record.seq != line {
+            return Ok((scan, Some(VerifyError::Seq { record: line, line, found: record.seq })));
         }
-        buf.drain(..cut);
-        want = block.max(1);
+        let Some((body, stored)) = split_hash(text) else {
+            let why = "the hash is not the last member".to_owned();
+            return Ok((scan, Some(VerifyError::Malformed { record: line, line, why })));
+        };
+        if body_hash(body).as_bytes() != stored {
+            return Ok((scan, Some(VerifyError::Hash { record: line, line })));
+        }
+        if record.prev != scan.last_hash {
+            return Ok((scan, Some(VerifyError::Prev { record: line, line })));
+        }
+        scan.records = line;
+        scan.len += n as u64;
+        scan.last_hash = record.hash.clone();
+        if scan.first_time.is_none() {
+            scan.first_time = Some(record.time.clone());
+        }
+        scan.last_time = Some(record.time.clone());
+        each(record);
     }
 }
 
@@ -1131,113 +988,6 @@ mod tests {
             VerifyReport { records: 0, last_hash: GENESIS_HASH.to_owned(), first_time: None, last_time: None }
         );
         assert!(matches!(verify(dir.path().join("missing")), Err(VerifyError::Io { .. })));
-    }
-
-    /// The chain rules line after line, written out plainly: the oracle for the block scan.
-    fn reference(bytes: &[u8]) -> (u64, String, u64, Option<String>) {
-        let (mut records, mut last, mut len) = (0u64, GENESIS_HASH.to_owned(), 0u64);
-        let lines: Vec<&[u8]> = bytes.split_inclusive(|b| *b == b'\n').collect();
-        for (i, line) in lines.iter().enumerate() {
-            let n = records + 1;
-            let problem = |p: VerifyError| Some(p.to_string());
-            let torn = |why: String| VerifyError::TornTail { line: n, offset: len, bytes: line.len() as u64, why };
-            let Some(text) = line.strip_suffix(b"\n") else {
-                return (records, last, len, problem(torn("no newline at the end".into())));
-            };
-            let r: AuditRecord = match serde_json::from_slice(text) {
-                Ok(r) => r,
-                Err(e) if i + 1 == lines.len() => return (records, last, len, problem(torn(describe_json_error(&e)))),
-                Err(e) => {
-                    let why = describe_json_error(&e);
-                    return (records, last, len, problem(VerifyError::Malformed { record: n, line: n, why }));
-                }
-            };
-            if r.seq != n {
-                return (records, last, len, problem(VerifyError::Seq { record: n, line: n, found: r.seq }));
-            }
-            let Some((body, stored)) = split_hash(text) else {
-                let why = "the hash is not the last member".to_owned();
-                return (records, last, len, problem(VerifyError::Malformed { record: n, line: n, why }));
-            };
-            if body_hash(body).as_bytes() != stored {
-                return (records, last, len, problem(VerifyError::Hash { record: n, line: n }));
-            }
-            if r.prev != last {
-                return (records, last, len, problem(VerifyError::Prev { record: n, line: n }));
-            }
-            (records, last, len) = (n, r.hash, len + line.len() as u64);
-        }
-        (records, last, len, None)
-    }
-
-    #[test]
-    fn block_scan_on_several_threads_finds_what_line_by_line_finds() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("audit.jsonl");
-        {
-            let options = AuditOptions { sync: false, ..AuditOptions::default() };
-            let (log, _) = AuditLog::open_with(&path, ACTOR, options).expect("open");
-            for i in 1..=400 {
-                log.append(entry(i)).expect("append");
-            }
-        }
-        let good = lines(&path);
-        let mut cases: Vec<(String, Vec<Vec<u8>>)> = vec![("intact".into(), good.clone())];
-        for k in [0usize, 1, 57, 133, 200, 266, 398, 399] {
-            let mut l = good.clone();
-            let at = find(&l[k], b"GROUP BY");
-            l[k][at] ^= 1;
-            cases.push((format!("flipped byte in {k}"), l));
-            let mut l = good.clone();
-            l.remove(k);
-            cases.push((format!("removed {k}"), l));
-            let mut l = good.clone();
-            l[k] = b"{not json\n".to_vec();
-            cases.push((format!("not JSON at {k}"), l));
-            let mut l = good.clone();
-            let cut = l[k].len() / 2;
-            l[k].truncate(cut);
-            l.truncate(k + 1);
-            cases.push((format!("torn at {k}"), l));
-            if k + 1 < good.len() {
-                let mut l = good.clone();
-                l.swap(k, k + 1);
-                cases.push((format!("swapped {k}"), l));
-            }
-        }
-        let mut l = good.clone();
-        let last = l.len() - 1;
-        l[last].pop();
-        cases.push(("no final newline".into(), l));
-        cases.push(("empty".into(), Vec::new()));
-        let start =
-            || Scan { records: 0, last_hash: GENESIS_HASH.to_owned(), len: 0, first_time: None, last_time: None };
-        for (name, l) in &cases {
-            let bytes = l.concat();
-            let expected = reference(&bytes);
-            let ways = [
-                (1, 1),
-                (1, 2),
-                (97, 3),
-                (4_096, 2),
-                (4_096, 5),
-                (50_000, 3),
-                (1 << 30, 1),
-                (1 << 30, 2),
-                (1 << 30, 5),
-            ];
-            for (block, threads) in ways {
-                {
-                    let how = Blocks { block, threads, parallel_from: 0 };
-                    let mut seen = Vec::new();
-                    let (scan, problem) =
-                        scan_blocks(&bytes[..], start(), |r| seen.push(r.seq), how).expect("in memory");
-                    let got = (scan.records, scan.last_hash, scan.len, problem.map(|p| p.to_string()));
-                    assert_eq!(got, expected, "{name}, block {block}, {threads} threads");
-                    assert_eq!(seen, (1..=expected.0).collect::<Vec<_>>(), "{name}: records in order");
-                }
-            }
-        }
     }
 
     #[test]
