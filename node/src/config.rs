@@ -141,6 +141,11 @@ pub struct PostgresSection {
     /// File holding the connection string, relative to the config file.
     #[serde(default)]
     pub connection_file: Option<PathBuf>,
+    /// The CA certificate(s) (PEM) the database server's certificate must
+    /// chain to, relative to the config file; needed for `sslmode=verify-ca`
+    /// and `verify-full` in the connection string, checked with `require` too.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl PostgresSection {
@@ -379,6 +384,7 @@ impl NodeConfig {
             .map(|mut t| {
                 if let Some(pg) = &mut t.postgres {
                     pg.connection_file = pg.connection_file.as_ref().map(|f| base.join(f));
+                    pg.ca_file = pg.ca_file.as_ref().map(|f| base.join(f));
                 } else {
                     t.path = base.join(&t.path).to_string_lossy().into_owned();
                 }
@@ -528,6 +534,14 @@ person_column = "pnr"
         .expect("valid");
         let section = c.tables[0].postgres.as_ref().expect("postgres section");
         assert_eq!(section.connection_file.as_deref(), Some(Path::new("/data/hip/pg.conn")));
+        assert_eq!(section.ca_file, None);
+        let c = NodeConfig::parse(
+            Path::new("/data/hip/node.toml"),
+            &pg("postgres = { relation = \"hip.operations\", connection_file = \"pg.conn\", ca_file = \"../certs/db-ca.pem\" }"),
+        )
+        .expect("valid");
+        let section = c.tables[0].postgres.as_ref().expect("postgres section");
+        assert_eq!(section.ca_file.as_deref(), Some(Path::new("/data/hip/../certs/db-ca.pem")));
         assert_eq!(section.relation_parts(), (Some("hip"), "operations"));
         assert!(err(&pg("")).contains("format \"postgres\" needs a `postgres = "));
         assert!(err(&pg("postgres = { relation = \"hip.operations\" }")).contains("exactly one of `connection_env`"));

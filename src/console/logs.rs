@@ -1,17 +1,29 @@
-//! Audit logs as the console reads them: verified on load, kept in memory
-//! until the file changes, filtered per page.
+//! Audit logs as the console reads them: verified once, kept in memory,
+//! extended by what was appended, filtered per page.
 //!
-//! A log that only grew is read from where the last read stopped, and the
-//! appended records are verified as continuing the chain
-//! (`audit::read_appended`); the whole chain is verified again when the file
-//! shrank or was rewritten, and at least every [`FULL_VERIFY_EVERY`], so an
-//! edit in the middle of an intact log shows within that time.
+//! A page never waits for a whole chain to be verified if the console has
+//! seen the log before: the console verifies every log it shows in the
+//! background when it starts and again every [`FULL_VERIFY_EVERY`]
+//! ([`LogCache::reverify`]), and a page reads only the records appended since
+//! the last read and checks that they continue the chain
+//! (`audit::read_appended`). A whole read on a page happens only for a log
+//! not read yet, one whose chain was already broken, or one that shrank (then
+//! the page shows what the new read finds). An edit in the middle of an
+//! intact log shows within [`FULL_VERIFY_EVERY`].
+//!
+//! ```text
+//!  start, then every 60 s ─▶ reverify(path): whole chain, off the page path ─▶ installed
+//!  page ─▶ load(path): same size and time ─▶ as kept
+//!                      grew, chain intact ─▶ + appended records (verified as continuing the chain)
+//!                      otherwise          ─▶ whole chain read on this page
+//! ```
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use chrono::NaiveDate;
 use samkor_policies::audit::{self, AuditRecord, Decision, Position, VerifyError};
@@ -19,7 +31,7 @@ use samkor_policies::audit::{self, AuditRecord, Decision, Position, VerifyError}
 /// Records shown per page.
 pub(crate) const PAGE: usize = 100;
 
-/// How long an incrementally extended log goes without a full re-verification.
+/// How often every log is verified again in full, in the background.
 pub(crate) const FULL_VERIFY_EVERY: Duration = Duration::from_secs(60);
 
 /// A log as read and verified.
@@ -27,7 +39,6 @@ pub(crate) const FULL_VERIFY_EVERY: Duration = Duration::from_secs(60);
 pub(crate) struct Loaded {
     stamp: (u64, SystemTime),
     position: Position,
-    verified_whole: Instant,
     /// The good records (all of them when the chain is intact).
     pub(crate) records: Vec<Arc<AuditRecord>>,
     pub(crate) problem: Option<Broken>,
@@ -49,7 +60,16 @@ pub(crate) struct Broken {
 /// Verified logs by path.
 #[derive(Debug, Default)]
 pub(crate) struct LogCache {
-    logs: Mutex<HashMap<PathBuf, Arc<Loaded>>>,
+    slots: Mutex<HashMap<PathBuf, Arc<Slot>>>,
+    /// Whole-chain reads so far (pages and background).
+    full_reads: AtomicU64,
+}
+
+/// One log: its state as last read. The lock also makes pages asking for the
+/// same log at once wait for one read instead of each reading it.
+#[derive(Debug, Default)]
+struct Slot {
+    current: Mutex<Option<Arc<Loaded>>>,
 }
 
 fn stamp(path: &Path) -> std::io::Result<(u64, SystemTime)> {
@@ -71,57 +91,96 @@ fn note_values(loaded: &mut Loaded, records: &[Arc<AuditRecord>]) {
     }
 }
 
+fn unreadable(path: &Path, e: impl std::fmt::Display) -> String {
+    format!("cannot read audit log {}: {e}", path.display())
+}
+
 impl LogCache {
-    /// The log at `path`, read and verified again only if it changed. Blocking.
+    fn slot(&self, path: &Path) -> Arc<Slot> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).entry(path.to_owned()).or_default().clone()
+    }
+
+    /// Whole-chain reads so far.
+    #[cfg(test)]
+    pub(crate) fn full_reads(&self) -> u64 {
+        self.full_reads.load(Ordering::Relaxed)
+    }
+
+    /// The log at `path` for a page: as kept if unchanged, extended by the
+    /// appended records if it only grew, read whole otherwise. Blocking.
     pub(crate) fn load(&self, path: &Path) -> Result<Arc<Loaded>, String> {
-        let now = stamp(path).map_err(|e| format!("cannot read audit log {}: {e}", path.display()))?;
-        let cached = self.logs.lock().unwrap_or_else(|p| p.into_inner()).get(path).cloned();
-        let loaded = match cached {
-            Some(l) if l.stamp == now => return Ok(l),
+        let slot = self.slot(path);
+        let mut current = slot.current.lock().unwrap_or_else(|p| p.into_inner());
+        let now = stamp(path).map_err(|e| unreadable(path, e))?;
+        let loaded = match current.as_ref() {
+            Some(l) if l.stamp == now => return Ok(l.clone()),
             // Only grew since an intact read: read and verify what was appended.
-            Some(l)
-                if l.problem.is_none() && now.0 >= l.position.len && l.verified_whole.elapsed() < FULL_VERIFY_EVERY =>
-            {
-                let (more, position) = audit::read_appended(path, &l.position).map_err(|e| e.to_string())?;
-                let added: Vec<Arc<AuditRecord>> = more.records.into_iter().map(Arc::new).collect();
-                let mut records = Vec::with_capacity(l.records.len() + added.len());
-                records.extend(l.records.iter().cloned());
-                records.extend(added.iter().cloned());
-                let mut loaded = Loaded {
-                    stamp: now,
-                    position,
-                    verified_whole: l.verified_whole,
-                    records,
-                    problem: more.problem.map(|p| broken(path, &p)),
-                    identities: l.identities.clone(),
-                    projects: l.projects.clone(),
-                    rules: l.rules.clone(),
-                };
-                note_values(&mut loaded, &added);
-                loaded
-            }
-            _ => {
-                let (contents, position) = audit::read_all_at(path).map_err(|e| e.to_string())?;
-                let records: Vec<Arc<AuditRecord>> = contents.records.into_iter().map(Arc::new).collect();
-                let mut loaded = Loaded {
-                    stamp: now,
-                    position,
-                    verified_whole: Instant::now(),
-                    records: Vec::new(),
-                    problem: contents.problem.map(|p| broken(path, &p)),
-                    identities: BTreeSet::new(),
-                    projects: BTreeSet::new(),
-                    rules: BTreeSet::new(),
-                };
-                note_values(&mut loaded, &records);
-                loaded.records = records;
-                loaded
-            }
+            Some(l) if l.problem.is_none() && now.0 >= l.position.len => extend(l, path, now)?,
+            _ => self.read_whole(path, now)?,
         };
         let loaded = Arc::new(loaded);
-        self.logs.lock().unwrap_or_else(|p| p.into_inner()).insert(path.to_owned(), loaded.clone());
+        *current = Some(loaded.clone());
         Ok(loaded)
     }
+
+    /// Verifies the whole chain of `path` again and keeps the result (pages
+    /// go on with what they had while this runs). Blocking.
+    pub(crate) fn reverify(&self, path: &Path) -> Result<Arc<Loaded>, String> {
+        let slot = self.slot(path);
+        {
+            // Never read yet (the console is starting): pages asking meanwhile wait for this read.
+            let mut current = slot.current.lock().unwrap_or_else(|p| p.into_inner());
+            if current.is_none() {
+                let now = stamp(path).map_err(|e| unreadable(path, e))?;
+                let fresh = Arc::new(self.read_whole(path, now)?);
+                *current = Some(fresh.clone());
+                return Ok(fresh);
+            }
+        }
+        let now = stamp(path).map_err(|e| unreadable(path, e))?;
+        let fresh = Arc::new(self.read_whole(path, now)?);
+        // Whatever a page read meanwhile continues from this state on the next page.
+        *slot.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(fresh.clone());
+        Ok(fresh)
+    }
+
+    fn read_whole(&self, path: &Path, now: (u64, SystemTime)) -> Result<Loaded, String> {
+        self.full_reads.fetch_add(1, Ordering::Relaxed);
+        let (contents, position) = audit::read_all_at(path).map_err(|e| e.to_string())?;
+        let records: Vec<Arc<AuditRecord>> = contents.records.into_iter().map(Arc::new).collect();
+        let mut loaded = Loaded {
+            stamp: now,
+            position,
+            records: Vec::new(),
+            problem: contents.problem.map(|p| broken(path, &p)),
+            identities: BTreeSet::new(),
+            projects: BTreeSet::new(),
+            rules: BTreeSet::new(),
+        };
+        note_values(&mut loaded, &records);
+        loaded.records = records;
+        Ok(loaded)
+    }
+}
+
+/// `l` and the records appended to `path` after it.
+fn extend(l: &Loaded, path: &Path, now: (u64, SystemTime)) -> Result<Loaded, String> {
+    let (more, position) = audit::read_appended(path, &l.position).map_err(|e| e.to_string())?;
+    let added: Vec<Arc<AuditRecord>> = more.records.into_iter().map(Arc::new).collect();
+    let mut records = Vec::with_capacity(l.records.len() + added.len());
+    records.extend(l.records.iter().cloned());
+    records.extend(added.iter().cloned());
+    let mut loaded = Loaded {
+        stamp: now,
+        position,
+        records,
+        problem: more.problem.map(|p| broken(path, &p)),
+        identities: l.identities.clone(),
+        projects: l.projects.clone(),
+        rules: l.rules.clone(),
+    };
+    note_values(&mut loaded, &added);
+    Ok(loaded)
 }
 
 fn broken(path: &Path, p: &VerifyError) -> Broken {
@@ -283,6 +342,76 @@ mod tests {
         assert_eq!(grown.records.len(), 251);
         assert!(grown.identities.contains("carol") && grown.problem.is_none());
         assert_eq!(grown.records.last().expect("last").seq, 251);
+    }
+
+    fn write(path: &Path, n: u64) {
+        let options = samkor_policies::audit::AuditOptions { sync: false, ..Default::default() };
+        let (log, _) = AuditLog::open_with(path, "coordinator", options).expect("open");
+        for i in 0..n {
+            log.append(AuditEntry::accepted("alice", format!("q{i}"), "SELECT 1")).expect("append");
+        }
+    }
+
+    #[test]
+    fn pages_read_a_log_whole_once_then_only_what_was_appended() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.jsonl");
+        write(&path, 300);
+        let cache = LogCache::default();
+        let warmed = cache.reverify(&path).expect("verified at start");
+        assert_eq!((cache.full_reads(), warmed.records.len()), (1, 300));
+        assert!(Arc::ptr_eq(&warmed, &cache.load(&path).expect("page")), "the page gets what was verified");
+        write(&path, 5);
+        let grown = cache.load(&path).expect("page after appends");
+        assert_eq!((cache.full_reads(), grown.records.len()), (1, 305), "only the appended records were read");
+        assert!(grown.problem.is_none());
+        // A log that shrank is read whole on the page.
+        let text = std::fs::read_to_string(&path).expect("read");
+        let kept: String = text.lines().take(200).map(|l| format!("{l}\n")).collect();
+        std::fs::write(&path, kept).expect("truncate");
+        let shrunk = cache.load(&path).expect("page after truncation");
+        assert_eq!((cache.full_reads(), shrunk.records.len()), (2, 200));
+    }
+
+    #[test]
+    fn the_background_verification_finds_an_edit_an_appended_read_cannot_see() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.jsonl");
+        write(&path, 50);
+        let cache = LogCache::default();
+        cache.reverify(&path).expect("verified at start");
+        // Same length, one record altered in the middle.
+        let text = std::fs::read_to_string(&path).expect("read").replacen("\"q20\"", "\"qX0\"", 1);
+        std::fs::write(&path, text).expect("tamper");
+        let page = cache.load(&path).expect("page");
+        assert!(page.problem.is_none() && page.records.len() == 50, "nothing appended: the page keeps what it had");
+        let again = cache.reverify(&path).expect("verified again");
+        assert_eq!(again.problem.as_ref().and_then(|b| b.record), Some(21), "the edit is found");
+        let page = cache.load(&path).expect("page");
+        assert!(Arc::ptr_eq(&page, &again), "pages now show the broken chain");
+        assert_eq!(page.records.len(), 20);
+    }
+
+    #[test]
+    fn pages_asking_for_one_log_at_once_share_one_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.jsonl");
+        write(&path, 3000);
+        let cache = LogCache::default();
+        let start = std::sync::Barrier::new(4);
+        let loaded: Vec<Arc<Loaded>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        cache.load(&path).expect("page")
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("thread")).collect()
+        });
+        assert_eq!(cache.full_reads(), 1, "one whole read for four pages");
+        assert!(loaded.iter().all(|l| Arc::ptr_eq(l, &loaded[0])));
     }
 
     #[test]

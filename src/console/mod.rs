@@ -87,6 +87,8 @@ pub struct RunningConsole {
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
     poller: JoinHandle<()>,
+    verifier: JoinHandle<()>,
+    verified: tokio::sync::watch::Receiver<bool>,
 }
 
 impl RunningConsole {
@@ -103,6 +105,14 @@ impl RunningConsole {
         Ok(format!("{}/login?token={}", self.url(), self.console.auth.issue_login(user)))
     }
 
+    /// Returns once every audit log the console shows has been verified in
+    /// full for the first time (the console does it in the background as it
+    /// starts; until then a page that needs a log waits for its read).
+    pub async fn logs_verified(&self) {
+        let mut verified = self.verified.clone();
+        let _ = verified.wait_for(|done| *done).await;
+    }
+
     /// The console's own access log.
     pub fn access_log(&self) -> &std::path::Path {
         self.console.access.path()
@@ -113,6 +123,7 @@ impl RunningConsole {
             let _ = tx.send(());
         }
         self.poller.abort();
+        self.verifier.abort();
         let _ = (&mut self.task).await;
     }
 
@@ -150,6 +161,8 @@ pub async fn start(config: ConsoleConfig, engine: Arc<Engine>) -> Result<Running
     });
     pages::poll_once(&console).await;
     let poller = tokio::spawn(pages::poll_nodes(console.clone()));
+    let (verified_tx, verified) = tokio::sync::watch::channel(false);
+    let verifier = tokio::spawn(keep_logs_verified(console.clone(), verified_tx));
     let app = pages::routes()
         .layer(axum::middleware::from_fn_with_state(console.clone(), gate))
         .layer(axum::middleware::from_fn(secure_headers))
@@ -163,7 +176,37 @@ pub async fn start(config: ConsoleConfig, engine: Arc<Engine>) -> Result<Running
             .await
     });
     tracing::info!(%addr, "console serving on loopback");
-    Ok(RunningConsole { addr, console, shutdown: Some(tx), task, poller })
+    Ok(RunningConsole { addr, console, shutdown: Some(tx), task, poller, verifier, verified })
+}
+
+/// Verifies every log the console shows, now and every
+/// [`logs::FULL_VERIFY_EVERY`], off the pages' path (`logs` module docs).
+async fn keep_logs_verified(console: Arc<Console>, verified: tokio::sync::watch::Sender<bool>) {
+    let mut paths = vec![console.engine.audit().path().to_owned(), console.config.audit_log.clone()];
+    paths.extend(console.config.node_logs.iter().map(|n| n.path.clone()));
+    let mut every = tokio::time::interval(logs::FULL_VERIFY_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        for path in &paths {
+            let c = console.clone();
+            let p = path.clone();
+            let started = std::time::Instant::now();
+            match tokio::task::spawn_blocking(move || c.logs.reverify(&p)).await {
+                Ok(Ok(loaded)) => tracing::debug!(
+                    path = %path.display(),
+                    records = loaded.records.len(),
+                    intact = loaded.problem.is_none(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "audit log verified in full"
+                ),
+                // A node's log may not exist yet; the page says so when asked.
+                Ok(Err(e)) => tracing::debug!(path = %path.display(), error = %e, "audit log not verified"),
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "audit log verification stopped"),
+            }
+        }
+        verified.send_replace(true);
+    }
 }
 
 /// The logged-in user of a request (set by [`gate`]).

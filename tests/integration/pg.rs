@@ -46,6 +46,17 @@ fn free_port() -> u16 {
 impl Postgres {
     /// Creates a cluster and starts it; returns once it accepts connections.
     pub fn start() -> Postgres {
+        Postgres::start_with(None)
+    }
+
+    /// A server with TLS on (`cert`, `key`: its certificate and key, PEM) that
+    /// refuses unencrypted TCP connections (`hostssl` only in pg_hba.conf);
+    /// the Unix socket ([`Postgres::socket_url`]) stays open without TLS, for loading.
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Postgres {
+        Postgres::start_with(Some((cert, key)))
+    }
+
+    fn start_with(tls: Option<(&std::path::Path, &std::path::Path)>) -> Postgres {
         let bin = server_binaries();
         let dir = tempfile::Builder::new().prefix("samkor-pg-").tempdir().expect("tempdir");
         let user = is_root().then(|| "postgres".to_owned());
@@ -64,6 +75,31 @@ impl Postgres {
             pg.port,
             pg.dir.path().display()
         );
+        if let Some((cert, key)) = tls {
+            // The server reads its key only if the key is private to the server's user.
+            let (server_cert, server_key) = (pg.dir.path().join("server.pem"), pg.dir.path().join("server.key"));
+            std::fs::copy(cert, &server_cert).expect("server certificate");
+            std::fs::copy(key, &server_key).expect("server key");
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(&server_key, std::fs::Permissions::from_mode(0o600)).expect("key mode");
+            }
+            let data = std::path::PathBuf::from(pg.data());
+            std::fs::write(data.join("pg_hba.conf"), "local all all trust\nhostssl all all 127.0.0.1/32 trust\n")
+                .expect("pg_hba.conf");
+            // In the config file, not on the command line, so a test can turn TLS off (ALTER SYSTEM, reload).
+            let mut conf = std::fs::read_to_string(data.join("postgresql.conf")).expect("postgresql.conf");
+            conf.push_str(&format!(
+                "\nssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\nlog_connections = on\n",
+                server_cert.display(),
+                server_key.display()
+            ));
+            std::fs::write(data.join("postgresql.conf"), conf).expect("postgresql.conf");
+            if let Some(user) = &pg.user {
+                let status = Command::new("chown").arg("-R").arg(user).arg(pg.dir.path()).status().expect("chown");
+                assert!(status.success(), "cannot give the TLS files to the {user} user");
+            }
+        }
         pg.run(
             "pg_ctl",
             &["-D", &pg.data(), "-l", &pg.log().display().to_string(), "-o", &options, "-w", "-t", "60", "start"],
@@ -108,9 +144,15 @@ impl Postgres {
         format!("host=127.0.0.1 port={} user=samkor dbname=postgres", self.port)
     }
 
-    /// A client of the database.
+    /// The connection string over the server's Unix socket (no TLS needed there).
+    pub fn socket_url(&self) -> String {
+        format!("host={} port={} user=samkor dbname=postgres", self.dir.path().display(), self.port)
+    }
+
+    /// A client of the database (over the Unix socket).
     pub async fn client(&self) -> tokio_postgres::Client {
-        let (client, connection) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls).await.expect("connect");
+        let (client, connection) =
+            tokio_postgres::connect(&self.socket_url(), tokio_postgres::NoTls).await.expect("connect");
         tokio::spawn(connection);
         client
     }
@@ -131,6 +173,12 @@ impl Drop for Postgres {
 /// `pg` and their nodes serving from it (the other registers from files).
 pub async fn federation_dir(pg: &Postgres, registers: &[&str]) -> tempfile::TempDir {
     let dir = crate::common::private_copy();
-    samkor::synth::postgres::load(dir.path(), &pg.url(), registers).await.expect("registers load into PostgreSQL");
+    samkor::synth::postgres::load(dir.path(), &pg.socket_url(), registers)
+        .await
+        .expect("registers load into PostgreSQL");
+    // The nodes connect over TCP, as a holder's node would.
+    for register in registers {
+        samkor::synth::postgres::serve_from_postgres(dir.path(), register, &pg.url()).expect("node config");
+    }
     dir
 }

@@ -261,3 +261,107 @@ async fn connection_lost_mid_query_is_one_line_naming_node_and_table() {
     assert!(!e.contains('\n'), "one line: {e}");
     node.shutdown().await;
 }
+
+/// TLS from the node to the database: a server with a certificate from our
+/// own CA that refuses unencrypted TCP; a node with `sslmode=verify-full` and
+/// that CA as `ca_file` answers; a node trusting another CA, one asking for
+/// no TLS, and one asking for TLS from a server without it fail at start
+/// with one line naming node, table and what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_reaches_the_database_over_verified_tls_and_names_tls_failures() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    samkor::certs::init(&certs.path().join("db"), &[], &["postgres-db"]).expect("database certificate");
+    samkor::certs::init(&certs.path().join("other"), &[], &[]).expect("another CA");
+    let db_ca = certs.path().join("db").join("ca.pem");
+    let other_ca = certs.path().join("other").join("ca.pem");
+    let pg = Postgres::start_tls(
+        &certs.path().join("db").join("postgres-db.pem"),
+        &certs.path().join("db").join("postgres-db.key"),
+    );
+    let dir = pg::federation_dir(&pg, &["hip"]).await;
+    let conn = dir.path().join("hip").join("postgres.conn");
+    let section = "connection_file = \"postgres.conn\"";
+    let with_ca = |ca: &Path| format!("{section}, ca_file = {:?}", ca.display().to_string());
+    // Both tables of hip (operations, prom) are in the database: set every postgres section.
+    let config_with = |dir: &Path, register: &str, from: &str, to: &str| {
+        let path = dir.join(register).join("node.toml");
+        let text = std::fs::read_to_string(&path).expect("node.toml");
+        assert!(text.matches(from).count() == 2, "{} holds {from:?} twice", path.display());
+        let mut config = NodeConfig::parse(&path, &text.replace(from, to)).expect("config parses");
+        config.node.audit_log = dir.join(register).join("audit").join("pg-test.jsonl");
+        config
+    };
+
+    // verify-full with the CA that signed the server's certificate: the node starts and answers.
+    std::fs::write(&conn, format!("{} sslmode=verify-full", pg.url())).expect("connection file");
+    let node =
+        samkor_node::start(config_with(dir.path(), "hip", section, &with_ca(&db_ca))).await.expect("node starts");
+    let client = common::node_client(dir.path(), "coordinator", &node);
+    let stream = client
+        .query(PROJECT, "SELECT count(*) FROM operations", "tls-1", None)
+        .await
+        .expect("the node answers over TLS");
+    let batches: Vec<RecordBatch> = stream.try_collect().await.expect("answer");
+    let n: i64 = common::rows(&batches)[0][0].parse().expect("a count");
+    assert!(n > 0, "rows were served");
+    node.shutdown().await;
+    let log = std::fs::read_to_string(pg.log()).expect("server log");
+    assert!(
+        log.lines().any(|l| l.contains("application_name=samkor-node hip") && l.contains("SSL enabled")),
+        "the node's connections were encrypted"
+    );
+
+    // A CA that did not sign the server's certificate (a development CA of the same name, another key):
+    // refused at start, saying why.
+    let e = open_error(config_with(dir.path(), "hip", section, &with_ca(&other_ca))).await;
+    assert!(
+        e.contains("node hip, table operations: the certificate of the PostgreSQL server given by the file ")
+            && e.contains(
+                "is not trusted: it is not signed by the key of the CA in `ca_file`; check that `ca_file` is the CA"
+            ),
+        "{e}"
+    );
+    // verify-full without a CA.
+    let e = open_error(config_with(dir.path(), "hip", section, section)).await;
+    assert!(
+        e.contains("node hip, table operations: the connection string from the file ")
+            && e.contains("asks for sslmode=verify-full, which needs `ca_file`"),
+        "{e}"
+    );
+    // No TLS asked for: this server refuses unencrypted connections.
+    std::fs::write(&conn, format!("{} sslmode=disable", pg.url())).expect("connection file");
+    let e = open_error(config_with(dir.path(), "hip", section, section)).await;
+    assert!(
+        e.contains("node hip, table operations: cannot connect to the PostgreSQL database given by the file ")
+            && e.contains("no encryption"),
+        "{e}"
+    );
+    let e = open_error(config_with(dir.path(), "hip", section, &with_ca(&db_ca))).await;
+    assert!(
+        e.contains("`ca_file` is set but the connection string from the file ") && e.contains("does not ask for TLS"),
+        "{e}"
+    );
+
+    // TLS asked for from a server that has it turned off.
+    let db = pg.client().await;
+    db.batch_execute("ALTER SYSTEM SET ssl = off").await.expect("ssl off");
+    db.query("SELECT pg_reload_conf()", &[]).await.expect("reload");
+    std::fs::write(&conn, format!("{} sslmode=verify-full", pg.url())).expect("connection file");
+    let mut refused = String::new();
+    for _ in 0..100 {
+        // The server applies a reload asynchronously: wait until it no longer offers TLS.
+        match samkor_node::NodeState::open(config_with(dir.path(), "hip", section, &with_ca(&db_ca))).await {
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            Err(e) => {
+                refused = e.to_string();
+                break;
+            }
+        }
+    }
+    assert!(
+        refused.contains("node hip, table operations: the PostgreSQL server given by the file ")
+            && refused
+                .contains("does not offer TLS, but the connection string asks for sslmode=verify-full; turn on `ssl`"),
+        "{refused}"
+    );
+}

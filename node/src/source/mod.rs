@@ -8,3 +8,4 @@
 //! applied at the node whatever the source.
 
 pub mod postgres;
+pub mod postgres_tls;

@@ -51,6 +51,7 @@ use futures::{StreamExt, TryStreamExt};
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, NoTls, Row, RowStream};
 
+use super::postgres_tls::{Link, SslMode, TlsFailure, TlsSetupError, take_sslmode, tls_failure};
 use crate::config::{ColumnType, PostgresSection, TableConfig};
 
 /// Days from 1970-01-01 (Arrow) to 2000-01-01 (PostgreSQL).
@@ -88,6 +89,28 @@ pub enum PostgresError {
         "{at}: cannot connect to the PostgreSQL database given by {origin}: {reason}; is the database running and reachable from the node?"
     )]
     Connect { at: At, origin: String, reason: String },
+    #[error(
+        "{at}: the connection string from {origin} asks for sslmode={mode}, which needs `ca_file` (the CA that signed the database server's certificate) in the table's postgres section"
+    )]
+    NoCaFile { at: At, origin: String, mode: SslMode },
+    #[error(
+        "{at}: `ca_file` is set but the connection string from {origin} does not ask for TLS; add sslmode=verify-full to it (or remove `ca_file`)"
+    )]
+    CaWithoutTls { at: At, origin: String },
+    #[error(
+        "{at}: cannot use the database CA file {path}: {reason}; give the PEM file of the CA that signed the database server's certificate"
+    )]
+    CaFile { at: At, path: String, reason: String },
+    #[error(
+        "{at}: the PostgreSQL server given by {origin} does not offer TLS, but the connection string asks for sslmode={mode}; turn on `ssl` in the server's postgresql.conf (with its certificate and key)"
+    )]
+    ServerWithoutTls { at: At, origin: String, mode: SslMode },
+    #[error(
+        "{at}: the certificate of the PostgreSQL server given by {origin} is not trusted: {reason}; check that `ca_file` is the CA that signed the server's certificate and that the host in the connection string is named in it"
+    )]
+    Untrusted { at: At, origin: String, reason: String },
+    #[error("{at}: the TLS handshake with the PostgreSQL server given by {origin} failed: {reason}")]
+    Handshake { at: At, origin: String, reason: String },
     #[error(
         "{at}: the relation {relation} does not exist in the PostgreSQL database given by {origin}; create it or correct `relation`"
     )]
@@ -381,15 +404,39 @@ fn is_lost(e: &tokio_postgres::Error) -> bool {
     }
 }
 
-/// Opens a connection; the connection task ends with the client.
-async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = config.connect(NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %describe(&e), "PostgreSQL connection ended");
+/// Opens a connection (over TLS when the link says so); the connection task ends with the client.
+async fn connect(link: &Link) -> Result<Client, tokio_postgres::Error> {
+    match &link.tls {
+        None => {
+            let (client, connection) = link.config.connect(NoTls).await?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %describe(&e), "PostgreSQL connection ended");
+                }
+            });
+            Ok(client)
         }
-    });
-    Ok(client)
+        Some(tls) => {
+            let (client, connection) = link.config.connect(tls.clone()).await?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %describe(&e), "PostgreSQL connection ended");
+                }
+            });
+            Ok(client)
+        }
+    }
+}
+
+/// The error of a failed connection attempt: a TLS problem by name, else [`PostgresError::Connect`].
+fn connect_error(at: &At, origin: &str, mode: SslMode, e: &tokio_postgres::Error) -> PostgresError {
+    let (at, origin) = (at.clone(), origin.to_owned());
+    match tls_failure(e) {
+        Some(TlsFailure::ServerWithoutTls) => PostgresError::ServerWithoutTls { at, origin, mode },
+        Some(TlsFailure::Untrusted(reason)) => PostgresError::Untrusted { at, origin, reason },
+        Some(TlsFailure::Handshake(reason)) => PostgresError::Handshake { at, origin, reason },
+        None => PostgresError::Connect { at, origin, reason: describe(e) },
+    }
 }
 
 /// The database side of a served table, with its declared schema.
@@ -399,7 +446,7 @@ pub struct PostgresTable {
     relation: String,
     /// The quoted relation for SQL.
     relation_sql: String,
-    connection: Arc<tokio_postgres::Config>,
+    link: Arc<Link>,
     /// Where the connection string came from, for messages.
     origin: String,
     /// Declared columns, in declared order.
@@ -446,6 +493,11 @@ impl PostgresTable {
                 });
             }
         };
+        let (text, mode) = take_sslmode(&text).map_err(|reason| PostgresError::ConnectionString {
+            at: at.clone(),
+            origin: origin.clone(),
+            reason,
+        })?;
         let mut connection: tokio_postgres::Config = text.parse().map_err(|e| PostgresError::ConnectionString {
             at: at.clone(),
             origin: origin.clone(),
@@ -462,11 +514,16 @@ impl PostgresTable {
             Some(s) => format!("{}.{}", quote_ident(s), quote_ident(name)),
             None => quote_ident(name),
         };
-        let client = connect(&connection).await.map_err(|e| PostgresError::Connect {
-            at: at.clone(),
-            origin: origin.clone(),
-            reason: describe(&e),
+        let mode = mode.unwrap_or(SslMode::Disable);
+        let link = Link::new(connection, mode, pg.ca_file.as_deref()).map_err(|e| match e {
+            TlsSetupError::NoCaFile(mode) => PostgresError::NoCaFile { at: at.clone(), origin: origin.clone(), mode },
+            TlsSetupError::CaWithoutTls => PostgresError::CaWithoutTls { at: at.clone(), origin: origin.clone() },
+            TlsSetupError::CaFile { path, reason } => PostgresError::CaFile { at: at.clone(), path, reason },
         })?;
+        if mode == SslMode::Require && pg.ca_file.is_none() {
+            tracing::warn!(node, table = %config.name, "sslmode=require without `ca_file`: the connection to the database is encrypted but the server is not authenticated; give `ca_file` and use sslmode=verify-full");
+        }
+        let client = connect(&link).await.map_err(|e| connect_error(&at, &origin, mode, &e))?;
         let statement = client.prepare(&format!("SELECT * FROM {relation_sql} LIMIT 0")).await.map_err(|e| match e
             .code()
             .map(|c| c.code())
@@ -477,7 +534,7 @@ impl PostgresTable {
             Some("42501") => {
                 PostgresError::NoPrivilege { at: at.clone(), relation: pg.relation.clone(), reason: describe(&e) }
             }
-            _ if is_lost(&e) => PostgresError::Connect { at: at.clone(), origin: origin.clone(), reason: describe(&e) },
+            _ if is_lost(&e) => connect_error(&at, &origin, mode, &e),
             _ => PostgresError::Database { at: at.clone(), reason: describe(&e) },
         })?;
         let mut readers = Vec::with_capacity(config.columns.len());
@@ -503,7 +560,7 @@ impl PostgresTable {
             at,
             relation: pg.relation.clone(),
             relation_sql,
-            connection: Arc::new(connection),
+            link: Arc::new(link),
             origin,
             columns: config.columns.iter().map(|c| (c.name.clone(), c.data_type)).collect(),
             readers,
@@ -559,7 +616,7 @@ impl TableProvider for PostgresTable {
         ));
         Ok(Arc::new(PostgresScanExec {
             at: self.at.clone(),
-            connection: self.connection.clone(),
+            link: self.link.clone(),
             origin: self.origin.clone(),
             sql,
             params: Arc::new(render.params),
@@ -576,7 +633,7 @@ impl TableProvider for PostgresTable {
 #[derive(Debug)]
 pub struct PostgresScanExec {
     at: At,
-    connection: Arc<tokio_postgres::Config>,
+    link: Arc<Link>,
     origin: String,
     /// The statement sent, with `$n` parameters.
     sql: String,
@@ -638,7 +695,7 @@ impl ExecutionPlan for PostgresScanExec {
         }
         let scan = Scan {
             at: self.at.clone(),
-            connection: self.connection.clone(),
+            link: self.link.clone(),
             origin: self.origin.clone(),
             sql: self.sql.clone(),
             params: self.params.clone(),
@@ -656,7 +713,7 @@ impl ExecutionPlan for PostgresScanExec {
 /// One execution of a scan, before it has connected.
 struct Scan {
     at: At,
-    connection: Arc<tokio_postgres::Config>,
+    link: Arc<Link>,
     origin: String,
     sql: String,
     params: Arc<Vec<Param>>,
@@ -674,9 +731,8 @@ fn external(e: PostgresError) -> DataFusionError {
 impl Scan {
     async fn start(self) -> Result<Running> {
         let at = &self.at;
-        let client = connect(&self.connection).await.map_err(|e| {
-            external(PostgresError::Connect { at: at.clone(), origin: self.origin.clone(), reason: describe(&e) })
-        })?;
+        let client =
+            connect(&self.link).await.map_err(|e| external(connect_error(at, &self.origin, self.link.mode, &e)))?;
         let query_error = |e: tokio_postgres::Error| {
             external(if is_lost(&e) {
                 PostgresError::Lost { at: at.clone(), reason: describe(&e) }
