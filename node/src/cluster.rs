@@ -27,13 +27,16 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use datafusion::catalog::Session;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::config::ConfigOptions;
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::{SendableRecordBatchStream, SessionStateBuilder, TaskContext};
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
@@ -127,13 +130,15 @@ impl Cluster {
 
     /// Adds the distributed planner and [`ScanOnCluster`] to a node session.
     fn session_builder(&self, builder: SessionStateBuilder) -> Result<SessionStateBuilder> {
-        builder
+        let mut builder = builder
             .with_physical_optimizer_rule(Arc::new(ScanOnCluster { cluster: self.clone() }))
             .with_distributed_worker_resolver(StaticWorkers(self.urls()))
             .with_distributed_planner()
             // Never distribute a plan on its own: only the boundaries ScanOnCluster places.
             .with_distributed_max_tasks_per_stage(1)?
-            .with_distributed_metrics_collection(false)
+            .with_distributed_metrics_collection(false)?;
+        let distributed = builder.query_planner().take().expect("with_distributed_planner sets a query planner");
+        Ok(builder.with_query_planner(Arc::new(ClusterPlanner { distributed, cluster: self.clone() })))
     }
 }
 
@@ -146,6 +151,57 @@ pub fn session(cluster: &Cluster, config: SessionConfig, runtime: Arc<RuntimeEnv
 
 fn one_line(e: &DataFusionError) -> String {
     e.to_string().lines().next().unwrap_or_default().to_owned()
+}
+
+/// The distributed planner, and above its `DistributedExec` a
+/// [`ClusterScanExec`] for the failures that the distributed engine reports
+/// there rather than through the scan's stream (a worker refusing a plan,
+/// or not reachable when the plan is sent).
+#[derive(Debug)]
+struct ClusterPlanner {
+    distributed: Arc<dyn QueryPlanner + Send + Sync>,
+    cluster: Cluster,
+}
+
+#[async_trait::async_trait]
+impl QueryPlanner for ClusterPlanner {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session_state: &dyn Session,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let plan = self.distributed.create_physical_plan(logical_plan, session_state).await?;
+        let mut tables = Vec::new();
+        plan.apply(|p| {
+            if let Some(scan) = p.downcast_ref::<ClusterScanExec>()
+                && !tables.contains(&scan.table)
+            {
+                tables.push(scan.table.clone());
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        if tables.is_empty() {
+            return Ok(plan);
+        }
+        let mut above = ClusterScanExec::new(plan, &self.cluster, &tables.join(", "));
+        above.engine_errors_only = true;
+        Ok(Arc::new(above))
+    }
+}
+
+/// Whether an error that reached the node's plan came from the distributed
+/// engine or a worker (rather than from the node's own operators).
+fn from_cluster(e: &DataFusionError, workers: &[SocketAddr]) -> bool {
+    match e.find_root() {
+        DataFusionError::External(inner) => {
+            inner.downcast_ref::<crate::source::postgres::PostgresError>().is_none()
+                && inner.downcast_ref::<crate::access::Refusal>().is_none()
+        }
+        other => {
+            let text = other.to_string();
+            text.contains("Distributed DataFusion") || workers.iter().any(|w| text.contains(&w.to_string()))
+        }
+    }
 }
 
 /// The configured workers, as URLs.
@@ -245,6 +301,10 @@ pub struct ClusterScanExec {
     register: String,
     table: String,
     workers: Vec<SocketAddr>,
+    /// Above `DistributedExec`: only errors of the distributed engine or a
+    /// worker are turned into [`ClusterError::ScanFailed`]; the node's own
+    /// (a cast the query asked for, memory) pass unchanged.
+    engine_errors_only: bool,
 }
 
 impl ClusterScanExec {
@@ -254,6 +314,7 @@ impl ClusterScanExec {
             register: cluster.register.clone(),
             table: table.to_owned(),
             workers: cluster.workers.clone(),
+            engine_errors_only: false,
         }
     }
 }
@@ -261,7 +322,8 @@ impl ClusterScanExec {
 impl DisplayAs for ClusterScanExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let workers: Vec<String> = self.workers.iter().map(ToString::to_string).collect();
-        write!(f, "ClusterScanExec: table={}, workers=[{}]", self.table, workers.join(", "))
+        let what = if self.engine_errors_only { "tables" } else { "table" };
+        write!(f, "ClusterScanExec: {what}={}, workers=[{}]", self.table, workers.join(", "))
     }
 }
 
@@ -294,16 +356,21 @@ impl ExecutionPlan for ClusterScanExec {
             register: self.register.clone(),
             table: self.table.clone(),
             workers: self.workers.clone(),
+            engine_errors_only: self.engine_errors_only,
         }))
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
         let failed = {
             let (register, table, workers) = (self.register.clone(), self.table.clone(), self.workers.clone());
+            let engine_errors_only = self.engine_errors_only;
             move |e: DataFusionError| -> DataFusionError {
                 if let DataFusionError::External(inner) = e.find_root()
                     && inner.downcast_ref::<ClusterError>().is_some()
                 {
+                    return e;
+                }
+                if engine_errors_only && !from_cluster(&e, &workers) {
                     return e;
                 }
                 let text = e.to_string();

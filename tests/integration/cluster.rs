@@ -144,10 +144,12 @@ async fn opted_out_person_is_absent_when_workers_scan_the_rows() {
     // The scan and the filter run on the workers, below the pseudonymiser at the node.
     let plan = ctx.sql(&sql).await.expect("plan").create_physical_plan().await.expect("physical plan");
     let shown = displayable(plan.as_ref()).indent(true).to_string();
-    assert!(shown.starts_with("DistributedExec"), "a distributed plan:\n{shown}");
+    assert!(shown.starts_with("ClusterScanExec: tables=dispensations"), "a distributed plan:\n{shown}");
     let at = |what: &str| shown.find(what).unwrap_or_else(|| panic!("{what} in the plan:\n{shown}"));
-    assert!(at("PseudonymiseExec") < at("ClusterScanExec"), "pseudonymiser at the node, above the cluster:\n{shown}");
-    assert!(at("ClusterScanExec") < at("NetworkCoalesceExec"), "{shown}");
+    assert!(at("DistributedExec") < at("PseudonymiseExec"), "{shown}");
+    let scan = "ClusterScanExec: table=dispensations";
+    assert!(at("PseudonymiseExec") < at(scan), "pseudonymiser at the node, above the cluster:\n{shown}");
+    assert!(at(scan) < at("NetworkCoalesceExec"), "{shown}");
     assert!(at("NetworkCoalesceExec") < at("DataSourceExec"), "the files are read on the workers:\n{shown}");
     let below = &shown[at("NetworkCoalesceExec")..];
     for kept_at_node in ["PseudonymiseExec", "AggregateExec"] {
