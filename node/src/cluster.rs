@@ -5,14 +5,16 @@
 //!
 //! ```text
 //!   node process (the only thing the federation talks to, mTLS, audit)
-//!     DistributedExec                         ← runs here
-//!       … the sub-query's aggregates, joins, filters on `person` …
-//!         PseudonymiseExec: opt-outs out, pnr → pseudonym, own unit only
-//!           ClusterScanExec: errors name node, table and worker
-//!             NetworkCoalesceExec ◀── gRPC (holder's network) ── tasks
-//!   worker processes (`samkor worker --data DIR`)                 │
-//!     FilterExec: non-person filters of the query                 │
-//!       DataSourceExec: a share of the table's Parquet/CSV files ─┘
+//!     ClusterScanExec: tables=…   (engine failures name node, tables, worker)
+//!       DistributedExec                       ← its head stage runs here
+//!         … the sub-query's aggregates, joins, filters on `person` …
+//!           PseudonymiseExec: opt-outs out, pnr → pseudonym, own unit only
+//!             ClusterScanExec: table=… (stream failures name node, table, worker)
+//!               NetworkCoalesceExec ◀── gRPC (holder's network) ── tasks
+//!   worker processes (`samkor worker --data DIR`)                   │
+//!     CoalescePartitionsExec (one stream per task)                  │
+//!       FilterExec: non-person filters of the query                 │
+//!         DataSourceExec: a share of the table's Parquet/CSV files ─┘
 //! ```
 //!
 //! [`ScanOnCluster`] is a physical optimizer rule: it places the network
