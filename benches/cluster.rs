@@ -67,6 +67,17 @@ fn main() -> anyhow::Result<()> {
         let mut plain = NodeConfig::parse(&node_toml, &text)?;
         plain.node.audit_log = dir.join("lmr").join("bench-files.jsonl");
         let plain = NodeState::open(plain).await?;
+        let ctx = plain.session(&Scope::Project("bench".into()), None)?;
+        let rows = ctx.sql("SELECT count(*) FROM dispensations").await?.collect().await?;
+        println!(
+            "lmr.dispensations: {} rows",
+            arrow::util::pretty::pretty_format_batches(&rows)?
+                .to_string()
+                .lines()
+                .nth(3)
+                .unwrap_or_default()
+                .trim_matches(|c: char| c == '|' || c == ' ')
+        );
         println!("query: {SQL}");
         let (times, groups) = time_runs(&plain, runs).await?;
         report("parquet", &times, runs, groups);
