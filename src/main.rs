@@ -34,6 +34,8 @@ enum Command {
     },
     /// Run a register node.
     Node(NodeArgs),
+    /// Run one of a holder's workers, which scan a node's files for it (`[cluster]` in node.toml).
+    Worker(WorkerArgs),
     /// Run the coordinator.
     Coordinator(CoordinatorArgs),
     /// Run the coordinator with its read-only web console beside it (loopback only; prints login links).
@@ -212,6 +214,17 @@ struct NodeArgs {
     listen: Option<std::net::SocketAddr>,
 }
 
+#[derive(Debug, clap::Args)]
+struct WorkerArgs {
+    /// Address to listen on: loopback or one address of the holder's private network
+    /// (port 0 picks a free port; the address is printed).
+    #[arg(long, env = "SAMKOR_WORKER_LISTEN")]
+    listen: std::net::SocketAddr,
+    /// The directory holding the node's data files; the worker reads nothing outside it.
+    #[arg(long, env = "SAMKOR_WORKER_DATA")]
+    data: PathBuf,
+}
+
 const REGISTERS: [&str; 5] = ["hip", "npr", "lmr", "dors", "pop"];
 
 fn main() -> ExitCode {
@@ -341,6 +354,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Node(args) => node(args).await,
+        Command::Worker(args) => worker(args).await,
         Command::Coordinator(args) => coordinator(args).await,
         Command::Console(args) => console(args).await,
         Command::Query(args) => query(args).await,
@@ -412,6 +426,16 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
     println!("node {} listening on {} (mutual TLS 1.3)", node.state.register(), node.addr);
     tokio::select! {
         r = node.wait() => r.context("the node server stopped")?,
+        _ = tokio::signal::ctrl_c() => println!("stopping"),
+    }
+    Ok(())
+}
+
+async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let worker = samkor_node::worker::start(args.listen, &args.data).await?;
+    println!("worker listening on {} (plain gRPC, for the holder's node only)", worker.addr);
+    tokio::select! {
+        r = worker.wait() => r.context("the worker server stopped")?,
         _ = tokio::signal::ctrl_c() => println!("stopping"),
     }
     Ok(())

@@ -33,6 +33,27 @@ pub struct NodeConfig {
     pub tls: TlsFiles,
     pub access: AccessSection,
     pub tables: Vec<TableConfig>,
+    /// The holder's own cluster of workers, if the node's scans run there.
+    pub cluster: Option<ClusterSection>,
+}
+
+/// `[cluster]`: the holder's workers (`samkor worker`) that scan this node's
+/// file tables. See docs/architecture.md, "A node in front of a cluster".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Workers' addresses (`host:port`), on loopback or the holder's private network.
+    pub workers: Vec<SocketAddr>,
+    /// The tables scanned on the workers; default every Parquet or CSV table.
+    #[serde(default)]
+    pub tables: Option<Vec<String>>,
+}
+
+impl ClusterSection {
+    /// Whether `table` is scanned on the workers.
+    pub fn scans(&self, table: &TableConfig) -> bool {
+        table.postgres.is_none() && self.tables.as_ref().is_none_or(|t| t.contains(&table.name))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -263,6 +284,8 @@ struct RawConfig {
     #[serde(default)]
     access: AccessSection,
     tables: Vec<TableConfig>,
+    #[serde(default)]
+    cluster: Option<ClusterSection>,
 }
 
 fn is_identifier(s: &str) -> bool {
@@ -432,7 +455,44 @@ impl NodeConfig {
                 Some(_) => {}
             }
         }
-        Ok(NodeConfig { path: path.to_owned(), node, tls: raw.tls.relative_to(base), access: raw.access, tables })
+        if let Some(cluster) = &raw.cluster {
+            if cluster.workers.is_empty() {
+                return Err(invalid(
+                    "[cluster] workers is empty: list the workers' addresses, or remove [cluster] to scan at the node"
+                        .into(),
+                ));
+            }
+            let mut seen = HashSet::new();
+            for w in &cluster.workers {
+                if w.ip().is_unspecified() || w.port() == 0 {
+                    return Err(invalid(format!(
+                        "[cluster] worker {w} is not an address a worker listens on: give its host and port"
+                    )));
+                }
+                if !seen.insert(w) {
+                    return Err(invalid(format!("[cluster] worker {w} is listed twice")));
+                }
+            }
+            for name in cluster.tables.iter().flatten() {
+                match tables.iter().find(|t| &t.name == name) {
+                    None => return Err(invalid(format!("[cluster] tables: {name:?} is not a table of this node"))),
+                    Some(t) if t.postgres.is_some() => {
+                        return Err(invalid(format!(
+                            "[cluster] tables: {name} is served from PostgreSQL; only Parquet and CSV tables are scanned on workers"
+                        )));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        Ok(NodeConfig {
+            path: path.to_owned(),
+            node,
+            tls: raw.tls.relative_to(base),
+            access: raw.access,
+            tables,
+            cluster: raw.cluster,
+        })
     }
 }
 
@@ -552,6 +612,20 @@ person_column = "pnr"
                 .contains("unknown field `url`")
         );
         assert!(err(&GOOD.replace("path = \"operations/*.parquet\"\n", "")).contains("missing `path`"));
+        let cluster = |section: &str| format!("{GOOD}\n[cluster]\n{section}\n");
+        let c = NodeConfig::parse(
+            Path::new("/data/hip/node.toml"),
+            &cluster("workers = [\"127.0.0.1:50051\", \"10.0.0.2:50051\"]"),
+        )
+        .expect("valid");
+        let section = c.cluster.as_ref().expect("cluster section");
+        assert_eq!(section.workers.len(), 2);
+        assert!(section.scans(&c.tables[0]), "every file table by default");
+        assert!(err(&cluster("workers = []")).contains("[cluster] workers is empty"));
+        assert!(err(&cluster("workers = [\"0.0.0.0:5\"]")).contains("not an address a worker listens on"));
+        assert!(err(&cluster("workers = [\"127.0.0.1:5\", \"127.0.0.1:5\"]")).contains("listed twice"));
+        assert!(err(&cluster("workers = [\"127.0.0.1:5\"]\ntables = [\"prom\"]")).contains("\"prom\" is not a table"));
+        assert!(err(&cluster("workers = [\"worker-1\"]")).contains("invalid socket address"));
         let e = NodeConfig::load(Path::new("/nonexistent/node.toml")).unwrap_err().to_string();
         assert!(e.starts_with("cannot read node config /nonexistent/node.toml: "), "{e}");
     }

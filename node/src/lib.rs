@@ -15,6 +15,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod cluster;
 pub mod config;
 pub mod counting;
 pub mod optout;
@@ -24,6 +25,7 @@ pub mod service;
 pub mod source;
 pub mod state;
 pub mod table;
+pub mod worker;
 
 pub use config::NodeConfig;
 pub use server::{RunningNode, start};

@@ -156,6 +156,12 @@ fn run_error(register: &str, query_id: &str, e: &DataFusionError) -> Status {
     {
         return Status::unavailable(format!("{pg} (sub-query {query_id})"));
     }
+    // The holder's cluster: node, table and worker are named, the cause stays in the log.
+    if let DataFusionError::External(inner) = e.find_root()
+        && let Some(cluster) = inner.downcast_ref::<crate::cluster::ClusterError>()
+    {
+        return Status::unavailable(format!("{cluster} (sub-query {query_id})"));
+    }
     match e.find_root() {
         DataFusionError::ResourcesExhausted(_) => Status::resource_exhausted(format!(
             "node {register}: sub-query {query_id} exceeded the node's memory limit"

@@ -32,6 +32,8 @@ pub enum StartError {
     Audit(#[from] samkor_policies::audit::AuditError),
     #[error("cannot create the directory {} of the audit log: {source}", path.display())]
     AuditDir { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("cannot listen on {addr}: {source}; is another node running there? choose another `listen` address")]
     Listen { addr: std::net::SocketAddr, source: std::io::Error },
 }
@@ -46,6 +48,7 @@ pub struct NodeState {
     catalogue: pb::Catalogue,
     runtime: Arc<RuntimeEnv>,
     active: Arc<std::sync::atomic::AtomicUsize>,
+    cluster: Option<crate::cluster::Cluster>,
 }
 
 /// Counts a sub-query as running until dropped (when its stream ends, fails
@@ -70,13 +73,20 @@ impl NodeState {
         let state = probe.state();
         let mut tables = Vec::with_capacity(config.tables.len());
         for t in &config.tables {
-            let served = ServedTable::open(&config.node.register, t.clone(), &state)
+            let mut served = ServedTable::open(&config.node.register, t.clone(), &state)
                 .await
                 .map_err(|source| StartError::Table { config: config.path.clone(), source })?;
+            if config.cluster.as_ref().is_some_and(|c| c.scans(t)) {
+                served = served.scanned_on_cluster();
+            }
             tables.push(Arc::new(served));
         }
+        let cluster = config.cluster.as_ref().map(|c| crate::cluster::Cluster::new(&config.node.register, c));
+        if let Some(cluster) = &cluster {
+            cluster.check_workers().await?;
+        }
         let catalogue = catalogue(&config);
-        Ok(NodeState { config, key, opt_outs, tables, catalogue, runtime, active: Arc::default() })
+        Ok(NodeState { config, key, opt_outs, tables, catalogue, runtime, active: Arc::default(), cluster })
     }
 
     pub fn register(&self) -> &str {
@@ -150,7 +160,10 @@ impl NodeState {
     /// A session in which `scope`'s SQL runs: the node's tables under the
     /// register's schema (also the default schema), nothing else.
     pub fn session(&self, scope: &Scope, read: Option<Arc<ColumnsRead>>) -> Result<SessionContext, OptOutError> {
-        let ctx = SessionContext::new_with_config_rt(session_config(self.register()), self.runtime.clone());
+        let ctx = match &self.cluster {
+            None => SessionContext::new_with_config_rt(session_config(self.register()), self.runtime.clone()),
+            Some(cluster) => crate::cluster::session(cluster, session_config(self.register()), self.runtime.clone()),
+        };
         for (name, provider) in self.tables_for(scope, read)? {
             ctx.register_table(name.as_str(), provider).expect("the default schema accepts tables");
         }

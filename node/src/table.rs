@@ -76,6 +76,8 @@ pub struct ServedTable {
     /// The schema clients see: the person column renamed to `person`.
     exposed: SchemaRef,
     person_idx: usize,
+    /// The scans run on the holder's cluster ([`crate::cluster`]).
+    on_cluster: bool,
 }
 
 fn data_files_exist(path: &str) -> bool {
@@ -162,7 +164,13 @@ impl ServedTable {
                     })
                     .collect::<Vec<_>>(),
             ));
-        ServedTable { config, inner, exposed, person_idx }
+        ServedTable { config, inner, exposed, person_idx, on_cluster: false }
+    }
+
+    /// The same table, its scans run on the holder's cluster.
+    pub fn scanned_on_cluster(mut self) -> ServedTable {
+        self.on_cluster = true;
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -386,7 +394,8 @@ impl TableProvider for ProjectTable {
                 self.pseudonymiser.clone(),
                 self.opt_outs.clone(),
             )
-            .persons_counted_only(self.persons_counted_only),
+            .persons_counted_only(self.persons_counted_only)
+            .on_cluster(self.served.on_cluster.then(|| table.clone())),
         ))
     }
 }
@@ -408,6 +417,8 @@ pub struct PseudonymiseExec {
     opt_outs: Arc<OptOutSet>,
     /// `person` holds the identity number: the plan above only counts persons.
     counted_only: bool,
+    /// The table whose scan below runs on the holder's cluster ([`crate::cluster`]).
+    cluster_table: Option<String>,
     properties: Arc<PlanProperties>,
 }
 
@@ -437,6 +448,7 @@ impl PseudonymiseExec {
             pseudonymiser,
             opt_outs,
             counted_only: false,
+            cluster_table: None,
             properties,
         }
     }
@@ -444,6 +456,21 @@ impl PseudonymiseExec {
     fn persons_counted_only(mut self, counted_only: bool) -> Self {
         self.counted_only = counted_only;
         self
+    }
+
+    fn on_cluster(mut self, table: Option<String>) -> Self {
+        self.cluster_table = table;
+        self
+    }
+
+    /// The table whose scan (below this operator) runs on the holder's cluster.
+    pub fn scanned_on_cluster(&self) -> Option<&str> {
+        self.cluster_table.as_deref()
+    }
+
+    /// The scan below.
+    pub fn input(&self) -> &Arc<dyn ExecutionPlan> {
+        &self.input
     }
 }
 
@@ -498,7 +525,8 @@ impl ExecutionPlan for PseudonymiseExec {
                 self.pseudonymiser.clone(),
                 self.opt_outs.clone(),
             )
-            .persons_counted_only(self.counted_only),
+            .persons_counted_only(self.counted_only)
+            .on_cluster(self.cluster_table.clone()),
         ))
     }
 

@@ -224,6 +224,15 @@ async fn attack_suite_with_registers_from_postgres() {
     run_attack_suite(dir.path()).await;
 }
 
+/// The attack suite with `lmr` and `npr` scanned on their holders' workers:
+/// scans and filters there, opt-outs, pseudonyms and disclosure control at
+/// node and coordinator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_suite_with_registers_on_clusters() {
+    let (dir, _workers) = crate::cluster::federation_dir(&["lmr", "npr"], 2).await;
+    run_attack_suite(dir.path()).await;
+}
+
 /// Runs every attack on the federation of `fed_dir`; exact answers are
 /// compared with the pooled session over the synthetic Parquet files.
 async fn run_attack_suite(fed_dir: &Path) {

@@ -4,6 +4,7 @@
 //! written by `samkor synth`.
 
 mod cli;
+mod cluster;
 mod common;
 mod console;
 mod coordinator;

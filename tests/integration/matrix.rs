@@ -360,6 +360,15 @@ async fn federation_with_hip_from_postgres_agrees_with_pooled_files() {
     run_matrix(dir.path(), common::synth_dir(), Tolerance::Exact).await;
 }
 
+/// The same matrix with `lmr` and `npr` scanned by their holders' own
+/// workers (`samkor worker` processes, `crate::cluster`), against the pooled
+/// session over the files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federation_with_lmr_and_npr_on_clusters_agrees_with_pooled_files() {
+    let (dir, _workers) = crate::cluster::federation_dir(&["lmr", "npr"], 2).await;
+    run_matrix(dir.path(), common::synth_dir(), Tolerance::Exact).await;
+}
+
 /// Runs every case on the federation of `fed_dir` and on the pooled session of `pooled_dir`.
 async fn run_matrix(fed_dir: &Path, pooled_dir: &Path, tolerance: Tolerance) {
     let cases = load_cases();

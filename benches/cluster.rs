@@ -1,0 +1,105 @@
+//! A node in front of a cluster vs the plain Parquet node: the node's
+//! filtered group-by on `lmr.dispensations` with its scan on 1, 2 and 3
+//! `samkor worker` processes on loopback, median of several runs. On a
+//! machine with few cores the workers compete with the node for the same
+//! cores, so this measures the cluster's overhead (plans to serialize, rows
+//! through gRPC/Arrow IPC), not a speed-up.
+//!
+//! ```text
+//!  samkor synth (SAMKOR_BENCH_CLUSTER_PERSONS persons) ─▶ Parquet ─▶ NodeState (files, in process)
+//!                                                          └──────▶ NodeState + [cluster] workers = 1..3
+//!  SELECT atc, count(*), sum(ddd) FROM dispensations WHERE region = 'Skåne' GROUP BY atc
+//! ```
+//!
+//! Run: `CARGO_TARGET_DIR=/work/target-release nice -n 15 cargo bench --bench cluster`
+//! Environment: SAMKOR_BENCH_CLUSTER_PERSONS (default 1250000, ~10 M dispensations),
+//! SAMKOR_BENCH_RUNS (default 3), SAMKOR_BENCH_CLUSTER_DIR (reuse a synth directory;
+//! default a temp dir).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use samkor_node::access::Scope;
+use samkor_node::{NodeConfig, NodeState};
+
+const SQL: &str = "SELECT atc, count(*), sum(ddd) FROM dispensations WHERE region = 'Skåne' GROUP BY atc";
+
+async fn time_runs(state: &NodeState, runs: usize) -> anyhow::Result<(Vec<Duration>, usize)> {
+    let mut times = Vec::new();
+    let mut groups = 0;
+    for _ in 0..runs {
+        let ctx = state.session(&Scope::Project("bench".into()), None)?;
+        let t = Instant::now();
+        let batches = ctx.sql(SQL).await?.collect().await?;
+        times.push(t.elapsed());
+        groups = batches.iter().map(|b| b.num_rows()).sum();
+    }
+    times.sort();
+    Ok((times, groups))
+}
+
+fn main() -> anyhow::Result<()> {
+    common::init_tracing();
+    let persons = common::env_u64("SAMKOR_BENCH_CLUSTER_PERSONS", 1_250_000);
+    let runs = common::env_u64("SAMKOR_BENCH_RUNS", 3) as usize;
+    let tmp = tempfile::tempdir()?;
+    let dir = std::env::var("SAMKOR_BENCH_CLUSTER_DIR").map(Into::into).unwrap_or_else(|_| tmp.path().to_owned());
+    let node_toml = dir.join("lmr").join("node.toml");
+    if !node_toml.exists() {
+        samkor::certs::write_federation_key(&dir.join("federation.key"))?;
+        let t = Instant::now();
+        samkor::synth::generate(&samkor::synth::SynthOptions { out: dir.clone(), persons, seed: 1 })?;
+        println!("synth {persons} persons: {:.1} s", t.elapsed().as_secs_f64());
+    }
+    let text = std::fs::read_to_string(&node_toml)?;
+    let data = dir.join("lmr").display().to_string();
+    let workers: Vec<common::Server> = (0..3)
+        .map(|i| {
+            common::Server::spawn(
+                &["worker", "--listen", "127.0.0.1:0", "--data", &data],
+                "listening on ",
+                &dir.join(format!("worker-{i}.stderr")),
+            )
+        })
+        .collect();
+    common::runtime().block_on(async {
+        let mut plain = NodeConfig::parse(&node_toml, &text)?;
+        plain.node.audit_log = dir.join("lmr").join("bench-files.jsonl");
+        let plain = NodeState::open(plain).await?;
+        let ctx = plain.session(&Scope::Project("bench".into()), None)?;
+        let rows = ctx.sql("SELECT count(*) FROM dispensations").await?.collect().await?;
+        println!(
+            "lmr.dispensations: {} rows",
+            arrow::util::pretty::pretty_format_batches(&rows)?
+                .to_string()
+                .lines()
+                .nth(3)
+                .unwrap_or_default()
+                .trim_matches(|c: char| c == '|' || c == ' ')
+        );
+        println!("query: {SQL}");
+        let (times, groups) = time_runs(&plain, runs).await?;
+        report("parquet", &times, runs, groups);
+        for n in 1..=3 {
+            let list: Vec<String> = workers[..n].iter().map(|w| format!("\"{}\"", w.addr)).collect();
+            let with = format!("{text}\n[cluster]\nworkers = [{}]\n", list.join(", "));
+            let mut config = NodeConfig::parse(&node_toml, &with)?;
+            config.node.audit_log = dir.join("lmr").join(format!("bench-cluster-{n}.jsonl"));
+            let state = NodeState::open(config).await?;
+            let (times, groups) = time_runs(&state, runs).await?;
+            report(&format!("{n} worker{}", if n == 1 { "" } else { "s" }), &times, runs, groups);
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(())
+}
+
+fn report(name: &str, times: &[Duration], runs: usize, groups: usize) {
+    println!(
+        "{name:<10} median {:>8.1} ms  min {:>8.1} ms  max {:>8.1} ms  ({runs} runs, {groups} groups)",
+        common::ms(times[times.len() / 2]),
+        common::ms(times[0]),
+        common::ms(times[times.len() - 1])
+    );
+}
