@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use arrow::array::{Array, AsArray, RecordBatch, StringArray};
+use arrow::array::{Array, AsArray, StringArray};
 use datafusion::physical_plan::displayable;
 use samkor_node::access::Scope;
 use samkor_node::{NodeConfig, NodeState};
@@ -82,26 +82,6 @@ pub async fn federation_dir(registers: &[&str], n: usize) -> (tempfile::TempDir,
     (dir, all)
 }
 
-fn opted_out(dir: &Path, register: &str) -> BTreeSet<String> {
-    std::fs::read_to_string(dir.join(register).join("optout.txt"))
-        .expect("opt-out list")
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_owned)
-        .collect()
-}
-
-fn strings(batches: &[RecordBatch], col: usize) -> Vec<String> {
-    batches
-        .iter()
-        .flat_map(|b| {
-            let a = b.column(col).as_string::<i32>();
-            (0..a.len()).map(|i| a.value(i).to_owned()).collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 /// The federation of `dir` without perturbation (answers compared exactly).
 async fn exact_federation_in(dir: &Path) -> samkor::federation::LocalFederation {
     let options = samkor::federation::LocalOptions { perturbation: false, ..Default::default() };
@@ -117,7 +97,7 @@ async fn open(dir: &Path, register: &str) -> NodeState {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opted_out_person_is_absent_when_workers_scan_the_rows() {
     let (dir, _workers) = federation_dir(&["lmr"], 2).await;
-    let out = opted_out(dir.path(), "lmr");
+    let out = common::opted_out(dir.path(), "lmr");
 
     // The raw rows, read straight from the files: a dispensation of an opted-out person.
     let raw = datafusion::prelude::SessionContext::new();
@@ -130,7 +110,7 @@ async fn opted_out_person_is_absent_when_workers_scan_the_rows() {
         .collect()
         .await
         .expect("rows");
-    let (pnrs, atcs) = (strings(&batches, 0), strings(&batches, 1));
+    let (pnrs, atcs) = (common::strings(&batches, 0), common::strings(&batches, 1));
     let hit = pnrs.iter().position(|p| out.contains(p)).expect("an opted-out person has a dispensation");
     let atc = &atcs[hit];
     let same: BTreeSet<String> = pnrs.iter().zip(&atcs).filter(|(_, a)| *a == atc).map(|(p, _)| p.clone()).collect();
@@ -157,7 +137,7 @@ async fn opted_out_person_is_absent_when_workers_scan_the_rows() {
     }
 
     let batches = ctx.sql(&sql).await.expect("plan").collect().await.expect("answer");
-    let served: BTreeSet<String> = strings(&batches, 0).into_iter().collect();
+    let served: BTreeSet<String> = common::strings(&batches, 0).into_iter().collect();
     let key = samkor_node::pseudonym::FederationKey::load(&dir.path().join("federation.key")).expect("key");
     let pseudonyms = |pnrs: &[String]| -> BTreeSet<String> {
         let a = key.for_project(PROJECT).pseudonymise(&StringArray::from(pnrs.to_vec())).expect("pseudonyms");

@@ -239,3 +239,26 @@ pub fn node_client(dir: &Path, user: &str, node: &samkor_node::RunningNode) -> s
     };
     samkor_proto::client::NodeClient::new(endpoint, &identity).expect("client")
 }
+
+/// The identity numbers on a register's opt-out list.
+pub fn opted_out(dir: &Path, register: &str) -> std::collections::BTreeSet<String> {
+    std::fs::read_to_string(dir.join(register).join("optout.txt"))
+        .expect("opt-out list")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The values of a text column over batches.
+pub fn strings(batches: &[arrow::record_batch::RecordBatch], col: usize) -> Vec<String> {
+    use arrow::array::{Array, AsArray};
+    batches
+        .iter()
+        .flat_map(|b| {
+            let a = b.column(col).as_string::<i32>();
+            (0..a.len()).map(|i| a.value(i).to_owned()).collect::<Vec<_>>()
+        })
+        .collect()
+}

@@ -19,26 +19,6 @@ use crate::pg::{self, Postgres};
 
 const PROJECT: &str = "P-1";
 
-fn opted_out(dir: &Path, register: &str) -> BTreeSet<String> {
-    std::fs::read_to_string(dir.join(register).join("optout.txt"))
-        .expect("opt-out list")
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_owned)
-        .collect()
-}
-
-fn strings(batches: &[RecordBatch], col: usize) -> Vec<String> {
-    batches
-        .iter()
-        .flat_map(|b| {
-            let a = b.column(col).as_string::<i32>();
-            (0..a.len()).map(|i| a.value(i).to_owned()).collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 /// The node config of `register` in `dir` with `from` replaced by `to`.
 fn config_with(dir: &Path, register: &str, from: &str, to: &str) -> NodeConfig {
     let path = dir.join(register).join("node.toml");
@@ -60,7 +40,7 @@ async fn opted_out_person_is_absent_when_the_database_serves_and_filters_the_row
     let pg = Postgres::start();
     let dir = pg::federation_dir(&pg, &["hip"]).await;
     let db = pg.client().await;
-    let out = opted_out(dir.path(), "hip");
+    let out = common::opted_out(dir.path(), "hip");
 
     // An operation of an opted-out person, found without sending any identity number to the database.
     let rows = db.query("SELECT pnr, hospital, op_date::text FROM hip.operations", &[]).await.expect("rows");
@@ -99,7 +79,7 @@ async fn opted_out_person_is_absent_when_the_database_serves_and_filters_the_row
     assert!(pseudonymise < shown.find("PostgresScanExec").expect("scan"), "pseudonymiser above the scan:\n{shown}");
 
     let batches = ctx.sql(&sql).await.expect("plan").collect().await.expect("answer");
-    let served: BTreeSet<String> = strings(&batches, 0).into_iter().collect();
+    let served: BTreeSet<String> = common::strings(&batches, 0).into_iter().collect();
     let key = samkor_node::pseudonym::FederationKey::load(&dir.path().join("federation.key")).expect("key");
     let pseudonyms = |pnrs: &[String]| -> BTreeSet<String> {
         let a = key.for_project(PROJECT).pseudonymise(&StringArray::from(pnrs.to_vec())).expect("pseudonyms");
