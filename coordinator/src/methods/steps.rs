@@ -40,67 +40,27 @@ pub(crate) trait Steps: Send + Sync {
     fn k(&self) -> f64;
 }
 
-#[async_trait::async_trait]
-impl Steps for MethodEnv {
-    async fn describe(&self, sql: &str) -> Result<SchemaRef> {
-        MethodEnv::describe(self, sql).await
-    }
-
-    async fn internal(&self, sql: &str) -> Result<Table> {
-        MethodEnv::internal(self, sql).await
-    }
-
-    async fn released(&self, sql: &str) -> Result<Table> {
-        MethodEnv::released(self, sql).await
-    }
-
-    async fn constant(&self, sql: &str) -> Result<Table> {
-        MethodEnv::constant(self, sql).await
-    }
-
-    async fn keep_rows(&self, sql: &str) -> Result<Option<String>> {
-        MethodEnv::keep_rows(self, sql).await
-    }
-
-    fn k(&self) -> f64 {
-        MethodEnv::k(self)
-    }
-}
-
 /// What a method needs to run its steps as the caller.
 #[derive(Debug)]
 pub struct MethodEnv {
     engine: Weak<Engine>,
     scope: QueryScope,
-    pub(super) approval: Arc<Approval>,
+    approval: Arc<Approval>,
     touched: Arc<Mutex<Touched>>,
-    /// Cells withheld per reason over every released step, for the answer's summary.
-    withheld: Mutex<BTreeMap<String, u64>>,
     /// Rows kept at the coordinator for internal steps ([`Steps::keep_rows`]), by name.
     kept: Mutex<Vec<(String, Arc<datafusion::datasource::MemTable>)>>,
 }
 
 impl MethodEnv {
     pub fn new(engine: Weak<Engine>, scope: QueryScope, approval: Arc<Approval>, touched: Arc<Mutex<Touched>>) -> Self {
-        MethodEnv {
-            engine,
-            scope,
-            approval,
-            touched,
-            withheld: Mutex::new(BTreeMap::new()),
-            kept: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// The threshold of the project's approval (persons per released cell).
-    pub fn k(&self) -> f64 {
-        f64::from(self.approval.disclosure.min_cell_persons.max(1))
+        MethodEnv { engine, scope, approval, touched, kept: Mutex::new(Vec::new()) }
     }
 
     fn engine(&self) -> Result<Arc<Engine>> {
         self.engine.upgrade().ok_or_else(|| DataFusionError::Internal("the coordinator is shutting down".into()))
     }
 
+    /// A step's session: the caller's project, the approval, the kept rows; no methods.
     fn session(&self, engine: &Engine) -> crate::engine::Session {
         let session = engine.session_without_methods(self.scope.clone(), self.approval.clone(), self.touched.clone());
         for (name, table) in self.kept.lock().expect("kept lock").iter() {
@@ -109,8 +69,53 @@ impl MethodEnv {
         session
     }
 
-    /// See [`Steps::keep_rows`].
-    pub async fn keep_rows(&self, sql: &str) -> Result<Option<String>> {
+    async fn run_internal(&self, sql: &str, constants_only: bool) -> Result<Table> {
+        let engine = self.engine()?;
+        let planned = engine.plan_internal(&self.session(&engine), sql).await.map_err(into_datafusion)?;
+        if constants_only && super::Scans::of(planned.df.logical_plan()).registers > 0 {
+            return Err(DataFusionError::Plan("it reads register tables".into()));
+        }
+        let (schema, batches, _) = collect(&engine, planned).await?;
+        Table::new(&schema, &batches, None)
+    }
+}
+
+#[async_trait::async_trait]
+impl Steps for MethodEnv {
+    async fn describe(&self, sql: &str) -> Result<SchemaRef> {
+        let engine = self.engine()?;
+        let planned = engine.plan_internal(&self.session(&engine), sql).await.map_err(into_datafusion)?;
+        Ok(planned.schema.clone())
+    }
+
+    async fn internal(&self, sql: &str) -> Result<Table> {
+        self.run_internal(sql, false).await
+    }
+
+    /// Suppressed, perturbed and marked as a query of the caller's would be.
+    async fn released(&self, sql: &str) -> Result<Table> {
+        let engine = self.engine()?;
+        let planned = engine.plan(&self.session(&engine), sql).await.map_err(into_datafusion)?;
+        let (schema, batches, mode) = collect(&engine, planned).await?;
+        let Mode::Aggregate(layout) = &mode else {
+            return Err(DataFusionError::Internal("a method's released step is not one aggregate table".into()));
+        };
+        let released = disclosure::release(&batches, &schema, layout, &self.approval).await?;
+        engine.differencing().check(
+            &self.approval.project,
+            &self.scope.query_id,
+            self.approval.disclosure.min_cell_persons,
+            &released.prints,
+        );
+        Table::new(&released.schema, &released.batches, Some(disclosure::WITHHELD_COLUMN))
+    }
+
+    /// Refused when the query reads register data (its numbers enter the answer as given).
+    async fn constant(&self, sql: &str) -> Result<Table> {
+        self.run_internal(sql, true).await
+    }
+
+    async fn keep_rows(&self, sql: &str) -> Result<Option<String>> {
         let engine = self.engine()?;
         let planned = engine.plan_internal(&self.session(&engine), sql).await.map_err(into_datafusion)?;
         let joined = datafusion::common::tree_node::TreeNode::exists(planned.df.logical_plan(), |p| {
@@ -127,61 +132,8 @@ impl MethodEnv {
         Ok(Some(name))
     }
 
-    /// The columns and types of a query's answer, planned (approval checked) but not run.
-    pub async fn describe(&self, sql: &str) -> Result<SchemaRef> {
-        let engine = self.engine()?;
-        let planned = engine.plan_internal(&self.session(&engine), sql).await.map_err(into_datafusion)?;
-        Ok(planned.schema.clone())
-    }
-
-    /// Runs an aggregate whose numbers stay in the coordinator.
-    pub async fn internal(&self, sql: &str) -> Result<Table> {
-        self.run_internal(sql, false).await
-    }
-
-    /// Runs a query that must read no register data (a standard population
-    /// given as constants): its numbers enter the method's answer as given.
-    pub async fn constant(&self, sql: &str) -> Result<Table> {
-        self.run_internal(sql, true).await
-    }
-
-    async fn run_internal(&self, sql: &str, constants_only: bool) -> Result<Table> {
-        let engine = self.engine()?;
-        let planned = engine.plan_internal(&self.session(&engine), sql).await.map_err(into_datafusion)?;
-        if constants_only && super::Scans::of(planned.df.logical_plan()).registers > 0 {
-            return Err(DataFusionError::Plan("it reads register tables".into()));
-        }
-        let (schema, batches, _) = collect(&engine, planned).await?;
-        Table::new(&schema, &batches, None)
-    }
-
-    /// Runs an aggregate through disclosure control, as a query of the caller's
-    /// would be released: suppressed, perturbed, withheld cells marked.
-    pub async fn released(&self, sql: &str) -> Result<Table> {
-        let engine = self.engine()?;
-        let planned = engine.plan(&self.session(&engine), sql).await.map_err(into_datafusion)?;
-        let (schema, batches, mode) = collect(&engine, planned).await?;
-        let Mode::Aggregate(layout) = &mode else {
-            return Err(DataFusionError::Internal("a method's released step is not one aggregate table".into()));
-        };
-        let released = disclosure::release(&batches, &schema, layout, &self.approval).await?;
-        let mut withheld = self.withheld.lock().expect("withheld lock");
-        for (reason, n) in &released.summary.withheld {
-            *withheld.entry(reason.clone()).or_default() += n;
-        }
-        drop(withheld);
-        engine.differencing().check(
-            &self.approval.project,
-            &self.scope.query_id,
-            self.approval.disclosure.min_cell_persons,
-            &released.prints,
-        );
-        Table::new(&released.schema, &released.batches, Some(disclosure::WITHHELD_COLUMN))
-    }
-
-    /// Cells withheld per reason over the steps so far.
-    pub fn withheld(&self) -> BTreeMap<String, u64> {
-        self.withheld.lock().expect("withheld lock").clone()
+    fn k(&self) -> f64 {
+        f64::from(self.approval.disclosure.min_cell_persons.max(1))
     }
 }
 
@@ -218,32 +170,32 @@ async fn collect(engine: &Engine, planned: crate::engine::Planned) -> Result<(Sc
 
 /// One row of a step's answer, by column name: text keys and numbers.
 #[derive(Debug, Clone, Default)]
-pub struct Row {
-    pub text: BTreeMap<String, Option<String>>,
-    pub num: BTreeMap<String, Option<f64>>,
+pub(crate) struct Row {
+    pub(crate) text: BTreeMap<String, Option<String>>,
+    pub(crate) num: BTreeMap<String, Option<f64>>,
     /// The withheld columns (released steps), or None.
-    pub withheld: Option<String>,
+    pub(crate) withheld: Option<String>,
 }
 
 impl Row {
-    pub fn key(&self, name: &str) -> Option<&str> {
+    pub(crate) fn key(&self, name: &str) -> Option<&str> {
         self.text.get(name).and_then(|v| v.as_deref())
     }
 
-    pub fn number(&self, name: &str) -> Option<f64> {
+    pub(crate) fn number(&self, name: &str) -> Option<f64> {
         self.num.get(name).copied().flatten()
     }
 
     /// The merged row of groups below the threshold (keys withheld).
-    pub fn is_merged(&self) -> bool {
+    pub(crate) fn is_merged(&self) -> bool {
         self.withheld.as_deref().is_some_and(|w| w.starts_with('*'))
     }
 }
 
 /// A step's answer.
 #[derive(Debug, Default)]
-pub struct Table {
-    pub rows: Vec<Row>,
+pub(crate) struct Table {
+    pub(crate) rows: Vec<Row>,
 }
 
 impl Table {
@@ -276,7 +228,7 @@ impl Table {
     }
 
     /// The first row's number (single-row aggregates).
-    pub fn scalar(&self, name: &str) -> Option<f64> {
+    pub(crate) fn scalar(&self, name: &str) -> Option<f64> {
         self.rows.first().and_then(|r| r.number(name))
     }
 }
