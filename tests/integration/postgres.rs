@@ -26,6 +26,8 @@ fn config_with(dir: &Path, register: &str, from: &str, to: &str) -> NodeConfig {
     assert!(text.contains(from), "{} holds {from:?}", path.display());
     let mut config = NodeConfig::parse(&path, &text.replacen(from, to, 1)).expect("config parses");
     config.node.audit_log = dir.join(register).join("audit").join("pg-test.jsonl");
+    // An ephemeral port: the config's port may be taken by a test running beside this one.
+    config.node.listen = "127.0.0.1:0".parse().expect("addr");
     config
 }
 
@@ -269,6 +271,8 @@ async fn node_reaches_the_database_over_verified_tls_and_names_tls_failures() {
         assert!(text.matches(from).count() == 2, "{} holds {from:?} twice", path.display());
         let mut config = NodeConfig::parse(&path, &text.replace(from, to)).expect("config parses");
         config.node.audit_log = dir.join(register).join("audit").join("pg-test.jsonl");
+        // An ephemeral port: the config's port may be taken by a test running beside this one.
+        config.node.listen = "127.0.0.1:0".parse().expect("addr");
         config
     };
 
