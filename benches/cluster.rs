@@ -23,22 +23,6 @@ use std::time::{Duration, Instant};
 use samkor_node::access::Scope;
 use samkor_node::{NodeConfig, NodeState};
 
-const SQL: &str = "SELECT atc, count(*), sum(ddd) FROM dispensations WHERE region = 'Skåne' GROUP BY atc";
-
-async fn time_runs(state: &NodeState, runs: usize) -> anyhow::Result<(Vec<Duration>, usize)> {
-    let mut times = Vec::new();
-    let mut groups = 0;
-    for _ in 0..runs {
-        let ctx = state.session(&Scope::Project("bench".into()), None)?;
-        let t = Instant::now();
-        let batches = ctx.sql(SQL).await?.collect().await?;
-        times.push(t.elapsed());
-        groups = batches.iter().map(|b| b.num_rows()).sum();
-    }
-    times.sort();
-    Ok((times, groups))
-}
-
 fn main() -> anyhow::Result<()> {
     common::init_tracing();
     let persons = common::env_u64("SAMKOR_BENCH_CLUSTER_PERSONS", 1_250_000);
@@ -78,8 +62,8 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_default()
                 .trim_matches(|c: char| c == '|' || c == ' ')
         );
-        println!("query: {SQL}");
-        let (times, groups) = time_runs(&plain, runs).await?;
+        println!("query: {}", common::NODE_GROUP_BY);
+        let (times, groups) = common::node_group_by_runs(&plain, runs).await?;
         report("parquet", &times, runs, groups);
         for n in 1..=3 {
             let list: Vec<String> = workers[..n].iter().map(|w| format!("\"{}\"", w.addr)).collect();
@@ -87,7 +71,7 @@ fn main() -> anyhow::Result<()> {
             let mut config = NodeConfig::parse(&node_toml, &with)?;
             config.node.audit_log = dir.join("lmr").join(format!("bench-cluster-{n}.jsonl"));
             let state = NodeState::open(config).await?;
-            let (times, groups) = time_runs(&state, runs).await?;
+            let (times, groups) = common::node_group_by_runs(&state, runs).await?;
             report(&format!("{n} worker{}", if n == 1 { "" } else { "s" }), &times, runs, groups);
         }
         anyhow::Ok(())

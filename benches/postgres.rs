@@ -16,27 +16,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
-use samkor_node::access::Scope;
 use samkor_node::{NodeConfig, NodeState};
-
-const SQL: &str = "SELECT atc, count(*), sum(ddd) FROM dispensations WHERE region = 'Skåne' GROUP BY atc";
-
-async fn time_runs(state: &NodeState, runs: usize) -> anyhow::Result<(Vec<Duration>, usize)> {
-    let mut times = Vec::new();
-    let mut groups = 0;
-    for _ in 0..runs {
-        let ctx = state.session(&Scope::Project("bench".into()), None)?;
-        let t = Instant::now();
-        let batches = ctx.sql(SQL).await?.collect().await?;
-        times.push(t.elapsed());
-        groups = batches.iter().map(|b| b.num_rows()).sum();
-    }
-    times.sort();
-    Ok((times, groups))
-}
 
 fn main() -> anyhow::Result<()> {
     common::init_tracing();
@@ -67,9 +50,9 @@ fn main() -> anyhow::Result<()> {
         database.node.audit_log = dir.join("lmr").join("bench-pg.jsonl");
         let files = NodeState::open(files).await?;
         let database = NodeState::open(database).await?;
-        println!("query: {SQL}");
+        println!("query: {}", common::NODE_GROUP_BY);
         for (name, state) in [("parquet", &files), ("postgres", &database)] {
-            let (times, groups) = time_runs(state, runs).await?;
+            let (times, groups) = common::node_group_by_runs(state, runs).await?;
             println!(
                 "{name:<9} median {:>8.1} ms  min {:>8.1} ms  max {:>8.1} ms  ({runs} runs, {groups} groups)",
                 common::ms(times[times.len() / 2]),

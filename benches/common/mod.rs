@@ -251,3 +251,25 @@ pub(crate) fn released(batches: &[arrow::record_batch::RecordBatch]) -> (Vec<arr
         .collect();
     (out, withheld)
 }
+
+/// The node's filtered group-by that the source benchmarks time (`benches/postgres.rs`, `benches/cluster.rs`).
+pub(crate) const NODE_GROUP_BY: &str =
+    "SELECT atc, count(*), sum(ddd) FROM dispensations WHERE region = 'Skåne' GROUP BY atc";
+
+/// Runs [`NODE_GROUP_BY`] `runs` times in a fresh project session of the node: the sorted times and the groups.
+pub(crate) async fn node_group_by_runs(
+    state: &samkor_node::NodeState,
+    runs: usize,
+) -> anyhow::Result<(Vec<Duration>, usize)> {
+    let mut times = Vec::new();
+    let mut groups = 0;
+    for _ in 0..runs {
+        let ctx = state.session(&samkor_node::access::Scope::Project("bench".into()), None)?;
+        let t = std::time::Instant::now();
+        let batches = ctx.sql(NODE_GROUP_BY).await?.collect().await?;
+        times.push(t.elapsed());
+        groups = batches.iter().map(|b| b.num_rows()).sum();
+    }
+    times.sort();
+    Ok((times, groups))
+}

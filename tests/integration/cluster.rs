@@ -8,7 +8,6 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use arrow::array::{Array, AsArray, StringArray};
 use datafusion::physical_plan::displayable;
 use samkor_node::access::Scope;
 use samkor_node::{NodeConfig, NodeState};
@@ -138,12 +137,7 @@ async fn opted_out_person_is_absent_when_workers_scan_the_rows() {
 
     let batches = ctx.sql(&sql).await.expect("plan").collect().await.expect("answer");
     let served: BTreeSet<String> = common::strings(&batches, 0).into_iter().collect();
-    let key = samkor_node::pseudonym::FederationKey::load(&dir.path().join("federation.key")).expect("key");
-    let pseudonyms = |pnrs: &[String]| -> BTreeSet<String> {
-        let a = key.for_project(PROJECT).pseudonymise(&StringArray::from(pnrs.to_vec())).expect("pseudonyms");
-        let a = a.as_string::<i32>();
-        (0..a.len()).map(|i| a.value(i).to_owned()).collect()
-    };
+    let pseudonyms = |pnrs: &[String]| common::pseudonyms(dir.path(), PROJECT, pnrs);
     assert_eq!(served, pseudonyms(&kept), "exactly the persons who did not opt out, pseudonymised");
     assert!(served.is_disjoint(&pseudonyms(&[pnrs[hit].clone()])), "the opted-out person is absent");
 

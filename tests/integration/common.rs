@@ -262,3 +262,12 @@ pub fn strings(batches: &[arrow::record_batch::RecordBatch], col: usize) -> Vec<
         })
         .collect()
 }
+
+/// The project pseudonyms of identity numbers, under the federation key in `dir`.
+pub fn pseudonyms(dir: &Path, project: &str, pnrs: &[String]) -> std::collections::BTreeSet<String> {
+    use arrow::array::{Array, AsArray, StringArray};
+    let key = samkor_node::pseudonym::FederationKey::load(&dir.join("federation.key")).expect("key");
+    let a = key.for_project(project).pseudonymise(&StringArray::from(pnrs.to_vec())).expect("pseudonyms");
+    let a = a.as_string::<i32>();
+    (0..a.len()).map(|i| a.value(i).to_owned()).collect()
+}

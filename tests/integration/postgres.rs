@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use arrow::array::{Array, AsArray, RecordBatch, StringArray};
+use arrow::array::RecordBatch;
 use datafusion::physical_plan::displayable;
 use futures::TryStreamExt;
 use samkor_node::access::Scope;
@@ -82,12 +82,7 @@ async fn opted_out_person_is_absent_when_the_database_serves_and_filters_the_row
 
     let batches = ctx.sql(&sql).await.expect("plan").collect().await.expect("answer");
     let served: BTreeSet<String> = common::strings(&batches, 0).into_iter().collect();
-    let key = samkor_node::pseudonym::FederationKey::load(&dir.path().join("federation.key")).expect("key");
-    let pseudonyms = |pnrs: &[String]| -> BTreeSet<String> {
-        let a = key.for_project(PROJECT).pseudonymise(&StringArray::from(pnrs.to_vec())).expect("pseudonyms");
-        let a = a.as_string::<i32>();
-        (0..a.len()).map(|i| a.value(i).to_owned()).collect()
-    };
+    let pseudonyms = |pnrs: &[String]| common::pseudonyms(dir.path(), PROJECT, pnrs);
     assert_eq!(served, pseudonyms(&kept), "exactly the persons who did not opt out, pseudonymised");
     let excluded = pseudonyms(&[hit.get::<_, String>(0)]);
     assert!(served.is_disjoint(&excluded), "the opted-out person is absent");
