@@ -7,6 +7,7 @@
 //!            ─▶ samkor_persons(record key)      distinct persons + cell key, one pass
 //!            ─▶ samkor_quantile(x, key, p, k)   a quantile as the mean of the values
 //!                                               of at least k persons around its rank
+//!            ─▶ samkor_top_sum(key, |x|, n)     the n largest persons' totals (dominance)
 //! ```
 //!
 //! None of them is for users: the coordinator refuses queries that name them
@@ -18,9 +19,11 @@
 
 mod ages;
 mod intervals;
+mod keyed;
 mod persons;
 mod quantile;
 mod record_key;
+mod top_sum;
 
 pub use ages::{
     AGE_BAND_FN, AGE_YEARS_FN, BIRTH_DECADE_FN, BIRTH_YEAR_FN, DAYS_BETWEEN_FN, GENERALISING_FUNCTIONS,
@@ -30,9 +33,10 @@ pub use intervals::{INTERVAL_FUNCTIONS, interval_udfs};
 pub use persons::{PERSONS_FN, PersonsCell, persons_udaf};
 pub use quantile::{QUANTILE_FN, quantile_udaf};
 pub use record_key::{RECORD_KEY_FN, RecordKeySecret, record_key_udf};
+pub use top_sum::{TOP_SUM_FN, top_sum_udaf};
 
 /// Names of every function of this crate (users may not call them).
-pub const INTERNAL_FUNCTIONS: &[&str] = &[RECORD_KEY_FN, PERSONS_FN, QUANTILE_FN];
+pub const INTERNAL_FUNCTIONS: &[&str] = &[RECORD_KEY_FN, PERSONS_FN, QUANTILE_FN, TOP_SUM_FN];
 
 /// Registers the functions in a session. `secret` is the record-key secret
 /// of the session's project: present at the nodes, absent at the
@@ -41,6 +45,7 @@ pub fn register(ctx: &datafusion::prelude::SessionContext, secret: Option<Record
     ctx.register_udf(record_key_udf(secret));
     ctx.register_udaf(persons_udaf());
     ctx.register_udaf(quantile_udaf());
+    ctx.register_udaf(top_sum_udaf());
     register_user_functions(ctx);
 }
 

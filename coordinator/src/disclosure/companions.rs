@@ -27,7 +27,7 @@ use datafusion::logical_expr::{
 use super::lineage::{expr_lineage, is_grouping_set};
 use super::rules::Rule;
 use super::statistics::{Kind, Stat, filtered};
-use super::{Layout, Origin, PREFIX, Parts, ROW_COLUMN, Rewriter, StatLayout, col_expr};
+use super::{Layout, Origin, Parts, ROW_COLUMN, Rewriter, StatLayout, col_expr};
 
 fn agg(func: Arc<AggregateUDF>, arg: Expr, distinct: bool) -> Expr {
     Expr::AggregateFunction(AggregateFunction::new_udf(func, vec![arg], distinct, None, vec![], None))
@@ -225,7 +225,6 @@ impl Rewriter<'_> {
             )
         });
         let k = i64::from(self.cx.approval.disclosure.min_cell_persons.max(1));
-        let mut dominance_args: Vec<Expr> = Vec::new();
         let mut layouts = Vec::new();
         for (i, (stat, original)) in stats.iter().zip(&a.aggr_expr).enumerate() {
             let mut parts = Parts::default();
@@ -271,9 +270,8 @@ impl Rewriter<'_> {
                             Some(c) => filtered(Some(c), stat.x.clone().expect("argument")),
                             None => stat.x.clone().expect("argument"),
                         };
-                        dominance_args.push(guarded);
-                        let n = dominance_args.len() - 1;
-                        parts.dominance_names = Some((format!("{PREFIX}dt{n}"), format!("{PREFIX}ds{n}")));
+                        let (top, total) = self.dominance(&persons, guarded)?;
+                        parts.dominance_names = Some((hidden.one(top, "dt"), hidden.one(total, "ds")));
                     }
                 }
             }
@@ -297,7 +295,6 @@ impl Rewriter<'_> {
             groups.iter().map(|g| hidden.one(agg(count_udaf(), g.clone(), false), "m")).collect::<Vec<String>>()
         });
         let aggr = std::mem::take(&mut hidden.aggr);
-        let dominance_input = (!dominance_args.is_empty()).then(|| input.clone());
         let mut plan = LogicalPlan::Aggregate(Aggregate::try_new(Arc::new(input), a.group_expr, aggr)?);
         if grouping_set {
             // The internal grouping id does not survive the SQL round trip to a
@@ -311,14 +308,6 @@ impl Rewriter<'_> {
                 .map(|(_, c)| Expr::Column(c))
                 .collect();
             plan = LogicalPlan::Projection(Projection::try_new(keep, Arc::new(plan))?);
-        }
-        if let Some(input) = dominance_input {
-            if grouping_set {
-                return Err(Rule::DominanceMargins.refuse(
-                    "sums and means of magnitudes cannot be checked for dominance in ROLLUP/CUBE/GROUPING SETS margins; query the margins as separate GROUP BYs",
-                ));
-            }
-            plan = self.with_dominance(plan, input, &groups, &persons, &dominance_args)?;
         }
         let layout = Layout::new(aggregate_schema, groups.len(), grouping_set, layouts, row, fingerprint, margin);
         Ok((plan, layout))

@@ -25,8 +25,6 @@ pub enum Rule {
     WindowOverAggregate,
     /// HAVING, LIMIT or a filter over grouping-set margins.
     MarginsFiltered,
-    /// Dominance cannot be checked in grouping-set margins.
-    DominanceMargins,
     /// Dominance cannot be checked over pre-aggregated rows.
     DominanceUntraceable,
     /// A scalar subquery's value cannot be traced to persons.
@@ -53,7 +51,6 @@ impl Rule {
         Rule::OneTable,
         Rule::WindowOverAggregate,
         Rule::MarginsFiltered,
-        Rule::DominanceMargins,
         Rule::DominanceUntraceable,
         Rule::Subquery,
         Rule::IdentifyingColumn,
@@ -73,7 +70,6 @@ impl Rule {
             Rule::OneTable => "disclosure.one_table",
             Rule::WindowOverAggregate => "disclosure.window_over_aggregate",
             Rule::MarginsFiltered => "disclosure.margins_filtered",
-            Rule::DominanceMargins => "disclosure.dominance_margins",
             Rule::DominanceUntraceable => "disclosure.dominance_untraceable",
             Rule::Subquery => "disclosure.subquery",
             Rule::IdentifyingColumn => "disclosure.identifying_column",
