@@ -271,3 +271,16 @@ pub fn pseudonyms(dir: &Path, project: &str, pnrs: &[String]) -> std::collection
     let a = a.as_string::<i32>();
     (0..a.len()).map(|i| a.value(i).to_owned()).collect()
 }
+
+/// An audit log's records once it holds at least `n` (a node writes the
+/// record of a stream's end in the background, after the rows have left).
+pub async fn audit_records(path: &Path, n: usize) -> Vec<samkor_policies::audit::AuditRecord> {
+    for _ in 0..500 {
+        let records = samkor_policies::audit::read_all(path).expect("the log reads").records;
+        if records.len() >= n {
+            return records;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{} did not reach {n} records", path.display());
+}
