@@ -83,7 +83,7 @@ pub enum ClusterError {
     )]
     WorkerDown { node: String, worker: String, reason: String },
     #[error(
-        "node {node}: cluster worker {worker} refused the node's certificate or TLS failed ({reason}); the worker needs a certificate from the federation CA carrying its host, and `--node` naming this node's certificate"
+        "node {node}: cluster worker {worker} refused the node's connection ({reason}); the node's certificate must come from the CA the worker trusts (--ca) and be named by the worker's --node, and the worker's certificate must come from the federation CA and carry the host the node dials"
     )]
     WorkerRefused { node: String, worker: String, reason: String },
     #[error(
@@ -134,24 +134,22 @@ impl Cluster {
         let wait = self.channels.timeout * 2;
         for (worker, url) in self.workers.iter().zip(&self.urls) {
             let (node, worker) = (self.register.clone(), worker.clone());
-            let answer = async {
-                let mut client = self.channels.get_worker_client_for_url(url).await?;
-                client.get_worker_info(GetWorkerInfoRequest {}).await
+            let silent = || format!("no answer within {} s", wait.as_secs());
+            let mut client = match tokio::time::timeout(wait, self.channels.get_worker_client_for_url(url)).await {
+                Ok(Ok(client)) => client,
+                Ok(Err(e)) if is_tls_refusal(&e) => {
+                    return Err(ClusterError::WorkerRefused { node, worker, reason: one_line(&e) });
+                }
+                Ok(Err(e)) => return Err(ClusterError::WorkerDown { node, worker, reason: one_line(&e) }),
+                Err(_) => return Err(ClusterError::WorkerDown { node, worker, reason: silent() }),
             };
-            match tokio::time::timeout(wait, answer).await {
+            match tokio::time::timeout(wait, client.get_worker_info(GetWorkerInfoRequest {})).await {
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    let reason = one_line(&e);
-                    return Err(if is_tls_refusal(&e) {
-                        ClusterError::WorkerRefused { node, worker, reason }
-                    } else {
-                        ClusterError::WorkerDown { node, worker, reason }
-                    });
-                }
-                Err(_) => {
-                    let reason = format!("no answer within {} s", wait.as_secs());
-                    return Err(ClusterError::WorkerDown { node, worker, reason });
-                }
+                // Connected, then refused: under TLS 1.3 a worker checks the node's
+                // certificate after the node's side of the handshake is done, and
+                // closes the connection (or answers PermissionDenied) on the first call.
+                Ok(Err(e)) => return Err(ClusterError::WorkerRefused { node, worker, reason: one_line(&e) }),
+                Err(_) => return Err(ClusterError::WorkerDown { node, worker, reason: silent() }),
             }
         }
         Ok(())
@@ -186,17 +184,16 @@ pub fn session(cluster: &Cluster, config: SessionConfig, runtime: Arc<RuntimeEnv
     SessionContext::new_with_state(state)
 }
 
+/// An error and its causes on one line.
 fn one_line(e: &DataFusionError) -> String {
-    e.to_string().lines().next().unwrap_or_default().to_owned()
+    e.to_string().lines().map(str::trim).filter(|l| !l.is_empty() && *l != "caused by").collect::<Vec<_>>().join(": ")
 }
 
 /// Whether a failure to reach a worker is the TLS handshake or the worker's
 /// refusal of the node's certificate (rather than a worker that is not there).
 fn is_tls_refusal(e: &DataFusionError) -> bool {
-    let mut text = format!("{e:?}");
-    text.push_str(&e.to_string());
-    let text = text.to_lowercase();
-    ["certificate", "tls", "handshake", "permission denied", "permissiondenied", "unknownissuer", "alert"]
+    let text = format!("{e:?} {e}").to_lowercase();
+    ["certificate", "handshake", "permission denied", "permissiondenied", "unknownissuer", "alert", "invalid peer"]
         .iter()
         .any(|w| text.contains(w))
 }
@@ -255,7 +252,7 @@ impl TlsChannels {
             .http2_keep_alive_interval(half)
             .keep_alive_timeout(half)
             .keep_alive_while_idle(true);
-        endpoint.connect().await.map_err(|e| failed("cannot connect over mutual TLS", &e))
+        endpoint.connect().await.map_err(|e| failed("cannot connect", &e))
     }
 }
 

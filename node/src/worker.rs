@@ -89,7 +89,7 @@ impl tonic::service::Interceptor for NodesOnly {
             Some(name) => {
                 tracing::warn!(client = %name, "a call from a certificate that is not the holder's node refused");
                 Err(tonic::Status::permission_denied(format!(
-                    "worker: the certificate {name:?} is not one of the holder's nodes ({}); only they may send plans (--node)",
+                    "worker: the certificate {name} is not one of the holder's nodes ({}); only they may send plans (--node)",
                     self.0.join(", ")
                 )))
             }
