@@ -244,7 +244,7 @@ struct WorkerArgs {
     ca: Option<PathBuf>,
     /// Certificate name of the holder's node that may send plans (e.g. node-lmr); repeat or
     /// separate with commas for several.
-    #[arg(long = "node", env = "SAMKOR_WORKER_NODES", value_delimiter = ',')]
+    #[arg(long = "node", value_name = "NAME", env = "SAMKOR_WORKER_NODES", value_delimiter = ',')]
     nodes: Vec<String>,
 }
 

@@ -333,6 +333,21 @@ async fn a_worker_admits_only_the_holders_node_with_a_federation_certificate() {
     assert_ne!(common::rows(&rows), vec![vec!["0".to_owned()]]);
 }
 
+#[test]
+fn a_worker_without_certificates_does_not_start() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_samkor"))
+        .args(["worker", "--listen", "127.0.0.1:0", "--data"])
+        .arg(common::synth_dir().join("lmr"))
+        .env("SAMKOR_LOG", "warn")
+        .output()
+        .expect("samkor worker runs");
+    assert_eq!(out.status.code(), Some(1), "refused, not serving plain gRPC");
+    assert!(out.stdout.is_empty(), "never says it listens");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("samkor: worker: no --cert: a worker serves only over mutual TLS;"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_a_plain_http_worker_refuses_to_start() {
     let dir = common::private_copy();
