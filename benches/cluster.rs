@@ -1,6 +1,7 @@
 //! A node in front of a cluster vs the plain Parquet node: the node's
 //! filtered group-by on `lmr.dispensations` with its scan on 1, 2 and 3
-//! `samkor worker` processes on loopback, median of several runs. On a
+//! `samkor worker` processes on loopback (node and workers over mutual TLS),
+//! median of several runs. On a
 //! machine with few cores the workers compete with the node for the same
 //! cores, so this measures the cluster's overhead (plans to serialize, rows
 //! through gRPC/Arrow IPC), not a speed-up.
@@ -36,12 +37,33 @@ fn main() -> anyhow::Result<()> {
         samkor::synth::generate(&samkor::synth::SynthOptions { out: dir.clone(), persons, seed: 1 })?;
         println!("synth {persons} persons: {:.1} s", t.elapsed().as_secs_f64());
     }
+    let certs = dir.join("certs");
+    if !certs.join("worker.pem").exists() {
+        samkor::certs::init(&certs, &["lmr"], &[])?;
+        samkor::certs::issue(&certs, &["worker".to_owned()])?;
+    }
     let text = std::fs::read_to_string(&node_toml)?;
     let data = dir.join("lmr").display().to_string();
+    let file = |name: &str| certs.join(name).display().to_string();
+    let (cert, key, ca) = (file("worker.pem"), file("worker.key"), file("ca.pem"));
     let workers: Vec<common::Server> = (0..3)
         .map(|i| {
             common::Server::spawn(
-                &["worker", "--listen", "127.0.0.1:0", "--data", &data],
+                &[
+                    "worker",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--data",
+                    &data,
+                    "--cert",
+                    &cert,
+                    "--key",
+                    &key,
+                    "--ca",
+                    &ca,
+                    "--node",
+                    "node-lmr",
+                ],
                 "listening on ",
                 &dir.join(format!("worker-{i}.stderr")),
             )
@@ -66,7 +88,7 @@ fn main() -> anyhow::Result<()> {
         let (times, groups) = common::node_group_by_runs(&plain, runs).await?;
         report("parquet", &times, runs, groups);
         for n in 1..=3 {
-            let list: Vec<String> = workers[..n].iter().map(|w| format!("\"{}\"", w.addr)).collect();
+            let list: Vec<String> = workers[..n].iter().map(|w| format!("\"https://{}\"", w.addr)).collect();
             let with = format!("{text}\n[cluster]\nworkers = [{}]\n", list.join(", "));
             let mut config = NodeConfig::parse(&node_toml, &with)?;
             config.node.audit_log = dir.join("lmr").join(format!("bench-cluster-{n}.jsonl"));

@@ -20,6 +20,10 @@ pub enum CertsError {
     Generate { name: String, source: rcgen::Error },
     #[error("name {0:?} is not usable in a certificate: use letters, digits, '-', '_' or '.'")]
     BadName(String),
+    #[error("cannot read {}: {source}; `samkor certs init` writes the CA there", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{} with {} is not a usable CA: {source}", cert.display(), key.display())]
+    BadCa { cert: PathBuf, key: PathBuf, source: rcgen::Error },
 }
 
 /// The file names `init` writes, relative to its output directory.
@@ -79,7 +83,29 @@ pub fn init(out: &Path, registers: &[&str], users: &[&str]) -> Result<(), CertsE
     let mut names: Vec<String> = vec![COORDINATOR.to_owned()];
     names.extend(registers.iter().map(|r| node_name(r)));
     names.extend(users.iter().map(|u| (*u).to_owned()));
-    for name in &names {
+    sign(out, &issuer, &names)
+}
+
+/// Issues certificates for `names` (e.g. a holder's workers) from the CA
+/// that `init` wrote to `dir` (`ca.pem`, `ca.key`), into `dir`. Like
+/// `init`'s, each is valid for `localhost`, 127.0.0.1 and ::1 and its name.
+pub fn issue(dir: &Path, names: &[String]) -> Result<(), CertsError> {
+    let (cert, key) = (dir.join("ca.pem"), dir.join("ca.key"));
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|source| CertsError::Read { path: path.to_owned(), source })
+    };
+    let bad = |source| CertsError::BadCa { cert: cert.clone(), key: key.clone(), source };
+    let ca_key = KeyPair::from_pem(&read(&key)?).map_err(bad)?;
+    let issuer = Issuer::from_ca_cert_pem(&read(&cert)?, ca_key).map_err(bad)?;
+    sign(dir, &issuer, names)
+}
+
+fn sign(out: &Path, issuer: &Issuer<'_, KeyPair>, names: &[String]) -> Result<(), CertsError> {
+    let gen_err = |name: &str| {
+        let name = name.to_owned();
+        move |source| CertsError::Generate { name: name.clone(), source }
+    };
+    for name in names {
         check_name(name)?;
         let key = KeyPair::generate().map_err(gen_err(name))?;
         let mut params = CertificateParams::new(vec!["localhost".to_owned(), name.clone()]).map_err(gen_err(name))?;
@@ -88,7 +114,7 @@ pub fn init(out: &Path, registers: &[&str], users: &[&str]) -> Result<(), CertsE
         params.distinguished_name.push(DnType::CommonName, name.as_str());
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        let cert = params.signed_by(&key, &issuer).map_err(gen_err(name))?;
+        let cert = params.signed_by(&key, issuer).map_err(gen_err(name))?;
         write(&out.join(cert_file(name)), cert.pem().as_bytes(), false)?;
         write(&out.join(key_file(name)), key.serialize_pem().as_bytes(), true)?;
     }
@@ -123,6 +149,15 @@ mod tests {
         assert_eq!(id.common_name().as_deref(), Some("alice"));
         let e = init(dir.path(), &[], &["bad name"]).unwrap_err().to_string();
         assert_eq!(e, "name \"bad name\" is not usable in a certificate: use letters, digits, '-', '_' or '.'");
+        issue(dir.path(), &["worker-hip-1".to_owned()]).expect("a certificate from the same CA");
+        let files = samkor_proto::tls::TlsFiles {
+            cert: dir.path().join("worker-hip-1.pem"),
+            key: dir.path().join("worker-hip-1.key"),
+            ca: dir.path().join("ca.pem"),
+        };
+        assert_eq!(files.load().expect("usable identity").common_name().as_deref(), Some("worker-hip-1"));
+        let e = issue(&dir.path().join("absent"), &["w".to_owned()]).unwrap_err().to_string();
+        assert!(e.starts_with("cannot read ") && e.contains("absent/ca.key"), "{e}");
         let key = dir.path().join("federation.key");
         write_federation_key(&key).expect("key");
         assert_eq!(std::fs::read_to_string(&key).expect("read").trim().len(), 64);

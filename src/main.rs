@@ -190,6 +190,15 @@ struct SynthArgs {
 
 #[derive(Debug, Subcommand)]
 enum CertsCommand {
+    /// Issue more certificates (e.g. for a holder's workers) from the development CA in DIR.
+    Issue {
+        /// The directory `certs init` wrote (holds ca.pem and ca.key); the certificates go there.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Certificate names (the common name is the identity), e.g. worker-lmr-1.
+        #[arg(required = true, value_delimiter = ',')]
+        names: Vec<String>,
+    },
     /// Create a development CA and certificates for a coordinator, nodes and users.
     Init {
         /// Output directory.
@@ -223,6 +232,20 @@ struct WorkerArgs {
     /// The directory holding the node's data files; the worker reads nothing outside it.
     #[arg(long, env = "SAMKOR_WORKER_DATA")]
     data: PathBuf,
+    /// The worker's certificate (PEM), issued by the federation CA and carrying the host
+    /// the node dials (`samkor certs issue`). Required: a worker serves only over mutual TLS.
+    #[arg(long, env = "SAMKOR_WORKER_CERT")]
+    cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long, env = "SAMKOR_WORKER_KEY")]
+    key: Option<PathBuf>,
+    /// The federation CA certificate (PEM); the node's client certificate must chain to it.
+    #[arg(long, env = "SAMKOR_WORKER_CA")]
+    ca: Option<PathBuf>,
+    /// Certificate name of the holder's node that may send plans (e.g. node-lmr); repeat or
+    /// separate with commas for several.
+    #[arg(long = "node", value_name = "NAME", env = "SAMKOR_WORKER_NODES", value_delimiter = ',')]
+    nodes: Vec<String>,
 }
 
 const REGISTERS: [&str; 5] = ["hip", "npr", "lmr", "dors", "pop"];
@@ -353,6 +376,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("development CA and certificates written to {}", out.display());
             Ok(())
         }
+        Command::Certs { command: CertsCommand::Issue { dir, names } } => {
+            samkor::certs::issue(&dir, &names)?;
+            println!("certificates for {} written to {}", names.join(", "), dir.display());
+            Ok(())
+        }
         Command::Node(args) => node(args).await,
         Command::Worker(args) => worker(args).await,
         Command::Coordinator(args) => coordinator(args).await,
@@ -432,8 +460,16 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
 }
 
 async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
-    let worker = samkor_node::worker::start(args.listen, &args.data).await?;
-    println!("worker listening on {} (plain gRPC, for the holder's node only)", worker.addr);
+    let options = samkor_node::worker::WorkerOptions {
+        listen: args.listen,
+        data: args.data,
+        cert: args.cert,
+        key: args.key,
+        ca: args.ca,
+        nodes: args.nodes,
+    };
+    let worker = samkor_node::worker::start(&options).await?;
+    println!("worker listening on {} (mutual TLS 1.3, for {} only)", worker.addr, options.nodes.join(", "));
     tokio::select! {
         r = worker.wait() => r.context("the worker server stopped")?,
         _ = tokio::signal::ctrl_c() => println!("stopping"),

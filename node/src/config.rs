@@ -42,14 +42,65 @@ pub struct NodeConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSection {
-    /// Workers' addresses (`host:port`), on loopback or the holder's private network.
-    pub workers: Vec<SocketAddr>,
+    /// Workers' URLs (`https://host:port`), on loopback or the holder's
+    /// private network. The node reaches them over mutual TLS with its own
+    /// certificate; each worker's certificate must carry `host`.
+    pub workers: Vec<String>,
     /// The tables scanned on the workers; default every Parquet or CSV table.
     #[serde(default)]
     pub tables: Option<Vec<String>>,
+    /// A worker that does not complete a connection, or does not answer the
+    /// connection's keep-alive pings, within this many seconds is lost (its
+    /// sub-query fails naming it, rather than waiting for the coordinator's
+    /// query timeout).
+    #[serde(default = "default_worker_timeout")]
+    pub worker_timeout_secs: u64,
+}
+
+fn default_worker_timeout() -> u64 {
+    20
+}
+
+/// Why a `[cluster] workers` entry is not a worker URL.
+fn worker_url(entry: &str) -> Result<url::Url, String> {
+    let tls_only =
+        "workers are reached over mutual TLS only (start each with `samkor worker --cert … --key … --ca … --node …`)";
+    let url = match url::Url::parse(entry) {
+        Ok(u) if u.scheme() == "https" => u,
+        Ok(u) if u.scheme() == "http" => {
+            return Err(format!(
+                "[cluster] worker {entry:?} is plain http://: {tls_only}; write https://{}",
+                entry.trim_start_matches("http://")
+            ));
+        }
+        _ => {
+            return Err(format!(
+                "[cluster] worker {entry:?} is not a worker URL: write it as https://host:port; {tls_only}"
+            ));
+        }
+    };
+    let bad = |why: &str| Err(format!("[cluster] worker {entry:?} {why}: write it as https://host:port"));
+    match url.host() {
+        None => return bad("has no host"),
+        Some(url::Host::Ipv4(ip)) if ip.is_unspecified() => return bad("is not an address a worker listens on"),
+        Some(url::Host::Ipv6(ip)) if ip.is_unspecified() => return bad("is not an address a worker listens on"),
+        Some(_) => {}
+    }
+    if url.port() == Some(0) {
+        return bad("has port 0");
+    }
+    if !url.username().is_empty() || url.password().is_some() || url.query().is_some() || url.path() != "/" {
+        return bad("holds more than a host and a port");
+    }
+    Ok(url)
 }
 
 impl ClusterSection {
+    /// The workers' URLs (checked when the config was loaded).
+    pub fn worker_urls(&self) -> Vec<url::Url> {
+        self.workers.iter().map(|w| worker_url(w).expect("checked at config load")).collect()
+    }
+
     /// Whether `table` is scanned on the workers.
     pub fn scans(&self, table: &TableConfig) -> bool {
         table.postgres.is_none() && self.tables.as_ref().is_none_or(|t| t.contains(&table.name))
@@ -464,14 +515,13 @@ impl NodeConfig {
             }
             let mut seen = HashSet::new();
             for w in &cluster.workers {
-                if w.ip().is_unspecified() || w.port() == 0 {
-                    return Err(invalid(format!(
-                        "[cluster] worker {w} is not an address a worker listens on: give its host and port"
-                    )));
-                }
-                if !seen.insert(w) {
+                let url = worker_url(w).map_err(&invalid)?;
+                if !seen.insert(url) {
                     return Err(invalid(format!("[cluster] worker {w} is listed twice")));
                 }
+            }
+            if cluster.worker_timeout_secs == 0 {
+                return Err(invalid("[cluster] worker_timeout_secs must be at least 1".into()));
             }
             for name in cluster.tables.iter().flatten() {
                 match tables.iter().find(|t| &t.name == name) {
@@ -615,17 +665,33 @@ person_column = "pnr"
         let cluster = |section: &str| format!("{GOOD}\n[cluster]\n{section}\n");
         let c = NodeConfig::parse(
             Path::new("/data/hip/node.toml"),
-            &cluster("workers = [\"127.0.0.1:50051\", \"10.0.0.2:50051\"]"),
+            &cluster("workers = [\"https://127.0.0.1:50051\", \"https://worker-2.lmr.internal:50051\"]"),
         )
         .expect("valid");
         let section = c.cluster.as_ref().expect("cluster section");
-        assert_eq!(section.workers.len(), 2);
+        let urls: Vec<String> = section.worker_urls().iter().map(|u| u.authority().to_owned()).collect();
+        assert_eq!(urls, ["127.0.0.1:50051", "worker-2.lmr.internal:50051"]);
+        assert_eq!(section.worker_timeout_secs, 20);
         assert!(section.scans(&c.tables[0]), "every file table by default");
         assert!(err(&cluster("workers = []")).contains("[cluster] workers is empty"));
-        assert!(err(&cluster("workers = [\"0.0.0.0:5\"]")).contains("not an address a worker listens on"));
-        assert!(err(&cluster("workers = [\"127.0.0.1:5\", \"127.0.0.1:5\"]")).contains("listed twice"));
-        assert!(err(&cluster("workers = [\"127.0.0.1:5\"]\ntables = [\"prom\"]")).contains("\"prom\" is not a table"));
-        assert!(err(&cluster("workers = [\"worker-1\"]")).contains("invalid socket address"));
+        assert_eq!(
+            err(&cluster("workers = [\"http://127.0.0.1:5\"]")),
+            "node config /etc/samkor/node.toml: [cluster] worker \"http://127.0.0.1:5\" is plain http://: workers are reached over mutual TLS only (start each with `samkor worker --cert … --key … --ca … --node …`); write https://127.0.0.1:5"
+        );
+        assert!(
+            err(&cluster("workers = [\"127.0.0.1:5\"]")).contains("is not a worker URL: write it as https://host:port")
+        );
+        assert!(err(&cluster("workers = [\"https://0.0.0.0:5\"]")).contains("not an address a worker listens on"));
+        assert!(err(&cluster("workers = [\"https://127.0.0.1:0\"]")).contains("has port 0"));
+        assert!(err(&cluster("workers = [\"https://127.0.0.1:5/x\"]")).contains("more than a host and a port"));
+        assert!(
+            err(&cluster("workers = [\"https://127.0.0.1:5\", \"https://127.0.0.1:5/\"]")).contains("listed twice")
+        );
+        assert!(
+            err(&cluster("workers = [\"https://127.0.0.1:5\"]\ntables = [\"prom\"]"))
+                .contains("\"prom\" is not a table")
+        );
+        assert!(err(&cluster("workers = [\"https://127.0.0.1:5\"]\nworker_timeout_secs = 0")).contains("at least 1"));
         let e = NodeConfig::load(Path::new("/nonexistent/node.toml")).unwrap_err().to_string();
         assert!(e.starts_with("cannot read node config /nonexistent/node.toml: "), "{e}");
     }

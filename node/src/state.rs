@@ -81,7 +81,11 @@ impl NodeState {
             }
             tables.push(Arc::new(served));
         }
-        let cluster = config.cluster.as_ref().map(|c| crate::cluster::Cluster::new(&config.node.register, c));
+        let cluster = match &config.cluster {
+            // The node reaches its workers with its own certificate.
+            Some(c) => Some(crate::cluster::Cluster::new(&config.node.register, c, &config.tls.load()?)),
+            None => None,
+        };
         if let Some(cluster) = &cluster {
             cluster.check_workers().await?;
         }

@@ -127,7 +127,10 @@ impl ServedTable {
                 column: c.name.clone(),
                 path: path.clone(),
             })?;
-            if !c.data_type.accepts(field.data_type()) {
+            // A CSV file is text: a text column reads whatever its cells look
+            // like (inference takes 12-digit identity numbers for integers).
+            let as_text = config.format == ConfigFormat::Csv && c.data_type == crate::config::ColumnType::Utf8;
+            if !as_text && !c.data_type.accepts(field.data_type()) {
                 return Err(TableError::TypeMismatch {
                     table: table.clone(),
                     column: c.name.clone(),
