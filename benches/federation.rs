@@ -64,6 +64,7 @@ import duckdb, json, statistics, sys, time
 spec = json.load(sys.stdin)
 con = duckdb.connect()
 con.execute("SET threads = 2")
+con.execute("SET enable_progress_bar = false")
 for t in spec["tables"]:
     con.execute(f'CREATE SCHEMA IF NOT EXISTS "{t["schema"]}"')
     con.execute(f'CREATE VIEW "{t["schema"]}"."{t["name"]}" AS SELECT * EXCLUDE ("{t["person"]}"), "{t["person"]}" AS person FROM read_parquet(\'{t["glob"]}\')')
@@ -112,7 +113,10 @@ fn duckdb(dir: &std::path::Path, runs: usize) -> Result<(String, Vec<(Duration, 
             err.lines().last().unwrap_or_default()
         ));
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    // The JSON is the last line (anything DuckDB prints before it is not).
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or_default()).map_err(|e| e.to_string())?;
     let results = v["results"]
         .as_array()
         .ok_or("no results")?

@@ -436,8 +436,14 @@ pub(crate) fn into_datafusion(e: QueryError) -> DataFusionError {
 /// and after disclosure control), without common subexpression elimination:
 /// its `__common_expr_N` columns travel in node SQL, where the node's own
 /// elimination reuses the same names for other expressions.
+///
+/// Nor the rewrite of a lone `count(DISTINCT x)` into a `GROUP BY x` below
+/// the aggregate: disclosure control would see one row per person and could
+/// only bound a cell's persons from below (everything merged and withheld);
+/// it counts distinct persons itself. The nodes keep the rule.
 pub(crate) fn coordinator_rules() -> Vec<Arc<dyn datafusion::optimizer::OptimizerRule + Send + Sync>> {
-    Optimizer::new().rules.into_iter().filter(|r| r.name() != "common_sub_expression_eliminate").collect()
+    const SKIPPED: [&str; 2] = ["common_sub_expression_eliminate", "single_distinct_aggregation_to_group_by"];
+    Optimizer::new().rules.into_iter().filter(|r| !SKIPPED.contains(&r.name())).collect()
 }
 
 /// Finds our own error types inside DataFusion's wrappers.

@@ -19,7 +19,7 @@ use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature, Volatility,
 };
 
-use crate::keyed::{KeyMap, drop_first, each, emitted, list_array};
+use crate::keyed::{Groups, Runs, each, each_list, list_array};
 
 /// The function's SQL name.
 pub const PERSONS_FN: &str = "samkor_persons";
@@ -95,84 +95,31 @@ impl AggregateUDFImpl for Persons {
     }
 }
 
-/// The persons of every group: one table of (group, record key) for all
-/// groups, and per group its running cell (persons and key sum).
+/// The persons of every group, one [`Runs`] of record keys a group.
 #[derive(Debug, Default)]
 struct PersonsGroups {
-    seen: KeyMap<(usize, i64), ()>,
-    cells: Vec<PersonsCell>,
+    groups: Groups<()>,
 }
 
-impl PersonsGroups {
-    fn insert(&mut self, group: usize, key: i64) {
-        if self.seen.insert((group, key), ()).is_none() {
-            let cell = &mut self.cells[group];
-            cell.persons += 1;
-            cell.key = cell.key.wrapping_add(key as u32);
-        }
-    }
+fn cell(runs: &mut Runs<()>) -> PersonsCell {
+    let keys = runs.distinct();
+    PersonsCell { persons: keys.len() as u64, key: keys.iter().fold(0u32, |acc, (k, _)| acc.wrapping_add(*k as u32)) }
+}
 
-    fn grow(&mut self, total: usize) {
-        if self.cells.len() < total {
-            self.cells.resize(total, PersonsCell::default());
-        }
-    }
+/// The packed cells of `groups`.
+fn values(groups: &mut [Runs<()>]) -> ArrayRef {
+    Arc::new(Int64Array::from_iter_values(groups.iter_mut().map(|g| cell(g).pack())))
+}
 
-    /// The packed cells of the first `n` groups.
-    fn values(&self, n: usize) -> ArrayRef {
-        Arc::new(Int64Array::from_iter_values(self.cells[..n].iter().map(|c| c.pack())))
+/// The distinct record keys of each group, one list a group.
+fn lists(groups: &mut [Runs<()>]) -> ArrayRef {
+    let (mut keys, mut lengths) = (Vec::new(), Vec::with_capacity(groups.len()));
+    for g in groups {
+        let distinct = g.distinct();
+        lengths.push(distinct.len());
+        keys.extend(distinct.iter().map(|(k, _)| *k));
     }
-
-    /// The record keys of each of the first `n` groups, one list a group.
-    fn lists(&self, n: usize) -> ArrayRef {
-        let lengths: Vec<usize> = self.cells[..n].iter().map(|c| c.persons as usize).collect();
-        let mut starts: Vec<usize> = lengths
-            .iter()
-            .scan(0, |at, l| {
-                let s = *at;
-                *at += l;
-                Some(s)
-            })
-            .collect();
-        let mut keys = vec![0i64; lengths.iter().sum()];
-        for &(g, k) in self.seen.keys() {
-            if g < n {
-                keys[starts[g]] = k;
-                starts[g] += 1;
-            }
-        }
-        list_array::<Int64Type>(keys, lengths)
-    }
-
-    fn forget(&mut self, emit_to: EmitTo) {
-        match emit_to {
-            EmitTo::All => {
-                self.seen.clear();
-                self.cells.clear();
-            }
-            EmitTo::First(n) => {
-                drop_first(&mut self.seen, n);
-                let _ = emit_to.take_needed(&mut self.cells);
-            }
-        }
-    }
-
-    fn merge_lists(&mut self, lists: &ArrayRef, group_of: impl Fn(usize) -> usize) {
-        let lists = lists.as_list::<i32>();
-        let keys = lists.values().as_primitive::<Int64Type>();
-        let offsets = lists.offsets();
-        for row in 0..lists.len() {
-            if lists.is_null(row) {
-                continue;
-            }
-            let g = group_of(row);
-            for i in offsets[row] as usize..offsets[row + 1] as usize {
-                if keys.is_valid(i) {
-                    self.insert(g, keys.value(i));
-                }
-            }
-        }
-    }
+    list_array::<Int64Type>(keys, lengths)
 }
 
 impl GroupsAccumulator for PersonsGroups {
@@ -183,34 +130,32 @@ impl GroupsAccumulator for PersonsGroups {
         opt_filter: Option<&BooleanArray>,
         total_num_groups: usize,
     ) -> Result<()> {
-        self.grow(total_num_groups);
-        each(group_indices, values[0].as_primitive::<Int64Type>(), opt_filter, |g, k| self.insert(g, k));
+        self.groups.grow(total_num_groups);
+        each(values[0].as_primitive::<Int64Type>(), opt_filter, |row, k| self.groups.push(group_indices[row], k, ()));
         Ok(())
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
-        let out = self.values(emitted(emit_to, self.cells.len()));
-        self.forget(emit_to);
-        Ok(out)
+        Ok(values(&mut self.groups.take(emit_to)))
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
-        let out = self.lists(emitted(emit_to, self.cells.len()));
-        self.forget(emit_to);
-        Ok(vec![out])
+        Ok(vec![lists(&mut self.groups.take(emit_to))])
     }
 
     fn merge_batch(&mut self, values: &[ArrayRef], group_indices: &[usize], total_num_groups: usize) -> Result<()> {
-        self.grow(total_num_groups);
-        self.merge_lists(&values[0], |row| group_indices[row]);
+        self.groups.grow(total_num_groups);
+        each_list::<Int64Type>(&values[0], |row, keys| {
+            let g = group_indices[row];
+            keys.iter().for_each(|k| self.groups.push(g, *k, ()));
+        });
         Ok(())
     }
 
     fn convert_to_state(&self, values: &[ArrayRef], opt_filter: Option<&BooleanArray>) -> Result<Vec<ArrayRef>> {
         let keys = values[0].as_primitive::<Int64Type>();
-        let rows: Vec<usize> = (0..keys.len()).collect();
         let (mut kept, mut lengths) = (Vec::new(), vec![0usize; keys.len()]);
-        each(&rows, keys, opt_filter, |row, k| {
+        each(keys, opt_filter, |row, k| {
             kept.push(k);
             lengths[row] = 1;
         });
@@ -218,9 +163,7 @@ impl GroupsAccumulator for PersonsGroups {
     }
 
     fn size(&self) -> usize {
-        size_of::<Self>()
-            + self.seen.capacity() * (size_of::<(usize, i64)>() + 1)
-            + self.cells.capacity() * size_of::<PersonsCell>()
+        size_of::<Self>() + self.groups.size()
     }
 }
 
@@ -235,8 +178,8 @@ impl Accumulator for PersonsAccumulator {
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
-        self.0.grow(1);
-        ScalarValue::try_from_array(&self.0.values(1), 0)
+        self.0.groups.grow(1);
+        ScalarValue::try_from_array(&values(&mut self.0.groups.runs), 0)
     }
 
     fn size(&self) -> usize {
@@ -244,14 +187,13 @@ impl Accumulator for PersonsAccumulator {
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        self.0.grow(1);
-        Ok(vec![ScalarValue::try_from_array(&self.0.lists(1), 0)?])
+        self.0.groups.grow(1);
+        Ok(vec![ScalarValue::try_from_array(&lists(&mut self.0.groups.runs), 0)?])
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        self.0.grow(1);
-        self.0.merge_lists(&states[0], |_| 0);
-        Ok(())
+        let zeros = vec![0; states[0].len()];
+        self.0.merge_batch(states, &zeros, 1)
     }
 }
 

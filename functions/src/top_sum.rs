@@ -2,9 +2,9 @@
 //! totals of `x` in a group, for the dominance rule (the `n` persons who
 //! contribute most to a sum, against the sum of all persons).
 //!
-//! One pass in the aggregate itself: per group a table of record key →
-//! Σx, merged across partitions as lists, ranked when the group is
-//! evaluated. Rows whose key or `x` is null are not counted: a person with no
+//! One pass in the aggregate itself: per group the record keys with their
+//! Σx ([`crate::keyed`]), merged across partitions as lists, ranked when the
+//! group is evaluated. Rows whose key or `x` is null are not counted: a person with no
 //! value in the group (outside a `CASE` condition) has no total and takes no
 //! rank. Null where no person has a value. The coordinator passes `|x|`, so
 //! totals are non-negative.
@@ -20,7 +20,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::physical_expr::expressions::Literal;
 
-use crate::keyed::{KeyMap, drop_first, each, emitted, list_array};
+use crate::keyed::{Groups, Runs, each, each_list, list_array};
 
 /// The function's SQL name.
 pub const TOP_SUM_FN: &str = "samkor_top_sum";
@@ -82,80 +82,44 @@ impl AggregateUDFImpl for TopSum {
     }
 }
 
-/// Per (group, record key) the running total.
+/// Per group, the persons' running totals.
 #[derive(Debug)]
 struct TopSumGroups {
     n: usize,
-    totals: KeyMap<(usize, i64), f64>,
-    groups: usize,
+    groups: Groups<f64>,
 }
 
 impl TopSumGroups {
     fn new(n: usize) -> TopSumGroups {
-        TopSumGroups { n, totals: KeyMap::default(), groups: 0 }
+        TopSumGroups { n, groups: Groups::default() }
     }
+}
 
-    fn add(&mut self, group: usize, key: i64, x: f64) {
-        *self.totals.entry((group, key)).or_insert(0.0) += x;
-    }
-
-    /// Per group of the first `n`, its persons' totals (keys in the same order).
-    fn per_group(&self, n: usize) -> Vec<Vec<(i64, f64)>> {
-        let mut out = vec![Vec::new(); n];
-        for (&(g, k), &t) in &self.totals {
-            if g < n {
-                out[g].push((k, t));
-            }
+/// The sum of the `n` largest totals of each group; null for a group without persons.
+fn values(groups: &mut [Runs<f64>], n: usize) -> ArrayRef {
+    let mut totals = Vec::new();
+    Arc::new(Float64Array::from_iter(groups.iter_mut().map(|g| {
+        totals.clear();
+        totals.extend(g.distinct().iter().map(|(_, t)| *t));
+        if totals.is_empty() {
+            return None;
         }
-        out
-    }
+        let k = n.min(totals.len());
+        totals.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+        Some(totals[..k].iter().sum::<f64>())
+    })))
+}
 
-    fn values(&self, n: usize) -> ArrayRef {
-        let top = self.n;
-        Arc::new(Float64Array::from_iter(self.per_group(n).into_iter().map(|mut persons| {
-            if persons.is_empty() {
-                return None;
-            }
-            let k = top.min(persons.len());
-            persons.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
-            Some(persons[..k].iter().map(|p| p.1).sum::<f64>())
-        })))
+/// Each group's record keys and totals, as two aligned lists a group.
+fn lists(groups: &mut [Runs<f64>]) -> Vec<ArrayRef> {
+    let (mut keys, mut totals, mut lengths) = (Vec::new(), Vec::new(), Vec::with_capacity(groups.len()));
+    for g in groups {
+        let distinct = g.distinct();
+        lengths.push(distinct.len());
+        keys.extend(distinct.iter().map(|e| e.0));
+        totals.extend(distinct.iter().map(|e| e.1));
     }
-
-    fn lists(&self, n: usize) -> Vec<ArrayRef> {
-        let groups = self.per_group(n);
-        let lengths: Vec<usize> = groups.iter().map(Vec::len).collect();
-        let (keys, totals): (Vec<i64>, Vec<f64>) = groups.into_iter().flatten().unzip();
-        vec![list_array::<Int64Type>(keys, lengths.clone()), list_array::<Float64Type>(totals, lengths)]
-    }
-
-    fn forget(&mut self, emit_to: EmitTo) {
-        match emit_to {
-            EmitTo::All => {
-                self.totals.clear();
-                self.groups = 0;
-            }
-            EmitTo::First(n) => {
-                drop_first(&mut self.totals, n);
-                self.groups = self.groups.saturating_sub(n);
-            }
-        }
-    }
-
-    fn merge_lists(&mut self, states: &[ArrayRef], group_of: impl Fn(usize) -> usize) {
-        let (keys, totals) = (states[0].as_list::<i32>(), states[1].as_list::<i32>());
-        let (k, t) = (keys.values().as_primitive::<Int64Type>(), totals.values().as_primitive::<Float64Type>());
-        let offsets = keys.offsets();
-        for row in 0..keys.len() {
-            if keys.is_null(row) {
-                continue;
-            }
-            let g = group_of(row);
-            for i in offsets[row] as usize..offsets[row + 1] as usize {
-                self.add(g, k.value(i), t.value(i));
-            }
-        }
-    }
+    vec![list_array::<Int64Type>(keys, lengths.clone()), list_array::<Float64Type>(totals, lengths)]
 }
 
 impl GroupsAccumulator for TopSumGroups {
@@ -166,44 +130,53 @@ impl GroupsAccumulator for TopSumGroups {
         opt_filter: Option<&BooleanArray>,
         total_num_groups: usize,
     ) -> Result<()> {
-        self.groups = self.groups.max(total_num_groups);
+        self.groups.grow(total_num_groups);
         let (keys, x) = (values[0].as_primitive::<Int64Type>(), values[1].as_primitive::<Float64Type>());
-        let rows: Vec<usize> = (0..keys.len()).collect();
-        each(&rows, keys, opt_filter, |row, key| {
+        each(keys, opt_filter, |row, key| {
             if x.is_valid(row) {
-                self.add(group_indices[row], key, x.value(row));
+                self.groups.push(group_indices[row], key, x.value(row));
             }
         });
         Ok(())
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
-        let out = self.values(emitted(emit_to, self.groups));
-        self.forget(emit_to);
-        Ok(out)
+        Ok(values(&mut self.groups.take(emit_to), self.n))
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
-        let out = self.lists(emitted(emit_to, self.groups));
-        self.forget(emit_to);
-        Ok(out)
+        Ok(lists(&mut self.groups.take(emit_to)))
     }
 
     fn merge_batch(&mut self, values: &[ArrayRef], group_indices: &[usize], total_num_groups: usize) -> Result<()> {
-        self.groups = self.groups.max(total_num_groups);
-        self.merge_lists(values, |row| group_indices[row]);
+        self.groups.grow(total_num_groups);
+        let totals = values[1].as_list::<i32>();
+        let totals = totals.values().as_primitive::<Float64Type>().values();
+        let offsets = values[0].as_list::<i32>().offsets().clone();
+        each_list::<Int64Type>(&values[0], |row, keys| {
+            let (g, start) = (group_indices[row], offsets[row] as usize);
+            for (i, k) in keys.iter().enumerate() {
+                self.groups.push(g, *k, totals[start + i]);
+            }
+        });
         Ok(())
     }
 
     fn convert_to_state(&self, values: &[ArrayRef], opt_filter: Option<&BooleanArray>) -> Result<Vec<ArrayRef>> {
-        let mut single = TopSumGroups::new(self.n);
-        let rows: Vec<usize> = (0..values[0].len()).collect();
-        single.update_batch(values, &rows, opt_filter, rows.len())?;
-        Ok(single.lists(rows.len()))
+        let (keys, x) = (values[0].as_primitive::<Int64Type>(), values[1].as_primitive::<Float64Type>());
+        let (mut k, mut t, mut lengths) = (Vec::new(), Vec::new(), vec![0usize; keys.len()]);
+        each(keys, opt_filter, |row, key| {
+            if x.is_valid(row) {
+                k.push(key);
+                t.push(x.value(row));
+                lengths[row] = 1;
+            }
+        });
+        Ok(vec![list_array::<Int64Type>(k, lengths.clone()), list_array::<Float64Type>(t, lengths)])
     }
 
     fn size(&self) -> usize {
-        size_of::<Self>() + self.totals.capacity() * (size_of::<((usize, i64), f64)>() + 1)
+        size_of::<Self>() + self.groups.size()
     }
 }
 
@@ -218,7 +191,8 @@ impl Accumulator for TopSumAccumulator {
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
-        ScalarValue::try_from_array(&self.0.values(1), 0)
+        self.0.groups.grow(1);
+        ScalarValue::try_from_array(&values(&mut self.0.groups.runs, self.0.n), 0)
     }
 
     fn size(&self) -> usize {
@@ -226,13 +200,13 @@ impl Accumulator for TopSumAccumulator {
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        self.0.lists(1).iter().map(|a| ScalarValue::try_from_array(a, 0)).collect()
+        self.0.groups.grow(1);
+        lists(&mut self.0.groups.runs).iter().map(|a| ScalarValue::try_from_array(a, 0)).collect()
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        self.0.groups = 1;
-        self.0.merge_lists(states, |_| 0);
-        Ok(())
+        let zeros = vec![0; states[0].len()];
+        self.0.merge_batch(states, &zeros, 1)
     }
 }
 

@@ -42,12 +42,21 @@ impl std::fmt::Debug for PartSink {
     }
 }
 
+/// Rows per Parquet row group.
+pub(crate) const ROW_GROUP_ROWS: usize = 128 * 1024;
+
 impl PartSink {
     /// Creates `dir/part-NNNNN.parquet` for `spec`.
     pub(crate) fn create(dir: &Path, part: usize, spec: &TableSpec) -> Result<Self, SynthError> {
         let path = dir.join(format!("part-{part:05}.parquet"));
         let file = File::create(&path).map_err(|source| SynthError::CreateFile { path: path.clone(), source })?;
-        let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+        // Row groups of 128 Ki rows, as a holder's export would have (the
+        // writer's default is 1 Mi): a scan of one file can then use every
+        // core, and row-group statistics can skip parts of it.
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            .build();
         let schema = spec.schema();
         let writer = ArrowWriter::try_new(file, schema.clone(), Some(props))
             .map_err(|source| SynthError::Parquet { path: path.clone(), source })?;
