@@ -1,14 +1,15 @@
 //! Per-group state keyed by record keys, shared by the aggregate functions
 //! that look at persons (`samkor_persons`, `samkor_top_sum`).
 //!
-//! A group's persons are kept as [`Runs`]: (record key, value) pairs appended
-//! as rows arrive and compacted now and then by a radix sort on the key,
-//! equal keys combined into one entry. A hash table of ten million persons
-//! spends most of its time waiting for memory (every insert a cache and TLB
-//! miss, measured as three quarters of a `count(*)` over ten million persons);
-//! the radix sort reads and writes memory in order. A buffer never grows past
-//! twice its distinct keys plus [`MIN_RUN`], so memory follows the persons,
-//! not the rows.
+//! A group's persons are [`Runs`]: up to [`SMALL`] distinct record keys in a
+//! hash table (it stays in the processor's caches), beyond that (record
+//! key, value) pairs appended as rows arrive and compacted now and then by a
+//! radix sort on the key, equal keys combined into one entry. A hash table of
+//! ten million persons spends most of its time waiting for memory (every
+//! insert a cache and TLB miss, measured as three quarters of a `count(*)`
+//! over ten million persons); the radix sort reads and writes memory in
+//! order. A buffer never grows past twice its distinct keys plus
+//! [`MIN_RUN`], so memory follows the persons, not the rows.
 
 use std::sync::Arc;
 
@@ -35,53 +36,111 @@ impl Combine for f64 {
     }
 }
 
+/// Distinct keys a group keeps in a hash table before it switches to sorted runs.
+pub(crate) const SMALL: usize = 1 << 16;
+
+/// Record keys are outputs of a keyed pseudo-random function: one multiply
+/// spreads them over a table (no second keyed hash needed).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_i64(&mut self, v: i64) {
+        self.0 = (v as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type KeyMap<V> = std::collections::HashMap<i64, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
 /// A group's (record key, value) pairs; after [`Runs::distinct`] one entry
 /// per key, values combined.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct Runs<V> {
-    items: Vec<(i64, V)>,
-    /// The first `clean` entries are compacted (distinct keys).
-    clean: usize,
+#[derive(Debug, Clone)]
+pub(crate) enum Runs<V> {
+    Small(KeyMap<V>),
+    Large {
+        items: Vec<(i64, V)>,
+        /// The first `clean` entries are compacted (distinct keys).
+        clean: usize,
+    },
+}
+
+impl<V> Default for Runs<V> {
+    fn default() -> Self {
+        Runs::Small(KeyMap::default())
+    }
 }
 
 impl<V: Combine> Runs<V> {
-    /// Adds a pair; returns how many bytes the buffer grew by (or, after a
-    /// compaction, shrank by: negative), for the accumulator's size.
+    /// Adds a pair; returns how many bytes the state grew by (negative when
+    /// it shrank), for the accumulator's size.
     pub(crate) fn push(&mut self, key: i64, value: V) -> isize {
-        let before = self.items.capacity();
-        self.items.push((key, value));
-        if self.items.len() >= (2 * self.clean).max(MIN_RUN) {
-            self.compact();
-        }
-        (self.items.capacity() as isize - before as isize) * size_of::<(i64, V)>() as isize
-    }
-
-    fn compact(&mut self) {
-        if self.clean == self.items.len() {
-            return;
-        }
-        radsort::sort_by_key(&mut self.items, |e| e.0);
-        self.items.dedup_by(|later, first| {
-            let same = later.0 == first.0;
-            if same {
-                first.1.combine(later.1);
+        let before = self.size() as isize;
+        match self {
+            Runs::Small(map) => {
+                map.entry(key).and_modify(|v| v.combine(value)).or_insert(value);
+                if map.len() > SMALL {
+                    let items: Vec<(i64, V)> = map.drain().collect();
+                    *self = Runs::Large { clean: items.len(), items };
+                }
             }
-            same
-        });
-        self.clean = self.items.len();
-        if self.items.capacity() > 4 * self.items.len().max(MIN_RUN) {
-            self.items.shrink_to((2 * self.clean).max(MIN_RUN));
+            Runs::Large { items, clean } => {
+                items.push((key, value));
+                if items.len() >= (2 * *clean).max(MIN_RUN) {
+                    compact(items, clean);
+                }
+            }
         }
+        self.size() as isize - before
     }
 
-    /// One entry per key (in an order that depends only on the keys).
+    /// One entry per key, in no particular order.
     pub(crate) fn distinct(&mut self) -> &[(i64, V)] {
-        self.compact();
-        &self.items
+        if let Runs::Small(map) = self {
+            let items: Vec<(i64, V)> = map.drain().collect();
+            *self = Runs::Large { clean: items.len(), items };
+        }
+        match self {
+            Runs::Large { items, clean } => {
+                compact(items, clean);
+                items
+            }
+            Runs::Small(_) => unreachable!("converted above"),
+        }
     }
 
     pub(crate) fn size(&self) -> usize {
-        self.items.capacity() * size_of::<(i64, V)>()
+        match self {
+            Runs::Small(map) => map.capacity() * (size_of::<(i64, V)>() + 1),
+            Runs::Large { items, .. } => items.capacity() * size_of::<(i64, V)>(),
+        }
+    }
+}
+
+fn compact<V: Combine>(items: &mut Vec<(i64, V)>, clean: &mut usize) {
+    if *clean == items.len() {
+        return;
+    }
+    radsort::sort_by_key(items, |e| e.0);
+    items.dedup_by(|later, first| {
+        let same = later.0 == first.0;
+        if same {
+            first.1.combine(later.1);
+        }
+        same
+    });
+    *clean = items.len();
+    if items.capacity() > 4 * items.len().max(MIN_RUN) {
+        items.shrink_to((2 * *clean).max(MIN_RUN));
     }
 }
 
@@ -170,14 +229,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn runs_combine_equal_keys_and_stay_bounded() {
-        let mut runs = Runs::<f64>::default();
-        for i in 0..100_000i64 {
-            runs.push(i % 1000 - 500, 1.0);
-            assert!(runs.items.len() < 2 * 1000 + MIN_RUN, "bounded by the distinct keys");
+    fn runs_combine_equal_keys_in_the_table_and_in_sorted_runs() {
+        for distinct in [1000i64, 3 * SMALL as i64] {
+            let mut runs = Runs::<f64>::default();
+            for i in 0..10 * distinct {
+                runs.push((i % distinct) * 7919 - distinct, 1.0);
+                if let Runs::Large { items, .. } = &runs {
+                    assert!(items.len() < 2 * distinct as usize + MIN_RUN, "bounded by the distinct keys");
+                }
+            }
+            assert_eq!(matches!(runs, Runs::Large { .. }), distinct as usize > SMALL);
+            let d = runs.distinct();
+            assert_eq!(d.len(), distinct as usize);
+            assert!(d.iter().all(|(_, t)| *t == 10.0));
         }
-        let d = runs.distinct();
-        assert_eq!(d.len(), 1000);
-        assert!(d.iter().all(|(_, t)| *t == 100.0));
     }
 }
