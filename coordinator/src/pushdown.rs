@@ -107,21 +107,21 @@ impl PushdownRule {
                 }
             };
         }
-        if let Source::One(provider) = &combined {
-            if pushable(&plan)? {
-                // The inputs are unchanged; keep climbing.
-                let plan = match plan {
-                    // A filter directly below an alias is unparsed with the
-                    // base table's qualifier; a projection in between makes
-                    // the alias a derived table.
-                    LogicalPlan::SubqueryAlias(a) if !matches!(a.input.as_ref(), LogicalPlan::Projection(_)) => {
-                        let input = wrap_projection(Arc::unwrap_or_clone(a.input))?;
-                        LogicalPlan::SubqueryAlias(SubqueryAlias::try_new(Arc::new(input), a.alias)?)
-                    }
-                    other => other,
-                };
-                return Ok((plan, Source::One(provider.clone())));
-            }
+        if let Source::One(provider) = &combined
+            && pushable(&plan)?
+        {
+            // The inputs are unchanged; keep climbing.
+            let plan = match plan {
+                // A filter directly below an alias is unparsed with the
+                // base table's qualifier; a projection in between makes
+                // the alias a derived table.
+                LogicalPlan::SubqueryAlias(a) if !matches!(a.input.as_ref(), LogicalPlan::Projection(_)) => {
+                    let input = wrap_projection(Arc::unwrap_or_clone(a.input))?;
+                    LogicalPlan::SubqueryAlias(SubqueryAlias::try_new(Arc::new(input), a.alias)?)
+                }
+                other => other,
+            };
+            return Ok((plan, Source::One(provider.clone())));
         }
         // Cut here: every single-register input becomes a node sub-query.
         let new_inputs = visited
