@@ -16,7 +16,8 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, ListArray, PrimitiveArray};
 use datafusion::arrow::buffer::{NullBuffer, OffsetBuffer};
 use datafusion::arrow::datatypes::{ArrowPrimitiveType, Field};
-use datafusion::logical_expr::EmitTo;
+use datafusion::common::{Result, ScalarValue};
+use datafusion::logical_expr::{Accumulator, EmitTo, GroupsAccumulator};
 
 /// Entries a buffer may hold before its first compaction.
 pub(crate) const MIN_RUN: usize = 4096;
@@ -186,6 +187,54 @@ impl<V: Combine> Groups<V> {
 
     pub(crate) fn size(&self) -> usize {
         self.runs.capacity() * size_of::<Runs<V>>() + self.bytes.max(0) as usize
+    }
+}
+
+/// What a group accumulator over [`Groups`] gives for its groups, without
+/// taking them (an aggregate without `GROUP BY` is one group: [`OneGroup`]).
+pub(crate) trait PerGroup: GroupsAccumulator {
+    type Value: Combine;
+    fn groups(&mut self) -> &mut Groups<Self::Value>;
+    /// The result per group, one row each.
+    fn values(&self, groups: &mut [Runs<Self::Value>]) -> ArrayRef;
+    /// The partial state per group, one row each.
+    fn lists(&self, groups: &mut [Runs<Self::Value>]) -> Vec<ArrayRef>;
+}
+
+/// The accumulator of an aggregate without groups: its group accumulator
+/// with every row in group 0.
+#[derive(Debug)]
+pub(crate) struct OneGroup<G>(pub(crate) G);
+
+impl<G: PerGroup + std::fmt::Debug + Sync + 'static> Accumulator for OneGroup<G> {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        let zeros = vec![0; values[0].len()];
+        self.0.update_batch(values, &zeros, None, 1)
+    }
+
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        self.0.groups().grow(1);
+        let mut runs = std::mem::take(&mut self.0.groups().runs);
+        let out = self.0.values(&mut runs);
+        self.0.groups().runs = runs;
+        ScalarValue::try_from_array(&out, 0)
+    }
+
+    fn size(&self) -> usize {
+        GroupsAccumulator::size(&self.0)
+    }
+
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        self.0.groups().grow(1);
+        let mut runs = std::mem::take(&mut self.0.groups().runs);
+        let out = self.0.lists(&mut runs);
+        self.0.groups().runs = runs;
+        out.iter().map(|a| ScalarValue::try_from_array(a, 0)).collect()
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        let zeros = vec![0; states[0].len()];
+        self.0.merge_batch(states, &zeros, 1)
     }
 }
 

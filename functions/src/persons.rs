@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array};
+use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, Int64Array};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Int64Type};
 use datafusion::common::{Result, ScalarValue, plan_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
@@ -19,7 +19,7 @@ use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature, Volatility,
 };
 
-use crate::keyed::{Groups, Runs, each, each_list, list_array};
+use crate::keyed::{Groups, OneGroup, PerGroup, Runs, each, each_list, list_array};
 
 /// The function's SQL name.
 pub const PERSONS_FN: &str = "samkor_persons";
@@ -74,7 +74,7 @@ impl AggregateUDFImpl for Persons {
     }
 
     fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(PersonsAccumulator::default()))
+        Ok(Box::new(OneGroup(PersonsGroups::default())))
     }
 
     fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
@@ -167,33 +167,19 @@ impl GroupsAccumulator for PersonsGroups {
     }
 }
 
-/// The accumulator of an aggregate without groups: one group.
-#[derive(Debug, Default)]
-struct PersonsAccumulator(PersonsGroups);
+impl PerGroup for PersonsGroups {
+    type Value = ();
 
-impl Accumulator for PersonsAccumulator {
-    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        let zeros = vec![0; values[0].len()];
-        self.0.update_batch(values, &zeros, None, 1)
+    fn groups(&mut self) -> &mut Groups<()> {
+        &mut self.groups
     }
 
-    fn evaluate(&mut self) -> Result<ScalarValue> {
-        self.0.groups.grow(1);
-        ScalarValue::try_from_array(&values(&mut self.0.groups.runs), 0)
+    fn values(&self, groups: &mut [Runs<()>]) -> ArrayRef {
+        values(groups)
     }
 
-    fn size(&self) -> usize {
-        self.0.size()
-    }
-
-    fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        self.0.groups.grow(1);
-        Ok(vec![ScalarValue::try_from_array(&lists(&mut self.0.groups.runs), 0)?])
-    }
-
-    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        let zeros = vec![0; states[0].len()];
-        self.0.merge_batch(states, &zeros, 1)
+    fn lists(&self, groups: &mut [Runs<()>]) -> Vec<ArrayRef> {
+        vec![lists(groups)]
     }
 }
 
@@ -202,7 +188,7 @@ mod tests {
     use super::*;
 
     fn cell(batches: &[Vec<Option<i64>>]) -> PersonsCell {
-        let mut acc = PersonsAccumulator::default();
+        let mut acc = OneGroup(PersonsGroups::default());
         for b in batches {
             let a: ArrayRef = Arc::new(Int64Array::from(b.clone()));
             acc.update_batch(&[a]).expect("update");
@@ -223,9 +209,9 @@ mod tests {
     #[test]
     fn partitioning_does_not_change_the_cell() {
         let whole = cell(&[vec![Some(1), Some(2), Some(3), Some(2)]]);
-        let mut a = PersonsAccumulator::default();
+        let mut a = OneGroup(PersonsGroups::default());
         a.update_batch(&[Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef]).expect("update");
-        let mut b = PersonsAccumulator::default();
+        let mut b = OneGroup(PersonsGroups::default());
         b.update_batch(&[Arc::new(Int64Array::from(vec![3, 2])) as ArrayRef]).expect("update");
         let state = b.state().expect("state");
         let lists: Vec<ArrayRef> = state.iter().map(|s| s.to_array().expect("array")).collect();

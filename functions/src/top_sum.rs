@@ -20,7 +20,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::physical_expr::expressions::Literal;
 
-use crate::keyed::{Groups, Runs, each, each_list, list_array};
+use crate::keyed::{Groups, OneGroup, PerGroup, Runs, each, each_list, list_array};
 
 /// The function's SQL name.
 pub const TOP_SUM_FN: &str = "samkor_top_sum";
@@ -62,7 +62,7 @@ impl AggregateUDFImpl for TopSum {
     }
 
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(TopSumAccumulator(TopSumGroups::new(top_n(&args)?))))
+        Ok(Box::new(OneGroup(TopSumGroups::new(top_n(&args)?))))
     }
 
     fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
@@ -180,33 +180,19 @@ impl GroupsAccumulator for TopSumGroups {
     }
 }
 
-/// The accumulator of an aggregate without groups: one group.
-#[derive(Debug)]
-struct TopSumAccumulator(TopSumGroups);
+impl PerGroup for TopSumGroups {
+    type Value = f64;
 
-impl Accumulator for TopSumAccumulator {
-    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        let zeros = vec![0; values[0].len()];
-        self.0.update_batch(values, &zeros, None, 1)
+    fn groups(&mut self) -> &mut Groups<f64> {
+        &mut self.groups
     }
 
-    fn evaluate(&mut self) -> Result<ScalarValue> {
-        self.0.groups.grow(1);
-        ScalarValue::try_from_array(&values(&mut self.0.groups.runs, self.0.n), 0)
+    fn values(&self, groups: &mut [Runs<f64>]) -> ArrayRef {
+        values(groups, self.n)
     }
 
-    fn size(&self) -> usize {
-        self.0.size()
-    }
-
-    fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        self.0.groups.grow(1);
-        lists(&mut self.0.groups.runs).iter().map(|a| ScalarValue::try_from_array(a, 0)).collect()
-    }
-
-    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        let zeros = vec![0; states[0].len()];
-        self.0.merge_batch(states, &zeros, 1)
+    fn lists(&self, groups: &mut [Runs<f64>]) -> Vec<ArrayRef> {
+        lists(groups)
     }
 }
 
@@ -245,7 +231,7 @@ mod tests {
 
     #[test]
     fn without_groups_one_total() {
-        let mut acc = TopSumAccumulator(TopSumGroups::new(1));
+        let mut acc = OneGroup(TopSumGroups::new(1));
         let k: ArrayRef = Arc::new(Int64Array::from(vec![1, 2, 1]));
         let x: ArrayRef = Arc::new(Float64Array::from(vec![1.0, 3.0, 1.5]));
         acc.update_batch(&[k, x]).expect("update");
