@@ -19,7 +19,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use samkor_node::access::Scope;
 use samkor_node::{NodeConfig, NodeState};
@@ -31,12 +31,7 @@ fn main() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = std::env::var("SAMKOR_BENCH_CLUSTER_DIR").map(Into::into).unwrap_or_else(|_| tmp.path().to_owned());
     let node_toml = dir.join("lmr").join("node.toml");
-    if !node_toml.exists() {
-        samkor::certs::write_federation_key(&dir.join("federation.key"))?;
-        let t = Instant::now();
-        samkor::synth::generate(&samkor::synth::SynthOptions { out: dir.clone(), persons, seed: 1 })?;
-        println!("synth {persons} persons: {:.1} s", t.elapsed().as_secs_f64());
-    }
+    common::registers_once(&dir, persons)?;
     let certs = dir.join("certs");
     if !certs.join("worker.pem").exists() {
         samkor::certs::init(&certs, &["lmr"], &[])?;

@@ -31,12 +31,7 @@ fn main() -> anyhow::Result<()> {
     let dir = std::env::var("SAMKOR_BENCH_PG_DIR").map(Into::into).unwrap_or_else(|_| tmp.path().to_owned());
     let rt = common::runtime();
     let node_toml = dir.join("lmr").join("node.toml");
-    if !node_toml.exists() {
-        samkor::certs::write_federation_key(&dir.join("federation.key"))?;
-        let t = Instant::now();
-        samkor::synth::generate(&samkor::synth::SynthOptions { out: dir.clone(), persons, seed: 1 })?;
-        println!("synth {persons} persons: {:.1} s", t.elapsed().as_secs_f64());
-    }
+    common::registers_once(&dir, persons)?;
     let files_text = std::fs::read_to_string(&node_toml)?;
     anyhow::ensure!(files_text.contains("format = \"parquet\""), "{} must serve from Parquet", node_toml.display());
     rt.block_on(async {

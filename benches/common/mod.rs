@@ -204,6 +204,19 @@ pub(crate) fn synth(dir: &Path, persons: u64, seed: u64, project: &str) -> (samk
     (summary, t.elapsed())
 }
 
+/// The five registers (and a federation key) in `dir`, generated once: a
+/// directory kept between runs (`SAMKOR_BENCH_*_DIR`) is reused as it is.
+pub(crate) fn registers_once(dir: &Path, persons: u64) -> anyhow::Result<()> {
+    if dir.join("lmr").join("node.toml").exists() {
+        return Ok(());
+    }
+    samkor::certs::write_federation_key(&dir.join("federation.key"))?;
+    let t = Instant::now();
+    samkor::synth::generate(&samkor::synth::SynthOptions { out: dir.to_owned(), persons, seed: 1 })?;
+    println!("synth {persons} persons: {:.1} s", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
 /// Loads a TLS identity (`coordinator`, `alice`, ...) of a synth directory.
 pub(crate) fn identity(dir: &Path, name: &str) -> samkor_proto::tls::TlsIdentity {
     samkor::federation::identity_files(dir, name).load().expect("TLS identity")
