@@ -3,7 +3,8 @@
 //! streams a full scan of `lmr` (which should not grow with the table).
 //!
 //! ```text
-//!  (a) ProjectPseudonymiser::pseudonymise on 1M Utf8 identity numbers (one thread), per scheme
+//!  (a) ProjectPseudonymiser::pseudonymise on 1M Utf8 identity numbers (one thread), per scheme,
+//!      in record batches and as one array; and record keys computed from identity numbers
 //!  (b) SELECT atc, count(*), sum(ddd) FROM dispensations WHERE region = 'Skåne' GROUP BY atc
 //!      - NodeState::session(project) in this process (DataFusion only)
 //!      - an in-process node over Flight + mTLS (NodeClient, as the coordinator calls it)
@@ -30,6 +31,8 @@ use samkor_node::pseudonym::{FederationKey, PseudonymScheme};
 const PROJECT: &str = "bench";
 const SCAN_SQL: &str = "SELECT atc, count(*), sum(ddd) FROM dispensations WHERE region = 'Skåne' GROUP BY atc";
 const FULL_SQL: &str = "SELECT * FROM dispensations";
+/// Rows per record batch of a node's scans (DataFusion's default batch size).
+const BATCH_ROWS: usize = 8192;
 
 /// Rows in the Parquet files of a table directory (from the footers).
 fn parquet_rows(dir: &Path) -> anyhow::Result<u64> {
@@ -84,18 +87,35 @@ fn main() -> anyhow::Result<()> {
     let ids: StringArray =
         (0..n_ids as u64).map(|i| Some(format!("{:012}", 194001010000 + i * 7919 % 800_000_000_000))).collect();
     let key = FederationKey::from_bytes(std::array::from_fn(|i| (i as u8).wrapping_mul(37).wrapping_add(11)));
+    // The node pseudonymises record batch by record batch; one array of a
+    // million rows would also time the page faults of a fresh 32 MB output.
+    let batches: Vec<StringArray> =
+        (0..n_ids).step_by(BATCH_ROWS).map(|i| ids.slice(i, BATCH_ROWS.min(n_ids - i))).collect();
     let mut schemes = Vec::new();
     for scheme in PseudonymScheme::ALL {
         let pseudonymiser = key.for_project_with(scheme, PROJECT);
-        let mut ps = Vec::new();
+        let secret = key.record_key_secret(PROJECT);
+        let mut timed: [Vec<Duration>; 3] = Default::default();
         for _ in 0..runs + 1 {
             let t = Instant::now();
-            let out = pseudonymiser.pseudonymise(&ids).map_err(anyhow::Error::msg)?;
-            ps.push(t.elapsed());
-            std::hint::black_box(out);
+            for b in &batches {
+                std::hint::black_box(pseudonymiser.pseudonymise(b).map_err(anyhow::Error::msg)?);
+            }
+            timed[0].push(t.elapsed());
+            let t = Instant::now();
+            std::hint::black_box(pseudonymiser.pseudonymise(&ids).map_err(anyhow::Error::msg)?);
+            timed[1].push(t.elapsed());
+            let t = Instant::now();
+            for b in &batches {
+                std::hint::black_box(pseudonymiser.record_keys(&secret, b).map_err(anyhow::Error::msg)?);
+            }
+            timed[2].push(t.elapsed());
         }
-        ps.remove(0);
-        schemes.push((scheme, common::median(&ps), common::percentile(&ps, 0.0)));
+        let medians = timed.map(|mut t| {
+            t.remove(0);
+            (common::median(&t), common::percentile(&t, 0.0))
+        });
+        schemes.push((scheme, medians));
     }
 
     let rt = common::runtime();
@@ -184,18 +204,25 @@ fn main() -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     println!("\n══ samkor node benchmark ══ ({cores} cores)");
     println!(
-        "(a) pseudonymisation, ProjectPseudonymiser::pseudonymise, {n_ids} Utf8 12-digit ids, one thread, {runs} runs:"
+        "(a) pseudonymisation of {n_ids} Utf8 12-digit identity numbers, one thread, median of {runs} runs (best):"
     );
-    for (scheme, median, best) in &schemes {
-        println!(
-            "    {:<15} median {:.1} ms = {} ids/s   (best {:.1} ms = {} ids/s){}",
-            scheme.name(),
-            ms(*median),
-            rate(n_ids as u64, *median),
-            ms(*best),
-            rate(n_ids as u64, *best),
-            if *scheme == PseudonymScheme::default() { "  [default]" } else { "" },
-        );
+    let what = [
+        format!("pseudonyms (32 letters), batches of {BATCH_ROWS} rows"),
+        format!("pseudonyms (32 letters), one array of {n_ids} rows"),
+        format!("record keys of identity numbers, batches of {BATCH_ROWS}"),
+    ];
+    for (scheme, medians) in &schemes {
+        let default = if *scheme == PseudonymScheme::default() { "  [default]" } else { "" };
+        println!("    {}{default}", scheme.name());
+        for (label, (median, best)) in what.iter().zip(medians) {
+            println!(
+                "      {label:<52} {:>7.1} ms = {:>11} ids   (best {:.1} ms = {})",
+                ms(*median),
+                rate(n_ids as u64, *median),
+                ms(*best),
+                rate(n_ids as u64, *best),
+            );
+        }
     }
     if let Some(s) = &scan {
         println!(

@@ -37,11 +37,21 @@ impl std::fmt::Debug for RecordKeySecret {
 impl RecordKeySecret {
     /// The record key of one pseudonym (text or binary form).
     pub fn record_key(&self, pseudonym: &[u8]) -> i64 {
-        let mut h = SipHasher24::new_with_key(&self.0);
         match canonical(pseudonym) {
-            Some(bytes) => h.write(&bytes),
-            None => h.write(pseudonym),
+            Some(bytes) => self.record_key_of_bytes(&bytes),
+            None => {
+                let mut h = SipHasher24::new_with_key(&self.0);
+                h.write(pseudonym);
+                h.finish() as i64
+            }
         }
+    }
+
+    /// The record key of a pseudonym's 16 bytes (its canonical form).
+    #[inline]
+    pub fn record_key_of_bytes(&self, bytes: &[u8; 16]) -> i64 {
+        let mut h = SipHasher24::new_with_key(&self.0);
+        h.write(bytes);
         h.finish() as i64
     }
 }

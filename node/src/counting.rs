@@ -20,16 +20,29 @@
 //!     Filter / Projection (bare `person`) / SubqueryAlias / Sort / Limit
 //!       TableScan  ─▶ PseudonymiseExec(identity number, opt-outs removed)
 //! ```
+//!
+//! The record keys of disclosure control (`samkor_record_key(person)`, a
+//! keyed hash of the pseudonym's 16 bytes) count as such a use: a plan
+//! whose every other use of `person` is a count gets them from the identity
+//! numbers through [`IDENTITY_RECORD_KEY_FN`], which computes the same
+//! pseudonym bytes and hashes them without writing the 32-letter text and
+//! reading it back. The keys, and so every cell key, are the same.
 
 use std::sync::Arc;
 
-use datafusion::common::Result;
+use datafusion::arrow::datatypes::DataType;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Result, exec_err, plan_err};
 use datafusion::datasource::{provider_as_source, source_as_provider};
-use datafusion::logical_expr::expr::{AggregateFunction, Case};
-use datafusion::logical_expr::{Expr, LogicalPlan, TableScan};
+use datafusion::logical_expr::expr::{AggregateFunction, Case, ScalarFunction};
+use datafusion::logical_expr::expr_rewriter::NamePreserver;
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, LogicalPlan, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TableScan, Volatility,
+};
+use samkor_functions::{RECORD_KEY_FN, RecordKeySecret};
 use samkor_proto::PERSON_COLUMN;
 
+use crate::pseudonym::ProjectPseudonymiser;
 use crate::table::ProjectTable;
 
 /// Whether `e` mentions a column named `person`.
@@ -79,9 +92,15 @@ fn is_person_count(e: &Expr) -> bool {
         && params.order_by.iter().all(|s| !mentions_person(&s.expr))
 }
 
-/// Whether every mention of `person` in `e` is inside a person count.
+/// `samkor_record_key(person)`.
+fn is_record_key_of_person(e: &Expr) -> bool {
+    matches!(e, Expr::ScalarFunction(ScalarFunction { func, args })
+        if func.name() == RECORD_KEY_FN && matches!(args.as_slice(), [a] if is_person(a)))
+}
+
+/// Whether every mention of `person` in `e` is inside a person count or a record key.
 fn only_counts_person(e: &Expr) -> bool {
-    if is_person_count(e) {
+    if is_person_count(e) || is_record_key_of_person(e) {
         return true;
     }
     if is_person(e) {
@@ -128,8 +147,9 @@ fn node_ok(node: &LogicalPlan) -> bool {
         LogicalPlan::Aggregate(a) => {
             a.group_expr.iter().all(|g| !mentions_person(g)) && a.aggr_expr.iter().all(only_counts_person)
         }
-        // A bare `person` passes through under its own name; an alias or any function of it does not.
-        LogicalPlan::Projection(p) => p.expr.iter().all(|e| is_person(e) || !mentions_person(e)),
+        // A bare `person` passes through under its own name, and its record
+        // key may be computed; an alias or any other function of it may not.
+        LogicalPlan::Projection(p) => p.expr.iter().all(|e| is_person(e) || only_counts_person(e)),
         LogicalPlan::Filter(_) | LogicalPlan::Sort(_) | LogicalPlan::Limit(_) | LogicalPlan::SubqueryAlias(_) => {
             node.expressions().iter().all(|e| !mentions_person(e))
         }
@@ -142,14 +162,15 @@ fn node_ok(node: &LogicalPlan) -> bool {
 }
 
 /// If `plan` only counts persons, its scans of project tables emit identity
-/// numbers instead of pseudonyms; otherwise `plan` unchanged.
-pub fn count_on_identity_numbers(plan: LogicalPlan) -> Result<LogicalPlan> {
+/// numbers instead of pseudonyms and its record keys are computed from them
+/// by `record_keys` ([`identity_record_key_udf`]); otherwise `plan` unchanged.
+pub fn count_on_identity_numbers(plan: LogicalPlan, record_keys: &Arc<ScalarUDF>) -> Result<LogicalPlan> {
     if !person_only_counted(&plan) {
         return Ok(plan);
     }
     plan.transform_up(|node| {
         let LogicalPlan::TableScan(scan) = &node else {
-            return Ok(Transformed::no(node));
+            return keys_from_identity_numbers(node, record_keys);
         };
         let Ok(provider) = source_as_provider(&scan.source) else {
             return Ok(Transformed::no(node));
@@ -162,6 +183,86 @@ pub fn count_on_identity_numbers(plan: LogicalPlan) -> Result<LogicalPlan> {
         Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
     })
     .map(|t| t.data)
+}
+
+/// `samkor_record_key(person)` in `node`'s expressions replaced by
+/// `record_keys(person)`, every output keeping its name.
+fn keys_from_identity_numbers(node: LogicalPlan, record_keys: &Arc<ScalarUDF>) -> Result<Transformed<LogicalPlan>> {
+    let names = NamePreserver::new(&node);
+    node.map_expressions(|e| {
+        let saved = names.save(&e);
+        let rewritten = e.transform_up(|e| {
+            if !is_record_key_of_person(&e) {
+                return Ok(Transformed::no(e));
+            }
+            let Expr::ScalarFunction(ScalarFunction { args, .. }) = e else { unreachable!("checked above") };
+            Ok(Transformed::yes(Expr::ScalarFunction(ScalarFunction { func: Arc::clone(record_keys), args })))
+        })?;
+        Ok(if rewritten.transformed { rewritten.update_data(|e| saved.restore(e)) } else { rewritten })
+    })
+}
+
+/// The name of the record-key function over identity numbers. It exists in
+/// no session: only [`count_on_identity_numbers`] puts it into a plan.
+pub const IDENTITY_RECORD_KEY_FN: &str = "samkor_record_key_of_identity_number";
+
+/// `samkor_record_key` over identity numbers of one pseudonym domain.
+pub fn identity_record_key_udf(pseudonymiser: ProjectPseudonymiser, secret: RecordKeySecret) -> ScalarUDF {
+    ScalarUDF::from(IdentityRecordKey { pseudonymiser, secret, signature: Signature::any(1, Volatility::Immutable) })
+}
+
+#[derive(Debug)]
+struct IdentityRecordKey {
+    pseudonymiser: ProjectPseudonymiser,
+    secret: RecordKeySecret,
+    signature: Signature,
+}
+
+impl PartialEq for IdentityRecordKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.secret == other.secret
+            && self.pseudonymiser.project() == other.pseudonymiser.project()
+            && self.pseudonymiser.scheme() == other.pseudonymiser.scheme()
+    }
+}
+
+impl Eq for IdentityRecordKey {}
+
+impl std::hash::Hash for IdentityRecordKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.pseudonymiser.project().hash(state);
+    }
+}
+
+impl ScalarUDFImpl for IdentityRecordKey {
+    fn name(&self) -> &str {
+        IDENTITY_RECORD_KEY_FN
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        match args {
+            [DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null] => Ok(DataType::Int64),
+            other => plan_err!("{IDENTITY_RECORD_KEY_FN} takes an identity number, not {other:?}"),
+        }
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let [arg] = args.args.as_slice() else {
+            return exec_err!("{IDENTITY_RECORD_KEY_FN} takes one argument");
+        };
+        let array = arg.to_array(args.number_rows)?;
+        if array.data_type() == &DataType::Null {
+            return Ok(ColumnarValue::Array(Arc::new(datafusion::arrow::array::Int64Array::new_null(array.len()))));
+        }
+        match self.pseudonymiser.record_keys(&self.secret, &array) {
+            Ok(keys) => Ok(ColumnarValue::Array(Arc::new(keys))),
+            Err(e) => exec_err!("{IDENTITY_RECORD_KEY_FN}: {e}"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -178,6 +279,7 @@ mod tests {
             Field::new("ddd", DataType::Float64, true),
         ]));
         let ctx = SessionContext::new();
+        samkor_functions::register(&ctx, Some(RecordKeySecret([3; 16])));
         ctx.register_table("t", Arc::new(MemTable::try_new(schema, vec![vec![]]).expect("table"))).expect("register");
         ctx.sql(sql).await.expect("plan").logical_plan().clone()
     }
@@ -189,6 +291,8 @@ mod tests {
             "SELECT count(person) FROM t WHERE region = 'x'",
             "SELECT region, count(DISTINCT CASE WHEN ddd > 1 THEN person END) FROM t GROUP BY region",
             "SELECT \"region\", count(DISTINCT \"person\") FROM (SELECT \"person\", \"region\" FROM \"t\" WHERE \"ddd\" > 0) AS \"x\" GROUP BY \"region\"",
+            "SELECT region, count(DISTINCT person), min(rk) FROM (SELECT person, region, samkor_record_key(person) AS rk FROM t) x GROUP BY region",
+            "SELECT region, sum(ddd), samkor_persons(samkor_record_key(person)) FROM t GROUP BY region",
         ] {
             assert!(person_only_counted(&plan(sql).await), "{sql}");
         }
@@ -207,8 +311,37 @@ mod tests {
             "SELECT count(DISTINCT person) FROM (SELECT person FROM t UNION ALL SELECT region AS person FROM t) u",
             "SELECT region AS person, count(*) FROM t GROUP BY region",
             "SELECT count(DISTINCT person) FROM t WHERE region IN (SELECT region FROM t WHERE person = 'x')",
+            "SELECT person, samkor_record_key(person) AS rk FROM t",
+            "SELECT count(*) FROM t WHERE samkor_record_key(person) > 0",
+            "SELECT samkor_record_key(upper(person)) AS rk, count(*) FROM t GROUP BY 1",
+            "SELECT region, samkor_persons(samkor_record_key(person)) FROM t GROUP BY region, person",
         ] {
             assert!(!person_only_counted(&plan(sql).await), "{sql}");
         }
+    }
+
+    #[tokio::test]
+    async fn record_keys_come_from_identity_numbers_under_their_own_names() {
+        let key = crate::pseudonym::FederationKey::from_bytes([5; 32]);
+        let udf = Arc::new(identity_record_key_udf(key.for_project("P"), RecordKeySecret([3; 16])));
+        let sql = "SELECT region, count(DISTINCT person), samkor_persons(samkor_record_key(person)) \
+                   FROM (SELECT person, region, samkor_record_key(person) AS rk FROM t) x GROUP BY region";
+        let rewritten = count_on_identity_numbers(plan(sql).await, &udf).expect("rewrite");
+        let text = rewritten.display_indent().to_string();
+        // Every call computes from identity numbers; the old name stays only as an output's name.
+        assert!(text.contains("samkor_persons(samkor_record_key_of_identity_number(x.person)) AS "), "{text}");
+        assert!(text.contains("samkor_record_key_of_identity_number(t.person) AS rk"), "{text}");
+        assert!(!text.contains("samkor_record_key(t.person)"), "{text}");
+        // The output keeps the names the coordinator asked for.
+        let before = plan_names(&plan(sql).await);
+        assert_eq!(plan_names(&rewritten), before);
+        // A plan that sends the person out is left alone.
+        let kept = plan("SELECT person, samkor_record_key(person) AS rk FROM t").await;
+        let same = count_on_identity_numbers(kept.clone(), &udf).expect("rewrite");
+        assert_eq!(same, kept);
+    }
+
+    fn plan_names(plan: &LogicalPlan) -> Vec<String> {
+        plan.schema().fields().iter().map(|f| f.name().clone()).collect()
     }
 }

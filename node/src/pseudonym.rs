@@ -23,11 +23,12 @@ use std::sync::Arc;
 
 use aes::Aes256;
 use aes::cipher::{Block, BlockCipherEncrypt};
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringArray, StringBuilder};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, StringArray};
 use datafusion::arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use datafusion::arrow::datatypes::DataType;
 use hkdf::Hkdf;
 use hmac::{Hmac, KeyInit, Mac};
+use samkor_functions::RecordKeySecret;
 use sha2::{Digest, Sha256};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -37,8 +38,10 @@ const V2_SALT: &[u8] = b"samkor-pseudonym-v2";
 const V2_LONG: &[u8] = b"samkor-pseudonym-v2-long\0";
 /// Length in characters of a pseudonym.
 pub const PSEUDONYM_LEN: usize = 32;
-/// Blocks encrypted together (the AES-NI pipeline width).
-const LANES: usize = 8;
+/// Blocks encrypted together: the widest parallel batch of the `aes` crate's
+/// backends (64 with VAES-512; an AES-NI backend takes them eight at a time).
+/// Eight at a time left VAES-512 encrypting one block per call.
+const LANES: usize = 64;
 
 /// How pseudonyms are computed. All nodes of a federation must use the same
 /// scheme, or the same person gets different pseudonyms in different registers.
@@ -190,8 +193,7 @@ impl std::fmt::Debug for ProjectPseudonymiser {
 #[inline]
 fn v2_block(value: &[u8]) -> [u8; 16] {
     let mut block = [0u8; 16];
-    if value.len() == 12 && value.iter().all(u8::is_ascii_digit) {
-        let n = value.iter().fold(0u64, |n, &c| n * 10 + u64::from(c - b'0'));
+    if let Some(n) = twelve_digits(value) {
         block[0] = 0x01;
         block[1..9].copy_from_slice(&n.to_be_bytes());
         block[9..16].copy_from_slice(b"samkor\0");
@@ -207,12 +209,48 @@ fn v2_block(value: &[u8]) -> [u8; 16] {
     block
 }
 
-/// Writes 16 bytes as 32 letters `a`–`p`.
+/// Every byte of a `u64` set to 1.
+const ONES: u64 = 0x0101_0101_0101_0101;
+
+/// The value of a 12-digit decimal number, `None` for anything else. Eight
+/// and four bytes at a time: each byte is checked to lie in `'0'..='9'`
+/// (high nibble 3, and still 3 after adding 6), then pairs, quadruples and
+/// octets of digits are combined by multiplies (10, 100, 10⁴).
 #[inline]
-fn letters(bytes: &[u8], out: &mut [u8]) {
-    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = b'a' + (b >> 4);
-        pair[1] = b'a' + (b & 0x0f);
+fn twelve_digits(value: &[u8]) -> Option<u64> {
+    let (head, tail) = value.split_first_chunk::<8>()?;
+    let tail: &[u8; 4] = tail.try_into().ok()?;
+    let high = u64::from_le_bytes(*head);
+    // The four last digits in the high half of a word whose low half is "0000".
+    let low = (u64::from(u32::from_le_bytes(*tail)) << 32) | 0x3030_3030;
+    let digits =
+        |x: u64| x & (0xf0 * ONES) == 0x30 * ONES && x.wrapping_add(0x06 * ONES) & (0xf0 * ONES) == 0x30 * ONES;
+    if !digits(high) || !digits(low) {
+        return None;
+    }
+    Some(eight_digits(high - 0x30 * ONES) * 10_000 + eight_digits(low - 0x30 * ONES))
+}
+
+/// Eight digit values (0–9), the first in the lowest byte, as one number.
+#[inline]
+fn eight_digits(mut d: u64) -> u64 {
+    d = (d & (0x0f * ONES)).wrapping_mul(10 << 8 | 1) >> 8;
+    d = (d & 0x00ff_00ff_00ff_00ff).wrapping_mul(100 << 16 | 1) >> 16;
+    (d & 0x0000_ffff_0000_ffff).wrapping_mul(10_000 << 32 | 1) >> 32
+}
+
+/// Writes 16 bytes as 32 letters `a`–`p`, high nibble first: four bytes at
+/// a time spread over a word (byte i to byte 2i), nibbles split into
+/// neighbouring bytes and `'a'` added to each.
+#[inline]
+fn letters(bytes: &[u8; 16], out: &mut [u8]) {
+    for (four, dst) in bytes.chunks_exact(4).zip(out.chunks_exact_mut(8)) {
+        let mut y = u64::from(u32::from_le_bytes(four.try_into().expect("chunks of four")));
+        y = (y | (y << 16)) & 0x0000_ffff_0000_ffff;
+        y = (y | (y << 8)) & 0x00ff_00ff_00ff_00ff;
+        let high = (y >> 4) & 0x000f_000f_000f_000f;
+        let low = (y & 0x000f_000f_000f_000f) << 8;
+        dst.copy_from_slice(&(high + low + 0x61 * ONES).to_le_bytes());
     }
 }
 
@@ -231,19 +269,7 @@ impl ProjectPseudonymiser {
     /// Writes the pseudonym of `pnr` into `out`.
     #[inline]
     pub fn write(&self, pnr: &str, out: &mut [u8; PSEUDONYM_LEN]) {
-        match &self.keyed {
-            Keyed::Hmac(keyed) => {
-                let mut mac = (**keyed).clone();
-                mac.update(pnr.as_bytes());
-                let digest = mac.finalize().into_bytes();
-                letters(&digest[..PSEUDONYM_LEN / 2], out);
-            }
-            Keyed::Aes(cipher) => {
-                let mut block = Block::<Aes256>::from(v2_block(pnr.as_bytes()));
-                cipher.encrypt_block(&mut block);
-                letters(&block, out);
-            }
-        }
+        letters(&self.block(pnr.as_bytes()), out);
     }
 
     /// The pseudonym of one identity number.
@@ -253,72 +279,85 @@ impl ProjectPseudonymiser {
         String::from_utf8(out.to_vec()).expect("letters a-p are ASCII")
     }
 
-    /// Pseudonymises a string column (Utf8, LargeUtf8 or Utf8View); nulls stay null.
-    /// Returns a Utf8 array.
-    pub fn pseudonymise(&self, column: &dyn Array) -> Result<ArrayRef, String> {
+    /// The 16 bytes behind the pseudonym of `pnr` (its text form is these
+    /// bytes as letters).
+    #[inline]
+    fn block(&self, pnr: &[u8]) -> [u8; 16] {
         match &self.keyed {
-            Keyed::Aes(cipher) => match column.data_type() {
-                DataType::Utf8 => Ok(aes_column(cipher, column.as_string::<i32>().iter(), column)),
-                DataType::LargeUtf8 => Ok(aes_column(cipher, column.as_string::<i64>().iter(), column)),
-                DataType::Utf8View => Ok(aes_column(cipher, column.as_string_view().iter(), column)),
-                other => Err(format!("the person column has type {other}, expected a string")),
-            },
-            Keyed::Hmac(_) => {
-                let mut builder = StringBuilder::with_capacity(column.len(), column.len() * PSEUDONYM_LEN);
-                let mut buf = [0u8; PSEUDONYM_LEN];
-                let mut push = |v: Option<&str>| match v {
-                    Some(pnr) => {
-                        self.write(pnr, &mut buf);
-                        builder.append_value(std::str::from_utf8(&buf).expect("ASCII"));
-                    }
-                    None => builder.append_null(),
-                };
-                match column.data_type() {
-                    DataType::Utf8 => column.as_string::<i32>().iter().for_each(&mut push),
-                    DataType::LargeUtf8 => column.as_string::<i64>().iter().for_each(&mut push),
-                    DataType::Utf8View => column.as_string_view().iter().for_each(&mut push),
-                    other => {
-                        return Err(format!("the person column has type {other}, expected a string"));
-                    }
-                }
-                Ok(Arc::new(builder.finish()))
+            Keyed::Hmac(keyed) => {
+                let mut mac = (**keyed).clone();
+                mac.update(pnr);
+                mac.finalize().into_bytes()[..16].try_into().expect("a digest of 32 bytes")
+            }
+            Keyed::Aes(cipher) => {
+                let mut block = Block::<Aes256>::from(v2_block(pnr));
+                cipher.encrypt_block(&mut block);
+                block.0
             }
         }
     }
-}
 
-/// `aes256-v2` over a whole column: blocks encrypted eight at a time, letters
-/// written straight into the output buffer (32 bytes per row; a null row
-/// keeps its 32 bytes, unused, and its null bit).
-fn aes_column<'a>(cipher: &Aes256, values: impl Iterator<Item = Option<&'a str>>, column: &dyn Array) -> ArrayRef {
-    let n = column.len();
-    let mut out = vec![0u8; n * PSEUDONYM_LEN];
-    let mut blocks = [Block::<Aes256>::default(); LANES];
-    let mut filled = 0;
-    let mut start = 0;
-    for v in values {
-        blocks[filled] = Block::<Aes256>::from(v2_block(v.unwrap_or_default().as_bytes()));
-        filled += 1;
-        if filled == LANES {
-            cipher.encrypt_blocks(&mut blocks);
-            for (block, dst) in blocks.iter().zip(out[start * PSEUDONYM_LEN..].chunks_exact_mut(PSEUDONYM_LEN)) {
-                letters(block, dst);
+    /// Calls `emit(row, bytes)` with the 16 pseudonym bytes of every row of
+    /// a string column (Utf8, LargeUtf8 or Utf8View), in row order; a null
+    /// row gets the bytes of an empty value (the caller keeps the null).
+    fn each_block(&self, column: &dyn Array, emit: impl FnMut(usize, &[u8; 16])) -> Result<(), String> {
+        match column.data_type() {
+            DataType::Utf8 => self.blocks_of(column.as_string::<i32>().iter(), emit),
+            DataType::LargeUtf8 => self.blocks_of(column.as_string::<i64>().iter(), emit),
+            DataType::Utf8View => self.blocks_of(column.as_string_view().iter(), emit),
+            other => return Err(format!("the person column has type {other}, expected a string")),
+        }
+        Ok(())
+    }
+
+    fn blocks_of<'a>(&self, values: impl Iterator<Item = Option<&'a str>>, mut emit: impl FnMut(usize, &[u8; 16])) {
+        let cipher = match &self.keyed {
+            Keyed::Aes(cipher) => cipher,
+            Keyed::Hmac(_) => {
+                values.enumerate().for_each(|(row, v)| emit(row, &self.block(v.unwrap_or_default().as_bytes())));
+                return;
             }
-            start += LANES;
-            filled = 0;
+        };
+        // `aes256-v2`: blocks encrypted LANES at a time.
+        let mut blocks = [Block::<Aes256>::default(); LANES];
+        let mut filled = 0;
+        let mut start = 0;
+        for v in values {
+            blocks[filled] = Block::<Aes256>::from(v2_block(v.unwrap_or_default().as_bytes()));
+            filled += 1;
+            if filled == LANES {
+                cipher.encrypt_blocks(&mut blocks);
+                blocks.iter().enumerate().for_each(|(i, b)| emit(start + i, &b.0));
+                start += LANES;
+                filled = 0;
+            }
         }
-    }
-    if filled > 0 {
         cipher.encrypt_blocks(&mut blocks[..filled]);
-        for (block, dst) in blocks[..filled].iter().zip(out[start * PSEUDONYM_LEN..].chunks_exact_mut(PSEUDONYM_LEN)) {
-            letters(block, dst);
-        }
+        blocks[..filled].iter().enumerate().for_each(|(i, b)| emit(start + i, &b.0));
     }
-    let offsets =
-        OffsetBuffer::new(ScalarBuffer::from((0..=n).map(|i| (i * PSEUDONYM_LEN) as i32).collect::<Vec<_>>()));
-    let array = StringArray::try_new(offsets, Buffer::from(out), column.logical_nulls())
-        .expect("letters a-p are valid UTF-8 and offsets are monotone");
-    Arc::new(array)
+
+    /// Pseudonymises a string column (Utf8, LargeUtf8 or Utf8View); nulls
+    /// stay null. Returns a Utf8 array: letters written straight into its
+    /// buffer, 32 bytes per row (a null row keeps its 32 bytes, unused).
+    pub fn pseudonymise(&self, column: &dyn Array) -> Result<ArrayRef, String> {
+        let n = column.len();
+        let mut out = vec![0u8; n * PSEUDONYM_LEN];
+        self.each_block(column, |row, block| letters(block, &mut out[row * PSEUDONYM_LEN..][..PSEUDONYM_LEN]))?;
+        let offsets =
+            OffsetBuffer::new(ScalarBuffer::from((0..=n).map(|i| (i * PSEUDONYM_LEN) as i32).collect::<Vec<_>>()));
+        let array = StringArray::try_new(offsets, Buffer::from(out), column.logical_nulls())
+            .expect("letters a-p are valid UTF-8 and offsets are monotone");
+        Ok(Arc::new(array))
+    }
+
+    /// The record keys (`samkor_functions::record_key_udf`) of a string
+    /// column of identity numbers: the same keys as of their pseudonyms,
+    /// without writing the pseudonyms (see [`crate::counting`]). Nulls stay null.
+    pub fn record_keys(&self, secret: &RecordKeySecret, column: &dyn Array) -> Result<Int64Array, String> {
+        let mut keys = vec![0i64; column.len()];
+        self.each_block(column, |row, block| keys[row] = secret.record_key_of_bytes(block))?;
+        Ok(Int64Array::new(ScalarBuffer::from(keys), column.logical_nulls()))
+    }
 }
 
 #[cfg(test)]
@@ -418,6 +457,60 @@ mod tests {
                 values.iter().map(|v| v.as_deref()).collect::<Vec<_>>(),
             );
             assert_eq!(a.pseudonymise(&view).expect("view").as_string::<i32>(), out);
+        }
+    }
+
+    #[test]
+    fn record_keys_of_identity_numbers_equal_those_of_their_pseudonyms() {
+        let secret = RecordKeySecret([4; 16]);
+        for scheme in PseudonymScheme::ALL {
+            let a = key().for_project_with(scheme, "P");
+            // 150 rows: two full batches of LANES and a partial one, nulls and other values between.
+            let values: Vec<Option<String>> = (0..150u64)
+                .map(|i| match i % 9 {
+                    4 => None,
+                    7 => Some(format!("x{i}")),
+                    _ => Some(format!("{:012}", 194001010000 + i * 7919)),
+                })
+                .collect();
+            let col = StringArray::from(values.clone());
+            let keys = a.record_keys(&secret, &col).expect("strings");
+            for (i, v) in values.iter().enumerate() {
+                match v {
+                    Some(v) => {
+                        assert_eq!(keys.value(i), secret.record_key(a.pseudonym(v).as_bytes()), "{scheme} row {i}")
+                    }
+                    None => assert!(keys.is_null(i), "{scheme} row {i}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn twelve_digits_reads_exactly_twelve_decimal_digits() {
+        let reference = |v: &[u8]| {
+            (v.len() == 12 && v.iter().all(u8::is_ascii_digit))
+                .then(|| v.iter().fold(0u64, |n, &c| n * 10 + u64::from(c - b'0')))
+        };
+        let mut cases: Vec<Vec<u8>> =
+            ["191212121212", "000000000000", "999999999999", "19121212121", "1912121212120", ""]
+                .iter()
+                .map(|s| s.as_bytes().to_vec())
+                .collect();
+        // Every position holding each byte just outside and at the ends of '0'..='9'.
+        for pos in 0..12 {
+            for b in [b'/', b'0', b'9', b':', b'?', 0x00, 0x80, 0xb0, 0xff, b'a'] {
+                let mut v = b"194001010000".to_vec();
+                v[pos] = b;
+                cases.push(v);
+            }
+        }
+        for v in &cases {
+            assert_eq!(twelve_digits(v), reference(v), "{v:?}");
+        }
+        for i in 0..10_000u64 {
+            let v = format!("{:012}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % 1_000_000_000_000);
+            assert_eq!(twelve_digits(v.as_bytes()), reference(v.as_bytes()), "{v}");
         }
     }
 

@@ -92,8 +92,9 @@ impl NodeService {
         let df = ctx.sql_with_options(sql, options).await.map_err(|e| plan_error(self.state.register(), e))?;
         let (state, plan) = df.into_parts();
         // Persons only counted: the identity numbers are counted, never pseudonymised or sent.
-        let plan =
-            crate::counting::count_on_identity_numbers(plan).map_err(|e| plan_error(self.state.register(), e))?;
+        let record_keys = Arc::new(self.state.identity_record_keys(scope));
+        let plan = crate::counting::count_on_identity_numbers(plan, &record_keys)
+            .map_err(|e| plan_error(self.state.register(), e))?;
         let df = datafusion::dataframe::DataFrame::new(state, plan);
         df.execute_stream().await.map_err(|e| plan_error(self.state.register(), e))
     }

@@ -175,6 +175,16 @@ impl NodeState {
         samkor_functions::register(&ctx, Some(secret));
         Ok(ctx)
     }
+
+    /// `samkor_record_key` over the identity numbers of `scope`'s pseudonym
+    /// domain, for plans that only count persons ([`crate::counting`]).
+    pub fn identity_record_keys(&self, scope: &Scope) -> datafusion::logical_expr::ScalarUDF {
+        let domain = scope.pseudonym_domain(self.register());
+        crate::counting::identity_record_key_udf(
+            self.key.for_project_with(self.config.node.pseudonym_scheme, &domain),
+            self.key.record_key_secret(&domain),
+        )
+    }
 }
 
 /// The DataFusion settings of a node session.

@@ -386,6 +386,48 @@ async fn persons_only_counted_are_counted_on_identity_numbers_with_the_same_answ
 }
 
 #[tokio::test]
+async fn record_keys_from_identity_numbers_equal_those_from_pseudonyms() {
+    let dir = synth_dir();
+    let node = start_node(dir, "hip").await;
+    let client = coordinator_client(&node);
+    // Disclosure control's shape: record keys under the scan, only counted and summed above.
+    let counted = "SELECT region, count(DISTINCT person) AS p, samkor_persons(rk) AS cell, min(rk) AS lo, max(rk) AS hi \
+                   FROM (SELECT person, region, samkor_record_key(person) AS rk FROM operations WHERE asa > 1) AS o \
+                   GROUP BY region ORDER BY region";
+    let plan = strings(&run(&client, "P-1", &format!("EXPLAIN {counted}")).await.expect("explain"), 1).join("\n");
+    assert!(plan.contains("identity number (counted only)"), "{plan}");
+    assert!(plan.contains("samkor_record_key_of_identity_number(person"), "{plan}");
+    let served = run(&client, "P-1", counted).await.expect("cells");
+    // The same keys where the pseudonym leaves too (no rewrite), aggregated here.
+    let sent = "SELECT person, region, samkor_record_key(person) AS rk FROM operations WHERE asa > 1";
+    let plan = strings(&run(&client, "P-1", &format!("EXPLAIN {sent}")).await.expect("explain"), 1).join("\n");
+    assert!(!plan.contains("counted only") && !plan.contains("of_identity_number"), "{plan}");
+    let rows = run(&client, "P-1", sent).await.expect("rows");
+    let mut cells: std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>> = Default::default();
+    for ((person, region), rk) in strings(&rows, 0).into_iter().zip(strings(&rows, 1)).zip(i64s(&rows, 2)) {
+        cells.entry(region).or_default().insert(person, rk);
+    }
+    let expected: Vec<String> = cells
+        .iter()
+        .map(|(region, persons)| {
+            let key = persons.values().fold(0u32, |k, rk| k.wrapping_add(*rk as u32));
+            let cell = samkor_functions::PersonsCell { persons: persons.len() as u64, key }.pack();
+            let (lo, hi) = (persons.values().min().expect("a person"), persons.values().max().expect("a person"));
+            format!("{region} {} {cell} {lo} {hi}", persons.len())
+        })
+        .collect();
+    let got: Vec<String> = (0..served.iter().map(|b| b.num_rows()).sum::<usize>())
+        .map(|i| {
+            let field = |c: usize| strings(&served, c)[i].clone();
+            format!("{} {} {} {} {}", field(0), field(1), field(2), field(3), field(4))
+        })
+        .collect();
+    assert!(expected.len() > 3, "several regions: {expected:?}");
+    assert_eq!(got, expected);
+    node.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_filter_on_a_withheld_column_is_refused_like_reading_it() {
     let dir = synth_dir();
     let mut config = node_config(dir, "hip", true).expect("config");
