@@ -15,7 +15,8 @@
 //! Environment: SAMKOR_BENCH_PERSONS (default 200000), SAMKOR_BENCH_RUNS (timed runs per
 //! query and side, default 5), SAMKOR_BENCH_LATENCY_RUNS (default 200), SAMKOR_BENCH_SEED,
 //! SAMKOR_BENCH_EXPLAIN=1 (print the coordinator's plan of each query), SAMKOR_BENCH_KEEP=1
-//! (keep the temp dir), SAMKOR_LOG (tracing filter for the in-process servers).
+//! (keep the temp dir), SAMKOR_LOG (tracing filter for the in-process servers),
+//! SAMKOR_BENCH_PROFILE=N (run only query N, federated, SAMKOR_BENCH_RUNS times: for a profiler).
 
 mod common;
 
@@ -212,6 +213,7 @@ fn main() -> anyhow::Result<()> {
     let runs = common::env_u64("SAMKOR_BENCH_RUNS", 5) as usize;
     let latency_runs = common::env_u64("SAMKOR_BENCH_LATENCY_RUNS", 200) as usize;
     let explain = std::env::var("SAMKOR_BENCH_EXPLAIN").is_ok_and(|v| v == "1");
+    let profile = std::env::var("SAMKOR_BENCH_PROFILE").ok().map(|v| v.parse::<usize>()).transpose()?;
     let bench_started = Instant::now();
 
     let tmp = tempfile::Builder::new().prefix("samkor-bench-fed-").tempdir()?;
@@ -221,7 +223,7 @@ fn main() -> anyhow::Result<()> {
     let parquet_bytes: u64 = samkor::federation::REGISTERS.iter().map(|r| common::dir_bytes(&dir.join(r))).sum();
 
     eprintln!("DuckDB (python3, 2 threads) on the same Parquet files ...");
-    let duck = duckdb(&dir, runs);
+    let duck = if profile.is_some() { Err("not run when profiling".to_owned()) } else { duckdb(&dir, runs) };
     let rt = common::runtime();
     let mut out = String::new();
     use std::fmt::Write as _;
@@ -230,6 +232,16 @@ fn main() -> anyhow::Result<()> {
         let mut client = fed.client("alice", PROJECT).await?;
         let ctx = samkor::federation::pooled_session(&dir, PROJECT).await?;
 
+        if let Some(qi) = profile {
+            // Only one query, federated, for a profiler: no comparison, no report.
+            let q = QUERIES.get(qi.wrapping_sub(1)).context("SAMKOR_BENCH_PROFILE: a query number from 1")?;
+            eprintln!("profiling query {qi}: {} x {runs} ...", q.name);
+            for _ in 0..runs {
+                let r = federated(&mut client, q.sql).await?;
+                eprintln!("  {:.1} ms", ms(r.total));
+            }
+            return Ok(());
+        }
         // ── federated vs pooled ──
         let mut rows = Vec::new();
         for (qi, q) in QUERIES.iter().enumerate() {

@@ -247,6 +247,8 @@ fn main() -> anyhow::Result<()> {
             rate(s.rows, s.raw)
         );
         println!("    SELECT count(*) FROM dispensations in the node session: {:>8.1} ms", ms(s.count));
+        println!("    a sub-query's session opened (NodeState::session), median of 50: {:>6.2} ms", ms(s.open));
+        println!("    SELECT 1 over Flight + mTLS (a sub-query's fixed cost), median of 50: {:>6.2} ms", ms(s.one));
     }
     println!("(c) `samkor node` (separate process) streaming `{FULL_SQL}` to a client that discards the batches:");
     println!(
@@ -301,6 +303,10 @@ struct ScanResult {
     flight: Duration,
     raw: Duration,
     count: Duration,
+    /// Opening a sub-query's session (no query), median of 50.
+    open: Duration,
+    /// `SELECT 1` over Flight + mTLS: a sub-query's fixed cost, median of 50.
+    one: Duration,
 }
 
 async fn scan_bench(dir: &Path, runs: usize, rows: u64) -> anyhow::Result<ScanResult> {
@@ -328,6 +334,13 @@ async fn scan_bench(dir: &Path, runs: usize, rows: u64) -> anyhow::Result<ScanRe
         session.push(session_run().await?.0);
     }
 
+    let mut open = Vec::new();
+    for _ in 0..50 {
+        let t = Instant::now();
+        std::hint::black_box(state.session(&samkor_node::access::Scope::Project(PROJECT.to_owned()), None)?);
+        open.push(t.elapsed());
+    }
+
     // The same over Flight from an in-process node.
     let node = samkor_node::start(config).await?;
     let client = common::node_client(dir, "lmr", &node.addr.to_string(), "coordinator");
@@ -342,6 +355,13 @@ async fn scan_bench(dir: &Path, runs: usize, rows: u64) -> anyhow::Result<ScanRe
     let mut flight = Vec::new();
     for _ in 0..runs {
         flight.push(flight_run().await?);
+    }
+    let mut one = Vec::new();
+    for _ in 0..50 {
+        let t = Instant::now();
+        let stream = client.query(PROJECT, "SELECT 1", "bench-one", None).await?;
+        std::hint::black_box(stream.try_collect::<Vec<_>>().await.map_err(|e| client.stream_error(e))?);
+        one.push(t.elapsed());
     }
     node.shutdown().await;
 
@@ -365,5 +385,7 @@ async fn scan_bench(dir: &Path, runs: usize, rows: u64) -> anyhow::Result<ScanRe
         flight: common::median(&flight),
         raw: common::median(&raw),
         count,
+        open: common::median(&open),
+        one: common::median(&one),
     })
 }

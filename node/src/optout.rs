@@ -27,6 +27,10 @@ pub type OptOutSet = datafusion::common::HashSet<u64>;
 #[inline]
 pub fn pnr_key(pnr: &str) -> Option<u64> {
     let b = pnr.as_bytes();
+    if b.len() == 12 {
+        // The usual form, eight digits at a time.
+        return crate::pseudonym::twelve_digits(b);
+    }
     let mut v: u64 = 0;
     let mut digits = 0;
     for (i, &c) in b.iter().enumerate() {
@@ -108,6 +112,9 @@ mod tests {
         assert_eq!(pnr_key("1912121212"), None);
         assert_eq!(pnr_key("19121212+1212"), None);
         assert_eq!(pnr_key("1912121-21212"), None);
+        assert_eq!(pnr_key("1912121-1212"), None);
+        assert_eq!(pnr_key("19121212121a"), None);
+        assert_eq!(pnr_key(" 19121212121"), None);
     }
 
     #[test]

@@ -217,7 +217,7 @@ const ONES: u64 = 0x0101_0101_0101_0101;
 /// (high nibble 3, and still 3 after adding 6), then pairs, quadruples and
 /// octets of digits are combined by multiplies (10, 100, 10⁴).
 #[inline]
-fn twelve_digits(value: &[u8]) -> Option<u64> {
+pub(crate) fn twelve_digits(value: &[u8]) -> Option<u64> {
     let (head, tail) = value.split_first_chunk::<8>()?;
     let tail: &[u8; 4] = tail.try_into().ok()?;
     let high = u64::from_le_bytes(*head);
