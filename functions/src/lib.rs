@@ -8,6 +8,9 @@
 //!            ─▶ samkor_quantile(x, key, p, k)   a quantile as the mean of the values
 //!                                               of at least k persons around its rank
 //!            ─▶ samkor_top_sum(key, |x|, n)     the n largest persons' totals (dominance)
+//!            ─▶ samkor_companions(key, n, conditions…, |x|…)
+//!                                               the above for one output aggregate,
+//!                                               one state per group for all of them
 //! ```
 //!
 //! None of them is for users: the coordinator refuses queries that name them
@@ -18,6 +21,7 @@
 //! `ages`), person-time, and confidence intervals of released counts (`intervals`).
 
 mod ages;
+mod companions;
 mod intervals;
 mod keyed;
 mod persons;
@@ -29,6 +33,7 @@ pub use ages::{
     AGE_BAND_FN, AGE_YEARS_FN, BIRTH_DECADE_FN, BIRTH_YEAR_FN, DAYS_BETWEEN_FN, GENERALISING_FUNCTIONS,
     YEARS_BETWEEN_FN, age, date_udfs,
 };
+pub use companions::{COMPANIONS_FN, MAX_CONDITIONS, MAX_MAGNITUDES, companions_udaf};
 pub use intervals::{INTERVAL_FUNCTIONS, interval_udfs};
 pub use persons::{PERSONS_FN, PersonsCell, persons_udaf};
 pub use quantile::{QUANTILE_FN, quantile_udaf};
@@ -36,7 +41,7 @@ pub use record_key::{RECORD_KEY_FN, RecordKeySecret, record_key_udf};
 pub use top_sum::{TOP_SUM_FN, top_sum_udaf};
 
 /// Names of every function of this crate (users may not call them).
-pub const INTERNAL_FUNCTIONS: &[&str] = &[RECORD_KEY_FN, PERSONS_FN, QUANTILE_FN, TOP_SUM_FN];
+pub const INTERNAL_FUNCTIONS: &[&str] = &[RECORD_KEY_FN, PERSONS_FN, QUANTILE_FN, TOP_SUM_FN, COMPANIONS_FN];
 
 /// Registers the functions in a session. `secret` is the record-key secret
 /// of the session's project: present at the nodes, absent at the
@@ -46,6 +51,7 @@ pub fn register(ctx: &datafusion::prelude::SessionContext, secret: Option<Record
     ctx.register_udaf(persons_udaf());
     ctx.register_udaf(quantile_udaf());
     ctx.register_udaf(top_sum_udaf());
+    ctx.register_udaf(companions_udaf());
     register_user_functions(ctx);
 }
 

@@ -25,6 +25,7 @@ use datafusion::logical_expr::{
 };
 
 use super::lineage::{expr_lineage, is_grouping_set};
+use super::packed::{PackedFields, Packer};
 use super::rules::Rule;
 use super::statistics::{Kind, Stat, filtered};
 use super::{Layout, Origin, Parts, ROW_COLUMN, Rewriter, StatLayout, col_expr};
@@ -216,7 +217,7 @@ impl Rewriter<'_> {
         let grouping_set = is_grouping_set(&a);
         let aggregate_schema = a.schema.clone();
         let (input, persons) = self.expose(Arc::unwrap_or_clone(a.input))?;
-        let mut hidden = Hidden { rw: self, aggr: Vec::new(), cache: HashMap::new() };
+        let mut hidden = Hidden { rw: self, aggr: Vec::new(), cache: HashMap::new(), packer: Packer::default() };
         let row = hidden.all(self.persons_expr(&persons, None, &[]), "g");
         let fingerprint = persons.primary().map(|p| {
             (
@@ -294,7 +295,7 @@ impl Rewriter<'_> {
         let margin = grouping_set.then(|| {
             groups.iter().map(|g| hidden.one(agg(count_udaf(), g.clone(), false), "m")).collect::<Vec<String>>()
         });
-        let aggr = std::mem::take(&mut hidden.aggr);
+        let (aggr, packed) = hidden.finish();
         let mut plan = LogicalPlan::Aggregate(Aggregate::try_new(Arc::new(input), a.group_expr, aggr)?);
         if grouping_set {
             // The internal grouping id does not survive the SQL round trip to a
@@ -309,16 +310,19 @@ impl Rewriter<'_> {
                 .collect();
             plan = LogicalPlan::Projection(Projection::try_new(keep, Arc::new(plan))?);
         }
-        let layout = Layout::new(aggregate_schema, groups.len(), grouping_set, layouts, row, fingerprint, margin);
+        let mut layout = Layout::new(aggregate_schema, groups.len(), grouping_set, layouts, row, fingerprint, margin);
+        layout.packed = packed;
         Ok((plan, layout))
     }
 }
 
-/// The hidden aggregates being added, each once, by name.
+/// The hidden aggregates being added, each once, by name; the person
+/// companions among them packed into one call per record key ([`Packer`]).
 struct Hidden<'a, 'b> {
     rw: &'a Rewriter<'b>,
     aggr: Vec<Expr>,
     cache: HashMap<String, String>,
+    packer: Packer,
 }
 
 impl Hidden<'_, '_> {
@@ -328,9 +332,19 @@ impl Hidden<'_, '_> {
             return name.clone();
         }
         let name = self.rw.name(what);
-        self.aggr.push(e.alias(&name));
+        if !self.packer.take(&e, &name) {
+            self.aggr.push(e.alias(&name));
+        }
         self.cache.insert(key, name.clone());
         name
+    }
+
+    /// The aggregate expressions, and where the packed companions are.
+    fn finish(mut self) -> (Vec<Expr>, PackedFields) {
+        let rw = self.rw;
+        let (calls, packed) = std::mem::take(&mut self.packer).finish(|| rw.name("pm"));
+        self.aggr.extend(calls);
+        (self.aggr, packed)
     }
 
     fn all(&mut self, exprs: Vec<Expr>, what: &str) -> Vec<String> {

@@ -28,6 +28,7 @@ mod classify;
 mod companions;
 mod dominance;
 mod lineage;
+mod packed;
 mod perturb;
 mod release;
 mod rules;
@@ -166,6 +167,8 @@ pub struct Layout {
     /// are not announced by a `*` row.
     pub subset: bool,
     pub origins: Vec<Origin>,
+    /// Hidden columns that are fields of a `samkor_companions` struct column.
+    pub(crate) packed: packed::PackedFields,
 }
 
 impl Layout {
@@ -195,6 +198,7 @@ impl Layout {
             visible: 0,
             subset: false,
             origins: vec![],
+            packed: Default::default(),
         }
     }
 }

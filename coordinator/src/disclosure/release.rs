@@ -127,28 +127,37 @@ fn marker_name(fields: &[Field]) -> String {
     name
 }
 
-/// The executed aggregate's columns, by name.
+/// The executed aggregate's columns, by name; a packed companion is a field
+/// of its call's struct column.
 struct Columns<'a> {
     batch: &'a RecordBatch,
+    packed: &'a super::packed::PackedFields,
 }
 
 impl Columns<'_> {
-    fn get(&self, name: &str) -> Result<&ArrayRef> {
-        let i = self
-            .batch
-            .schema()
-            .index_of(name)
-            .map_err(|_| DataFusionError::Internal(format!("disclosure control lost its hidden column {name}")))?;
-        Ok(self.batch.column(i))
+    fn get(&self, name: &str) -> Result<ArrayRef> {
+        let (column, field) = match self.packed.get(name) {
+            Some((column, field)) => (column.as_str(), Some(*field)),
+            None => (name, None),
+        };
+        let lost = || DataFusionError::Internal(format!("disclosure control lost its hidden column {name}"));
+        let array = self.batch.column(self.batch.schema().index_of(column).map_err(|_| lost())?);
+        match field {
+            None => Ok(array.clone()),
+            Some(f) => datafusion::arrow::array::AsArray::as_struct_opt(array)
+                .and_then(|s| s.columns().get(f))
+                .cloned()
+                .ok_or_else(lost),
+        }
     }
 
     fn ints(&self, name: &str) -> Result<Int64Array> {
-        let a = cast(self.get(name)?, &DataType::Int64)?;
+        let a = cast(&self.get(name)?, &DataType::Int64)?;
         Ok(a.as_any().downcast_ref::<Int64Array>().expect("cast to Int64").clone())
     }
 
     fn floats(&self, name: &str) -> Result<Float64Array> {
-        let a = cast(self.get(name)?, &DataType::Float64)?;
+        let a = cast(&self.get(name)?, &DataType::Float64)?;
         Ok(a.as_any().downcast_ref::<Float64Array>().expect("cast to Float64").clone())
     }
 
@@ -320,7 +329,7 @@ pub async fn release(
 ) -> Result<Released> {
     let batch = concat_batches(schema, batches)?;
     let n = batch.num_rows();
-    let cols = Columns { batch: &batch };
+    let cols = Columns { batch: &batch, packed: &layout.packed };
     let noise = Noise::for_approval(approval)?;
     let stats: Vec<StatColumns> = layout.stats.iter().map(|s| StatColumns::read(&cols, s)).collect::<Result<_>>()?;
     let keyed = layout.groups + usize::from(layout.grouping_set);
@@ -366,7 +375,7 @@ pub async fn release(
         {
             // Not rebuilt from parts: the value as computed, withheld cells null.
             let mask = BooleanArray::from((0..n).map(withheld).collect::<Vec<bool>>());
-            columns.push(cast(&nullif(cols.get(name)?, &mask)?, field.data_type())?);
+            columns.push(cast(&nullif(&cols.get(name)?, &mask)?, field.data_type())?);
             continue;
         }
         let values: Float64Array = (0..n)

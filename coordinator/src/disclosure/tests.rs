@@ -82,8 +82,8 @@ async fn a_count_counts_persons_by_their_record_keys() {
     let (plan, upper) = rewrite("SELECT count(*) AS n FROM hip.operations").await.expect("rewrite");
     assert_eq!(
         plan,
-        "Aggregate: groupBy=[[]], aggr=[[samkor_persons(__samkor_rk0) AS __samkor_g1, min(__samkor_rk0) AS __samkor_kmin2, \
-         max(__samkor_rk0) AS __samkor_kmax3, count(Int64(1)) AS __samkor_v4]]\
+        "Aggregate: groupBy=[[]], aggr=[[min(__samkor_rk0) AS __samkor_kmin2, max(__samkor_rk0) AS __samkor_kmax3, \
+         count(Int64(1)) AS __samkor_v4, samkor_companions(__samkor_rk0, Int64(1), Boolean(true)) AS __samkor_pm5]]\
          \n  Projection: hip.operations.person, samkor_record_key(hip.operations.person) AS __samkor_rk0\
          \n    TableScan: hip.operations projection=[person]"
     );
@@ -100,7 +100,8 @@ async fn a_mean_becomes_its_parts_and_the_derived_share_runs_above() {
         assert!(plan.contains(part), "{part} in\n{plan}");
     }
     // Persons with the indicator 0 are counted too (the share's other count).
-    assert!(plan.contains("ELSE Float64(0) END = Int64(0) THEN __samkor_rk0 END) AS __samkor_c"), "{plan}");
+    assert!(plan.contains("ELSE Float64(0) END = Int64(0)) AS __samkor_pm"), "{plan}");
+    assert!(!plan.contains("samkor_persons("), "every person companion in one call: {plan}");
     assert!(upper.starts_with("Projection: hip.operations.region, Float64(100) * avg("), "{upper}");
     assert!(upper.ends_with("EmptyRelation: rows=0"), "{upper}");
 }
@@ -110,7 +111,13 @@ async fn a_sum_of_a_magnitude_gets_its_dominance_companions() {
     let (plan, _) = rewrite("SELECT region, sum(bmi) AS s FROM hip.operations GROUP BY region").await.expect("rewrite");
     // In the aggregate itself: no second pass, window or join.
     let guarded = "abs(CAST(CASE WHEN hip.operations.bmi IS NOT NULL AND hip.operations.bmi != Int64(0) THEN hip.operations.bmi END AS Float64))";
-    assert!(plan.contains(&format!("samkor_top_sum(__samkor_rk0, {guarded}, Int64(2)) AS __samkor_dt")), "{plan}");
+    let present = "hip.operations.bmi IS NOT NULL AND hip.operations.bmi != Int64(0)";
+    assert!(
+        plan.contains(&format!(
+            "samkor_companions(__samkor_rk0, Int64(2), Boolean(true), {present}, {guarded}) AS __samkor_pm"
+        )),
+        "{plan}"
+    );
     assert!(plan.contains(&format!("sum({guarded}) AS __samkor_ds")), "{plan}");
     assert!(!plan.contains("Join") && !plan.contains("row_number"), "{plan}");
     assert_eq!(plan.matches("Aggregate:").count(), 1, "{plan}");
@@ -155,7 +162,7 @@ async fn an_age_band_at_an_event_is_a_group() {
         aggregate.contains("groupBy=[[age_band(hip.operations.birth_date, hip.operations.op_date, Int64(10))]]"),
         "{plan}"
     );
-    assert!(plan.contains("samkor_persons"), "persons are counted per band: {plan}");
+    assert!(plan.contains("samkor_companions(__samkor_rk0"), "persons are counted per band: {plan}");
 }
 
 /// Unsnapped uses of the birth date stay refused, each by its rule.
@@ -177,4 +184,36 @@ async fn unsnapped_birth_dates_are_refused() {
     )
     .await;
     assert_eq!(refused_by(free), "disclosure.identifying_group");
+}
+
+/// Every person companion of the output aggregate is a field of one call per
+/// record key (four magnitudes a call), under its own hidden name.
+#[tokio::test]
+async fn person_companions_are_fields_of_one_call_per_record_key() {
+    let ctx = session().await;
+    let sql = "SELECT region, count(*) AS n, sum(bmi) AS a, sum(bmi * 2) AS b, sum(bmi + 1) AS c, \
+               sum(CASE WHEN reoperation THEN bmi END) AS d, avg(bmi * 3) AS e FROM hip.operations GROUP BY region";
+    let plan = ctx.state().optimize(ctx.sql(sql).await.expect("plan").logical_plan()).expect("optimize");
+    let (approval, catalogue) = (approval(), facts());
+    let controlled = control(plan, &Context { approval: &approval, catalogue: &catalogue }).expect("rewrite");
+    let Mode::Aggregate(layout) = &controlled.mode else { panic!("an aggregate answer") };
+    let text = controlled.plan.display_indent().to_string();
+    assert!(!text.contains("samkor_persons(") && !text.contains("samkor_top_sum("), "{text}");
+    assert_eq!(text.matches("samkor_companions(").count(), 2, "five magnitudes: four and one: {text}");
+    // The cell's persons, every statistic's persons and dominance totals resolve to fields.
+    let names: Vec<&String> = layout
+        .row
+        .iter()
+        .chain(layout.stats.iter().flat_map(|s| s.parts.persons.iter().chain(&s.parts.nonzero)))
+        .chain(layout.stats.iter().filter_map(|s| s.parts.dominance_names.as_ref().map(|d| &d.0)))
+        .collect();
+    assert!(names.len() >= 13, "{names:?}");
+    for name in &names {
+        let (column, field) = layout.packed.get(*name).unwrap_or_else(|| panic!("{name} is packed: {text}"));
+        assert!(text.contains(&format!("AS {column}")), "{column} in {text}");
+        assert!(*field < 32 + 4, "{name}: {field}");
+    }
+    let tops: std::collections::BTreeSet<&(String, usize)> =
+        layout.stats.iter().filter_map(|s| s.parts.dominance_names.as_ref()).map(|d| &layout.packed[&d.0]).collect();
+    assert_eq!(tops.len(), 5, "each magnitude its own field: {tops:?}");
 }

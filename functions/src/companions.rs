@@ -1,0 +1,506 @@
+//! `samkor_companions(record_key, n, c₁, …, c_m, x₁, …, x_d)`: the person
+//! companions of one output aggregate in one pass over one state per group.
+//!
+//! Disclosure control asks of every cell the persons behind it under several
+//! conditions (the cell, a conditional count, the persons with a non-zero
+//! value, a complement) and, per sum of a magnitude, the `n` largest persons'
+//! totals. Each was its own aggregate with its own table of record keys: one
+//! hash insert per row per companion, and as many lists of keys passed from
+//! the partial aggregates to their merge. Here a group keeps each person once
+//! ([`crate::keyed`]) with
+//!
+//! * a bit per condition `c_i` (true in at least one of the person's rows), and
+//! * per magnitude `x_j` the person's total Σx_j and a bit saying the person
+//!   has a value (a person without one takes no rank).
+//!
+//! The result is a struct: `p_i` (Int64) the persons with `c_i` and their cell
+//! key, packed as [`crate::PersonsCell`]; `t_j` (Float64) the sum of the `n`
+//! largest totals of `x_j`, null where nobody has a value. Each equals
+//! `samkor_persons(CASE WHEN c_i THEN rk END)` and `samkor_top_sum(rk, x_j, n)`.
+//! Rows without a record key, or with no condition true and no value, add nothing.
+//!
+//! ```text
+//!   samkor_companions(rk, 5, true, bmi IS NOT NULL, abs(bmi))
+//!       → {p0: persons of the cell, p1: persons with a bmi, t0: top-5 Σ|bmi|}
+//! ```
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, StructArray};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields, Float64Type, Int64Type};
+use datafusion::common::{Result, ScalarValue, plan_err};
+use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
+use datafusion::logical_expr::{
+    Accumulator, AggregateUDF, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature, Volatility,
+};
+use datafusion::physical_expr::expressions::Literal;
+
+use crate::PersonsCell;
+use crate::keyed::{Combine, Groups, OneGroup, PerGroup, Runs, each, list_array};
+
+/// The function's SQL name.
+pub const COMPANIONS_FN: &str = "samkor_companions";
+/// Conditions one call takes at most.
+pub const MAX_CONDITIONS: usize = 32;
+/// Magnitudes one call takes at most (more go to a second call).
+pub const MAX_MAGNITUDES: usize = 4;
+
+/// One person of a group: a bit per condition (low 32 bits), a bit per
+/// magnitude with a value (high 32 bits), and the totals.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Entry<const D: usize> {
+    bits: u64,
+    totals: [f64; D],
+}
+
+impl<const D: usize> Default for Entry<D> {
+    fn default() -> Self {
+        Entry { bits: 0, totals: [0.0; D] }
+    }
+}
+
+impl<const D: usize> Combine for Entry<D> {
+    fn combine(&mut self, other: Self) {
+        self.bits |= other.bits;
+        for (t, o) in self.totals.iter_mut().zip(other.totals) {
+            *t += o;
+        }
+    }
+}
+
+/// The number of conditions and magnitudes of a call, from its argument types.
+fn shape(args: &[DataType]) -> Result<(usize, usize)> {
+    let usage = "(record key, persons n, conditions…, magnitudes…)";
+    let [DataType::Int64, DataType::Int64, rest @ ..] = args else {
+        return plan_err!("{COMPANIONS_FN} takes {usage}, not {args:?}");
+    };
+    let m = rest.iter().take_while(|t| **t == DataType::Boolean).count();
+    let d = rest.len() - m;
+    if rest[m..].iter().any(|t| *t != DataType::Float64) {
+        return plan_err!(
+            "{COMPANIONS_FN} takes {usage} with Boolean conditions before Float64 magnitudes, not {args:?}"
+        );
+    }
+    if m + d == 0 || m > MAX_CONDITIONS || d > MAX_MAGNITUDES {
+        return plan_err!(
+            "{COMPANIONS_FN} takes 1 to {MAX_CONDITIONS} conditions and up to {MAX_MAGNITUDES} magnitudes, not {m} and {d}"
+        );
+    }
+    Ok((m, d))
+}
+
+fn result_fields(m: usize, d: usize) -> Fields {
+    let persons = (0..m).map(|i| Field::new(format!("p{i}"), DataType::Int64, false));
+    let tops = (0..d).map(|j| Field::new(format!("t{j}"), DataType::Float64, true));
+    persons.chain(tops).collect()
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Companions {
+    signature: Signature,
+}
+
+/// The aggregate function.
+pub fn companions_udaf() -> AggregateUDF {
+    AggregateUDF::from(Companions { signature: Signature::user_defined(Volatility::Immutable) })
+}
+
+/// The accumulator of `D` magnitudes, grouped or not.
+fn accumulator<const D: usize>(m: usize, n: usize, grouped: bool) -> Box<dyn std::any::Any> {
+    let groups = CompanionGroups::<D> { m, n, groups: Groups::default() };
+    if grouped {
+        Box::new(Box::new(groups) as Box<dyn GroupsAccumulator>)
+    } else {
+        Box::new(Box::new(OneGroup(groups)) as Box<dyn Accumulator>)
+    }
+}
+
+/// `(m, d, n)` of a call being executed.
+fn call_shape(args: &AccumulatorArgs) -> Result<(usize, usize, usize)> {
+    let types: Vec<DataType> = args.expr_fields.iter().map(|f| f.data_type().clone()).collect();
+    let (m, d) = shape(&types)?;
+    let literal = args.exprs.get(1).and_then(|e| e.downcast_ref::<Literal>());
+    match literal.map(|l| l.value()) {
+        Some(ScalarValue::Int64(Some(n))) if *n > 0 => Ok((m, d, *n as usize)),
+        _ => plan_err!("{COMPANIONS_FN} takes a positive constant number of persons"),
+    }
+}
+
+fn build(args: &AccumulatorArgs, grouped: bool) -> Result<Box<dyn std::any::Any>> {
+    let (m, d, n) = call_shape(args)?;
+    Ok(match d {
+        0 => accumulator::<0>(m, n, grouped),
+        1 => accumulator::<1>(m, n, grouped),
+        2 => accumulator::<2>(m, n, grouped),
+        3 => accumulator::<3>(m, n, grouped),
+        _ => accumulator::<MAX_MAGNITUDES>(m, n, grouped),
+    })
+}
+
+impl AggregateUDFImpl for Companions {
+    fn name(&self) -> &str {
+        COMPANIONS_FN
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, args: &[DataType]) -> Result<Vec<DataType>> {
+        shape(args)?;
+        Ok(args.to_vec())
+    }
+
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        let (m, d) = shape(args)?;
+        Ok(DataType::Struct(result_fields(m, d)))
+    }
+
+    fn is_nullable(&self) -> bool {
+        false
+    }
+
+    fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        Ok(*build(&args, false)?.downcast::<Box<dyn Accumulator>>().expect("built ungrouped"))
+    }
+
+    fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
+        true
+    }
+
+    fn create_groups_accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn GroupsAccumulator>> {
+        Ok(*build(&args, true)?.downcast::<Box<dyn GroupsAccumulator>>().expect("built grouped"))
+    }
+
+    fn state_fields(&self, _args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        let list = |t: DataType| DataType::List(Arc::new(Field::new_list_field(t, true)));
+        Ok(vec![
+            Arc::new(Field::new("record_keys", list(DataType::Int64), true)),
+            Arc::new(Field::new("bits", list(DataType::Int64), true)),
+            Arc::new(Field::new("totals", list(DataType::Float64), true)),
+        ])
+    }
+
+    fn default_value(&self, data_type: &DataType) -> Result<ScalarValue> {
+        let DataType::Struct(fields) = data_type else {
+            return plan_err!("{COMPANIONS_FN} returns a struct, not {data_type}");
+        };
+        let columns: Vec<ArrayRef> = fields
+            .iter()
+            .map(|f| -> ArrayRef {
+                match f.data_type() {
+                    DataType::Int64 => Arc::new(Int64Array::from(vec![0])),
+                    _ => Arc::new(Float64Array::from(vec![None::<f64>])),
+                }
+            })
+            .collect();
+        ScalarValue::try_from_array(&StructArray::new(fields.clone(), columns, None), 0)
+    }
+}
+
+/// Per group, each person's conditions and totals.
+#[derive(Debug)]
+struct CompanionGroups<const D: usize> {
+    /// Conditions.
+    m: usize,
+    /// Persons whose totals are summed.
+    n: usize,
+    groups: Groups<Entry<D>>,
+}
+
+impl<const D: usize> CompanionGroups<D> {
+    /// The struct of each group's cells and top sums.
+    fn values(&self, groups: &mut [Runs<Entry<D>>]) -> ArrayRef {
+        let mut persons: Vec<Vec<i64>> = vec![Vec::with_capacity(groups.len()); self.m];
+        let mut tops: Vec<Vec<Option<f64>>> = vec![Vec::with_capacity(groups.len()); D];
+        let mut totals = Vec::new();
+        for g in groups {
+            let entries = g.distinct();
+            for (i, column) in persons.iter_mut().enumerate() {
+                let mut cell = PersonsCell::default();
+                for (k, _) in entries.iter().filter(|(_, e)| e.bits >> i & 1 == 1) {
+                    cell.persons += 1;
+                    cell.key = cell.key.wrapping_add(*k as u32);
+                }
+                column.push(cell.pack());
+            }
+            for (j, column) in tops.iter_mut().enumerate() {
+                totals.clear();
+                totals.extend(entries.iter().filter(|(_, e)| e.bits >> (32 + j) & 1 == 1).map(|(_, e)| e.totals[j]));
+                column.push(top_sum(&mut totals, self.n));
+            }
+        }
+        let columns: Vec<ArrayRef> = persons
+            .into_iter()
+            .map(|p| Arc::new(Int64Array::from(p)) as ArrayRef)
+            .chain(tops.into_iter().map(|t| Arc::new(Float64Array::from(t)) as ArrayRef))
+            .collect();
+        Arc::new(StructArray::new(result_fields(self.m, D), columns, None))
+    }
+
+    /// Each group's record keys, bits and totals (`D` a person), as lists.
+    fn lists(groups: &mut [Runs<Entry<D>>]) -> Vec<ArrayRef> {
+        let (mut keys, mut bits, mut totals) = (Vec::new(), Vec::new(), Vec::new());
+        let mut lengths = Vec::with_capacity(groups.len());
+        for g in groups {
+            let entries = g.distinct();
+            lengths.push(entries.len());
+            for (k, e) in entries {
+                keys.push(*k);
+                bits.push(e.bits as i64);
+                totals.extend_from_slice(&e.totals);
+            }
+        }
+        let total_lengths = lengths.iter().map(|l| l * D).collect();
+        vec![
+            list_array::<Int64Type>(keys, lengths.clone()),
+            list_array::<Int64Type>(bits, lengths),
+            list_array::<Float64Type>(totals, total_lengths),
+        ]
+    }
+
+    /// The entry of one row, `None` where it adds nothing.
+    #[inline]
+    fn entry(&self, row: usize, conditions: &[&BooleanArray], magnitudes: &[&Float64Array]) -> Option<Entry<D>> {
+        let mut e = Entry::<D>::default();
+        for (i, c) in conditions.iter().enumerate() {
+            if c.is_valid(row) && c.value(row) {
+                e.bits |= 1 << i;
+            }
+        }
+        for (j, x) in magnitudes.iter().enumerate() {
+            if x.is_valid(row) {
+                e.bits |= 1 << (32 + j);
+                e.totals[j] = x.value(row);
+            }
+        }
+        (e.bits != 0).then_some(e)
+    }
+
+    /// Calls `f(row, key, entry)` for every row that adds something.
+    fn rows(&self, values: &[ArrayRef], opt_filter: Option<&BooleanArray>, mut f: impl FnMut(usize, i64, Entry<D>)) {
+        let conditions: Vec<&BooleanArray> = values[2..2 + self.m].iter().map(|c| c.as_boolean()).collect();
+        let magnitudes: Vec<&Float64Array> =
+            values[2 + self.m..].iter().map(|x| x.as_primitive::<Float64Type>()).collect();
+        each(values[0].as_primitive::<Int64Type>(), opt_filter, |row, key| {
+            if let Some(e) = self.entry(row, &conditions, &magnitudes) {
+                f(row, key, e);
+            }
+        });
+    }
+}
+
+/// The sum of the `n` largest of `totals`; `None` when empty.
+fn top_sum(totals: &mut [f64], n: usize) -> Option<f64> {
+    if totals.is_empty() {
+        return None;
+    }
+    let k = n.min(totals.len());
+    totals.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    Some(totals[..k].iter().sum())
+}
+
+impl<const D: usize> GroupsAccumulator for CompanionGroups<D> {
+    fn update_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> Result<()> {
+        let mut groups = std::mem::take(&mut self.groups);
+        groups.grow(total_num_groups);
+        self.rows(values, opt_filter, |row, key, e| groups.push(group_indices[row], key, e));
+        self.groups = groups;
+        Ok(())
+    }
+
+    fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        let mut taken = self.groups.take(emit_to);
+        Ok(self.values(&mut taken))
+    }
+
+    fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        Ok(Self::lists(&mut self.groups.take(emit_to)))
+    }
+
+    fn merge_batch(&mut self, values: &[ArrayRef], group_indices: &[usize], total_num_groups: usize) -> Result<()> {
+        self.groups.grow(total_num_groups);
+        let (keys, bits, totals) = (values[0].as_list::<i32>(), values[1].as_list::<i32>(), values[2].as_list::<i32>());
+        let key_values = keys.values().as_primitive::<Int64Type>().values();
+        let bit_values = bits.values().as_primitive::<Int64Type>().values();
+        let total_values = totals.values().as_primitive::<Float64Type>().values();
+        for (row, &g) in group_indices.iter().enumerate() {
+            if keys.is_null(row) {
+                continue;
+            }
+            let (start, end) = (keys.offsets()[row] as usize, keys.offsets()[row + 1] as usize);
+            let (bits_start, totals_start) = (bits.offsets()[row] as usize, totals.offsets()[row] as usize);
+            for i in 0..end - start {
+                let mut e = Entry::<D> { bits: bit_values[bits_start + i] as u64, ..Default::default() };
+                e.totals.copy_from_slice(&total_values[totals_start + i * D..][..D]);
+                self.groups.push(g, key_values[start + i], e);
+            }
+        }
+        Ok(())
+    }
+
+    fn convert_to_state(&self, values: &[ArrayRef], opt_filter: Option<&BooleanArray>) -> Result<Vec<ArrayRef>> {
+        let rows = values[0].len();
+        let (mut keys, mut bits, mut totals, mut lengths) = (Vec::new(), Vec::new(), Vec::new(), vec![0usize; rows]);
+        self.rows(values, opt_filter, |row, key, e| {
+            keys.push(key);
+            bits.push(e.bits as i64);
+            totals.extend_from_slice(&e.totals);
+            lengths[row] = 1;
+        });
+        let total_lengths = lengths.iter().map(|l| l * D).collect();
+        Ok(vec![
+            list_array::<Int64Type>(keys, lengths.clone()),
+            list_array::<Int64Type>(bits, lengths),
+            list_array::<Float64Type>(totals, total_lengths),
+        ])
+    }
+
+    fn size(&self) -> usize {
+        size_of::<Self>() + self.groups.size()
+    }
+}
+
+impl<const D: usize> PerGroup for CompanionGroups<D> {
+    type Value = Entry<D>;
+
+    fn groups(&mut self) -> &mut Groups<Entry<D>> {
+        &mut self.groups
+    }
+
+    fn values(&self, groups: &mut [Runs<Entry<D>>]) -> ArrayRef {
+        CompanionGroups::values(self, groups)
+    }
+
+    fn lists(&self, groups: &mut [Runs<Entry<D>>]) -> Vec<ArrayRef> {
+        Self::lists(groups)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::persons_udaf;
+    use crate::top_sum_udaf;
+
+    /// Rows: (group, record key, condition, magnitude).
+    type Row = (usize, Option<i64>, Option<bool>, Option<f64>);
+
+    fn arrays(rows: &[Row]) -> (Vec<ArrayRef>, Vec<usize>) {
+        let keys: ArrayRef = Arc::new(Int64Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>()));
+        let n: ArrayRef = Arc::new(Int64Array::from(vec![2; rows.len()]));
+        let always: ArrayRef = Arc::new(BooleanArray::from(vec![true; rows.len()]));
+        let cond: ArrayRef = Arc::new(BooleanArray::from(rows.iter().map(|r| r.2).collect::<Vec<_>>()));
+        let x: ArrayRef = Arc::new(Float64Array::from(rows.iter().map(|r| r.3).collect::<Vec<_>>()));
+        (vec![keys, n, always, cond, x], rows.iter().map(|r| r.0).collect())
+    }
+
+    fn groups() -> CompanionGroups<1> {
+        CompanionGroups { m: 2, n: 2, groups: Groups::default() }
+    }
+
+    /// `(p0, p1, t0)` of each group of an evaluated struct.
+    fn cells(array: &ArrayRef) -> Vec<(PersonsCell, PersonsCell, Option<f64>)> {
+        let s = array.as_struct();
+        let p = |i: usize, r: usize| PersonsCell::unpack(s.column(i).as_primitive::<Int64Type>().value(r));
+        let t = s.column(2).as_primitive::<Float64Type>();
+        (0..s.len()).map(|r| (p(0, r), p(1, r), t.is_valid(r).then(|| t.value(r)))).collect()
+    }
+
+    /// The same cells from the separate aggregates the struct replaces, in a DataFusion session.
+    async fn separate(rows: &[Row]) -> Vec<(PersonsCell, PersonsCell, Option<f64>)> {
+        use datafusion::arrow::array::UInt64Array;
+        use datafusion::arrow::datatypes::Schema;
+        use datafusion::arrow::record_batch::RecordBatch;
+        let (values, groups) = arrays(rows);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("g", DataType::UInt64, false),
+            Field::new("rk", DataType::Int64, true),
+            Field::new("c", DataType::Boolean, true),
+            Field::new("x", DataType::Float64, true),
+        ]));
+        let g: ArrayRef = Arc::new(UInt64Array::from(groups.iter().map(|g| *g as u64).collect::<Vec<_>>()));
+        let batch =
+            RecordBatch::try_new(schema, vec![g, values[0].clone(), values[3].clone(), values[4].clone()]).unwrap();
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.register_udaf(persons_udaf());
+        ctx.register_udaf(top_sum_udaf());
+        ctx.register_batch("t", batch).unwrap();
+        let sql = "SELECT g, samkor_persons(rk), samkor_persons(CASE WHEN c THEN rk END), samkor_top_sum(rk, x, 2) \
+                   FROM t GROUP BY g ORDER BY g";
+        let out = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        let out = datafusion::arrow::compute::concat_batches(&out[0].schema(), &out).unwrap();
+        let p = |i: usize, r: usize| PersonsCell::unpack(out.column(i).as_primitive::<Int64Type>().value(r));
+        let t = out.column(3).as_primitive::<Float64Type>();
+        (0..out.num_rows()).map(|r| (p(1, r), p(2, r), t.is_valid(r).then(|| t.value(r)))).collect()
+    }
+
+    const ROWS: &[Row] = &[
+        // Group 0: person 1 twice (5 + 5, the condition once), person 2 (3), person 3 without a value.
+        (0, Some(1), Some(true), Some(5.0)),
+        (0, Some(1), Some(false), Some(5.0)),
+        (0, Some(2), None, Some(3.0)),
+        (0, Some(3), Some(true), None),
+        (0, None, Some(true), Some(100.0)),
+        // Group 1: person 4 only, no condition, no value; group 2: person 7 (2).
+        (1, Some(4), Some(false), None),
+        (2, Some(7), Some(false), Some(2.0)),
+        (2, Some(2), Some(true), Some(4.0)),
+    ];
+
+    #[tokio::test]
+    async fn one_state_gives_what_the_separate_aggregates_give() {
+        let (values, g) = arrays(ROWS);
+        let mut acc = groups();
+        acc.update_batch(&values, &g, None, 3).expect("update");
+        let got = cells(&acc.evaluate(EmitTo::All).expect("evaluate"));
+        assert_eq!(got, separate(ROWS).await);
+        assert_eq!(got[0].0, PersonsCell { persons: 3, key: 6 });
+        assert_eq!(got[0].1, PersonsCell { persons: 2, key: 4 });
+        assert_eq!(got[0].2, Some(13.0));
+        assert_eq!(got[1].2, None, "nobody in group 1 has a value");
+    }
+
+    #[tokio::test]
+    async fn partial_states_filters_and_unaggregated_rows_merge_to_the_same_cells() {
+        let (values, g) = arrays(ROWS);
+        let expected = cells(&{
+            let mut acc = groups();
+            acc.update_batch(&values, &g, None, 3).expect("update");
+            acc.evaluate(EmitTo::All).expect("evaluate")
+        });
+        // Two partitions: the first three rows and the rest, merged.
+        let (mut left, mut right, mut total) = (groups(), groups(), groups());
+        let first = BooleanArray::from((0..ROWS.len()).map(|i| i < 3).collect::<Vec<_>>());
+        let rest = BooleanArray::from((0..ROWS.len()).map(|i| i >= 3).collect::<Vec<_>>());
+        left.update_batch(&values, &g, Some(&first), 3).expect("update");
+        right.update_batch(&values, &g, Some(&rest), 3).expect("update");
+        total.merge_batch(&left.state(EmitTo::All).expect("state"), &[0, 1, 2], 3).expect("merge");
+        total.merge_batch(&right.state(EmitTo::First(2)).expect("state"), &[0, 1], 3).expect("merge");
+        total.merge_batch(&right.state(EmitTo::All).expect("state"), &[2], 3).expect("merge");
+        assert_eq!(cells(&total.evaluate(EmitTo::All).expect("evaluate")), expected);
+        // Rows passed on unaggregated.
+        let mut direct = groups();
+        direct.merge_batch(&groups().convert_to_state(&values, None).expect("convert"), &g, 3).expect("merge");
+        assert_eq!(cells(&direct.evaluate(EmitTo::All).expect("evaluate")), expected);
+    }
+
+    #[test]
+    fn shapes_are_checked() {
+        use DataType::{Boolean, Float64, Int64, Utf8};
+        assert_eq!(shape(&[Int64, Int64, Boolean, Boolean, Float64]).expect("shape"), (2, 1));
+        assert_eq!(shape(&[Int64, Int64, Float64]).expect("shape"), (0, 1));
+        for bad in [vec![Int64, Int64], vec![Int64, Int64, Float64, Boolean], vec![Int64, Int64, Utf8], vec![Int64]] {
+            assert!(shape(&bad).is_err(), "{bad:?}");
+        }
+        assert!(shape(&[vec![Int64, Int64], vec![Float64; MAX_MAGNITUDES + 1]].concat()).is_err());
+        let empty = companions_udaf().inner().default_value(&DataType::Struct(result_fields(1, 1))).expect("default");
+        assert!(matches!(empty, ScalarValue::Struct(_)));
+    }
+}
