@@ -236,6 +236,10 @@ fn main() -> anyhow::Result<()> {
             // Only one query, federated, for a profiler: no comparison, no report.
             let q = QUERIES.get(qi.wrapping_sub(1)).context("SAMKOR_BENCH_PROFILE: a query number from 1")?;
             eprintln!("profiling query {qi}: {} x {runs} ...", q.name);
+            if explain {
+                let (_, plan) = client.query(&format!("EXPLAIN {}", q.sql)).await?;
+                println!("── EXPLAIN {} (coordinator)\n{}", q.name, arrow::util::pretty::pretty_format_batches(&plan)?);
+            }
             for _ in 0..runs {
                 let r = federated(&mut client, q.sql).await?;
                 eprintln!("  {:.1} ms", ms(r.total));

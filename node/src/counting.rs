@@ -98,9 +98,16 @@ fn is_record_key_of_person(e: &Expr) -> bool {
         if func.name() == RECORD_KEY_FN && matches!(args.as_slice(), [a] if is_person(a)))
 }
 
-/// Whether every mention of `person` in `e` is inside a person count or a record key.
+/// `person IS [NOT] NULL`: the same of the identity number and of its
+/// pseudonym (a null stays null, a value gets a pseudonym).
+fn is_presence_of_person(e: &Expr) -> bool {
+    matches!(e, Expr::IsNotNull(p) | Expr::IsNull(p) if is_person(p))
+}
+
+/// Whether every mention of `person` in `e` is inside a person count, a
+/// record key or a test of its presence.
 fn only_counts_person(e: &Expr) -> bool {
-    if is_person_count(e) || is_record_key_of_person(e) {
+    if is_person_count(e) || is_record_key_of_person(e) || is_presence_of_person(e) {
         return true;
     }
     if is_person(e) {
@@ -293,6 +300,8 @@ mod tests {
             "SELECT \"region\", count(DISTINCT \"person\") FROM (SELECT \"person\", \"region\" FROM \"t\" WHERE \"ddd\" > 0) AS \"x\" GROUP BY \"region\"",
             "SELECT region, count(DISTINCT person), min(rk) FROM (SELECT person, region, samkor_record_key(person) AS rk FROM t) x GROUP BY region",
             "SELECT region, sum(ddd), samkor_persons(samkor_record_key(person)) FROM t GROUP BY region",
+            "SELECT region, count(DISTINCT person), samkor_companions(rk, 1, true, person IS NOT NULL, person IS NULL) \
+             FROM (SELECT person, region, samkor_record_key(person) AS rk FROM t) x GROUP BY region",
         ] {
             assert!(person_only_counted(&plan(sql).await), "{sql}");
         }
@@ -315,6 +324,8 @@ mod tests {
             "SELECT count(*) FROM t WHERE samkor_record_key(person) > 0",
             "SELECT samkor_record_key(upper(person)) AS rk, count(*) FROM t GROUP BY 1",
             "SELECT region, samkor_persons(samkor_record_key(person)) FROM t GROUP BY region, person",
+            "SELECT person IS NULL AS p, count(*) FROM t GROUP BY person IS NULL",
+            "SELECT count(DISTINCT person) FROM t WHERE person IS NOT NULL AND person > 'a'",
         ] {
             assert!(!person_only_counted(&plan(sql).await), "{sql}");
         }

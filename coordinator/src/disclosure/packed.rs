@@ -7,7 +7,9 @@
 //! `samkor_companions` call over the same record key: one state per group
 //! and one insert per row instead of one per companion
 //! (`samkor_functions::companions_udaf`). Each companion keeps its hidden
-//! name; release reads it as a field of the call's struct column.
+//! name; release reads it as a field of the call's struct column. A record
+//! key with one condition and no magnitude keeps `samkor_persons` (its state
+//! is the keys alone).
 //!
 //! ```text
 //!   samkor_persons(rk) AS g1, samkor_persons(CASE WHEN bmi IS NOT NULL THEN rk END) AS a2,
@@ -20,8 +22,8 @@ use std::collections::HashMap;
 
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::expr::{AggregateFunction, Case};
-use datafusion::logical_expr::{Expr, lit};
-use samkor_functions::{MAX_CONDITIONS, MAX_MAGNITUDES, PERSONS_FN, TOP_SUM_FN, companions_udaf};
+use datafusion::logical_expr::{Expr, lit, when};
+use samkor_functions::{MAX_CONDITIONS, MAX_MAGNITUDES, PERSONS_FN, TOP_SUM_FN, companions_udaf, persons_udaf};
 
 /// Where a packed companion is: the struct column of its call and its field there.
 pub(crate) type PackedFields = HashMap<String, (String, usize)>;
@@ -87,6 +89,15 @@ impl Packer {
     pub(super) fn finish(self, mut name: impl FnMut() -> String) -> (Vec<Expr>, PackedFields) {
         let (mut exprs, mut fields) = (Vec::new(), PackedFields::new());
         for call in self.calls {
+            if let ([(condition, hidden)], []) = (call.conditions.as_slice(), call.magnitudes.as_slice()) {
+                // One companion alone: its own aggregate (a smaller state).
+                let arg = match condition {
+                    Expr::Literal(ScalarValue::Boolean(Some(true)), _) => call.rk.clone(),
+                    c => when(c.clone(), call.rk.clone()).end().expect("CASE with one branch"),
+                };
+                exprs.push(persons_udaf().call(vec![arg]).alias(hidden));
+                continue;
+            }
             let conditions: Vec<&[(Expr, String)]> = call.conditions.chunks(MAX_CONDITIONS).collect();
             let magnitudes: Vec<&[(Expr, String)]> = call.magnitudes.chunks(MAX_MAGNITUDES).collect();
             for k in 0..conditions.len().max(magnitudes.len()) {

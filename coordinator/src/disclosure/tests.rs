@@ -83,7 +83,7 @@ async fn a_count_counts_persons_by_their_record_keys() {
     assert_eq!(
         plan,
         "Aggregate: groupBy=[[]], aggr=[[min(__samkor_rk0) AS __samkor_kmin2, max(__samkor_rk0) AS __samkor_kmax3, \
-         count(Int64(1)) AS __samkor_v4, samkor_companions(__samkor_rk0, Int64(1), Boolean(true)) AS __samkor_pm5]]\
+         count(Int64(1)) AS __samkor_v4, samkor_persons(__samkor_rk0) AS __samkor_g1]]\
          \n  Projection: hip.operations.person, samkor_record_key(hip.operations.person) AS __samkor_rk0\
          \n    TableScan: hip.operations projection=[person]"
     );
@@ -162,7 +162,7 @@ async fn an_age_band_at_an_event_is_a_group() {
         aggregate.contains("groupBy=[[age_band(hip.operations.birth_date, hip.operations.op_date, Int64(10))]]"),
         "{plan}"
     );
-    assert!(plan.contains("samkor_companions(__samkor_rk0"), "persons are counted per band: {plan}");
+    assert!(plan.contains("samkor_persons(__samkor_rk0) AS __samkor_g"), "persons are counted per band: {plan}");
 }
 
 /// Unsnapped uses of the birth date stay refused, each by its rule.
