@@ -25,6 +25,7 @@ pub mod service;
 pub mod source;
 pub mod state;
 pub mod table;
+pub mod wire;
 pub mod worker;
 
 pub use config::NodeConfig;

@@ -96,7 +96,8 @@ impl NodeService {
         let plan = crate::counting::count_on_identity_numbers(plan, &record_keys)
             .map_err(|e| plan_error(self.state.register(), e))?;
         let df = datafusion::dataframe::DataFrame::new(state, plan);
-        df.execute_stream().await.map_err(|e| plan_error(self.state.register(), e))
+        let stream = df.execute_stream().await.map_err(|e| plan_error(self.state.register(), e))?;
+        Ok(crate::wire::declared_types(stream))
     }
 
     /// The refusal of a sub-query, recorded, as the caller sees it.
