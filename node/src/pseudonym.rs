@@ -18,6 +18,7 @@
 //! projects. A pseudonym contains no digit, so it can never equal or contain
 //! an identity number.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -297,43 +298,59 @@ impl ProjectPseudonymiser {
         }
     }
 
-    /// Calls `emit(row, bytes)` with the 16 pseudonym bytes of every row of
-    /// a string column (Utf8, LargeUtf8 or Utf8View), in row order; a null
-    /// row gets the bytes of an empty value (the caller keeps the null).
-    fn each_block(&self, column: &dyn Array, emit: impl FnMut(usize, &[u8; 16])) -> Result<(), String> {
+    /// Calls `emit(rows, bytes)` with the 16 pseudonym bytes of every run of
+    /// equal consecutive values of a string column (Utf8, LargeUtf8 or
+    /// Utf8View), in row order: a register sorted by person has its rows of
+    /// one person computed once. A null row gets the bytes of an empty value
+    /// (the caller keeps the null).
+    fn each_run(&self, column: &dyn Array, emit: impl FnMut(Range<usize>, &[u8; 16])) -> Result<(), String> {
         match column.data_type() {
-            DataType::Utf8 => self.blocks_of(column.as_string::<i32>().iter(), emit),
-            DataType::LargeUtf8 => self.blocks_of(column.as_string::<i64>().iter(), emit),
-            DataType::Utf8View => self.blocks_of(column.as_string_view().iter(), emit),
+            DataType::Utf8 => self.runs_of(column.as_string::<i32>().iter(), emit),
+            DataType::LargeUtf8 => self.runs_of(column.as_string::<i64>().iter(), emit),
+            DataType::Utf8View => self.runs_of(column.as_string_view().iter(), emit),
             other => return Err(format!("the person column has type {other}, expected a string")),
         }
         Ok(())
     }
 
-    fn blocks_of<'a>(&self, values: impl Iterator<Item = Option<&'a str>>, mut emit: impl FnMut(usize, &[u8; 16])) {
-        let cipher = match &self.keyed {
-            Keyed::Aes(cipher) => cipher,
-            Keyed::Hmac(_) => {
-                values.enumerate().for_each(|(row, v)| emit(row, &self.block(v.unwrap_or_default().as_bytes())));
-                return;
+    fn runs_of<'a>(
+        &self,
+        values: impl Iterator<Item = Option<&'a str>>,
+        mut emit: impl FnMut(Range<usize>, &[u8; 16]),
+    ) {
+        // Up to LANES runs, their blocks encrypted together (`aes256-v2`).
+        let mut blocks = [Block::<Aes256>::default(); LANES];
+        let mut runs: [Range<usize>; LANES] = std::array::from_fn(|_| 0..0);
+        let mut filled = 0;
+        let mut last = "";
+        let mut flush = |blocks: &mut [Block<Aes256>], runs: &[Range<usize>]| {
+            match &self.keyed {
+                Keyed::Aes(cipher) => cipher.encrypt_blocks(blocks),
+                Keyed::Hmac(_) => {}
+            }
+            for (block, run) in blocks.iter().zip(runs) {
+                emit(run.clone(), &block.0);
             }
         };
-        // `aes256-v2`: blocks encrypted LANES at a time.
-        let mut blocks = [Block::<Aes256>::default(); LANES];
-        let mut filled = 0;
-        let mut start = 0;
-        for v in values {
-            blocks[filled] = Block::<Aes256>::from(v2_block(v.unwrap_or_default().as_bytes()));
-            filled += 1;
+        for (row, v) in values.enumerate() {
+            let v = v.unwrap_or_default();
+            if filled > 0 && v == last {
+                runs[filled - 1].end = row + 1;
+                continue;
+            }
             if filled == LANES {
-                cipher.encrypt_blocks(&mut blocks);
-                blocks.iter().enumerate().for_each(|(i, b)| emit(start + i, &b.0));
-                start += LANES;
+                flush(&mut blocks, &runs);
                 filled = 0;
             }
+            blocks[filled] = Block::<Aes256>::from(match &self.keyed {
+                Keyed::Aes(_) => v2_block(v.as_bytes()),
+                Keyed::Hmac(_) => self.block(v.as_bytes()),
+            });
+            runs[filled] = row..row + 1;
+            filled += 1;
+            last = v;
         }
-        cipher.encrypt_blocks(&mut blocks[..filled]);
-        blocks[..filled].iter().enumerate().for_each(|(i, b)| emit(start + i, &b.0));
+        flush(&mut blocks[..filled], &runs[..filled]);
     }
 
     /// Pseudonymises a string column (Utf8, LargeUtf8 or Utf8View); nulls
@@ -342,7 +359,13 @@ impl ProjectPseudonymiser {
     pub fn pseudonymise(&self, column: &dyn Array) -> Result<ArrayRef, String> {
         let n = column.len();
         let mut out = vec![0u8; n * PSEUDONYM_LEN];
-        self.each_block(column, |row, block| letters(block, &mut out[row * PSEUDONYM_LEN..][..PSEUDONYM_LEN]))?;
+        self.each_run(column, |rows, block| {
+            let first = rows.start * PSEUDONYM_LEN;
+            letters(block, &mut out[first..first + PSEUDONYM_LEN]);
+            for row in rows.start + 1..rows.end {
+                out.copy_within(first..first + PSEUDONYM_LEN, row * PSEUDONYM_LEN);
+            }
+        })?;
         let offsets =
             OffsetBuffer::new(ScalarBuffer::from((0..=n).map(|i| (i * PSEUDONYM_LEN) as i32).collect::<Vec<_>>()));
         let array = StringArray::try_new(offsets, Buffer::from(out), column.logical_nulls())
@@ -355,7 +378,7 @@ impl ProjectPseudonymiser {
     /// without writing the pseudonyms (see [`crate::counting`]). Nulls stay null.
     pub fn record_keys(&self, secret: &RecordKeySecret, column: &dyn Array) -> Result<Int64Array, String> {
         let mut keys = vec![0i64; column.len()];
-        self.each_block(column, |row, block| keys[row] = secret.record_key_of_bytes(block))?;
+        self.each_run(column, |rows, block| keys[rows].fill(secret.record_key_of_bytes(block)))?;
         Ok(Int64Array::new(ScalarBuffer::from(keys), column.logical_nulls()))
     }
 }
@@ -461,18 +484,27 @@ mod tests {
     }
 
     #[test]
-    fn record_keys_of_identity_numbers_equal_those_of_their_pseudonyms() {
+    fn runs_of_equal_values_give_each_row_its_pseudonym_and_record_key() {
         let secret = RecordKeySecret([4; 16]);
         for scheme in PseudonymScheme::ALL {
             let a = key().for_project_with(scheme, "P");
-            // 150 rows: two full batches of LANES and a partial one, nulls and other values between.
-            let values: Vec<Option<String>> = (0..150u64)
-                .map(|i| match i % 9 {
-                    4 => None,
-                    7 => Some(format!("x{i}")),
-                    _ => Some(format!("{:012}", 194001010000 + i * 7919)),
+            // 450 rows in runs of up to three equal values (more than LANES
+            // runs, so runs meet the batch edges), nulls, empty and other values between.
+            let values: Vec<Option<String>> = (0..450u64)
+                .map(|i| match i % 23 {
+                    4 | 5 => None,
+                    7 => Some(format!("x{}", i / 2)),
+                    11 => Some(String::new()),
+                    _ => Some(format!("{:012}", 194001010000 + (i / 3) * 7919)),
                 })
                 .collect();
+            let pseudonyms = a.pseudonymise(&StringArray::from(values.clone())).expect("strings");
+            for (i, v) in values.iter().enumerate() {
+                match v {
+                    Some(v) => assert_eq!(pseudonyms.as_string::<i32>().value(i), a.pseudonym(v), "{scheme} row {i}"),
+                    None => assert!(pseudonyms.is_null(i), "{scheme} row {i}"),
+                }
+            }
             let col = StringArray::from(values.clone());
             let keys = a.record_keys(&secret, &col).expect("strings");
             for (i, v) in values.iter().enumerate() {
