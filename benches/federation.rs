@@ -16,7 +16,8 @@
 //! query and side, default 5), SAMKOR_BENCH_LATENCY_RUNS (default 200), SAMKOR_BENCH_SEED,
 //! SAMKOR_BENCH_EXPLAIN=1 (print the coordinator's plan of each query), SAMKOR_BENCH_KEEP=1
 //! (keep the temp dir), SAMKOR_LOG (tracing filter for the in-process servers),
-//! SAMKOR_BENCH_PROFILE=N (run only query N, federated, SAMKOR_BENCH_RUNS times: for a profiler).
+//! SAMKOR_BENCH_PROFILE=N (run only query N, federated, SAMKOR_BENCH_RUNS times: for a profiler;
+//! 6-9 are the latency queries).
 
 mod common;
 
@@ -181,6 +182,8 @@ const SMALL_POP: &str = "SELECT count(*) FROM pop.persons";
 const SMALL_REGION: &str =
     "SELECT sex, count(*) AS persons FROM pop.persons WHERE region = 'Skåne' GROUP BY sex ORDER BY sex";
 const SMALL_JOIN: &str = "SELECT count(*) AS n FROM hip.operations h JOIN dors.deaths d ON d.person = h.person";
+/// A query whose node reads almost nothing: the fixed cost of a federated answer.
+const SMALL_EMPTY: &str = "SELECT count(*) AS n FROM hip.operations WHERE op_date < DATE '1900-01-01'";
 
 /// One federated run, split into planning (GetFlightInfo) and execution (DoGet to the last batch).
 struct FedRun {
@@ -234,7 +237,13 @@ fn main() -> anyhow::Result<()> {
 
         if let Some(qi) = profile {
             // Only one query, federated, for a profiler: no comparison, no report.
-            let q = QUERIES.get(qi.wrapping_sub(1)).context("SAMKOR_BENCH_PROFILE: a query number from 1")?;
+            let extra = [SMALL_REGION, SMALL_POP, SMALL_JOIN, SMALL_EMPTY]
+                .map(|sql| Query { name: "latency query", kind: Kind::Single, sql });
+            let q = QUERIES
+                .iter()
+                .chain(&extra)
+                .nth(qi.wrapping_sub(1))
+                .context("SAMKOR_BENCH_PROFILE: a query number from 1 (6-9: the latency queries)")?;
             eprintln!("profiling query {qi}: {} x {runs} ...", q.name);
             if explain {
                 let (_, plan) = client.query(&format!("EXPLAIN {}", q.sql)).await?;
@@ -309,6 +318,7 @@ fn main() -> anyhow::Result<()> {
             ("pop: one region, by sex (1 node)", SMALL_REGION),
             ("count(*) pop.persons (1 node)", SMALL_POP),
             ("count over hip ⋈ dors (2 nodes)", SMALL_JOIN),
+            ("hip: a count of no rows (fixed cost)", SMALL_EMPTY),
         ] {
             eprintln!("latency: {name} x {latency_runs} ...");
             for _ in 0..5 {
