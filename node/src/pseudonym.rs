@@ -318,39 +318,55 @@ impl ProjectPseudonymiser {
         values: impl Iterator<Item = Option<&'a str>>,
         mut emit: impl FnMut(Range<usize>, &[u8; 16]),
     ) {
-        // Up to LANES runs, their blocks encrypted together (`aes256-v2`).
-        let mut blocks = [Block::<Aes256>::default(); LANES];
-        let mut runs: [Range<usize>; LANES] = std::array::from_fn(|_| 0..0);
-        let mut filled = 0;
-        let mut last = "";
-        let mut flush = |blocks: &mut [Block<Aes256>], runs: &[Range<usize>]| {
-            match &self.keyed {
-                Keyed::Aes(cipher) => cipher.encrypt_blocks(blocks),
-                Keyed::Hmac(_) => {}
-            }
-            for (block, run) in blocks.iter().zip(runs) {
-                emit(run.clone(), &block.0);
+        let cipher = match &self.keyed {
+            Keyed::Aes(cipher) => cipher,
+            Keyed::Hmac(_) => {
+                // One HMAC per run of equal values.
+                let (mut start, mut last, mut row) = (0, None::<&str>, 0);
+                for v in values {
+                    let v = v.unwrap_or_default();
+                    if let Some(l) = last.filter(|l| *l != v) {
+                        emit(start..row, &self.block(l.as_bytes()));
+                        start = row;
+                    }
+                    last = Some(v);
+                    row += 1;
+                }
+                if let Some(l) = last {
+                    emit(start..row, &self.block(l.as_bytes()));
+                }
+                return;
             }
         };
-        for (row, v) in values.enumerate() {
-            let v = v.unwrap_or_default();
-            if filled > 0 && v == last {
-                runs[filled - 1].end = row + 1;
-                continue;
+        // `aes256-v2`: a run is equal consecutive blocks before encryption
+        // (the block is injective); up to LANES runs encrypted together.
+        let mut blocks = [Block::<Aes256>::default(); LANES];
+        let mut starts = [0usize; LANES + 1];
+        let (mut filled, mut last, mut row) = (0, 0u128, 0);
+        let mut flush = |blocks: &mut [Block<Aes256>], starts: &[usize]| {
+            cipher.encrypt_blocks(blocks);
+            for (i, block) in blocks.iter().enumerate() {
+                emit(starts[i]..starts[i + 1], &block.0);
             }
-            if filled == LANES {
-                flush(&mut blocks, &runs);
-                filled = 0;
+        };
+        for v in values {
+            let block = v2_block(v.unwrap_or_default().as_bytes());
+            let key = u128::from_ne_bytes(block);
+            if filled == 0 || key != last {
+                if filled == LANES {
+                    starts[LANES] = row;
+                    flush(&mut blocks, &starts);
+                    filled = 0;
+                }
+                blocks[filled] = Block::<Aes256>::from(block);
+                starts[filled] = row;
+                filled += 1;
+                last = key;
             }
-            blocks[filled] = Block::<Aes256>::from(match &self.keyed {
-                Keyed::Aes(_) => v2_block(v.as_bytes()),
-                Keyed::Hmac(_) => self.block(v.as_bytes()),
-            });
-            runs[filled] = row..row + 1;
-            filled += 1;
-            last = v;
+            row += 1;
         }
-        flush(&mut blocks[..filled], &runs[..filled]);
+        starts[filled] = row;
+        flush(&mut blocks[..filled], &starts[..=filled]);
     }
 
     /// Pseudonymises a string column (Utf8, LargeUtf8 or Utf8View); nulls
@@ -378,7 +394,13 @@ impl ProjectPseudonymiser {
     /// without writing the pseudonyms (see [`crate::counting`]). Nulls stay null.
     pub fn record_keys(&self, secret: &RecordKeySecret, column: &dyn Array) -> Result<Int64Array, String> {
         let mut keys = vec![0i64; column.len()];
-        self.each_run(column, |rows, block| keys[rows].fill(secret.record_key_of_bytes(block)))?;
+        self.each_run(column, |rows, block| {
+            let key = secret.record_key_of_bytes(block);
+            match rows.len() {
+                1 => keys[rows.start] = key,
+                _ => keys[rows].fill(key),
+            }
+        })?;
         Ok(Int64Array::new(ScalarBuffer::from(keys), column.logical_nulls()))
     }
 }
