@@ -27,6 +27,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, StructArray};
+use datafusion::arrow::buffer::BooleanBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields, Float64Type, Int64Type};
 use datafusion::common::{Result, ScalarValue, plan_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
@@ -259,22 +260,27 @@ impl<const D: usize> CompanionGroups<D> {
         ]
     }
 
-    /// The entry of one row, `None` where it adds nothing.
-    #[inline]
-    fn entry(&self, row: usize, conditions: &[&BooleanArray], magnitudes: &[&Float64Array]) -> Option<Entry<D>> {
-        let mut e = Entry::<D>::default();
+    /// Each row's bits, column by column a word of rows at a time: a
+    /// condition's bit where it is true (not null), a magnitude's where it has
+    /// a value.
+    fn bits(&self, conditions: &[&BooleanArray], magnitudes: &[&Float64Array], rows: usize) -> Vec<u64> {
+        fn set(bits: &mut [u64], bit: u64, on: &BooleanBuffer) {
+            on.set_indices().for_each(|row| bits[row] |= bit);
+        }
+        let mut bits = vec![0u64; rows];
         for (i, c) in conditions.iter().enumerate() {
-            if c.is_valid(row) && c.value(row) {
-                e.bits |= 1 << i;
+            match c.nulls() {
+                Some(n) => set(&mut bits, 1 << i, &(c.values() & n.inner())),
+                None => set(&mut bits, 1 << i, c.values()),
             }
         }
         for (j, x) in magnitudes.iter().enumerate() {
-            if x.is_valid(row) {
-                e.bits |= 1 << (32 + j);
-                e.totals[j] = x.value(row);
+            match x.nulls() {
+                Some(n) => set(&mut bits, 1 << (32 + j), n.inner()),
+                None => bits.iter_mut().for_each(|b| *b |= 1 << (32 + j)),
             }
         }
-        (e.bits != 0).then_some(e)
+        bits
     }
 
     /// Calls `f(row, key, entry)` for every row that adds something.
@@ -282,10 +288,18 @@ impl<const D: usize> CompanionGroups<D> {
         let conditions: Vec<&BooleanArray> = values[2..2 + self.m].iter().map(|c| c.as_boolean()).collect();
         let magnitudes: Vec<&Float64Array> =
             values[2 + self.m..].iter().map(|x| x.as_primitive::<Float64Type>()).collect();
+        let bits = self.bits(&conditions, &magnitudes, values[0].len());
         each(values[0].as_primitive::<Int64Type>(), opt_filter, |row, key| {
-            if let Some(e) = self.entry(row, &conditions, &magnitudes) {
-                f(row, key, e);
+            let mut e = Entry::<D> { bits: bits[row], ..Default::default() };
+            if e.bits == 0 {
+                return;
             }
+            for (j, x) in magnitudes.iter().enumerate() {
+                if e.bits >> (32 + j) & 1 == 1 {
+                    e.totals[j] = x.value(row);
+                }
+            }
+            f(row, key, e);
         });
     }
 }
@@ -465,6 +479,11 @@ mod tests {
         assert_eq!(got[0].1, PersonsCell { persons: 2, key: 4 });
         assert_eq!(got[0].2, Some(13.0));
         assert_eq!(got[1].2, None, "nobody in group 1 has a value");
+        // Arrays that are slices of larger ones (an offset into their buffers).
+        let sliced: Vec<ArrayRef> = values.iter().map(|a| a.slice(1, ROWS.len() - 1)).collect();
+        let mut acc = groups();
+        acc.update_batch(&sliced, &g[1..], None, 3).expect("update");
+        assert_eq!(cells(&acc.evaluate(EmitTo::All).expect("evaluate")), separate(&ROWS[1..]).await);
     }
 
     #[tokio::test]
