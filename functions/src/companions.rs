@@ -16,7 +16,8 @@
 //! The result is a struct: `p_i` (Int64) the persons with `c_i` and their cell
 //! key, packed as [`crate::PersonsCell`]; `t_j` (Float64) the sum of the `n`
 //! largest totals of `x_j`, null where nobody has a value. Each equals
-//! `samkor_persons(CASE WHEN c_i THEN rk END)` and `samkor_top_sum(rk, x_j, n)`.
+//! `samkor_persons(CASE WHEN c_i THEN rk END)` and the sum of the `n` largest
+//! per-person totals of `x_j` (ranking only persons with a value).
 //! Rows without a record key, or with no condition true and no value, add nothing.
 //!
 //! ```text
@@ -401,7 +402,6 @@ impl<const D: usize> PerGroup for CompanionGroups<D> {
 mod tests {
     use super::*;
     use crate::persons_udaf;
-    use crate::top_sum_udaf;
 
     /// Rows: (group, record key, condition, magnitude).
     type Row = (usize, Option<i64>, Option<bool>, Option<f64>);
@@ -427,7 +427,8 @@ mod tests {
         (0..s.len()).map(|r| (p(0, r), p(1, r), t.is_valid(r).then(|| t.value(r)))).collect()
     }
 
-    /// The same cells from the separate aggregates the struct replaces, in a DataFusion session.
+    /// The same cells from `samkor_persons` per condition and, for the top
+    /// sum, plain SQL (per-person totals ranked by a window), in a DataFusion session.
     async fn separate(rows: &[Row]) -> Vec<(PersonsCell, PersonsCell, Option<f64>)> {
         use datafusion::arrow::array::UInt64Array;
         use datafusion::arrow::datatypes::Schema;
@@ -444,10 +445,13 @@ mod tests {
             RecordBatch::try_new(schema, vec![g, values[0].clone(), values[3].clone(), values[4].clone()]).unwrap();
         let ctx = datafusion::prelude::SessionContext::new();
         ctx.register_udaf(persons_udaf());
-        ctx.register_udaf(top_sum_udaf());
         ctx.register_batch("t", batch).unwrap();
-        let sql = "SELECT g, samkor_persons(rk), samkor_persons(CASE WHEN c THEN rk END), samkor_top_sum(rk, x, 2) \
-                   FROM t GROUP BY g ORDER BY g";
+        let sql = "WITH totals AS (SELECT g, rk, sum(x) AS t FROM t WHERE rk IS NOT NULL AND x IS NOT NULL GROUP BY g, rk), \
+                   ranked AS (SELECT g, t, row_number() OVER (PARTITION BY g ORDER BY t DESC) AS r FROM totals), \
+                   tops AS (SELECT g, sum(t) AS largest FROM ranked WHERE r <= 2 GROUP BY g), \
+                   cells AS (SELECT g, samkor_persons(rk) AS p, samkor_persons(CASE WHEN c THEN rk END) AS pc \
+                             FROM t GROUP BY g) \
+                   SELECT cells.g, p, pc, largest FROM cells LEFT JOIN tops ON tops.g = cells.g ORDER BY cells.g";
         let out = ctx.sql(sql).await.unwrap().collect().await.unwrap();
         let out = datafusion::arrow::compute::concat_batches(&out[0].schema(), &out).unwrap();
         let p = |i: usize, r: usize| PersonsCell::unpack(out.column(i).as_primitive::<Int64Type>().value(r));

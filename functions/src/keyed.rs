@@ -1,5 +1,5 @@
 //! Per-group state keyed by record keys, shared by the aggregate functions
-//! that look at persons (`samkor_persons`, `samkor_top_sum`).
+//! that look at persons (`samkor_persons`, `samkor_companions`).
 //!
 //! A group's persons are [`Runs`]: up to [`SMALL`] distinct record keys in a
 //! hash table (it stays in the processor's caches), beyond that (record
@@ -31,6 +31,8 @@ impl Combine for () {
     fn combine(&mut self, _other: ()) {}
 }
 
+/// Totals per key (the tests' runs of values).
+#[cfg(test)]
 impl Combine for f64 {
     fn combine(&mut self, other: f64) {
         *self += other;

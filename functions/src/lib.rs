@@ -7,10 +7,10 @@
 //!            ─▶ samkor_persons(record key)      distinct persons + cell key, one pass
 //!            ─▶ samkor_quantile(x, key, p, k)   a quantile as the mean of the values
 //!                                               of at least k persons around its rank
-//!            ─▶ samkor_top_sum(key, |x|, n)     the n largest persons' totals (dominance)
 //!            ─▶ samkor_companions(key, n, conditions…, |x|…)
-//!                                               the above for one output aggregate,
-//!                                               one state per group for all of them
+//!                                               per condition the persons and cell key,
+//!                                               per magnitude the n largest persons'
+//!                                               totals (dominance), one state per group
 //! ```
 //!
 //! None of them is for users: the coordinator refuses queries that name them
@@ -27,7 +27,6 @@ mod keyed;
 mod persons;
 mod quantile;
 mod record_key;
-mod top_sum;
 
 pub use ages::{
     AGE_BAND_FN, AGE_YEARS_FN, BIRTH_DECADE_FN, BIRTH_YEAR_FN, DAYS_BETWEEN_FN, GENERALISING_FUNCTIONS,
@@ -38,10 +37,9 @@ pub use intervals::{INTERVAL_FUNCTIONS, interval_udfs};
 pub use persons::{PERSONS_FN, PersonsCell, persons_udaf};
 pub use quantile::{QUANTILE_FN, quantile_udaf};
 pub use record_key::{RECORD_KEY_FN, RecordKeySecret, record_key_udf};
-pub use top_sum::{TOP_SUM_FN, top_sum_udaf};
 
 /// Names of every function of this crate (users may not call them).
-pub const INTERNAL_FUNCTIONS: &[&str] = &[RECORD_KEY_FN, PERSONS_FN, QUANTILE_FN, TOP_SUM_FN, COMPANIONS_FN];
+pub const INTERNAL_FUNCTIONS: &[&str] = &[RECORD_KEY_FN, PERSONS_FN, QUANTILE_FN, COMPANIONS_FN];
 
 /// Registers the functions in a session. `secret` is the record-key secret
 /// of the session's project: present at the nodes, absent at the
@@ -50,7 +48,6 @@ pub fn register(ctx: &datafusion::prelude::SessionContext, secret: Option<Record
     ctx.register_udf(record_key_udf(secret));
     ctx.register_udaf(persons_udaf());
     ctx.register_udaf(quantile_udaf());
-    ctx.register_udaf(top_sum_udaf());
     ctx.register_udaf(companions_udaf());
     register_user_functions(ctx);
 }

@@ -217,7 +217,8 @@ impl Rewriter<'_> {
         let grouping_set = is_grouping_set(&a);
         let aggregate_schema = a.schema.clone();
         let (input, persons) = self.expose(Arc::unwrap_or_clone(a.input))?;
-        let mut hidden = Hidden { rw: self, aggr: Vec::new(), cache: HashMap::new(), packer: Packer::default() };
+        let n = i64::from(self.cx.approval.disclosure.dominance_n.max(1));
+        let mut hidden = Hidden { rw: self, aggr: Vec::new(), cache: HashMap::new(), packer: Packer::new(n) };
         let row = hidden.all(self.persons_expr(&persons, None, &[]), "g");
         let fingerprint = persons.primary().map(|p| {
             (
@@ -271,8 +272,8 @@ impl Rewriter<'_> {
                             Some(c) => filtered(Some(c), stat.x.clone().expect("argument")),
                             None => stat.x.clone().expect("argument"),
                         };
-                        let (top, total) = self.dominance(&persons, guarded)?;
-                        parts.dominance_names = Some((hidden.one(top, "dt"), hidden.one(total, "ds")));
+                        let (rk, magnitude, total) = self.dominance(&persons, guarded)?;
+                        parts.dominance_names = Some((hidden.top(&rk, magnitude, "dt"), hidden.one(total, "ds")));
                     }
                 }
             }
@@ -339,12 +340,24 @@ impl Hidden<'_, '_> {
         name
     }
 
+    /// The sum of the largest persons' totals of `magnitude` (each once, by name).
+    fn top(&mut self, rk: &Expr, magnitude: Expr, what: &str) -> String {
+        let key = format!("top({}, {})", rk.schema_name(), magnitude.schema_name());
+        if let Some(name) = self.cache.get(&key) {
+            return name.clone();
+        }
+        let name = self.rw.name(what);
+        self.packer.top(rk, magnitude, &name);
+        self.cache.insert(key, name.clone());
+        name
+    }
+
     /// The aggregate expressions, and where the packed companions are.
-    fn finish(mut self) -> (Vec<Expr>, PackedFields) {
-        let rw = self.rw;
-        let (calls, packed) = std::mem::take(&mut self.packer).finish(|| rw.name("pm"));
-        self.aggr.extend(calls);
-        (self.aggr, packed)
+    fn finish(self) -> (Vec<Expr>, PackedFields) {
+        let Hidden { rw, mut aggr, packer, .. } = self;
+        let (calls, packed) = packer.finish(|| rw.name("pm"));
+        aggr.extend(calls);
+        (aggr, packed)
     }
 
     fn all(&mut self, exprs: Vec<Expr>, what: &str) -> Vec<String> {

@@ -1,10 +1,11 @@
 //! Dominance companions of sums and means of magnitudes: per cell, the sum of
-//! |x| of the `dominance_n` persons who contribute most (`samkor_top_sum`,
-//! which totals |x| per person and ranks the totals), and of all persons.
+//! |x| of the `dominance_n` persons who contribute most (a magnitude of the
+//! record key's `samkor_companions` call, which totals |x| per person and
+//! ranks the totals; `packed`), and of all persons.
 //!
 //! ```text
-//!  Aggregate(keys; …, samkor_top_sum(record key, |x|, n) AS __samkor_dtN,
-//!                     sum(|x|)                        AS __samkor_dsN)
+//!  Aggregate(keys; …, samkor_companions(record key, n, …, |x|) AS __samkor_pmN,
+//!                     sum(|x|)                                AS __samkor_dsN)
 //! ```
 //! Both are aggregates of the output aggregate itself: one pass over the
 //! rows, computed at the node with the other companions when the input is one
@@ -15,16 +16,16 @@ use datafusion::common::Result;
 use datafusion::functions::math::expr_fn::abs;
 use datafusion::functions_aggregate::sum::sum_udaf;
 use datafusion::logical_expr::expr::AggregateFunction;
-use datafusion::logical_expr::{Expr, cast, lit};
+use datafusion::logical_expr::{Expr, cast};
 
 use super::rules::Rule;
 use super::trace::Persons;
 use super::{Rewriter, col_expr};
 
 impl Rewriter<'_> {
-    /// The top persons' Σ|x| and everyone's Σ|x| of `x` (null where a row
-    /// does not count), as aggregate expressions.
-    pub(super) fn dominance(&self, persons: &Persons, x: Expr) -> Result<(Expr, Expr)> {
+    /// The record key whose persons' Σ|x| are ranked, |x| (null where a row
+    /// does not count), and everyone's Σ|x| as an aggregate expression.
+    pub(super) fn dominance(&self, persons: &Persons, x: Expr) -> Result<(Expr, Expr, Expr)> {
         let Some(person) = persons.primary() else {
             // Rows that summarise several persons (inner aggregates): no per-person sums.
             return Err(Rule::DominanceUntraceable.refuse(
@@ -32,10 +33,14 @@ impl Rewriter<'_> {
             ));
         };
         let magnitude = abs(cast(x, DataType::Float64));
-        let n = i64::from(self.cx.approval.disclosure.dominance_n.max(1));
-        let top = samkor_functions::top_sum_udaf().call(vec![col_expr(&person.col), magnitude.clone(), lit(n)]);
-        let total =
-            Expr::AggregateFunction(AggregateFunction::new_udf(sum_udaf(), vec![magnitude], false, None, vec![], None));
-        Ok((top, total))
+        let total = Expr::AggregateFunction(AggregateFunction::new_udf(
+            sum_udaf(),
+            vec![magnitude.clone()],
+            false,
+            None,
+            vec![],
+            None,
+        ));
+        Ok((col_expr(&person.col), magnitude, total))
     }
 }

@@ -1,9 +1,9 @@
 //! The person companions of the output aggregate in one call per record key.
 //!
 //! Every `samkor_persons(CASE WHEN c THEN rk END)` (the persons of a cell, of
-//! a conditional count, with a non-zero value, of a complement) and every
-//! `samkor_top_sum(rk, |x|, n)` (dominance) asked of the output aggregate is
-//! taken here and becomes a condition or a magnitude of one
+//! a conditional count, with a non-zero value, of a complement) asked of the
+//! output aggregate, and every dominance total of the `n` largest persons'
+//! Σ|x| ([`Packer::top`]), becomes a condition or a magnitude of one
 //! `samkor_companions` call over the same record key: one state per group
 //! and one insert per row instead of one per companion
 //! (`samkor_functions::companions_udaf`). Each companion keeps its hidden
@@ -13,7 +13,7 @@
 //!
 //! ```text
 //!   samkor_persons(rk) AS g1, samkor_persons(CASE WHEN bmi IS NOT NULL THEN rk END) AS a2,
-//!   samkor_top_sum(rk, abs(bmi), 2) AS dt3
+//!   top 2 persons' Σ abs(bmi) AS dt3
 //!     ⇒ samkor_companions(rk, 2, true, bmi IS NOT NULL, abs(bmi)) AS pm4
 //!       g1 = pm4.p0, a2 = pm4.p1, dt3 = pm4.t0
 //! ```
@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::expr::{AggregateFunction, Case};
 use datafusion::logical_expr::{Expr, lit, when};
-use samkor_functions::{MAX_CONDITIONS, MAX_MAGNITUDES, PERSONS_FN, TOP_SUM_FN, companions_udaf, persons_udaf};
+use samkor_functions::{MAX_CONDITIONS, MAX_MAGNITUDES, PERSONS_FN, companions_udaf, persons_udaf};
 
 /// Where a packed companion is: the struct column of its call and its field there.
 pub(crate) type PackedFields = HashMap<String, (String, usize)>;
@@ -31,23 +31,27 @@ pub(crate) type PackedFields = HashMap<String, (String, usize)>;
 /// The companions over one record key.
 struct Call {
     rk: Expr,
-    n: Option<i64>,
     conditions: Vec<(Expr, String)>,
     magnitudes: Vec<(Expr, String)>,
 }
 
 /// The companions taken so far, per record key.
-#[derive(Default)]
 pub(super) struct Packer {
+    /// Persons whose totals the dominance rule adds up (`dominance_n`).
+    n: i64,
     calls: Vec<Call>,
 }
 
 impl Packer {
+    pub(super) fn new(n: i64) -> Packer {
+        Packer { n, calls: Vec::new() }
+    }
+
     fn call(&mut self, rk: &Expr) -> &mut Call {
         let i = match self.calls.iter().position(|c| &c.rk == rk) {
             Some(i) => i,
             None => {
-                self.calls.push(Call { rk: rk.clone(), n: None, conditions: vec![], magnitudes: vec![] });
+                self.calls.push(Call { rk: rk.clone(), conditions: vec![], magnitudes: vec![] });
                 self.calls.len() - 1
             }
         };
@@ -60,28 +64,23 @@ impl Packer {
         let Expr::AggregateFunction(AggregateFunction { func, params }) = e else {
             return false;
         };
-        if params.distinct || params.filter.is_some() || !params.order_by.is_empty() {
+        if func.name() != PERSONS_FN || params.distinct || params.filter.is_some() || !params.order_by.is_empty() {
             return false;
         }
-        match (func.name(), params.args.as_slice()) {
-            (PERSONS_FN, [arg]) => {
-                let Some((rk, condition)) = guarded_key(arg) else {
-                    return false;
-                };
-                self.call(&rk).conditions.push((condition, name.to_owned()));
-                true
-            }
-            (TOP_SUM_FN, [rk @ Expr::Column(_), x, Expr::Literal(ScalarValue::Int64(Some(n)), _)]) => {
-                let call = self.call(rk);
-                if call.n.is_some_and(|m| m != *n) {
-                    return false;
-                }
-                call.n = Some(*n);
-                call.magnitudes.push((x.clone(), name.to_owned()));
-                true
-            }
-            _ => false,
-        }
+        let [arg] = params.args.as_slice() else {
+            return false;
+        };
+        let Some((rk, condition)) = guarded_key(arg) else {
+            return false;
+        };
+        self.call(&rk).conditions.push((condition, name.to_owned()));
+        true
+    }
+
+    /// Takes, under `name`, the sum of the `n` largest persons' totals of
+    /// the magnitude `x` (null where a row does not count) per cell.
+    pub(super) fn top(&mut self, rk: &Expr, x: Expr, name: &str) {
+        self.call(rk).magnitudes.push((x, name.to_owned()));
     }
 
     /// The calls as aggregate expressions (named by `name`), and where each
@@ -103,7 +102,7 @@ impl Packer {
             for k in 0..conditions.len().max(magnitudes.len()) {
                 let (c, m) = (conditions.get(k).copied().unwrap_or(&[]), magnitudes.get(k).copied().unwrap_or(&[]));
                 let column = name();
-                let mut args = vec![call.rk.clone(), lit(call.n.unwrap_or(1))];
+                let mut args = vec![call.rk.clone(), lit(self.n)];
                 for (i, (e, hidden)) in c.iter().chain(m).enumerate() {
                     args.push(e.clone());
                     fields.insert(hidden.clone(), (column.clone(), i));
