@@ -445,16 +445,38 @@ async fn synth(args: SynthArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Ctrl-C, listened for from the moment this is called. Tokio's `ctrl_c()`
+/// installs its handler only when first polled, so a line printed before the
+/// wait ("Press Ctrl-C to stop.") could be answered by a signal that still
+/// killed the process the default way; call this before printing it.
+fn interrupt() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupts = signal(SignalKind::interrupt()).context("cannot listen for Ctrl-C")?;
+        Ok(async move {
+            interrupts.recv().await;
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+    }
+}
+
 async fn node(args: NodeArgs) -> anyhow::Result<()> {
     let mut config = samkor_node::NodeConfig::load(&args.config)?;
     if let Some(listen) = args.listen {
         config.node.listen = listen;
     }
     let node = samkor_node::start(config).await?;
+    let interrupted = interrupt()?;
     println!("node {} listening on {} (mutual TLS 1.3)", node.state.register(), node.addr);
     tokio::select! {
         r = node.wait() => r.context("the node server stopped")?,
-        _ = tokio::signal::ctrl_c() => println!("stopping"),
+        _ = interrupted => println!("stopping"),
     }
     Ok(())
 }
@@ -469,10 +491,11 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         nodes: args.nodes,
     };
     let worker = samkor_node::worker::start(&options).await?;
+    let interrupted = interrupt()?;
     println!("worker listening on {} (mutual TLS 1.3, for {} only)", worker.addr, options.nodes.join(", "));
     tokio::select! {
         r = worker.wait() => r.context("the worker server stopped")?,
-        _ = tokio::signal::ctrl_c() => println!("stopping"),
+        _ = interrupted => println!("stopping"),
     }
     Ok(())
 }
@@ -493,10 +516,11 @@ fn write_coordinator_config(out: &std::path::Path, base_port: u16) -> anyhow::Re
 async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let config = samkor_coordinator::CoordinatorConfig::load(&args.config)?;
     let running = samkor_coordinator::start(config).await?;
+    let interrupted = interrupt()?;
     println!("coordinator serving Flight SQL on {} (mutual TLS 1.3)", running.addr);
     tokio::select! {
         r = running.wait() => r.context("the coordinator stopped")?,
-        _ = tokio::signal::ctrl_c() => println!("stopping"),
+        _ = interrupted => println!("stopping"),
     }
     Ok(())
 }
@@ -505,6 +529,7 @@ async fn console(args: ConsoleArgs) -> anyhow::Result<()> {
     let config = samkor::console::ConsoleConfig::load(&args.config)?;
     let coordinator = samkor_coordinator::CoordinatorConfig::load(&config.coordinator)?;
     let running = samkor_coordinator::start(coordinator).await?;
+    let interrupted = interrupt()?;
     println!("coordinator serving Flight SQL on {} (mutual TLS 1.3)", running.addr);
     let users: Vec<String> = config.users.iter().map(|u| u.name.clone()).collect();
     let console = samkor::console::start(config, running.engine.clone()).await?;
@@ -534,7 +559,7 @@ async fn console(args: ConsoleArgs) -> anyhow::Result<()> {
     tokio::select! {
         r = running.wait() => r.context("the coordinator stopped")?,
         _ = links => {}
-        _ = tokio::signal::ctrl_c() => println!("stopping"),
+        _ = interrupted => println!("stopping"),
     }
     console.shutdown().await;
     Ok(())
@@ -633,8 +658,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         for user in ["rita", "hanna"] {
             println!("  {user}: {}", console.login_link(user)?);
         }
+        let interrupted = interrupt()?;
         println!("\nPress Ctrl-C to stop.");
-        tokio::signal::ctrl_c().await?;
+        interrupted.await;
         console.shutdown().await;
     }
     federation.shutdown().await;
