@@ -327,7 +327,8 @@ impl Engine {
     /// ```text
     ///  SQL ─▶ DataFusion's rules + ApprovalRule (columns, rows, tables)
     ///      ─▶ disclosure::control (output kind, hidden person counts)
-    ///      ─▶ DataFusion's rules + PushdownRule at execution (node sub-queries)
+    ///      ─▶ JoinOnPseudonymBytes + DataFusion's rules + PushdownRule at
+    ///         execution (node sub-queries)
     /// ```
     pub async fn plan(&self, session: &Session, sql: &str) -> Result<Planned, QueryError> {
         self.plan_with(session, sql, true).await
@@ -373,7 +374,11 @@ impl Engine {
         } else {
             crate::disclosure::Controlled { plan: approved, mode: crate::disclosure::Mode::NoData }
         };
-        let mut rules = coordinator_rules();
+        // Joins on pseudonym bytes first, so that DataFusion's rules drop the
+        // text no longer read before the pushdown sends the sides to nodes.
+        let mut rules: Vec<Arc<dyn datafusion::optimizer::OptimizerRule + Send + Sync>> =
+            vec![Arc::new(crate::joins::JoinOnPseudonymBytes)];
+        rules.extend(coordinator_rules());
         rules.push(Arc::new(PushdownRule));
         let state = SessionStateBuilder::new_from_existing(session.ctx.state()).with_optimizer_rules(rules).build();
         let schema = Arc::new(crate::disclosure::released_schema(&planned_schema, &controlled.mode, &session.approval));

@@ -19,6 +19,7 @@ pub mod engine;
 pub mod executor;
 pub mod flightsql;
 pub mod infallible;
+pub mod joins;
 pub mod methods;
 pub mod nodes;
 pub mod policy;

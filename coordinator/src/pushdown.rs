@@ -110,7 +110,10 @@ impl PushdownRule {
         if let Source::One(provider) = &combined
             && pushable(&plan)?
         {
-            // The inputs are unchanged; keep climbing.
+            // Keep climbing, on the inputs as visited (an alias below may
+            // have been given its projection).
+            let inputs: Vec<LogicalPlan> = visited.into_iter().map(|(input, _)| input).collect();
+            let plan = if inputs.is_empty() { plan } else { plan.with_new_exprs(plan.expressions(), inputs)? };
             let plan = match plan {
                 // A filter directly below an alias is unparsed with the
                 // base table's qualifier; a projection in between makes

@@ -57,7 +57,7 @@ impl RecordKeySecret {
 }
 
 /// The 16 bytes behind a 32-letter text pseudonym.
-fn canonical(pseudonym: &[u8]) -> Option<[u8; 16]> {
+pub(crate) fn canonical(pseudonym: &[u8]) -> Option<[u8; 16]> {
     if pseudonym.len() != 32 || !pseudonym.iter().all(|b| (b'a'..=b'p').contains(b)) {
         return None;
     }

@@ -30,6 +30,7 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::array::ArrayRef;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Result, exec_err, plan_err};
@@ -39,7 +40,7 @@ use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::{
     ColumnarValue, Expr, LogicalPlan, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TableScan, Volatility,
 };
-use samkor_functions::{RECORD_KEY_FN, RecordKeySecret};
+use samkor_functions::{PSEUDONYM_BYTES, PSEUDONYM_BYTES_FN, RECORD_KEY_FN, RecordKeySecret};
 use samkor_proto::PERSON_COLUMN;
 
 use crate::pseudonym::ProjectPseudonymiser;
@@ -104,10 +105,16 @@ fn is_presence_of_person(e: &Expr) -> bool {
     matches!(e, Expr::IsNotNull(p) | Expr::IsNull(p) if is_person(p))
 }
 
+/// `samkor_pseudonym_bytes(person)`.
+fn is_bytes_of_person(e: &Expr) -> bool {
+    matches!(e, Expr::ScalarFunction(ScalarFunction { func, args })
+        if func.name() == PSEUDONYM_BYTES_FN && matches!(args.as_slice(), [a] if is_person(a)))
+}
+
 /// Whether every mention of `person` in `e` is inside a person count, a
-/// record key or a test of its presence.
+/// record key, the pseudonym's bytes or a test of its presence.
 fn only_counts_person(e: &Expr) -> bool {
-    if is_person_count(e) || is_record_key_of_person(e) || is_presence_of_person(e) {
+    if is_person_count(e) || is_record_key_of_person(e) || is_bytes_of_person(e) || is_presence_of_person(e) {
         return true;
     }
     if is_person(e) {
@@ -169,15 +176,16 @@ fn node_ok(node: &LogicalPlan) -> bool {
 }
 
 /// If `plan` only counts persons, its scans of project tables emit identity
-/// numbers instead of pseudonyms and its record keys are computed from them
-/// by `record_keys` ([`identity_record_key_udf`]); otherwise `plan` unchanged.
-pub fn count_on_identity_numbers(plan: LogicalPlan, record_keys: &Arc<ScalarUDF>) -> Result<LogicalPlan> {
+/// numbers instead of pseudonyms and its record keys and pseudonym bytes are
+/// computed from them by `on_identity` ([`IdentityFunctions`]); otherwise
+/// `plan` unchanged.
+pub fn count_on_identity_numbers(plan: LogicalPlan, on_identity: &IdentityFunctions) -> Result<LogicalPlan> {
     if !person_only_counted(&plan) {
         return Ok(plan);
     }
     plan.transform_up(|node| {
         let LogicalPlan::TableScan(scan) = &node else {
-            return keys_from_identity_numbers(node, record_keys);
+            return from_identity_numbers(node, on_identity);
         };
         let Ok(provider) = source_as_provider(&scan.source) else {
             return Ok(Transformed::no(node));
@@ -192,58 +200,94 @@ pub fn count_on_identity_numbers(plan: LogicalPlan, record_keys: &Arc<ScalarUDF>
     .map(|t| t.data)
 }
 
-/// `samkor_record_key(person)` in `node`'s expressions replaced by
-/// `record_keys(person)`, every output keeping its name.
-fn keys_from_identity_numbers(node: LogicalPlan, record_keys: &Arc<ScalarUDF>) -> Result<Transformed<LogicalPlan>> {
+/// `samkor_record_key(person)` and `samkor_pseudonym_bytes(person)` in
+/// `node`'s expressions replaced by their forms over identity numbers, every
+/// output keeping its name.
+fn from_identity_numbers(node: LogicalPlan, on_identity: &IdentityFunctions) -> Result<Transformed<LogicalPlan>> {
     let names = NamePreserver::new(&node);
     node.map_expressions(|e| {
         let saved = names.save(&e);
         let rewritten = e.transform_up(|e| {
-            if !is_record_key_of_person(&e) {
+            let func = if is_record_key_of_person(&e) {
+                &on_identity.record_keys
+            } else if is_bytes_of_person(&e) {
+                &on_identity.pseudonym_bytes
+            } else {
                 return Ok(Transformed::no(e));
-            }
+            };
             let Expr::ScalarFunction(ScalarFunction { args, .. }) = e else { unreachable!("checked above") };
-            Ok(Transformed::yes(Expr::ScalarFunction(ScalarFunction { func: Arc::clone(record_keys), args })))
+            Ok(Transformed::yes(Expr::ScalarFunction(ScalarFunction { func: Arc::clone(func), args })))
         })?;
         Ok(if rewritten.transformed { rewritten.update_data(|e| saved.restore(e)) } else { rewritten })
     })
 }
 
-/// The name of the record-key function over identity numbers. It exists in
-/// no session: only [`count_on_identity_numbers`] puts it into a plan.
+/// The record-key function over identity numbers. It exists in no session:
+/// only [`count_on_identity_numbers`] puts it into a plan.
 pub const IDENTITY_RECORD_KEY_FN: &str = "samkor_record_key_of_identity_number";
+/// The pseudonym-bytes function over identity numbers (like [`IDENTITY_RECORD_KEY_FN`]).
+pub const IDENTITY_PSEUDONYM_BYTES_FN: &str = "samkor_pseudonym_bytes_of_identity_number";
 
-/// `samkor_record_key` over identity numbers of one pseudonym domain.
-pub fn identity_record_key_udf(pseudonymiser: ProjectPseudonymiser, secret: RecordKeySecret) -> ScalarUDF {
-    ScalarUDF::from(IdentityRecordKey { pseudonymiser, secret, signature: Signature::any(1, Volatility::Immutable) })
+/// `samkor_record_key` and `samkor_pseudonym_bytes` over the identity
+/// numbers of one pseudonym domain.
+#[derive(Debug)]
+pub struct IdentityFunctions {
+    pub record_keys: Arc<ScalarUDF>,
+    pub pseudonym_bytes: Arc<ScalarUDF>,
+}
+
+impl IdentityFunctions {
+    pub fn new(pseudonymiser: ProjectPseudonymiser, secret: RecordKeySecret) -> IdentityFunctions {
+        let udf = |what| {
+            Arc::new(ScalarUDF::from(OfIdentity {
+                what,
+                pseudonymiser: pseudonymiser.clone(),
+                secret,
+                signature: Signature::any(1, Volatility::Immutable),
+            }))
+        };
+        IdentityFunctions { record_keys: udf(Computed::RecordKey), pseudonym_bytes: udf(Computed::PseudonymBytes) }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Computed {
+    RecordKey,
+    PseudonymBytes,
 }
 
 #[derive(Debug)]
-struct IdentityRecordKey {
+struct OfIdentity {
+    what: Computed,
     pseudonymiser: ProjectPseudonymiser,
     secret: RecordKeySecret,
     signature: Signature,
 }
 
-impl PartialEq for IdentityRecordKey {
+impl PartialEq for OfIdentity {
     fn eq(&self, other: &Self) -> bool {
-        self.secret == other.secret
+        self.what == other.what
+            && self.secret == other.secret
             && self.pseudonymiser.project() == other.pseudonymiser.project()
             && self.pseudonymiser.scheme() == other.pseudonymiser.scheme()
     }
 }
 
-impl Eq for IdentityRecordKey {}
+impl Eq for OfIdentity {}
 
-impl std::hash::Hash for IdentityRecordKey {
+impl std::hash::Hash for OfIdentity {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.what.hash(state);
         self.pseudonymiser.project().hash(state);
     }
 }
 
-impl ScalarUDFImpl for IdentityRecordKey {
+impl ScalarUDFImpl for OfIdentity {
     fn name(&self) -> &str {
-        IDENTITY_RECORD_KEY_FN
+        match self.what {
+            Computed::RecordKey => IDENTITY_RECORD_KEY_FN,
+            Computed::PseudonymBytes => IDENTITY_PSEUDONYM_BYTES_FN,
+        }
     }
 
     fn signature(&self) -> &Signature {
@@ -252,22 +296,31 @@ impl ScalarUDFImpl for IdentityRecordKey {
 
     fn return_type(&self, args: &[DataType]) -> Result<DataType> {
         match args {
-            [DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null] => Ok(DataType::Int64),
-            other => plan_err!("{IDENTITY_RECORD_KEY_FN} takes an identity number, not {other:?}"),
+            [DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null] => Ok(match self.what {
+                Computed::RecordKey => DataType::Int64,
+                Computed::PseudonymBytes => DataType::FixedSizeBinary(PSEUDONYM_BYTES),
+            }),
+            other => plan_err!("{} takes an identity number, not {other:?}", self.name()),
         }
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let [arg] = args.args.as_slice() else {
-            return exec_err!("{IDENTITY_RECORD_KEY_FN} takes one argument");
+            return exec_err!("{} takes one argument", self.name());
         };
-        let array = arg.to_array(args.number_rows)?;
+        let mut array = arg.to_array(args.number_rows)?;
         if array.data_type() == &DataType::Null {
-            return Ok(ColumnarValue::Array(Arc::new(datafusion::arrow::array::Int64Array::new_null(array.len()))));
+            array = datafusion::arrow::array::new_null_array(&DataType::Utf8, array.len());
         }
-        match self.pseudonymiser.record_keys(&self.secret, &array) {
-            Ok(keys) => Ok(ColumnarValue::Array(Arc::new(keys))),
-            Err(e) => exec_err!("{IDENTITY_RECORD_KEY_FN}: {e}"),
+        let computed: std::result::Result<ArrayRef, String> = match self.what {
+            Computed::RecordKey => {
+                self.pseudonymiser.record_keys(&self.secret, &array).map(|a| Arc::new(a) as ArrayRef)
+            }
+            Computed::PseudonymBytes => self.pseudonymiser.pseudonym_bytes(&array).map(|a| Arc::new(a) as ArrayRef),
+        };
+        match computed {
+            Ok(values) => Ok(ColumnarValue::Array(values)),
+            Err(e) => exec_err!("{}: {e}", self.name()),
         }
     }
 }
@@ -300,6 +353,7 @@ mod tests {
             "SELECT \"region\", count(DISTINCT \"person\") FROM (SELECT \"person\", \"region\" FROM \"t\" WHERE \"ddd\" > 0) AS \"x\" GROUP BY \"region\"",
             "SELECT region, count(DISTINCT person), min(rk) FROM (SELECT person, region, samkor_record_key(person) AS rk FROM t) x GROUP BY region",
             "SELECT region, sum(ddd), samkor_persons(samkor_record_key(person)) FROM t GROUP BY region",
+            "SELECT samkor_pseudonym_bytes(person) AS b, samkor_record_key(person) AS rk, region FROM t",
             "SELECT region, count(DISTINCT person), samkor_companions(rk, 1, true, person IS NOT NULL, person IS NULL) \
              FROM (SELECT person, region, samkor_record_key(person) AS rk FROM t) x GROUP BY region",
         ] {
@@ -334,7 +388,7 @@ mod tests {
     #[tokio::test]
     async fn record_keys_come_from_identity_numbers_under_their_own_names() {
         let key = crate::pseudonym::FederationKey::from_bytes([5; 32]);
-        let udf = Arc::new(identity_record_key_udf(key.for_project("P"), RecordKeySecret([3; 16])));
+        let udf = IdentityFunctions::new(key.for_project("P"), RecordKeySecret([3; 16]));
         let sql = "SELECT region, count(DISTINCT person), samkor_persons(samkor_record_key(person)) \
                    FROM (SELECT person, region, samkor_record_key(person) AS rk FROM t) x GROUP BY region";
         let rewritten = count_on_identity_numbers(plan(sql).await, &udf).expect("rewrite");

@@ -92,8 +92,8 @@ impl NodeService {
         let df = ctx.sql_with_options(sql, options).await.map_err(|e| plan_error(self.state.register(), e))?;
         let (state, plan) = df.into_parts();
         // Persons only counted: the identity numbers are counted, never pseudonymised or sent.
-        let record_keys = Arc::new(self.state.identity_record_keys(scope));
-        let plan = crate::counting::count_on_identity_numbers(plan, &record_keys)
+        let on_identity = self.state.identity_functions(scope);
+        let plan = crate::counting::count_on_identity_numbers(plan, &on_identity)
             .map_err(|e| plan_error(self.state.register(), e))?;
         let df = datafusion::dataframe::DataFrame::new(state, plan);
         let stream = df.execute_stream().await.map_err(|e| plan_error(self.state.register(), e))?;

@@ -176,11 +176,12 @@ impl NodeState {
         Ok(ctx)
     }
 
-    /// `samkor_record_key` over the identity numbers of `scope`'s pseudonym
-    /// domain, for plans that only count persons ([`crate::counting`]).
-    pub fn identity_record_keys(&self, scope: &Scope) -> datafusion::logical_expr::ScalarUDF {
+    /// `samkor_record_key` and `samkor_pseudonym_bytes` over the identity
+    /// numbers of `scope`'s pseudonym domain, for plans that only count
+    /// persons ([`crate::counting`]).
+    pub fn identity_functions(&self, scope: &Scope) -> crate::counting::IdentityFunctions {
         let domain = scope.pseudonym_domain(self.register());
-        crate::counting::identity_record_key_udf(
+        crate::counting::IdentityFunctions::new(
             self.key.for_project_with(self.config.node.pseudonym_scheme, &domain),
             self.key.record_key_secret(&domain),
         )

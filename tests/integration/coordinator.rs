@@ -219,6 +219,10 @@ async fn explain_shows_what_each_node_is_asked() {
         hip_sql.contains("\"asa\" > 2") && !hip_sql.contains("bmi"),
         "only needed columns, filter pushed: {hip_sql}"
     );
+    assert!(
+        hip_sql.contains("samkor_pseudonym_bytes(\"o\".\"person\")") && !hip_sql.contains("\"o\".\"person\", "),
+        "the node sends the join key as the pseudonym's 16 bytes, not its text: {hip_sql}"
+    );
     fed.shutdown().await;
 }
 
