@@ -25,6 +25,7 @@ mod companions;
 mod intervals;
 mod keyed;
 mod persons;
+mod persons_of_rows;
 mod pseudonym_bytes;
 mod quantile;
 mod record_key;
@@ -36,12 +37,14 @@ pub use ages::{
 pub use companions::{COMPANIONS_FN, MAX_CONDITIONS, MAX_MAGNITUDES, companions_udaf};
 pub use intervals::{INTERVAL_FUNCTIONS, interval_udfs};
 pub use persons::{PERSONS_FN, PersonsCell, persons_udaf};
+pub use persons_of_rows::{PERSONS_OF_ROWS_FN, persons_of_rows_udaf};
 pub use pseudonym_bytes::{PSEUDONYM_BYTES, PSEUDONYM_BYTES_FN, pseudonym_bytes_udf};
 pub use quantile::{QUANTILE_FN, quantile_udaf};
 pub use record_key::{RECORD_KEY_FN, RecordKeySecret, record_key_udf};
 
 /// Names of every function of this crate (users may not call them).
-pub const INTERNAL_FUNCTIONS: &[&str] = &[RECORD_KEY_FN, PERSONS_FN, QUANTILE_FN, COMPANIONS_FN, PSEUDONYM_BYTES_FN];
+pub const INTERNAL_FUNCTIONS: &[&str] =
+    &[RECORD_KEY_FN, PERSONS_FN, QUANTILE_FN, COMPANIONS_FN, PSEUDONYM_BYTES_FN, PERSONS_OF_ROWS_FN];
 
 /// Registers the functions in a session. `secret` is the record-key secret
 /// of the session's project: present at the nodes, absent at the

@@ -251,6 +251,13 @@ pub struct TableConfig {
     pub postgres: Option<PostgresSection>,
     /// The column holding the personal identity number.
     pub person_column: String,
+    /// The holder's statement that no identity number appears in more than
+    /// one row (a population register, a death register). The node checks it
+    /// at start (and refuses to start if it is false) and again whenever the
+    /// files change; while it holds, a cell's persons are counted as its rows
+    /// (`one_per_person`). Parquet and CSV tables only.
+    #[serde(default)]
+    pub one_row_per_person: bool,
     pub columns: Vec<ColumnConfig>,
 }
 
@@ -386,6 +393,12 @@ impl NodeConfig {
                     )));
                 }
                 (FileFormat::Postgres, Some(pg)) => {
+                    if t.one_row_per_person {
+                        return Err(invalid(format!(
+                            "table {}: `one_row_per_person` applies to Parquet and CSV tables (the node checks the files); remove it",
+                            t.name
+                        )));
+                    }
                     if !t.path.is_empty() {
                         return Err(invalid(format!("table {}: a postgres table has no `path`; remove it", t.name)));
                     }

@@ -95,6 +95,10 @@ impl NodeService {
         let on_identity = self.state.identity_functions(scope);
         let plan = crate::counting::count_on_identity_numbers(plan, &on_identity)
             .map_err(|e| plan_error(self.state.register(), e))?;
+        // Rows of tables holding one row per person: a cell's persons are its rows.
+        let distinct = crate::one_per_person::distinct_person_tables(&plan).await;
+        let plan = crate::one_per_person::count_persons_by_rows(plan, &distinct)
+            .map_err(|e| plan_error(self.state.register(), e))?;
         let df = datafusion::dataframe::DataFrame::new(state, plan);
         let stream = df.execute_stream().await.map_err(|e| plan_error(self.state.register(), e))?;
         Ok(crate::wire::declared_types(stream))

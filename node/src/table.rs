@@ -63,6 +63,10 @@ pub enum TableError {
     MissingColumn { table: String, column: String, path: String },
     #[error("table {table}: column {column} is declared as {declared} but the data files at {path} hold {found}")]
     TypeMismatch { table: String, column: String, declared: &'static str, found: String, path: String },
+    #[error(
+        "table {table}: declared `one_row_per_person = true`, but {repeated} identity numbers appear in more than one row of the files at {path}; remove the declaration or the repeated rows"
+    )]
+    NotOnePerPerson { table: String, path: String, repeated: u64 },
     #[error(transparent)]
     Postgres(Box<crate::source::postgres::PostgresError>),
 }
@@ -78,6 +82,8 @@ pub struct ServedTable {
     person_idx: usize,
     /// The scans run on the holder's cluster ([`crate::cluster`]).
     on_cluster: bool,
+    /// Declared and checked to hold one row per person ([`crate::one_per_person`]).
+    one_per_person: Option<Arc<crate::one_per_person::Checked>>,
 }
 
 fn data_files_exist(path: &str) -> bool {
@@ -151,8 +157,23 @@ impl ServedTable {
             config.columns.iter().map(|c| Field::new(&c.name, read_as(c), true)).collect::<Vec<_>>(),
         ));
         let listing = ListingTableConfig::new(url).with_listing_options(options).with_schema(declared);
-        let inner = Arc::new(ListingTable::try_new(listing).map_err(unreadable)?);
-        Ok(Self::over(config, inner))
+        let inner: Arc<dyn TableProvider> = Arc::new(ListingTable::try_new(listing).map_err(unreadable)?);
+        let one_per_person = if config.one_row_per_person {
+            let checked = crate::one_per_person::Checked::at_start(&table, &path, &config.person_column, inner.clone())
+                .await
+                .map_err(|(repeated, reason)| match reason.is_empty() {
+                    true => TableError::NotOnePerPerson { table: table.clone(), path: path.clone(), repeated },
+                    false => TableError::Unreadable {
+                        table: table.clone(),
+                        path: path.clone(),
+                        reason: reason.lines().next().unwrap_or_default().to_owned(),
+                    },
+                })?;
+            Some(Arc::new(checked))
+        } else {
+            None
+        };
+        Ok(ServedTable { one_per_person, ..Self::over(config, inner) })
     }
 
     /// The table served from `inner`, whose schema is the declared one.
@@ -174,7 +195,7 @@ impl ServedTable {
                     })
                     .collect::<Vec<_>>(),
             ));
-        ServedTable { config, inner, exposed, person_idx, on_cluster: false }
+        ServedTable { config, inner, exposed, person_idx, on_cluster: false, one_per_person: None }
     }
 
     /// The same table, its scans run on the holder's cluster.
@@ -281,6 +302,16 @@ impl ProjectTable {
     pub fn recording(mut self, read: Arc<ColumnsRead>) -> Self {
         self.read = Some(read);
         self
+    }
+
+    /// Whether every row of this table is a different person now (declared,
+    /// and checked against the files as they are; [`crate::one_per_person`]).
+    /// Scans on a cluster are not covered.
+    pub async fn rows_are_distinct_persons(&self) -> bool {
+        match &self.served.one_per_person {
+            Some(checked) if !self.served.on_cluster => checked.holds().await,
+            _ => false,
+        }
     }
 }
 

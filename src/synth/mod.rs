@@ -343,6 +343,10 @@ fn node_toml(reg: &RegisterSpec, opts: &SynthOptions) -> String {
         let _ = writeln!(s, "format = \"parquet\"");
         let _ = writeln!(s, "path = {}", toml_str(&format!("{}/*.parquet", t.name)));
         let _ = writeln!(s, "person_column = \"pnr\"");
+        if t.one_row_per_person {
+            let _ = writeln!(s, "# Checked by the node at start and whenever the files change.");
+            let _ = writeln!(s, "one_row_per_person = true");
+        }
         for c in t.columns {
             let _ = writeln!(s, "\n  [[tables.columns]]");
             let _ = writeln!(s, "  name = {}", toml_str(c.name));

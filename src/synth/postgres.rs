@@ -216,6 +216,9 @@ pub fn serve_from_postgres(dir: &Path, register: &str, url: &str) -> Result<(), 
         );
         out = out.replacen(&files, &database, 1);
     }
+    // The node checks that statement on files only.
+    let out =
+        out.replace("# Checked by the node at start and whenever the files change.\none_row_per_person = true\n", "");
     std::fs::write(&path, out).map_err(|source| LoadError::Write { path: path.clone(), source })
 }
 

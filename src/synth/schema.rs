@@ -77,6 +77,8 @@ pub(crate) struct TableSpec {
     pub(crate) name: &'static str,
     pub(crate) description: &'static str,
     pub(crate) columns: &'static [ColumnSpec],
+    /// No identity number in more than one row (`one_row_per_person` in the node config).
+    pub(crate) one_row_per_person: bool,
 }
 
 impl TableSpec {
@@ -120,6 +122,7 @@ pub(crate) const HIP_OPERATIONS: TableSpec = TableSpec {
         col("reoperation", Boolean, "Reoperated on the same hip within 2 years of the operation"),
         col("reop_date", Date32, "Date of the first reoperation; null when none"),
     ],
+    one_row_per_person: false,
 };
 
 pub(crate) const HIP_PROM: TableSpec = TableSpec {
@@ -134,6 +137,7 @@ pub(crate) const HIP_PROM: TableSpec = TableSpec {
         col("pain_vas", Int32, "Hip pain on a visual analogue scale, 0 (none) to 100 (worst)").unit("mm"),
         col("satisfaction", Int32, "Satisfaction with the result, 0 to 100; null before the operation").unit("mm"),
     ],
+    one_row_per_person: false,
 };
 
 pub(crate) const NPR_INPATIENT: TableSpec = TableSpec {
@@ -151,6 +155,7 @@ pub(crate) const NPR_INPATIENT: TableSpec = TableSpec {
         col("procedure", Utf8, "Main surgical procedure; null when none").codes("KVÅ"),
         col("length_of_stay", Int32, "Discharge date minus admission date").unit("days"),
     ],
+    one_row_per_person: false,
 };
 
 pub(crate) const LMR_DISPENSATIONS: TableSpec = TableSpec {
@@ -163,6 +168,7 @@ pub(crate) const LMR_DISPENSATIONS: TableSpec = TableSpec {
         col("ddd", Float64, "Amount dispensed in defined daily doses; always > 0").unit("DDD"),
         col("region", Utf8, "Region of residence of the patient"),
     ],
+    one_row_per_person: false,
 };
 
 pub(crate) const DORS_DEATHS: TableSpec = TableSpec {
@@ -174,6 +180,7 @@ pub(crate) const DORS_DEATHS: TableSpec = TableSpec {
         col("underlying_cause", Utf8, "Underlying cause of death").codes("ICD-10-SE"),
         col("region", Utf8, "Region of residence at death"),
     ],
+    one_row_per_person: true,
 };
 
 pub(crate) const POP_PERSONS: TableSpec = TableSpec {
@@ -189,6 +196,7 @@ pub(crate) const POP_PERSONS: TableSpec = TableSpec {
         col("education", Utf8, "Highest education: primary, secondary or post_secondary; null when unknown"),
         col("income", Int64, "Disposable income, latest year registered").unit("SEK/year"),
     ],
+    one_row_per_person: true,
 };
 
 /// All registers, in output order.

@@ -470,3 +470,81 @@ async fn the_pseudonym_scheme_is_configurable_and_stated_in_the_catalogue() {
         node.shutdown().await;
     }
 }
+
+/// A second file in `table_dir` repeating the first `n` rows of its first file.
+fn repeat_rows(table_dir: &std::path::Path, n: usize) -> std::path::PathBuf {
+    let first = std::fs::read_dir(table_dir).expect("dir").next().expect("a file").expect("entry").path();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(&first).expect("open"),
+    )
+    .expect("parquet")
+    .with_batch_size(n)
+    .build()
+    .expect("reader");
+    let batch = reader.into_iter().next().expect("a batch").expect("rows");
+    let extra = table_dir.join("part-repeated.parquet");
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&extra).expect("create"), batch.schema(), None)
+            .expect("writer");
+    writer.write(&batch.slice(0, n)).expect("write");
+    writer.close().expect("close");
+    extra
+}
+
+/// A table declared to hold one row per person (pop.persons): a cell's
+/// persons are counted as its rows, with the same cells as the sets give;
+/// when its files change to hold a person twice the sets come back, and a
+/// false declaration stops the node at start.
+#[tokio::test]
+async fn one_row_per_person_counts_rows_while_the_files_hold_it() {
+    let copy = common::private_copy();
+    let dir = copy.path();
+    let node = start_node(dir, "pop").await;
+    let client = client_as(&identity_files(dir, "coordinator"), &node);
+    let cells = "SELECT region, samkor_persons(rk) AS cell FROM \
+                 (SELECT region, samkor_record_key(person) AS rk FROM persons WHERE sex = 'F') AS p \
+                 GROUP BY region ORDER BY region";
+    let plan = |client: NodeClient| async move {
+        strings(&run(&client, "P-1", &format!("EXPLAIN {cells}")).await.expect("explain"), 1).join("\n")
+    };
+    assert!(plan(client.clone()).await.contains("samkor_persons_of_rows("), "{}", plan(client.clone()).await);
+    let by_rows = run(&client, "P-1", cells).await.expect("cells");
+    // The cells from the record keys themselves, each person once.
+    let keys = run(&client, "P-1", "SELECT region, samkor_record_key(person) AS rk FROM persons WHERE sex = 'F'")
+        .await
+        .expect("keys");
+    let mut sets: std::collections::BTreeMap<String, std::collections::BTreeSet<i64>> = Default::default();
+    for (region, rk) in strings(&keys, 0).into_iter().zip(i64s(&keys, 1)) {
+        sets.entry(region).or_default().insert(rk);
+    }
+    let expected: Vec<String> = sets
+        .iter()
+        .map(|(region, keys)| {
+            let key = keys.iter().fold(0u32, |k, rk| k.wrapping_add(*rk as u32));
+            format!("{region} {}", samkor_functions::PersonsCell { persons: keys.len() as u64, key }.pack())
+        })
+        .collect();
+    let lines = |b: &[RecordBatch]| -> Vec<String> {
+        strings(b, 0).into_iter().zip(strings(b, 1)).map(|(r, c)| format!("{r} {c}")).collect()
+    };
+    assert!(expected.len() > 3, "{expected:?}");
+    assert_eq!(lines(&by_rows), expected);
+    // The files change: 50 persons now have two rows. Same persons, same cells, counted as sets.
+    let extra = repeat_rows(&dir.join("pop/persons"), 50);
+    let plan_now = plan(client.clone()).await;
+    assert!(!plan_now.contains("samkor_persons_of_rows") && plan_now.contains("samkor_persons("), "{plan_now}");
+    assert_eq!(lines(&run(&client, "P-1", cells).await.expect("cells")), expected);
+    // One row per person again: rows again.
+    std::fs::remove_file(&extra).expect("remove");
+    assert!(plan(client.clone()).await.contains("samkor_persons_of_rows("));
+    node.shutdown().await;
+    // Declared, but false at start: the node does not start.
+    repeat_rows(&dir.join("pop/persons"), 50);
+    let e = start_error(dir, "pop").await;
+    assert!(
+        e.contains(
+            "table persons: declared `one_row_per_person = true`, but 50 identity numbers appear in more than one row"
+        ),
+        "{e}"
+    );
+}
