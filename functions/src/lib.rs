@@ -29,6 +29,7 @@ mod persons_of_rows;
 mod pseudonym_bytes;
 mod quantile;
 mod record_key;
+mod siphash;
 
 pub use ages::{
     AGE_BAND_FN, AGE_YEARS_FN, BIRTH_DECADE_FN, BIRTH_YEAR_FN, DAYS_BETWEEN_FN, GENERALISING_FUNCTIONS,

@@ -407,13 +407,27 @@ impl ProjectPseudonymiser {
     /// without writing the pseudonyms (see [`crate::counting`]). Nulls stay null.
     pub fn record_keys(&self, secret: &RecordKeySecret, column: &dyn Array) -> Result<Int64Array, String> {
         let mut keys = vec![0i64; column.len()];
+        // The runs' bytes, hashed together (`record_keys_of_bytes`) a batch at a time.
+        let (mut runs, mut bytes, mut hashed) = (Vec::with_capacity(LANES), Vec::with_capacity(LANES), [0i64; LANES]);
+        let mut hash = |runs: &mut Vec<Range<usize>>, bytes: &mut Vec<[u8; 16]>| {
+            let hashed = &mut hashed[..bytes.len()];
+            secret.record_keys_of_bytes(bytes, hashed);
+            for (rows, key) in runs.drain(..).zip(hashed.iter()) {
+                match rows.len() {
+                    1 => keys[rows.start] = *key,
+                    _ => keys[rows].fill(*key),
+                }
+            }
+            bytes.clear();
+        };
         self.each_run(column, |rows, block| {
-            let key = secret.record_key_of_bytes(block);
-            match rows.len() {
-                1 => keys[rows.start] = key,
-                _ => keys[rows].fill(key),
+            runs.push(rows);
+            bytes.push(*block);
+            if bytes.len() == LANES {
+                hash(&mut runs, &mut bytes);
             }
         })?;
+        hash(&mut runs, &mut bytes);
         Ok(Int64Array::new(ScalarBuffer::from(keys), column.logical_nulls()))
     }
 }
