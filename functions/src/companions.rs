@@ -38,7 +38,7 @@ use datafusion::logical_expr::{
 use datafusion::physical_expr::expressions::Literal;
 
 use crate::PersonsCell;
-use crate::keyed::{Combine, Groups, OneGroup, PerGroup, Runs, each, list_array};
+use crate::keyed::{Combine, Combining, Groups, OneGroup, PerGroup, Runs, each, list_array};
 
 /// The function's SQL name.
 pub const COMPANIONS_FN: &str = "samkor_companions";
@@ -325,7 +325,10 @@ impl<const D: usize> GroupsAccumulator for CompanionGroups<D> {
     ) -> Result<()> {
         let mut groups = std::mem::take(&mut self.groups);
         groups.grow(total_num_groups);
-        self.rows(values, opt_filter, |row, key, e| groups.push(group_indices[row], key, e));
+        {
+            let mut combining = Combining::new(&mut groups);
+            self.rows(values, opt_filter, |row, key, e| combining.push(group_indices[row], key, e));
+        }
         self.groups = groups;
         Ok(())
     }

@@ -192,6 +192,43 @@ impl<V: Combine> Groups<V> {
     }
 }
 
+/// Pushes (group, record key, value) into [`Groups`], combining consecutive
+/// pushes of the same group and key first: a register sorted by person has a
+/// person's rows one after another, and they cost one insert, not one each.
+/// The last pair is pushed when this is dropped.
+pub(crate) struct Combining<'a, V: Combine> {
+    groups: &'a mut Groups<V>,
+    last: Option<(usize, i64, V)>,
+}
+
+impl<'a, V: Combine> Combining<'a, V> {
+    pub(crate) fn new(groups: &'a mut Groups<V>) -> Self {
+        Combining { groups, last: None }
+    }
+
+    #[inline]
+    pub(crate) fn push(&mut self, group: usize, key: i64, value: V) {
+        if let Some((g, k, v)) = &mut self.last
+            && *g == group
+            && *k == key
+        {
+            v.combine(value);
+            return;
+        }
+        if let Some((g, k, v)) = self.last.replace((group, key, value)) {
+            self.groups.push(g, k, v);
+        }
+    }
+}
+
+impl<V: Combine> Drop for Combining<'_, V> {
+    fn drop(&mut self) {
+        if let Some((g, k, v)) = self.last.take() {
+            self.groups.push(g, k, v);
+        }
+    }
+}
+
 /// What a group accumulator over [`Groups`] gives for its groups, without
 /// taking them (an aggregate without `GROUP BY` is one group: [`OneGroup`]).
 pub(crate) trait PerGroup: GroupsAccumulator {
@@ -278,6 +315,39 @@ pub(crate) fn each_list<T: ArrowPrimitiveType>(lists: &ArrayRef, mut f: impl FnM
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn combining_consecutive_pushes_gives_the_same_groups() {
+        // (group, key, value): runs of one key in one group, the same key in
+        // another group between, and a key that comes back later.
+        let pushes = [(0, 5, 1.0), (0, 5, 2.0), (1, 5, 4.0), (0, 5, 8.0), (0, 6, 16.0), (0, 6, 32.0), (1, 6, 64.0)];
+        let (mut direct, mut combined) = (Groups::<f64>::default(), Groups::<f64>::default());
+        direct.grow(2);
+        combined.grow(2);
+        for &(g, k, v) in &pushes {
+            direct.push(g, k, v);
+        }
+        {
+            let mut c = Combining::new(&mut combined);
+            for &(g, k, v) in &pushes {
+                c.push(g, k, v);
+            }
+        }
+        let sorted = |groups: &mut Groups<f64>| -> Vec<Vec<(i64, f64)>> {
+            groups
+                .take(EmitTo::All)
+                .iter_mut()
+                .map(|r| {
+                    let mut d = r.distinct().to_vec();
+                    d.sort_by_key(|e| e.0);
+                    d
+                })
+                .collect()
+        };
+        let want = vec![vec![(5, 11.0), (6, 48.0)], vec![(5, 4.0), (6, 64.0)]];
+        assert_eq!(sorted(&mut direct), want);
+        assert_eq!(sorted(&mut combined), want);
+    }
 
     #[test]
     fn runs_combine_equal_keys_in_the_table_and_in_sorted_runs() {

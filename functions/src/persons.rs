@@ -19,7 +19,7 @@ use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature, Volatility,
 };
 
-use crate::keyed::{Groups, OneGroup, PerGroup, Runs, each, each_list, list_array};
+use crate::keyed::{Combining, Groups, OneGroup, PerGroup, Runs, each, each_list, list_array};
 
 /// The function's SQL name.
 pub const PERSONS_FN: &str = "samkor_persons";
@@ -131,7 +131,8 @@ impl GroupsAccumulator for PersonsGroups {
         total_num_groups: usize,
     ) -> Result<()> {
         self.groups.grow(total_num_groups);
-        each(values[0].as_primitive::<Int64Type>(), opt_filter, |row, k| self.groups.push(group_indices[row], k, ()));
+        let mut combining = Combining::new(&mut self.groups);
+        each(values[0].as_primitive::<Int64Type>(), opt_filter, |row, k| combining.push(group_indices[row], k, ()));
         Ok(())
     }
 
