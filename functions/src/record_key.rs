@@ -121,26 +121,31 @@ impl ScalarUDFImpl for RecordKey {
 }
 
 fn record_keys(secret: &RecordKeySecret, array: &ArrayRef) -> Result<ArrayRef> {
-    let values: Box<dyn Iterator<Item = Option<&[u8]>>> = match array.data_type() {
-        DataType::Utf8 => Box::new(array.as_string::<i32>().iter().map(|v| v.map(str::as_bytes))),
-        DataType::LargeUtf8 => Box::new(array.as_string::<i64>().iter().map(|v| v.map(str::as_bytes))),
-        DataType::Utf8View => Box::new(array.as_string_view().iter().map(|v| v.map(str::as_bytes))),
-        DataType::Binary => Box::new(array.as_binary::<i32>().iter()),
-        DataType::FixedSizeBinary(_) => Box::new(array.as_fixed_size_binary().iter()),
+    let keys = match array.data_type() {
+        DataType::Utf8 => keys_of(secret, array.as_string::<i32>().iter().map(|v| v.map(str::as_bytes))),
+        DataType::LargeUtf8 => keys_of(secret, array.as_string::<i64>().iter().map(|v| v.map(str::as_bytes))),
+        DataType::Utf8View => keys_of(secret, array.as_string_view().iter().map(|v| v.map(str::as_bytes))),
+        DataType::Binary => keys_of(secret, array.as_binary::<i32>().iter()),
+        DataType::FixedSizeBinary(_) => keys_of(secret, array.as_fixed_size_binary().iter()),
         DataType::Null => return Ok(Arc::new(Int64Array::new_null(array.len()))),
         other => return exec_err!("{RECORD_KEY_FN} takes a person pseudonym, not {other}"),
     };
-    // Pseudonyms (the rows that are not null or something else) hashed together.
-    let mut keys = vec![0i64; array.len()];
-    let (mut rows, mut bytes) = (Vec::with_capacity(array.len()), Vec::with_capacity(array.len()));
+    Ok(Arc::new(Int64Array::new(keys.into(), array.logical_nulls())))
+}
+
+/// The record key of every value (0 for a null); the pseudonyms among them
+/// hashed together ([`RecordKeySecret::record_keys_of_bytes`]).
+fn keys_of<'a>(secret: &RecordKeySecret, values: impl ExactSizeIterator<Item = Option<&'a [u8]>>) -> Vec<i64> {
+    let mut keys = vec![0i64; values.len()];
+    let (mut rows, mut bytes) = (Vec::with_capacity(keys.len()), Vec::with_capacity(keys.len()));
     for (row, v) in values.enumerate() {
-        match v.map(|v| (canonical(v), v)) {
-            Some((Some(b), _)) => {
+        let Some(v) = v else { continue };
+        match canonical(v) {
+            Some(b) => {
                 rows.push(row);
                 bytes.push(b);
             }
-            Some((None, v)) => keys[row] = secret.record_key(v),
-            None => {}
+            None => keys[row] = secret.record_key(v),
         }
     }
     let mut hashed = vec![0i64; bytes.len()];
@@ -148,7 +153,7 @@ fn record_keys(secret: &RecordKeySecret, array: &ArrayRef) -> Result<ArrayRef> {
     for (row, k) in rows.into_iter().zip(hashed) {
         keys[row] = k;
     }
-    Ok(Arc::new(Int64Array::new(keys.into(), array.logical_nulls())))
+    keys
 }
 
 #[cfg(test)]

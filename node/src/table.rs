@@ -161,13 +161,11 @@ impl ServedTable {
         let one_per_person = if config.one_row_per_person {
             let checked = crate::one_per_person::Checked::at_start(&table, &path, &config.person_column, inner.clone())
                 .await
-                .map_err(|(repeated, reason)| match reason.is_empty() {
-                    true => TableError::NotOnePerPerson { table: table.clone(), path: path.clone(), repeated },
-                    false => TableError::Unreadable {
-                        table: table.clone(),
-                        path: path.clone(),
-                        reason: reason.lines().next().unwrap_or_default().to_owned(),
-                    },
+                .map_err(|failed| match failed {
+                    crate::one_per_person::NotChecked::Repeated(repeated) => {
+                        TableError::NotOnePerPerson { table: table.clone(), path: path.clone(), repeated }
+                    }
+                    crate::one_per_person::NotChecked::Unreadable(e) => unreadable(e),
                 })?;
             Some(Arc::new(checked))
         } else {

@@ -89,19 +89,27 @@ pub struct Checked {
     last: Mutex<(Vec<Stamp>, bool)>,
 }
 
+/// Why a declaration was not confirmed at start.
+#[derive(Debug)]
+pub enum NotChecked {
+    /// This many identity numbers are in more than one row.
+    Repeated(u64),
+    /// The files could not be read.
+    Unreadable(datafusion::error::DataFusionError),
+}
+
 impl Checked {
-    /// Checks the declaration at start: `Err(n)` if `n` identity numbers
-    /// (or `u64::MAX` if the files could not be read) are in more than one row.
+    /// Checks the declaration at start.
     pub async fn at_start(
         table: &str,
         path: &str,
         person_column: &str,
         inner: Arc<dyn TableProvider>,
-    ) -> std::result::Result<Checked, (u64, String)> {
+    ) -> std::result::Result<Checked, NotChecked> {
         let before = stamps(path);
-        let n = repeated(inner.clone(), person_column).await.map_err(|e| (u64::MAX, e.to_string()))?;
+        let n = repeated(inner.clone(), person_column).await.map_err(NotChecked::Unreadable)?;
         if n > 0 {
-            return Err((n, String::new()));
+            return Err(NotChecked::Repeated(n));
         }
         Ok(Checked {
             table: table.to_owned(),
