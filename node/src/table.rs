@@ -157,7 +157,9 @@ impl ServedTable {
             config.columns.iter().map(|c| Field::new(&c.name, read_as(c), true)).collect::<Vec<_>>(),
         ));
         let listing = ListingTableConfig::new(url).with_listing_options(options).with_schema(declared);
-        let inner: Arc<dyn TableProvider> = Arc::new(ListingTable::try_new(listing).map_err(unreadable)?);
+        let statistics = state.runtime_env().cache_manager.get_file_statistic_cache();
+        let inner: Arc<dyn TableProvider> =
+            Arc::new(ListingTable::try_new(listing).map_err(unreadable)?.with_cache(statistics));
         let one_per_person = if config.one_row_per_person {
             let checked = crate::one_per_person::Checked::at_start(&table, &path, &config.person_column, inner.clone())
                 .await

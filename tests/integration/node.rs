@@ -473,7 +473,12 @@ async fn the_pseudonym_scheme_is_configurable_and_stated_in_the_catalogue() {
 
 /// A second file in `table_dir` repeating the first `n` rows of its first file.
 fn repeat_rows(table_dir: &std::path::Path, n: usize) -> std::path::PathBuf {
-    let first = std::fs::read_dir(table_dir).expect("dir").next().expect("a file").expect("entry").path();
+    let extra = table_dir.join("part-repeated.parquet");
+    let first = std::fs::read_dir(table_dir)
+        .expect("dir")
+        .map(|e| e.expect("entry").path())
+        .find(|p| *p != extra)
+        .expect("a data file");
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
         std::fs::File::open(&first).expect("open"),
     )
@@ -482,7 +487,6 @@ fn repeat_rows(table_dir: &std::path::Path, n: usize) -> std::path::PathBuf {
     .build()
     .expect("reader");
     let batch = reader.into_iter().next().expect("a batch").expect("rows");
-    let extra = table_dir.join("part-repeated.parquet");
     let mut writer =
         parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&extra).expect("create"), batch.schema(), None)
             .expect("writer");
@@ -547,4 +551,55 @@ async fn one_row_per_person_counts_rows_while_the_files_hold_it() {
         ),
         "{e}"
     );
+}
+
+/// The rows of a table's files whose person has not opted out, read
+/// directly from the files as they are now.
+fn rows_kept(register_dir: &std::path::Path, table: &str) -> i64 {
+    let list = std::fs::read_to_string(register_dir.join("optout.txt")).expect("opt-out list");
+    let opted: HashSet<&str> = list.lines().map(str::trim).filter(|l| !l.starts_with('#') && !l.is_empty()).collect();
+    let mut kept = 0;
+    for file in std::fs::read_dir(register_dir.join(table)).expect("dir") {
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(file.expect("entry").path()).expect("open"),
+        )
+        .expect("parquet")
+        .build()
+        .expect("reader");
+        for batch in reader {
+            let batch = batch.expect("rows");
+            let pnr = batch.column_by_name("pnr").expect("pnr");
+            let pnr = arrow::compute::cast(pnr, &arrow::datatypes::DataType::Utf8).expect("text");
+            kept += pnr.as_string::<i32>().iter().flatten().filter(|p| !opted.contains(p)).count() as i64;
+        }
+    }
+    kept
+}
+
+/// A register holder adds, rewrites and removes data files while the node
+/// runs: the next query reads the files as they are then (no listing or
+/// footer kept from an earlier query), and the answers stay exact.
+#[tokio::test]
+async fn data_files_changed_while_running_are_read_as_they_are() {
+    let copy = common::private_copy();
+    let dir = copy.path();
+    let node = start_node(dir, "hip").await;
+    let client = client_as(&identity_files(dir, "coordinator"), &node);
+    let count = |batches: Vec<RecordBatch>| batches[0].column(0).as_primitive::<arrow::datatypes::Int64Type>().value(0);
+    let sql = "SELECT count(*) FROM operations";
+    let hip = dir.join("hip");
+    let before = count(run(&client, "P-1", sql).await.expect("count"));
+    assert_eq!(before, rows_kept(&hip, "operations"));
+    let extra = repeat_rows(&hip.join("operations"), 50);
+    let added = count(run(&client, "P-1", sql).await.expect("count"));
+    assert!(added > before, "an added file is read: {before} rows before, {added} after");
+    assert_eq!(added, rows_kept(&hip, "operations"));
+    // Rewritten in place, with another length: its new footer and rows.
+    repeat_rows(&hip.join("operations"), 100);
+    let rewritten = count(run(&client, "P-1", sql).await.expect("count"));
+    assert!(rewritten > added, "a rewritten file is read: {added} rows before, {rewritten} after");
+    assert_eq!(rewritten, rows_kept(&hip, "operations"));
+    std::fs::remove_file(&extra).expect("remove");
+    assert_eq!(count(run(&client, "P-1", sql).await.expect("count")), before, "a removed file is not read");
+    node.shutdown().await;
 }

@@ -450,6 +450,13 @@ fn cells_batch(layout: &Layout, columns: Vec<ArrayRef>, keep: &BooleanArray) -> 
     Ok(filter_record_batch(&batch, keep)?)
 }
 
+/// The session the released rows are computed in: built once, as it holds
+/// nothing of a query (each execution clones its state). A few released
+/// cells in memory: one partition, no exchange between threads.
+static RELEASE: std::sync::LazyLock<SessionContext> = std::sync::LazyLock::new(|| {
+    SessionContext::new_with_config(datafusion::prelude::SessionConfig::new().with_target_partitions(1))
+});
+
 /// Runs the query above the aggregate over the released cells.
 async fn run_upper(layout: &Layout, cells: RecordBatch) -> Result<RecordBatch> {
     let schema = cells.schema();
@@ -477,8 +484,7 @@ async fn run_upper(layout: &Layout, cells: RecordBatch) -> Result<RecordBatch> {
             })
         })?
         .data;
-    let ctx = SessionContext::new();
-    let df = ctx.execute_logical_plan(plan).await?;
+    let df = RELEASE.execute_logical_plan(plan).await?;
     let out_schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
     let batches = df.collect().await?;
     Ok(concat_batches(&out_schema, &batches)?)
