@@ -51,8 +51,8 @@ pub struct NodeState {
     tables: Vec<Arc<ServedTable>>,
     catalogue: pb::Catalogue,
     /// The DataFusion state every sub-query's session is cloned from, built
-    /// once: building one registers every built-in function again (a
-    /// sixteenth of the CPU of a small federated answer).
+    /// once: building one registers every built-in function again (2 % of
+    /// the CPU of a count of no rows).
     template: datafusion::execution::SessionState,
     active: Arc<std::sync::atomic::AtomicUsize>,
 }
