@@ -472,6 +472,18 @@ async fn the_pseudonym_scheme_is_configurable_and_stated_in_the_catalogue() {
 }
 
 /// A second file in `table_dir` repeating the first `n` rows of its first file.
+/// The batches of a Parquet file, read directly.
+fn parquet_batches(
+    file: &std::path::Path,
+    batch_size: usize,
+) -> parquet::arrow::arrow_reader::ParquetRecordBatchReader {
+    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(file).expect("open"))
+        .expect("parquet")
+        .with_batch_size(batch_size)
+        .build()
+        .expect("reader")
+}
+
 fn repeat_rows(table_dir: &std::path::Path, n: usize) -> std::path::PathBuf {
     let extra = table_dir.join("part-repeated.parquet");
     let first = std::fs::read_dir(table_dir)
@@ -479,14 +491,7 @@ fn repeat_rows(table_dir: &std::path::Path, n: usize) -> std::path::PathBuf {
         .map(|e| e.expect("entry").path())
         .find(|p| *p != extra)
         .expect("a data file");
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-        std::fs::File::open(&first).expect("open"),
-    )
-    .expect("parquet")
-    .with_batch_size(n)
-    .build()
-    .expect("reader");
-    let batch = reader.into_iter().next().expect("a batch").expect("rows");
+    let batch = parquet_batches(&first, n).next().expect("a batch").expect("rows");
     let mut writer =
         parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&extra).expect("create"), batch.schema(), None)
             .expect("writer");
@@ -560,13 +565,7 @@ fn rows_kept(register_dir: &std::path::Path, table: &str) -> i64 {
     let opted: HashSet<&str> = list.lines().map(str::trim).filter(|l| !l.starts_with('#') && !l.is_empty()).collect();
     let mut kept = 0;
     for file in std::fs::read_dir(register_dir.join(table)).expect("dir") {
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-            std::fs::File::open(file.expect("entry").path()).expect("open"),
-        )
-        .expect("parquet")
-        .build()
-        .expect("reader");
-        for batch in reader {
+        for batch in parquet_batches(&file.expect("entry").path(), 8192) {
             let batch = batch.expect("rows");
             let pnr = batch.column_by_name("pnr").expect("pnr");
             let pnr = arrow::compute::cast(pnr, &arrow::datatypes::DataType::Utf8).expect("text");
