@@ -104,12 +104,12 @@ impl NodeState {
             cluster.check_workers().await?;
         }
         let catalogue = catalogue(&config);
-        let session_config = session_config(&config.node.register);
+        // The state the tables were opened in serves as the template, unless
+        // scans go to a cluster (whose planner the sessions need).
         let template = match &cluster {
-            None => SessionContext::new_with_config_rt(session_config, runtime),
-            Some(cluster) => crate::cluster::session(cluster, session_config, runtime),
-        }
-        .state();
+            None => state,
+            Some(cluster) => crate::cluster::session(cluster, session_config(&config.node.register), runtime).state(),
+        };
         Ok(NodeState { config, key, opt_outs, tables, catalogue, template, active: Arc::default() })
     }
 
