@@ -325,6 +325,7 @@ impl<const D: usize> GroupsAccumulator for CompanionGroups<D> {
     ) -> Result<()> {
         let mut groups = std::mem::take(&mut self.groups);
         groups.grow(total_num_groups);
+        groups.reserve_rows(group_indices, total_num_groups);
         {
             let mut combining = Combining::new(&mut groups);
             self.rows(values, opt_filter, |row, key, e| combining.push(group_indices[row], key, e));
@@ -354,6 +355,7 @@ impl<const D: usize> GroupsAccumulator for CompanionGroups<D> {
             }
             let (start, end) = (keys.offsets()[row] as usize, keys.offsets()[row + 1] as usize);
             let (bits_start, totals_start) = (bits.offsets()[row] as usize, totals.offsets()[row] as usize);
+            self.groups.reserve(g, end - start);
             for i in 0..end - start {
                 let mut e = Entry::<D> { bits: bit_values[bits_start + i] as u64, ..Default::default() };
                 e.totals.copy_from_slice(&total_values[totals_start + i * D..][..D]);

@@ -42,6 +42,9 @@ impl Combine for f64 {
 /// Distinct keys a group keeps in a hash table before it switches to sorted runs.
 pub(crate) const SMALL: usize = 1 << 16;
 
+/// Groups up to which a batch's rows per group are counted ([`Groups::reserve_rows`]).
+const FEW_GROUPS: usize = 1024;
+
 /// Record keys are outputs of a keyed pseudo-random function: one multiply
 /// spreads them over a table (no second keyed hash needed).
 #[derive(Default, Clone, Copy)]
@@ -106,6 +109,15 @@ impl<V: Combine> Runs<V> {
         self.size() as isize - before
     }
 
+    /// Room for `additional` more keys without growing step by step (a
+    /// table doubles and moves every key each time it fills).
+    fn reserve(&mut self, additional: usize) {
+        match self {
+            Runs::Small(map) => map.reserve(additional.min(SMALL + 1 - map.len().min(SMALL))),
+            Runs::Large { items, .. } => items.reserve(additional),
+        }
+    }
+
     /// One entry per key, in no particular order.
     pub(crate) fn distinct(&mut self) -> &[(i64, V)] {
         if let Runs::Small(map) = self {
@@ -165,6 +177,28 @@ impl<V> Default for Groups<V> {
 impl<V: Combine> Groups<V> {
     pub(crate) fn push(&mut self, group: usize, key: i64, value: V) {
         self.bytes += self.runs[group].push(key, value);
+    }
+
+    /// Room in `group` for `additional` more keys: an upper bound known
+    /// before they arrive (a list merged in, the rows of a batch).
+    pub(crate) fn reserve(&mut self, group: usize, additional: usize) {
+        let before = self.runs[group].size() as isize;
+        self.runs[group].reserve(additional);
+        self.bytes += self.runs[group].size() as isize - before;
+    }
+
+    /// Reserves, in each of a few groups, room for its rows of a batch. With
+    /// many groups (one per person in an inner aggregate) the count would
+    /// cost more than the growth it saves.
+    pub(crate) fn reserve_rows(&mut self, group_indices: &[usize], total_groups: usize) {
+        if total_groups > FEW_GROUPS {
+            return;
+        }
+        let mut rows = vec![0usize; total_groups];
+        group_indices.iter().for_each(|&g| rows[g] += 1);
+        for (g, n) in rows.into_iter().enumerate().filter(|(_, n)| *n > 0) {
+            self.reserve(g, n);
+        }
     }
 
     /// Makes sure there is a group for every index below `total`.

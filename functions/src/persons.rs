@@ -131,6 +131,7 @@ impl GroupsAccumulator for PersonsGroups {
         total_num_groups: usize,
     ) -> Result<()> {
         self.groups.grow(total_num_groups);
+        self.groups.reserve_rows(group_indices, total_num_groups);
         let mut combining = Combining::new(&mut self.groups);
         each(values[0].as_primitive::<Int64Type>(), opt_filter, |row, k| combining.push(group_indices[row], k, ()));
         Ok(())
@@ -148,6 +149,7 @@ impl GroupsAccumulator for PersonsGroups {
         self.groups.grow(total_num_groups);
         each_list::<Int64Type>(&values[0], |row, keys| {
             let g = group_indices[row];
+            self.groups.reserve(g, keys.len());
             keys.iter().for_each(|k| self.groups.push(g, *k, ()));
         });
         Ok(())
