@@ -11,6 +11,7 @@
 //!                                               per condition the persons and cell key,
 //!                                               per magnitude the n largest persons'
 //!                                               totals (dominance), one state per group
+//!            ─▶ samkor_moments(x)               count, Σx, Σx², least, largest, largest |x|
 //! ```
 //!
 //! None of them is for users: the coordinator refuses queries that name them
@@ -24,6 +25,7 @@ mod ages;
 mod companions;
 mod intervals;
 mod keyed;
+mod moments;
 mod persons;
 mod persons_of_rows;
 mod pseudonym_bytes;
@@ -37,6 +39,7 @@ pub use ages::{
 };
 pub use companions::{COMPANIONS_FN, MAX_CONDITIONS, MAX_MAGNITUDES, companions_udaf};
 pub use intervals::{INTERVAL_FUNCTIONS, interval_udfs};
+pub use moments::{MOMENT_FIELDS, MOMENTS_FN, moments_udaf};
 pub use persons::{PERSONS_FN, PersonsCell, persons_udaf};
 pub use persons_of_rows::{PERSONS_OF_ROWS_FN, persons_of_rows_udaf};
 pub use pseudonym_bytes::{PSEUDONYM_BYTES, PSEUDONYM_BYTES_FN, pseudonym_bytes_udf};
@@ -45,7 +48,7 @@ pub use record_key::{RECORD_KEY_FN, RecordKeySecret, record_key_udf};
 
 /// Names of every function of this crate (users may not call them).
 pub const INTERNAL_FUNCTIONS: &[&str] =
-    &[RECORD_KEY_FN, PERSONS_FN, QUANTILE_FN, COMPANIONS_FN, PSEUDONYM_BYTES_FN, PERSONS_OF_ROWS_FN];
+    &[RECORD_KEY_FN, PERSONS_FN, QUANTILE_FN, COMPANIONS_FN, MOMENTS_FN, PSEUDONYM_BYTES_FN, PERSONS_OF_ROWS_FN];
 
 /// Registers the functions in a session. `secret` is the record-key secret
 /// of the session's project: present at the nodes, absent at the
@@ -56,6 +59,7 @@ pub fn register(ctx: &datafusion::prelude::SessionContext, secret: Option<Record
     ctx.register_udaf(persons_udaf());
     ctx.register_udaf(quantile_udaf());
     ctx.register_udaf(companions_udaf());
+    ctx.register_udaf(moments_udaf());
     register_user_functions(ctx);
 }
 

@@ -24,6 +24,8 @@ use datafusion::logical_expr::{
     SubqueryAlias, cast, lit,
 };
 
+use samkor_functions::{MOMENT_FIELDS, moments_udaf};
+
 use super::lineage::{expr_lineage, is_grouping_set};
 use super::packed::{PackedFields, Packer};
 use super::rules::Rule;
@@ -214,11 +216,20 @@ impl Rewriter<'_> {
             }
         }
         let stats: Vec<Stat> = a.aggr_expr.iter().map(|e| self.statistic(e, &a.input)).collect::<Result<_>>()?;
+        let own_persons: Vec<bool> =
+            stats.iter().zip(&a.aggr_expr).map(|(s, e)| counts_own_persons(s, e, &a.input)).collect();
         let grouping_set = is_grouping_set(&a);
         let aggregate_schema = a.schema.clone();
         let (input, persons) = self.expose(Arc::unwrap_or_clone(a.input))?;
         let n = i64::from(self.cx.approval.disclosure.dominance_n.max(1));
-        let mut hidden = Hidden { rw: self, aggr: Vec::new(), cache: HashMap::new(), packer: Packer::new(n) };
+        let mut hidden = Hidden {
+            rw: self,
+            aggr: Vec::new(),
+            cache: HashMap::new(),
+            packer: Packer::new(n),
+            moments: HashMap::new(),
+            moment_fields: PackedFields::new(),
+        };
         let row = hidden.all(self.persons_expr(&persons, None, &[]), "g");
         let fingerprint = persons.primary().map(|p| {
             (
@@ -233,6 +244,15 @@ impl Rewriter<'_> {
             let x = stat.x.clone().map(|x| filtered(stat.filter.as_ref(), x));
             let tables = &stat.tables;
             match stat.kind {
+                Kind::Count if own_persons[i] && persons.counts.is_empty() && persons.cols.len() == 1 => {
+                    // `count(DISTINCT person)`: the persons of the cell under
+                    // `person IS NOT NULL`, already counted for the threshold.
+                    parts.persons = hidden.all(self.persons_expr(&persons, stat.condition.as_ref(), tables), "a");
+                    parts.value_is_persons = parts.persons.len() == 1 && stat.tables == [persons.cols[0].table.clone()];
+                    if !parts.value_is_persons {
+                        parts.value = Some(hidden.one(original.clone().unalias_nested().data, "v"));
+                    }
+                }
                 Kind::Count | Kind::Extreme | Kind::Exact => {
                     parts.value = Some(hidden.one(original.clone().unalias_nested().data, "v"));
                     parts.persons = hidden.all(self.persons_expr(&persons, stat.condition.as_ref(), tables), "a");
@@ -257,16 +277,21 @@ impl Rewriter<'_> {
                             stat.present.clone().map(|p| p.and(stat.x.clone().expect("argument").not_eq(lit(0i64))));
                         parts.nonzero = hidden.all(self.persons_expr(&persons, nonzero.as_ref(), tables), "z");
                     }
-                    parts.n = Some(hidden.one(agg(count_udaf(), x.clone(), stat.distinct), "n"));
-                    parts.s = Some(hidden.one(agg(sum_udaf(), float(x.clone()), stat.distinct), "s"));
-                    parts.q =
-                        Some(hidden.one(agg(sum_udaf(), float(x.clone()) * float(x.clone()), stat.distinct), "q"));
-                    parts.min = Some(hidden.one(agg(min_udaf(), float(x.clone()), false), "lo"));
-                    parts.max = Some(hidden.one(agg(max_udaf(), float(x.clone()), false), "hi"));
-                    parts.scale = Some(hidden.one(
-                        agg(max_udaf(), datafusion::functions::math::expr_fn::abs(float(x.clone())), false),
-                        "sc",
-                    ));
+                    if stat.distinct {
+                        parts.n = Some(hidden.one(agg(count_udaf(), x.clone(), true), "n"));
+                        parts.s = Some(hidden.one(agg(sum_udaf(), float(x.clone()), true), "s"));
+                        parts.q = Some(hidden.one(agg(sum_udaf(), float(x.clone()) * float(x.clone()), true), "q"));
+                        parts.min = Some(hidden.one(agg(min_udaf(), float(x.clone()), false), "lo"));
+                        parts.max = Some(hidden.one(agg(max_udaf(), float(x.clone()), false), "hi"));
+                        parts.scale = Some(hidden.one(
+                            agg(max_udaf(), datafusion::functions::math::expr_fn::abs(float(x.clone())), false),
+                            "sc",
+                        ));
+                    } else {
+                        let [n, s, q, lo, hi, sc] = hidden.moments(float(x.clone()));
+                        (parts.n, parts.s, parts.q) = (Some(n), Some(s), Some(q));
+                        (parts.min, parts.max, parts.scale) = (Some(lo), Some(hi), Some(sc));
+                    }
                     if stat.magnitude {
                         let guarded = match stat.condition.as_ref().or(stat.present.as_ref()) {
                             Some(c) => filtered(Some(c), stat.x.clone().expect("argument")),
@@ -317,6 +342,23 @@ impl Rewriter<'_> {
     }
 }
 
+/// Whether `e` is `count(DISTINCT person)` of a register's person column as
+/// scanned (no expression over it, no `FILTER`): the number of distinct
+/// persons with a row in the cell, which the cell's persons companion counts
+/// by record key anyway. Releasing that count instead of a second distinct
+/// count over the pseudonyms makes the threshold and the released value one
+/// number; two persons' 64-bit record keys coincide with probability below
+/// n²/2⁶⁵ in a cell of n persons (3·10⁻⁶ at ten million).
+fn counts_own_persons(stat: &Stat, e: &Expr, input: &LogicalPlan) -> bool {
+    let one_arg = matches!(e.clone().unalias_nested().data, Expr::AggregateFunction(f) if f.params.args.len() == 1);
+    stat.kind == Kind::Count
+        && stat.distinct
+        && stat.filter.is_none()
+        && one_arg
+        && matches!(&stat.x, Some(Expr::Column(c))
+            if input.schema().index_of_column(c).is_ok_and(|i| crate::joins::plain_person(input, i)))
+}
+
 /// The hidden aggregates being added, each once, by name; the person
 /// companions among them packed into one call per record key ([`Packer`]).
 struct Hidden<'a, 'b> {
@@ -324,6 +366,10 @@ struct Hidden<'a, 'b> {
     aggr: Vec<Expr>,
     cache: HashMap<String, String>,
     packer: Packer,
+    /// The parts of each `samkor_moments` call, by its argument.
+    moments: HashMap<String, [String; 6]>,
+    /// Where each part is: the call's struct column and its field.
+    moment_fields: PackedFields,
 }
 
 impl Hidden<'_, '_> {
@@ -352,11 +398,29 @@ impl Hidden<'_, '_> {
         name
     }
 
-    /// The aggregate expressions, and where the packed companions are.
+    /// The count, Σx, Σx², least, largest and largest |x| of the Float64
+    /// `x`, as fields of one `samkor_moments(x)` (each call once, by argument).
+    fn moments(&mut self, x: Expr) -> [String; 6] {
+        let key = x.schema_name().to_string();
+        if let Some(names) = self.moments.get(&key) {
+            return names.clone();
+        }
+        let column = self.rw.name("mo");
+        let names = MOMENT_FIELDS.map(|f| self.rw.name(f));
+        for (i, name) in names.iter().enumerate() {
+            self.moment_fields.insert(name.clone(), (column.clone(), i));
+        }
+        self.aggr.push(moments_udaf().call(vec![x]).alias(&column));
+        self.moments.insert(key, names.clone());
+        names
+    }
+
+    /// The aggregate expressions, and where the packed companions and moments are.
     fn finish(self) -> (Vec<Expr>, PackedFields) {
-        let Hidden { rw, mut aggr, packer, .. } = self;
-        let (calls, packed) = packer.finish(|| rw.name("pm"));
+        let Hidden { rw, mut aggr, packer, moment_fields, .. } = self;
+        let (calls, mut packed) = packer.finish(|| rw.name("pm"));
         aggr.extend(calls);
+        packed.extend(moment_fields);
         (aggr, packed)
     }
 

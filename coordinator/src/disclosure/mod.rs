@@ -102,6 +102,10 @@ impl Mode {
 pub struct Parts {
     /// The value as computed (count, sum, quantile, extreme, exact).
     pub value: Option<String>,
+    /// The value is the persons count of `persons[0]` instead: a distinct
+    /// count of a register's own person column is the count of the persons
+    /// its cell is judged by, computed once (`companions.rs`).
+    pub value_is_persons: bool,
     /// Rows with the argument present; Σx; Σx²; least and largest x; largest |x|.
     pub n: Option<String>,
     pub s: Option<String>,

@@ -180,6 +180,11 @@ fn least(candidates: &[Int64Array], r: usize) -> Option<PersonsCell> {
     Some(cells.filter(|c| c.persons > 0).min_by_key(|c| c.persons).unwrap_or_default())
 }
 
+/// The persons of packed person counts, as numbers (0 where there is none).
+fn persons_counted(packed: &Int64Array) -> Float64Array {
+    packed.iter().map(|v| Some(v.map_or(0, |v| PersonsCell::unpack(v).persons) as f64)).collect()
+}
+
 fn at(a: &Option<Float64Array>, r: usize) -> Option<f64> {
     a.as_ref().and_then(|a| (!a.is_null(r)).then(|| a.value(r)))
 }
@@ -208,6 +213,7 @@ impl StatColumns {
         };
         Ok(StatColumns {
             value: match stat.kind {
+                Kind::Count if p.value_is_persons => Some(persons_counted(&cols.ints(&p.persons[0])?)),
                 Kind::Extreme | Kind::Exact if !is_number(cols, &p.value)? => None,
                 _ => cols.maybe_floats(&p.value)?,
             },

@@ -56,7 +56,7 @@ impl OptimizerRule for JoinOnPseudonymBytes {
 }
 
 /// Whether output column `i` of `plan` is a register's `person` column, unchanged.
-fn plain_person(plan: &LogicalPlan, i: usize) -> bool {
+pub(crate) fn plain_person(plan: &LogicalPlan, i: usize) -> bool {
     match plan {
         LogicalPlan::TableScan(scan) => {
             scan.table_name.schema().is_some() && scan.projected_schema.field(i).name() == PERSON_COLUMN
