@@ -244,17 +244,15 @@ impl Rewriter<'_> {
             let x = stat.x.clone().map(|x| filtered(stat.filter.as_ref(), x));
             let tables = &stat.tables;
             match stat.kind {
-                Kind::Count if own_persons[i] && persons.counts.is_empty() && persons.cols.len() == 1 => {
-                    // `count(DISTINCT person)`: the persons of the cell under
-                    // `person IS NOT NULL`, already counted for the threshold.
-                    parts.persons = hidden.all(self.persons_expr(&persons, stat.condition.as_ref(), tables), "a");
-                    parts.value_is_persons = parts.persons.len() == 1 && stat.tables == [persons.cols[0].table.clone()];
+                Kind::Count | Kind::Extreme | Kind::Exact => {
+                    // `count(DISTINCT person)` over the one record key: its
+                    // persons under `person IS NOT NULL` are the value.
+                    parts.value_is_persons = own_persons[i]
+                        && persons.counts.is_empty()
+                        && matches!(persons.cols.as_slice(), [p] if stat.tables == [p.table.clone()]);
                     if !parts.value_is_persons {
                         parts.value = Some(hidden.one(original.clone().unalias_nested().data, "v"));
                     }
-                }
-                Kind::Count | Kind::Extreme | Kind::Exact => {
-                    parts.value = Some(hidden.one(original.clone().unalias_nested().data, "v"));
                     parts.persons = hidden.all(self.persons_expr(&persons, stat.condition.as_ref(), tables), "a");
                 }
                 Kind::Quantile { p } => {
