@@ -17,7 +17,7 @@
 //! SAMKOR_BENCH_EXPLAIN=1 (print the coordinator's plan of each query), SAMKOR_BENCH_KEEP=1
 //! (keep the temp dir), SAMKOR_LOG (tracing filter for the in-process servers),
 //! SAMKOR_BENCH_PROFILE=N (run only query N, federated, SAMKOR_BENCH_RUNS times: for a profiler;
-//! 6-9 are the latency queries).
+//! 6-9 are the latency queries; SAMKOR_BENCH_CONTROL=off runs it without disclosure control).
 
 mod common;
 
@@ -36,6 +36,10 @@ struct Query {
     name: &'static str,
     kind: Kind,
     sql: &'static str,
+    /// The same answer in DuckDB with the person-keyed work disclosure
+    /// control needs per cell: persons, a cell key over them (sum of a hash
+    /// per person) and, for sums, the two largest per-person totals.
+    keyed: &'static str,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -60,7 +64,8 @@ const DUCKDB_GOAL: f64 = 3.0;
 /// Runs the queries in DuckDB (Python package, 2 threads) over the same
 /// Parquet files, pooled in one process with the identity column renamed to
 /// `person` (no pseudonymisation, no opt-outs: what pooling would be).
-/// Returns per query (median, rows) and DuckDB's version, or why it could not run.
+/// Runs each of `queries` (SQL, timed runs) after one warm-up; returns per
+/// query (median, rows) and DuckDB's version, or why it could not run.
 const DUCKDB_SCRIPT: &str = r#"
 import duckdb, json, statistics, sys, time
 spec = json.load(sys.stdin)
@@ -71,10 +76,10 @@ for t in spec["tables"]:
     con.execute(f'CREATE SCHEMA IF NOT EXISTS "{t["schema"]}"')
     con.execute(f'CREATE VIEW "{t["schema"]}"."{t["name"]}" AS SELECT * EXCLUDE ("{t["person"]}"), "{t["person"]}" AS person FROM read_parquet(\'{t["glob"]}\')')
 out = []
-for q in spec["queries"]:
+for q, runs in spec["queries"]:
     rows = con.execute(q).fetchall()
     times = []
-    for _ in range(spec["runs"]):
+    for _ in range(runs):
         t0 = time.perf_counter()
         con.execute(q).fetchall()
         times.append(time.perf_counter() - t0)
@@ -82,7 +87,7 @@ for q in spec["queries"]:
 print(json.dumps({"version": duckdb.__version__, "results": out}))
 "#;
 
-fn duckdb(dir: &std::path::Path, runs: usize) -> Result<(String, Vec<(Duration, usize)>), String> {
+fn duckdb(dir: &std::path::Path, queries: &[(&str, usize)]) -> Result<(String, Vec<(Duration, usize)>), String> {
     use std::io::Write as _;
     let mut tables = Vec::new();
     for register in samkor::federation::REGISTERS {
@@ -97,7 +102,7 @@ fn duckdb(dir: &std::path::Path, runs: usize) -> Result<(String, Vec<(Duration, 
                 .push(serde_json::json!({"schema": register, "name": t.name, "person": t.person_column, "glob": glob}));
         }
     }
-    let spec = serde_json::json!({"tables": tables, "queries": QUERIES.iter().map(|q| q.sql).collect::<Vec<_>>(), "runs": runs});
+    let spec = serde_json::json!({"tables": tables, "queries": queries});
     let mut child = std::process::Command::new("python3")
         .args(["-c", DUCKDB_SCRIPT])
         .stdin(std::process::Stdio::piped())
@@ -140,17 +145,29 @@ const QUERIES: &[Query] = &[
         kind: Kind::Single,
         sql: "SELECT atc, count(*) AS dispensations, round(sum(ddd), 1) AS ddd
 FROM lmr.dispensations WHERE region = 'Skåne' GROUP BY atc ORDER BY atc",
+        keyed: "WITH pp AS (SELECT atc, person, count(*) AS n, sum(ddd) AS s
+  FROM lmr.dispensations WHERE region = 'Skåne' GROUP BY atc, person)
+SELECT atc, sum(n) AS dispensations, round(sum(s), 1) AS ddd, count(*) AS persons,
+       sum(hash(person)) AS cell_key, max(abs(s), 2) AS top2
+FROM pp GROUP BY atc ORDER BY atc",
     },
     Query {
         name: "lmr: distinct persons by region",
         kind: Kind::Single,
         sql: "SELECT region, count(DISTINCT person) AS persons FROM lmr.dispensations GROUP BY region ORDER BY region",
+        keyed: "WITH pp AS (SELECT region, person FROM lmr.dispensations GROUP BY region, person)
+SELECT region, count(*) AS persons, sum(hash(person)) AS cell_key FROM pp GROUP BY region ORDER BY region",
     },
     Query {
         name: "hip: by region, count + avg(bmi)",
         kind: Kind::Single,
         sql: "SELECT region, count(*) AS operations, round(avg(bmi), 2) AS mean_bmi
 FROM hip.operations GROUP BY region ORDER BY region",
+        keyed: "WITH pp AS (SELECT region, person, count(*) AS n, sum(bmi) AS s, count(bmi) AS nb
+  FROM hip.operations GROUP BY region, person)
+SELECT region, sum(n) AS operations, round(sum(s) / sum(nb), 2) AS mean_bmi, count(*) AS persons,
+       count(*) FILTER (WHERE nb > 0) AS persons_bmi, sum(hash(person)) AS cell_key, max(abs(s), 2) AS top2
+FROM pp GROUP BY region ORDER BY region",
     },
     Query {
         name: "hip ⋈ dors: 90-day deaths by fixation",
@@ -159,6 +176,14 @@ FROM hip.operations GROUP BY region ORDER BY region",
        sum(CASE WHEN d.death_date <= o.op_date + INTERVAL '90 days' THEN 1 ELSE 0 END) AS deaths_90d
 FROM hip.operations o LEFT JOIN dors.deaths d ON d.person = o.person
 GROUP BY o.fixation ORDER BY o.fixation",
+        keyed: "WITH pp AS (
+  SELECT o.fixation, o.person, count(*) AS n,
+         sum(CASE WHEN d.death_date <= o.op_date + INTERVAL '90 days' THEN 1 ELSE 0 END) AS s
+  FROM hip.operations o LEFT JOIN dors.deaths d ON d.person = o.person
+  GROUP BY o.fixation, o.person)
+SELECT fixation, sum(n) AS operations, sum(s) AS deaths_90d, count(*) AS persons,
+       count(*) FILTER (WHERE s > 0) AS persons_dead, sum(hash(person)) AS cell_key, max(s, 2) AS top2
+FROM pp GROUP BY fixation ORDER BY fixation",
     },
     Query {
         name: "npr ⋈ hip: coverage 2023",
@@ -172,6 +197,18 @@ FROM npr_hip n LEFT JOIN hip.operations o
   ON o.person = n.person AND o.hospital = n.hospital
  AND o.op_date BETWEEN n.admit_date AND n.admit_date + INTERVAL '1 day'
 GROUP BY n.hospital ORDER BY n.hospital",
+        keyed: "WITH npr_hip AS (
+  SELECT person, hospital, admit_date FROM npr.inpatient
+  WHERE procedure IN ('NFB29', 'NFB39', 'NFB49', 'NFB59') AND date_part('year', admit_date) = 2023
+), pp AS (
+  SELECT n.hospital, n.person, count(*) AS n, count(o.op_id) AS f
+  FROM npr_hip n LEFT JOIN hip.operations o
+    ON o.person = n.person AND o.hospital = n.hospital
+   AND o.op_date BETWEEN n.admit_date AND n.admit_date + INTERVAL '1 day'
+  GROUP BY n.hospital, n.person)
+SELECT hospital, sum(n) AS npr_episodes, sum(f) AS found_in_hip, count(*) AS persons,
+       count(*) FILTER (WHERE f > 0) AS persons_found, sum(hash(person)) AS cell_key
+FROM pp GROUP BY hospital ORDER BY hospital",
     },
 ];
 
@@ -181,6 +218,10 @@ const MEMORY_QUERY: usize = 3;
 const SMALL_POP: &str = "SELECT count(*) FROM pop.persons";
 const SMALL_REGION: &str =
     "SELECT sex, count(*) AS persons FROM pop.persons WHERE region = 'Skåne' GROUP BY sex ORDER BY sex";
+/// [`SMALL_REGION`] in DuckDB with its person-keyed work: a cell key over the
+/// persons of each cell (pop holds one row per person, so its rows are its persons).
+const SMALL_REGION_KEYED: &str = "SELECT sex, count(*) AS persons, sum(hash(person)) AS cell_key FROM pop.persons
+WHERE region = 'Skåne' GROUP BY sex ORDER BY sex";
 const SMALL_JOIN: &str = "SELECT count(*) AS n FROM hip.operations h JOIN dors.deaths d ON d.person = h.person";
 /// A query whose node reads almost nothing: the fixed cost of a federated answer.
 const SMALL_EMPTY: &str = "SELECT count(*) AS n FROM hip.operations WHERE op_date < DATE '1900-01-01'";
@@ -226,7 +267,14 @@ fn main() -> anyhow::Result<()> {
     let parquet_bytes: u64 = samkor::federation::REGISTERS.iter().map(|r| common::dir_bytes(&dir.join(r))).sum();
 
     eprintln!("DuckDB (python3, 2 threads) on the same Parquet files ...");
-    let duck = if profile.is_some() { Err("not run when profiling".to_owned()) } else { duckdb(&dir, runs) };
+    // Per query: the query, then its person-keyed form; then the small answer, both ways.
+    let duck_queries: Vec<(&str, usize)> = QUERIES
+        .iter()
+        .flat_map(|q| [(q.sql, runs), (q.keyed, runs)])
+        .chain([(SMALL_REGION, latency_runs), (SMALL_REGION_KEYED, latency_runs)])
+        .collect();
+    let duck = if profile.is_some() { Err("not run when profiling".to_owned()) } else { duckdb(&dir, &duck_queries) };
+    let duck_at = |i: usize| duck.as_ref().ok().and_then(|(_, r)| r.get(i)).map(|(d, _)| *d);
     let rt = common::runtime();
     let mut out = String::new();
     use std::fmt::Write as _;
@@ -238,13 +286,15 @@ fn main() -> anyhow::Result<()> {
         if let Some(qi) = profile {
             // Only one query, federated, for a profiler: no comparison, no report.
             let extra = [SMALL_REGION, SMALL_POP, SMALL_JOIN, SMALL_EMPTY]
-                .map(|sql| Query { name: "latency query", kind: Kind::Single, sql });
+                .map(|sql| Query { name: "latency query", kind: Kind::Single, sql, keyed: sql });
             let q = QUERIES
                 .iter()
                 .chain(&extra)
                 .nth(qi.wrapping_sub(1))
                 .context("SAMKOR_BENCH_PROFILE: a query number from 1 (6-9: the latency queries)")?;
-            eprintln!("profiling query {qi}: {} x {runs} ...", q.name);
+            let control_off = std::env::var("SAMKOR_BENCH_CONTROL").is_ok_and(|v| v == "off");
+            fed.coordinator.engine.measure_without_disclosure_control(control_off);
+            eprintln!("profiling query {qi}: {} x {runs}{} ...", q.name, if control_off { ", disclosure control off" } else { "" });
             if explain {
                 let (_, plan) = client.query(&format!("EXPLAIN {}", q.sql)).await?;
                 println!("── EXPLAIN {} (coordinator)\n{}", q.name, arrow::util::pretty::pretty_format_batches(&plan)?);
@@ -381,20 +431,24 @@ fn main() -> anyhow::Result<()> {
         writeln!(out, "federated = disclosure control on, through the Flight SQL client (GetFlightInfo + DoGet)")?;
         writeln!(
             out,
-            "\n{:<40} {:>9} {:>9} {:>12} {:>9} {:>8} {:>10} {:>8} {:>10} {:>5} {:>6}",
-            "query", "DuckDB ms", "pooled ms", "federated ms", "(plan ms)", "/pooled", "goal", "/DuckDB", "goal", "rows", "same"
+            "\n{:<40} {:>9} {:>9} {:>9} {:>12} {:>9} {:>8} {:>10} {:>8} {:>10} {:>8} {:>5} {:>6}",
+            "query", "DuckDB ms", "keyed ms", "pooled ms", "federated ms", "(plan ms)", "/pooled", "goal", "/DuckDB", "goal", "/keyed", "rows", "same"
         )?;
         for (i, (q, p, f, fp, n, agree)) in rows.iter().enumerate() {
             let ratio = ms(*f) / ms(*p).max(1e-9);
             let goal = format!("≤{}x {}", q.kind.goal(), if ratio <= q.kind.goal() { "ok" } else { "MISS" });
-            let (dms, dratio, dgoal) = match duck.as_ref().ok().and_then(|(_, r)| r.get(i)) {
-                Some((d, _)) => {
-                    let r = ms(*f) / ms(*d).max(1e-9);
-                    (format!("{:.1}", ms(*d)), format!("{r:.2}x"), format!("≤{DUCKDB_GOAL}x {}", if r <= DUCKDB_GOAL { "ok" } else { "MISS" }))
+            let (dms, dratio, dgoal) = match duck_at(2 * i) {
+                Some(d) => {
+                    let r = ms(*f) / ms(d).max(1e-9);
+                    (format!("{:.1}", ms(d)), format!("{r:.2}x"), format!("≤{DUCKDB_GOAL}x {}", if r <= DUCKDB_GOAL { "ok" } else { "MISS" }))
                 }
                 None => ("-".into(), "-".into(), "-".into()),
             };
-            writeln!(out, "{:<40} {:>9} {:>9.1} {:>12.1} {:>9.1} {:>7.2}x {:>10} {:>8} {:>10} {:>5} {:>6}", q.name, dms, ms(*p), ms(*f), ms(*fp), ratio, goal, dratio, dgoal, n, agree)?;
+            let (kms, kratio) = match duck_at(2 * i + 1) {
+                Some(k) => (format!("{:.1}", ms(k)), format!("{:.2}x", ms(*f) / ms(k).max(1e-9))),
+                None => ("-".into(), "-".into()),
+            };
+            writeln!(out, "{:<40} {:>9} {:>9} {:>9.1} {:>12.1} {:>9.1} {:>7.2}x {:>10} {:>8} {:>10} {:>8} {:>5} {:>6}", q.name, dms, kms, ms(*p), ms(*f), ms(*fp), ratio, goal, dratio, dgoal, kratio, n, agree)?;
         }
         writeln!(out, "\ndisclosure control (same federated query, medians of {runs}, interleaved):")?;
         writeln!(out, "{:<40} {:>12} {:>12} {:>7}", "query", "without ms", "with ms", "ratio")?;
@@ -402,11 +456,16 @@ fn main() -> anyhow::Result<()> {
             writeln!(out, "{:<40} {:>12.1} {:>12.1} {:>6.2}x", name, ms(*off), ms(*on), ms(*on) / ms(*off).max(1e-9))?;
         }
         writeln!(out, "goals: single-register aggregate within 1.3x of pooled, two-register join within 2x; every query within {DUCKDB_GOAL}x of DuckDB; disclosure control ≤ 1.5x")?;
+        writeln!(out, "keyed = the same answer in DuckDB with the person-keyed work of disclosure control per cell (persons, a cell key: sum of a hash per person, the two largest per-person totals of a sum)")?;
         writeln!(out, "\nend-to-end latency, {latency_runs} runs each (federated through the coordinator / pooled):")?;
         for (name, s, ps) in &latency {
             writeln!(out, "  {:<34} federated p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>6.2} ms | pooled p50 {:>6.2} ms  p99 {:>6.2} ms",
                 name, ms(common::percentile(s, 50.0)), ms(common::percentile(s, 99.0)), ms(common::percentile(s, 100.0)),
                 ms(common::percentile(ps, 50.0)), ms(common::percentile(ps, 99.0)))?;
+        }
+        let n = QUERIES.len();
+        if let (Some(d), Some(k)) = (duck_at(2 * n), duck_at(2 * n + 1)) {
+            writeln!(out, "  {:<34} DuckDB median {:>6.2} ms, keyed {:>6.2} ms (in process, no client)", "pop: one region, by sex", ms(d), ms(k))?;
         }
         writeln!(out, "\ncoordinator memory (separate `samkor coordinator` process, in-process nodes), query: {}", mq.name)?;
         writeln!(out, "  after start:               RSS {}  VmHWM {}", mib(started_mem.rss_kib), mib(started_mem.hwm_kib))?;
