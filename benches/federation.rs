@@ -61,11 +61,11 @@ impl Kind {
 /// Goal against DuckDB pooled (the speed issue's target).
 const DUCKDB_GOAL: f64 = 3.0;
 
-/// Runs the queries in DuckDB (Python package, 2 threads) over the same
+/// Runs each query in DuckDB (Python package, 2 threads) over the same
 /// Parquet files, pooled in one process with the identity column renamed to
-/// `person` (no pseudonymisation, no opt-outs: what pooling would be).
-/// Runs each of `queries` (SQL, timed runs) after one warm-up; returns per
-/// query (median, rows) and DuckDB's version, or why it could not run.
+/// `person` (no pseudonymisation, no opt-outs: what pooling would be): one
+/// warm-up, then its number of timed runs. Prints DuckDB's version and per
+/// query the median and the rows.
 const DUCKDB_SCRIPT: &str = r#"
 import duckdb, json, statistics, sys, time
 spec = json.load(sys.stdin)
