@@ -13,7 +13,8 @@
 //!
 //! Run: `CARGO_TARGET_DIR=/work/target-release cargo bench --bench federation`
 //! Environment: SAMKOR_BENCH_PERSONS (default 200000), SAMKOR_BENCH_RUNS (timed runs per
-//! query and side, default 5), SAMKOR_BENCH_LATENCY_RUNS (default 200), SAMKOR_BENCH_SEED,
+//! query and side, default 5; at least as many pairs of runs without and with disclosure
+//! control), SAMKOR_BENCH_LATENCY_RUNS (default 200), SAMKOR_BENCH_SEED,
 //! SAMKOR_BENCH_EXPLAIN=1 (print the coordinator's plan of each query), SAMKOR_BENCH_KEEP=1
 //! (keep the temp dir), SAMKOR_LOG (tracing filter for the in-process servers),
 //! SAMKOR_BENCH_PROFILE=N (run only query N, federated, SAMKOR_BENCH_RUNS times: for a profiler;
@@ -250,6 +251,63 @@ async fn pooled(ctx: &datafusion::prelude::SessionContext, sql: &str) -> anyhow:
     Ok((t.elapsed(), batches))
 }
 
+/// Pairs of runs that measure the cost of disclosure control take at least
+/// this long per query (more pairs for quick queries, whose ratios scatter most).
+const CONTROL_BUDGET: Duration = Duration::from_secs(3);
+/// Pairs per query at most.
+const CONTROL_MAX_PAIRS: usize = 60;
+
+/// The cost of disclosure control on one query.
+struct ControlCost {
+    name: &'static str,
+    /// Medians of the runs without and with it.
+    off: Duration,
+    on: Duration,
+    /// Quartiles (25, 50, 75 %) of the pairs' ratios with / without.
+    ratios: [f64; 3],
+    pairs: usize,
+}
+
+/// Runs `q` without and with disclosure control in pairs, the order
+/// alternating, after a warm-up pair: a pair's two runs see the same state of
+/// a noisy machine, so their ratio scatters less than a ratio of two medians
+/// taken minutes apart.
+async fn control_cost(
+    engine: &samkor_coordinator::engine::Engine,
+    client: &mut Client,
+    q: &Query,
+    runs: usize,
+) -> anyhow::Result<ControlCost> {
+    let (mut on, mut off, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut timed = Duration::ZERO;
+    for i in 0.. {
+        let mut pair = [Duration::ZERO; 2];
+        for controlled in if i % 2 == 0 { [true, false] } else { [false, true] } {
+            engine.measure_without_disclosure_control(!controlled);
+            pair[usize::from(controlled)] = federated(client, q.sql).await?.total;
+        }
+        if i == 0 {
+            continue;
+        }
+        off.push(pair[0]);
+        on.push(pair[1]);
+        ratios.push(pair[1].as_secs_f64() / pair[0].as_secs_f64().max(1e-9));
+        timed += pair[0] + pair[1];
+        if ratios.len() >= runs && (timed >= CONTROL_BUDGET || ratios.len() >= CONTROL_MAX_PAIRS) {
+            break;
+        }
+    }
+    engine.measure_without_disclosure_control(false);
+    let quartile = |p: f64| common::percentile_by(&ratios, p, f64::total_cmp);
+    Ok(ControlCost {
+        name: q.name,
+        off: common::median(&off),
+        on: common::median(&on),
+        ratios: [quartile(25.0), quartile(50.0), quartile(75.0)],
+        pairs: ratios.len(),
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     common::init_tracing();
     let persons = common::env_u64("SAMKOR_BENCH_PERSONS", 200_000);
@@ -346,20 +404,7 @@ fn main() -> anyhow::Result<()> {
         let mut control = Vec::new();
         for q in QUERIES {
             eprintln!("disclosure control: {} ...", q.name);
-            let engine = &fed.coordinator.engine;
-            let (mut on, mut off) = (Vec::new(), Vec::new());
-            for i in 0..=runs {
-                for controlled in if i % 2 == 0 { [true, false] } else { [false, true] } {
-                    engine.measure_without_disclosure_control(!controlled);
-                    let r = federated(&mut client, q.sql).await?;
-                    // The first round warms up.
-                    if i > 0 {
-                        if controlled { on.push(r.total) } else { off.push(r.total) }
-                    }
-                }
-            }
-            engine.measure_without_disclosure_control(false);
-            control.push((q.name, common::median(&off), common::median(&on)));
+            control.push(control_cost(&fed.coordinator.engine, &mut client, q, runs).await?);
         }
 
         // ── end-to-end latency of small aggregates ──
@@ -450,11 +495,27 @@ fn main() -> anyhow::Result<()> {
             };
             writeln!(out, "{:<40} {:>9} {:>9} {:>9.1} {:>12.1} {:>9.1} {:>7.2}x {:>10} {:>8} {:>10} {:>8} {:>5} {:>6}", q.name, dms, kms, ms(*p), ms(*f), ms(*fp), ratio, goal, dratio, dgoal, kratio, n, agree)?;
         }
-        writeln!(out, "\ndisclosure control (same federated query, medians of {runs}, interleaved):")?;
-        writeln!(out, "{:<40} {:>12} {:>12} {:>7}", "query", "without ms", "with ms", "ratio")?;
-        for (name, off, on) in &control {
-            writeln!(out, "{:<40} {:>12.1} {:>12.1} {:>6.2}x", name, ms(*off), ms(*on), ms(*on) / ms(*off).max(1e-9))?;
+        writeln!(
+            out,
+            "\ndisclosure control (same federated query without and with it, run in pairs, the order alternating; \
+             at least {runs} pairs, more while a query's pairs take under {} s, up to {CONTROL_MAX_PAIRS}):",
+            CONTROL_BUDGET.as_secs()
+        )?;
+        writeln!(out, "{:<40} {:>12} {:>12} {:>7} {:>15} {:>6}", "query", "without ms", "with ms", "ratio", "p25-p75", "pairs")?;
+        for c in &control {
+            let spread = format!("{:.2}-{:.2}x", c.ratios[0], c.ratios[2]);
+            writeln!(
+                out,
+                "{:<40} {:>12.1} {:>12.1} {:>6.2}x {:>15} {:>6}",
+                c.name,
+                ms(c.off),
+                ms(c.on),
+                c.ratios[1],
+                spread,
+                c.pairs
+            )?;
         }
+        writeln!(out, "ratio = median over the pairs of with / without (a pair shares the machine's state); p25-p75 its spread")?;
         writeln!(out, "goals: single-register aggregate within 1.3x of pooled, two-register join within 2x; every query within {DUCKDB_GOAL}x of DuckDB; disclosure control ≤ 1.5x")?;
         writeln!(out, "keyed = the same answer in DuckDB with the person-keyed work of disclosure control per cell (persons, a cell key: sum of a hash per person, the two largest per-person totals of a sum)")?;
         writeln!(out, "\nend-to-end latency, {latency_runs} runs each (federated through the coordinator / pooled):")?;

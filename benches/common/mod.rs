@@ -47,9 +47,14 @@ pub(crate) fn median(v: &[Duration]) -> Duration {
 
 /// Nearest-rank percentile.
 pub(crate) fn percentile(v: &[Duration], p: f64) -> Duration {
+    percentile_by(v, p, Duration::cmp)
+}
+
+/// Nearest-rank percentile in the order `cmp` (`f64::total_cmp` for ratios).
+pub(crate) fn percentile_by<T: Copy>(v: &[T], p: f64, cmp: impl FnMut(&T, &T) -> std::cmp::Ordering) -> T {
     assert!(!v.is_empty(), "no samples");
     let mut s = v.to_vec();
-    s.sort();
+    s.sort_by(cmp);
     let rank = ((p / 100.0) * s.len() as f64).ceil() as usize;
     s[rank.clamp(1, s.len()) - 1]
 }
