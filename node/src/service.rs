@@ -99,8 +99,11 @@ impl NodeService {
         let distinct = crate::one_per_person::distinct_person_tables(&plan).await;
         let plan = crate::one_per_person::count_persons_by_rows(plan, &distinct)
             .map_err(|e| plan_error(self.state.register(), e))?;
-        let df = datafusion::dataframe::DataFrame::new(state, plan);
-        let stream = df.execute_stream().await.map_err(|e| plan_error(self.state.register(), e))?;
+        let task = state.task_ctx();
+        let physical = state.create_physical_plan(&plan).await.map_err(|e| plan_error(self.state.register(), e))?;
+        tracing::debug!(plan = %datafusion::physical_plan::displayable(physical.as_ref()).indent(false), "sub-query planned");
+        let stream = datafusion::physical_plan::execute_stream(physical, task)
+            .map_err(|e| plan_error(self.state.register(), e))?;
         Ok(crate::wire::declared_types(stream))
     }
 
