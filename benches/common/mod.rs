@@ -108,6 +108,7 @@ pub(crate) struct Server {
 impl Server {
     /// Runs `samkor <args>` with stderr to `stderr_file` and waits for the stdout line
     /// containing `marker` followed by the address (`... on 127.0.0.1:1234 ...`).
+    #[expect(clippy::zombie_processes, reason = "the child is returned in a Server, whose drop kills and waits for it")]
     pub(crate) fn spawn(args: &[&str], marker: &str, stderr_file: &Path) -> Server {
         let stderr = std::fs::File::create(stderr_file).expect("stderr file");
         let mut child = Command::new(SAMKOR)
@@ -122,11 +123,17 @@ impl Server {
         let mut line = String::new();
         loop {
             line.clear();
-            let n = stdout.read_line(&mut line).expect("read child stdout");
-            if n == 0 {
+            let read = stdout.read_line(&mut line);
+            if !matches!(read, Ok(n) if n > 0) {
+                // Reaped before the panic, whether it ended or its stdout failed.
+                let _ = child.kill();
                 let status = child.wait().expect("wait");
                 let log = std::fs::read_to_string(stderr_file).unwrap_or_default();
-                panic!("samkor {args:?} exited ({status}) before listening:\n{log}");
+                let why = match read {
+                    Err(e) => format!("reading its output failed: {e}"),
+                    Ok(_) => "its output ended".to_owned(),
+                };
+                panic!("samkor {args:?} did not start listening ({why}; {status}):\n{log}");
             }
             if let Some(rest) = line.split(marker).nth(1) {
                 let addr = rest.split_whitespace().next().expect("address after marker").to_owned();

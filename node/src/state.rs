@@ -31,7 +31,7 @@ pub enum StartError {
     #[error("{0}")]
     OptOut(#[from] OptOutError),
     #[error("node config {}: {source}", config.display())]
-    Table { config: PathBuf, source: TableError },
+    Table { config: PathBuf, source: Box<TableError> },
     #[error("{0}")]
     Audit(#[from] samkor_policies::audit::AuditError),
     #[error("cannot create the directory {} of the audit log: {source}", path.display())]
@@ -41,6 +41,9 @@ pub enum StartError {
     #[error("cannot listen on {addr}: {source}; is another node running there? choose another `listen` address")]
     Listen { addr: std::net::SocketAddr, source: std::io::Error },
 }
+
+/// A session's tables by name, as a scope sees them.
+pub type NamedTables = Vec<(String, Arc<dyn TableProvider>)>;
 
 /// The node's state, shared by all requests.
 #[derive(Debug)]
@@ -89,7 +92,7 @@ impl NodeState {
         for t in &config.tables {
             let mut served = ServedTable::open(&config.node.register, t.clone(), &state)
                 .await
-                .map_err(|source| StartError::Table { config: config.path.clone(), source })?;
+                .map_err(|source| StartError::Table { config: config.path.clone(), source: Box::new(source) })?;
             if config.cluster.as_ref().is_some_and(|c| c.scans(t)) {
                 served = served.scanned_on_cluster();
             }
@@ -134,7 +137,7 @@ impl NodeState {
 
     /// The node's tables as one project sees them: pseudonymised, opt-outs removed
     /// (the opt-out list as it is now on disk).
-    pub fn project_tables(&self, project: &str) -> Result<Vec<(String, Arc<dyn TableProvider>)>, OptOutError> {
+    pub fn project_tables(&self, project: &str) -> Result<NamedTables, OptOutError> {
         self.tables_for(&Scope::Project(project.to_owned()), None)
     }
 
@@ -142,11 +145,7 @@ impl NodeState {
     /// opt-outs removed, withheld columns refused, and for direct access only
     /// the unit's own rows of the tables the holder opened. Scans record the
     /// columns they read in `read`.
-    pub fn tables_for(
-        &self,
-        scope: &Scope,
-        read: Option<Arc<ColumnsRead>>,
-    ) -> Result<Vec<(String, Arc<dyn TableProvider>)>, OptOutError> {
+    pub fn tables_for(&self, scope: &Scope, read: Option<Arc<ColumnsRead>>) -> Result<NamedTables, OptOutError> {
         let opt_outs = self.opt_outs.current()?;
         let pseudonymiser =
             self.key.for_project_with(self.config.node.pseudonym_scheme, &scope.pseudonym_domain(self.register()));
