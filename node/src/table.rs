@@ -23,7 +23,8 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch, RecordBatchOptions, StringArrayType};
+use datafusion::arrow::buffer::BooleanBuffer;
 use datafusion::arrow::compute::{and, cast, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
@@ -50,7 +51,7 @@ use samkor_proto::PERSON_COLUMN;
 use crate::access::Refusal;
 use crate::config::{FileFormat as ConfigFormat, TableConfig};
 use crate::optout::{OptOutSet, pnr_key};
-use crate::pseudonym::ProjectPseudonymiser;
+use crate::pseudonym::{ProjectPseudonymiser, same_value};
 
 /// Why a table could not be opened at start-up. Names the table and the path.
 #[derive(Debug, thiserror::Error)]
@@ -609,8 +610,7 @@ fn transform(
 ) -> Result<RecordBatch> {
     let mut keep = None;
     if !opt_outs.is_empty() {
-        let not_opted_out = |v: Option<&str>| v.and_then(pnr_key).is_none_or(|k| !opt_outs.contains(&k));
-        keep = Some(string_mask(batch.column(pnr_pos).as_ref(), "person", not_opted_out)?);
+        keep = Some(opt_out_mask(batch.column(pnr_pos).as_ref(), opt_outs)?);
     }
     if let Some((pos, unit)) = unit {
         // A row whose unit is null belongs to no unit: it is dropped.
@@ -642,6 +642,32 @@ fn transform(
     Ok(RecordBatch::try_new_with_options(schema.clone(), columns, &options)?)
 }
 
+/// True for every row whose person has not opted out (a null or malformed
+/// identity number is nobody's). A row with the value of the row before
+/// takes its answer: a register sorted by person looks each person up once.
+fn opt_out_mask(column: &dyn Array, opt_outs: &OptOutSet) -> Result<BooleanArray> {
+    fn mask<'a, A: StringArrayType<'a>>(values: A, opt_outs: &OptOutSet) -> BooleanArray {
+        let (mut last, mut kept): (Option<&str>, bool) = (None, true);
+        let bits = BooleanBuffer::collect_bool(values.len(), |row| {
+            let v = if values.is_null(row) { "" } else { values.value(row) };
+            if !last.is_some_and(|l| same_value(l.as_bytes(), v.as_bytes())) {
+                kept = pnr_key(v).is_none_or(|k| !opt_outs.contains(&k));
+                last = Some(v);
+            }
+            kept
+        });
+        BooleanArray::new(bits, None)
+    }
+    Ok(match column.data_type() {
+        DataType::Utf8 => mask(column.as_string::<i32>(), opt_outs),
+        DataType::LargeUtf8 => mask(column.as_string::<i64>(), opt_outs),
+        DataType::Utf8View => mask(column.as_string_view(), opt_outs),
+        other => {
+            return Err(DataFusionError::Execution(format!("the person column has type {other}, expected a string")));
+        }
+    })
+}
+
 /// `keep(value)` for every value of a string column (`what` names it in errors).
 fn string_mask(column: &dyn Array, what: &str, keep: impl Fn(Option<&str>) -> bool) -> Result<BooleanArray> {
     let keep = |v: Option<&str>| Some(keep(v));
@@ -653,4 +679,45 @@ fn string_mask(column: &dyn Array, what: &str, keep: impl Fn(Option<&str>) -> bo
             return Err(DataFusionError::Execution(format!("the {what} column has type {other}, expected a string")));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{ArrayRef, Int64Array, LargeStringArray, StringArray, StringViewArray};
+
+    use super::*;
+
+    #[test]
+    fn opted_out_rows_are_dropped_in_runs_and_alone_in_every_string_type() {
+        let opt_outs: OptOutSet = [194001010001u64, 194001010003].into_iter().collect();
+        // (value, kept): runs of one person across an opt-out, the hyphenated
+        // form, a null, malformed and empty values.
+        let rows: &[(Option<&str>, bool)] = &[
+            (Some("194001010001"), false),
+            (Some("194001010001"), false),
+            (Some("194001010002"), true),
+            (Some("194001010002"), true),
+            (Some("194001010001"), false),
+            (Some("19400101-0003"), false),
+            (Some("194001010003"), false),
+            (None, true),
+            (Some("19400101000x"), true),
+            (Some(""), true),
+            (Some("194001010004"), true),
+        ];
+        let values: Vec<Option<&str>> = rows.iter().map(|r| r.0).collect();
+        let want: Vec<bool> = rows.iter().map(|r| r.1).collect();
+        let columns: [ArrayRef; 3] = [
+            Arc::new(StringArray::from(values.clone())),
+            Arc::new(LargeStringArray::from(values.clone())),
+            Arc::new(StringViewArray::from(values)),
+        ];
+        for column in columns {
+            let mask = opt_out_mask(column.as_ref(), &opt_outs).expect("a string column");
+            assert_eq!(mask.iter().map(|v| v.expect("no nulls")).collect::<Vec<_>>(), want, "{}", column.data_type());
+        }
+        let numbers: ArrayRef = Arc::new(Int64Array::from(vec![1]));
+        let err = opt_out_mask(numbers.as_ref(), &opt_outs).expect_err("not a string");
+        assert!(err.to_string().contains("person column has type Int64"), "{err}");
+    }
 }
