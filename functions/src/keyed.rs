@@ -226,40 +226,69 @@ impl<V: Combine> Groups<V> {
     }
 }
 
-/// Pushes (group, record key, value) into [`Groups`], combining consecutive
-/// pushes of the same group and key first: a register sorted by person has a
-/// person's rows one after another, and they cost one insert, not one each.
-/// The last pair is pushed when this is dropped.
+/// Groups one run of a key combines in before its pairs are pushed.
+const RUN_GROUPS: usize = 16;
+
+/// Rows of a batch looked at to tell whether it is sorted by person.
+const SAMPLED_ROWS: usize = 256;
+
+/// Pushes (group, record key, value) into [`Groups`], combining a run of
+/// pushes of one key first: a register sorted by person has a person's rows
+/// one after another, and they cost one insert per group they touch, not one
+/// each. Where at least half of a batch's first rows repeat the key of the
+/// row before (sorted by person), a run combines across up to
+/// [`RUN_GROUPS`] groups (a person's dispensations interleave their
+/// substances); otherwise only consecutive pushes of one group (a short list
+/// costs more than it saves when runs are one row long). The pairs left are
+/// pushed when this is dropped.
 pub(crate) struct Combining<'a, V: Combine> {
     groups: &'a mut Groups<V>,
-    last: Option<(usize, i64, V)>,
+    key: i64,
+    run: [(usize, V); RUN_GROUPS],
+    len: usize,
+    /// Groups a run may combine in: [`RUN_GROUPS`] or 1.
+    cap: usize,
 }
 
 impl<'a, V: Combine> Combining<'a, V> {
-    pub(crate) fn new(groups: &'a mut Groups<V>) -> Self {
-        Combining { groups, last: None }
+    /// Pushes into `groups` the pairs of a batch whose record keys are `keys`.
+    pub(crate) fn new(groups: &'a mut Groups<V>, keys: &[i64]) -> Self {
+        let sample = &keys[..keys.len().min(SAMPLED_ROWS)];
+        let repeats = sample.windows(2).filter(|w| w[0] == w[1]).count();
+        let cap = if 2 * repeats >= sample.len().max(2) { RUN_GROUPS } else { 1 };
+        Combining { groups, key: 0, run: [(0, V::default()); RUN_GROUPS], len: 0, cap }
     }
 
     #[inline]
     pub(crate) fn push(&mut self, group: usize, key: i64, value: V) {
-        if let Some((g, k, v)) = &mut self.last
-            && *g == group
-            && *k == key
-        {
-            v.combine(value);
-            return;
+        if key == self.key {
+            if let Some((_, v)) = self.run[..self.len].iter_mut().find(|(g, _)| *g == group) {
+                v.combine(value);
+                return;
+            }
+            if self.len < self.cap {
+                self.run[self.len] = (group, value);
+                self.len += 1;
+                return;
+            }
         }
-        if let Some((g, k, v)) = self.last.replace((group, key, value)) {
-            self.groups.push(g, k, v);
+        self.flush();
+        self.key = key;
+        self.run[0] = (group, value);
+        self.len = 1;
+    }
+
+    fn flush(&mut self) {
+        for &(g, v) in &self.run[..self.len] {
+            self.groups.push(g, self.key, v);
         }
+        self.len = 0;
     }
 }
 
 impl<V: Combine> Drop for Combining<'_, V> {
     fn drop(&mut self) {
-        if let Some((g, k, v)) = self.last.take() {
-            self.groups.push(g, k, v);
-        }
+        self.flush();
     }
 }
 
@@ -351,21 +380,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn combining_consecutive_pushes_gives_the_same_groups() {
+    fn combining_runs_of_a_key_gives_the_same_groups_in_both_modes() {
         // (group, key, value): runs of one key in one group, the same key in
-        // another group between, and a key that comes back later.
-        let pushes = [(0, 5, 1.0), (0, 5, 2.0), (1, 5, 4.0), (0, 5, 8.0), (0, 6, 16.0), (0, 6, 32.0), (1, 6, 64.0)];
-        let (mut direct, mut combined) = (Groups::<f64>::default(), Groups::<f64>::default());
-        direct.grow(2);
-        combined.grow(2);
+        // another group between, a key that comes back later, and a run over
+        // more groups than a run holds (groups interleaved and repeated).
+        let mut pushes =
+            vec![(0, 5, 1.0), (0, 5, 2.0), (1, 5, 4.0), (0, 5, 8.0), (0, 6, 16.0), (0, 6, 32.0), (1, 6, 64.0)];
+        pushes.extend((0..3 * RUN_GROUPS).map(|i| ((i * 7) % (RUN_GROUPS + 3), 9, i as f64)));
+        pushes.extend([(2, 5, 128.0), (2, 9, 256.0)]);
+        let groups = RUN_GROUPS + 3;
+        let mut direct = Groups::<f64>::default();
+        direct.grow(groups);
         for &(g, k, v) in &pushes {
             direct.push(g, k, v);
-        }
-        {
-            let mut c = Combining::new(&mut combined);
-            for &(g, k, v) in &pushes {
-                c.push(g, k, v);
-            }
         }
         let sorted = |groups: &mut Groups<f64>| -> Vec<Vec<(i64, f64)>> {
             groups
@@ -378,9 +405,23 @@ mod tests {
                 })
                 .collect()
         };
-        let want = vec![vec![(5, 11.0), (6, 48.0)], vec![(5, 4.0), (6, 64.0)]];
-        assert_eq!(sorted(&mut direct), want);
-        assert_eq!(sorted(&mut combined), want);
+        let want = sorted(&mut direct);
+        assert_eq!(want[0][0], (5, 11.0));
+        // Key 9 reaches group 2 at i = 3, 22 and 41 (7i ≡ 2 mod 19), and once more.
+        assert_eq!(want[2], vec![(5, 128.0), (9, 3.0 + 22.0 + 41.0 + 256.0)]);
+        // The batch's keys choose the mode: sorted by person or not.
+        for (keys, cap) in [(vec![7i64; 300], RUN_GROUPS), ((0..300).collect(), 1), (vec![], 1)] {
+            let mut combined = Groups::<f64>::default();
+            combined.grow(groups);
+            {
+                let mut c = Combining::new(&mut combined, &keys);
+                assert_eq!(c.cap, cap);
+                for &(g, k, v) in &pushes {
+                    c.push(g, k, v);
+                }
+            }
+            assert_eq!(sorted(&mut combined), want, "at most {cap} groups a run");
+        }
     }
 
     #[test]

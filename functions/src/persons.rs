@@ -132,8 +132,9 @@ impl GroupsAccumulator for PersonsGroups {
     ) -> Result<()> {
         self.groups.grow(total_num_groups);
         self.groups.reserve_rows(group_indices, total_num_groups);
-        let mut combining = Combining::new(&mut self.groups);
-        each(values[0].as_primitive::<Int64Type>(), opt_filter, |row, k| combining.push(group_indices[row], k, ()));
+        let keys = values[0].as_primitive::<Int64Type>();
+        let mut combining = Combining::new(&mut self.groups, keys.values());
+        each(keys, opt_filter, |row, k| combining.push(group_indices[row], k, ()));
         Ok(())
     }
 
