@@ -23,8 +23,10 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch, RecordBatchOptions, StringArrayType};
-use datafusion::arrow::buffer::BooleanBuffer;
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, RecordBatchOptions, StringArray, StringArrayType,
+};
+use datafusion::arrow::buffer::{BooleanBuffer, Buffer, OffsetBuffer, ScalarBuffer};
 use datafusion::arrow::compute::{and, cast, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
@@ -631,7 +633,7 @@ fn transform(
                     Person::Pseudonym(p) => {
                         p.pseudonymise(batch.column(pnr_pos).as_ref()).map_err(DataFusionError::Execution)
                     }
-                    Person::Identity => Ok(cast(batch.column(pnr_pos), &DataType::Utf8)?),
+                    Person::Identity => identity_as_utf8(batch.column(pnr_pos)),
                 }
             } else {
                 Ok(batch.column(i).clone())
@@ -640,6 +642,33 @@ fn transform(
         .collect::<Result<Vec<_>>>()?;
     let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
     Ok(RecordBatch::try_new_with_options(schema.clone(), columns, &options)?)
+}
+
+/// The identity column as `Utf8` (the type `person` is declared with). From
+/// string views, a short value (up to 12 bytes: an identity number) is
+/// copied out of its view, not looked up through the view's buffer.
+fn identity_as_utf8(column: &ArrayRef) -> Result<ArrayRef> {
+    let Some(views) = column.as_string_view_opt() else {
+        return Ok(cast(column, &DataType::Utf8)?);
+    };
+    let mut bytes: Vec<u8> = Vec::with_capacity(views.len() * 12);
+    let mut offsets: Vec<i32> = Vec::with_capacity(views.len() + 1);
+    offsets.push(0);
+    for (row, &view) in views.views().iter().enumerate() {
+        let len = view as u32 as usize;
+        if views.is_valid(row) {
+            match len {
+                0..=12 => bytes.extend_from_slice(&view.to_le_bytes()[4..4 + len]),
+                _ => bytes.extend_from_slice(views.value(row).as_bytes()),
+            }
+        }
+        let Ok(end) = i32::try_from(bytes.len()) else {
+            return Ok(cast(column, &DataType::Utf8)?);
+        };
+        offsets.push(end);
+    }
+    let offsets = OffsetBuffer::new(ScalarBuffer::from(offsets));
+    Ok(Arc::new(StringArray::try_new(offsets, Buffer::from(bytes), views.nulls().cloned())?))
 }
 
 /// True for every row whose person has not opted out (a null or malformed
@@ -683,7 +712,7 @@ fn string_mask(column: &dyn Array, what: &str, keep: impl Fn(Option<&str>) -> bo
 
 #[cfg(test)]
 mod tests {
-    use datafusion::arrow::array::{ArrayRef, Int64Array, LargeStringArray, StringArray, StringViewArray};
+    use datafusion::arrow::array::{Int64Array, LargeStringArray, StringViewArray};
 
     use super::*;
 
@@ -719,5 +748,24 @@ mod tests {
         let numbers: ArrayRef = Arc::new(Int64Array::from(vec![1]));
         let err = opt_out_mask(numbers.as_ref(), &opt_outs).expect_err("not a string");
         assert!(err.to_string().contains("person column has type Int64"), "{err}");
+    }
+
+    #[test]
+    fn identity_numbers_leave_string_views_as_the_same_strings() {
+        // Short (inline) and long values, nulls, empty strings, and a slice.
+        let values: Vec<Option<String>> = (0..100)
+            .map(|i| match i % 7 {
+                0 => None,
+                1 => Some(String::new()),
+                2 => Some(format!("a value longer than twelve bytes {i}")),
+                _ => Some(format!("{:012}", 194001010000u64 + i)),
+            })
+            .collect();
+        let views: ArrayRef = Arc::new(StringViewArray::from(values.clone()));
+        let want: ArrayRef = Arc::new(StringArray::from(values.clone()));
+        assert_eq!(identity_as_utf8(&views).expect("views").as_ref(), want.as_ref());
+        let sliced = identity_as_utf8(&views.slice(3, 50)).expect("a slice");
+        assert_eq!(sliced.as_ref(), want.slice(3, 50).as_ref());
+        assert_eq!(identity_as_utf8(&want).expect("already Utf8").as_ref(), want.as_ref());
     }
 }

@@ -490,9 +490,13 @@ async fn run_upper(layout: &Layout, cells: RecordBatch) -> Result<RecordBatch> {
             })
         })?
         .data;
-    let df = RELEASE.execute_logical_plan(plan).await?;
-    let out_schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-    let batches = df.collect().await?;
+    // The upper query was optimized with the whole query: analyzed again
+    // (the cells' types), planned physically, not optimized a second time.
+    let state = RELEASE.state();
+    let analyzed = state.analyzer().execute_and_check(plan, state.config_options(), |_, _| {})?;
+    let out_schema: SchemaRef = Arc::new(analyzed.schema().as_arrow().clone());
+    let physical = state.query_planner().create_physical_plan(&analyzed, &state).await?;
+    let batches = datafusion::physical_plan::collect(physical, state.task_ctx()).await?;
     Ok(concat_batches(&out_schema, &batches)?)
 }
 
