@@ -290,17 +290,15 @@ impl<const D: usize> CompanionGroups<D> {
         let magnitudes: Vec<&Float64Array> =
             values[2 + self.m..].iter().map(|x| x.as_primitive::<Float64Type>()).collect();
         let bits = self.bits(&conditions, &magnitudes, values[0].len());
+        let x: [&[f64]; D] = std::array::from_fn(|j| magnitudes[j].values().as_ref());
         each(values[0].as_primitive::<Int64Type>(), opt_filter, |row, key| {
-            let mut e = Entry::<D> { bits: bits[row], ..Default::default() };
-            if e.bits == 0 {
+            let bits = bits[row];
+            if bits == 0 {
                 return;
             }
-            for (j, x) in magnitudes.iter().enumerate() {
-                if e.bits >> (32 + j) & 1 == 1 {
-                    e.totals[j] = x.value(row);
-                }
-            }
-            f(row, key, e);
+            // A magnitude without a value adds 0 (its bit stays clear).
+            let totals = std::array::from_fn(|j| if bits >> (32 + j) & 1 == 1 { x[j][row] } else { 0.0 });
+            f(row, key, Entry { bits, totals });
         });
     }
 }
