@@ -675,35 +675,34 @@ fn identity_as_utf8(column: &ArrayRef) -> Result<ArrayRef> {
 /// identity number is nobody's). A row with the value of the row before
 /// takes its answer: a register sorted by person looks each person up once.
 fn opt_out_mask(column: &dyn Array, opt_outs: &OptOutSet) -> Result<BooleanArray> {
-    fn mask<'a, A: StringArrayType<'a>>(values: A, opt_outs: &OptOutSet) -> BooleanArray {
-        let (mut last, mut kept): (Option<&str>, bool) = (None, true);
+    let (mut last, mut kept): (Option<&str>, bool) = (None, true);
+    string_mask(column, "person", |v| {
+        let v = v.unwrap_or_default();
+        if !last.is_some_and(|l| same_value(l.as_bytes(), v.as_bytes())) {
+            kept = pnr_key(v).is_none_or(|k| !opt_outs.contains(&k));
+            last = Some(v);
+        }
+        kept
+    })
+}
+
+/// `keep(value)` for every row of a string column, in order (`what` names
+/// the column in errors).
+fn string_mask<'a>(
+    column: &'a dyn Array,
+    what: &str,
+    keep: impl FnMut(Option<&'a str>) -> bool,
+) -> Result<BooleanArray> {
+    fn mask<'a, A: StringArrayType<'a>>(values: A, mut keep: impl FnMut(Option<&'a str>) -> bool) -> BooleanArray {
         let bits = BooleanBuffer::collect_bool(values.len(), |row| {
-            let v = if values.is_null(row) { "" } else { values.value(row) };
-            if !last.is_some_and(|l| same_value(l.as_bytes(), v.as_bytes())) {
-                kept = pnr_key(v).is_none_or(|k| !opt_outs.contains(&k));
-                last = Some(v);
-            }
-            kept
+            keep(if values.is_null(row) { None } else { Some(values.value(row)) })
         });
         BooleanArray::new(bits, None)
     }
     Ok(match column.data_type() {
-        DataType::Utf8 => mask(column.as_string::<i32>(), opt_outs),
-        DataType::LargeUtf8 => mask(column.as_string::<i64>(), opt_outs),
-        DataType::Utf8View => mask(column.as_string_view(), opt_outs),
-        other => {
-            return Err(DataFusionError::Execution(format!("the person column has type {other}, expected a string")));
-        }
-    })
-}
-
-/// `keep(value)` for every value of a string column (`what` names it in errors).
-fn string_mask(column: &dyn Array, what: &str, keep: impl Fn(Option<&str>) -> bool) -> Result<BooleanArray> {
-    let keep = |v: Option<&str>| Some(keep(v));
-    Ok(match column.data_type() {
-        DataType::Utf8 => column.as_string::<i32>().iter().map(keep).collect(),
-        DataType::LargeUtf8 => column.as_string::<i64>().iter().map(keep).collect(),
-        DataType::Utf8View => column.as_string_view().iter().map(keep).collect(),
+        DataType::Utf8 => mask(column.as_string::<i32>(), keep),
+        DataType::LargeUtf8 => mask(column.as_string::<i64>(), keep),
+        DataType::Utf8View => mask(column.as_string_view(), keep),
         other => {
             return Err(DataFusionError::Execution(format!("the {what} column has type {other}, expected a string")));
         }
