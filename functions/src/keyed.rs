@@ -9,7 +9,10 @@
 //! insert a cache and TLB miss, measured as three quarters of a `count(*)`
 //! over ten million persons); the radix sort reads and writes memory in
 //! order. A buffer never grows past twice its distinct keys plus
-//! [`MIN_RUN`], so memory follows the persons, not the rows.
+//! [`MIN_RUN`], so memory follows the persons, not the rows. Once the
+//! groups' state passes [`BEYOND_CACHE`] bytes (no longer in the last-level
+//! cache, where each insert waits for memory), a group switches to runs at
+//! [`SMALL_BEYOND_CACHE`] keys.
 
 use std::sync::Arc;
 
@@ -41,6 +44,14 @@ impl Combine for f64 {
 
 /// Distinct keys a group keeps in a hash table before it switches to sorted runs.
 pub(crate) const SMALL: usize = 1 << 16;
+
+/// Bytes of state beyond which the groups' tables no longer share the
+/// processor's last-level cache: every insert then waits for memory.
+const BEYOND_CACHE: isize = 16 << 20;
+
+/// Distinct keys a group keeps in a hash table when the state is beyond the
+/// cache: a larger group switches to sorted runs, read and written in order.
+const SMALL_BEYOND_CACHE: usize = 1 << 13;
 
 /// Groups up to which a batch's rows per group are counted ([`Groups::reserve_rows`]).
 const FEW_GROUPS: usize = 1024;
@@ -89,12 +100,12 @@ impl<V> Default for Runs<V> {
 impl<V: Combine> Runs<V> {
     /// Adds a pair; returns how many bytes the state grew by (negative when
     /// it shrank), for the accumulator's size.
-    pub(crate) fn push(&mut self, key: i64, value: V) -> isize {
+    pub(crate) fn push(&mut self, key: i64, value: V, small: usize) -> isize {
         let before = self.size() as isize;
         match self {
             Runs::Small(map) => {
                 map.entry(key).and_modify(|v| v.combine(value)).or_insert(value);
-                if map.len() > SMALL {
+                if map.len() > small {
                     let items: Vec<(i64, V)> = map.drain().collect();
                     *self = Runs::Large { clean: items.len(), items };
                 }
@@ -176,7 +187,8 @@ impl<V> Default for Groups<V> {
 
 impl<V: Combine> Groups<V> {
     pub(crate) fn push(&mut self, group: usize, key: i64, value: V) {
-        self.bytes += self.runs[group].push(key, value);
+        let small = if self.bytes > BEYOND_CACHE { SMALL_BEYOND_CACHE } else { SMALL };
+        self.bytes += self.runs[group].push(key, value, small);
     }
 
     /// Room in `group` for `additional` more keys: an upper bound known
@@ -430,11 +442,38 @@ mod tests {
     }
 
     #[test]
+    fn groups_switch_to_sorted_runs_sooner_once_the_state_is_beyond_the_cache() {
+        let mut groups = Groups::<f64>::default();
+        groups.grow(3);
+        let push_keys = |groups: &mut Groups<f64>, group: usize, keys: std::ops::Range<i64>| {
+            keys.for_each(|k| groups.push(group, k * 7919, 1.0));
+        };
+        // Group 0 passes the small threshold while the state is small.
+        push_keys(&mut groups, 1, 0..(SMALL_BEYOND_CACHE as i64 + 100));
+        assert!(matches!(groups.runs[1], Runs::Small(_)), "a table while the state is small");
+        // Group 0 grows the state beyond the cache (as sorted runs past SMALL).
+        while groups.bytes <= BEYOND_CACHE {
+            let n = groups.runs[0].size() as i64 / 16 + 1;
+            push_keys(&mut groups, 0, n..2 * n + MIN_RUN as i64);
+        }
+        assert!(matches!(groups.runs[0], Runs::Large { .. }));
+        // Now a group passing the lower threshold switches, and one below it does not.
+        push_keys(&mut groups, 1, 0..(SMALL_BEYOND_CACHE as i64 + 200));
+        push_keys(&mut groups, 2, 0..100);
+        assert!(matches!(groups.runs[1], Runs::Large { .. }), "runs beyond the cache");
+        assert!(matches!(groups.runs[2], Runs::Small(_)));
+        // The same persons either way.
+        let d = groups.runs[1].distinct();
+        assert_eq!(d.len(), SMALL_BEYOND_CACHE + 200);
+        assert!(d.iter().all(|(k, t)| *t == if (*k / 7919) < SMALL_BEYOND_CACHE as i64 + 100 { 2.0 } else { 1.0 }));
+    }
+
+    #[test]
     fn runs_combine_equal_keys_in_the_table_and_in_sorted_runs() {
         for distinct in [1000i64, 3 * SMALL as i64] {
             let mut runs = Runs::<f64>::default();
             for i in 0..10 * distinct {
-                runs.push((i % distinct) * 7919 - distinct, 1.0);
+                runs.push((i % distinct) * 7919 - distinct, 1.0, SMALL);
                 if let Runs::Large { items, .. } = &runs {
                     assert!(items.len() < 2 * distinct as usize + MIN_RUN, "bounded by the distinct keys");
                 }
