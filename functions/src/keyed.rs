@@ -98,8 +98,9 @@ impl<V> Default for Runs<V> {
 }
 
 impl<V: Combine> Runs<V> {
-    /// Adds a pair; returns how many bytes the state grew by (negative when
-    /// it shrank), for the accumulator's size.
+    /// Adds a pair, a table turning into sorted runs past `small` keys;
+    /// returns how many bytes the state grew by (negative when it shrank),
+    /// for the accumulator's size.
     pub(crate) fn push(&mut self, key: i64, value: V, small: usize) -> isize {
         let before = self.size() as isize;
         match self {
