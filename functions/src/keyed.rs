@@ -449,7 +449,7 @@ mod tests {
         let push_keys = |groups: &mut Groups<f64>, group: usize, keys: std::ops::Range<i64>| {
             keys.for_each(|k| groups.push(group, k * 7919, 1.0));
         };
-        // Group 0 passes the small threshold while the state is small.
+        // Group 1 passes the lower threshold while the state is small.
         push_keys(&mut groups, 1, 0..(SMALL_BEYOND_CACHE as i64 + 100));
         assert!(matches!(groups.runs[1], Runs::Small(_)), "a table while the state is small");
         // Group 0 grows the state beyond the cache (as sorted runs past SMALL).

@@ -339,7 +339,7 @@ impl ProjectPseudonymiser {
                 let (mut start, mut last, mut row) = (0, None::<&str>, 0);
                 for v in values {
                     let v = v.unwrap_or_default();
-                    if let Some(l) = last.filter(|l| *l != v) {
+                    if let Some(l) = last.filter(|l| !same_value(l.as_bytes(), v.as_bytes())) {
                         emit(start..row, &self.block(l.as_bytes()));
                         start = row;
                     }
