@@ -15,20 +15,27 @@
 //!
 //! The result is a struct: `p_i` (Int64) the persons with `c_i` and their cell
 //! key, packed as [`crate::PersonsCell`]; `t_j` (Float64) the sum of the `n`
-//! largest totals of `x_j`, null where nobody has a value. Each equals
-//! `samkor_persons(CASE WHEN c_i THEN rk END)` and the sum of the `n` largest
-//! per-person totals of `x_j` (ranking only persons with a value).
-//! Rows without a record key, or with no condition true and no value, add nothing.
+//! largest totals of `x_j`, null where nobody has a value; `lo` and `hi`
+//! (Int64) the least and largest record key kept, null where none is; `s_j`
+//! (Float64) the sum of `x_j` over every row, with or without a record key,
+//! null where no row has a value. Each equals `samkor_persons(CASE WHEN c_i
+//! THEN rk END)`, the sum of the `n` largest per-person totals of `x_j`
+//! (ranking only persons with a value), `min(rk)` and `max(rk)` when a
+//! condition is `true`, and `sum(x_j)`. Rows without a record key, or with
+//! no condition true and no value, add no person.
 //!
 //! ```text
 //!   samkor_companions(rk, 5, true, bmi IS NOT NULL, abs(bmi))
-//!       → {p0: persons of the cell, p1: persons with a bmi, t0: top-5 Σ|bmi|}
+//!       → {p0: persons of the cell, p1: persons with a bmi, t0: top-5 Σ|bmi|,
+//!          lo, hi: least and largest record key, s0: Σ|bmi|}
 //! ```
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, StructArray};
-use datafusion::arrow::buffer::BooleanBuffer;
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, ListArray, StructArray,
+};
+use datafusion::arrow::buffer::{BooleanBuffer, OffsetBuffer};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields, Float64Type, Int64Type};
 use datafusion::common::{Result, ScalarValue, plan_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
@@ -94,7 +101,33 @@ fn shape(args: &[DataType]) -> Result<(usize, usize)> {
 fn result_fields(m: usize, d: usize) -> Fields {
     let persons = (0..m).map(|i| Field::new(format!("p{i}"), DataType::Int64, false));
     let tops = (0..d).map(|j| Field::new(format!("t{j}"), DataType::Float64, true));
-    persons.chain(tops).collect()
+    let extremes = ["lo", "hi"].map(|name| Field::new(name, DataType::Int64, true));
+    let sums = (0..d).map(|j| Field::new(format!("s{j}"), DataType::Float64, true));
+    persons.chain(tops).chain(extremes).chain(sums).collect()
+}
+
+/// Where the fields of a call with `m` conditions and `d` magnitudes are in its struct.
+pub mod field {
+    /// The persons of condition `i`.
+    pub fn persons(i: usize) -> usize {
+        i
+    }
+    /// The sum of the largest persons' totals of magnitude `j`.
+    pub fn top(m: usize, j: usize) -> usize {
+        m + j
+    }
+    /// The least record key.
+    pub fn least_key(m: usize, d: usize) -> usize {
+        m + d
+    }
+    /// The largest record key.
+    pub fn largest_key(m: usize, d: usize) -> usize {
+        m + d + 1
+    }
+    /// The sum of magnitude `j` over every row.
+    pub fn sum(m: usize, d: usize, j: usize) -> usize {
+        m + d + 2 + j
+    }
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -109,7 +142,7 @@ pub fn companions_udaf() -> AggregateUDF {
 
 /// The accumulator of `D` magnitudes, grouped or not.
 fn accumulator<const D: usize>(m: usize, n: usize, grouped: bool) -> Box<dyn std::any::Any> {
-    let groups = CompanionGroups::<D> { m, n, groups: Groups::default() };
+    let groups = CompanionGroups::<D> { m, n, groups: Groups::default(), sums: Vec::new() };
     if grouped {
         Box::new(Box::new(groups) as Box<dyn GroupsAccumulator>)
     } else {
@@ -180,6 +213,7 @@ impl AggregateUDFImpl for Companions {
             Arc::new(Field::new("record_keys", list(DataType::Int64), true)),
             Arc::new(Field::new("bits", list(DataType::Int64), true)),
             Arc::new(Field::new("totals", list(DataType::Float64), true)),
+            Arc::new(Field::new("sums", list(DataType::Float64), true)),
         ])
     }
 
@@ -190,8 +224,10 @@ impl AggregateUDFImpl for Companions {
         let columns: Vec<ArrayRef> = fields
             .iter()
             .map(|f| -> ArrayRef {
-                match f.data_type() {
-                    DataType::Int64 => Arc::new(Int64Array::from(vec![0])),
+                match (f.data_type(), f.is_nullable()) {
+                    // No persons; no record key.
+                    (DataType::Int64, false) => Arc::new(Int64Array::from(vec![0])),
+                    (DataType::Int64, true) => Arc::new(Int64Array::from(vec![None::<i64>])),
                     _ => Arc::new(Float64Array::from(vec![None::<f64>])),
                 }
             })
@@ -208,16 +244,52 @@ struct CompanionGroups<const D: usize> {
     /// Persons whose totals are summed.
     n: usize,
     groups: Groups<Entry<D>>,
+    /// Per group, the sums of the magnitudes over every row.
+    sums: Vec<Sums<D>>,
+}
+
+/// A group's Σx_j over its rows with a value (a record key or not), and a
+/// bit per magnitude that has one.
+#[derive(Debug, Clone, Copy)]
+struct Sums<const D: usize> {
+    total: [f64; D],
+    seen: u32,
+}
+
+impl<const D: usize> Default for Sums<D> {
+    fn default() -> Self {
+        Sums { total: [0.0; D], seen: 0 }
+    }
+}
+
+impl<const D: usize> Sums<D> {
+    fn add(&mut self, j: usize, x: f64) {
+        self.total[j] += x;
+        self.seen |= 1 << j;
+    }
+
+    fn get(&self, j: usize) -> Option<f64> {
+        (self.seen >> j & 1 == 1).then_some(self.total[j])
+    }
 }
 
 impl<const D: usize> CompanionGroups<D> {
-    /// The struct of each group's cells and top sums.
-    fn values(&self, groups: &mut [Runs<Entry<D>>]) -> ArrayRef {
+    /// The struct of each group's cells, top sums, extreme keys and sums
+    /// (`sums` of the same groups; a group missing there has none).
+    fn values(&self, groups: &mut [Runs<Entry<D>>], sums: &[Sums<D>]) -> ArrayRef {
         let mut persons: Vec<Vec<i64>> = vec![Vec::with_capacity(groups.len()); self.m];
         let mut tops: Vec<Vec<Option<f64>>> = vec![Vec::with_capacity(groups.len()); D];
+        let (mut least, mut largest) = (Vec::with_capacity(groups.len()), Vec::with_capacity(groups.len()));
+        let mut row_sums: Vec<Vec<Option<f64>>> = vec![Vec::with_capacity(groups.len()); D];
         let mut totals = Vec::new();
-        for g in groups {
+        for (i, g) in groups.iter_mut().enumerate() {
+            let group_sums = sums.get(i).copied().unwrap_or_default();
+            for (j, column) in row_sums.iter_mut().enumerate() {
+                column.push(group_sums.get(j));
+            }
             let entries = g.distinct();
+            least.push(entries.iter().map(|(k, _)| *k).min());
+            largest.push(entries.iter().map(|(k, _)| *k).max());
             for (i, column) in persons.iter_mut().enumerate() {
                 let mut cell = PersonsCell::default();
                 for (k, _) in entries.iter().filter(|(_, e)| e.bits >> i & 1 == 1) {
@@ -236,12 +308,15 @@ impl<const D: usize> CompanionGroups<D> {
             .into_iter()
             .map(|p| Arc::new(Int64Array::from(p)) as ArrayRef)
             .chain(tops.into_iter().map(|t| Arc::new(Float64Array::from(t)) as ArrayRef))
+            .chain([least, largest].map(|k| Arc::new(Int64Array::from(k)) as ArrayRef))
+            .chain(row_sums.into_iter().map(|s| Arc::new(Float64Array::from(s)) as ArrayRef))
             .collect();
         Arc::new(StructArray::new(result_fields(self.m, D), columns, None))
     }
 
-    /// Each group's record keys, bits and totals (`D` a person), as lists.
-    fn lists(groups: &mut [Runs<Entry<D>>]) -> Vec<ArrayRef> {
+    /// Each group's record keys, bits and totals (`D` a person), and its
+    /// sums (`D`, null where no row has a value), as lists.
+    fn lists(groups: &mut [Runs<Entry<D>>], sums: &[Sums<D>]) -> Vec<ArrayRef> {
         let (mut keys, mut bits, mut totals) = (Vec::new(), Vec::new(), Vec::new());
         let mut lengths = Vec::with_capacity(groups.len());
         for g in groups {
@@ -254,10 +329,12 @@ impl<const D: usize> CompanionGroups<D> {
             }
         }
         let total_lengths = lengths.iter().map(|l| l * D).collect();
+        let group_sums: Vec<Sums<D>> = (0..lengths.len()).map(|i| sums.get(i).copied().unwrap_or_default()).collect();
         vec![
             list_array::<Int64Type>(keys, lengths.clone()),
             list_array::<Int64Type>(bits, lengths),
             list_array::<Float64Type>(totals, total_lengths),
+            sums_list(&group_sums),
         ]
     }
 
@@ -284,11 +361,30 @@ impl<const D: usize> CompanionGroups<D> {
         bits
     }
 
+    /// The magnitude columns of a batch.
+    fn magnitudes<'v>(&self, values: &'v [ArrayRef]) -> Vec<&'v Float64Array> {
+        values[2 + self.m..].iter().map(|x| x.as_primitive::<Float64Type>()).collect()
+    }
+
+    /// Adds each row's magnitudes to its group's sums (every row the filter keeps).
+    fn add_sums(&mut self, values: &[ArrayRef], group_indices: &[usize], opt_filter: Option<&BooleanArray>) {
+        let sums = &mut self.sums;
+        for (j, x) in values[2 + self.m..].iter().enumerate() {
+            each(x.as_primitive::<Float64Type>(), opt_filter, |row, v| sums[group_indices[row]].add(j, v));
+        }
+    }
+
+    /// Makes sure there are sums for every group below `total`.
+    fn grow_sums(&mut self, total: usize) {
+        if self.sums.len() < total {
+            self.sums.resize(total, Sums::default());
+        }
+    }
+
     /// Calls `f(row, key, entry)` for every row that adds something.
     fn rows(&self, values: &[ArrayRef], opt_filter: Option<&BooleanArray>, mut f: impl FnMut(usize, i64, Entry<D>)) {
         let conditions: Vec<&BooleanArray> = values[2..2 + self.m].iter().map(|c| c.as_boolean()).collect();
-        let magnitudes: Vec<&Float64Array> =
-            values[2 + self.m..].iter().map(|x| x.as_primitive::<Float64Type>()).collect();
+        let magnitudes = self.magnitudes(values);
         let bits = self.bits(&conditions, &magnitudes, values[0].len());
         let x: [&[f64]; D] = std::array::from_fn(|j| magnitudes[j].values().as_ref());
         each(values[0].as_primitive::<Int64Type>(), opt_filter, |row, key| {
@@ -301,6 +397,14 @@ impl<const D: usize> CompanionGroups<D> {
             f(row, key, Entry { bits, totals });
         });
     }
+}
+
+/// Per group, its `D` sums as a list (a value null where no row has one).
+fn sums_list<const D: usize>(groups: &[Sums<D>]) -> ArrayRef {
+    let values: Vec<Option<f64>> = groups.iter().flat_map(|s| (0..D).map(move |j| s.get(j))).collect();
+    let lengths = vec![D; groups.len()];
+    let field = Arc::new(Field::new_list_field(DataType::Float64, true));
+    Arc::new(ListArray::new(field, OffsetBuffer::from_lengths(lengths), Arc::new(Float64Array::from(values)), None))
 }
 
 /// The sum of the `n` largest of `totals`; `None` when empty.
@@ -329,19 +433,38 @@ impl<const D: usize> GroupsAccumulator for CompanionGroups<D> {
             self.rows(values, opt_filter, |row, key, e| combining.push(group_indices[row], key, e));
         }
         self.groups = groups;
+        self.grow_sums(total_num_groups);
+        self.add_sums(values, group_indices, opt_filter);
         Ok(())
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
         let mut taken = self.groups.take(emit_to);
-        Ok(self.values(&mut taken))
+        let sums = emit_to.take_needed(&mut self.sums);
+        Ok(self.values(&mut taken, &sums))
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
-        Ok(Self::lists(&mut self.groups.take(emit_to)))
+        let mut taken = self.groups.take(emit_to);
+        let sums = emit_to.take_needed(&mut self.sums);
+        Ok(Self::lists(&mut taken, &sums))
     }
 
     fn merge_batch(&mut self, values: &[ArrayRef], group_indices: &[usize], total_num_groups: usize) -> Result<()> {
+        self.grow_sums(total_num_groups);
+        let sums = values[3].as_list::<i32>();
+        let sum_values = sums.values().as_primitive::<Float64Type>();
+        for (row, &g) in group_indices.iter().enumerate() {
+            if sums.is_null(row) {
+                continue;
+            }
+            let start = sums.offsets()[row] as usize;
+            for j in 0..D {
+                if sum_values.is_valid(start + j) {
+                    self.sums[g].add(j, sum_values.value(start + j));
+                }
+            }
+        }
         self.groups.grow(total_num_groups);
         let (keys, bits, totals) = (values[0].as_list::<i32>(), values[1].as_list::<i32>(), values[2].as_list::<i32>());
         let key_values = keys.values().as_primitive::<Int64Type>().values();
@@ -373,15 +496,21 @@ impl<const D: usize> GroupsAccumulator for CompanionGroups<D> {
             lengths[row] = 1;
         });
         let total_lengths = lengths.iter().map(|l| l * D).collect();
+        // Each row its own group's sums.
+        let mut sums = vec![Sums::<D>::default(); rows];
+        for (j, x) in self.magnitudes(values).into_iter().enumerate() {
+            each(x, opt_filter, |row, v| sums[row].add(j, v));
+        }
         Ok(vec![
             list_array::<Int64Type>(keys, lengths.clone()),
             list_array::<Int64Type>(bits, lengths),
             list_array::<Float64Type>(totals, total_lengths),
+            sums_list(&sums),
         ])
     }
 
     fn size(&self) -> usize {
-        size_of::<Self>() + self.groups.size()
+        size_of::<Self>() + self.groups.size() + self.sums.capacity() * size_of::<Sums<D>>()
     }
 }
 
@@ -393,11 +522,11 @@ impl<const D: usize> PerGroup for CompanionGroups<D> {
     }
 
     fn values(&self, groups: &mut [Runs<Entry<D>>]) -> ArrayRef {
-        CompanionGroups::values(self, groups)
+        CompanionGroups::values(self, groups, &self.sums)
     }
 
     fn lists(&self, groups: &mut [Runs<Entry<D>>]) -> Vec<ArrayRef> {
-        Self::lists(groups)
+        Self::lists(groups, &self.sums)
     }
 }
 
@@ -419,20 +548,32 @@ mod tests {
     }
 
     fn groups() -> CompanionGroups<1> {
-        CompanionGroups { m: 2, n: 2, groups: Groups::default() }
+        CompanionGroups { m: 2, n: 2, groups: Groups::default(), sums: Vec::new() }
     }
 
-    /// `(p0, p1, t0)` of each group of an evaluated struct.
-    fn cells(array: &ArrayRef) -> Vec<(PersonsCell, PersonsCell, Option<f64>)> {
+    /// One group's `(p0, p1, t0, lo, hi, s0)`.
+    type Cell = (PersonsCell, PersonsCell, Option<f64>, Option<i64>, Option<i64>, Option<f64>);
+
+    /// The cells of an evaluated struct (two conditions, one magnitude).
+    fn cells(array: &ArrayRef) -> Vec<Cell> {
         let s = array.as_struct();
         let p = |i: usize, r: usize| PersonsCell::unpack(s.column(i).as_primitive::<Int64Type>().value(r));
-        let t = s.column(2).as_primitive::<Float64Type>();
-        (0..s.len()).map(|r| (p(0, r), p(1, r), t.is_valid(r).then(|| t.value(r)))).collect()
+        let float = |i: usize, r: usize| {
+            let c = s.column(i).as_primitive::<Float64Type>();
+            c.is_valid(r).then(|| c.value(r))
+        };
+        let int = |i: usize, r: usize| {
+            let c = s.column(i).as_primitive::<Int64Type>();
+            c.is_valid(r).then(|| c.value(r))
+        };
+        let (t0, lo, hi, s0) =
+            (field::top(2, 0), field::least_key(2, 1), field::largest_key(2, 1), field::sum(2, 1, 0));
+        (0..s.len()).map(|r| (p(0, r), p(1, r), float(t0, r), int(lo, r), int(hi, r), float(s0, r))).collect()
     }
 
     /// The same cells from `samkor_persons` per condition and, for the top
     /// sum, plain SQL (per-person totals ranked by a window), in a DataFusion session.
-    async fn separate(rows: &[Row]) -> Vec<(PersonsCell, PersonsCell, Option<f64>)> {
+    async fn separate(rows: &[Row]) -> Vec<Cell> {
         use datafusion::arrow::array::UInt64Array;
         use datafusion::arrow::datatypes::Schema;
         use datafusion::arrow::record_batch::RecordBatch;
@@ -452,14 +593,21 @@ mod tests {
         let sql = "WITH totals AS (SELECT g, rk, sum(x) AS t FROM t WHERE rk IS NOT NULL AND x IS NOT NULL GROUP BY g, rk), \
                    ranked AS (SELECT g, t, row_number() OVER (PARTITION BY g ORDER BY t DESC) AS r FROM totals), \
                    tops AS (SELECT g, sum(t) AS largest FROM ranked WHERE r <= 2 GROUP BY g), \
-                   cells AS (SELECT g, samkor_persons(rk) AS p, samkor_persons(CASE WHEN c THEN rk END) AS pc \
-                             FROM t GROUP BY g) \
-                   SELECT cells.g, p, pc, largest FROM cells LEFT JOIN tops ON tops.g = cells.g ORDER BY cells.g";
+                   cells AS (SELECT g, samkor_persons(rk) AS p, samkor_persons(CASE WHEN c THEN rk END) AS pc, \
+                             min(rk) AS lo, max(rk) AS hi, sum(x) AS s FROM t GROUP BY g) \
+                   SELECT cells.g, p, pc, largest, lo, hi, s FROM cells LEFT JOIN tops ON tops.g = cells.g ORDER BY cells.g";
         let out = ctx.sql(sql).await.unwrap().collect().await.unwrap();
         let out = datafusion::arrow::compute::concat_batches(&out[0].schema(), &out).unwrap();
         let p = |i: usize, r: usize| PersonsCell::unpack(out.column(i).as_primitive::<Int64Type>().value(r));
-        let t = out.column(3).as_primitive::<Float64Type>();
-        (0..out.num_rows()).map(|r| (p(1, r), p(2, r), t.is_valid(r).then(|| t.value(r)))).collect()
+        let float = |i: usize, r: usize| {
+            let c = out.column(i).as_primitive::<Float64Type>();
+            c.is_valid(r).then(|| c.value(r))
+        };
+        let int = |i: usize, r: usize| {
+            let c = out.column(i).as_primitive::<Int64Type>();
+            c.is_valid(r).then(|| c.value(r))
+        };
+        (0..out.num_rows()).map(|r| (p(1, r), p(2, r), float(3, r), int(4, r), int(5, r), float(6, r))).collect()
     }
 
     const ROWS: &[Row] = &[
@@ -486,6 +634,10 @@ mod tests {
         assert_eq!(got[0].1, PersonsCell { persons: 2, key: 4 });
         assert_eq!(got[0].2, Some(13.0));
         assert_eq!(got[1].2, None, "nobody in group 1 has a value");
+        // The extremes over the persons, the sum over every row (the one
+        // without a record key too).
+        assert_eq!((got[0].3, got[0].4, got[0].5), (Some(1), Some(3), Some(113.0)));
+        assert_eq!((got[1].3, got[1].4, got[1].5), (Some(4), Some(4), None));
         // Arrays that are slices of larger ones (an offset into their buffers).
         let sliced: Vec<ArrayRef> = values.iter().map(|a| a.slice(1, ROWS.len() - 1)).collect();
         let mut acc = groups();

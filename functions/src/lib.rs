@@ -37,7 +37,7 @@ pub use ages::{
     AGE_BAND_FN, AGE_YEARS_FN, BIRTH_DECADE_FN, BIRTH_YEAR_FN, DAYS_BETWEEN_FN, GENERALISING_FUNCTIONS,
     YEARS_BETWEEN_FN, age, date_udfs,
 };
-pub use companions::{COMPANIONS_FN, MAX_CONDITIONS, MAX_MAGNITUDES, companions_udaf};
+pub use companions::{COMPANIONS_FN, MAX_CONDITIONS, MAX_MAGNITUDES, companions_udaf, field as companion_field};
 pub use intervals::{INTERVAL_FUNCTIONS, interval_udfs};
 pub use moments::{MOMENT_FIELDS, MOMENTS_FN, moments_udaf};
 pub use persons::{PERSONS_FN, PersonsCell, persons_udaf};

@@ -226,17 +226,13 @@ impl Rewriter<'_> {
             rw: self,
             aggr: Vec::new(),
             cache: HashMap::new(),
+            pairs: HashMap::new(),
             packer: Packer::new(n),
             moments: HashMap::new(),
             moment_fields: PackedFields::new(),
         };
         let row = hidden.all(self.persons_expr(&persons, None, &[]), "g");
-        let fingerprint = persons.primary().map(|p| {
-            (
-                hidden.one(agg(min_udaf(), col_expr(&p.col), false), "kmin"),
-                hidden.one(agg(max_udaf(), col_expr(&p.col), false), "kmax"),
-            )
-        });
+        let fingerprint = persons.primary().map(|p| hidden.extremes(&col_expr(&p.col)));
         let k = i64::from(self.cx.approval.disclosure.min_cell_persons.max(1));
         let mut layouts = Vec::new();
         for (i, (stat, original)) in stats.iter().zip(&a.aggr_expr).enumerate() {
@@ -295,8 +291,8 @@ impl Rewriter<'_> {
                             Some(c) => filtered(Some(c), stat.x.clone().expect("argument")),
                             None => stat.x.clone().expect("argument"),
                         };
-                        let (rk, magnitude, total) = self.dominance(&persons, guarded)?;
-                        parts.dominance_names = Some((hidden.top(&rk, magnitude, "dt"), hidden.one(total, "ds")));
+                        let (rk, magnitude) = self.dominance(&persons, guarded)?;
+                        parts.dominance_names = Some(hidden.top(&rk, magnitude));
                     }
                 }
             }
@@ -363,6 +359,8 @@ struct Hidden<'a, 'b> {
     rw: &'a Rewriter<'b>,
     aggr: Vec<Expr>,
     cache: HashMap<String, String>,
+    /// The pairs of names of [`Hidden::top`] and [`Hidden::extremes`], by what they are of.
+    pairs: HashMap<String, (String, String)>,
     packer: Packer,
     /// The parts of each `samkor_moments` call, by its argument.
     moments: HashMap<String, [String; 6]>,
@@ -384,16 +382,29 @@ impl Hidden<'_, '_> {
         name
     }
 
-    /// The sum of the largest persons' totals of `magnitude` (each once, by name).
-    fn top(&mut self, rk: &Expr, magnitude: Expr, what: &str) -> String {
+    /// The sum of the largest persons' totals of `magnitude` and its sum
+    /// over every row (each once, by name).
+    fn top(&mut self, rk: &Expr, magnitude: Expr) -> (String, String) {
         let key = format!("top({}, {})", rk.schema_name(), magnitude.schema_name());
-        if let Some(name) = self.cache.get(&key) {
-            return name.clone();
+        if let Some(names) = self.pairs.get(&key) {
+            return names.clone();
         }
-        let name = self.rw.name(what);
-        self.packer.top(rk, magnitude, &name);
-        self.cache.insert(key, name.clone());
-        name
+        let names = (self.rw.name("dt"), self.rw.name("ds"));
+        self.packer.top(rk, magnitude, &names.0, &names.1);
+        self.pairs.insert(key, names.clone());
+        names
+    }
+
+    /// The least and largest record key of `rk` (once).
+    fn extremes(&mut self, rk: &Expr) -> (String, String) {
+        let key = format!("extremes({})", rk.schema_name());
+        if let Some(names) = self.pairs.get(&key) {
+            return names.clone();
+        }
+        let names = (self.rw.name("kmin"), self.rw.name("kmax"));
+        self.packer.extremes(rk, &names.0, &names.1);
+        self.pairs.insert(key, names.clone());
+        names
     }
 
     /// The count, Σx, Σx², least, largest and largest |x| of the Float64
