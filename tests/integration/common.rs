@@ -112,11 +112,31 @@ fn governance_approvals() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// A new directory for a fixture shared by the tests of this process, removed
+/// when the process exits: a `TempDir` in a static is never dropped, so the
+/// directory would stay behind after every run.
+pub fn shared_temp_dir(prefix: &str) -> PathBuf {
+    static DIRS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    static AT_EXIT: std::sync::Once = std::sync::Once::new();
+    extern "C" fn remove_all() {
+        let dirs = std::mem::take(&mut *DIRS.lock().unwrap_or_else(|p| p.into_inner()));
+        for dir in dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    // SAFETY: `remove_all` is an `extern "C" fn()` that does not unwind
+    // (a poisoned lock is taken as is, removal errors are ignored).
+    AT_EXIT.call_once(|| assert_eq!(unsafe { libc::atexit(remove_all) }, 0, "atexit"));
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().expect("tempdir").keep();
+    DIRS.lock().unwrap_or_else(|p| p.into_inner()).push(dir.clone());
+    dir
+}
+
 /// The synthetic federation shared by all tests (read-only: copy it before changing files).
 pub fn synth_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::Builder::new().prefix("samkor-it-").tempdir().expect("tempdir").keep();
+        let dir = shared_temp_dir("samkor-it-");
         generate(&dir);
         dir
     })
@@ -146,7 +166,7 @@ fn copy_dir(from: &Path, to: &Path) {
 pub fn rogue_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::Builder::new().prefix("samkor-rogue-").tempdir().expect("tempdir").keep();
+        let dir = shared_temp_dir("samkor-rogue-");
         samkor::certs::init(&dir, &[], &["mallory", "coordinator-impostor"]).expect("rogue certificates");
         dir
     })

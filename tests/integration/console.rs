@@ -226,7 +226,7 @@ const CONSOLE_PERSONS: u64 = 40_000;
 fn console_dir() -> &'static Path {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::Builder::new().prefix("samkor-console-").tempdir().expect("tempdir").keep();
+        let dir = super::common::shared_temp_dir("samkor-console-");
         let registers = samkor::federation::REGISTERS;
         samkor::certs::init(&dir.join("certs"), &registers, &["alice", "bob"]).expect("certificates");
         samkor::certs::write_federation_key(&dir.join("federation.key")).expect("federation key");
