@@ -67,9 +67,10 @@ fn take_passes() -> Vec<f64> {
     std::mem::take(&mut *PASSES.lock().expect("passes"))
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+/// The median of some milliseconds (nearest rank, as every bench reports
+/// it); not a number when there are none.
+fn median(v: &[f64]) -> f64 {
+    if v.is_empty() { f64::NAN } else { common::percentile_by(v, 50.0, f64::total_cmp) }
 }
 
 fn quoted(sql: &str) -> String {
@@ -140,8 +141,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         let (p, iterations, n) = shape;
-        let (ft, pt, fp, pp) =
-            (median(&mut fed_total), median(&mut pool_total), median(&mut fed_pass), median(&mut pool_pass));
+        let (ft, pt, fp, pp) = (median(&fed_total), median(&pool_total), median(&fed_pass), median(&pool_pass));
         println!("\nlogistic model, {p} parameters, n = {n}, hip ⋈ dors ⋈ pop ({FORMULA})");
         println!("IRLS iterations: {iterations} ({} passes of X'WX incl. the one at the solution)", iterations + 1);
         println!("{:<38} {:>12} {:>12} {:>8}", "", "federated", "pooled", "ratio");
@@ -177,7 +177,7 @@ fn main() -> anyhow::Result<()> {
                     pl.push(started.elapsed().as_secs_f64() * 1000.0);
                 }
             }
-            let (f, pl) = (median(&mut f), median(&mut pl));
+            let (f, pl) = (median(&f), median(&pl));
             println!("{name:<38} {f:>12.1} {pl:>12.1} {:>7.2}x", f / pl);
         }
         fed.shutdown().await;
