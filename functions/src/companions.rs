@@ -554,21 +554,25 @@ mod tests {
     /// One group's `(p0, p1, t0, lo, hi, s0)`.
     type Cell = (PersonsCell, PersonsCell, Option<f64>, Option<i64>, Option<i64>, Option<f64>);
 
+    /// The cells in `columns`, the six values of one at `at`.
+    fn cells_at(columns: &[ArrayRef], at: [usize; 6], rows: usize) -> Vec<Cell> {
+        fn value<T: datafusion::arrow::datatypes::ArrowPrimitiveType>(c: &ArrayRef, r: usize) -> Option<T::Native> {
+            let c = c.as_primitive::<T>();
+            c.is_valid(r).then(|| c.value(r))
+        }
+        let [p0, p1, t0, lo, hi, s0] = at.map(|i| &columns[i]);
+        let persons = |c: &ArrayRef, r: usize| PersonsCell::unpack(c.as_primitive::<Int64Type>().value(r));
+        let (float, int) = (value::<Float64Type>, value::<Int64Type>);
+        (0..rows)
+            .map(|r| (persons(p0, r), persons(p1, r), float(t0, r), int(lo, r), int(hi, r), float(s0, r)))
+            .collect()
+    }
+
     /// The cells of an evaluated struct (two conditions, one magnitude).
     fn cells(array: &ArrayRef) -> Vec<Cell> {
         let s = array.as_struct();
-        let p = |i: usize, r: usize| PersonsCell::unpack(s.column(i).as_primitive::<Int64Type>().value(r));
-        let float = |i: usize, r: usize| {
-            let c = s.column(i).as_primitive::<Float64Type>();
-            c.is_valid(r).then(|| c.value(r))
-        };
-        let int = |i: usize, r: usize| {
-            let c = s.column(i).as_primitive::<Int64Type>();
-            c.is_valid(r).then(|| c.value(r))
-        };
-        let (t0, lo, hi, s0) =
-            (field::top(2, 0), field::least_key(2, 1), field::largest_key(2, 1), field::sum(2, 1, 0));
-        (0..s.len()).map(|r| (p(0, r), p(1, r), float(t0, r), int(lo, r), int(hi, r), float(s0, r))).collect()
+        let at = [0, 1, field::top(2, 0), field::least_key(2, 1), field::largest_key(2, 1), field::sum(2, 1, 0)];
+        cells_at(s.columns(), at, s.len())
     }
 
     /// The same cells from `samkor_persons` per condition and, for the top
@@ -598,16 +602,7 @@ mod tests {
                    SELECT cells.g, p, pc, largest, lo, hi, s FROM cells LEFT JOIN tops ON tops.g = cells.g ORDER BY cells.g";
         let out = ctx.sql(sql).await.unwrap().collect().await.unwrap();
         let out = datafusion::arrow::compute::concat_batches(&out[0].schema(), &out).unwrap();
-        let p = |i: usize, r: usize| PersonsCell::unpack(out.column(i).as_primitive::<Int64Type>().value(r));
-        let float = |i: usize, r: usize| {
-            let c = out.column(i).as_primitive::<Float64Type>();
-            c.is_valid(r).then(|| c.value(r))
-        };
-        let int = |i: usize, r: usize| {
-            let c = out.column(i).as_primitive::<Int64Type>();
-            c.is_valid(r).then(|| c.value(r))
-        };
-        (0..out.num_rows()).map(|r| (p(1, r), p(2, r), float(3, r), int(4, r), int(5, r), float(6, r))).collect()
+        cells_at(out.columns(), [1, 2, 3, 4, 5, 6], out.num_rows())
     }
 
     const ROWS: &[Row] = &[

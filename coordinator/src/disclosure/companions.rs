@@ -386,23 +386,23 @@ impl Hidden<'_, '_> {
     /// over every row (each once, by name).
     fn top(&mut self, rk: &Expr, magnitude: Expr) -> (String, String) {
         let key = format!("top({}, {})", rk.schema_name(), magnitude.schema_name());
-        if let Some(names) = self.pairs.get(&key) {
-            return names.clone();
-        }
-        let names = (self.rw.name("dt"), self.rw.name("ds"));
-        self.packer.top(rk, magnitude, &names.0, &names.1);
-        self.pairs.insert(key, names.clone());
-        names
+        self.pair(key, ["dt", "ds"], |packer, [top, total]| packer.top(rk, magnitude, top, total))
     }
 
     /// The least and largest record key of `rk` (once).
     fn extremes(&mut self, rk: &Expr) -> (String, String) {
         let key = format!("extremes({})", rk.schema_name());
+        self.pair(key, ["kmin", "kmax"], |packer, [least, largest]| packer.extremes(rk, least, largest))
+    }
+
+    /// Two hidden fields of a packed call, named once per `key` and given to
+    /// the packer by `take`.
+    fn pair(&mut self, key: String, what: [&str; 2], take: impl FnOnce(&mut Packer, [&str; 2])) -> (String, String) {
         if let Some(names) = self.pairs.get(&key) {
             return names.clone();
         }
-        let names = (self.rw.name("kmin"), self.rw.name("kmax"));
-        self.packer.extremes(rk, &names.0, &names.1);
+        let names = (self.rw.name(what[0]), self.rw.name(what[1]));
+        take(&mut self.packer, [&names.0, &names.1]);
         self.pairs.insert(key, names.clone());
         names
     }
