@@ -388,14 +388,17 @@ impl ProjectPseudonymiser {
     /// buffer, 32 bytes per row (a null row keeps its 32 bytes, unused).
     pub fn pseudonymise(&self, column: &dyn Array) -> Result<ArrayRef, String> {
         let n = column.len();
-        let mut out = vec![0u8; n * PSEUDONYM_LEN];
+        // Appended in row order (the runs come in order and cover every
+        // row): the buffer is written once, not zeroed first.
+        let mut out = Vec::with_capacity(n * PSEUDONYM_LEN);
         self.each_run(column, |rows, block| {
-            let first = rows.start * PSEUDONYM_LEN;
-            letters(block, &mut out[first..first + PSEUDONYM_LEN]);
-            for row in rows.start + 1..rows.end {
-                out.copy_within(first..first + PSEUDONYM_LEN, row * PSEUDONYM_LEN);
-            }
+            let mut text = [0u8; PSEUDONYM_LEN];
+            letters(block, &mut text);
+            rows.for_each(|_| out.extend_from_slice(&text));
         })?;
+        if out.len() != n * PSEUDONYM_LEN {
+            return Err(format!("{} pseudonym bytes written for {n} rows", out.len()));
+        }
         let offsets =
             OffsetBuffer::new(ScalarBuffer::from((0..=n).map(|i| (i * PSEUDONYM_LEN) as i32).collect::<Vec<_>>()));
         let array = StringArray::try_new(offsets, Buffer::from(out), column.logical_nulls())
