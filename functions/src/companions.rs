@@ -366,14 +366,6 @@ impl<const D: usize> CompanionGroups<D> {
         values[2 + self.m..].iter().map(|x| x.as_primitive::<Float64Type>()).collect()
     }
 
-    /// Adds each row's magnitudes to its group's sums (every row the filter keeps).
-    fn add_sums(&mut self, values: &[ArrayRef], group_indices: &[usize], opt_filter: Option<&BooleanArray>) {
-        let sums = &mut self.sums;
-        for (j, x) in values[2 + self.m..].iter().enumerate() {
-            each(x.as_primitive::<Float64Type>(), opt_filter, |row, v| sums[group_indices[row]].add(j, v));
-        }
-    }
-
     /// Makes sure there are sums for every group below `total`.
     fn grow_sums(&mut self, total: usize) {
         if self.sums.len() < total {
@@ -396,6 +388,19 @@ impl<const D: usize> CompanionGroups<D> {
             let totals = std::array::from_fn(|j| if bits >> (32 + j) & 1 == 1 { x[j][row] } else { 0.0 });
             f(row, key, Entry { bits, totals });
         });
+    }
+}
+
+/// Adds each row's magnitudes to the sums of its group, `group(row)` (every
+/// row the filter keeps, with or without a record key).
+fn add_sums<const D: usize>(
+    sums: &mut [Sums<D>],
+    magnitudes: &[&Float64Array],
+    opt_filter: Option<&BooleanArray>,
+    group: impl Fn(usize) -> usize,
+) {
+    for (j, x) in magnitudes.iter().enumerate() {
+        each(x, opt_filter, |row, v| sums[group(row)].add(j, v));
     }
 }
 
@@ -434,7 +439,8 @@ impl<const D: usize> GroupsAccumulator for CompanionGroups<D> {
         }
         self.groups = groups;
         self.grow_sums(total_num_groups);
-        self.add_sums(values, group_indices, opt_filter);
+        let magnitudes = self.magnitudes(values);
+        add_sums(&mut self.sums, &magnitudes, opt_filter, |row| group_indices[row]);
         Ok(())
     }
 
@@ -498,9 +504,7 @@ impl<const D: usize> GroupsAccumulator for CompanionGroups<D> {
         let total_lengths = lengths.iter().map(|l| l * D).collect();
         // Each row its own group's sums.
         let mut sums = vec![Sums::<D>::default(); rows];
-        for (j, x) in self.magnitudes(values).into_iter().enumerate() {
-            each(x, opt_filter, |row, v| sums[row].add(j, v));
-        }
+        add_sums(&mut sums, &self.magnitudes(values), opt_filter, |row| row);
         Ok(vec![
             list_array::<Int64Type>(keys, lengths.clone()),
             list_array::<Int64Type>(bits, lengths),
