@@ -101,6 +101,7 @@ impl<V: Combine> Runs<V> {
     /// Adds a pair, a table turning into sorted runs past `small` keys;
     /// returns how many bytes the state grew by (negative when it shrank),
     /// for the accumulator's size.
+    #[inline(always)]
     pub(crate) fn push(&mut self, key: i64, value: V, small: usize) -> isize {
         let before = self.size() as isize;
         match self {
@@ -187,6 +188,10 @@ impl<V> Default for Groups<V> {
 }
 
 impl<V: Combine> Groups<V> {
+    /// Inlined, so that a value built in registers is stored into its slot
+    /// from there: passed through a copy on the stack and read back wider
+    /// than it was written, every push stalled on store forwarding.
+    #[inline(always)]
     pub(crate) fn push(&mut self, group: usize, key: i64, value: V) {
         let small = if self.bytes > BEYOND_CACHE { SMALL_BEYOND_CACHE } else { SMALL };
         self.bytes += self.runs[group].push(key, value, small);
@@ -251,15 +256,17 @@ const SAMPLED_ROWS: usize = 256;
 /// each. Where at least half of a batch's first rows repeat the key of the
 /// row before (sorted by person), a run combines across up to
 /// [`RUN_GROUPS`] groups (a person's dispensations interleave their
-/// substances); otherwise only consecutive pushes of one group (a short list
-/// costs more than it saves when runs are one row long). The pairs left are
-/// pushed when this is dropped.
+/// substances); otherwise each pair is pushed as it comes ([`Runs`] combines
+/// a key's pairs anyway; a run one row long cost a store and, at the next
+/// row, a wider reload of it that stalled on store forwarding). The pairs
+/// left are pushed when this is dropped.
 pub(crate) struct Combining<'a, V: Combine> {
     groups: &'a mut Groups<V>,
     key: i64,
     run: [(usize, V); RUN_GROUPS],
     len: usize,
-    /// Groups a run may combine in: [`RUN_GROUPS`] or 1.
+    /// Groups a run may combine in: [`RUN_GROUPS`], or 1 for none (each
+    /// pair pushed as it comes).
     cap: usize,
 }
 
@@ -274,6 +281,10 @@ impl<'a, V: Combine> Combining<'a, V> {
 
     #[inline]
     pub(crate) fn push(&mut self, group: usize, key: i64, value: V) {
+        if self.cap == 1 {
+            self.groups.push(group, key, value);
+            return;
+        }
         if key == self.key {
             if let Some((_, v)) = self.run[..self.len].iter_mut().find(|(g, _)| *g == group) {
                 v.combine(value);
