@@ -334,9 +334,9 @@ impl TableProvider for ProjectTable {
 
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
         // Filters on other columns run below the pseudonymiser (Exact): they
-        // prune files and row groups, filter rows while the Parquet pages are
-        // decoded, and only the rows that pass are checked against the opt-out
-        // list and pseudonymised. Filters on the person only make sense on
+        // prune files, row groups and pages, a filter right above the scan
+        // drops the rows that fail, and only the rows that pass are checked
+        // against the opt-out list and pseudonymised. Filters on the person only make sense on
         // pseudonyms, so they run above it.
         Ok(filters
             .iter()
