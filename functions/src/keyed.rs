@@ -265,9 +265,9 @@ pub(crate) struct Combining<'a, V: Combine> {
     key: i64,
     run: [(usize, V); RUN_GROUPS],
     len: usize,
-    /// Groups a run may combine in: [`RUN_GROUPS`], or 1 for none (each
-    /// pair pushed as it comes).
-    cap: usize,
+    /// Whether the batch is sorted by person: runs combine; if not, each
+    /// pair is pushed as it comes.
+    sorted: bool,
 }
 
 impl<'a, V: Combine> Combining<'a, V> {
@@ -275,13 +275,13 @@ impl<'a, V: Combine> Combining<'a, V> {
     pub(crate) fn new(groups: &'a mut Groups<V>, keys: &[i64]) -> Self {
         let sample = &keys[..keys.len().min(SAMPLED_ROWS)];
         let repeats = sample.windows(2).filter(|w| w[0] == w[1]).count();
-        let cap = if 2 * repeats >= sample.len().max(2) { RUN_GROUPS } else { 1 };
-        Combining { groups, key: 0, run: [(0, V::default()); RUN_GROUPS], len: 0, cap }
+        let sorted = 2 * repeats >= sample.len().max(2);
+        Combining { groups, key: 0, run: [(0, V::default()); RUN_GROUPS], len: 0, sorted }
     }
 
     #[inline]
     pub(crate) fn push(&mut self, group: usize, key: i64, value: V) {
-        if self.cap == 1 {
+        if !self.sorted {
             self.groups.push(group, key, value);
             return;
         }
@@ -290,7 +290,7 @@ impl<'a, V: Combine> Combining<'a, V> {
                 v.combine(value);
                 return;
             }
-            if self.len < self.cap {
+            if self.len < RUN_GROUPS {
                 self.run[self.len] = (group, value);
                 self.len += 1;
                 return;
@@ -423,7 +423,7 @@ mod tests {
         for &(g, k, v) in &pushes {
             direct.push(g, k, v);
         }
-        let sorted = |groups: &mut Groups<f64>| -> Vec<Vec<(i64, f64)>> {
+        let sorted_pairs = |groups: &mut Groups<f64>| -> Vec<Vec<(i64, f64)>> {
             groups
                 .take(EmitTo::All)
                 .iter_mut()
@@ -434,22 +434,22 @@ mod tests {
                 })
                 .collect()
         };
-        let want = sorted(&mut direct);
+        let want = sorted_pairs(&mut direct);
         assert_eq!(want[0][0], (5, 11.0));
         // Key 9 reaches group 2 at i = 3, 22 and 41 (7i ≡ 2 mod 19), and once more.
         assert_eq!(want[2], vec![(5, 128.0), (9, 3.0 + 22.0 + 41.0 + 256.0)]);
         // The batch's keys choose the mode: sorted by person or not.
-        for (keys, cap) in [(vec![7i64; 300], RUN_GROUPS), ((0..300).collect(), 1), (vec![], 1)] {
+        for (keys, sorted) in [(vec![7i64; 300], true), ((0..300).collect(), false), (vec![], false)] {
             let mut combined = Groups::<f64>::default();
             combined.grow(groups);
             {
                 let mut c = Combining::new(&mut combined, &keys);
-                assert_eq!(c.cap, cap);
+                assert_eq!(c.sorted, sorted);
                 for &(g, k, v) in &pushes {
                     c.push(g, k, v);
                 }
             }
-            assert_eq!(sorted(&mut combined), want, "at most {cap} groups a run");
+            assert_eq!(sorted_pairs(&mut combined), want, "sorted by person: {sorted}");
         }
     }
 

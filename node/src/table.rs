@@ -336,8 +336,8 @@ impl TableProvider for ProjectTable {
         // Filters on other columns run below the pseudonymiser (Exact): they
         // prune files, row groups and pages, a filter right above the scan
         // drops the rows that fail, and only the rows that pass are checked
-        // against the opt-out list and pseudonymised. Filters on the person only make sense on
-        // pseudonyms, so they run above it.
+        // against the opt-out list and pseudonymised. Filters on the person
+        // only make sense on pseudonyms, so they run above it.
         Ok(filters
             .iter()
             .map(|f| {
