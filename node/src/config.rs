@@ -130,6 +130,14 @@ pub struct NodeSection {
     /// The node's own audit log: one hash-chained record per sub-query
     /// decision (JSON lines, `docs/audit.md`); created if missing.
     pub audit_log: PathBuf,
+    /// MiB of memory for the identity columns of the node's Parquet files
+    /// (16 bytes a row; `crate::identities`); 0 decodes them in every scan.
+    #[serde(default = "identity_cache_mib")]
+    pub identity_cache_mib: u64,
+}
+
+fn identity_cache_mib() -> u64 {
+    crate::identities::DEFAULT_BUDGET_MIB
 }
 
 /// The holder's own assessment: who may ask, for which projects, and which

@@ -88,9 +88,10 @@ impl NodeState {
             .expect("constant runtime settings are valid");
         let probe = SessionContext::new_with_config_rt(session_config(&config.node.register), runtime.clone());
         let state = probe.state();
+        let identities = Arc::new(crate::identities::IdentityCache::new(config.node.identity_cache_mib));
         let mut tables = Vec::with_capacity(config.tables.len());
         for t in &config.tables {
-            let mut served = ServedTable::open(&config.node.register, t.clone(), &state)
+            let mut served = ServedTable::open(&config.node.register, t.clone(), &state, &identities)
                 .await
                 .map_err(|source| StartError::Table { config: config.path.clone(), source: Box::new(source) })?;
             if config.cluster.as_ref().is_some_and(|c| c.scans(t)) {

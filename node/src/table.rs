@@ -52,6 +52,7 @@ use samkor_proto::PERSON_COLUMN;
 
 use crate::access::Refusal;
 use crate::config::{FileFormat as ConfigFormat, TableConfig};
+use crate::identities::{FromCache, IdentityCache};
 use crate::optout::{OptOutSet, pnr_key};
 use crate::pseudonym::{ProjectPseudonymiser, same_value};
 
@@ -87,6 +88,9 @@ pub struct ServedTable {
     on_cluster: bool,
     /// Declared and checked to hold one row per person ([`crate::one_per_person`]).
     one_per_person: Option<Arc<crate::one_per_person::Checked>>,
+    /// The node's cache of identity columns, for a table of Parquet files
+    /// ([`crate::identities`]).
+    identities: Option<Arc<IdentityCache>>,
 }
 
 fn data_files_exist(path: &str) -> bool {
@@ -103,7 +107,12 @@ fn data_files_exist(path: &str) -> bool {
 impl ServedTable {
     /// Opens a table of node `node`: checks that files (or the database
     /// relation) exist and hold every declared column with the declared type.
-    pub async fn open(node: &str, config: TableConfig, state: &dyn Session) -> Result<ServedTable, TableError> {
+    pub async fn open(
+        node: &str,
+        config: TableConfig,
+        state: &dyn Session,
+        identities: &Arc<IdentityCache>,
+    ) -> Result<ServedTable, TableError> {
         if let Some(pg) = &config.postgres {
             let inner = crate::source::postgres::PostgresTable::open(node, &config, pg)
                 .await
@@ -176,7 +185,8 @@ impl ServedTable {
         } else {
             None
         };
-        Ok(ServedTable { one_per_person, ..Self::over(config, inner) })
+        let identities = (config.format == ConfigFormat::Parquet && identities.enabled()).then(|| identities.clone());
+        Ok(ServedTable { one_per_person, identities, ..Self::over(config, inner) })
     }
 
     /// The table served from `inner`, whose schema is the declared one.
@@ -198,7 +208,7 @@ impl ServedTable {
                     })
                     .collect::<Vec<_>>(),
             ));
-        ServedTable { config, inner, exposed, person_idx, on_cluster: false, one_per_person: None }
+        ServedTable { config, inner, exposed, person_idx, on_cluster: false, one_per_person: None, identities: None }
     }
 
     /// The same table, its scans run on the holder's cluster.
@@ -419,6 +429,24 @@ impl TableProvider for ProjectTable {
         }
         // No limit below: opted-out rows are removed above the scan.
         let mut input = self.served.inner.scan(state, Some(&inner_projection), &inner_filters, None).await?;
+        let mut from_cache = None;
+        if let Some(cache) = self.served.identities.as_ref().filter(|_| !self.served.on_cluster) {
+            let file_schema = self.served.inner.schema();
+            let person_column = &self.served.config.person_column;
+            let rebuilt = crate::identities::without_identity_column(
+                state,
+                &input,
+                cache,
+                &file_schema,
+                person_column,
+                &inner_projection,
+                pnr_pos,
+            )
+            .await?;
+            if let Some((scan, identities)) = rebuilt {
+                (input, from_cache) = (scan, Some(identities));
+            }
+        }
         if let Some(predicate) = conjunction(inner_filters) {
             // The scan prunes with the filters but may pass rows that fail
             // them; this filter is what makes the pushdown exact.
@@ -439,7 +467,8 @@ impl TableProvider for ProjectTable {
                 self.opt_outs.clone(),
             )
             .persons_counted_only(self.persons_counted_only)
-            .on_cluster(self.served.on_cluster.then(|| table.clone())),
+            .on_cluster(self.served.on_cluster.then(|| table.clone()))
+            .identities_from(from_cache),
         ))
     }
 }
@@ -463,6 +492,9 @@ pub struct PseudonymiseExec {
     counted_only: bool,
     /// The table whose scan below runs on the holder's cluster ([`crate::cluster`]).
     cluster_table: Option<String>,
+    /// The scan below reads row numbers, the identity numbers come from the
+    /// node's cache ([`crate::identities`]).
+    from_cache: Option<Arc<FromCache>>,
     properties: Arc<PlanProperties>,
 }
 
@@ -493,6 +525,7 @@ impl PseudonymiseExec {
             opt_outs,
             counted_only: false,
             cluster_table: None,
+            from_cache: None,
             properties,
         }
     }
@@ -504,6 +537,11 @@ impl PseudonymiseExec {
 
     fn on_cluster(mut self, table: Option<String>) -> Self {
         self.cluster_table = table;
+        self
+    }
+
+    fn identities_from(mut self, from_cache: Option<Arc<FromCache>>) -> Self {
+        self.from_cache = from_cache;
         self
     }
 
@@ -531,7 +569,11 @@ impl DisplayAs for PseudonymiseExec {
             },
             self.opt_outs.len(),
             self.unit.as_ref().map_or(String::new(), |(pos, _)| format!(", own unit only (input column {pos})"))
-        )
+        )?;
+        if self.from_cache.is_some() {
+            write!(f, ", identity numbers from memory by row number")?;
+        }
+        Ok(())
     }
 }
 
@@ -570,7 +612,8 @@ impl ExecutionPlan for PseudonymiseExec {
                 self.opt_outs.clone(),
             )
             .persons_counted_only(self.counted_only)
-            .on_cluster(self.cluster_table.clone()),
+            .on_cluster(self.cluster_table.clone())
+            .identities_from(self.from_cache.clone()),
         ))
     }
 
@@ -583,10 +626,22 @@ impl ExecutionPlan for PseudonymiseExec {
         let opt_outs = self.opt_outs.clone();
         let out_schema = schema.clone();
         let counted_only = self.counted_only;
+        let from_cache = self.from_cache.clone();
         let stream = input.map(move |batch| {
-            let batch = batch?;
+            let (batch, kept) = match &from_cache {
+                Some(cache) => cache.restore(&batch?, &opt_outs)?,
+                None => (batch?, None),
+            };
             let person = if counted_only { Person::Identity } else { Person::Pseudonym(&pseudonymiser) };
-            transform(&batch, &out_schema, pnr_pos, person_out, unit.as_ref(), person, &opt_outs)
+            transform(
+                &batch,
+                &out_schema,
+                pnr_pos,
+                person_out,
+                unit.as_ref(),
+                person,
+                kept.map_or(Keep::Check(&opt_outs), Keep::Known),
+            )
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
@@ -600,6 +655,14 @@ enum Person<'a> {
     Identity,
 }
 
+/// The rows whose persons have not opted out.
+enum Keep<'a> {
+    /// Looked up in the list, row by row.
+    Check(&'a OptOutSet),
+    /// Already known ([`crate::identities`]).
+    Known(BooleanArray),
+}
+
 /// The per-batch work of [`PseudonymiseExec`].
 fn transform(
     batch: &RecordBatch,
@@ -608,12 +671,13 @@ fn transform(
     person_out: Option<usize>,
     unit: Option<&(usize, String)>,
     person: Person<'_>,
-    opt_outs: &OptOutSet,
+    opted_out: Keep<'_>,
 ) -> Result<RecordBatch> {
-    let mut keep = None;
-    if !opt_outs.is_empty() {
-        keep = Some(opt_out_mask(batch.column(pnr_pos).as_ref(), opt_outs)?);
-    }
+    let mut keep = match opted_out {
+        Keep::Known(kept) => Some(kept),
+        Keep::Check(opt_outs) if !opt_outs.is_empty() => Some(opt_out_mask(batch.column(pnr_pos).as_ref(), opt_outs)?),
+        Keep::Check(_) => None,
+    };
     if let Some((pos, unit)) = unit {
         // A row whose unit is null belongs to no unit: it is dropped.
         let own = string_mask(batch.column(*pos).as_ref(), "unit", |v| v == Some(unit.as_str()))?;
@@ -657,8 +721,11 @@ fn identity_as_utf8(column: &ArrayRef) -> Result<ArrayRef> {
     for (row, &view) in views.views().iter().enumerate() {
         let len = view as u32 as usize;
         if views.is_valid(row) {
+            let inline = view.to_le_bytes();
             match len {
-                0..=12 => bytes.extend_from_slice(&view.to_le_bytes()[4..4 + len]),
+                // A constant length: copied from registers, not by `memcpy`.
+                12 => bytes.extend_from_slice(&inline[4..16]),
+                0..=11 => bytes.extend_from_slice(&inline[4..4 + len]),
                 _ => bytes.extend_from_slice(views.value(row).as_bytes()),
             }
         }
@@ -674,7 +741,7 @@ fn identity_as_utf8(column: &ArrayRef) -> Result<ArrayRef> {
 /// True for every row whose person has not opted out (a null or malformed
 /// identity number is nobody's). A row with the value of the row before
 /// takes its answer: a register sorted by person looks each person up once.
-fn opt_out_mask(column: &dyn Array, opt_outs: &OptOutSet) -> Result<BooleanArray> {
+pub(crate) fn opt_out_mask(column: &dyn Array, opt_outs: &OptOutSet) -> Result<BooleanArray> {
     let (mut last, mut kept): (Option<&str>, bool) = (None, true);
     string_mask(column, "person", |v| {
         let v = v.unwrap_or_default();

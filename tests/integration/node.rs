@@ -602,3 +602,51 @@ async fn data_files_changed_while_running_are_read_as_they_are() {
     assert_eq!(count(run(&client, "P-1", sql).await.expect("count")), before, "a removed file is not read");
     node.shutdown().await;
 }
+
+/// A node holds its files' identity columns in memory (the default;
+/// `samkor_node::identities`): its scans read row numbers instead and take
+/// the identity numbers from memory. The answers are those of a node that
+/// decodes the column in every scan, opt-outs included, in every register
+/// and every use of the person (pseudonyms released, counted at the node,
+/// not read at all).
+#[tokio::test]
+async fn identity_numbers_from_memory_give_the_answers_decoding_gives() {
+    let dir = synth_dir();
+    let queries = [
+        ("hip", "SELECT person, region, asa FROM operations WHERE asa > 2"),
+        ("hip", "SELECT region, count(*) AS n, count(DISTINCT person) AS p FROM operations GROUP BY region"),
+        ("hip", "SELECT count(*) AS n FROM operations"),
+        (
+            "lmr",
+            "SELECT atc, count(DISTINCT person) AS p, sum(ddd) AS d FROM dispensations WHERE region = 'Skåne' GROUP BY atc",
+        ),
+        ("lmr", "SELECT person, count(*) AS n FROM dispensations WHERE atc LIKE 'N06%' GROUP BY person"),
+    ];
+    for register in ["hip", "lmr"] {
+        let cached = start_node(dir, register).await;
+        let mut config = node_config(dir, register, true).expect("config");
+        config.node.identity_cache_mib = 0;
+        let decoded = samkor_node::start(config).await.expect("node starts");
+        let (cached_client, decoded_client) = (coordinator_client(&cached), coordinator_client(&decoded));
+        for (_, sql) in queries.iter().filter(|(r, _)| *r == register) {
+            let explain = |client| async move {
+                strings(&run(client, "P-1", &format!("EXPLAIN {sql}")).await.expect("explain"), 1).join("\n")
+            };
+            let plan = explain(&cached_client).await;
+            assert!(plan.contains("identity numbers from memory by row number"), "{sql}: {plan}");
+            assert!(!explain(&decoded_client).await.contains("from memory"), "{sql}");
+            let from_memory = run(&cached_client, "P-1", sql).await.expect("from memory");
+            let from_files = run(&decoded_client, "P-1", sql).await.expect("decoded");
+            assert!(from_memory.iter().map(|b| b.num_rows()).sum::<usize>() > 0, "{sql}: no rows");
+            assert_eq!(sorted_lines(&from_memory), sorted_lines(&from_files), "{sql}");
+        }
+        cached.shutdown().await;
+        decoded.shutdown().await;
+    }
+    // Opted-out persons stay out.
+    let node = start_node(dir, "hip").await;
+    let client = coordinator_client(&node);
+    let count = run(&client, "P-1", "SELECT count(*) FROM operations").await.expect("count");
+    assert_eq!(i64s(&count, 0), vec![rows_kept(&dir.join("hip"), "operations")]);
+    node.shutdown().await;
+}
