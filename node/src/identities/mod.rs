@@ -152,17 +152,18 @@ struct Entry {
 
 #[derive(Debug, Default)]
 struct Held {
-    files: HashMap<Path, Entry>,
+    /// By file and column (two tables may read other columns of one file).
+    files: HashMap<(Path, String), Entry>,
     bytes: usize,
     clock: u64,
 }
 
 impl Held {
     /// The entry of `meta` if it is for the file as listed now.
-    fn fresh(&mut self, meta: &ObjectMeta) -> Option<&mut Entry> {
+    fn fresh(&mut self, meta: &ObjectMeta, column: &str) -> Option<&mut Entry> {
         self.clock += 1;
         let clock = self.clock;
-        let entry = self.files.get_mut(&meta.location)?;
+        let entry = self.files.get_mut(&(meta.location.clone(), column.to_owned()))?;
         if entry.listed.size != meta.size || entry.listed.last_modified != meta.last_modified {
             return None;
         }
@@ -170,8 +171,8 @@ impl Held {
         Some(entry)
     }
 
-    fn remove(&mut self, location: &Path) {
-        if let Some(old) = self.files.remove(location) {
+    fn remove(&mut self, key: &(Path, String)) {
+        if let Some(old) = self.files.remove(key) {
             self.bytes -= old.identities.map_or(0, |i| i.bytes());
         }
     }
@@ -236,14 +237,14 @@ impl IdentityCache {
         files: &[ObjectMeta],
         column: &str,
     ) -> Result<Option<Vec<Arc<Identities>>>> {
-        if let Some(all) = self.held_now(files) {
+        if let Some(all) = self.held_now(files, column) {
             return Ok(all);
         }
         let _reading = self.reading.lock().await;
         let mut missing = Vec::new();
         let mut bytes = 0;
         for meta in files {
-            let held = self.held().fresh(meta).map(|e| e.identities.as_ref().map(|i| i.bytes()));
+            let held = self.held().fresh(meta, column).map(|e| e.identities.as_ref().map(|i| i.bytes()));
             match held {
                 Some(Some(held)) => bytes += held,
                 Some(None) => return Ok(None),
@@ -264,19 +265,19 @@ impl IdentityCache {
             // decodes it, and the next one reads it again.
             let now = store.head(&meta.location).await?;
             if now.size == meta.size && now.last_modified == meta.last_modified {
-                self.insert(meta, identities);
+                self.insert(meta, column, identities);
             }
         }
-        Ok(self.held_now(files).flatten())
+        Ok(self.held_now(files, column).flatten())
     }
 
     /// `Some` if every file has a fresh entry: the columns, or `None` if one
     /// cannot be held.
-    fn held_now(&self, files: &[ObjectMeta]) -> Option<Option<Vec<Arc<Identities>>>> {
+    fn held_now(&self, files: &[ObjectMeta], column: &str) -> Option<Option<Vec<Arc<Identities>>>> {
         let mut held = self.held();
         let mut all = Vec::with_capacity(files.len());
         for meta in files {
-            match &held.fresh(meta)?.identities {
+            match &held.fresh(meta, column)?.identities {
                 Some(identities) => all.push(identities.clone()),
                 None => return Some(None),
             }
@@ -284,9 +285,10 @@ impl IdentityCache {
         Some(Some(all))
     }
 
-    fn insert(&self, meta: &ObjectMeta, identities: Option<Arc<Identities>>) {
+    fn insert(&self, meta: &ObjectMeta, column: &str, identities: Option<Arc<Identities>>) {
         let mut held = self.held();
-        held.remove(&meta.location);
+        let key = (meta.location.clone(), column.to_owned());
+        held.remove(&key);
         let bytes = identities.as_ref().map_or(0, |i| i.bytes());
         let identities = identities.filter(|_| held.room(bytes, self.budget));
         if identities.is_none() && bytes > 0 {
@@ -295,7 +297,7 @@ impl IdentityCache {
         }
         held.bytes += identities.as_ref().map_or(0, |i| i.bytes());
         let clock = held.clock;
-        held.files.insert(meta.location.clone(), Entry { listed: meta.clone(), identities, last_used: clock });
+        held.files.insert(key, Entry { listed: meta.clone(), identities, last_used: clock });
     }
 }
 

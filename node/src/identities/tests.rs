@@ -60,8 +60,11 @@ async fn a_files_identity_numbers_are_read_once_and_taken_by_row_number() {
     let got = held[0].gather(&rows(&wanted)).expect("gather");
     assert_eq!(texts(&got), wanted.iter().map(|&r| values[r as usize].clone()).collect::<Vec<_>>());
     // Held: a second scan takes the same column, without reading the file.
-    let again = cache.held_now(std::slice::from_ref(&meta)).expect("fresh").expect("held");
+    let again = cache.held_now(std::slice::from_ref(&meta), "pnr").expect("fresh").expect("held");
     assert!(Arc::ptr_eq(&held[0], &again[0]));
+    // Another column of the same file is another entry (not text: not held).
+    assert!(cache.columns(&store, std::slice::from_ref(&meta), "n").await.expect("read").is_none());
+    assert!(cache.held_now(std::slice::from_ref(&meta), "pnr").expect("fresh").is_some());
     // Opted out: two persons, one of them in two rows asked for; a null is nobody's.
     let opted: Arc<OptOutSet> = Arc::new([194001010017u64, 194001012499].into_iter().collect());
     let kept = held[0].kept(&rows(&wanted), &opted).expect("kept");
@@ -84,7 +87,10 @@ async fn a_file_rewritten_is_read_again() {
     // The same rows, other persons: the file's size or time differs.
     let values = identity_numbers(310, 7_000);
     let after = write(&store, &file, &values).await;
-    assert!(cache.held_now(std::slice::from_ref(&after)).is_none(), "the old entry is not taken for the new file");
+    assert!(
+        cache.held_now(std::slice::from_ref(&after), "pnr").is_none(),
+        "the old entry is not taken for the new file"
+    );
     let held = cache.columns(&store, std::slice::from_ref(&after), "pnr").await.expect("read").expect("held");
     assert_eq!(texts(&held[0].gather(&rows(&[0, 309])).expect("gather")), vec![values[0].clone(), values[309].clone()]);
     assert_eq!(cache.bytes(), 310 * 16 + 2 * 310usize.div_ceil(8), "the old file's entry was replaced");
@@ -101,7 +107,7 @@ async fn identity_numbers_longer_than_a_view_holds_are_decoded_in_each_scan() {
     assert!(cache.columns(&store, std::slice::from_ref(&meta), "pnr").await.expect("read").is_none());
     assert_eq!(cache.bytes(), 0);
     // Remembered: not read again while the file is the same.
-    assert!(matches!(cache.held_now(std::slice::from_ref(&meta)), Some(None)));
+    assert!(matches!(cache.held_now(std::slice::from_ref(&meta), "pnr"), Some(None)));
 }
 
 #[tokio::test]
@@ -120,10 +126,10 @@ async fn the_budget_keeps_the_files_used_last() {
         cache.columns(&store, std::slice::from_ref(meta), "pnr").await.expect("read").expect("held");
     }
     // `a` used again, then `c` read: `b` leaves.
-    assert!(cache.held_now(&metas[..1]).is_some());
+    assert!(cache.held_now(&metas[..1], "pnr").is_some());
     cache.columns(&store, &metas[2..], "pnr").await.expect("read").expect("held");
-    assert!(cache.held_now(&metas[..1]).is_some() && cache.held_now(&metas[2..]).is_some());
-    assert!(cache.held_now(&metas[1..2]).is_none());
+    assert!(cache.held_now(&metas[..1], "pnr").is_some() && cache.held_now(&metas[2..], "pnr").is_some());
+    assert!(cache.held_now(&metas[1..2], "pnr").is_none());
     assert!(cache.bytes() <= 1 << 20, "{}", cache.bytes());
     // A scan of all three does not fit: it decodes the column instead.
     assert!(cache.columns(&store, &metas, "pnr").await.expect("read").is_none());
