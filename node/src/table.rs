@@ -12,7 +12,9 @@
 //!               pass are checked and pseudonymised)
 //!        │
 //!   DataSourceExec (Parquet / CSV, streaming; the same filters prune row
-//!                   groups and pages and filter rows while decoding)
+//!                   groups and pages; a Parquet scan reads each row's
+//!                   number instead of the identity column when the node
+//!                   holds that column in memory, crate::identities)
 //! ```
 //!
 //! [`ServedTable`] is built once at start-up; [`ProjectTable`] binds it to one

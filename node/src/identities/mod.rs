@@ -140,7 +140,7 @@ impl Identities {
     }
 }
 
-/// What the cache holds for one location.
+/// What the cache holds for one column of one file.
 #[derive(Debug)]
 struct Entry {
     /// The file as listed when it was read (size and time of change).

@@ -160,3 +160,54 @@ fn numbered(groups: &[FileGroup]) -> (Vec<FileGroup>, Vec<datafusion::object_sto
         .collect();
     (groups, metas)
 }
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{Int32Array, StringArray, UInt32Array};
+
+    use super::*;
+
+    fn file(first: u64) -> Arc<Identities> {
+        let values = StringArray::from_iter_values((0..10).map(|i| format!("{:012}", first + i)));
+        let mut views = Vec::new();
+        assert!(Identities::of(&values, &mut views));
+        Arc::new(Identities::new(views, None))
+    }
+
+    /// A filter above the scan may coalesce the rows of two files into one
+    /// batch: each row still takes its own file's identity number.
+    #[test]
+    fn rows_of_several_files_in_one_batch_take_their_own_files_numbers() {
+        let restored = Arc::new(Schema::new(vec![
+            Field::new("pnr", DataType::Utf8View, true),
+            Field::new("n", DataType::Int32, false),
+        ]));
+        let cache = FromCache { files: vec![file(194001010000), file(195001010000)], at: 0, row: 2, restored };
+        let scanned = Arc::new(Schema::new(vec![
+            Field::new(FILE_COLUMN, DataType::UInt32, false),
+            Field::new("n", DataType::Int32, false),
+            Field::new(ROW_COLUMN, DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            scanned,
+            vec![
+                Arc::new(UInt32Array::from(vec![0, 0, 1, 1, 0])),
+                Arc::new(Int32Array::from(vec![1, 2, 3, 4, 5])),
+                Arc::new(Int64Array::from(vec![1, 2, 0, 3, 9])),
+            ],
+        )
+        .expect("batch");
+        let opted: Arc<OptOutSet> = Arc::new([194001010002u64, 195001010003].into_iter().collect());
+        let (restored, kept) = cache.restore(&batch, &opted).expect("restored");
+        let numbers: Vec<&str> = restored.column(0).as_string_view().iter().map(Option::unwrap).collect();
+        assert_eq!(numbers, ["194001010001", "194001010002", "195001010000", "195001010003", "194001010009"]);
+        assert_eq!(
+            restored.column(1).as_primitive::<datafusion::arrow::datatypes::Int32Type>().values(),
+            &[1, 2, 3, 4, 5]
+        );
+        let kept: Vec<bool> = kept.expect("a list").iter().map(Option::unwrap).collect();
+        assert_eq!(kept, [true, false, true, false, true]);
+        let (_, none) = cache.restore(&batch, &Arc::default()).expect("restored");
+        assert!(none.is_none(), "an empty list asks nothing");
+    }
+}
