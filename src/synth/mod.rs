@@ -324,7 +324,12 @@ fn node_toml(reg: &RegisterSpec, opts: &SynthOptions) -> String {
     let _ = writeln!(s, "{}", listen_line(reg.port));
     let _ = writeln!(s, "pseudonym_key_file = \"../federation.key\"");
     let _ = writeln!(s, "opt_out_file = \"optout.txt\"");
-    let _ = writeln!(s, "audit_log = \"audit.jsonl\"\n");
+    let _ = writeln!(s, "audit_log = \"audit.jsonl\"");
+    let _ = writeln!(
+        s,
+        "# MiB for the Parquet files' identity columns held in memory (16 bytes a row; 0: decoded in every scan)."
+    );
+    let _ = writeln!(s, "identity_cache_mib = {}\n", samkor_node::identities::DEFAULT_BUDGET_MIB);
     if !reg.direct_access.is_empty() {
         let _ = writeln!(s, "[access]");
         let _ =
