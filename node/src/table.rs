@@ -432,14 +432,15 @@ impl TableProvider for ProjectTable {
         // No limit below: opted-out rows are removed above the scan.
         let mut input = self.served.inner.scan(state, Some(&inner_projection), &inner_filters, None).await?;
         let mut from_cache = None;
-        if let Some(cache) = self.served.identities.as_ref().filter(|_| !self.served.on_cluster) {
-            let file_schema = self.served.inner.schema();
+        let listing = self.served.inner.downcast_ref::<ListingTable>();
+        if let Some((cache, listing)) = self.served.identities.as_ref().zip(listing).filter(|_| !self.served.on_cluster)
+        {
             let person_column = &self.served.config.person_column;
             let rebuilt = crate::identities::without_identity_column(
                 state,
+                listing,
                 &input,
                 cache,
-                &file_schema,
                 person_column,
                 &inner_projection,
                 pnr_pos,

@@ -7,9 +7,9 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Arra
 use datafusion::arrow::compute::concat;
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt32Type};
 use datafusion::catalog::Session;
+use datafusion::catalog::TableProvider;
 use datafusion::common::{DataFusionError, Result, ScalarValue};
-use datafusion::datasource::file_format::FileFormat;
-use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::ListingTable;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig, FileScanConfigBuilder};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
@@ -93,15 +93,15 @@ impl FromCache {
     }
 }
 
-/// `listed`, the scan of a table's Parquet files with `projection` (of the
-/// file schema `file_schema`), rebuilt to read each row's number and file
-/// instead of `person_column` (at `at` of the projection), if the cache holds
-/// the identity column of every file.
+/// `listed`, the scan of `table`'s Parquet files with `projection` (of its
+/// schema), rebuilt with the table's own file format to read each row's
+/// number and file instead of `person_column` (at `at` of the projection), if
+/// the cache holds the identity column of every file.
 pub async fn without_identity_column(
     state: &dyn Session,
+    table: &ListingTable,
     listed: &Arc<dyn ExecutionPlan>,
     cache: &IdentityCache,
-    file_schema: &SchemaRef,
     person_column: &str,
     projection: &[usize],
     at: usize,
@@ -112,8 +112,10 @@ pub async fn without_identity_column(
     let store = state.runtime_env().object_store(&config.object_store_url)?;
     let Some(files) = cache.columns(&store, &metas, person_column).await? else { return Ok(None) };
 
+    let file_schema = table.schema();
+    let format = &table.options().format;
     let fields = file_schema.fields().len();
-    let table_schema = TableSchema::builder(file_schema.clone())
+    let table_schema = TableSchema::builder(file_schema)
         .with_table_partition_cols(vec![Arc::new(Field::new(FILE_COLUMN, DataType::UInt32, false))])
         .with_virtual_columns(vec![Arc::new(
             Field::new(ROW_COLUMN, DataType::Int64, false).with_extension_type(RowNumber),
@@ -122,7 +124,6 @@ pub async fn without_identity_column(
     let mut read: Vec<usize> = projection.to_vec();
     read[at] = fields;
     read.push(fields + 1);
-    let format = ParquetFormat::default();
     let config = FileScanConfigBuilder::new(config.object_store_url.clone(), format.file_source(table_schema))
         .with_file_groups(groups)
         .with_projection_indices(Some(read))?
