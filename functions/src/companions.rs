@@ -434,7 +434,8 @@ impl<const D: usize> GroupsAccumulator for CompanionGroups<D> {
         groups.grow(total_num_groups);
         groups.reserve_rows(group_indices, total_num_groups);
         {
-            let mut combining = Combining::new(&mut groups, values[0].as_primitive::<Int64Type>().values());
+            let mut combining =
+                Combining::new(&mut groups, values[0].as_primitive::<Int64Type>().values(), total_num_groups);
             self.rows(values, opt_filter, |row, key, e| combining.push(group_indices[row], key, e));
         }
         self.groups = groups;

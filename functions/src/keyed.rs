@@ -53,6 +53,11 @@ const BEYOND_CACHE: isize = 16 << 20;
 /// cache: a larger group switches to sorted runs, read and written in order.
 const SMALL_BEYOND_CACHE: usize = 1 << 13;
 
+/// Bytes of state beyond which the groups' tables no longer share the
+/// processor's second-level cache: a batch's pairs are then pushed group by
+/// group ([`Combining`]).
+const SPREAD_BEYOND: isize = 1 << 20;
+
 /// Groups up to which a batch's rows per group are counted ([`Groups::reserve_rows`]).
 const FEW_GROUPS: usize = 1024;
 
@@ -179,11 +184,17 @@ fn compact<V: Combine>(items: &mut Vec<(i64, V)>, clean: &mut usize) {
 pub(crate) struct Groups<V> {
     pub(crate) runs: Vec<Runs<V>>,
     bytes: isize,
+    /// [`Pending`]'s buffers, kept from batch to batch (allocated afresh,
+    /// two buffers of a batch's pairs cost more page faults than they saved).
+    scratch: Scratch<V>,
 }
+
+/// A batch's pairs as they came, and ordered by group.
+type Scratch<V> = (Vec<(u32, i64, V)>, Vec<(i64, V)>);
 
 impl<V> Default for Groups<V> {
     fn default() -> Self {
-        Groups { runs: Vec::new(), bytes: 0 }
+        Groups { runs: Vec::new(), bytes: 0, scratch: (Vec::new(), Vec::new()) }
     }
 }
 
@@ -240,7 +251,9 @@ impl<V: Combine> Groups<V> {
     }
 
     pub(crate) fn size(&self) -> usize {
-        self.runs.capacity() * size_of::<Runs<V>>() + self.bytes.max(0) as usize
+        let scratch =
+            self.scratch.0.capacity() * size_of::<(u32, i64, V)>() + self.scratch.1.capacity() * size_of::<(i64, V)>();
+        self.runs.capacity() * size_of::<Runs<V>>() + self.bytes.max(0) as usize + scratch
     }
 }
 
@@ -258,8 +271,14 @@ const SAMPLED_ROWS: usize = 256;
 /// [`RUN_GROUPS`] groups (a person's dispensations interleave their
 /// substances); otherwise each pair is pushed as it comes ([`Runs`] combines
 /// a key's pairs anyway; a run one row long cost a store and, at the next
-/// row, a wider reload of it that stalled on store forwarding). The pairs
-/// left are pushed when this is dropped.
+/// row, a wider reload of it that stalled on store forwarding).
+///
+/// Over a few groups (up to [`FEW_GROUPS`], a cell's persons) the pairs of a
+/// batch are held and pushed group by group when this is dropped
+/// ([`Pending`]): inserted as they came, every insert went to another
+/// group's table, and together the tables outgrew the processor's nearer
+/// caches (hip by region: 21 tables a partition; Skåne by ATC: 40 of 4 700
+/// persons each), so that most inserts waited for memory.
 pub(crate) struct Combining<'a, V: Combine> {
     groups: &'a mut Groups<V>,
     key: i64,
@@ -268,21 +287,26 @@ pub(crate) struct Combining<'a, V: Combine> {
     /// Whether the batch is sorted by person: runs combine; if not, each
     /// pair is pushed as it comes.
     sorted: bool,
+    /// The batch's pairs, held to be pushed group by group (few groups).
+    pending: Option<Pending<V>>,
 }
 
 impl<'a, V: Combine> Combining<'a, V> {
-    /// Pushes into `groups` the pairs of a batch whose record keys are `keys`.
-    pub(crate) fn new(groups: &'a mut Groups<V>, keys: &[i64]) -> Self {
+    /// Pushes into `groups` (`total_groups` of them) the pairs of a batch
+    /// whose record keys are `keys`.
+    pub(crate) fn new(groups: &'a mut Groups<V>, keys: &[i64], total_groups: usize) -> Self {
         let sample = &keys[..keys.len().min(SAMPLED_ROWS)];
         let repeats = sample.windows(2).filter(|w| w[0] == w[1]).count();
         let sorted = 2 * repeats >= sample.len().max(2);
-        Combining { groups, key: 0, run: [(0, V::default()); RUN_GROUPS], len: 0, sorted }
+        let spread = groups.bytes > SPREAD_BEYOND && (2..=FEW_GROUPS).contains(&total_groups);
+        let pending = spread.then(|| Pending::new(std::mem::take(&mut groups.scratch), total_groups, keys.len()));
+        Combining { groups, key: 0, run: [(0, V::default()); RUN_GROUPS], len: 0, sorted, pending }
     }
 
     #[inline]
     pub(crate) fn push(&mut self, group: usize, key: i64, value: V) {
         if !self.sorted {
-            self.groups.push(group, key, value);
+            self.emit(group, key, value);
             return;
         }
         if key == self.key {
@@ -302,9 +326,18 @@ impl<'a, V: Combine> Combining<'a, V> {
         self.len = 1;
     }
 
+    #[inline(always)]
+    fn emit(&mut self, group: usize, key: i64, value: V) {
+        match &mut self.pending {
+            Some(pending) => pending.hold(group, key, value),
+            None => self.groups.push(group, key, value),
+        }
+    }
+
     fn flush(&mut self) {
-        for &(g, v) in &self.run[..self.len] {
-            self.groups.push(g, self.key, v);
+        for i in 0..self.len {
+            let (g, v) = self.run[i];
+            self.emit(g, self.key, v);
         }
         self.len = 0;
     }
@@ -313,6 +346,58 @@ impl<'a, V: Combine> Combining<'a, V> {
 impl<V: Combine> Drop for Combining<'_, V> {
     fn drop(&mut self) {
         self.flush();
+        if let Some(pending) = self.pending.take() {
+            pending.push_into(self.groups);
+        }
+    }
+}
+
+/// A batch's (group, key, value) in arrival order, and each group's count.
+struct Pending<V> {
+    pairs: Vec<(u32, i64, V)>,
+    ordered: Vec<(i64, V)>,
+    counts: Vec<u32>,
+}
+
+impl<V: Combine> Pending<V> {
+    fn new((mut pairs, ordered): Scratch<V>, groups: usize, rows: usize) -> Self {
+        pairs.clear();
+        pairs.reserve(rows);
+        Pending { pairs, ordered, counts: vec![0; groups] }
+    }
+
+    #[inline(always)]
+    fn hold(&mut self, group: usize, key: i64, value: V) {
+        self.pairs.push((group as u32, key, value));
+        self.counts[group] += 1;
+    }
+
+    /// Orders the pairs by group (a counting sort: one pass to place each),
+    /// then pushes each group's in arrival order.
+    fn push_into(self, groups: &mut Groups<V>) {
+        let Pending { pairs, mut ordered, counts } = self;
+        let mut next: Vec<usize> = counts
+            .iter()
+            .scan(0usize, |start, &n| {
+                let at = *start;
+                *start += n as usize;
+                Some(at)
+            })
+            .collect();
+        ordered.clear();
+        ordered.resize(pairs.len(), (0, V::default()));
+        for &(g, k, v) in &pairs {
+            let at = &mut next[g as usize];
+            ordered[*at] = (k, v);
+            *at += 1;
+        }
+        let mut start = 0;
+        for (g, &n) in counts.iter().enumerate() {
+            let end = start + n as usize;
+            ordered[start..end].iter().for_each(|&(k, v)| groups.push(g, k, v));
+            start = end;
+        }
+        groups.scratch = (pairs, ordered);
     }
 }
 
@@ -438,18 +523,25 @@ mod tests {
         assert_eq!(want[0][0], (5, 11.0));
         // Key 9 reaches group 2 at i = 3, 22 and 41 (7i ≡ 2 mod 19), and once more.
         assert_eq!(want[2], vec![(5, 128.0), (9, 3.0 + 22.0 + 41.0 + 256.0)]);
-        // The batch's keys choose the mode: sorted by person or not.
+        // The batch's keys choose the mode: sorted by person or not; the
+        // state's size whether pairs are held and pushed group by group.
         for (keys, sorted) in [(vec![7i64; 300], true), ((0..300).collect(), false), (vec![], false)] {
-            let mut combined = Groups::<f64>::default();
-            combined.grow(groups);
-            {
-                let mut c = Combining::new(&mut combined, &keys);
-                assert_eq!(c.sorted, sorted);
-                for &(g, k, v) in &pushes {
-                    c.push(g, k, v);
+            for spread in [false, true] {
+                let mut combined = Groups::<f64>::default();
+                combined.grow(groups);
+                // Twice: the second batch reuses the first's buffers.
+                for batch in 0..2 {
+                    combined.bytes = if spread { SPREAD_BEYOND + 1 } else { 0 };
+                    let mut c = Combining::new(&mut combined, &keys, groups);
+                    assert_eq!((c.sorted, c.pending.is_some()), (sorted, spread));
+                    for &(g, k, v) in pushes.iter().filter(|p| p.1 != 9 || batch == 1) {
+                        c.push(g, k, v);
+                    }
                 }
+                let mut want = want.clone();
+                want.iter_mut().flatten().filter(|(k, _)| *k != 9).for_each(|(_, v)| *v *= 2.0);
+                assert_eq!(sorted_pairs(&mut combined), want, "sorted by person: {sorted}, spread: {spread}");
             }
-            assert_eq!(sorted_pairs(&mut combined), want, "sorted by person: {sorted}");
         }
     }
 

@@ -133,7 +133,7 @@ impl GroupsAccumulator for PersonsGroups {
         self.groups.grow(total_num_groups);
         self.groups.reserve_rows(group_indices, total_num_groups);
         let keys = values[0].as_primitive::<Int64Type>();
-        let mut combining = Combining::new(&mut self.groups, keys.values());
+        let mut combining = Combining::new(&mut self.groups, keys.values(), total_num_groups);
         each(keys, opt_filter, |row, k| combining.push(group_indices[row], k, ()));
         Ok(())
     }
