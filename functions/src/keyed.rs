@@ -273,12 +273,14 @@ const SAMPLED_ROWS: usize = 256;
 /// a key's pairs anyway; a run one row long cost a store and, at the next
 /// row, a wider reload of it that stalled on store forwarding).
 ///
-/// Over a few groups (up to [`FEW_GROUPS`], a cell's persons) the pairs of a
-/// batch are held and pushed group by group when this is dropped
-/// ([`Pending`]): inserted as they came, every insert went to another
-/// group's table, and together the tables outgrew the processor's nearer
-/// caches (hip by region: 21 tables a partition; Skåne by ATC: 40 of 4 700
-/// persons each), so that most inserts waited for memory.
+/// Over a few groups (up to [`FEW_GROUPS`], a cell's persons) whose state
+/// is beyond [`SPREAD_BEYOND`], the pairs of a batch are held and pushed
+/// group by group when this is dropped ([`Pending`]): inserted as they came,
+/// every insert went to another group's table, and together the tables no
+/// longer fit the processor's nearer caches (Skåne by ATC at 1 M persons:
+/// 40 tables of about 4 700 persons a partition), so that most inserts
+/// waited for memory. A smaller state pushes directly: there holding the
+/// pairs cost more than it saved (the hip query at 1 M).
 pub(crate) struct Combining<'a, V: Combine> {
     groups: &'a mut Groups<V>,
     key: i64,
