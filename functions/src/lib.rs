@@ -14,6 +14,10 @@
 //!            ─▶ samkor_moments(x)               count, Σx, Σx², least, largest, largest |x|
 //! ```
 //!
+//! At a node, [`by_person::partition_persons`] splits the rows of a grouped
+//! `samkor_companions` or `samkor_persons` by record key before its partial
+//! aggregates, which then hand on summaries instead of lists of persons.
+//!
 //! None of them is for users: the coordinator refuses queries that name them
 //! (`disclosure.internal_function`) and adds them itself.
 //!
@@ -22,6 +26,7 @@
 //! `ages`), person-time, and confidence intervals of released counts (`intervals`).
 
 mod ages;
+pub mod by_person;
 mod companions;
 mod intervals;
 mod keyed;

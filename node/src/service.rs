@@ -18,7 +18,7 @@ use arrow_flight::{
     PollInfo, PutResult, SchemaResult, Ticket,
 };
 use datafusion::common::DataFusionError;
-use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::prelude::SQLOptions;
 use datafusion::sql::sqlparser::parser::ParserError;
 use futures::TryStreamExt;
@@ -28,6 +28,7 @@ use samkor_proto::{CATALOGUE_ACTION, headers, ticket, tls};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use samkor_functions::by_person;
 use samkor_policies::audit::AuditLog;
 
 use crate::access::{self, Refusal, Scope};
@@ -99,8 +100,16 @@ impl NodeService {
         let distinct = crate::one_per_person::distinct_person_tables(&plan).await;
         let plan = crate::one_per_person::count_persons_by_rows(plan, &distinct)
             .map_err(|e| plan_error(self.state.register(), e))?;
-        let task = state.task_ctx();
         let physical = state.create_physical_plan(&plan).await.map_err(|e| plan_error(self.state.register(), e))?;
+        // Persons split by record key before partial aggregates over them:
+        // partial states are summaries, not lists (samkor_functions::by_person).
+        let partitions = state.config().target_partitions();
+        let (physical, split) =
+            by_person::partition_persons(physical, partitions).map_err(|e| plan_error(self.state.register(), e))?;
+        let task = match split {
+            true => Arc::new(TaskContext::from(&state).with_session_config(by_person::task_config(state.config()))),
+            false => state.task_ctx(),
+        };
         tracing::debug!(plan = %datafusion::physical_plan::displayable(physical.as_ref()).indent(false), "sub-query planned");
         let stream = datafusion::physical_plan::execute_stream(physical, task)
             .map_err(|e| plan_error(self.state.register(), e))?;

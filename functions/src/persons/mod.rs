@@ -43,14 +43,29 @@ impl PersonsCell {
     }
 }
 
+mod by_person;
+
 #[derive(Debug, PartialEq, Eq, Hash)]
-struct Persons {
+pub(crate) struct Persons {
     signature: Signature,
+    /// Over persons split among this many hash partitions of their record
+    /// key ([`crate::by_person`]): partial states are cells, not lists.
+    pub(crate) partitions: Option<usize>,
 }
 
 /// The aggregate function.
 pub fn persons_udaf() -> AggregateUDF {
-    AggregateUDF::from(Persons { signature: Signature::exact(vec![DataType::Int64], Volatility::Immutable) })
+    AggregateUDF::from(Persons {
+        signature: Signature::exact(vec![DataType::Int64], Volatility::Immutable),
+        partitions: None,
+    })
+}
+
+/// The aggregate function over persons split among `partitions` hash
+/// partitions of their record key ([`crate::by_person`]).
+pub(crate) fn persons_by_person_udaf(partitions: usize) -> AggregateUDF {
+    let signature = Signature::exact(vec![DataType::Int64], Volatility::Immutable);
+    AggregateUDF::from(Persons { signature, partitions: Some(partitions) })
 }
 
 impl AggregateUDFImpl for Persons {
@@ -74,6 +89,9 @@ impl AggregateUDFImpl for Persons {
     }
 
     fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        if self.partitions.is_some() {
+            return plan_err!("{PERSONS_FN} over partitioned persons needs a GROUP BY");
+        }
         Ok(Box::new(OneGroup(PersonsGroups::default())))
     }
 
@@ -82,10 +100,16 @@ impl AggregateUDFImpl for Persons {
     }
 
     fn create_groups_accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn GroupsAccumulator>> {
-        Ok(Box::new(PersonsGroups::default()))
+        Ok(match self.partitions {
+            None => Box::new(PersonsGroups::default()),
+            Some(p) => Box::new(by_person::ByPersonGroups::new(p)),
+        })
     }
 
     fn state_fields(&self, _args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        if self.partitions.is_some() {
+            return Ok(by_person::state_fields());
+        }
         let item = Arc::new(Field::new_list_field(DataType::Int64, true));
         Ok(vec![Arc::new(Field::new("record_keys", DataType::List(item), true))])
     }

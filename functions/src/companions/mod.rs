@@ -44,6 +44,8 @@ use datafusion::logical_expr::{
 };
 use datafusion::physical_expr::expressions::Literal;
 
+mod by_person;
+
 use crate::PersonsCell;
 use crate::keyed::{Combine, Combining, Groups, OneGroup, PerGroup, Runs, each, list_array};
 
@@ -131,23 +133,42 @@ pub mod field {
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
-struct Companions {
+pub(crate) struct Companions {
     signature: Signature,
+    /// Over persons split among this many hash partitions of their record
+    /// key ([`crate::by_person`]): partial states are summaries, not lists.
+    pub(crate) partitions: Option<usize>,
 }
 
 /// The aggregate function.
 pub fn companions_udaf() -> AggregateUDF {
-    AggregateUDF::from(Companions { signature: Signature::user_defined(Volatility::Immutable) })
+    AggregateUDF::from(Companions { signature: Signature::user_defined(Volatility::Immutable), partitions: None })
 }
 
-/// The accumulator of `D` magnitudes, grouped or not.
-fn accumulator<const D: usize>(m: usize, n: usize, grouped: bool) -> Box<dyn std::any::Any> {
+/// The aggregate function over persons split among `partitions` hash
+/// partitions of their record key ([`crate::by_person`]).
+pub(crate) fn companions_by_person_udaf(partitions: usize) -> AggregateUDF {
+    AggregateUDF::from(Companions {
+        signature: Signature::user_defined(Volatility::Immutable),
+        partitions: Some(partitions),
+    })
+}
+
+/// The accumulator of `D` magnitudes, grouped or not, over persons split
+/// among `partitions` or not.
+fn accumulator<const D: usize>(
+    m: usize,
+    n: usize,
+    grouped: bool,
+    partitions: Option<usize>,
+) -> Result<Box<dyn std::any::Any>> {
     let groups = CompanionGroups::<D> { m, n, groups: Groups::default(), sums: Vec::new() };
-    if grouped {
-        Box::new(Box::new(groups) as Box<dyn GroupsAccumulator>)
-    } else {
-        Box::new(Box::new(OneGroup(groups)) as Box<dyn Accumulator>)
-    }
+    Ok(match (grouped, partitions) {
+        (true, None) => Box::new(Box::new(groups) as Box<dyn GroupsAccumulator>),
+        (false, None) => Box::new(Box::new(OneGroup(groups)) as Box<dyn Accumulator>),
+        (true, Some(p)) => Box::new(Box::new(by_person::ByPersonGroups::new(groups, p)) as Box<dyn GroupsAccumulator>),
+        (false, Some(_)) => return plan_err!("{COMPANIONS_FN} over partitioned persons needs a GROUP BY"),
+    })
 }
 
 /// `(m, d, n)` of a call being executed.
@@ -161,15 +182,15 @@ fn call_shape(args: &AccumulatorArgs) -> Result<(usize, usize, usize)> {
     }
 }
 
-fn build(args: &AccumulatorArgs, grouped: bool) -> Result<Box<dyn std::any::Any>> {
+fn build(args: &AccumulatorArgs, grouped: bool, partitions: Option<usize>) -> Result<Box<dyn std::any::Any>> {
     let (m, d, n) = call_shape(args)?;
-    Ok(match d {
-        0 => accumulator::<0>(m, n, grouped),
-        1 => accumulator::<1>(m, n, grouped),
-        2 => accumulator::<2>(m, n, grouped),
-        3 => accumulator::<3>(m, n, grouped),
-        _ => accumulator::<MAX_MAGNITUDES>(m, n, grouped),
-    })
+    match d {
+        0 => accumulator::<0>(m, n, grouped, partitions),
+        1 => accumulator::<1>(m, n, grouped, partitions),
+        2 => accumulator::<2>(m, n, grouped, partitions),
+        3 => accumulator::<3>(m, n, grouped, partitions),
+        _ => accumulator::<MAX_MAGNITUDES>(m, n, grouped, partitions),
+    }
 }
 
 impl AggregateUDFImpl for Companions {
@@ -196,7 +217,7 @@ impl AggregateUDFImpl for Companions {
     }
 
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(*build(&args, false)?.downcast::<Box<dyn Accumulator>>().expect("built ungrouped"))
+        Ok(*build(&args, false, self.partitions)?.downcast::<Box<dyn Accumulator>>().expect("built ungrouped"))
     }
 
     fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
@@ -204,10 +225,13 @@ impl AggregateUDFImpl for Companions {
     }
 
     fn create_groups_accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn GroupsAccumulator>> {
-        Ok(*build(&args, true)?.downcast::<Box<dyn GroupsAccumulator>>().expect("built grouped"))
+        Ok(*build(&args, true, self.partitions)?.downcast::<Box<dyn GroupsAccumulator>>().expect("built grouped"))
     }
 
     fn state_fields(&self, _args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        if self.partitions.is_some() {
+            return Ok(by_person::state_fields());
+        }
         let list = |t: DataType| DataType::List(Arc::new(Field::new_list_field(t, true)));
         Ok(vec![
             Arc::new(Field::new("record_keys", list(DataType::Int64), true)),
@@ -277,40 +301,29 @@ impl<const D: usize> CompanionGroups<D> {
     /// The struct of each group's cells, top sums, extreme keys and sums
     /// (`sums` of the same groups; a group missing there has none).
     fn values(&self, groups: &mut [Runs<Entry<D>>], sums: &[Sums<D>]) -> ArrayRef {
-        let mut persons: Vec<Vec<i64>> = vec![Vec::with_capacity(groups.len()); self.m];
-        let mut tops: Vec<Vec<Option<f64>>> = vec![Vec::with_capacity(groups.len()); D];
-        let (mut least, mut largest) = (Vec::with_capacity(groups.len()), Vec::with_capacity(groups.len()));
-        let mut row_sums: Vec<Vec<Option<f64>>> = vec![Vec::with_capacity(groups.len()); D];
-        let mut totals = Vec::new();
-        for (i, g) in groups.iter_mut().enumerate() {
-            let group_sums = sums.get(i).copied().unwrap_or_default();
-            for (j, column) in row_sums.iter_mut().enumerate() {
-                column.push(group_sums.get(j));
-            }
-            let entries = g.distinct();
-            least.push(entries.iter().map(|(k, _)| *k).min());
-            largest.push(entries.iter().map(|(k, _)| *k).max());
-            for (i, column) in persons.iter_mut().enumerate() {
-                let mut cell = PersonsCell::default();
-                for (k, _) in entries.iter().filter(|(_, e)| e.bits >> i & 1 == 1) {
-                    cell.persons += 1;
-                    cell.key = cell.key.wrapping_add(*k as u32);
-                }
-                column.push(cell.pack());
-            }
-            for (j, column) in tops.iter_mut().enumerate() {
-                totals.clear();
-                totals.extend(entries.iter().filter(|(_, e)| e.bits >> (32 + j) & 1 == 1).map(|(_, e)| e.totals[j]));
-                column.push(top_sum(&mut totals, self.n));
-            }
-        }
-        let columns: Vec<ArrayRef> = persons
-            .into_iter()
-            .map(|p| Arc::new(Int64Array::from(p)) as ArrayRef)
-            .chain(tops.into_iter().map(|t| Arc::new(Float64Array::from(t)) as ArrayRef))
-            .chain([least, largest].map(|k| Arc::new(Int64Array::from(k)) as ArrayRef))
-            .chain(row_sums.into_iter().map(|s| Arc::new(Float64Array::from(s)) as ArrayRef))
-            .collect();
+        let summaries: Vec<Summary<D>> = groups.iter_mut().map(|g| self.summary(g)).collect();
+        self.struct_of(&summaries, sums)
+    }
+
+    /// What a group's persons give its cell.
+    fn summary(&self, group: &mut Runs<Entry<D>>) -> Summary<D> {
+        Summary::of(group.distinct(), self.m, self.n)
+    }
+
+    /// The result struct of groups summarised (`sums` of the same groups; a
+    /// group missing there has none).
+    fn struct_of(&self, summaries: &[Summary<D>], sums: &[Sums<D>]) -> ArrayRef {
+        let rows = summaries.len();
+        let persons = (0..self.m)
+            .map(|i| -> ArrayRef { Arc::new(summaries.iter().map(|s| s.cells[i].pack()).collect::<Int64Array>()) });
+        let tops =
+            (0..D).map(|j| -> ArrayRef { Arc::new(summaries.iter().map(|s| s.top_sum(j)).collect::<Float64Array>()) });
+        let least: ArrayRef = Arc::new(summaries.iter().map(|s| s.least).collect::<Int64Array>());
+        let largest: ArrayRef = Arc::new(summaries.iter().map(|s| s.largest).collect::<Int64Array>());
+        let row_sums = (0..D).map(|j| -> ArrayRef {
+            Arc::new((0..rows).map(|i| sums.get(i).copied().unwrap_or_default().get(j)).collect::<Float64Array>())
+        });
+        let columns: Vec<ArrayRef> = persons.chain(tops).chain([least, largest]).chain(row_sums).collect();
         Arc::new(StructArray::new(result_fields(self.m, D), columns, None))
     }
 
@@ -412,14 +425,74 @@ fn sums_list<const D: usize>(groups: &[Sums<D>]) -> ArrayRef {
     Arc::new(ListArray::new(field, OffsetBuffer::from_lengths(lengths), Arc::new(Float64Array::from(values)), None))
 }
 
-/// The sum of the `n` largest of `totals`; `None` when empty.
-fn top_sum(totals: &mut [f64], n: usize) -> Option<f64> {
-    if totals.is_empty() {
-        return None;
+/// What a group's persons give its cell: per condition the persons and
+/// their key, per magnitude the `n` largest totals of the persons with a
+/// value, and the least and largest record key.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Summary<const D: usize> {
+    pub(crate) cells: Vec<PersonsCell>,
+    pub(crate) tops: [Vec<f64>; D],
+    pub(crate) least: Option<i64>,
+    pub(crate) largest: Option<i64>,
+}
+
+impl<const D: usize> Summary<D> {
+    /// No persons, under `m` conditions.
+    pub(crate) fn empty(m: usize) -> Self {
+        Summary {
+            cells: vec![PersonsCell::default(); m],
+            tops: std::array::from_fn(|_| Vec::new()),
+            least: None,
+            largest: None,
+        }
     }
-    let k = n.min(totals.len());
-    totals.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
-    Some(totals[..k].iter().sum())
+
+    /// Of a group's distinct persons.
+    fn of(entries: &[(i64, Entry<D>)], m: usize, n: usize) -> Self {
+        let mut s = Summary::empty(m);
+        for (k, e) in entries {
+            for (_, cell) in s.cells.iter_mut().enumerate().filter(|(i, _)| e.bits >> i & 1 == 1) {
+                cell.persons += 1;
+                cell.key = cell.key.wrapping_add(*k as u32);
+            }
+            for (j, top) in s.tops.iter_mut().enumerate().filter(|(j, _)| e.bits >> (32 + j) & 1 == 1) {
+                top.push(e.totals[j]);
+            }
+        }
+        s.least = entries.iter().map(|(k, _)| *k).min();
+        s.largest = entries.iter().map(|(k, _)| *k).max();
+        s.tops.iter_mut().for_each(|t| keep_largest(t, n));
+        s
+    }
+
+    /// Adds the summary of other persons (none of them among these).
+    pub(crate) fn add(&mut self, other: &Summary<D>, n: usize) {
+        for (cell, o) in self.cells.iter_mut().zip(&other.cells) {
+            cell.persons += o.persons;
+            cell.key = cell.key.wrapping_add(o.key);
+        }
+        for (top, o) in self.tops.iter_mut().zip(&other.tops) {
+            top.extend_from_slice(o);
+            keep_largest(top, n);
+        }
+        self.least = self.least.into_iter().chain(other.least).min();
+        self.largest = self.largest.into_iter().chain(other.largest).max();
+    }
+
+    /// The sum of the largest totals of magnitude `j`, largest first (the
+    /// same sum however the persons were split); `None` when nobody has a value.
+    fn top_sum(&self, j: usize) -> Option<f64> {
+        (!self.tops[j].is_empty()).then(|| self.tops[j].iter().sum())
+    }
+}
+
+/// Keeps the `n` largest of `totals`, largest first.
+fn keep_largest(totals: &mut Vec<f64>, n: usize) {
+    if totals.len() > n {
+        totals.select_nth_unstable_by(n - 1, |a, b| b.total_cmp(a));
+        totals.truncate(n);
+    }
+    totals.sort_unstable_by(|a, b| b.total_cmp(a));
 }
 
 impl<const D: usize> GroupsAccumulator for CompanionGroups<D> {

@@ -1,0 +1,142 @@
+//! The rewrite, compared as plan text, and its plans' answers.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::datasource::MemTable;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::{collect, displayable};
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use super::{partition_persons, task_config};
+
+/// Two partitions of rows: a region, a record key (a person's rows in both
+/// partitions), another key, a value.
+fn session(target_partitions: usize) -> SessionContext {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("region", DataType::Utf8, false),
+        Field::new("rk", DataType::Int64, true),
+        Field::new("other", DataType::Int64, true),
+        Field::new("x", DataType::Float64, true),
+    ]));
+    let batch = |offset: i64| {
+        let rows = 0..500i64;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(
+                rows.clone().map(|i| Some(["Skåne", "Gotland", "Uppsala"][(i % 3) as usize])).collect::<StringArray>(),
+            ),
+            Arc::new(rows.clone().map(|i| (i % 7 != 0).then_some((i + offset) % 97 * 7_919)).collect::<Int64Array>()),
+            Arc::new(rows.clone().map(|i| Some(i % 13)).collect::<Int64Array>()),
+            Arc::new(rows.map(|i| (i % 4 != 0).then_some((i % 23) as f64)).collect::<Float64Array>()),
+        ];
+        RecordBatch::try_new(schema.clone(), columns).expect("batch")
+    };
+    let table = MemTable::try_new(schema.clone(), vec![vec![batch(0)], vec![batch(31)]]).expect("table");
+    let config = SessionConfig::new().with_target_partitions(target_partitions);
+    let ctx = SessionContext::new_with_config(config);
+    ctx.register_table("t", Arc::new(table)).expect("register");
+    crate::register(&ctx, None);
+    ctx
+}
+
+/// The plan of `sql`, rewritten, and its text.
+async fn rewritten(
+    ctx: &SessionContext,
+    sql: &str,
+) -> (Arc<dyn datafusion::physical_plan::ExecutionPlan>, bool, String) {
+    let plan = ctx.sql(sql).await.expect("sql").create_physical_plan().await.expect("plan");
+    let (plan, changed) = partition_persons(plan, ctx.state().config().target_partitions()).expect("rewrite");
+    let text = displayable(plan.as_ref()).indent(false).to_string();
+    (plan, changed, text)
+}
+
+const COMPANIONS: &str = "SELECT region, count(*) AS n, samkor_companions(rk, 2, true, x > 3, abs(x)) AS c \
+                          FROM t GROUP BY region ORDER BY region";
+
+#[tokio::test]
+async fn the_partials_input_is_split_on_the_record_key_and_both_steps_summarise() {
+    let ctx = session(2);
+    let (_, changed, text) = rewritten(&ctx, COMPANIONS).await;
+    assert!(changed);
+    let companions = "samkor_companions(t.rk,Int64(2),Boolean(true),t.x > Int64(3),abs(t.x))";
+    let expected = format!(
+        "SortPreservingMergeExec: [region@0 ASC NULLS LAST]
+  ProjectionExec: expr=[region@0 as region, count(Int64(1))@1 as n, {companions}@2 as c]
+    SortExec: expr=[region@0 ASC NULLS LAST], preserve_partitioning=[true]
+      AggregateExec: mode=FinalPartitioned, gby=[region@0 as region], aggr=[count(Int64(1)), {companions}]
+        RepartitionExec: partitioning=Hash([region@0], 2), input_partitions=2
+          AggregateExec: mode=Partial, gby=[region@0 as region], aggr=[count(Int64(1)), {companions}]
+            RepartitionExec: partitioning=Hash([rk@1], 2), input_partitions=2
+              DataSourceExec: partitions=2, partition_sizes=[1, 1]
+"
+    );
+    assert_eq!(text, expected);
+}
+
+const PERSONS: &str = "SELECT region, count(*) AS n, samkor_persons(rk) AS p, min(rk) AS lo, max(rk) AS hi \
+                       FROM t GROUP BY region ORDER BY region";
+
+#[tokio::test]
+async fn persons_alone_are_split_too() {
+    let (_, changed, text) = rewritten(&session(2), PERSONS).await;
+    assert!(changed);
+    let expected = "SortPreservingMergeExec: [region@0 ASC NULLS LAST]
+  ProjectionExec: expr=[region@0 as region, count(Int64(1))@1 as n, samkor_persons(t.rk)@2 as p, min(t.rk)@3 as lo, max(t.rk)@4 as hi]
+    SortExec: expr=[region@0 ASC NULLS LAST], preserve_partitioning=[true]
+      AggregateExec: mode=FinalPartitioned, gby=[region@0 as region], aggr=[count(Int64(1)), samkor_persons(t.rk), min(t.rk), max(t.rk)]
+        RepartitionExec: partitioning=Hash([region@0], 2), input_partitions=2
+          AggregateExec: mode=Partial, gby=[region@0 as region], aggr=[count(Int64(1)), samkor_persons(t.rk), min(t.rk), max(t.rk)]
+            RepartitionExec: partitioning=Hash([rk@1], 2), input_partitions=2
+              DataSourceExec: partitions=2, partition_sizes=[1, 1]
+";
+    assert_eq!(text, expected);
+}
+
+#[tokio::test]
+async fn split_persons_give_the_answers_of_the_lists() {
+    for sql in [COMPANIONS, PERSONS] {
+        for partitions in [2, 3] {
+            let ctx = session(partitions);
+            let plain = ctx.sql(sql).await.expect("sql").collect().await.expect("run");
+            let (plan, _, _) = rewritten(&ctx, sql).await;
+            let task = TaskContext::from(&ctx.state()).with_session_config(task_config(ctx.state().config()));
+            let split = collect(plan, Arc::new(task)).await.expect("run");
+            let text = |b| pretty_format_batches(b).expect("format").to_string();
+            assert_eq!(text(&split), text(&plain), "{partitions} partitions: {sql}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn plans_it_cannot_split_are_left_as_they_are() {
+    let ctx = session(2);
+    for sql in [
+        // Persons of two record keys.
+        "SELECT region, samkor_companions(rk, 2, true), samkor_companions(other, 2, true) FROM t GROUP BY region",
+        "SELECT region, samkor_companions(rk, 2, true), samkor_persons(other) FROM t GROUP BY region",
+        // Persons of an expression.
+        "SELECT region, samkor_persons(CASE WHEN x > 3 THEN rk END) FROM t GROUP BY region",
+        // No GROUP BY.
+        "SELECT samkor_companions(rk, 2, true) FROM t",
+        // No companions.
+        "SELECT region, count(*), sum(x) FROM t GROUP BY region",
+    ] {
+        let before = ctx.sql(sql).await.expect("sql").create_physical_plan().await.expect("plan");
+        let text = displayable(before.as_ref()).indent(false).to_string();
+        let (_, changed, after) = rewritten(&ctx, sql).await;
+        assert!(!changed, "{sql}");
+        assert_eq!(after, text, "{sql}");
+    }
+    // One partition: nothing to split among.
+    let (_, changed, _) = rewritten(&session(1), COMPANIONS).await;
+    assert!(!changed);
+}
+
+#[test]
+fn the_task_never_skips_partial_aggregation() {
+    let config = task_config(&SessionConfig::new());
+    assert!(config.options().execution.skip_partial_aggregation_probe_ratio_threshold >= 1.0);
+}
