@@ -103,9 +103,8 @@ impl NodeService {
         let physical = state.create_physical_plan(&plan).await.map_err(|e| plan_error(self.state.register(), e))?;
         // Persons split by record key before partial aggregates over them:
         // partial states are summaries, not lists (samkor_functions::by_person).
-        let partitions = state.config().target_partitions();
         let (physical, split) =
-            by_person::partition_persons(physical, partitions).map_err(|e| plan_error(self.state.register(), e))?;
+            by_person::partition_persons(physical, &state).map_err(|e| plan_error(self.state.register(), e))?;
         let task = match split {
             true => Arc::new(TaskContext::from(&state).with_session_config(by_person::task_config(state.config()))),
             false => state.task_ctx(),

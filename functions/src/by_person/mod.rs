@@ -30,8 +30,9 @@
 //! A summary cannot be added to a row passed on unaggregated, so a session
 //! running such a plan never skips partial aggregation ([`task_config`]).
 //! It must not emit partial states early either, which DataFusion does only
-//! under a bounded memory pool: nodes run with an unbounded one, and the
-//! check above turns an early emit into an error, not a wrong count.
+//! under a bounded memory pool: plans of such a session are left as they
+//! are (nodes run with an unbounded pool; the coordinator's is bounded), and
+//! the check above would turn an early emit into an error, not a wrong count.
 
 use std::sync::Arc;
 
@@ -39,6 +40,8 @@ use datafusion::arrow::array::{Array, Int64Array};
 use datafusion::common::hash_utils::create_hashes;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Result, internal_err};
+use datafusion::execution::SessionState;
+use datafusion::execution::memory_pool::MemoryLimit;
 use datafusion::logical_expr::AggregateUDF;
 use datafusion::physical_expr::aggregate::{AggregateExprBuilder, AggregateFunctionExpr};
 use datafusion::physical_expr::expressions::Column;
@@ -58,15 +61,19 @@ mod tests;
 pub const MAX_PARTITIONS: usize = 128;
 
 /// Rewrites each grouped aggregate of `plan` with `samkor_companions` or
-/// `samkor_persons` to run over persons split among `partitions` hash
-/// partitions of their record key.
+/// `samkor_persons` to run over persons split among the session's target
+/// partitions, hash partitions of their record key.
 /// Returns the plan and whether anything was rewritten (then the plan runs
-/// under [`task_config`]). Left as they are: fewer than two partitions or
-/// more than [`MAX_PARTITIONS`], aggregates without `GROUP BY`, and
+/// under [`task_config`]). Left as they are: plans of a session with a
+/// bounded memory pool, fewer than two partitions or more than
+/// [`MAX_PARTITIONS`], aggregates without `GROUP BY`, and
 /// aggregates whose functions count persons of different record keys or
 /// of an expression.
-pub fn partition_persons(plan: Arc<dyn ExecutionPlan>, partitions: usize) -> Result<(Arc<dyn ExecutionPlan>, bool)> {
-    if !(2..=MAX_PARTITIONS).contains(&partitions) {
+pub fn partition_persons(plan: Arc<dyn ExecutionPlan>, state: &SessionState) -> Result<(Arc<dyn ExecutionPlan>, bool)> {
+    let partitions = state.config().target_partitions();
+    // A bounded pool lets a partial hand on states early, two of one group.
+    let unbounded = matches!(state.runtime_env().memory_pool.memory_limit(), MemoryLimit::Infinite);
+    if !unbounded || !(2..=MAX_PARTITIONS).contains(&partitions) {
         return Ok((plan, false));
     }
     let rewritten = plan.transform_up(|node| match rewrite(&node, partitions)? {

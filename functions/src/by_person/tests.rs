@@ -48,7 +48,7 @@ async fn rewritten(
     sql: &str,
 ) -> (Arc<dyn datafusion::physical_plan::ExecutionPlan>, bool, String) {
     let plan = ctx.sql(sql).await.expect("sql").create_physical_plan().await.expect("plan");
-    let (plan, changed) = partition_persons(plan, ctx.state().config().target_partitions()).expect("rewrite");
+    let (plan, changed) = partition_persons(plan, &ctx.state()).expect("rewrite");
     let text = displayable(plan.as_ref()).indent(false).to_string();
     (plan, changed, text)
 }
@@ -133,6 +133,19 @@ async fn plans_it_cannot_split_are_left_as_they_are() {
     // One partition: nothing to split among.
     let (_, changed, _) = rewritten(&session(1), COMPANIONS).await;
     assert!(!changed);
+}
+
+#[tokio::test]
+async fn a_session_with_a_bounded_memory_pool_keeps_the_lists() {
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    let unbounded = session(2);
+    let runtime = RuntimeEnvBuilder::new().with_memory_limit(64 << 20, 1.0).build_arc().expect("runtime");
+    let state = datafusion::execution::SessionStateBuilder::new_from_existing(unbounded.state())
+        .with_runtime_env(runtime)
+        .build();
+    let bounded = SessionContext::new_with_state(state);
+    let (_, changed, _) = rewritten(&bounded, COMPANIONS).await;
+    assert!(!changed, "a partial may emit early under a bounded pool");
 }
 
 #[test]
