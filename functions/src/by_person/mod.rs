@@ -36,13 +36,13 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, Int64Array};
+use datafusion::arrow::array::{Array, ArrayRef, Int64Array};
 use datafusion::common::hash_utils::create_hashes;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Result, internal_err};
 use datafusion::execution::SessionState;
 use datafusion::execution::memory_pool::MemoryLimit;
-use datafusion::logical_expr::AggregateUDF;
+use datafusion::logical_expr::{AggregateUDF, EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::aggregate::{AggregateExprBuilder, AggregateFunctionExpr};
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
@@ -189,6 +189,25 @@ fn summarised(
         builder = builder.human_display(display);
     }
     Ok(Arc::new(builder.build()?))
+}
+
+/// Before a split accumulator evaluates: the groups it aggregated itself and
+/// never handed on (a single aggregate, no final) merged in as its own state.
+pub(crate) fn merge_own_groups(acc: &mut dyn GroupsAccumulator, groups: usize) -> Result<()> {
+    if groups > 0 {
+        let state = acc.state(EmitTo::All)?;
+        acc.merge_batch(&state, &(0..groups).collect::<Vec<_>>(), groups)?;
+    }
+    Ok(())
+}
+
+/// A split accumulator's answer when asked to pass rows on unaggregated: a
+/// row's own state could not be added to another of its partition's.
+pub(crate) fn unaggregated(function: &str) -> Result<Vec<ArrayRef>> {
+    internal_err!(
+        "{function} over partitioned persons cannot pass rows on unaggregated; \
+         the session must not skip partial aggregation (samkor_functions::by_person::task_config)"
+    )
 }
 
 /// A group's partial states added up, with the partitions they came from.

@@ -16,12 +16,12 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, ListArray};
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Float64Type, Int64Type};
-use datafusion::common::{Result, internal_err};
+use datafusion::common::Result;
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 
 use super::{COMPANIONS_FN, CompanionGroups, Summary, Sums};
 use crate::PersonsCell;
-use crate::by_person::{Merged, PartitionOf};
+use crate::by_person::{Merged, PartitionOf, merge_own_groups, unaggregated};
 
 /// The fields of a partial state: the partition its persons belong to
 /// (null when it saw none), the cells of the conditions (packed as
@@ -142,24 +142,15 @@ impl<const D: usize> GroupsAccumulator for ByPersonGroups<D> {
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
-        // Rows aggregated here and never handed on (a single aggregate):
-        // their groups' summaries first.
-        let rows = self.inner.groups.runs.len();
-        if rows > 0 {
-            let state = self.state(EmitTo::All)?;
-            self.merge_batch(&state, &(0..rows).collect::<Vec<_>>(), rows)?;
-        }
+        let own = self.inner.groups.runs.len();
+        merge_own_groups(self, own)?;
         let merged = emit_to.take_needed(&mut self.merged);
         let (summaries, sums): (Vec<Summary<D>>, Vec<Sums<D>>) = merged.into_iter().map(|m| m.value).unzip();
         Ok(self.inner.struct_of(&summaries, &sums))
     }
 
     fn convert_to_state(&self, _values: &[ArrayRef], _opt_filter: Option<&BooleanArray>) -> Result<Vec<ArrayRef>> {
-        // A row's own summary could not be added to another of its partition's.
-        internal_err!(
-            "{COMPANIONS_FN} over partitioned persons cannot pass rows on unaggregated; \
-             the session must not skip partial aggregation (samkor_functions::by_person::task_config)"
-        )
+        unaggregated(COMPANIONS_FN)
     }
 
     fn size(&self) -> usize {

@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Int64Type};
-use datafusion::common::{Result, internal_err};
+use datafusion::common::Result;
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 
 use super::{PERSONS_FN, PersonsCell, PersonsGroups, cell};
-use crate::by_person::{Merged, PartitionOf};
+use crate::by_person::{Merged, PartitionOf, merge_own_groups, unaggregated};
 
 /// The fields of a partial state: the partition its persons belong to (null
 /// when it saw none) and the group's cell, packed ([`PersonsCell::pack`]).
@@ -67,21 +67,14 @@ impl GroupsAccumulator for ByPersonGroups {
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
-        // Rows aggregated here and never handed on (a single aggregate).
-        let rows = self.inner.groups.runs.len();
-        if rows > 0 {
-            let state = self.state(EmitTo::All)?;
-            self.merge_batch(&state, &(0..rows).collect::<Vec<_>>(), rows)?;
-        }
+        let own = self.inner.groups.runs.len();
+        merge_own_groups(self, own)?;
         let merged = emit_to.take_needed(&mut self.merged);
         Ok(Arc::new(merged.into_iter().map(|m| m.value.pack()).collect::<Int64Array>()))
     }
 
     fn convert_to_state(&self, _values: &[ArrayRef], _opt_filter: Option<&BooleanArray>) -> Result<Vec<ArrayRef>> {
-        internal_err!(
-            "{PERSONS_FN} over partitioned persons cannot pass rows on unaggregated; \
-             the session must not skip partial aggregation (samkor_functions::by_person::task_config)"
-        )
+        unaggregated(PERSONS_FN)
     }
 
     fn size(&self) -> usize {
