@@ -18,7 +18,7 @@ use arrow_flight::{
     PollInfo, PutResult, SchemaResult, Ticket,
 };
 use datafusion::common::DataFusionError;
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::SQLOptions;
 use datafusion::sql::sqlparser::parser::ParserError;
 use futures::TryStreamExt;
@@ -103,12 +103,8 @@ impl NodeService {
         let physical = state.create_physical_plan(&plan).await.map_err(|e| plan_error(self.state.register(), e))?;
         // Persons split by record key before partial aggregates over them:
         // partial states are summaries, not lists (samkor_functions::by_person).
-        let (physical, split) =
+        let by_person::Split { plan: physical, task, .. } =
             by_person::partition_persons(physical, &state).map_err(|e| plan_error(self.state.register(), e))?;
-        let task = match split {
-            true => Arc::new(TaskContext::from(&state).with_session_config(by_person::task_config(state.config()))),
-            false => state.task_ctx(),
-        };
         tracing::debug!(plan = %datafusion::physical_plan::displayable(physical.as_ref()).indent(false), "sub-query planned");
         let stream = datafusion::physical_plan::execute_stream(physical, task)
             .map_err(|e| plan_error(self.state.register(), e))?;

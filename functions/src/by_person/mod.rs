@@ -27,8 +27,9 @@
 //! of one group from the same partition. A plan that does not split persons
 //! fails; it never counts a person twice.
 //!
-//! A summary cannot be added to a row passed on unaggregated, so a session
-//! running such a plan never skips partial aggregation ([`task_config`]).
+//! A summary cannot be added to a row passed on unaggregated, so such a plan
+//! runs in a task that never skips partial aggregation, returned with it
+//! ([`Split::task`]).
 //! It must not emit partial states early either, which DataFusion does only
 //! under a bounded memory pool: plans of such a session are left as they
 //! are (nodes run with an unbounded pool; the coordinator's is bounded), and
@@ -40,8 +41,8 @@ use datafusion::arrow::array::{Array, ArrayRef, Int64Array};
 use datafusion::common::hash_utils::create_hashes;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Result, internal_err};
-use datafusion::execution::SessionState;
 use datafusion::execution::memory_pool::MemoryLimit;
+use datafusion::execution::{SessionState, TaskContext};
 use datafusion::logical_expr::{AggregateUDF, EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::aggregate::{AggregateExprBuilder, AggregateFunctionExpr};
 use datafusion::physical_expr::expressions::Column;
@@ -60,33 +61,46 @@ mod tests;
 /// group's merged state).
 pub const MAX_PARTITIONS: usize = 128;
 
+/// A physical plan as [`partition_persons`] leaves it, and the task it runs in.
+#[derive(Debug)]
+pub struct Split {
+    pub plan: Arc<dyn ExecutionPlan>,
+    /// The session's task, or, where persons were split, one that never
+    /// skips partial aggregation.
+    pub task: Arc<TaskContext>,
+    /// Whether persons were split anywhere in the plan.
+    pub rewritten: bool,
+}
+
 /// Rewrites each grouped aggregate of `plan` with `samkor_companions` or
 /// `samkor_persons` to run over persons split among the session's target
-/// partitions, hash partitions of their record key.
-/// Returns the plan and whether anything was rewritten (then the plan runs
-/// under [`task_config`]). Left as they are: plans of a session with a
+/// partitions, hash partitions of their record key; the plan must run in the
+/// task returned with it. Left as they are: plans of a session with a
 /// bounded memory pool, fewer than two partitions or more than
-/// [`MAX_PARTITIONS`], aggregates without `GROUP BY`, and
-/// aggregates whose functions count persons of different record keys or
-/// of an expression.
-pub fn partition_persons(plan: Arc<dyn ExecutionPlan>, state: &SessionState) -> Result<(Arc<dyn ExecutionPlan>, bool)> {
+/// [`MAX_PARTITIONS`], aggregates without `GROUP BY`, and aggregates whose
+/// functions count persons of different record keys or of an expression.
+pub fn partition_persons(plan: Arc<dyn ExecutionPlan>, state: &SessionState) -> Result<Split> {
     let partitions = state.config().target_partitions();
     // A bounded pool lets a partial hand on states early, two of one group.
     let unbounded = matches!(state.runtime_env().memory_pool.memory_limit(), MemoryLimit::Infinite);
     if !unbounded || !(2..=MAX_PARTITIONS).contains(&partitions) {
-        return Ok((plan, false));
+        return Ok(Split { plan, task: state.task_ctx(), rewritten: false });
     }
     let rewritten = plan.transform_up(|node| match rewrite(&node, partitions)? {
         Some(new) => Ok(Transformed::yes(new)),
         None => Ok(Transformed::no(node)),
     })?;
-    Ok((rewritten.data, rewritten.transformed))
+    let task = match rewritten.transformed {
+        true => Arc::new(TaskContext::from(state).with_session_config(task_config(state.config()))),
+        false => state.task_ctx(),
+    };
+    Ok(Split { plan: rewritten.data, task, rewritten: rewritten.transformed })
 }
 
 /// The settings a rewritten plan runs under: partial aggregation is never
 /// skipped for rows passed on unaggregated (DataFusion does when a partial
 /// finds nearly as many groups as rows).
-pub fn task_config(config: &SessionConfig) -> SessionConfig {
+fn task_config(config: &SessionConfig) -> SessionConfig {
     let mut config = config.clone();
     config.options_mut().execution.skip_partial_aggregation_probe_ratio_threshold = 1.0;
     config
@@ -206,7 +220,7 @@ pub(crate) fn merge_own_groups(acc: &mut dyn GroupsAccumulator, groups: usize) -
 pub(crate) fn unaggregated(function: &str) -> Result<Vec<ArrayRef>> {
     internal_err!(
         "{function} over partitioned persons cannot pass rows on unaggregated; \
-         the session must not skip partial aggregation (samkor_functions::by_person::task_config)"
+         the plan must run in the task partition_persons returns with it"
     )
 }
 

@@ -7,11 +7,10 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::datasource::MemTable;
-use datafusion::execution::TaskContext;
 use datafusion::physical_plan::{collect, displayable};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
-use super::{partition_persons, task_config};
+use super::partition_persons;
 
 /// Two partitions of rows: a region, a record key (a person's rows in both
 /// partitions), another key, a value.
@@ -43,14 +42,11 @@ fn session(target_partitions: usize) -> SessionContext {
 }
 
 /// The plan of `sql`, rewritten, and its text.
-async fn rewritten(
-    ctx: &SessionContext,
-    sql: &str,
-) -> (Arc<dyn datafusion::physical_plan::ExecutionPlan>, bool, String) {
+async fn rewritten(ctx: &SessionContext, sql: &str) -> (super::Split, String) {
     let plan = ctx.sql(sql).await.expect("sql").create_physical_plan().await.expect("plan");
-    let (plan, changed) = partition_persons(plan, &ctx.state()).expect("rewrite");
-    let text = displayable(plan.as_ref()).indent(false).to_string();
-    (plan, changed, text)
+    let split = partition_persons(plan, &ctx.state()).expect("rewrite");
+    let text = displayable(split.plan.as_ref()).indent(false).to_string();
+    (split, text)
 }
 
 const COMPANIONS: &str = "SELECT region, count(*) AS n, samkor_companions(rk, 2, true, x > 3, abs(x)) AS c \
@@ -59,8 +55,8 @@ const COMPANIONS: &str = "SELECT region, count(*) AS n, samkor_companions(rk, 2,
 #[tokio::test]
 async fn the_partials_input_is_split_on_the_record_key_and_both_steps_summarise() {
     let ctx = session(2);
-    let (_, changed, text) = rewritten(&ctx, COMPANIONS).await;
-    assert!(changed);
+    let (split, text) = rewritten(&ctx, COMPANIONS).await;
+    assert!(split.rewritten);
     let companions = "samkor_companions(t.rk,Int64(2),Boolean(true),t.x > Int64(3),abs(t.x))";
     let expected = format!(
         "SortPreservingMergeExec: [region@0 ASC NULLS LAST]
@@ -81,8 +77,8 @@ const PERSONS: &str = "SELECT region, count(*) AS n, samkor_persons(rk) AS p, mi
 
 #[tokio::test]
 async fn persons_alone_are_split_too() {
-    let (_, changed, text) = rewritten(&session(2), PERSONS).await;
-    assert!(changed);
+    let (split, text) = rewritten(&session(2), PERSONS).await;
+    assert!(split.rewritten);
     let expected = "SortPreservingMergeExec: [region@0 ASC NULLS LAST]
   ProjectionExec: expr=[region@0 as region, count(Int64(1))@1 as n, samkor_persons(t.rk)@2 as p, min(t.rk)@3 as lo, max(t.rk)@4 as hi]
     SortExec: expr=[region@0 ASC NULLS LAST], preserve_partitioning=[true]
@@ -101,9 +97,8 @@ async fn split_persons_give_the_answers_of_the_lists() {
         for partitions in [2, 3] {
             let ctx = session(partitions);
             let plain = ctx.sql(sql).await.expect("sql").collect().await.expect("run");
-            let (plan, _, _) = rewritten(&ctx, sql).await;
-            let task = TaskContext::from(&ctx.state()).with_session_config(task_config(ctx.state().config()));
-            let split = collect(plan, Arc::new(task)).await.expect("run");
+            let (split, _) = rewritten(&ctx, sql).await;
+            let split = collect(split.plan, split.task).await.expect("run");
             let text = |b| pretty_format_batches(b).expect("format").to_string();
             assert_eq!(text(&split), text(&plain), "{partitions} partitions: {sql}");
         }
@@ -126,13 +121,13 @@ async fn plans_it_cannot_split_are_left_as_they_are() {
     ] {
         let before = ctx.sql(sql).await.expect("sql").create_physical_plan().await.expect("plan");
         let text = displayable(before.as_ref()).indent(false).to_string();
-        let (_, changed, after) = rewritten(&ctx, sql).await;
-        assert!(!changed, "{sql}");
+        let (split, after) = rewritten(&ctx, sql).await;
+        assert!(!split.rewritten, "{sql}");
         assert_eq!(after, text, "{sql}");
     }
     // One partition: nothing to split among.
-    let (_, changed, _) = rewritten(&session(1), COMPANIONS).await;
-    assert!(!changed);
+    let (split, _) = rewritten(&session(1), COMPANIONS).await;
+    assert!(!split.rewritten);
 }
 
 #[tokio::test]
@@ -144,12 +139,18 @@ async fn a_session_with_a_bounded_memory_pool_keeps_the_lists() {
         .with_runtime_env(runtime)
         .build();
     let bounded = SessionContext::new_with_state(state);
-    let (_, changed, _) = rewritten(&bounded, COMPANIONS).await;
-    assert!(!changed, "a partial may emit early under a bounded pool");
+    let (split, _) = rewritten(&bounded, COMPANIONS).await;
+    assert!(!split.rewritten, "a partial may emit early under a bounded pool");
 }
 
-#[test]
-fn the_task_never_skips_partial_aggregation() {
-    let config = task_config(&SessionConfig::new());
-    assert!(config.options().execution.skip_partial_aggregation_probe_ratio_threshold >= 1.0);
+#[tokio::test]
+async fn a_split_plan_runs_in_a_task_that_never_skips_partial_aggregation() {
+    let skips = |split: &super::Split| {
+        split.task.session_config().options().execution.skip_partial_aggregation_probe_ratio_threshold < 1.0
+    };
+    let ctx = session(2);
+    let (split, _) = rewritten(&ctx, COMPANIONS).await;
+    assert!(split.rewritten && !skips(&split));
+    let (kept, _) = rewritten(&ctx, "SELECT region, count(*) FROM t GROUP BY region").await;
+    assert!(!kept.rewritten && skips(&kept), "the session's own task");
 }
