@@ -142,16 +142,17 @@ pub(crate) struct Companions {
 
 /// The aggregate function.
 pub fn companions_udaf() -> AggregateUDF {
-    AggregateUDF::from(Companions { signature: Signature::user_defined(Volatility::Immutable), partitions: None })
+    companions_over(None)
 }
 
 /// The aggregate function over persons split among `partitions` hash
 /// partitions of their record key ([`crate::by_person`]).
 pub(crate) fn companions_by_person_udaf(partitions: usize) -> AggregateUDF {
-    AggregateUDF::from(Companions {
-        signature: Signature::user_defined(Volatility::Immutable),
-        partitions: Some(partitions),
-    })
+    companions_over(Some(partitions))
+}
+
+fn companions_over(partitions: Option<usize>) -> AggregateUDF {
+    AggregateUDF::from(Companions { signature: Signature::user_defined(Volatility::Immutable), partitions })
 }
 
 /// The accumulator of `D` magnitudes, grouped or not, over persons split

@@ -55,17 +55,18 @@ pub(crate) struct Persons {
 
 /// The aggregate function.
 pub fn persons_udaf() -> AggregateUDF {
-    AggregateUDF::from(Persons {
-        signature: Signature::exact(vec![DataType::Int64], Volatility::Immutable),
-        partitions: None,
-    })
+    persons_over(None)
 }
 
 /// The aggregate function over persons split among `partitions` hash
 /// partitions of their record key ([`crate::by_person`]).
 pub(crate) fn persons_by_person_udaf(partitions: usize) -> AggregateUDF {
+    persons_over(Some(partitions))
+}
+
+fn persons_over(partitions: Option<usize>) -> AggregateUDF {
     let signature = Signature::exact(vec![DataType::Int64], Volatility::Immutable);
-    AggregateUDF::from(Persons { signature, partitions: Some(partitions) })
+    AggregateUDF::from(Persons { signature, partitions })
 }
 
 impl AggregateUDFImpl for Persons {
