@@ -92,13 +92,14 @@ impl NodeService {
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
         let df = ctx.sql_with_options(sql, options).await.map_err(|e| plan_error(self.state.register(), e))?;
         let (state, plan) = df.into_parts();
+        // Rows of tables holding one row per person: a cell's persons are its
+        // rows (before the next rewrite, which may make the record keys columns).
+        let distinct = crate::one_per_person::distinct_person_tables(&plan).await;
+        let plan = crate::one_per_person::count_persons_by_rows(plan, &distinct)
+            .map_err(|e| plan_error(self.state.register(), e))?;
         // Persons only counted: the identity numbers are counted, never pseudonymised or sent.
         let on_identity = self.state.identity_functions(scope);
         let plan = crate::counting::count_on_identity_numbers(plan, &on_identity)
-            .map_err(|e| plan_error(self.state.register(), e))?;
-        // Rows of tables holding one row per person: a cell's persons are its rows.
-        let distinct = crate::one_per_person::distinct_person_tables(&plan).await;
-        let plan = crate::one_per_person::count_persons_by_rows(plan, &distinct)
             .map_err(|e| plan_error(self.state.register(), e))?;
         let physical = state.create_physical_plan(&plan).await.map_err(|e| plan_error(self.state.register(), e))?;
         // Persons split by record key before partial aggregates over them:

@@ -54,6 +54,7 @@ use samkor_proto::PERSON_COLUMN;
 
 use crate::access::Refusal;
 use crate::config::{FileFormat as ConfigFormat, TableConfig};
+use crate::counting::RecordKeyer;
 use crate::identities::{FromCache, IdentityCache};
 use crate::optout::{OptOutSet, pnr_key};
 use crate::pseudonym::{ProjectPseudonymiser, same_value};
@@ -192,7 +193,7 @@ impl ServedTable {
     }
 
     /// The table served from `inner`, whose schema is the declared one.
-    fn over(config: TableConfig, inner: Arc<dyn TableProvider>) -> ServedTable {
+    pub(crate) fn over(config: TableConfig, inner: Arc<dyn TableProvider>) -> ServedTable {
         let declared = inner.schema();
         let person_idx = declared.index_of(&config.person_column).expect("checked at config load");
         let exposed =
@@ -242,6 +243,7 @@ impl ServedTable {
             read: None,
             project: String::new(),
             persons_counted_only: false,
+            keyed: None,
         }
     }
 }
@@ -290,6 +292,10 @@ pub struct ProjectTable {
     /// The plan only counts persons ([`crate::counting`]): `person` holds the
     /// identity number, which never leaves the node.
     persons_counted_only: bool,
+    /// The plan uses `person` only through its record key
+    /// ([`crate::counting`]): `person` holds the record key (`Int64`), and
+    /// the table's schema says so.
+    keyed: Option<(RecordKeyer, SchemaRef)>,
 }
 
 impl ProjectTable {
@@ -311,6 +317,24 @@ impl ProjectTable {
     /// ([`crate::counting`]): its scans emit the identity number as `person`.
     pub fn counting_persons_only(&self) -> ProjectTable {
         ProjectTable { persons_counted_only: true, ..self.clone() }
+    }
+
+    /// The same table for a plan that uses `person` only through its record
+    /// key ([`crate::counting`]): its scans emit `keyer`'s record key as
+    /// `person`, an `Int64`.
+    pub fn keying_persons(&self, keyer: RecordKeyer) -> ProjectTable {
+        let exposed = &self.served.exposed;
+        let fields: Vec<Field> = exposed
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| match i == self.served.person_idx {
+                true => Field::new(f.name(), DataType::Int64, true),
+                false => f.as_ref().clone(),
+            })
+            .collect();
+        let schema = Arc::new(Schema::new_with_metadata(fields, exposed.metadata().clone()));
+        ProjectTable { persons_counted_only: true, keyed: Some((keyer, schema)), ..self.clone() }
     }
 
     /// Records the columns every scan reads in `read`.
@@ -337,7 +361,10 @@ fn references_person(e: &Expr) -> bool {
 #[async_trait]
 impl TableProvider for ProjectTable {
     fn schema(&self) -> SchemaRef {
-        self.served.exposed.clone()
+        match &self.keyed {
+            Some((_, schema)) => schema.clone(),
+            None => self.served.exposed.clone(),
+        }
     }
 
     fn table_type(&self) -> TableType {
@@ -444,6 +471,7 @@ impl TableProvider for ProjectTable {
                 person_column,
                 &inner_projection,
                 pnr_pos,
+                self.keyed.as_ref().map(|(keyer, _)| keyer.clone()),
             )
             .await?;
             if let Some((scan, identities)) = rebuilt {
@@ -457,7 +485,7 @@ impl TableProvider for ProjectTable {
             let predicate = state.create_physical_expr(predicate, &input_schema)?;
             input = Arc::new(FilterExec::try_new(predicate, input)?);
         }
-        let schema = Arc::new(self.served.exposed.project(&wanted)?);
+        let schema = Arc::new(self.schema().project(&wanted)?);
         let person_out = wanted.iter().position(|&i| i == person_idx);
         Ok(Arc::new(
             PseudonymiseExec::new(
@@ -470,6 +498,7 @@ impl TableProvider for ProjectTable {
                 self.opt_outs.clone(),
             )
             .persons_counted_only(self.persons_counted_only)
+            .persons_keyed(self.keyed.as_ref().map(|(keyer, _)| keyer.clone()))
             .on_cluster(self.served.on_cluster.then(|| table.clone()))
             .identities_from(from_cache),
         ))
@@ -493,6 +522,8 @@ pub struct PseudonymiseExec {
     opt_outs: Arc<OptOutSet>,
     /// `person` holds the identity number: the plan above only counts persons.
     counted_only: bool,
+    /// `person` holds its record key: the plan above uses nothing else of it.
+    keyed: Option<RecordKeyer>,
     /// The table whose scan below runs on the holder's cluster ([`crate::cluster`]).
     cluster_table: Option<String>,
     /// The scan below reads row numbers, the identity numbers come from the
@@ -527,6 +558,7 @@ impl PseudonymiseExec {
             pseudonymiser,
             opt_outs,
             counted_only: false,
+            keyed: None,
             cluster_table: None,
             from_cache: None,
             properties,
@@ -535,6 +567,11 @@ impl PseudonymiseExec {
 
     fn persons_counted_only(mut self, counted_only: bool) -> Self {
         self.counted_only = counted_only;
+        self
+    }
+
+    fn persons_keyed(mut self, keyer: Option<RecordKeyer>) -> Self {
+        self.keyed = keyer;
         self
     }
 
@@ -565,10 +602,11 @@ impl DisplayAs for PseudonymiseExec {
             f,
             "PseudonymiseExec: project={}, person={}, opted_out={}{}",
             self.pseudonymiser.project(),
-            match (self.person_out, self.counted_only) {
-                (None, _) => "not projected".to_owned(),
-                (Some(p), false) => format!("column {p}"),
-                (Some(p), true) => format!("identity number (counted only) in column {p}"),
+            match (self.person_out, self.counted_only, &self.keyed) {
+                (None, ..) => "not projected".to_owned(),
+                (Some(p), _, Some(_)) => format!("record key (keyed at the scan) in column {p}"),
+                (Some(p), false, None) => format!("column {p}"),
+                (Some(p), true, None) => format!("identity number (counted only) in column {p}"),
             },
             self.opt_outs.len(),
             self.unit.as_ref().map_or(String::new(), |(pos, _)| format!(", own unit only (input column {pos})"))
@@ -615,6 +653,7 @@ impl ExecutionPlan for PseudonymiseExec {
                 self.opt_outs.clone(),
             )
             .persons_counted_only(self.counted_only)
+            .persons_keyed(self.keyed.clone())
             .on_cluster(self.cluster_table.clone())
             .identities_from(self.from_cache.clone()),
         ))
@@ -629,13 +668,18 @@ impl ExecutionPlan for PseudonymiseExec {
         let opt_outs = self.opt_outs.clone();
         let out_schema = schema.clone();
         let counted_only = self.counted_only;
+        let keyed = self.keyed.clone();
         let from_cache = self.from_cache.clone();
         let stream = input.map(move |batch| {
             let (batch, kept) = match &from_cache {
                 Some(cache) => cache.restore(&batch?, &opt_outs)?,
                 None => (batch?, None),
             };
-            let person = if counted_only { Person::Identity } else { Person::Pseudonym(&pseudonymiser) };
+            let person = match (&keyed, counted_only) {
+                (Some(keyer), _) => Person::RecordKey(keyer),
+                (None, true) => Person::Identity,
+                (None, false) => Person::Pseudonym(&pseudonymiser),
+            };
             transform(
                 &batch,
                 &out_schema,
@@ -656,6 +700,9 @@ enum Person<'a> {
     Pseudonym(&'a ProjectPseudonymiser),
     /// The identity number, for a plan that only counts persons.
     Identity,
+    /// The record key, for a plan that uses the person only through it
+    /// (from the node's memory already where the scan read row numbers).
+    RecordKey(&'a RecordKeyer),
 }
 
 /// The rows whose persons have not opted out.
@@ -701,6 +748,10 @@ fn transform(
                         p.pseudonymise(batch.column(pnr_pos).as_ref()).map_err(DataFusionError::Execution)
                     }
                     Person::Identity => identity_as_utf8(batch.column(pnr_pos)),
+                    Person::RecordKey(keyer) => match batch.column(pnr_pos) {
+                        keys if keys.data_type() == &DataType::Int64 => Ok(keys.clone()),
+                        identities => keyer.keys(identities.as_ref()),
+                    },
                 }
             } else {
                 Ok(batch.column(i).clone())

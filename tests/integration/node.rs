@@ -407,15 +407,15 @@ async fn record_keys_from_identity_numbers_equal_those_from_pseudonyms() {
     for ((person, region), rk) in strings(&rows, 0).into_iter().zip(strings(&rows, 1)).zip(i64s(&rows, 2)) {
         cells.entry(region).or_default().insert(person, rk);
     }
-    let expected: Vec<String> = cells
-        .iter()
-        .map(|(region, persons)| {
-            let key = persons.values().fold(0u32, |k, rk| k.wrapping_add(*rk as u32));
-            let cell = samkor_functions::PersonsCell { persons: persons.len() as u64, key }.pack();
-            let (lo, hi) = (persons.values().min().expect("a person"), persons.values().max().expect("a person"));
-            format!("{region} {} {cell} {lo} {hi}", persons.len())
-        })
-        .collect();
+    // A cell's persons, its packed cell (count and key) and extreme keys.
+    let summary = |persons: &std::collections::BTreeMap<String, i64>| {
+        let key = persons.values().fold(0u32, |k, rk| k.wrapping_add(*rk as u32));
+        let cell = samkor_functions::PersonsCell { persons: persons.len() as u64, key }.pack();
+        let (lo, hi) = (persons.values().min().expect("a person"), persons.values().max().expect("a person"));
+        format!("{cell} {lo} {hi}")
+    };
+    let expected: Vec<String> =
+        cells.iter().map(|(region, persons)| format!("{region} {} {}", persons.len(), summary(persons))).collect();
     let got: Vec<String> = (0..served.iter().map(|b| b.num_rows()).sum::<usize>())
         .map(|i| {
             let field = |c: usize| strings(&served, c)[i].clone();
@@ -424,6 +424,22 @@ async fn record_keys_from_identity_numbers_equal_those_from_pseudonyms() {
         .collect();
     assert!(expected.len() > 3, "several regions: {expected:?}");
     assert_eq!(got, expected);
+    // Record keys alone: computed at the scan as the person column, the same cells.
+    let keyed = "SELECT region, samkor_persons(rk) AS cell, min(rk) AS lo, max(rk) AS hi \
+                 FROM (SELECT person, region, samkor_record_key(person) AS rk FROM operations WHERE asa > 1) AS o \
+                 GROUP BY region ORDER BY region";
+    let plan = strings(&run(&client, "P-1", &format!("EXPLAIN {keyed}")).await.expect("explain"), 1).join("\n");
+    assert!(plan.contains("record key (keyed at the scan)") && !plan.contains("of_identity_number"), "{plan}");
+    let served = run(&client, "P-1", keyed).await.expect("cells");
+    let got: Vec<String> = (0..served.iter().map(|b| b.num_rows()).sum::<usize>())
+        .map(|i| {
+            let field = |c: usize| strings(&served, c)[i].clone();
+            format!("{} {} {} {}", field(0), field(1), field(2), field(3))
+        })
+        .collect();
+    let without_counts: Vec<String> =
+        cells.iter().map(|(region, persons)| format!("{region} {}", summary(persons))).collect();
+    assert_eq!(got, without_counts);
     node.shutdown().await;
 }
 
@@ -621,6 +637,16 @@ async fn identity_numbers_from_memory_give_the_answers_decoding_gives() {
             "SELECT atc, count(DISTINCT person) AS p, round(sum(ddd), 3) AS d FROM dispensations WHERE region = 'Skåne' GROUP BY atc",
         ),
         ("lmr", "SELECT person, count(*) AS n FROM dispensations WHERE atc LIKE 'N06%' GROUP BY person"),
+        // Record keys alone: keyed at the scan, from memory or computed there.
+        (
+            "hip",
+            "SELECT region, samkor_persons(rk) AS cell, min(rk) AS lo, max(rk) AS hi \
+             FROM (SELECT person, region, samkor_record_key(person) AS rk FROM operations WHERE asa > 1) AS o GROUP BY region",
+        ),
+        (
+            "lmr",
+            "SELECT atc, samkor_persons(samkor_record_key(person)) AS cell FROM dispensations WHERE region = 'Skåne' GROUP BY atc",
+        ),
     ];
     for register in ["hip", "lmr"] {
         let cached = start_node(dir, register).await;
@@ -635,11 +661,18 @@ async fn identity_numbers_from_memory_give_the_answers_decoding_gives() {
             let plan = explain(&cached_client).await;
             assert!(plan.contains("identity numbers from memory by row number"), "{sql}: {plan}");
             assert!(!explain(&decoded_client).await.contains("from memory"), "{sql}");
+            let keyed = sql.contains("samkor_persons");
+            assert_eq!(plan.contains("record key (keyed at the scan)"), keyed, "{sql}: {plan}");
             let from_memory = run(&cached_client, "P-1", sql).await.expect("from memory");
             let from_files = run(&decoded_client, "P-1", sql).await.expect("decoded");
             assert!(from_memory.iter().map(|b| b.num_rows()).sum::<usize>() > 0, "{sql}: no rows");
             // (A sum of decimals is rounded above: its last bits follow the order rows are added in.)
             assert_eq!(sorted_lines(&from_memory), sorted_lines(&from_files), "{sql}");
+            if keyed {
+                // Again: the keys now come from memory.
+                let again = run(&cached_client, "P-1", sql).await.expect("from memory");
+                assert_eq!(sorted_lines(&again), sorted_lines(&from_files), "{sql}");
+            }
         }
         cached.shutdown().await;
         decoded.shutdown().await;

@@ -15,6 +15,12 @@
 //! given from memory, before the opt-out check, exactly where the decoded
 //! column was used ([`crate::table::PseudonymiseExec`]).
 //!
+//! * **Record keys.** A plan that uses `person` only through its record key
+//!   ([`crate::counting`]) asks for the keys instead ([`Identities::record_keys`]):
+//!   each row's key is computed the first time a scan asks for its row and
+//!   kept beside the identity numbers (8 bytes a row, one pseudonym domain
+//!   at a time), so a query repeated, or another query of the project over
+//!   the same rows, takes its keys from memory.
 //! * **Freshness.** An entry belongs to a file's location, size and time of
 //!   change, as listed for the scan (the node lists its files for every
 //!   query); a file whose size or time changed is read again before the scan
@@ -28,6 +34,7 @@
 //! * Not for CSV files, PostgreSQL tables or scans on a cluster.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::builder::make_view;
@@ -45,6 +52,7 @@ use datafusion::parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use futures::StreamExt;
 
+use crate::counting::RecordKeyer;
 use crate::optout::OptOutSet;
 
 mod scan;
@@ -61,6 +69,17 @@ pub struct Identities {
     /// Which rows' persons have not opted out, for the opt-out list it was
     /// computed with (the list's set is shared until the file changes).
     kept: Mutex<Option<(Arc<OptOutSet>, BooleanBuffer)>>,
+    /// The record keys of the rows asked for so far, of one pseudonym domain.
+    keys: Mutex<Option<Arc<KeyMemo>>>,
+}
+
+/// The record keys of a file's rows under one [`RecordKeyer`], each computed
+/// the first time its row is asked for. 0 stands for "not yet": a key that
+/// is 0 is computed again each time, which changes its cost, not its value.
+#[derive(Debug)]
+struct KeyMemo {
+    keyer: RecordKeyer,
+    keys: Box<[AtomicI64]>,
 }
 
 impl Identities {
@@ -76,14 +95,14 @@ impl Identities {
         true
     }
 
-    /// The bytes held for the file, its opt-out bits included.
+    /// The bytes held for the file, its opt-out bits and record keys included.
     fn bytes(&self) -> usize {
-        self.views.len() * 16 + self.nulls.as_ref().map_or(0, |n| n.buffer().len()) + self.views.len().div_ceil(8)
+        self.views.len() * 24 + self.nulls.as_ref().map_or(0, |n| n.buffer().len()) + self.views.len().div_ceil(8)
     }
 
     /// At least the bytes of a file of `rows` rows, nulls included.
     fn bytes_for(rows: usize) -> usize {
-        rows.saturating_mul(16).saturating_add(2 * rows.div_ceil(8))
+        rows.saturating_mul(24).saturating_add(2 * rows.div_ceil(8))
     }
 
     pub fn len(&self) -> usize {
@@ -95,7 +114,7 @@ impl Identities {
     }
 
     fn new(views: Vec<u128>, nulls: Option<NullBuffer>) -> Identities {
-        Identities { views: ScalarBuffer::from(views), nulls, kept: Mutex::default() }
+        Identities { views: ScalarBuffer::from(views), nulls, kept: Mutex::default(), keys: Mutex::default() }
     }
 
     /// Whether the persons of the file's rows `rows` have not opted out of
@@ -116,27 +135,81 @@ impl Identities {
         Ok(BooleanArray::new(BooleanBuffer::collect_bool(rows.len(), of), None))
     }
 
-    /// The identity numbers of the file's rows `rows`, in their order.
-    pub fn gather(&self, rows: &Int64Array) -> Result<ArrayRef> {
-        let beyond = || {
+    /// `row` as an index of the file's rows, or the error of a file that changed.
+    fn index(&self, row: i64) -> Result<usize> {
+        usize::try_from(row).ok().filter(|&r| r < self.views.len()).ok_or_else(|| {
             DataFusionError::Execution(format!(
                 "a data file changed while it was read (a row beyond its {} rows); run the query again",
                 self.views.len()
             ))
-        };
-        let mut views = Vec::with_capacity(rows.len());
-        for &row in rows.values() {
-            views.push(*usize::try_from(row).ok().and_then(|r| self.views.get(r)).ok_or_else(beyond)?);
-        }
+        })
+    }
+
+    /// The nulls of the file's rows `rows` (checked by [`Self::index`]).
+    fn nulls_of(&self, rows: &Int64Array) -> Option<NullBuffer> {
         let nulls = self.nulls.as_ref().map(|n| {
             NullBuffer::new(BooleanBuffer::collect_bool(rows.len(), |i| n.is_valid(rows.values()[i] as usize)))
         });
-        let nulls = NullBuffer::union(nulls.as_ref(), rows.nulls());
+        NullBuffer::union(nulls.as_ref(), rows.nulls())
+    }
+
+    /// The identity numbers of the file's rows `rows`, in their order.
+    pub fn gather(&self, rows: &Int64Array) -> Result<ArrayRef> {
+        let mut views = Vec::with_capacity(rows.len());
+        for &row in rows.values() {
+            views.push(self.views[self.index(row)?]);
+        }
+        let nulls = self.nulls_of(rows);
         // SAFETY: every view was made by `make_view` from a `&str` of at most
         // 12 bytes (`Identities::of`: inline, no data buffer) and is copied
         // unchanged. `try_new` would check the UTF-8 of every value again in
         // every scan: 8.4 M rows of lmr took 10 % longer.
         Ok(Arc::new(unsafe { StringViewArray::new_unchecked(ScalarBuffer::from(views), Vec::new(), nulls) }))
+    }
+
+    /// The record keys of the file's rows `rows` under `keyer`, in their
+    /// order: those computed before from memory, the others computed now
+    /// (from the identity numbers held) and kept.
+    pub fn record_keys(&self, rows: &Int64Array, keyer: &RecordKeyer) -> Result<ArrayRef> {
+        let memo = self.memo(keyer);
+        let mut keys = Vec::with_capacity(rows.len());
+        // Positions in `rows` of valid rows without a key yet, and their rows.
+        let (mut missing, mut at) = (Vec::new(), Vec::new());
+        for (i, &row) in rows.values().iter().enumerate() {
+            let r = self.index(row)?;
+            let key = memo.keys[r].load(Ordering::Relaxed);
+            if key == 0 && self.nulls.as_ref().is_none_or(|n| n.is_valid(r)) {
+                missing.push(i);
+                at.push(r);
+            }
+            keys.push(key);
+        }
+        if !missing.is_empty() {
+            let views: Vec<u128> = at.iter().map(|&r| self.views[r]).collect();
+            // SAFETY: views of `Identities::of`, inline and copied unchanged (see `gather`).
+            let identities = unsafe { StringViewArray::new_unchecked(ScalarBuffer::from(views), Vec::new(), None) };
+            let computed = keyer.keys(&identities)?;
+            let computed = computed.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+            for ((&i, &r), &key) in missing.iter().zip(&at).zip(computed.values()) {
+                keys[i] = key;
+                memo.keys[r].store(key, Ordering::Relaxed);
+            }
+        }
+        Ok(Arc::new(Int64Array::new(ScalarBuffer::from(keys), self.nulls_of(rows))))
+    }
+
+    /// The memo of `keyer`'s keys; one of another domain is replaced.
+    fn memo(&self, keyer: &RecordKeyer) -> Arc<KeyMemo> {
+        let mut memo = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        match &*memo {
+            Some(held) if held.keyer.same(keyer) => held.clone(),
+            _ => {
+                let keys = (0..self.views.len()).map(|_| AtomicI64::new(0)).collect();
+                let fresh = Arc::new(KeyMemo { keyer: keyer.clone(), keys });
+                *memo = Some(fresh.clone());
+                fresh
+            }
+        }
     }
 }
 

@@ -17,6 +17,7 @@ use datafusion::parquet::arrow::RowNumber;
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::{Identities, IdentityCache};
+use crate::counting::RecordKeyer;
 use crate::optout::OptOutSet;
 
 /// The partition value that numbers a scan's files.
@@ -34,13 +35,16 @@ pub struct FromCache {
     at: usize,
     /// The last column of the scan's output: the row's number in its file.
     row: usize,
+    /// Set where the plan uses `person` only through its record key: the
+    /// keys, not the identity numbers, take the file's number's place.
+    keyed: Option<RecordKeyer>,
     /// The batches as the decoder would have given them.
     restored: SchemaRef,
 }
 
 impl FromCache {
-    /// `batch` of the scan with the identity numbers in place of the file's
-    /// number and without the row numbers; and which of its rows' persons
+    /// `batch` of the scan with the identity numbers (or their record keys)
+    /// in place of the file's number and without the row numbers; and which of its rows' persons
     /// have not opted out of `opt_outs` (if it is not empty).
     pub fn restore(
         &self,
@@ -48,7 +52,10 @@ impl FromCache {
         opt_outs: &Arc<OptOutSet>,
     ) -> Result<(RecordBatch, Option<BooleanArray>)> {
         let (files, rows) = (batch.column(self.at), batch.column(self.row));
-        let identities = self.each_file(files, rows, |file, rows| file.gather(rows))?;
+        let identities = match &self.keyed {
+            None => self.each_file(files, rows, |file, rows| file.gather(rows))?,
+            Some(keyer) => self.each_file(files, rows, |file, rows| file.record_keys(rows, keyer))?,
+        };
         let kept = if opt_outs.is_empty() {
             None
         } else {
@@ -96,7 +103,9 @@ impl FromCache {
 /// `listed`, the scan of `table`'s Parquet files with `projection` (of its
 /// schema), rebuilt with the table's own file format to read each row's
 /// number and file instead of `person_column` (at `at` of the projection), if
-/// the cache holds the identity column of every file.
+/// the cache holds the identity column of every file. With `keyed`, the
+/// restored batches hold record keys where the identity numbers were.
+#[allow(clippy::too_many_arguments)]
 pub async fn without_identity_column(
     state: &dyn Session,
     table: &ListingTable,
@@ -105,6 +114,7 @@ pub async fn without_identity_column(
     person_column: &str,
     projection: &[usize],
     at: usize,
+    keyed: Option<RecordKeyer>,
 ) -> Result<Option<(Arc<dyn ExecutionPlan>, Arc<FromCache>)>> {
     let Some(scan) = listed.downcast_ref::<DataSourceExec>() else { return Ok(None) };
     let Some(config) = scan.data_source().downcast_ref::<FileScanConfig>() else { return Ok(None) };
@@ -133,9 +143,10 @@ pub async fn without_identity_column(
     let out = plan.schema();
     let row = out.fields().len() - 1;
     let mut restored: Vec<Field> = out.fields()[..row].iter().map(|f| f.as_ref().clone()).collect();
-    restored[at] = Field::new(person_column, DataType::Utf8View, true);
+    let person_type = if keyed.is_some() { DataType::Int64 } else { DataType::Utf8View };
+    restored[at] = Field::new(person_column, person_type, true);
     let restored = Arc::new(Schema::new(restored));
-    Ok(Some((plan, Arc::new(FromCache { files, at, row, restored }))))
+    Ok(Some((plan, Arc::new(FromCache { files, at, row, keyed, restored }))))
 }
 
 /// The groups with each file numbered by a partition value, and the files in
@@ -183,7 +194,8 @@ mod tests {
             Field::new("pnr", DataType::Utf8View, true),
             Field::new("n", DataType::Int32, false),
         ]));
-        let cache = FromCache { files: vec![file(194001010000), file(195001010000)], at: 0, row: 2, restored };
+        let cache =
+            FromCache { files: vec![file(194001010000), file(195001010000)], at: 0, row: 2, keyed: None, restored };
         let scanned = Arc::new(Schema::new(vec![
             Field::new(FILE_COLUMN, DataType::UInt32, false),
             Field::new("n", DataType::Int32, false),

@@ -93,7 +93,7 @@ async fn a_file_rewritten_is_read_again() {
     );
     let held = cache.columns(&store, std::slice::from_ref(&after), "pnr").await.expect("read").expect("held");
     assert_eq!(texts(&held[0].gather(&rows(&[0, 309])).expect("gather")), vec![values[0].clone(), values[309].clone()]);
-    assert_eq!(cache.bytes(), 310 * 16 + 2 * 310usize.div_ceil(8), "the old file's entry was replaced");
+    assert_eq!(cache.bytes(), 310 * 24 + 2 * 310usize.div_ceil(8), "the old file's entry was replaced");
 }
 
 #[tokio::test]
@@ -114,11 +114,11 @@ async fn identity_numbers_longer_than_a_view_holds_are_decoded_in_each_scan() {
 async fn the_budget_keeps_the_files_used_last() {
     let dir = tempfile::tempdir().expect("dir");
     let store = store();
-    // 1 MiB holds two files of 30 000 rows (480 000 bytes each), not three.
+    // 1 MiB holds two files of 20 000 rows (480 000 bytes each, record keys included), not three.
     let mut metas = Vec::new();
     for (i, name) in ["a", "b", "c"].iter().enumerate() {
         metas.push(
-            write(&store, &dir.path().join(format!("{name}.parquet")), &identity_numbers(30_000, i as u64)).await,
+            write(&store, &dir.path().join(format!("{name}.parquet")), &identity_numbers(20_000, i as u64)).await,
         );
     }
     let cache = IdentityCache::new(1);
@@ -136,4 +136,40 @@ async fn the_budget_keeps_the_files_used_last() {
     assert!(cache.bytes() <= 1 << 20, "{}", cache.bytes());
     // Off.
     assert!(!IdentityCache::new(0).enabled());
+}
+
+#[tokio::test]
+async fn record_keys_are_computed_once_a_row_and_domain() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = store();
+    let meta = write(&store, &dir.path().join("a.parquet"), &identity_numbers(2_500, 0)).await;
+    let cache = IdentityCache::new(1);
+    let held = cache.columns(&store, std::slice::from_ref(&meta), "pnr").await.expect("read").expect("held");
+    let key = crate::pseudonym::FederationKey::from_bytes([5; 32]);
+    let keyer = |project| {
+        crate::counting::IdentityFunctions::new(key.for_project(project), samkor_functions::RecordKeySecret([3; 16]))
+            .keyer
+    };
+    let (p, q) = (keyer("P"), keyer("Q"));
+    // Rows of three row groups, a null (row 5) and a row asked twice.
+    let wanted = rows(&[2_499, 0, 5, 1_000, 17, 17]);
+    let keys = held[0].record_keys(&wanted, &p).expect("keys");
+    let computed = p.keys(held[0].gather(&wanted).expect("gather").as_ref()).expect("computed");
+    assert_eq!(keys.as_ref(), computed.as_ref(), "the keys of the identity numbers, nulls null");
+    assert_eq!(keys.null_count(), 1);
+    // Kept for the rows asked for, and only for them.
+    let memo = held[0].memo(&p);
+    let kept = |r: usize| memo.keys[r].load(Ordering::Relaxed);
+    assert!(kept(2_499) != 0 && kept(1_000) != 0 && kept(0) != 0);
+    assert_eq!((kept(1), kept(5)), (0, 0), "a row not asked for, a null");
+    // Asked again with more rows: the same keys.
+    let more = rows(&[17, 1, 2_499]);
+    let again = held[0].record_keys(&more, &p).expect("keys");
+    assert_eq!(again.as_ref(), p.keys(held[0].gather(&more).expect("gather").as_ref()).expect("computed").as_ref());
+    // Another domain: its own keys, and the memo is of that domain now.
+    let other = held[0].record_keys(&rows(&[2_499]), &q).expect("keys");
+    assert_ne!(other.as_ref(), keys.slice(0, 1).as_ref());
+    assert_eq!(held[0].memo(&p).keys[2_499].load(Ordering::Relaxed), 0, "replaced, then fresh for P");
+    let beyond = held[0].record_keys(&rows(&[2_500]), &p).expect_err("beyond the file");
+    assert!(beyond.to_string().contains("changed while it was read"), "{beyond}");
 }

@@ -27,6 +27,15 @@
 //! numbers through [`IDENTITY_RECORD_KEY_FN`], which computes the same
 //! pseudonym bytes and hashes them without writing the 32-letter text and
 //! reading it back. The keys, and so every cell key, are the same.
+//!
+//! Narrower still, a plan that uses `person` *only* through its record key
+//! (and tests of its presence: the key is null where the identity number is)
+//! gets the keys from its scans: `person` becomes the record key itself, an
+//! `Int64` ([`key_at_the_scans`]), computed once a row at the scan, and taken
+//! from the node's memory where it holds the file's identity numbers
+//! ([`crate::identities`] keeps each row's key once computed). That is the
+//! shape of disclosure control's companions of a single-register aggregate.
+//! The node's `EXPLAIN` shows `person=record key (keyed at the scan)`.
 
 use std::sync::Arc;
 
@@ -38,7 +47,8 @@ use datafusion::datasource::{provider_as_source, source_as_provider};
 use datafusion::logical_expr::expr::{AggregateFunction, Case, ScalarFunction};
 use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::{
-    ColumnarValue, Expr, LogicalPlan, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TableScan, Volatility,
+    ColumnarValue, Expr, LogicalPlan, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TableScan,
+    TableScanBuilder, Volatility,
 };
 use samkor_functions::{PSEUDONYM_BYTES, PSEUDONYM_BYTES_FN, RECORD_KEY_FN, RecordKeySecret};
 use samkor_proto::PERSON_COLUMN;
@@ -175,13 +185,56 @@ fn node_ok(node: &LogicalPlan) -> bool {
     }
 }
 
+/// Whether every mention of `person` in `e` is its record key or a test of
+/// its presence (a record key is null exactly where the identity number is).
+fn only_keys_person(e: &Expr) -> bool {
+    if is_record_key_of_person(e) || is_presence_of_person(e) {
+        return true;
+    }
+    if is_person(e) {
+        return false;
+    }
+    let mut ok = true;
+    let _ = e.apply_children(|c| {
+        ok = only_keys_person(c);
+        Ok(if ok { TreeNodeRecursion::Continue } else { TreeNodeRecursion::Stop })
+    });
+    ok
+}
+
+/// Whether `plan` only counts persons and uses `person` only through its
+/// record key (a projection may pass `person` on under its own name), and
+/// every scan with a `person` column is of a project table.
+pub fn person_only_keyed(plan: &LogicalPlan) -> bool {
+    if !person_only_counted(plan) {
+        return false;
+    }
+    let mut ok = true;
+    let _ = plan.apply(|node| {
+        ok = match node {
+            LogicalPlan::TableScan(scan) => {
+                scan.source.schema().fields().iter().all(|f| f.name() != PERSON_COLUMN)
+                    || source_as_provider(&scan.source).is_ok_and(|p| p.downcast_ref::<ProjectTable>().is_some())
+            }
+            LogicalPlan::Projection(p) => p.expr.iter().all(|e| is_person(e) || only_keys_person(e)),
+            other => other.expressions().iter().all(only_keys_person),
+        };
+        Ok(if ok { TreeNodeRecursion::Continue } else { TreeNodeRecursion::Stop })
+    });
+    ok
+}
+
 /// If `plan` only counts persons, its scans of project tables emit identity
 /// numbers instead of pseudonyms and its record keys and pseudonym bytes are
-/// computed from them by `on_identity` ([`IdentityFunctions`]); otherwise
-/// `plan` unchanged.
+/// computed from them by `on_identity` ([`IdentityFunctions`]); if it uses
+/// `person` only through its record key, the scans emit the record keys
+/// themselves ([`key_at_the_scans`]); otherwise `plan` unchanged.
 pub fn count_on_identity_numbers(plan: LogicalPlan, on_identity: &IdentityFunctions) -> Result<LogicalPlan> {
     if !person_only_counted(&plan) {
         return Ok(plan);
+    }
+    if person_only_keyed(&plan) {
+        return key_at_the_scans(plan, &on_identity.keyer);
     }
     plan.transform_up(|node| {
         let LogicalPlan::TableScan(scan) = &node else {
@@ -196,6 +249,53 @@ pub fn count_on_identity_numbers(plan: LogicalPlan, on_identity: &IdentityFuncti
         let mut scan = scan.clone();
         scan.source = provider_as_source(Arc::new(table.counting_persons_only()));
         Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
+    })
+    .map(|t| t.data)
+}
+
+/// `plan`'s scans of project tables emit `keyer`'s record key as `person`
+/// (an `Int64`), and every `samkor_record_key(person)` becomes `person`,
+/// each output keeping its name (`person IS [NOT] NULL` stays: the key is
+/// null where the identity number is). For a plan where [`person_only_keyed`]
+/// holds: the keys are computed once a row at the scan, from the node's
+/// memory where it holds them ([`crate::identities`]), and the identity
+/// numbers never reach an operator of the plan.
+fn key_at_the_scans(plan: LogicalPlan, keyer: &RecordKeyer) -> Result<LogicalPlan> {
+    plan.transform_up(|node| {
+        let node = match node {
+            LogicalPlan::TableScan(scan) => {
+                let Some(table) = source_as_provider(&scan.source)?.downcast_ref::<ProjectTable>().cloned() else {
+                    return Ok(Transformed::no(LogicalPlan::TableScan(scan)));
+                };
+                let source = provider_as_source(Arc::new(table.keying_persons(keyer.clone())));
+                LogicalPlan::TableScan(
+                    TableScanBuilder::new(scan.table_name, source)
+                        .with_projection(scan.projection)
+                        .with_filters(scan.filters)
+                        .with_fetch(scan.fetch)
+                        .with_statistics_requests(scan.statistics_requests)
+                        .build()?,
+                )
+            }
+            other => {
+                let names = NamePreserver::new(&other);
+                other
+                    .map_expressions(|e| {
+                        let saved = names.save(&e);
+                        let rewritten = e.transform_up(|e| match e {
+                            Expr::ScalarFunction(ScalarFunction { func, mut args })
+                                if func.name() == RECORD_KEY_FN && matches!(args.as_slice(), [a] if is_person(a)) =>
+                            {
+                                Ok(Transformed::yes(args.swap_remove(0)))
+                            }
+                            other => Ok(Transformed::no(other)),
+                        })?;
+                        Ok(if rewritten.transformed { rewritten.update_data(|e| saved.restore(e)) } else { rewritten })
+                    })?
+                    .data
+            }
+        };
+        Ok(Transformed::yes(node.recompute_schema()?))
     })
     .map(|t| t.data)
 }
@@ -234,6 +334,9 @@ pub const IDENTITY_PSEUDONYM_BYTES_FN: &str = "samkor_pseudonym_bytes_of_identit
 pub struct IdentityFunctions {
     pub record_keys: Arc<ScalarUDF>,
     pub pseudonym_bytes: Arc<ScalarUDF>,
+    /// The record keys of the domain, computed by the scans of a plan that
+    /// uses `person` only through its record key.
+    pub keyer: RecordKeyer,
 }
 
 impl IdentityFunctions {
@@ -246,7 +349,36 @@ impl IdentityFunctions {
                 signature: Signature::any(1, Volatility::Immutable),
             }))
         };
-        IdentityFunctions { record_keys: udf(Computed::RecordKey), pseudonym_bytes: udf(Computed::PseudonymBytes) }
+        IdentityFunctions {
+            record_keys: udf(Computed::RecordKey),
+            pseudonym_bytes: udf(Computed::PseudonymBytes),
+            keyer: RecordKeyer { pseudonymiser, secret },
+        }
+    }
+}
+
+/// The record keys of one pseudonym domain from identity numbers: the same
+/// keys as `samkor_record_key` of the domain's pseudonyms.
+#[derive(Debug, Clone)]
+pub struct RecordKeyer {
+    pseudonymiser: ProjectPseudonymiser,
+    secret: RecordKeySecret,
+}
+
+impl RecordKeyer {
+    /// The record keys of a column of identity numbers; nulls stay null.
+    pub fn keys(&self, identities: &dyn datafusion::arrow::array::Array) -> Result<ArrayRef> {
+        match self.pseudonymiser.record_keys(&self.secret, identities) {
+            Ok(keys) => Ok(Arc::new(keys)),
+            Err(e) => exec_err!("record keys: {e}"),
+        }
+    }
+
+    /// Whether `other` computes the same keys.
+    pub fn same(&self, other: &RecordKeyer) -> bool {
+        self.secret == other.secret
+            && self.pseudonymiser.project() == other.pseudonymiser.project()
+            && self.pseudonymiser.scheme() == other.pseudonymiser.scheme()
     }
 }
 
@@ -326,87 +458,4 @@ impl ScalarUDFImpl for OfIdentity {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use datafusion::arrow::datatypes::{DataType, Field, Schema};
-    use datafusion::datasource::MemTable;
-    use datafusion::prelude::SessionContext;
-
-    async fn plan(sql: &str) -> LogicalPlan {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("person", DataType::Utf8, true),
-            Field::new("region", DataType::Utf8, true),
-            Field::new("ddd", DataType::Float64, true),
-        ]));
-        let ctx = SessionContext::new();
-        samkor_functions::register(&ctx, Some(RecordKeySecret([3; 16])));
-        ctx.register_table("t", Arc::new(MemTable::try_new(schema, vec![vec![]]).expect("table"))).expect("register");
-        ctx.sql(sql).await.expect("plan").logical_plan().clone()
-    }
-
-    #[tokio::test]
-    async fn only_plain_person_counts_qualify() {
-        for sql in [
-            "SELECT region, count(*), count(DISTINCT person) AS p FROM t GROUP BY region",
-            "SELECT count(person) FROM t WHERE region = 'x'",
-            "SELECT region, count(DISTINCT CASE WHEN ddd > 1 THEN person END) FROM t GROUP BY region",
-            "SELECT \"region\", count(DISTINCT \"person\") FROM (SELECT \"person\", \"region\" FROM \"t\" WHERE \"ddd\" > 0) AS \"x\" GROUP BY \"region\"",
-            "SELECT region, count(DISTINCT person), min(rk) FROM (SELECT person, region, samkor_record_key(person) AS rk FROM t) x GROUP BY region",
-            "SELECT region, sum(ddd), samkor_persons(samkor_record_key(person)) FROM t GROUP BY region",
-            "SELECT samkor_pseudonym_bytes(person) AS b, samkor_record_key(person) AS rk, region FROM t",
-            "SELECT region, count(DISTINCT person), samkor_companions(rk, 1, true, person IS NOT NULL, person IS NULL) \
-             FROM (SELECT person, region, samkor_record_key(person) AS rk FROM t) x GROUP BY region",
-        ] {
-            assert!(person_only_counted(&plan(sql).await), "{sql}");
-        }
-        for sql in [
-            "SELECT person FROM t",
-            "SELECT person AS p FROM t",
-            "SELECT region, count(*) FROM t WHERE person = 'x' GROUP BY region",
-            "SELECT person, count(*) FROM t GROUP BY person",
-            "SELECT count(DISTINCT upper(person)) FROM t",
-            "SELECT count(DISTINCT CASE WHEN person > 'a' THEN person END) FROM t",
-            "SELECT count(DISTINCT CASE WHEN ddd > 1 THEN person ELSE 'x' END) FROM t",
-            "SELECT approx_distinct(person) FROM t",
-            "SELECT max(person) FROM t",
-            "SELECT count(*) FROM t a JOIN t b ON a.person = b.person",
-            "SELECT count(*) FROM (SELECT DISTINCT person FROM t) d",
-            "SELECT count(DISTINCT person) FROM (SELECT person FROM t UNION ALL SELECT region AS person FROM t) u",
-            "SELECT region AS person, count(*) FROM t GROUP BY region",
-            "SELECT count(DISTINCT person) FROM t WHERE region IN (SELECT region FROM t WHERE person = 'x')",
-            "SELECT person, samkor_record_key(person) AS rk FROM t",
-            "SELECT count(*) FROM t WHERE samkor_record_key(person) > 0",
-            "SELECT samkor_record_key(upper(person)) AS rk, count(*) FROM t GROUP BY 1",
-            "SELECT region, samkor_persons(samkor_record_key(person)) FROM t GROUP BY region, person",
-            "SELECT person IS NULL AS p, count(*) FROM t GROUP BY person IS NULL",
-            "SELECT count(DISTINCT person) FROM t WHERE person IS NOT NULL AND person > 'a'",
-        ] {
-            assert!(!person_only_counted(&plan(sql).await), "{sql}");
-        }
-    }
-
-    #[tokio::test]
-    async fn record_keys_come_from_identity_numbers_under_their_own_names() {
-        let key = crate::pseudonym::FederationKey::from_bytes([5; 32]);
-        let udf = IdentityFunctions::new(key.for_project("P"), RecordKeySecret([3; 16]));
-        let sql = "SELECT region, count(DISTINCT person), samkor_persons(samkor_record_key(person)) \
-                   FROM (SELECT person, region, samkor_record_key(person) AS rk FROM t) x GROUP BY region";
-        let rewritten = count_on_identity_numbers(plan(sql).await, &udf).expect("rewrite");
-        let text = rewritten.display_indent().to_string();
-        // Every call computes from identity numbers; the old name stays only as an output's name.
-        assert!(text.contains("samkor_persons(samkor_record_key_of_identity_number(x.person)) AS "), "{text}");
-        assert!(text.contains("samkor_record_key_of_identity_number(t.person) AS rk"), "{text}");
-        assert!(!text.contains("samkor_record_key(t.person)"), "{text}");
-        // The output keeps the names the coordinator asked for.
-        let before = plan_names(&plan(sql).await);
-        assert_eq!(plan_names(&rewritten), before);
-        // A plan that sends the person out is left alone.
-        let kept = plan("SELECT person, samkor_record_key(person) AS rk FROM t").await;
-        let same = count_on_identity_numbers(kept.clone(), &udf).expect("rewrite");
-        assert_eq!(same, kept);
-    }
-
-    fn plan_names(plan: &LogicalPlan) -> Vec<String> {
-        plan.schema().fields().iter().map(|f| f.name().clone()).collect()
-    }
-}
+mod tests;
