@@ -140,7 +140,8 @@ fn keys_of<'a>(secret: &RecordKeySecret, values: impl ExactSizeIterator<Item = O
     let (mut rows, mut bytes) = (Vec::with_capacity(keys.len()), Vec::with_capacity(keys.len()));
     for (row, v) in values.enumerate() {
         let Some(v) = v else { continue };
-        match canonical(v) {
+        // A pseudonym's text, or its 16 bytes themselves (the same key).
+        match canonical(v).or_else(|| <[u8; 16]>::try_from(v).ok()) {
             Some(b) => {
                 rows.push(row);
                 bytes.push(b);

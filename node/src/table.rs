@@ -54,7 +54,7 @@ use samkor_proto::PERSON_COLUMN;
 
 use crate::access::Refusal;
 use crate::config::{FileFormat as ConfigFormat, TableConfig};
-use crate::counting::RecordKeyer;
+use crate::counting::AtTheScan;
 use crate::identities::{FromCache, IdentityCache};
 use crate::optout::{OptOutSet, pnr_key};
 use crate::pseudonym::{ProjectPseudonymiser, same_value};
@@ -243,7 +243,7 @@ impl ServedTable {
             read: None,
             project: String::new(),
             persons_counted_only: false,
-            keyed: None,
+            derived: None,
         }
     }
 }
@@ -292,10 +292,10 @@ pub struct ProjectTable {
     /// The plan only counts persons ([`crate::counting`]): `person` holds the
     /// identity number, which never leaves the node.
     persons_counted_only: bool,
-    /// The plan uses `person` only through its record key
-    /// ([`crate::counting`]): `person` holds the record key (`Int64`), and
-    /// the table's schema says so.
-    keyed: Option<(RecordKeyer, SchemaRef)>,
+    /// The plan uses `person` only through its record key or its
+    /// pseudonym's bytes ([`crate::counting`]): `person` holds that, and the
+    /// table's schema says so.
+    derived: Option<(AtTheScan, SchemaRef)>,
 }
 
 impl ProjectTable {
@@ -320,21 +320,21 @@ impl ProjectTable {
     }
 
     /// The same table for a plan that uses `person` only through its record
-    /// key ([`crate::counting`]): its scans emit `keyer`'s record key as
-    /// `person`, an `Int64`.
-    pub fn keying_persons(&self, keyer: RecordKeyer) -> ProjectTable {
+    /// key or its pseudonym's bytes ([`crate::counting`]): its scans emit
+    /// `at` as `person`.
+    pub fn deriving_persons(&self, at: AtTheScan) -> ProjectTable {
         let exposed = &self.served.exposed;
         let fields: Vec<Field> = exposed
             .fields()
             .iter()
             .enumerate()
             .map(|(i, f)| match i == self.served.person_idx {
-                true => Field::new(f.name(), DataType::Int64, true),
+                true => Field::new(f.name(), at.data_type(), true),
                 false => f.as_ref().clone(),
             })
             .collect();
         let schema = Arc::new(Schema::new_with_metadata(fields, exposed.metadata().clone()));
-        ProjectTable { persons_counted_only: true, keyed: Some((keyer, schema)), ..self.clone() }
+        ProjectTable { persons_counted_only: true, derived: Some((at, schema)), ..self.clone() }
     }
 
     /// Records the columns every scan reads in `read`.
@@ -361,7 +361,7 @@ fn references_person(e: &Expr) -> bool {
 #[async_trait]
 impl TableProvider for ProjectTable {
     fn schema(&self) -> SchemaRef {
-        match &self.keyed {
+        match &self.derived {
             Some((_, schema)) => schema.clone(),
             None => self.served.exposed.clone(),
         }
@@ -471,7 +471,10 @@ impl TableProvider for ProjectTable {
                 person_column,
                 &inner_projection,
                 pnr_pos,
-                self.keyed.as_ref().map(|(keyer, _)| keyer.clone()),
+                match &self.derived {
+                    Some((AtTheScan::RecordKey(keyer), _)) => Some(keyer.clone()),
+                    _ => None,
+                },
             )
             .await?;
             if let Some((scan, identities)) = rebuilt {
@@ -498,7 +501,7 @@ impl TableProvider for ProjectTable {
                 self.opt_outs.clone(),
             )
             .persons_counted_only(self.persons_counted_only)
-            .persons_keyed(self.keyed.as_ref().map(|(keyer, _)| keyer.clone()))
+            .persons_derived(self.derived.as_ref().map(|(at, _)| at.clone()))
             .on_cluster(self.served.on_cluster.then(|| table.clone()))
             .identities_from(from_cache),
         ))
@@ -522,8 +525,9 @@ pub struct PseudonymiseExec {
     opt_outs: Arc<OptOutSet>,
     /// `person` holds the identity number: the plan above only counts persons.
     counted_only: bool,
-    /// `person` holds its record key: the plan above uses nothing else of it.
-    keyed: Option<RecordKeyer>,
+    /// `person` holds its record key or its pseudonym's bytes: the plan
+    /// above uses nothing else of it.
+    derived: Option<AtTheScan>,
     /// The table whose scan below runs on the holder's cluster ([`crate::cluster`]).
     cluster_table: Option<String>,
     /// The scan below reads row numbers, the identity numbers come from the
@@ -558,7 +562,7 @@ impl PseudonymiseExec {
             pseudonymiser,
             opt_outs,
             counted_only: false,
-            keyed: None,
+            derived: None,
             cluster_table: None,
             from_cache: None,
             properties,
@@ -570,8 +574,8 @@ impl PseudonymiseExec {
         self
     }
 
-    fn persons_keyed(mut self, keyer: Option<RecordKeyer>) -> Self {
-        self.keyed = keyer;
+    fn persons_derived(mut self, at: Option<AtTheScan>) -> Self {
+        self.derived = at;
         self
     }
 
@@ -602,9 +606,9 @@ impl DisplayAs for PseudonymiseExec {
             f,
             "PseudonymiseExec: project={}, person={}, opted_out={}{}",
             self.pseudonymiser.project(),
-            match (self.person_out, self.counted_only, &self.keyed) {
+            match (self.person_out, self.counted_only, &self.derived) {
                 (None, ..) => "not projected".to_owned(),
-                (Some(p), _, Some(_)) => format!("record key (keyed at the scan) in column {p}"),
+                (Some(p), _, Some(at)) => format!("{} (at the scan) in column {p}", at.describe()),
                 (Some(p), false, None) => format!("column {p}"),
                 (Some(p), true, None) => format!("identity number (counted only) in column {p}"),
             },
@@ -653,7 +657,7 @@ impl ExecutionPlan for PseudonymiseExec {
                 self.opt_outs.clone(),
             )
             .persons_counted_only(self.counted_only)
-            .persons_keyed(self.keyed.clone())
+            .persons_derived(self.derived.clone())
             .on_cluster(self.cluster_table.clone())
             .identities_from(self.from_cache.clone()),
         ))
@@ -668,15 +672,15 @@ impl ExecutionPlan for PseudonymiseExec {
         let opt_outs = self.opt_outs.clone();
         let out_schema = schema.clone();
         let counted_only = self.counted_only;
-        let keyed = self.keyed.clone();
+        let derived = self.derived.clone();
         let from_cache = self.from_cache.clone();
         let stream = input.map(move |batch| {
             let (batch, kept) = match &from_cache {
                 Some(cache) => cache.restore(&batch?, &opt_outs)?,
                 None => (batch?, None),
             };
-            let person = match (&keyed, counted_only) {
-                (Some(keyer), _) => Person::RecordKey(keyer),
+            let person = match (&derived, counted_only) {
+                (Some(at), _) => Person::Derived(at),
                 (None, true) => Person::Identity,
                 (None, false) => Person::Pseudonym(&pseudonymiser),
             };
@@ -700,9 +704,10 @@ enum Person<'a> {
     Pseudonym(&'a ProjectPseudonymiser),
     /// The identity number, for a plan that only counts persons.
     Identity,
-    /// The record key, for a plan that uses the person only through it
-    /// (from the node's memory already where the scan read row numbers).
-    RecordKey(&'a RecordKeyer),
+    /// The record key or the pseudonym's bytes, for a plan that uses the
+    /// person only through them (record keys from the node's memory already
+    /// where the scan read row numbers).
+    Derived(&'a AtTheScan),
 }
 
 /// The rows whose persons have not opted out.
@@ -748,9 +753,9 @@ fn transform(
                         p.pseudonymise(batch.column(pnr_pos).as_ref()).map_err(DataFusionError::Execution)
                     }
                     Person::Identity => identity_as_utf8(batch.column(pnr_pos)),
-                    Person::RecordKey(keyer) => match batch.column(pnr_pos) {
-                        keys if keys.data_type() == &DataType::Int64 => Ok(keys.clone()),
-                        identities => keyer.keys(identities.as_ref()),
+                    Person::Derived(at) => match batch.column(pnr_pos) {
+                        done if done.data_type() == &at.data_type() => Ok(done.clone()),
+                        identities => at.compute(identities.as_ref()),
                     },
                 }
             } else {

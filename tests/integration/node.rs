@@ -429,7 +429,7 @@ async fn record_keys_from_identity_numbers_equal_those_from_pseudonyms() {
                  FROM (SELECT person, region, samkor_record_key(person) AS rk FROM operations WHERE asa > 1) AS o \
                  GROUP BY region ORDER BY region";
     let plan = strings(&run(&client, "P-1", &format!("EXPLAIN {keyed}")).await.expect("explain"), 1).join("\n");
-    assert!(plan.contains("record key (keyed at the scan)") && !plan.contains("of_identity_number"), "{plan}");
+    assert!(plan.contains("record key (at the scan)") && !plan.contains("of_identity_number"), "{plan}");
     let served = run(&client, "P-1", keyed).await.expect("cells");
     let got: Vec<String> = (0..served.iter().map(|b| b.num_rows()).sum::<usize>())
         .map(|i| {
@@ -440,6 +440,23 @@ async fn record_keys_from_identity_numbers_equal_those_from_pseudonyms() {
     let without_counts: Vec<String> =
         cells.iter().map(|(region, persons)| format!("{region} {}", summary(persons))).collect();
     assert_eq!(got, without_counts);
+    // A join's side: the pseudonym's bytes and the record key, both from the
+    // bytes computed at the scan, equal those of the pseudonyms.
+    let at_scan = "SELECT samkor_pseudonym_bytes(person) AS b, samkor_record_key(person) AS rk FROM operations";
+    let plan = strings(&run(&client, "P-1", &format!("EXPLAIN {at_scan}")).await.expect("explain"), 1).join("\n");
+    assert!(plan.contains("pseudonym bytes (at the scan)"), "{plan}");
+    let of_pseudonyms =
+        "SELECT person, samkor_pseudonym_bytes(person) AS b, samkor_record_key(person) AS rk FROM operations";
+    let pairs = |batches: &[RecordBatch], from: usize| -> std::collections::BTreeSet<(String, String)> {
+        let shown = |b: &RecordBatch, c: usize, row: usize| {
+            datafusion::arrow::util::display::array_value_to_string(b.column(c), row).expect("shown")
+        };
+        let rows = batches.iter().flat_map(|b| (0..b.num_rows()).map(move |row| (b, row)));
+        rows.map(|(b, row)| (shown(b, from, row), shown(b, from + 1, row))).collect()
+    };
+    let derived = pairs(&run(&client, "P-1", at_scan).await.expect("rows"), 0);
+    assert!(derived.len() > 100, "{} persons", derived.len());
+    assert_eq!(derived, pairs(&run(&client, "P-1", of_pseudonyms).await.expect("rows"), 1));
     node.shutdown().await;
 }
 
@@ -662,7 +679,7 @@ async fn identity_numbers_from_memory_give_the_answers_decoding_gives() {
             assert!(plan.contains("identity numbers from memory by row number"), "{sql}: {plan}");
             assert!(!explain(&decoded_client).await.contains("from memory"), "{sql}");
             let keyed = sql.contains("samkor_persons");
-            assert_eq!(plan.contains("record key (keyed at the scan)"), keyed, "{sql}: {plan}");
+            assert_eq!(plan.contains("record key (at the scan)"), keyed, "{sql}: {plan}");
             let from_memory = run(&cached_client, "P-1", sql).await.expect("from memory");
             let from_files = run(&decoded_client, "P-1", sql).await.expect("decoded");
             assert!(from_memory.iter().map(|b| b.num_rows()).sum::<usize>() > 0, "{sql}: no rows");

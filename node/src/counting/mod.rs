@@ -35,7 +35,11 @@
 //! from the node's memory where it holds the file's identity numbers
 //! ([`crate::identities`] keeps each row's key once computed). That is the
 //! shape of disclosure control's companions of a single-register aggregate.
-//! The node's `EXPLAIN` shows `person=record key (keyed at the scan)`.
+//! The node's `EXPLAIN` shows `person=record key (at the scan)`. A plan that
+//! uses `person` only through its record key and its pseudonym's bytes (a
+//! side of a join on the person under disclosure control) gets the bytes
+//! from its scans instead, and hashes its record keys from them:
+//! `person=pseudonym bytes (at the scan)`.
 
 use std::sync::Arc;
 
@@ -185,10 +189,11 @@ fn node_ok(node: &LogicalPlan) -> bool {
     }
 }
 
-/// Whether every mention of `person` in `e` is its record key or a test of
-/// its presence (a record key is null exactly where the identity number is).
-fn only_keys_person(e: &Expr) -> bool {
-    if is_record_key_of_person(e) || is_presence_of_person(e) {
+/// Whether every mention of `person` in `e` is its record key, a test of
+/// its presence (a record key and the pseudonym's bytes are null exactly
+/// where the identity number is) or, with `bytes`, the pseudonym's bytes.
+fn only_derived(e: &Expr, bytes: bool) -> bool {
+    if is_record_key_of_person(e) || is_presence_of_person(e) || (bytes && is_bytes_of_person(e)) {
         return true;
     }
     if is_person(e) {
@@ -196,45 +201,109 @@ fn only_keys_person(e: &Expr) -> bool {
     }
     let mut ok = true;
     let _ = e.apply_children(|c| {
-        ok = only_keys_person(c);
+        ok = only_derived(c, bytes);
         Ok(if ok { TreeNodeRecursion::Continue } else { TreeNodeRecursion::Stop })
     });
     ok
 }
 
-/// Whether `plan` only counts persons and uses `person` only through its
-/// record key (a projection may pass `person` on under its own name), and
-/// every scan with a `person` column is of a project table.
-pub fn person_only_keyed(plan: &LogicalPlan) -> bool {
+/// What the scans of a plan can emit as `person` instead of the identity
+/// number ([`derive_at_the_scans`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Derived {
+    /// The record key: the plan uses `person` only through it.
+    RecordKey,
+    /// The pseudonym's bytes: the plan uses `person` only through them and
+    /// its record key (a join's key, and the persons of its rows).
+    PseudonymBytes,
+}
+
+/// What `plan`'s scans can emit as `person`: `None` unless it only counts
+/// persons, uses `person` only through its record key or its pseudonym's
+/// bytes (a projection may pass `person` on under its own name), and every
+/// scan with a `person` column is of a project table.
+pub fn derived_at_the_scans(plan: &LogicalPlan) -> Option<Derived> {
     if !person_only_counted(plan) {
-        return false;
+        return None;
     }
-    let mut ok = true;
-    let _ = plan.apply(|node| {
-        ok = match node {
-            LogicalPlan::TableScan(scan) => {
-                scan.source.schema().fields().iter().all(|f| f.name() != PERSON_COLUMN)
-                    || source_as_provider(&scan.source).is_ok_and(|p| p.downcast_ref::<ProjectTable>().is_some())
-            }
-            LogicalPlan::Projection(p) => p.expr.iter().all(|e| is_person(e) || only_keys_person(e)),
-            other => other.expressions().iter().all(only_keys_person),
-        };
-        Ok(if ok { TreeNodeRecursion::Continue } else { TreeNodeRecursion::Stop })
-    });
-    ok
+    let only = |bytes: bool| {
+        let mut ok = true;
+        let _ = plan.apply(|node| {
+            ok = match node {
+                LogicalPlan::TableScan(scan) => {
+                    scan.source.schema().fields().iter().all(|f| f.name() != PERSON_COLUMN)
+                        || source_as_provider(&scan.source).is_ok_and(|p| p.downcast_ref::<ProjectTable>().is_some())
+                }
+                LogicalPlan::Projection(p) => p.expr.iter().all(|e| is_person(e) || only_derived(e, bytes)),
+                other => other.expressions().iter().all(|e| only_derived(e, bytes)),
+            };
+            Ok(if ok { TreeNodeRecursion::Continue } else { TreeNodeRecursion::Stop })
+        });
+        ok
+    };
+    match (only(false), only(true)) {
+        (true, _) => Some(Derived::RecordKey),
+        (false, true) => Some(Derived::PseudonymBytes),
+        (false, false) => None,
+    }
+}
+
+/// What a scan emits as `person`, and how it computes it from identity numbers.
+#[derive(Debug, Clone)]
+pub enum AtTheScan {
+    /// The record key, an `Int64`.
+    RecordKey(RecordKeyer),
+    /// The pseudonym's 16 bytes, a `FixedSizeBinary(16)`.
+    PseudonymBytes(ProjectPseudonymiser),
+}
+
+impl AtTheScan {
+    pub fn data_type(&self) -> DataType {
+        match self {
+            AtTheScan::RecordKey(_) => DataType::Int64,
+            AtTheScan::PseudonymBytes(_) => DataType::FixedSizeBinary(PSEUDONYM_BYTES),
+        }
+    }
+
+    /// What the node's `EXPLAIN` calls it.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            AtTheScan::RecordKey(_) => "record key",
+            AtTheScan::PseudonymBytes(_) => "pseudonym bytes",
+        }
+    }
+
+    /// Of a column of identity numbers; nulls stay null.
+    pub fn compute(&self, identities: &dyn datafusion::arrow::array::Array) -> Result<ArrayRef> {
+        match self {
+            AtTheScan::RecordKey(keyer) => keyer.keys(identities),
+            AtTheScan::PseudonymBytes(pseudonymiser) => match pseudonymiser.pseudonym_bytes(identities) {
+                Ok(bytes) => Ok(Arc::new(bytes)),
+                Err(e) => exec_err!("pseudonym bytes: {e}"),
+            },
+        }
+    }
 }
 
 /// If `plan` only counts persons, its scans of project tables emit identity
 /// numbers instead of pseudonyms and its record keys and pseudonym bytes are
 /// computed from them by `on_identity` ([`IdentityFunctions`]); if it uses
-/// `person` only through its record key, the scans emit the record keys
-/// themselves ([`key_at_the_scans`]); otherwise `plan` unchanged.
+/// `person` only through its record key (and its pseudonym's bytes), the
+/// scans emit the record keys (or the bytes) themselves
+/// ([`derive_at_the_scans`]); otherwise `plan` unchanged.
 pub fn count_on_identity_numbers(plan: LogicalPlan, on_identity: &IdentityFunctions) -> Result<LogicalPlan> {
     if !person_only_counted(&plan) {
         return Ok(plan);
     }
-    if person_only_keyed(&plan) {
-        return key_at_the_scans(plan, &on_identity.keyer);
+    match derived_at_the_scans(&plan) {
+        Some(Derived::RecordKey) => {
+            return derive_at_the_scans(plan, AtTheScan::RecordKey(on_identity.keyer.clone()));
+        }
+        Some(Derived::PseudonymBytes) => {
+            let pseudonymiser = on_identity.keyer.pseudonymiser.clone();
+            return derive_at_the_scans(plan, AtTheScan::PseudonymBytes(pseudonymiser));
+        }
+        None => {}
     }
     plan.transform_up(|node| {
         let LogicalPlan::TableScan(scan) = &node else {
@@ -253,21 +322,32 @@ pub fn count_on_identity_numbers(plan: LogicalPlan, on_identity: &IdentityFuncti
     .map(|t| t.data)
 }
 
-/// `plan`'s scans of project tables emit `keyer`'s record key as `person`
-/// (an `Int64`), and every `samkor_record_key(person)` becomes `person`,
-/// each output keeping its name (`person IS [NOT] NULL` stays: the key is
-/// null where the identity number is). For a plan where [`person_only_keyed`]
-/// holds: the keys are computed once a row at the scan, from the node's
-/// memory where it holds them ([`crate::identities`]), and the identity
-/// numbers never reach an operator of the plan.
-fn key_at_the_scans(plan: LogicalPlan, keyer: &RecordKeyer) -> Result<LogicalPlan> {
+/// `plan`'s scans of project tables emit `at` as `person`, each output
+/// keeping its name (`person IS [NOT] NULL` stays: both are null where the
+/// identity number is), for a plan of [`derived_at_the_scans`]:
+///
+/// * the record key (`Int64`): every `samkor_record_key(person)` becomes
+///   `person`. The keys are computed once a row at the scan, and taken from
+///   the node's memory where it holds them ([`crate::identities`]);
+/// * the pseudonym's bytes (`FixedSizeBinary(16)`): every
+///   `samkor_pseudonym_bytes(person)` becomes `person`, and
+///   `samkor_record_key(person)` hashes those bytes, the key of the same
+///   pseudonym: one encryption a row instead of one for the bytes and one
+///   for the key.
+///
+/// The identity numbers never reach an operator of the plan.
+fn derive_at_the_scans(plan: LogicalPlan, at: AtTheScan) -> Result<LogicalPlan> {
+    let replaced = match at {
+        AtTheScan::RecordKey(_) => RECORD_KEY_FN,
+        AtTheScan::PseudonymBytes(_) => PSEUDONYM_BYTES_FN,
+    };
     plan.transform_up(|node| {
         let node = match node {
             LogicalPlan::TableScan(scan) => {
                 let Some(table) = source_as_provider(&scan.source)?.downcast_ref::<ProjectTable>().cloned() else {
                     return Ok(Transformed::no(LogicalPlan::TableScan(scan)));
                 };
-                let source = provider_as_source(Arc::new(table.keying_persons(keyer.clone())));
+                let source = provider_as_source(Arc::new(table.deriving_persons(at.clone())));
                 LogicalPlan::TableScan(
                     TableScanBuilder::new(scan.table_name, source)
                         .with_projection(scan.projection)
@@ -284,7 +364,7 @@ fn key_at_the_scans(plan: LogicalPlan, keyer: &RecordKeyer) -> Result<LogicalPla
                         let saved = names.save(&e);
                         let rewritten = e.transform_up(|e| match e {
                             Expr::ScalarFunction(ScalarFunction { func, mut args })
-                                if func.name() == RECORD_KEY_FN && matches!(args.as_slice(), [a] if is_person(a)) =>
+                                if func.name() == replaced && matches!(args.as_slice(), [a] if is_person(a)) =>
                             {
                                 Ok(Transformed::yes(args.swap_remove(0)))
                             }

@@ -125,7 +125,7 @@ async fn record_keys_alone_are_computed_at_the_scan_as_the_person_column() {
     let sql = "SELECT sex, count(*) AS n, samkor_persons(rk) AS g, min(rk) AS lo FROM \
                (SELECT sex, samkor_record_key(person) AS rk FROM persons WHERE region = 'x') GROUP BY sex";
     let before = project_plan(sql).await;
-    assert!(person_only_keyed(&before));
+    assert_eq!(derived_at_the_scans(&before), Some(Derived::RecordKey));
     let after = count_on_identity_numbers(before.clone(), &functions()).expect("rewrite");
     assert_eq!(
         after.display_indent().to_string(),
@@ -150,7 +150,7 @@ async fn record_keys_alone_are_computed_at_the_scan_as_the_person_column() {
     let sql = "SELECT region, samkor_companions(rk, 2, true, person IS NOT NULL, person IS NOT NULL IS NOT TRUE) AS c \
                FROM (SELECT person, region, samkor_record_key(person) AS rk FROM persons) GROUP BY region";
     let before = project_plan(sql).await;
-    assert!(person_only_keyed(&before));
+    assert_eq!(derived_at_the_scans(&before), Some(Derived::RecordKey));
     let text = count_on_identity_numbers(before, &functions()).expect("rewrite").display_indent().to_string();
     assert!(text.contains("Projection: persons.person, persons.region, persons.person AS rk"), "{text}");
     assert!(text.contains("persons.person IS NOT NULL, persons.person IS NOT NULL IS NOT TRUE)"), "{text}");
@@ -161,20 +161,41 @@ async fn any_other_use_of_the_person_keeps_identity_numbers_or_pseudonyms() {
     for sql in [
         // A count of persons beside the keys: counted on identity numbers.
         "SELECT region, count(DISTINCT person) AS p, samkor_persons(samkor_record_key(person)) AS g FROM persons GROUP BY region",
-        // The pseudonym's bytes (a join's key) beside the record key.
-        "SELECT samkor_pseudonym_bytes(person) AS b, samkor_record_key(person) AS rk, region FROM persons",
+        // The pseudonym's bytes beside a count of persons.
+        "SELECT region, count(person) AS n, min(samkor_pseudonym_bytes(person)) AS b FROM persons GROUP BY region",
         "SELECT region, count(person) AS n, samkor_persons(samkor_record_key(person)) AS g FROM persons GROUP BY region",
     ] {
         let before = project_plan(sql).await;
-        assert!(person_only_counted(&before) && !person_only_keyed(&before), "{sql}");
+        assert!(person_only_counted(&before) && derived_at_the_scans(&before).is_none(), "{sql}");
         let text = count_on_identity_numbers(before, &functions()).expect("rewrite").display_indent().to_string();
         assert!(!text.contains("persons.person AS "), "{sql}:\n{text}");
     }
     // The person leaving the node: nothing is rewritten.
     let sent = project_plan("SELECT person, samkor_record_key(person) AS rk FROM persons").await;
-    assert!(!person_only_keyed(&sent));
+    assert_eq!(derived_at_the_scans(&sent), None);
     assert_eq!(count_on_identity_numbers(sent.clone(), &functions()).expect("rewrite"), sent);
     // A scan that is not a project table is never keyed.
     let other = plan("SELECT region, samkor_persons(samkor_record_key(person)) AS g FROM t GROUP BY region").await;
-    assert!(person_only_counted(&other) && !person_only_keyed(&other));
+    assert!(person_only_counted(&other) && derived_at_the_scans(&other).is_none());
+}
+
+#[tokio::test]
+async fn a_joins_bytes_and_record_keys_come_from_the_bytes_at_the_scan() {
+    // A side of a join on the person under disclosure control: its key's bytes and its record keys.
+    let sql = "SELECT o.region, o.rk, samkor_pseudonym_bytes(o.person) AS j FROM \
+               (SELECT person, region, samkor_record_key(person) AS rk FROM persons) AS o";
+    let before = project_plan(sql).await;
+    assert_eq!(derived_at_the_scans(&before), Some(Derived::PseudonymBytes));
+    let after = count_on_identity_numbers(before.clone(), &functions()).expect("rewrite");
+    assert_eq!(
+        after.display_indent().to_string(),
+        "Projection: o.region, o.rk, o.person AS j\
+         \n  SubqueryAlias: o\
+         \n    Projection: persons.person, persons.region, samkor_record_key(persons.person) AS rk\
+         \n      TableScan: persons"
+    );
+    let scanned = after.inputs()[0].inputs()[0].inputs()[0].schema();
+    let person = scanned.field_with_unqualified_name("person").expect("person");
+    assert_eq!(person.data_type(), &DataType::FixedSizeBinary(16));
+    assert_eq!(after.schema().as_arrow(), before.schema().as_arrow());
 }
