@@ -680,7 +680,7 @@ impl ExecutionPlan for PseudonymiseExec {
                 None => (batch?, None),
             };
             let person = match (&derived, counted_only) {
-                (Some(at), _) => Person::Derived(at),
+                (Some(at), _) => Person::Derived(at, from_cache.as_ref().is_some_and(|c| c.derives())),
                 (None, true) => Person::Identity,
                 (None, false) => Person::Pseudonym(&pseudonymiser),
             };
@@ -705,9 +705,9 @@ enum Person<'a> {
     /// The identity number, for a plan that only counts persons.
     Identity,
     /// The record key or the pseudonym's bytes, for a plan that uses the
-    /// person only through them (record keys from the node's memory already
-    /// where the scan read row numbers).
-    Derived(&'a AtTheScan),
+    /// person only through them; `true`: the batch holds them already (record
+    /// keys from the node's memory, [`FromCache::derives`]).
+    Derived(&'a AtTheScan, bool),
 }
 
 /// The rows whose persons have not opted out.
@@ -753,10 +753,8 @@ fn transform(
                         p.pseudonymise(batch.column(pnr_pos).as_ref()).map_err(DataFusionError::Execution)
                     }
                     Person::Identity => identity_as_utf8(batch.column(pnr_pos)),
-                    Person::Derived(at) => match batch.column(pnr_pos) {
-                        done if done.data_type() == &at.data_type() => Ok(done.clone()),
-                        identities => at.compute(identities.as_ref()),
-                    },
+                    Person::Derived(_, true) => Ok(batch.column(pnr_pos).clone()),
+                    Person::Derived(at, false) => at.compute(batch.column(pnr_pos).as_ref()),
                 }
             } else {
                 Ok(batch.column(i).clone())

@@ -43,6 +43,11 @@ pub struct FromCache {
 }
 
 impl FromCache {
+    /// Whether [`Self::restore`] gives record keys, not identity numbers.
+    pub fn derives(&self) -> bool {
+        self.keyed.is_some()
+    }
+
     /// `batch` of the scan with the identity numbers (or their record keys)
     /// in place of the file's number and without the row numbers; and which of its rows' persons
     /// have not opted out of `opt_outs` (if it is not empty).
