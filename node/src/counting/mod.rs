@@ -31,7 +31,7 @@
 //! Narrower still, a plan that uses `person` *only* through its record key
 //! (and tests of its presence: the key is null where the identity number is)
 //! gets the keys from its scans: `person` becomes the record key itself, an
-//! `Int64` ([`key_at_the_scans`]), computed once a row at the scan, and taken
+//! `Int64` ([`derive_at_the_scans`]), computed once a row at the scan, and taken
 //! from the node's memory where it holds the file's identity numbers
 //! ([`crate::identities`] keeps each row's key once computed). That is the
 //! shape of disclosure control's companions of a single-register aggregate.
@@ -336,7 +336,7 @@ pub fn count_on_identity_numbers(plan: LogicalPlan, on_identity: &IdentityFuncti
 ///   for the key.
 ///
 /// The identity numbers never reach an operator of the plan.
-fn derive_at_the_scans(plan: LogicalPlan, at: AtTheScan) -> Result<LogicalPlan> {
+pub fn derive_at_the_scans(plan: LogicalPlan, at: AtTheScan) -> Result<LogicalPlan> {
     let replaced = match at {
         AtTheScan::RecordKey(_) => RECORD_KEY_FN,
         AtTheScan::PseudonymBytes(_) => PSEUDONYM_BYTES_FN,
