@@ -242,8 +242,7 @@ impl ServedTable {
             direct: None,
             read: None,
             project: String::new(),
-            persons_counted_only: false,
-            derived: None,
+            person_as: PersonAs::Pseudonym,
         }
     }
 }
@@ -289,13 +288,21 @@ pub struct ProjectTable {
     read: Option<Arc<ColumnsRead>>,
     /// The project named in refusals.
     project: String,
-    /// The plan only counts persons ([`crate::counting`]): `person` holds the
-    /// identity number, which never leaves the node.
-    persons_counted_only: bool,
-    /// The plan uses `person` only through its record key or its
-    /// pseudonym's bytes ([`crate::counting`]): `person` holds that, and the
-    /// table's schema says so.
-    derived: Option<(AtTheScan, SchemaRef)>,
+    /// What `person` holds in the scans.
+    person_as: PersonAs,
+}
+
+/// What `person` holds in a project table's scans ([`crate::counting`]).
+#[derive(Debug, Clone)]
+enum PersonAs {
+    /// The project pseudonym.
+    Pseudonym,
+    /// The identity number, which never leaves the node: the plan only
+    /// counts persons.
+    Identity,
+    /// The record key or the pseudonym's bytes: the plan uses `person` only
+    /// through them. The table's schema, which says so.
+    Derived(AtTheScan, SchemaRef),
 }
 
 impl ProjectTable {
@@ -316,7 +323,7 @@ impl ProjectTable {
     /// The same table for a plan that only counts persons
     /// ([`crate::counting`]): its scans emit the identity number as `person`.
     pub fn counting_persons_only(&self) -> ProjectTable {
-        ProjectTable { persons_counted_only: true, ..self.clone() }
+        ProjectTable { person_as: PersonAs::Identity, ..self.clone() }
     }
 
     /// The same table for a plan that uses `person` only through its record
@@ -334,7 +341,7 @@ impl ProjectTable {
             })
             .collect();
         let schema = Arc::new(Schema::new_with_metadata(fields, exposed.metadata().clone()));
-        ProjectTable { persons_counted_only: true, derived: Some((at, schema)), ..self.clone() }
+        ProjectTable { person_as: PersonAs::Derived(at, schema), ..self.clone() }
     }
 
     /// Records the columns every scan reads in `read`.
@@ -361,9 +368,9 @@ fn references_person(e: &Expr) -> bool {
 #[async_trait]
 impl TableProvider for ProjectTable {
     fn schema(&self) -> SchemaRef {
-        match &self.derived {
-            Some((_, schema)) => schema.clone(),
-            None => self.served.exposed.clone(),
+        match &self.person_as {
+            PersonAs::Derived(_, schema) => schema.clone(),
+            PersonAs::Pseudonym | PersonAs::Identity => self.served.exposed.clone(),
         }
     }
 
@@ -471,8 +478,8 @@ impl TableProvider for ProjectTable {
                 person_column,
                 &inner_projection,
                 pnr_pos,
-                match &self.derived {
-                    Some((AtTheScan::RecordKey(keyer), _)) => Some(keyer.clone()),
+                match &self.person_as {
+                    PersonAs::Derived(AtTheScan::RecordKey(keyer), _) => Some(keyer.clone()),
                     _ => None,
                 },
             )
@@ -500,8 +507,7 @@ impl TableProvider for ProjectTable {
                 self.pseudonymiser.clone(),
                 self.opt_outs.clone(),
             )
-            .persons_counted_only(self.persons_counted_only)
-            .persons_derived(self.derived.as_ref().map(|(at, _)| at.clone()))
+            .person_as(self.person_as.clone())
             .on_cluster(self.served.on_cluster.then(|| table.clone()))
             .identities_from(from_cache),
         ))
@@ -523,11 +529,8 @@ pub struct PseudonymiseExec {
     unit: Option<(usize, String)>,
     pseudonymiser: ProjectPseudonymiser,
     opt_outs: Arc<OptOutSet>,
-    /// `person` holds the identity number: the plan above only counts persons.
-    counted_only: bool,
-    /// `person` holds its record key or its pseudonym's bytes: the plan
-    /// above uses nothing else of it.
-    derived: Option<AtTheScan>,
+    /// What `person` holds in the output.
+    person_as: PersonAs,
     /// The table whose scan below runs on the holder's cluster ([`crate::cluster`]).
     cluster_table: Option<String>,
     /// The scan below reads row numbers, the identity numbers come from the
@@ -561,21 +564,15 @@ impl PseudonymiseExec {
             unit,
             pseudonymiser,
             opt_outs,
-            counted_only: false,
-            derived: None,
+            person_as: PersonAs::Pseudonym,
             cluster_table: None,
             from_cache: None,
             properties,
         }
     }
 
-    fn persons_counted_only(mut self, counted_only: bool) -> Self {
-        self.counted_only = counted_only;
-        self
-    }
-
-    fn persons_derived(mut self, at: Option<AtTheScan>) -> Self {
-        self.derived = at;
+    fn person_as(mut self, person_as: PersonAs) -> Self {
+        self.person_as = person_as;
         self
     }
 
@@ -606,11 +603,11 @@ impl DisplayAs for PseudonymiseExec {
             f,
             "PseudonymiseExec: project={}, person={}, opted_out={}{}",
             self.pseudonymiser.project(),
-            match (self.person_out, self.counted_only, &self.derived) {
-                (None, ..) => "not projected".to_owned(),
-                (Some(p), _, Some(at)) => format!("{} (at the scan) in column {p}", at.describe()),
-                (Some(p), false, None) => format!("column {p}"),
-                (Some(p), true, None) => format!("identity number (counted only) in column {p}"),
+            match (self.person_out, &self.person_as) {
+                (None, _) => "not projected".to_owned(),
+                (Some(p), PersonAs::Pseudonym) => format!("column {p}"),
+                (Some(p), PersonAs::Identity) => format!("identity number (counted only) in column {p}"),
+                (Some(p), PersonAs::Derived(at, _)) => format!("{} (at the scan) in column {p}", at.describe()),
             },
             self.opt_outs.len(),
             self.unit.as_ref().map_or(String::new(), |(pos, _)| format!(", own unit only (input column {pos})"))
@@ -656,8 +653,7 @@ impl ExecutionPlan for PseudonymiseExec {
                 self.pseudonymiser.clone(),
                 self.opt_outs.clone(),
             )
-            .persons_counted_only(self.counted_only)
-            .persons_derived(self.derived.clone())
+            .person_as(self.person_as.clone())
             .on_cluster(self.cluster_table.clone())
             .identities_from(self.from_cache.clone()),
         ))
@@ -671,18 +667,17 @@ impl ExecutionPlan for PseudonymiseExec {
         let pseudonymiser = self.pseudonymiser.clone();
         let opt_outs = self.opt_outs.clone();
         let out_schema = schema.clone();
-        let counted_only = self.counted_only;
-        let derived = self.derived.clone();
+        let person_as = self.person_as.clone();
         let from_cache = self.from_cache.clone();
         let stream = input.map(move |batch| {
             let (batch, kept) = match &from_cache {
                 Some(cache) => cache.restore(&batch?, &opt_outs)?,
                 None => (batch?, None),
             };
-            let person = match (&derived, counted_only) {
-                (Some(at), _) => Person::Derived(at, from_cache.as_ref().is_some_and(|c| c.derives())),
-                (None, true) => Person::Identity,
-                (None, false) => Person::Pseudonym(&pseudonymiser),
+            let person = match &person_as {
+                PersonAs::Pseudonym => Person::Pseudonym(&pseudonymiser),
+                PersonAs::Identity => Person::Identity,
+                PersonAs::Derived(at, _) => Person::Derived(at, from_cache.as_ref().is_some_and(|c| c.derives())),
             };
             transform(
                 &batch,

@@ -49,8 +49,9 @@ impl FromCache {
     }
 
     /// `batch` of the scan with the identity numbers (or their record keys)
-    /// in place of the file's number and without the row numbers; and which of its rows' persons
-    /// have not opted out of `opt_outs` (if it is not empty).
+    /// in place of the file's number and without the row numbers; and which
+    /// of its rows' persons have not opted out of `opt_outs` (if it is not
+    /// empty).
     pub fn restore(
         &self,
         batch: &RecordBatch,

@@ -38,7 +38,6 @@ use samkor_functions::{PERSONS_FN, RECORD_KEY_FN};
 use samkor_proto::PERSON_COLUMN;
 use tokio::sync::Mutex;
 
-use crate::counting::IDENTITY_RECORD_KEY_FN;
 use crate::table::ProjectTable;
 
 /// A data file as last seen: path, size, modification time.
@@ -189,9 +188,7 @@ fn distinct_key(plan: &LogicalPlan, i: usize, distinct: &HashSet<TableReference>
     match plan {
         LogicalPlan::Projection(p) => match p.expr[i].clone().unalias_nested().data {
             Expr::Column(c) => p.input.schema().index_of_column(&c).is_ok_and(|j| distinct_key(&p.input, j, distinct)),
-            Expr::ScalarFunction(ScalarFunction { func, args })
-                if func.name() == RECORD_KEY_FN || func.name() == IDENTITY_RECORD_KEY_FN =>
-            {
+            Expr::ScalarFunction(ScalarFunction { func, args }) if func.name() == RECORD_KEY_FN => {
                 match args.as_slice() {
                     [Expr::Column(c)] => {
                         p.input.schema().index_of_column(c).is_ok_and(|j| distinct_person(&p.input, j, distinct))
@@ -214,9 +211,7 @@ fn keys_of_distinct_persons(input: &LogicalPlan, arg: &Expr, distinct: &HashSet<
     match arg {
         Expr::Alias(a) => keys_of_distinct_persons(input, &a.expr, distinct),
         Expr::Column(c) => input.schema().index_of_column(c).is_ok_and(|i| distinct_key(input, i, distinct)),
-        Expr::ScalarFunction(ScalarFunction { func, args })
-            if func.name() == RECORD_KEY_FN || func.name() == IDENTITY_RECORD_KEY_FN =>
-        {
+        Expr::ScalarFunction(ScalarFunction { func, args }) if func.name() == RECORD_KEY_FN => {
             matches!(args.as_slice(), [Expr::Column(c)]
                 if input.schema().index_of_column(c).is_ok_and(|i| distinct_person(input, i, distinct)))
         }
