@@ -131,7 +131,8 @@ pub struct NodeSection {
     /// decision (JSON lines, `docs/audit.md`); created if missing.
     pub audit_log: PathBuf,
     /// MiB of memory for the identity columns of the node's Parquet files
-    /// (16 bytes a row; `crate::identities`); 0 decodes them in every scan.
+    /// and their record keys (24 bytes a row; `crate::identities`); 0
+    /// decodes them in every scan.
     #[serde(default = "identity_cache_mib")]
     pub identity_cache_mib: u64,
 }
