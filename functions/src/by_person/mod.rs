@@ -27,6 +27,12 @@
 //! of one group from the same partition. A plan that does not split persons
 //! fails; it never counts a person twice.
 //!
+//! The split hands each partial its rows in the order they arrive from all
+//! the input partitions, which changes from run to run. An aggregate beside
+//! the persons whose answer follows that order (a sum of floating-point
+//! numbers: its last bits) is therefore left unsplit, so that the same query
+//! over the same data gives the same answer.
+//!
 //! A summary cannot be added to a row passed on unaggregated, so such a plan
 //! runs in a task that never skips partial aggregation, returned with it
 //! ([`Split::task`]).
@@ -38,6 +44,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, Int64Array};
+use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::common::hash_utils::create_hashes;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Result, internal_err};
@@ -77,8 +84,10 @@ pub struct Split {
 /// partitions, hash partitions of their record key; the plan must run in the
 /// task returned with it. Left as they are: plans of a session with a
 /// bounded memory pool, fewer than two partitions or more than
-/// [`MAX_PARTITIONS`], aggregates without `GROUP BY`, and aggregates whose
-/// functions count persons of different record keys or of an expression.
+/// [`MAX_PARTITIONS`], aggregates without `GROUP BY`, aggregates whose
+/// functions count persons of different record keys or of an expression, and
+/// aggregates with a function whose answer follows the order of its rows (a
+/// sum of floating-point numbers, a mean, `samkor_moments`; see `order_free`).
 pub fn partition_persons(plan: Arc<dyn ExecutionPlan>, state: &SessionState) -> Result<Split> {
     let partitions = state.config().target_partitions();
     // A bounded pool lets a partial hand on states early, two of one group.
@@ -124,6 +133,9 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>, partitions: usize) -> Result<Option<Ar
     }
     let Some(key) = record_key(partial.aggr_expr()) else { return Ok(None) };
     let input_schema = partial.input_schema();
+    if !partial.aggr_expr().iter().all(|a| by_person(a) || order_free(a, &input_schema)) {
+        return Ok(None);
+    }
     let aggregates = partial
         .aggr_expr()
         .iter()
@@ -152,6 +164,22 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>, partitions: usize) -> Result<Option<Ar
         last.input_schema(),
     )?;
     Ok(Some(Arc::new(last)))
+}
+
+/// Whether an aggregate's answer is the same whatever order its rows arrive
+/// in: a count, a minimum or a maximum, or a sum of integers or decimals. A
+/// sum of floating-point numbers is not (its last bits follow the order of
+/// the additions), and the split hands a partial its rows in the order they
+/// come from every input partition, which changes from run to run; the same
+/// query over the same data must give the same answer. Without the split a
+/// partial reads one input partition in file order.
+fn order_free(a: &AggregateFunctionExpr, schema: &Schema) -> bool {
+    let exact = |t: &DataType| t.is_integer() || matches!(t, DataType::Decimal128(..) | DataType::Decimal256(..));
+    match a.fun().name() {
+        "count" | "min" | "max" => true,
+        "sum" => a.expressions().iter().all(|e| e.data_type(schema).is_ok_and(|t| exact(&t))),
+        _ => false,
+    }
 }
 
 /// The function over split persons that replaces an aggregate's, if it
