@@ -223,9 +223,11 @@ pub enum Derived {
 /// bytes (a projection may pass `person` on under its own name), and every
 /// scan with a `person` column is of a project table.
 pub fn derived_at_the_scans(plan: &LogicalPlan) -> Option<Derived> {
-    if !person_only_counted(plan) {
-        return None;
-    }
+    person_only_counted(plan).then(|| derived_of_counted(plan)).flatten()
+}
+
+/// [`derived_at_the_scans`] of a plan that only counts persons.
+fn derived_of_counted(plan: &LogicalPlan) -> Option<Derived> {
     let only = |bytes: bool| {
         let mut ok = true;
         let _ = plan.apply(|node| {
@@ -295,7 +297,7 @@ pub fn count_on_identity_numbers(plan: LogicalPlan, on_identity: &IdentityFuncti
     if !person_only_counted(&plan) {
         return Ok(plan);
     }
-    match derived_at_the_scans(&plan) {
+    match derived_of_counted(&plan) {
         Some(Derived::RecordKey) => {
             return derive_at_the_scans(plan, AtTheScan::RecordKey(on_identity.keyer.clone()));
         }
