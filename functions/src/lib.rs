@@ -28,6 +28,7 @@
 mod ages;
 pub mod by_person;
 mod companions;
+mod exact_sum;
 mod intervals;
 mod keyed;
 mod moments;
@@ -43,6 +44,7 @@ pub use ages::{
     YEARS_BETWEEN_FN, age, date_udfs,
 };
 pub use companions::{COMPANIONS_FN, MAX_CONDITIONS, MAX_MAGNITUDES, companions_udaf, field as companion_field};
+pub use exact_sum::{EXACT_SUM_FN, exact_sum_udaf};
 pub use intervals::{INTERVAL_FUNCTIONS, interval_udfs};
 pub use moments::{MOMENT_FIELDS, MOMENTS_FN, moments_udaf};
 pub use persons::{PERSONS_FN, PersonsCell, persons_udaf};
@@ -52,8 +54,16 @@ pub use quantile::{QUANTILE_FN, quantile_udaf};
 pub use record_key::{RECORD_KEY_FN, RecordKeySecret, record_key_udf};
 
 /// Names of every function of this crate (users may not call them).
-pub const INTERNAL_FUNCTIONS: &[&str] =
-    &[RECORD_KEY_FN, PERSONS_FN, QUANTILE_FN, COMPANIONS_FN, MOMENTS_FN, PSEUDONYM_BYTES_FN, PERSONS_OF_ROWS_FN];
+pub const INTERNAL_FUNCTIONS: &[&str] = &[
+    RECORD_KEY_FN,
+    PERSONS_FN,
+    QUANTILE_FN,
+    COMPANIONS_FN,
+    MOMENTS_FN,
+    PSEUDONYM_BYTES_FN,
+    PERSONS_OF_ROWS_FN,
+    EXACT_SUM_FN,
+];
 
 /// Registers the functions in a session. `secret` is the record-key secret
 /// of the session's project: present at the nodes, absent at the
@@ -65,6 +75,7 @@ pub fn register(ctx: &datafusion::prelude::SessionContext, secret: Option<Record
     ctx.register_udaf(quantile_udaf());
     ctx.register_udaf(companions_udaf());
     ctx.register_udaf(moments_udaf());
+    ctx.register_udaf(exact_sum_udaf());
     register_user_functions(ctx);
 }
 

@@ -18,6 +18,7 @@ pub mod audit;
 pub mod cluster;
 pub mod config;
 pub mod counting;
+pub mod exact_sums;
 pub mod identities;
 pub mod one_per_person;
 pub mod optout;

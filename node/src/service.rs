@@ -101,6 +101,8 @@ impl NodeService {
         let on_identity = self.state.identity_functions(scope);
         let plan = crate::counting::count_on_identity_numbers(plan, &on_identity)
             .map_err(|e| plan_error(self.state.register(), e))?;
+        // Sums of doubles rounded once: the same however the rows are read and split.
+        let plan = crate::exact_sums::exact_float_sums(plan).map_err(|e| plan_error(self.state.register(), e))?;
         let physical = state.create_physical_plan(&plan).await.map_err(|e| plan_error(self.state.register(), e))?;
         // Persons split by record key before partial aggregates over them:
         // partial states are summaries, not lists (samkor_functions::by_person).
