@@ -27,11 +27,15 @@
 //! of one group from the same partition. A plan that does not split persons
 //! fails; it never counts a person twice.
 //!
-//! The split hands each partial its rows in the order they arrive from all
-//! the input partitions, which changes from run to run. An aggregate beside
-//! the persons whose answer follows that order (a sum of floating-point
-//! numbers: its last bits) is therefore left unsplit, so that the same query
-//! over the same data gives the same answer.
+//! `RepartitionExec` hands each partial its rows in the order they arrive
+//! from all the input partitions, which changes from run to run. Where an
+//! aggregate's answer follows that order (`samkor_moments`' Σx and Σx², the
+//! companions' per-person totals of a magnitude; DataFusion's `sum` of
+//! doubles, which the nodes replace by an exact sum), the split is [`SplitInOrderExec`]
+//! instead, which gives each partial its rows in an order fixed by the data,
+//! so that the same query over the same data gives the same answer. Where
+//! every aggregate is a count, an extreme, an integer or exact sum, or
+//! persons without a magnitude, `RepartitionExec` splits.
 //!
 //! A summary cannot be added to a row passed on unaggregated, so such a plan
 //! runs in a task that never skips partial aggregation, returned with it
@@ -61,6 +65,10 @@ use datafusion::prelude::SessionConfig;
 use crate::companions::{Companions, companions_by_person_udaf};
 use crate::persons::{Persons, persons_by_person_udaf};
 
+mod in_order;
+
+pub use in_order::SplitInOrderExec;
+
 #[cfg(test)]
 mod tests;
 
@@ -84,10 +92,11 @@ pub struct Split {
 /// partitions, hash partitions of their record key; the plan must run in the
 /// task returned with it. Left as they are: plans of a session with a
 /// bounded memory pool, fewer than two partitions or more than
-/// [`MAX_PARTITIONS`], aggregates without `GROUP BY`, aggregates whose
-/// functions count persons of different record keys or of an expression, and
-/// aggregates with a function whose answer follows the order of its rows (a
-/// sum of floating-point numbers, a mean, `samkor_moments`; see `order_free`).
+/// [`MAX_PARTITIONS`], aggregates without `GROUP BY`, and aggregates whose
+/// functions count persons of different record keys or of an expression.
+/// Beside a function whose answer follows the order of its rows
+/// (DataFusion's sum or mean of doubles, `samkor_moments`, a magnitude's
+/// per-person totals; see `order_free`) the split is [`SplitInOrderExec`].
 pub fn partition_persons(plan: Arc<dyn ExecutionPlan>, state: &SessionState) -> Result<Split> {
     let partitions = state.config().target_partitions();
     // A bounded pool lets a partial hand on states early, two of one group.
@@ -133,9 +142,7 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>, partitions: usize) -> Result<Option<Ar
     }
     let Some(key) = record_key(partial.aggr_expr()) else { return Ok(None) };
     let input_schema = partial.input_schema();
-    if !partial.aggr_expr().iter().all(|a| by_person(a) || order_free(a, &input_schema)) {
-        return Ok(None);
-    }
+    let any_order = partial.aggr_expr().iter().all(|a| order_free(a, &input_schema));
     let aggregates = partial
         .aggr_expr()
         .iter()
@@ -144,8 +151,11 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>, partitions: usize) -> Result<Option<Ar
             false => Ok(Arc::clone(a)),
         })
         .collect::<Result<Vec<_>>>()?;
-    let hashed = Partitioning::Hash(vec![Arc::new(key)], partitions);
-    let split = Arc::new(RepartitionExec::try_new(Arc::clone(partial.input()), hashed)?);
+    let input = Arc::clone(partial.input());
+    let split: Arc<dyn ExecutionPlan> = match any_order {
+        true => Arc::new(RepartitionExec::try_new(input, Partitioning::Hash(vec![Arc::new(key)], partitions))?),
+        false => Arc::new(SplitInOrderExec::new(input, Arc::new(key), partitions)),
+    };
     let partial = AggregateExec::try_new(
         AggregateMode::Partial,
         partial.group_expr().clone(),
@@ -167,18 +177,19 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>, partitions: usize) -> Result<Option<Ar
 }
 
 /// Whether an aggregate's answer is the same whatever order its rows arrive
-/// in: a count, a minimum or a maximum, or a sum of integers or decimals. A
-/// sum of floating-point numbers is not (its last bits follow the order of
-/// the additions), and the split hands a partial its rows in the order they
-/// come from every input partition, which changes from run to run; the same
-/// query over the same data must give the same answer. Without the split a
-/// partial reads one input partition in file order.
+/// in: a count, a minimum or a maximum, a sum of integers or decimals, a sum
+/// of doubles kept exact (`samkor_exact_sum`), or persons counted without a
+/// magnitude. DataFusion's `sum` of doubles is not (its last bits follow the
+/// order of the additions; the node replaces it, `samkor_node::exact_sums`),
+/// nor are `samkor_moments` (Σx, Σx²) and the companions' per-person totals
+/// of a magnitude; beside one, persons are split in order ([`SplitInOrderExec`]).
 fn order_free(a: &AggregateFunctionExpr, schema: &Schema) -> bool {
     let exact = |t: &DataType| t.is_integer() || matches!(t, DataType::Decimal128(..) | DataType::Decimal256(..));
+    let no_float = || a.expressions().iter().all(|e| e.data_type(schema).is_ok_and(|t| t != DataType::Float64));
     match a.fun().name() {
-        "count" | "min" | "max" => true,
+        "count" | "min" | "max" | crate::EXACT_SUM_FN => true,
         "sum" => a.expressions().iter().all(|e| e.data_type(schema).is_ok_and(|t| exact(&t))),
-        _ => false,
+        _ => by_person(a) && no_float(),
     }
 }
 

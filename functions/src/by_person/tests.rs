@@ -65,7 +65,7 @@ async fn the_partials_input_is_split_on_the_record_key_and_both_steps_summarise(
       AggregateExec: mode=FinalPartitioned, gby=[region@0 as region], aggr=[count(Int64(1)), {companions}]
         RepartitionExec: partitioning=Hash([region@0], 2), input_partitions=2
           AggregateExec: mode=Partial, gby=[region@0 as region], aggr=[count(Int64(1)), {companions}]
-            RepartitionExec: partitioning=Hash([rk@1], 2), input_partitions=2
+            SplitInOrderExec: partitioning=Hash([rk@1], 2), input_partitions=2, inputs in turn
               DataSourceExec: partitions=2, partition_sizes=[1, 1]
 "
     );
@@ -93,7 +93,9 @@ async fn persons_alone_are_split_too() {
 
 #[tokio::test]
 async fn split_persons_give_the_answers_of_the_lists() {
-    for sql in [COMPANIONS, PERSONS] {
+    let sums =
+        "SELECT region, sum(x) AS s, avg(x) AS a, samkor_persons(rk) AS p FROM t GROUP BY region ORDER BY region";
+    for sql in [COMPANIONS, PERSONS, sums] {
         for partitions in [2, 3] {
             let ctx = session(partitions);
             let plain = ctx.sql(sql).await.expect("sql").collect().await.expect("run");
@@ -118,11 +120,6 @@ async fn plans_it_cannot_split_are_left_as_they_are() {
         "SELECT samkor_companions(rk, 2, true) FROM t",
         // No companions.
         "SELECT region, count(*), sum(x) FROM t GROUP BY region",
-        // A sum or mean of floating-point numbers: its last bits would follow
-        // the order the split hands rows on, which changes from run to run.
-        "SELECT region, sum(x) AS s, samkor_persons(rk) AS p FROM t GROUP BY region",
-        "SELECT region, avg(other) AS a, samkor_persons(rk) AS p FROM t GROUP BY region",
-        "SELECT region, samkor_moments(x) AS m, samkor_persons(rk) AS p FROM t GROUP BY region",
     ] {
         let before = ctx.sql(sql).await.expect("sql").create_physical_plan().await.expect("plan");
         let text = displayable(before.as_ref()).indent(false).to_string();
@@ -130,10 +127,25 @@ async fn plans_it_cannot_split_are_left_as_they_are() {
         assert!(!split.rewritten, "{sql}");
         assert_eq!(after, text, "{sql}");
     }
-    // Counts, extremes and sums of integers do not depend on the order: split.
-    let exact =
-        "SELECT region, count(x) AS n, sum(other) AS s, min(x) AS lo, samkor_persons(rk) AS p FROM t GROUP BY region";
-    assert!(rewritten(&ctx, exact).await.0.rewritten);
+    // Counts, extremes and sums of integers do not depend on the order:
+    // split as they come.
+    let exact = "SELECT region, count(x) AS n, sum(other) AS s, min(x) AS lo, samkor_exact_sum(x) AS e, \
+                 samkor_persons(rk) AS p FROM t GROUP BY region";
+    let (split, text) = rewritten(&ctx, exact).await;
+    assert!(split.rewritten && text.contains("RepartitionExec: partitioning=Hash([rk@"), "{text}");
+    // A sum or mean of floating-point numbers, or a magnitude's totals: their
+    // last bits follow the order of the rows, so the split takes the inputs
+    // in turn.
+    for sql in [
+        "SELECT region, sum(x) AS s, samkor_persons(rk) AS p FROM t GROUP BY region",
+        "SELECT region, avg(other) AS a, samkor_persons(rk) AS p FROM t GROUP BY region",
+        "SELECT region, samkor_moments(x) AS m, samkor_persons(rk) AS p FROM t GROUP BY region",
+        "SELECT region, count(*) AS n, samkor_companions(rk, 2, true, abs(x)) AS c FROM t GROUP BY region",
+    ] {
+        let (split, text) = rewritten(&ctx, sql).await;
+        assert!(split.rewritten && text.contains("SplitInOrderExec: partitioning=Hash([rk@"), "{sql}: {text}");
+        assert!(!text.contains("RepartitionExec: partitioning=Hash([rk@"), "{sql}: {text}");
+    }
     // One partition: nothing to split among.
     let (split, _) = rewritten(&session(1), COMPANIONS).await;
     assert!(!split.rewritten);
