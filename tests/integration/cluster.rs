@@ -224,6 +224,28 @@ async fn the_federation_answers_through_a_cluster_as_from_files() {
     assert_eq!(from_cluster, from_files);
 }
 
+/// The node splits Skåne's persons by record key beside a float sum and a
+/// mean: each partial takes its rows in an order fixed by the data, and the
+/// sum is exact, so repeating the query gives the same bits every time (with
+/// rows handed on as they arrived, a sum's last bits changed from run to run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_repeated_gives_the_same_float_answers() {
+    let sql = "SELECT atc, count(*) AS n, sum(ddd) AS ddd, avg(ddd) AS mean FROM lmr.dispensations \
+               WHERE region = 'Skåne' GROUP BY atc";
+    let fed = exact_federation_in(common::synth_dir()).await;
+    let mut client = fed.client("alice", PROJECT).await.expect("client");
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        let (_, b) = client.query(sql).await.expect("answer");
+        answers.push(common::sorted_lines(&b));
+    }
+    fed.shutdown().await;
+    assert!(answers[0].len() > 10, "{:?}", answers[0]);
+    for (i, a) in answers.iter().enumerate().skip(1) {
+        assert_eq!(a, &answers[0], "run {i} differs from the first");
+    }
+}
+
 async fn open_error(config: NodeConfig) -> String {
     let e = NodeState::open(config).await.expect_err("the node must not start").to_string();
     assert!(!e.contains('\n'), "one line: {e}");
