@@ -33,7 +33,7 @@ pub const EXACT_SUM_FN: &str = "samkor_exact_sum";
 
 /// A sum kept without rounding error.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct ExactSum {
+struct ExactSum {
     /// Non-overlapping, in increasing magnitude; their exact sum is the sum.
     partials: Vec<f64>,
     /// The sum of the values that are not finite (0 if none).
@@ -43,7 +43,7 @@ pub(crate) struct ExactSum {
 
 impl ExactSum {
     /// Adds `x` without error (Shewchuk's grow-expansion, as `math.fsum`).
-    pub(crate) fn add(&mut self, x: f64) {
+    fn add(&mut self, x: f64) {
         self.seen = true;
         if !x.is_finite() {
             self.special += x;
@@ -82,40 +82,30 @@ impl ExactSum {
 
     /// The exact sum rounded to the nearest double (ties to even); `None`
     /// without a value.
-    pub(crate) fn value(&self) -> Option<f64> {
+    fn value(&self) -> Option<f64> {
         if !self.seen {
             return None;
         }
-        if self.special != 0.0 || self.special.is_nan() {
+        // 0 if there were none; otherwise ±inf or NaN (NaN != 0 too).
+        if self.special != 0.0 {
             return Some(self.special);
         }
         // +0 for an exact zero, as DataFusion's sums (which start from +0) give.
         Some(0.0 + rounded(&self.partials))
     }
 
-    /// The state fields of a sum, named after `name`: its partials (a list,
-    /// null without a value) and the sum of its values that are not finite.
-    pub(crate) fn state_fields(name: &str) -> [FieldRef; 2] {
-        let list = DataType::List(Arc::new(Field::new_list_field(DataType::Float64, false)));
-        [
-            Arc::new(Field::new(format!("{name}_partials"), list, true)),
-            Arc::new(Field::new(format!("{name}_special"), DataType::Float64, false)),
-        ]
-    }
-
     /// The two state columns of `sums`.
-    pub(crate) fn state_of(sums: &[ExactSum]) -> Vec<ArrayRef> {
+    fn state_of(sums: &[ExactSum]) -> Vec<ArrayRef> {
         let values: Vec<f64> = sums.iter().flat_map(|s| s.partials.iter().copied()).collect();
         let offsets = OffsetBuffer::from_lengths(sums.iter().map(|s| s.partials.len()));
         let nulls = NullBuffer::from(sums.iter().map(|s| s.seen).collect::<Vec<_>>());
-        let field = Arc::new(Field::new_list_field(DataType::Float64, false));
-        let partials = ListArray::new(field, offsets, Arc::new(Float64Array::from(values)), Some(nulls));
+        let partials = ListArray::new(partial_field(), offsets, Arc::new(Float64Array::from(values)), Some(nulls));
         let specials: Float64Array = sums.iter().map(|s| Some(s.special)).collect();
         vec![Arc::new(partials), Arc::new(specials)]
     }
 
     /// Adds the state of row `row` of the two columns `state` (of [`Self::state_of`]).
-    pub(crate) fn merge_row(&mut self, state: &[ArrayRef], row: usize) {
+    fn merge_row(&mut self, state: &[ArrayRef], row: usize) {
         let lists = state[0].as_list::<i32>();
         if lists.is_valid(row) {
             let partials = lists.value(row);
@@ -125,6 +115,11 @@ impl ExactSum {
             );
         }
     }
+}
+
+/// A partial of a state's list: never null (the list is, without a value).
+fn partial_field() -> FieldRef {
+    Arc::new(Field::new_list_field(DataType::Float64, false))
 }
 
 /// The sum of non-overlapping partials in increasing magnitude, correctly
@@ -190,7 +185,10 @@ impl AggregateUDFImpl for ExactSumFunction {
     }
 
     fn state_fields(&self, _args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
-        Ok(ExactSum::state_fields("exact_sum").to_vec())
+        Ok(vec![
+            Arc::new(Field::new("exact_sum_partials", DataType::List(partial_field()), true)),
+            Arc::new(Field::new("exact_sum_special", DataType::Float64, false)),
+        ])
     }
 }
 
